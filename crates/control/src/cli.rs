@@ -1,0 +1,127 @@
+//! The `vnet` command line: `vnet run` and `vnet ns`, their options, and the exit codes
+//! (the command's status for `vnet ns`, 0 after a stop signal, 2 for any setup error).
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use nix::unistd::Pid;
+use tracing::level_filters::LevelFilter;
+use vnet_switch::{ForwardingMode, SwitchConfig};
+use vnet_transport::{netns, AttachSpec, ListenSpec, Network};
+
+use crate::spec::{parse_attach, parse_listen};
+use crate::supervisor::Signals;
+
+/// Exit code for every setup error (bad option, unusable address, no permission).
+const SETUP_ERROR: u8 = 2;
+
+/// Virtual networks for virtual machines: one unprivileged process that QEMU guests and
+/// network namespaces plug into.
+#[derive(Debug, Parser)]
+#[command(name = "vnet", version, about, long_about = None)]
+struct Cli {
+    /// Log verbosity: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: LevelFilter,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one virtual network in the foreground until SIGINT or SIGTERM.
+    Run(NetworkArgs),
+    /// Run a command in a new network namespace whose interface is a port of a new network.
+    Ns(NsArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT.
+    #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen)]
+    listen: Vec<ListenSpec>,
+    /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID.
+    #[arg(long = "attach", value_name = "SPEC", value_parser = parse_attach)]
+    attach: Vec<AttachSpec>,
+    /// Flood every frame to every port, like QEMU's hub, instead of learning addresses.
+    #[arg(long)]
+    hub: bool,
+    /// Seconds a learned MAC address stays without being seen again.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    mac_aging: u64,
+}
+
+#[derive(Debug, Args)]
+struct NsArgs {
+    #[command(flatten)]
+    network: NetworkArgs,
+    /// Name of the interface inside the namespace.
+    #[arg(long, default_value = netns::DEFAULT_IFNAME, value_name = "NAME")]
+    ifname: String,
+    /// The command to run and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Entry point of the `vnet` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_max_level(cli.log_level)
+        .init();
+    match execute(cli.command) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("vnet: {error:#}");
+            ExitCode::from(SETUP_ERROR)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<i32> {
+    let mut signals = Signals::install()?;
+    match command {
+        Command::Run(args) => {
+            let mut network = build_network(&args)?;
+            Ok(network.run(&mut signals)?)
+        }
+        Command::Ns(args) => {
+            if args.ifname.is_empty() || args.ifname.len() > 15 {
+                anyhow::bail!("--ifname '{}' must be 1 to 15 bytes long", args.ifname);
+            }
+            let mut network = build_network(&args.network)?;
+            let mut command = std::process::Command::new(&args.command[0]);
+            command.args(&args.command[1..]);
+            let namespaced = netns::spawn_in_new_namespace(&mut command, &args.ifname)?;
+            let pid = namespaced.child.id();
+            signals.supervise(Pid::from_raw(pid as i32));
+            network
+                .attach_tap(namespaced.tap, format!("ns:pid={pid}"))
+                .context("cannot relay the namespace's tap")?;
+            Ok(network.run(&mut signals)?)
+        }
+    }
+}
+
+fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {
+    let config = SwitchConfig {
+        mode: if args.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
+        aging: Duration::from_secs(args.mac_aging),
+        ..SwitchConfig::default()
+    };
+    let mut network = Network::new(config)?;
+    for spec in &args.listen {
+        network.listen(spec)?;
+    }
+    for spec in &args.attach {
+        network.attach(spec)?;
+    }
+    Ok(network)
+}

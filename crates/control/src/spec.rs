@@ -1,0 +1,186 @@
+//! Parsing of `--listen` and `--attach` values into the transports' address types.
+//!
+//! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
+//! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`,
+//! `mcast:GROUP:PORT[,localaddr=ADDR]` and `netns:PATH|PID`. Every error repeats the
+//! offending text and lists what would have been accepted. Nothing here opens a socket.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use vnet_transport::{AttachSpec, ListenSpec, McastSpec, NamespaceRef};
+
+/// A `--listen` or `--attach` value that does not parse.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("'{text}' is not a valid {option} value: {problem}; expected {expected}")]
+pub struct SpecError {
+    option: &'static str,
+    text: String,
+    problem: String,
+    expected: &'static str,
+}
+
+const LISTEN_FORMS: &str = "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH or dgram:udp:HOST:PORT";
+const ATTACH_FORMS: &str = "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT or netns:PATH|PID";
+
+fn listen_error(text: &str, problem: impl Into<String>) -> SpecError {
+    SpecError { option: "--listen", text: text.to_owned(), problem: problem.into(), expected: LISTEN_FORMS }
+}
+
+fn attach_error(text: &str, problem: impl Into<String>) -> SpecError {
+    SpecError { option: "--attach", text: text.to_owned(), problem: problem.into(), expected: ATTACH_FORMS }
+}
+
+/// Parses a `--listen` value.
+pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
+    let fail = |problem: &str| listen_error(text, problem);
+    match text.split_once(':') {
+        Some(("stream", rest)) => match rest.split_once(':') {
+            Some(("unix", path)) => Ok(ListenSpec::StreamUnix(unix_path(path).map_err(fail)?)),
+            Some(("tcp", addr)) => Ok(ListenSpec::StreamTcp(host_port(addr).map_err(fail)?)),
+            _ => Err(fail("stream needs unix:PATH or tcp:HOST:PORT")),
+        },
+        Some(("dgram", rest)) => match rest.split_once(':') {
+            Some(("unix", path)) => Ok(ListenSpec::DgramUnix(unix_path(path).map_err(fail)?)),
+            Some(("udp", addr)) => Ok(ListenSpec::DgramUdp(host_port(addr).map_err(fail)?)),
+            _ => Err(fail("dgram needs unix:PATH or udp:HOST:PORT")),
+        },
+        _ => Err(fail("unknown transport")),
+    }
+}
+
+/// Parses an `--attach` value.
+pub fn parse_attach(text: &str) -> Result<AttachSpec, SpecError> {
+    let fail = |problem: &str| attach_error(text, problem);
+    match text.split_once(':') {
+        Some(("stream", rest)) => match rest.split_once(':') {
+            Some(("unix", path)) => Ok(AttachSpec::StreamUnix(unix_path(path).map_err(fail)?)),
+            Some(("tcp", addr)) => Ok(AttachSpec::StreamTcp(host_port(addr).map_err(fail)?)),
+            _ => Err(fail("stream needs unix:PATH or tcp:HOST:PORT")),
+        },
+        Some(("mcast", rest)) => Ok(AttachSpec::Mcast(mcast(rest).map_err(fail)?)),
+        Some(("netns", target)) => Ok(AttachSpec::Netns(namespace(target).map_err(fail)?)),
+        _ => Err(fail("unknown transport")),
+    }
+}
+
+fn unix_path(path: &str) -> Result<PathBuf, &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
+    if path.len() >= 108 {
+        return Err("unix socket paths must be shorter than 108 bytes");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn host_port(text: &str) -> Result<String, &'static str> {
+    let (host, port) = text.rsplit_once(':').ok_or("the port is missing")?;
+    if host.is_empty() {
+        return Err("the host is missing (use 127.0.0.1 or [::1])");
+    }
+    port.parse::<u16>().map_err(|_| "the port must be a number from 0 to 65535")?;
+    Ok(text.to_owned())
+}
+
+fn mcast(text: &str) -> Result<McastSpec, &'static str> {
+    let (address, options) = match text.split_once(',') {
+        Some((address, options)) => (address, Some(options)),
+        None => (text, None),
+    };
+    let (group, port) = address.rsplit_once(':').ok_or("the port is missing")?;
+    let group: Ipv4Addr = group.parse().map_err(|_| "the group must be an IPv4 address")?;
+    if !group.is_multicast() {
+        return Err("the group must be a multicast address (224.0.0.0/4)");
+    }
+    let port = port.parse::<u16>().map_err(|_| "the port must be a number from 0 to 65535")?;
+    let local = match options {
+        None => None,
+        Some(option) => {
+            let value = option.strip_prefix("localaddr=").ok_or("the only option is localaddr=ADDR")?;
+            Some(value.parse().map_err(|_| "localaddr must be an IPv4 address")?)
+        }
+    };
+    Ok(McastSpec { group, port, local })
+}
+
+fn namespace(target: &str) -> Result<NamespaceRef, &'static str> {
+    if target.is_empty() {
+        return Err("give a namespace path or a process id");
+    }
+    if target.bytes().all(|b| b.is_ascii_digit()) {
+        return target.parse().map(NamespaceRef::Pid).map_err(|_| "the process id is too large");
+    }
+    Ok(NamespaceRef::Path(PathBuf::from(target)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listen_form_parses() {
+        assert_eq!(parse_listen("stream:unix:/tmp/a.sock"), Ok(ListenSpec::StreamUnix("/tmp/a.sock".into())));
+        assert_eq!(
+            parse_listen("stream:tcp:127.0.0.1:1234"),
+            Ok(ListenSpec::StreamTcp("127.0.0.1:1234".into()))
+        );
+        assert_eq!(parse_listen("stream:tcp:[::1]:1234"), Ok(ListenSpec::StreamTcp("[::1]:1234".into())));
+        assert_eq!(parse_listen("dgram:unix:/tmp/d.sock"), Ok(ListenSpec::DgramUnix("/tmp/d.sock".into())));
+        assert_eq!(
+            parse_listen("dgram:udp:127.0.0.1:5555"),
+            Ok(ListenSpec::DgramUdp("127.0.0.1:5555".into()))
+        );
+    }
+
+    #[test]
+    fn every_attach_form_parses() {
+        assert_eq!(parse_attach("stream:unix:/tmp/q.sock"), Ok(AttachSpec::StreamUnix("/tmp/q.sock".into())));
+        assert_eq!(
+            parse_attach("stream:tcp:localhost:4444"),
+            Ok(AttachSpec::StreamTcp("localhost:4444".into()))
+        );
+        assert_eq!(
+            parse_attach("mcast:230.0.0.1:1234"),
+            Ok(AttachSpec::Mcast(McastSpec { group: Ipv4Addr::new(230, 0, 0, 1), port: 1234, local: None }))
+        );
+        assert_eq!(
+            parse_attach("mcast:230.0.0.1:1234,localaddr=127.0.0.1"),
+            Ok(AttachSpec::Mcast(McastSpec {
+                group: Ipv4Addr::new(230, 0, 0, 1),
+                port: 1234,
+                local: Some(Ipv4Addr::LOCALHOST)
+            }))
+        );
+        assert_eq!(parse_attach("netns:4242"), Ok(AttachSpec::Netns(NamespaceRef::Pid(4242))));
+        assert_eq!(
+            parse_attach("netns:/run/netns/a"),
+            Ok(AttachSpec::Netns(NamespaceRef::Path("/run/netns/a".into())))
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_text_and_the_forms() {
+        let error = parse_listen("stream:udp:1.2.3.4:5").unwrap_err().to_string();
+        assert!(error.contains("'stream:udp:1.2.3.4:5'"), "{error}");
+        assert!(error.contains("stream:unix:PATH"), "{error}");
+        for bad in
+            ["", "stream", "stream:unix:", "stream:tcp:127.0.0.1", "stream:tcp::80", "dgram:tcp:x:1", "tap:x"]
+        {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "mcast:10.0.0.1:1234",
+            "mcast:230.0.0.1",
+            "mcast:230.0.0.1:x",
+            "mcast:230.0.0.1:1,ttl=3",
+            "netns:",
+            "netns:99999999999",
+        ] {
+            assert!(parse_attach(bad).is_err(), "{bad}");
+        }
+        let long = format!("stream:unix:/{}", "x".repeat(120));
+        assert!(parse_listen(&long).unwrap_err().to_string().contains("108"));
+    }
+}

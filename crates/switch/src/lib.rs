@@ -1,0 +1,196 @@
+//! vnet's Ethernet switch: ports, MAC learning with aging, flooding, and per-port bounded
+//! queues.
+//!
+//! The switch is sans-IO. A transport hands it a received frame with [`Switch::receive`];
+//! the switch decides which ports get a copy and queues it there. The event loop then asks
+//! [`Switch::take_pending`] which ports have something new and lets their transports drain
+//! them. The switch knows frames and MAC addresses, never protocols, sockets or time
+//! sources: the caller passes `now`.
+
+mod mac_table;
+mod port;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+use vnet_wire::{Frame, FrameError, MacAddress};
+
+pub use mac_table::{Learned, MacTable, DEFAULT_AGING, DEFAULT_CAPACITY};
+pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits};
+
+/// How the switch forwards frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardingMode {
+    /// Learn source addresses and send known unicast to one port only.
+    Learning,
+    /// Send every frame to every other port, like QEMU's hub.
+    Hub,
+}
+
+/// Settings of one switch.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchConfig {
+    /// Learning switch or hub.
+    pub mode: ForwardingMode,
+    /// How long a learned station stays without being seen again.
+    pub aging: Duration,
+    /// Most stations the MAC table holds.
+    pub mac_capacity: usize,
+    /// How much each port may queue for a slow peer.
+    pub queue_limits: QueueLimits,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        Self {
+            mode: ForwardingMode::Learning,
+            aging: DEFAULT_AGING,
+            mac_capacity: DEFAULT_CAPACITY,
+            queue_limits: QueueLimits::default(),
+        }
+    }
+}
+
+/// The switch: a set of ports and the table of where stations are.
+#[derive(Debug)]
+pub struct Switch {
+    config: SwitchConfig,
+    ports: BTreeMap<PortId, Port>,
+    table: MacTable,
+    next_port: u32,
+    pending: Vec<PortId>,
+}
+
+impl Switch {
+    /// A switch with no ports.
+    pub fn new(config: SwitchConfig) -> Self {
+        Self {
+            config,
+            ports: BTreeMap::new(),
+            table: MacTable::new(config.aging, config.mac_capacity),
+            next_port: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds a port named after what it connects to and returns its id.
+    pub fn add_port(&mut self, name: impl Into<String>) -> PortId {
+        let id = PortId(self.next_port);
+        self.next_port += 1;
+        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits));
+        id
+    }
+
+    /// Removes a port, forgets its stations and discards what was queued for it. Returns
+    /// the port so the caller can report its final counters.
+    pub fn remove_port(&mut self, id: PortId) -> Option<Port> {
+        self.table.forget_port(id);
+        self.pending.retain(|pending| *pending != id);
+        self.ports.remove(&id)
+    }
+
+    /// A port by id.
+    pub fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.get(&id)
+    }
+
+    /// A port by id, for the transport that drains it.
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut Port> {
+        self.ports.get_mut(&id)
+    }
+
+    /// Every port, in the order they were added.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
+        self.ports.iter().map(|(id, port)| (*id, port))
+    }
+
+    /// The MAC table, for inspection.
+    pub fn mac_table(&self) -> &MacTable {
+        &self.table
+    }
+
+    /// Switches one frame received on port `from`. Invalid frames are counted as drops
+    /// on `from`; a full destination queue is counted on the destination.
+    pub fn receive(&mut self, from: PortId, bytes: vnet_wire::Bytes, now: Instant) {
+        let Some(port) = self.ports.get_mut(&from) else {
+            return;
+        };
+        port.record_received(bytes.len());
+        let frame = match Frame::new(bytes) {
+            Ok(frame) => frame,
+            Err(FrameError::Runt) => return port.record_drop(DropReason::Runt),
+            Err(FrameError::Oversize) => return port.record_drop(DropReason::Oversize),
+        };
+        if frame.source().is_multicast() {
+            return port.record_drop(DropReason::MulticastSource);
+        }
+        match self.config.mode {
+            ForwardingMode::Hub => self.flood(from, frame),
+            ForwardingMode::Learning => {
+                self.learn(frame.source(), from, now);
+                match self.unicast_destination(frame.destination(), now) {
+                    Some(to) if to == from => {}
+                    Some(to) => self.deliver(to, frame),
+                    None => self.flood(from, frame),
+                }
+            }
+        }
+    }
+
+    /// Ports that were given frames since the last call, each once.
+    pub fn take_pending(&mut self) -> Vec<PortId> {
+        let pending = std::mem::take(&mut self.pending);
+        for id in &pending {
+            if let Some(port) = self.ports.get_mut(id) {
+                port.pending = false;
+            }
+        }
+        pending
+    }
+
+    /// Drops aged MAC table entries; call it now and then to bound memory.
+    pub fn expire(&mut self, now: Instant) {
+        let expired = self.table.expire(now);
+        if expired > 0 {
+            debug!(expired, "aged out MAC table entries");
+        }
+    }
+
+    fn learn(&mut self, source: MacAddress, port: PortId, now: Instant) {
+        match self.table.learn(source, port, now) {
+            Learned::Moved { from } => debug!(%source, %from, to = %port, "station moved"),
+            Learned::TableFull => {
+                warn!(%source, %port, "MAC table full; flooding this station's traffic")
+            }
+            Learned::New | Learned::Refreshed => {}
+        }
+    }
+
+    fn unicast_destination(&self, destination: MacAddress, now: Instant) -> Option<PortId> {
+        if destination.is_multicast() {
+            return None;
+        }
+        self.table.lookup(destination, now)
+    }
+
+    fn flood(&mut self, from: PortId, frame: Frame) {
+        let targets: Vec<PortId> = self.ports.keys().copied().filter(|id| *id != from).collect();
+        for to in targets {
+            self.deliver(to, frame.clone());
+        }
+    }
+
+    fn deliver(&mut self, to: PortId, frame: Frame) {
+        let Some(port) = self.ports.get_mut(&to) else {
+            return;
+        };
+        if port.enqueue(frame) && !port.pending {
+            port.pending = true;
+            self.pending.push(to);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

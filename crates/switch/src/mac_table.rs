@@ -1,0 +1,183 @@
+//! The MAC address table: which port a station was last seen on, and for how long that
+//! stays true.
+//!
+//! It knows addresses, ports and time, nothing about frames or queues. Time is passed in,
+//! so aging is tested without sleeping.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use vnet_wire::MacAddress;
+
+use crate::PortId;
+
+/// Default time an entry lives without being refreshed, as in most hardware switches.
+pub const DEFAULT_AGING: Duration = Duration::from_secs(300);
+
+/// Upper bound on learned stations, so a guest sending from random source addresses
+/// cannot grow vnet's memory without limit.
+pub const DEFAULT_CAPACITY: usize = 65536;
+
+/// What learning a source address did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A station not in the table (or aged out) is now on this port.
+    New,
+    /// Already known on this port; its age was reset.
+    Refreshed,
+    /// The station moved here from another port.
+    Moved {
+        /// The port it was on before.
+        from: PortId,
+    },
+    /// The table is full; the station was not learned and its frames will be flooded.
+    TableFull,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    port: PortId,
+    last_seen: Instant,
+}
+
+/// Station address to port, with aging.
+#[derive(Debug)]
+pub struct MacTable {
+    entries: HashMap<MacAddress, Entry>,
+    aging: Duration,
+    capacity: usize,
+}
+
+impl MacTable {
+    /// An empty table whose entries expire after `aging` and which holds at most
+    /// `capacity` stations.
+    pub fn new(aging: Duration, capacity: usize) -> Self {
+        Self { entries: HashMap::new(), aging, capacity }
+    }
+
+    /// Records that `mac` was seen on `port` at `now`.
+    pub fn learn(&mut self, mac: MacAddress, port: PortId, now: Instant) -> Learned {
+        if let Some(entry) = self.entries.get_mut(&mac) {
+            let was_live = now.saturating_duration_since(entry.last_seen) < self.aging;
+            let previous = entry.port;
+            *entry = Entry { port, last_seen: now };
+            return match (was_live, previous == port) {
+                (false, _) => Learned::New,
+                (true, true) => Learned::Refreshed,
+                (true, false) => Learned::Moved { from: previous },
+            };
+        }
+        if self.entries.len() >= self.capacity {
+            self.expire(now);
+            if self.entries.len() >= self.capacity {
+                return Learned::TableFull;
+            }
+        }
+        self.entries.insert(mac, Entry { port, last_seen: now });
+        Learned::New
+    }
+
+    /// The port `mac` was last seen on, unless that was longer ago than the aging time.
+    pub fn lookup(&self, mac: MacAddress, now: Instant) -> Option<PortId> {
+        self.entries
+            .get(&mac)
+            .filter(|entry| now.saturating_duration_since(entry.last_seen) < self.aging)
+            .map(|entry| entry.port)
+    }
+
+    /// Forgets every station on `port`, for when the port goes away.
+    pub fn forget_port(&mut self, port: PortId) {
+        self.entries.retain(|_, entry| entry.port != port);
+    }
+
+    /// Drops entries older than the aging time and returns how many went.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.entries.len();
+        let aging = self.aging;
+        self.entries.retain(|_, entry| now.saturating_duration_since(entry.last_seen) < aging);
+        before - self.entries.len()
+    }
+
+    /// Number of stations currently held, aged or not.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no station is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The configured aging time.
+    pub fn aging(&self) -> Duration {
+        self.aging
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: MacAddress = MacAddress([0x52, 0x54, 0, 0, 0, 0xa]);
+    const B: MacAddress = MacAddress([0x52, 0x54, 0, 0, 0, 0xb]);
+
+    #[test]
+    fn learned_station_is_found_until_it_ages_out() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_secs(300), 16);
+        assert_eq!(table.learn(A, PortId(1), t0), Learned::New);
+        assert_eq!(table.lookup(A, t0 + Duration::from_secs(299)), Some(PortId(1)));
+        assert_eq!(table.lookup(A, t0 + Duration::from_secs(300)), None);
+        assert_eq!(table.expire(t0 + Duration::from_secs(300)), 1);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn refreshing_restarts_the_age() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_secs(10), 16);
+        table.learn(A, PortId(1), t0);
+        let t1 = t0 + Duration::from_secs(8);
+        assert_eq!(table.learn(A, PortId(1), t1), Learned::Refreshed);
+        assert_eq!(table.lookup(A, t1 + Duration::from_secs(8)), Some(PortId(1)));
+    }
+
+    #[test]
+    fn station_move_updates_the_port() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(DEFAULT_AGING, 16);
+        table.learn(A, PortId(1), t0);
+        assert_eq!(table.learn(A, PortId(2), t0), Learned::Moved { from: PortId(1) });
+        assert_eq!(table.lookup(A, t0), Some(PortId(2)));
+    }
+
+    #[test]
+    fn an_aged_entry_relearned_elsewhere_is_new_not_a_move() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_secs(10), 16);
+        table.learn(A, PortId(1), t0);
+        assert_eq!(table.learn(A, PortId(2), t0 + Duration::from_secs(11)), Learned::New);
+    }
+
+    #[test]
+    fn forgetting_a_port_drops_only_its_stations() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(DEFAULT_AGING, 16);
+        table.learn(A, PortId(1), t0);
+        table.learn(B, PortId(2), t0);
+        table.forget_port(PortId(1));
+        assert_eq!(table.lookup(A, t0), None);
+        assert_eq!(table.lookup(B, t0), Some(PortId(2)));
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_stations_but_reclaims_aged_ones() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_secs(10), 1);
+        table.learn(A, PortId(1), t0);
+        assert_eq!(table.learn(B, PortId(2), t0), Learned::TableFull);
+        assert_eq!(table.lookup(B, t0), None);
+        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_secs(10)), Learned::New);
+        assert_eq!(table.len(), 1);
+    }
+}

@@ -1,0 +1,222 @@
+//! A switch port: its name, its bounded transmit queue and its counters.
+//!
+//! A port does not know how its frames travel (socket, tap, ring); the transport that owns
+//! it drains [`Port::queued`] and reports back with [`Port::pop_sent`] or
+//! [`Port::pop_dropped`]. The queue bound is what keeps one slow peer from stalling the
+//! others: when it is full, that port alone loses the frame.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use vnet_wire::Frame;
+
+/// Identifies a port for the lifetime of a switch. Numbers are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortId(pub u32);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a frame was not delivered. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Received: shorter than an Ethernet header.
+    Runt,
+    /// Received: longer than the largest frame vnet carries.
+    Oversize,
+    /// Received: a multicast source address, which no real station uses.
+    MulticastSource,
+    /// To be sent: the port's queue was full because its peer is not reading.
+    QueueFull,
+    /// To be sent: the transport could not hand the frame over (peer gone, buffer full).
+    SendFailed,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Runt,
+        DropReason::Oversize,
+        DropReason::MulticastSource,
+        DropReason::QueueFull,
+        DropReason::SendFailed,
+    ];
+
+    /// True for drops of frames the port received, false for frames it was to send.
+    pub fn is_receive(self) -> bool {
+        matches!(self, DropReason::Runt | DropReason::Oversize | DropReason::MulticastSource)
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::Oversize => "oversize",
+            DropReason::MulticastSource => "multicast_source",
+            DropReason::QueueFull => "queue_full",
+            DropReason::SendFailed => "send_failed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Frame, byte and drop counts of one port. "rx" is what the port's peer sent into the
+/// switch; "tx" is what the switch delivered to the peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Frames received from the peer, valid or not.
+    pub rx_frames: u64,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Received frames that were dropped.
+    pub rx_dropped: u64,
+    /// Frames handed to the peer.
+    pub tx_frames: u64,
+    /// Bytes handed to the peer.
+    pub tx_bytes: u64,
+    /// Frames meant for the peer that were dropped.
+    pub tx_dropped: u64,
+    drops_by_reason: [u64; DropReason::ALL.len()],
+}
+
+impl PortCounters {
+    /// How many frames were dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops_by_reason[reason.index()]
+    }
+
+    fn record_drop(&mut self, reason: DropReason) {
+        self.drops_by_reason[reason.index()] += 1;
+        if reason.is_receive() {
+            self.rx_dropped += 1;
+        } else {
+            self.tx_dropped += 1;
+        }
+    }
+}
+
+impl fmt::Display for PortCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_dropped={}",
+            self.rx_frames, self.rx_bytes, self.rx_dropped, self.tx_frames, self.tx_bytes, self.tx_dropped
+        )?;
+        for reason in DropReason::ALL {
+            let count = self.drops(reason);
+            if count > 0 {
+                write!(f, " drop.{}={count}", reason.name())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How much a port may hold for a peer that is not reading. Whichever limit is hit first
+/// applies; a frame larger than the byte limit still fits into an empty queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most frames queued at once.
+    pub frames: usize,
+    /// Most bytes queued at once.
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self { frames: 1024, bytes: 4 << 20 }
+    }
+}
+
+/// One port of the switch.
+#[derive(Debug)]
+pub struct Port {
+    name: String,
+    queue: VecDeque<Frame>,
+    queued_bytes: usize,
+    limits: QueueLimits,
+    counters: PortCounters,
+    pub(crate) pending: bool,
+}
+
+impl Port {
+    pub(crate) fn new(name: String, limits: QueueLimits) -> Self {
+        Self {
+            name,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            limits,
+            counters: PortCounters::default(),
+            pending: false,
+        }
+    }
+
+    /// What the port is connected to, for logs (for example `stream:unix:/run/vm.sock pid=42`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port's counters so far.
+    pub fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    /// Frames waiting for the peer, oldest first.
+    pub fn queued(&self) -> impl ExactSizeIterator<Item = &Frame> {
+        self.queue.iter()
+    }
+
+    /// True when nothing waits for the peer.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Removes the oldest queued frame after the transport delivered it.
+    pub fn pop_sent(&mut self) -> Option<Frame> {
+        let frame = self.pop()?;
+        self.counters.tx_frames += 1;
+        self.counters.tx_bytes += frame.len() as u64;
+        Some(frame)
+    }
+
+    /// Removes the oldest queued frame because the transport could not deliver it.
+    pub fn pop_dropped(&mut self) -> Option<Frame> {
+        let frame = self.pop()?;
+        self.counters.record_drop(DropReason::SendFailed);
+        Some(frame)
+    }
+
+    pub(crate) fn record_received(&mut self, len: usize) {
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += len as u64;
+    }
+
+    pub(crate) fn record_drop(&mut self, reason: DropReason) {
+        self.counters.record_drop(reason);
+    }
+
+    /// Queues `frame` unless the queue is full. Returns whether it was queued.
+    pub(crate) fn enqueue(&mut self, frame: Frame) -> bool {
+        let over_frames = self.queue.len() >= self.limits.frames;
+        let over_bytes = !self.queue.is_empty() && self.queued_bytes + frame.len() > self.limits.bytes;
+        if over_frames || over_bytes {
+            self.counters.record_drop(DropReason::QueueFull);
+            return false;
+        }
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+        true
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.queue.pop_front()?;
+        self.queued_bytes -= frame.len();
+        Some(frame)
+    }
+}

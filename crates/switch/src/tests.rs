@@ -1,0 +1,181 @@
+//! Switch behaviour, driven frame by frame with a fake clock.
+
+use std::time::{Duration, Instant};
+
+use vnet_wire::Bytes;
+
+use super::*;
+
+const A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xa];
+const B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xb];
+const BROADCAST: [u8; 6] = [0xff; 6];
+const IPV6_MULTICAST: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+fn frame(dst: [u8; 6], src: [u8; 6]) -> Bytes {
+    let mut v = Vec::with_capacity(60);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&[0x08, 0x00]);
+    v.resize(60, 0);
+    Bytes::from(v)
+}
+
+fn queued(switch: &Switch, port: PortId) -> usize {
+    switch.port(port).unwrap().queued().len()
+}
+
+fn three_ports(config: SwitchConfig) -> (Switch, [PortId; 3]) {
+    let mut switch = Switch::new(config);
+    let ports = [switch.add_port("a"), switch.add_port("b"), switch.add_port("c")];
+    (switch, ports)
+}
+
+#[test]
+fn unknown_unicast_broadcast_and_multicast_are_flooded_to_all_other_ports() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, frame(B, A), now);
+    switch.receive(pa, frame(BROADCAST, A), now);
+    switch.receive(pa, frame(IPV6_MULTICAST, A), now);
+    assert_eq!(queued(&switch, pa), 0);
+    assert_eq!(queued(&switch, pb), 3);
+    assert_eq!(queued(&switch, pc), 3);
+}
+
+#[test]
+fn known_unicast_goes_to_one_port_only() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pb, frame(BROADCAST, B), now);
+    switch.take_pending();
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(switch.take_pending(), vec![pb]);
+    assert_eq!(queued(&switch, pb), 1);
+    assert_eq!(queued(&switch, pc), 1, "only the earlier broadcast");
+}
+
+#[test]
+fn a_frame_for_a_station_on_the_ingress_port_is_filtered() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, frame(BROADCAST, B), now);
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(queued(&switch, pa), 0);
+    assert_eq!(queued(&switch, pb), 1);
+    assert_eq!(queued(&switch, pc), 1);
+}
+
+#[test]
+fn aged_stations_are_flooded_again() {
+    let t0 = Instant::now();
+    let config = SwitchConfig { aging: Duration::from_secs(300), ..SwitchConfig::default() };
+    let (mut switch, [pa, pb, pc]) = three_ports(config);
+    switch.receive(pb, frame(BROADCAST, B), t0);
+    switch.receive(pa, frame(B, A), t0 + Duration::from_secs(299));
+    assert_eq!(queued(&switch, pc), 1, "B still known");
+    switch.receive(pa, frame(B, A), t0 + Duration::from_secs(301));
+    assert_eq!(queued(&switch, pc), 2, "B aged out, so flooded");
+}
+
+#[test]
+fn a_station_move_redirects_its_traffic() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pb, frame(BROADCAST, B), now);
+    switch.receive(pc, frame(BROADCAST, B), now);
+    switch.take_pending();
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(switch.take_pending(), vec![pc]);
+}
+
+#[test]
+fn hub_mode_floods_known_unicast_too() {
+    let now = Instant::now();
+    let config = SwitchConfig { mode: ForwardingMode::Hub, ..SwitchConfig::default() };
+    let (mut switch, [pa, pb, pc]) = three_ports(config);
+    switch.receive(pb, frame(BROADCAST, B), now);
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(queued(&switch, pb), 1);
+    assert_eq!(queued(&switch, pc), 2);
+}
+
+#[test]
+fn removing_a_port_forgets_its_stations_and_pending_state() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pb, frame(BROADCAST, B), now);
+    switch.remove_port(pb);
+    assert!(!switch.take_pending().contains(&pb));
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(queued(&switch, pc), 2, "B unknown again: flooded");
+}
+
+#[test]
+fn a_full_queue_drops_for_that_port_only() {
+    let now = Instant::now();
+    let limits = QueueLimits { frames: 4, bytes: 1 << 20 };
+    let config = SwitchConfig { queue_limits: limits, ..SwitchConfig::default() };
+    let (mut switch, [pa, pb, pc]) = three_ports(config);
+    for _ in 0..10 {
+        switch.receive(pa, frame(BROADCAST, A), now);
+        let port_b = switch.port_mut(pb).unwrap();
+        while port_b.pop_sent().is_some() {}
+    }
+    let b = switch.port(pb).unwrap().counters();
+    let c = switch.port(pc).unwrap().counters();
+    assert_eq!((b.tx_frames, b.tx_dropped), (10, 0));
+    assert_eq!(queued(&switch, pc), 4);
+    assert_eq!(c.tx_dropped, 6);
+    assert_eq!(c.drops(DropReason::QueueFull), 6);
+}
+
+#[test]
+fn the_byte_limit_applies_but_one_large_frame_always_fits() {
+    let now = Instant::now();
+    let limits = QueueLimits { frames: 100, bytes: 100 };
+    let config = SwitchConfig { queue_limits: limits, ..SwitchConfig::default() };
+    let (mut switch, [pa, pb, _]) = three_ports(config);
+    let mut big = frame(BROADCAST, A).to_vec();
+    big.resize(1000, 0);
+    switch.receive(pa, Bytes::from(big), now);
+    switch.receive(pa, frame(BROADCAST, A), now);
+    assert_eq!(queued(&switch, pb), 1);
+    assert_eq!(switch.port(pb).unwrap().counters().tx_dropped, 1);
+}
+
+#[test]
+fn invalid_frames_are_counted_on_the_ingress_port() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, _]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, Bytes::from_static(&[0; 10]), now);
+    switch.receive(pa, frame(BROADCAST, IPV6_MULTICAST), now);
+    switch.receive(pa, Bytes::from(vec![0xff; vnet_wire::MAX_FRAME_LEN + 1]), now);
+    let a = switch.port(pa).unwrap().counters();
+    assert_eq!((a.rx_frames, a.rx_dropped), (3, 3));
+    assert_eq!(a.drops(DropReason::Runt), 1);
+    assert_eq!(a.drops(DropReason::MulticastSource), 1);
+    assert_eq!(a.drops(DropReason::Oversize), 1);
+    assert_eq!(queued(&switch, pb), 0);
+}
+
+#[test]
+fn pending_lists_each_port_once() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    for _ in 0..5 {
+        switch.receive(pa, frame(BROADCAST, A), now);
+    }
+    assert_eq!(switch.take_pending(), vec![pb, pc]);
+    assert!(switch.take_pending().is_empty());
+}
+
+#[test]
+fn counters_track_frames_and_bytes_both_ways() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, _]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, frame(BROADCAST, A), now);
+    switch.port_mut(pb).unwrap().pop_sent();
+    assert_eq!(switch.port(pa).unwrap().counters().rx_bytes, 60);
+    let b = switch.port(pb).unwrap().counters();
+    assert_eq!((b.tx_frames, b.tx_bytes), (1, 60));
+}

@@ -1,0 +1,323 @@
+//! QEMU's datagram backend (`-netdev dgram`): one frame per unix or UDP datagram on one
+//! socket vnet binds. Every peer address that sends becomes a port of its own, which
+//! goes away when the peer is idle for [`PEER_IDLE_TIMEOUT`] or (unix) when its socket
+//! is gone.
+//!
+//! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
+//! queued across writes: a peer that cannot take a frame right now loses it, counted on
+//! its port, as a real Ethernet link would.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::unix::SourceFd;
+use mio::Interest;
+use socket2::{Domain, SockAddr, Socket, Type};
+use tracing::{debug, info};
+use vnet_switch::PortId;
+use vnet_wire::MAX_FRAME_LEN;
+
+use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
+use crate::stream::{inet_bind_error, resolve};
+use crate::sys::{self, DatagramBatch};
+use crate::unix_path::{bind_error, BoundPath, SocketKind};
+use crate::TransportError;
+
+/// How long a datagram peer may stay silent before its port is removed.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Datagrams received per `recvmmsg`.
+pub(crate) const BATCH: usize = 32;
+
+/// A datagram peer's address, as a map key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// A bound unix datagram socket.
+    Unix(PathBuf),
+    /// A UDP socket.
+    Inet(SocketAddr),
+}
+
+impl PeerAddr {
+    /// The peer behind a received datagram's sender address, if it can be answered.
+    pub fn from_sockaddr(addr: &SockAddr) -> Option<Self> {
+        if let Some(inet) = addr.as_socket() {
+            return Some(PeerAddr::Inet(inet));
+        }
+        addr.as_pathname().map(|path| PeerAddr::Unix(path.to_owned()))
+    }
+
+    fn to_sockaddr(&self) -> io::Result<SockAddr> {
+        match self {
+            PeerAddr::Unix(path) => SockAddr::unix(path),
+            PeerAddr::Inet(addr) => Ok(SockAddr::from(*addr)),
+        }
+    }
+}
+
+struct Peer {
+    port: PortId,
+    sockaddr: SockAddr,
+    last_heard: Instant,
+}
+
+/// Which port belongs to which peer address, and when each was last heard from.
+#[derive(Default)]
+pub struct PeerTable {
+    by_addr: HashMap<PeerAddr, Peer>,
+    by_port: HashMap<PortId, PeerAddr>,
+}
+
+impl PeerTable {
+    /// The port of `addr`, refreshed at `now`, if the peer is known.
+    pub fn touch(&mut self, addr: &PeerAddr, now: Instant) -> Option<PortId> {
+        let peer = self.by_addr.get_mut(addr)?;
+        peer.last_heard = now;
+        Some(peer.port)
+    }
+
+    /// Records a new peer and its port.
+    pub fn insert(&mut self, addr: PeerAddr, port: PortId, now: Instant) -> io::Result<()> {
+        let sockaddr = addr.to_sockaddr()?;
+        self.by_port.insert(port, addr.clone());
+        self.by_addr.insert(addr, Peer { port, sockaddr, last_heard: now });
+        Ok(())
+    }
+
+    /// The address to send `port`'s frames to.
+    pub fn sockaddr(&self, port: PortId) -> Option<&SockAddr> {
+        self.by_port.get(&port).and_then(|addr| self.by_addr.get(addr)).map(|peer| &peer.sockaddr)
+    }
+
+    /// Forgets the peer of `port`.
+    pub fn remove(&mut self, port: PortId) {
+        if let Some(addr) = self.by_port.remove(&port) {
+            self.by_addr.remove(&addr);
+        }
+    }
+
+    /// Removes peers silent for `idle` or longer and returns their ports.
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<PortId> {
+        let stale: Vec<PortId> = self
+            .by_addr
+            .values()
+            .filter(|peer| now.saturating_duration_since(peer.last_heard) >= idle)
+            .map(|peer| peer.port)
+            .collect();
+        for port in &stale {
+            self.remove(*port);
+        }
+        stale
+    }
+
+    /// When the quietest peer will have been idle for `idle`.
+    pub fn next_expiry(&self, idle: Duration) -> Option<Instant> {
+        self.by_addr.values().map(|peer| peer.last_heard + idle).min()
+    }
+
+    /// Every port in the table.
+    pub fn ports(&self) -> Vec<PortId> {
+        self.by_port.keys().copied().collect()
+    }
+}
+
+/// A bound datagram socket serving any number of QEMU `-netdev dgram` peers.
+pub struct DgramListener {
+    socket: Socket,
+    description: String,
+    _path: Option<BoundPath>,
+    peers: PeerTable,
+    batch: DatagramBatch,
+}
+
+impl DgramListener {
+    /// Binds a unix datagram socket at `path`, replacing a stale socket file.
+    pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
+        BoundPath::prepare(path, SocketKind::Datagram)?;
+        let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
+            .map_err(|e| TransportError::io("cannot create unix datagram socket", e))?;
+        let addr = SockAddr::unix(path)
+            .map_err(|e| TransportError::io(format!("bad socket path {}", path.display()), e))?;
+        socket.bind(&addr).map_err(|e| bind_error(path, e))?;
+        Ok(Self::new(socket, format!("dgram:unix:{}", path.display()), Some(BoundPath::new(path.to_owned()))))
+    }
+
+    /// Binds a UDP socket at `HOST:PORT`.
+    pub fn bind_udp(host_port: &str) -> Result<Self, TransportError> {
+        let addr = resolve(host_port)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking().cloexec(), None)
+            .map_err(|e| TransportError::io("cannot create UDP socket", e))?;
+        socket.bind(&addr.into()).map_err(|e| inet_bind_error(host_port, e))?;
+        Ok(Self::new(socket, format!("dgram:udp:{addr}"), None))
+    }
+
+    fn new(socket: Socket, description: String, path: Option<BoundPath>) -> Self {
+        Self {
+            socket,
+            description,
+            _path: path,
+            peers: PeerTable::default(),
+            batch: DatagramBatch::new(BATCH, MAX_FRAME_LEN + 1),
+        }
+    }
+
+    fn port_for(&mut self, sender: &SockAddr, cx: &mut Context<'_>) -> Option<PortId> {
+        let Some(addr) = PeerAddr::from_sockaddr(sender) else {
+            cx.counters.unanswerable_datagram += 1;
+            debug!(listen = %self.description, "datagram from an unnamed socket dropped; bind the sender to a path");
+            return None;
+        };
+        if let Some(port) = self.peers.touch(&addr, cx.now) {
+            return Some(port);
+        }
+        let name = match &addr {
+            PeerAddr::Unix(path) => format!("{} peer={}", self.description, path.display()),
+            PeerAddr::Inet(inet) => format!("{} peer={inet}", self.description),
+        };
+        let port = cx.add_port(name);
+        if let Err(e) = self.peers.insert(addr, port, cx.now) {
+            info!(error = %e, "cannot address datagram peer");
+            cx.remove_port(port);
+            return None;
+        }
+        Some(port)
+    }
+}
+
+/// Whether a send error means the peer is gone for good rather than busy.
+fn peer_is_gone(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT))
+}
+
+/// Sends every frame queued on `port` to `to`, dropping what the kernel does not take.
+/// Returns an error only when the peer is gone.
+pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch::Port) -> io::Result<()> {
+    while !port.is_idle() {
+        let datagrams: Vec<&[u8]> = port.queued().take(BATCH).map(|f| f.as_bytes()).collect();
+        let count = datagrams.len();
+        match sys::send_datagrams(socket.as_fd(), to, &datagrams) {
+            Ok(sent) => {
+                for _ in 0..sent {
+                    port.pop_sent();
+                }
+                if sent < count {
+                    port.pop_dropped();
+                }
+            }
+            Err(e) if peer_is_gone(&e) => return Err(e),
+            Err(_) => {
+                port.pop_dropped();
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Endpoint for DgramListener {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        info!(listen = %self.description, "listening");
+        cx.registry.register(&mut SourceFd(&self.socket.as_raw_fd()), cx.token, Interest::READABLE)
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let received = match self.batch.receive(self.socket.as_fd()) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+            Err(e) => {
+                debug!(listen = %self.description, error = %e, "receive failed");
+                return ReadOutcome::Drained;
+            }
+        };
+        for index in 0..received {
+            let (data, sender) = self.batch.datagram(index);
+            let frame = Bytes::copy_from_slice(data);
+            if let Some(port) = self.port_for(&sender, cx) {
+                cx.switch.receive(port, frame, cx.now);
+            }
+        }
+        if received == BATCH {
+            ReadOutcome::More
+        } else {
+            ReadOutcome::Drained
+        }
+    }
+
+    fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
+        Liveness::Open
+    }
+
+    fn flush(&mut self, port: PortId, cx: &mut Context<'_>) -> Liveness {
+        let (Some(to), Some(switch_port)) = (self.peers.sockaddr(port), cx.switch.port_mut(port)) else {
+            return Liveness::Open;
+        };
+        if let Err(e) = send_queued(&self.socket, to, switch_port) {
+            info!(listen = %self.description, error = %e, "datagram peer is gone");
+            self.peers.remove(port);
+            cx.remove_port(port);
+        }
+        Liveness::Open
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.peers.next_expiry(PEER_IDLE_TIMEOUT)
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        for port in self.peers.expire(cx.now, PEER_IDLE_TIMEOUT) {
+            info!(listen = %self.description, %port, "datagram peer idle; port removed");
+            cx.remove_port(port);
+        }
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        for port in self.peers.ports() {
+            cx.remove_port(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inet(port: u16) -> PeerAddr {
+        PeerAddr::Inet(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    #[test]
+    fn peers_are_found_by_address_and_port() {
+        let now = Instant::now();
+        let mut table = PeerTable::default();
+        table.insert(inet(1000), PortId(7), now).unwrap();
+        assert_eq!(table.touch(&inet(1000), now), Some(PortId(7)));
+        assert_eq!(table.touch(&inet(1001), now), None);
+        assert_eq!(
+            table.sockaddr(PortId(7)).and_then(|a| a.as_socket()),
+            Some(SocketAddr::from(([127, 0, 0, 1], 1000)))
+        );
+    }
+
+    #[test]
+    fn idle_peers_expire_and_active_ones_stay() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut table = PeerTable::default();
+        table.insert(inet(1), PortId(1), t0).unwrap();
+        table.insert(inet(2), PortId(2), t0).unwrap();
+        table.touch(&inet(2), t0 + Duration::from_secs(50));
+        assert_eq!(table.next_expiry(idle), Some(t0 + idle));
+        assert_eq!(table.expire(t0 + idle, idle), vec![PortId(1)]);
+        assert_eq!(table.touch(&inet(1), t0 + idle), None);
+        assert_eq!(table.ports(), vec![PortId(2)]);
+    }
+
+    #[test]
+    fn unix_peers_keep_their_path() {
+        let addr = SockAddr::unix("/tmp/vnet-test-peer.sock").unwrap();
+        assert_eq!(PeerAddr::from_sockaddr(&addr), Some(PeerAddr::Unix("/tmp/vnet-test-peer.sock".into())));
+    }
+}

@@ -1,0 +1,238 @@
+//! Taps inside network namespaces: opening one in a namespace that exists
+//! (`--attach netns:PATH|PID`) and starting a command in a new namespace that has one
+//! (`vnet ns -- CMD`).
+//!
+//! Entering a namespace is done by a short-lived child process, never by vnet's own
+//! thread: the child joins the namespace (and its owning user namespace when vnet is not
+//! privileged there), creates the tap, brings it up and passes the descriptor back over a
+//! socket. vnet itself never changes namespace. What travels over the tap is
+//! [`crate::tap`]'s business.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::wait::waitpid;
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::{sys, NamespaceRef, TransportError};
+
+/// The name of the tap vnet creates in a namespace unless told otherwise.
+pub const DEFAULT_IFNAME: &str = "eth0";
+
+/// How long the child may take to report; it only makes a few system calls.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The step of namespace setup that failed, as the child reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Done = 0,
+    EnterUserNamespace = 1,
+    EnterNetworkNamespace = 2,
+    CreateNamespace = 3,
+    MapUser = 4,
+    CreateTap = 5,
+    LinkUp = 6,
+}
+
+impl Step {
+    fn from_byte(byte: u8) -> Option<Self> {
+        [
+            Step::Done,
+            Step::EnterUserNamespace,
+            Step::EnterNetworkNamespace,
+            Step::CreateNamespace,
+            Step::MapUser,
+            Step::CreateTap,
+            Step::LinkUp,
+        ]
+        .into_iter()
+        .find(|step| *step as u8 == byte)
+    }
+}
+
+/// Runs `step`'s work and tags its error with the step.
+fn at<T>(step: Step, result: Result<T, impl Into<io::Error>>) -> Result<T, (Step, io::Error)> {
+    result.map_err(|e| (step, e.into()))
+}
+
+/// Reports the outcome to the parent: the tap on success, the failing step otherwise.
+fn report(socket: &UnixStream, outcome: &Result<OwnedFd, (Step, io::Error)>) -> io::Result<()> {
+    match outcome {
+        Ok(tap) => sys::send_with_fd(socket.as_fd(), &[Step::Done as u8, 0, 0, 0, 0], Some(tap.as_fd())),
+        Err((step, error)) => {
+            let errno = error.raw_os_error().unwrap_or(libc::EIO);
+            let mut payload = vec![*step as u8];
+            payload.extend_from_slice(&errno.to_le_bytes());
+            sys::send_with_fd(socket.as_fd(), &payload, None)
+        }
+    }
+}
+
+/// Creates the tap `ifname` in the current namespace and brings it (and loopback) up.
+fn create_tap_here(ifname: &str) -> Result<OwnedFd, (Step, io::Error)> {
+    let tap = at(Step::CreateTap, sys::create_tap(ifname))?;
+    at(Step::LinkUp, sys::set_link_up(ifname))?;
+    at(Step::LinkUp, sys::set_link_up("lo"))?;
+    Ok(tap)
+}
+
+/// Waits for the child's report and turns it into the tap or an error that says what to
+/// fix. `what` names the namespace for messages.
+fn receive_tap(socket: &UnixStream, what: &str, ifname: &str) -> Result<OwnedFd, TransportError> {
+    socket
+        .set_read_timeout(Some(HELPER_TIMEOUT))
+        .map_err(|e| TransportError::io("cannot set a timeout on the helper socket", e))?;
+    let (payload, fd) = sys::receive_with_fd::<5>(socket.as_fd())
+        .map_err(|e| TransportError::io(format!("no answer from the helper that sets up {what}"), e))?;
+    let step = payload.first().and_then(|b| Step::from_byte(*b));
+    let errno = payload.get(1..5).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(libc::EIO);
+    match (step, fd) {
+        (Some(Step::Done), Some(fd)) => Ok(fd),
+        (Some(step), _) => Err(explain(step, io::Error::from_raw_os_error(errno), what, ifname)),
+        (None, _) => {
+            Err(TransportError::Namespace(format!("the helper that sets up {what} exited without a report")))
+        }
+    }
+}
+
+fn explain(step: Step, error: io::Error, what: &str, ifname: &str) -> TransportError {
+    let denied = error.raw_os_error() == Some(libc::EPERM) || error.raw_os_error() == Some(libc::EACCES);
+    let message = match step {
+        Step::EnterUserNamespace | Step::EnterNetworkNamespace if denied => {
+            format!("no permission to enter {what}; run vnet as root or as the user that created the namespace")
+        }
+        Step::CreateNamespace if denied => format!(
+            "cannot create {what}: {error}; run as root or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+        ),
+        Step::CreateTap if error.raw_os_error() == Some(libc::EBUSY) => {
+            format!("an interface named {ifname} already exists in {what}; choose another with --ifname")
+        }
+        Step::CreateTap if error.kind() == io::ErrorKind::NotFound => {
+            "/dev/net/tun is missing; load the tun module (modprobe tun)".to_owned()
+        }
+        _ => format!("cannot set up a tap in {what} ({step:?}): {error}"),
+    };
+    TransportError::Namespace(message)
+}
+
+/// Opens the namespace file of `target`.
+fn open_namespace(target: &NamespaceRef) -> Result<(File, String), TransportError> {
+    let (path, what) = match target {
+        NamespaceRef::Path(path) => (path.clone(), format!("network namespace {}", path.display())),
+        NamespaceRef::Pid(pid) => {
+            (PathBuf::from(format!("/proc/{pid}/ns/net")), format!("the network namespace of process {pid}"))
+        }
+    };
+    match File::open(&path) {
+        Ok(file) => Ok((file, what)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(TransportError::Namespace(format!(
+            "{what} does not exist ({} not found); give a path such as /run/netns/NAME or the PID of a running process",
+            path.display()
+        ))),
+        Err(e) => Err(TransportError::Namespace(format!("cannot open {what}: {e}; run vnet as the namespace's owner or as root"))),
+    }
+}
+
+/// Creates a tap named `ifname` inside the network namespace `target`, brings it up and
+/// returns its non-blocking descriptor. Call it before any thread is started.
+pub fn open_tap_in(target: &NamespaceRef, ifname: &str) -> Result<OwnedFd, TransportError> {
+    let (namespace, what) = open_namespace(target)?;
+    let owner = sys::owning_user_namespace(namespace.as_fd()).ok();
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| TransportError::io("cannot create a socket pair", e))?;
+    let child = sys::fork_child(move || {
+        let outcome = enter(&namespace, owner.as_ref()).and_then(|()| create_tap_here(ifname));
+        match report(&theirs, &outcome) {
+            Ok(()) if outcome.is_ok() => 0,
+            _ => 1,
+        }
+    })
+    .map_err(|e| TransportError::io("cannot fork the namespace helper", e))?;
+    let tap = receive_tap(&ours, &what, ifname);
+    let _ = waitpid(Pid::from_raw(child), None);
+    tap
+}
+
+/// Joins `namespace`, first joining the user namespace that owns it if vnet has no
+/// privilege over the namespace as it is.
+fn enter(namespace: &File, owner: Option<&OwnedFd>) -> Result<(), (Step, io::Error)> {
+    match setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) if owner.is_some() => {
+            let owner = owner.expect("checked");
+            at(Step::EnterUserNamespace, setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER))?;
+            at(Step::EnterNetworkNamespace, setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET))
+        }
+        Err(e) => Err((Step::EnterNetworkNamespace, e.into())),
+    }
+}
+
+/// A command started in a network namespace of its own, and the tap that is its only
+/// interface besides loopback.
+pub struct NamespacedCommand {
+    /// The running command.
+    pub child: Child,
+    /// The tap's descriptor, to relay with [`crate::tap::TapPort`].
+    pub tap: OwnedFd,
+}
+
+/// Starts `command` in a new network namespace (and a new user namespace when vnet is not
+/// root, mapping the caller to root inside) with a tap named `ifname` that is up. The
+/// command runs with an empty signal mask whatever vnet's is. Call it before any thread
+/// is started.
+pub fn spawn_in_new_namespace(
+    command: &mut Command,
+    ifname: &str,
+) -> Result<NamespacedCommand, TransportError> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| TransportError::io("cannot create a socket pair", e))?;
+    let uid = Uid::effective();
+    let gid = Gid::effective();
+    let ifname_owned = ifname.to_owned();
+    // SAFETY: the closure runs in the forked child before exec. vnet calls this while it
+    // has a single thread, so the allocations and file writes below cannot deadlock on a
+    // lock held by another thread.
+    unsafe {
+        command.pre_exec(move || {
+            let outcome = isolate(uid, gid).and_then(|()| create_tap_here(&ifname_owned));
+            report(&theirs, &outcome)?;
+            outcome.map_err(|(_, error)| error)?;
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            Ok(())
+        });
+    }
+    let what = "a new network namespace";
+    match command.spawn() {
+        Ok(child) => {
+            let tap = receive_tap(&ours, what, ifname)?;
+            Ok(NamespacedCommand { child, tap })
+        }
+        Err(spawn_error) => Err(match receive_tap(&ours, what, ifname) {
+            Err(setup_error) => setup_error,
+            Ok(_) => TransportError::Namespace(format!(
+                "cannot run {:?}: {spawn_error}; check the command name and PATH",
+                command.get_program()
+            )),
+        }),
+    }
+}
+
+/// Moves the calling (child) process into new network and, unless root, user namespaces.
+fn isolate(uid: Uid, gid: Gid) -> Result<(), (Step, io::Error)> {
+    if uid.is_root() {
+        return at(Step::CreateNamespace, unshare(CloneFlags::CLONE_NEWNET));
+    }
+    at(Step::CreateNamespace, unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET))?;
+    at(Step::MapUser, std::fs::write("/proc/self/setgroups", "deny"))?;
+    at(Step::MapUser, std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")))?;
+    at(Step::MapUser, std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")))
+}

@@ -1,0 +1,336 @@
+//! One virtual network: a switch, the endpoints that feed it, and the readiness loop that
+//! runs them all on one thread.
+//!
+//! The loop is edge-triggered (mio over epoll) and never spins: it sleeps in `epoll_wait`
+//! until a socket is ready or the next timer is due. Reading is done in bounded batches
+//! per endpoint, and every batch is followed by a flush of the ports it filled, so one
+//! busy peer can neither starve the others nor overflow their queues between flushes.
+//! What each endpoint does with its descriptor is its own module's business.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use tracing::{debug, info, warn};
+use vnet_switch::{PortId, Switch, SwitchConfig};
+
+use crate::TransportError;
+
+/// Something outside the switch the loop must watch, such as a signalfd: the network
+/// stops when it says so.
+pub trait Supervisor {
+    /// The descriptor to wait on.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Called when the descriptor is readable. `Some(code)` stops the network, which then
+    /// returns `code` from [`Network::run`].
+    fn on_readable(&mut self) -> Option<i32>;
+}
+
+/// Events that end a connection or lose frames outside any port's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkCounters {
+    /// Stream connections closed because the peer sent a length of 0 or above the limit.
+    pub bad_frame_length: u64,
+    /// Stream connections that ended in the middle of a frame.
+    pub truncated_frame: u64,
+    /// Datagrams from peers vnet cannot answer (unnamed unix sockets).
+    pub unanswerable_datagram: u64,
+    /// Connections accepted by stream listeners.
+    pub accepted: u64,
+}
+
+/// What one read batch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOutcome {
+    /// Nothing more to read until the next readiness event.
+    Drained,
+    /// The batch was full; there may be more.
+    More,
+    /// The endpoint is finished and must be removed.
+    Closed,
+}
+
+/// Whether an endpoint is still usable after writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    Open,
+    Closed,
+}
+
+/// What an endpoint may touch while it runs: the switch, its own ports, the counters, and
+/// the registry for (re-)registering its descriptors.
+pub(crate) struct Context<'a> {
+    pub switch: &'a mut Switch,
+    pub registry: &'a Registry,
+    pub counters: &'a mut NetworkCounters,
+    pub now: Instant,
+    pub token: Token,
+    owners: &'a mut HashMap<PortId, Token>,
+    spawned: &'a mut Vec<Box<dyn Endpoint>>,
+}
+
+impl Context<'_> {
+    /// Adds a port owned by the running endpoint.
+    pub fn add_port(&mut self, name: String) -> PortId {
+        let id = self.switch.add_port(name.clone());
+        info!(port = %id, %name, "port opened");
+        self.owners.insert(id, self.token);
+        id
+    }
+
+    /// Removes a port of the running endpoint and logs its final counters.
+    pub fn remove_port(&mut self, id: PortId) {
+        self.owners.remove(&id);
+        if let Some(port) = self.switch.remove_port(id) {
+            info!(port = %id, name = port.name(), counters = %port.counters(), "port closed");
+        }
+    }
+
+    /// Hands a new endpoint (an accepted connection) to the network.
+    pub fn spawn(&mut self, endpoint: Box<dyn Endpoint>) {
+        self.spawned.push(endpoint);
+    }
+}
+
+/// A source of frames: a listener, a connection, a datagram socket, a tap.
+pub(crate) trait Endpoint {
+    /// Registers descriptors under `cx.token` and opens ports.
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()>;
+    /// Reads one bounded batch and hands what arrived to the switch.
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome;
+    /// The descriptor can take writes again: send what waits on every port.
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness;
+    /// Sends what waits on `port`, which this endpoint owns.
+    fn flush(&mut self, port: PortId, cx: &mut Context<'_>) -> Liveness;
+    /// When [`Endpoint::on_deadline`] wants to run next.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Timer work: retries, expiry.
+    fn on_deadline(&mut self, _cx: &mut Context<'_>) {}
+    /// Closes every port; the endpoint is dropped after this.
+    fn close(&mut self, cx: &mut Context<'_>);
+}
+
+const SUPERVISOR: Token = Token(0);
+/// Read batches one endpoint gets per readiness event before others have a turn.
+const BATCHES_PER_TURN: usize = 8;
+/// How often aged MAC table entries are swept.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A running virtual network.
+pub struct Network {
+    poll: Poll,
+    switch: Switch,
+    endpoints: HashMap<Token, Box<dyn Endpoint>>,
+    owners: HashMap<PortId, Token>,
+    counters: NetworkCounters,
+    next_token: usize,
+    next_housekeeping: Instant,
+}
+
+impl Network {
+    /// A network with an empty switch.
+    pub fn new(config: SwitchConfig) -> Result<Self, TransportError> {
+        let poll = Poll::new().map_err(|e| TransportError::io("cannot create epoll instance", e))?;
+        Ok(Self {
+            poll,
+            switch: Switch::new(config),
+            endpoints: HashMap::new(),
+            owners: HashMap::new(),
+            counters: NetworkCounters::default(),
+            next_token: 1,
+            next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+        })
+    }
+
+    /// The switch, for inspection.
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// Counters of events outside the ports.
+    pub fn counters(&self) -> &NetworkCounters {
+        &self.counters
+    }
+
+    pub(crate) fn add_endpoint(&mut self, endpoint: Box<dyn Endpoint>) -> Result<(), TransportError> {
+        let mut spawned = Vec::new();
+        let token = self
+            .install(endpoint, &mut spawned)
+            .map_err(|e| TransportError::io("cannot register endpoint", e))?;
+        debug!(token = token.0, "endpoint added");
+        Ok(())
+    }
+
+    /// Runs until the supervisor asks to stop, and returns its exit code. Every port is
+    /// closed and every socket file removed before it returns.
+    pub fn run(&mut self, supervisor: &mut dyn Supervisor) -> Result<i32, TransportError> {
+        let supervisor_fd = supervisor.fd().as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&supervisor_fd), SUPERVISOR, Interest::READABLE)
+            .map_err(|e| TransportError::io("cannot watch signals", e))?;
+        let mut events = Events::with_capacity(256);
+        let mut again: Vec<Token> = Vec::new();
+        let exit_code = loop {
+            let timeout = if again.is_empty() {
+                self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(TransportError::io("epoll_wait failed", e));
+            }
+            let mut stop = None;
+            let mut turn: Vec<Token> = std::mem::take(&mut again);
+            for event in events.iter() {
+                let token = event.token();
+                if token == SUPERVISOR {
+                    stop = stop.or(supervisor.on_readable());
+                    continue;
+                }
+                if event.is_writable() {
+                    self.write_ready(token);
+                }
+                if (event.is_readable() || event.is_read_closed() || event.is_error())
+                    && !turn.contains(&token)
+                {
+                    turn.push(token);
+                }
+            }
+            for token in turn {
+                if self.read_turn(token) == ReadOutcome::More {
+                    again.push(token);
+                }
+            }
+            self.run_timers();
+            if let Some(code) = stop {
+                break code;
+            }
+        };
+        self.shutdown();
+        Ok(exit_code)
+    }
+
+    fn install(
+        &mut self,
+        mut endpoint: Box<dyn Endpoint>,
+        spawned: &mut Vec<Box<dyn Endpoint>>,
+    ) -> io::Result<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let mut cx = Context {
+            switch: &mut self.switch,
+            registry: self.poll.registry(),
+            counters: &mut self.counters,
+            now: Instant::now(),
+            token,
+            owners: &mut self.owners,
+            spawned,
+        };
+        endpoint.start(&mut cx)?;
+        self.endpoints.insert(token, endpoint);
+        Ok(token)
+    }
+
+    /// Runs `f` on the endpoint behind `token` with a context, then installs whatever it
+    /// spawned and removes it if it closed.
+    fn with_endpoint<T>(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut dyn Endpoint, &mut Context<'_>) -> (T, bool),
+    ) -> Option<T> {
+        let mut spawned = Vec::new();
+        let endpoint = self.endpoints.get_mut(&token)?;
+        let mut cx = Context {
+            switch: &mut self.switch,
+            registry: self.poll.registry(),
+            counters: &mut self.counters,
+            now: Instant::now(),
+            token,
+            owners: &mut self.owners,
+            spawned: &mut spawned,
+        };
+        let (result, closed) = f(endpoint.as_mut(), &mut cx);
+        if closed {
+            endpoint.close(&mut cx);
+            self.endpoints.remove(&token);
+        }
+        for new in spawned {
+            let mut more = Vec::new();
+            if let Err(e) = self.install(new, &mut more) {
+                warn!(error = %e, "could not start a new connection");
+            }
+        }
+        Some(result)
+    }
+
+    fn read_turn(&mut self, token: Token) -> ReadOutcome {
+        for _ in 0..BATCHES_PER_TURN {
+            let outcome = self
+                .with_endpoint(token, |endpoint, cx| {
+                    let outcome = endpoint.read_batch(cx);
+                    (outcome, outcome == ReadOutcome::Closed)
+                })
+                .unwrap_or(ReadOutcome::Closed);
+            self.flush_pending();
+            if outcome != ReadOutcome::More {
+                return outcome;
+            }
+        }
+        ReadOutcome::More
+    }
+
+    fn write_ready(&mut self, token: Token) {
+        self.with_endpoint(token, |endpoint, cx| ((), endpoint.on_writable(cx) == Liveness::Closed));
+    }
+
+    fn flush_pending(&mut self) {
+        for port in self.switch.take_pending() {
+            let Some(&token) = self.owners.get(&port) else {
+                continue;
+            };
+            self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx) == Liveness::Closed));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.endpoints.values().filter_map(|e| e.deadline()).chain([self.next_housekeeping]).min()
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_housekeeping {
+            self.switch.expire(now);
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+        }
+        let due: Vec<Token> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.deadline().is_some_and(|d| d <= now))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in due {
+            self.with_endpoint(token, |endpoint, cx| {
+                endpoint.on_deadline(cx);
+                ((), false)
+            });
+        }
+        self.flush_pending();
+    }
+
+    fn shutdown(&mut self) {
+        let tokens: Vec<Token> = self.endpoints.keys().copied().collect();
+        for token in tokens {
+            self.with_endpoint(token, |_, _| ((), true));
+        }
+        info!(counters = ?self.counters, "network stopped");
+    }
+}

@@ -1,0 +1,529 @@
+//! QEMU's stream backend (`-netdev stream` and the legacy `-netdev socket,connect=` /
+//! `listen=`): unix or TCP connections carrying length-prefixed frames.
+//!
+//! [`Listener`] accepts QEMUs that connect (`server=off`); every connection becomes a
+//! [`Connection`] with a port of its own. [`Dialer`] connects to a QEMU that listens
+//! (`server=on`) and reconnects whenever it goes away. The bytes on the wire are
+//! [`crate::framing`]'s business; this module only moves them.
+
+use std::io::{self, IoSlice, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tracing::{info, warn};
+use vnet_switch::PortId;
+
+use crate::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREFIX_LEN, READ_CHUNK};
+use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
+use crate::sys;
+use crate::unix_path::{bind_error, BoundPath, SocketKind};
+use crate::TransportError;
+
+/// Most frames handed to one `writev`.
+const FRAMES_PER_WRITE: usize = 64;
+/// How long a dialer waits between attempts to reach a QEMU that is not up.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A connected stream socket of either family.
+#[derive(Debug)]
+pub enum StreamSocket {
+    /// AF_UNIX.
+    Unix(UnixStream),
+    /// AF_INET or AF_INET6.
+    Tcp(TcpStream),
+}
+
+impl StreamSocket {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            StreamSocket::Unix(s) => s,
+            StreamSocket::Tcp(s) => s,
+        }
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            StreamSocket::Unix(s) => s,
+            StreamSocket::Tcp(s) => s,
+        }
+    }
+
+    fn read_into(&self, buffer: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            StreamSocket::Unix(s) => {
+                sys::read_into(s.as_fd(), buffer, READ_CHUNK.max(buffer.capacity() - buffer.len()))
+            }
+            StreamSocket::Tcp(s) => {
+                sys::read_into(s.as_fd(), buffer, READ_CHUNK.max(buffer.capacity() - buffer.len()))
+            }
+        }
+    }
+
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            StreamSocket::Unix(s) => s.take_error(),
+            StreamSocket::Tcp(s) => s.take_error(),
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        match self {
+            StreamSocket::Unix(s) => s.peer_addr().is_ok(),
+            StreamSocket::Tcp(s) => s.peer_addr().is_ok(),
+        }
+    }
+
+    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(self.source(), token, Interest::READABLE | Interest::WRITABLE)
+    }
+}
+
+/// Describes the peer of an accepted unix connection by its process id.
+fn unix_peer_name(listen_path: &Path, stream: &UnixStream) -> String {
+    match getsockopt(stream, PeerCredentials) {
+        Ok(creds) => format!("stream:unix:{} pid={}", listen_path.display(), creds.pid()),
+        Err(_) => format!("stream:unix:{}", listen_path.display()),
+    }
+}
+
+/// Resolves `HOST:PORT` to its first address.
+pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, TransportError> {
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| TransportError::Resolve(host_port.to_owned(), e))?
+        .next()
+        .ok_or_else(|| TransportError::Resolve(host_port.to_owned(), io::ErrorKind::NotFound.into()))
+}
+
+/// Maps a bind error on an inet address to a message that says how to fix it.
+pub(crate) fn inet_bind_error(addr: &str, e: io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => TransportError::AddressInUse(addr.to_owned()),
+        _ => TransportError::io(format!("cannot bind {addr}"), e),
+    }
+}
+
+enum ListenSocket {
+    Unix { listener: UnixListener, path: BoundPath },
+    Tcp(TcpListener),
+}
+
+/// Accepts QEMUs that connect with `-netdev stream,server=off` or `socket,connect=`.
+pub struct Listener {
+    socket: ListenSocket,
+}
+
+impl Listener {
+    /// Binds a unix socket at `path`, replacing a stale socket file.
+    pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
+        BoundPath::prepare(path, SocketKind::Stream)?;
+        let listener = UnixListener::bind(path).map_err(|e| bind_error(path, e))?;
+        Ok(Self { socket: ListenSocket::Unix { listener, path: BoundPath::new(path.to_owned()) } })
+    }
+
+    /// Binds a TCP socket at `HOST:PORT`.
+    pub fn bind_tcp(host_port: &str) -> Result<Self, TransportError> {
+        let addr = resolve(host_port)?;
+        let listener = TcpListener::bind(addr).map_err(|e| inet_bind_error(host_port, e))?;
+        Ok(Self { socket: ListenSocket::Tcp(listener) })
+    }
+
+    /// Where this listener accepts, as `--listen` spells it.
+    pub fn describe(&self) -> String {
+        match &self.socket {
+            ListenSocket::Unix { path, .. } => format!("stream:unix:{}", path.path().display()),
+            ListenSocket::Tcp(listener) => match listener.local_addr() {
+                Ok(addr) => format!("stream:tcp:{addr}"),
+                Err(_) => "stream:tcp".to_owned(),
+            },
+        }
+    }
+
+    fn accept(&self) -> io::Result<(StreamSocket, String)> {
+        match &self.socket {
+            ListenSocket::Unix { listener, path } => {
+                let (stream, _) = listener.accept()?;
+                let name = unix_peer_name(path.path(), &stream);
+                Ok((StreamSocket::Unix(stream), name))
+            }
+            ListenSocket::Tcp(listener) => {
+                let (stream, peer) = listener.accept()?;
+                let _ = stream.set_nodelay(true);
+                Ok((StreamSocket::Tcp(stream), format!("stream:tcp:{peer}")))
+            }
+        }
+    }
+}
+
+impl Endpoint for Listener {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        info!(listen = %self.describe(), "listening");
+        match &mut self.socket {
+            ListenSocket::Unix { listener, .. } => {
+                cx.registry.register(listener, cx.token, Interest::READABLE)
+            }
+            ListenSocket::Tcp(listener) => cx.registry.register(listener, cx.token, Interest::READABLE),
+        }
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        match self.accept() {
+            Ok((socket, name)) => {
+                cx.counters.accepted += 1;
+                cx.spawn(Box::new(Connection::new(socket, name)));
+                ReadOutcome::More
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
+            Err(e) => {
+                warn!(listen = %self.describe(), error = %e, "accept failed");
+                ReadOutcome::Drained
+            }
+        }
+    }
+
+    fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
+        Liveness::Open
+    }
+
+    fn flush(&mut self, _port: PortId, _cx: &mut Context<'_>) -> Liveness {
+        Liveness::Open
+    }
+
+    fn close(&mut self, _cx: &mut Context<'_>) {}
+}
+
+/// One connected peer: a port of the switch.
+pub struct Connection {
+    socket: StreamSocket,
+    name: String,
+    port: Option<PortId>,
+    decoder: StreamDecoder,
+    /// Bytes of the oldest queued frame (prefix included) already written.
+    head_written: usize,
+}
+
+impl Connection {
+    fn new(socket: StreamSocket, name: String) -> Self {
+        Self { socket, name, port: None, decoder: StreamDecoder::new(), head_written: 0 }
+    }
+
+    fn open_port(&mut self, cx: &mut Context<'_>) {
+        self.port = Some(cx.add_port(self.name.clone()));
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let Some(port) = self.port else {
+            return ReadOutcome::Closed;
+        };
+        let read = self.socket.read_into(self.decoder.read_buffer());
+        match read {
+            Ok(0) => {
+                if self.decoder.partial_len() > 0 {
+                    cx.counters.truncated_frame += 1;
+                    warn!(port = %self.name, bytes = self.decoder.partial_len(), "peer closed in the middle of a frame");
+                } else {
+                    info!(port = %self.name, "peer closed the connection");
+                }
+                return ReadOutcome::Closed;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::More,
+            Err(e) => {
+                info!(port = %self.name, error = %e, "connection failed");
+                return ReadOutcome::Closed;
+            }
+        }
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => cx.switch.receive(port, frame, cx.now),
+                Ok(None) => return ReadOutcome::More,
+                Err(e) => return self.refuse(e, cx),
+            }
+        }
+    }
+
+    fn refuse(&self, error: FramingError, cx: &mut Context<'_>) -> ReadOutcome {
+        cx.counters.bad_frame_length += 1;
+        warn!(port = %self.name, %error, "closing connection: bad frame length");
+        ReadOutcome::Closed
+    }
+
+    fn write(&mut self, cx: &mut Context<'_>) -> Liveness {
+        let Some(port_id) = self.port else {
+            return Liveness::Closed;
+        };
+        loop {
+            let Some(port) = cx.switch.port_mut(port_id) else {
+                return Liveness::Closed;
+            };
+            if port.is_idle() {
+                return Liveness::Open;
+            }
+            let result = {
+                let prefixes: Vec<[u8; LENGTH_PREFIX_LEN]> =
+                    port.queued().take(FRAMES_PER_WRITE).map(|frame| length_prefix(frame.len())).collect();
+                let mut slices = Vec::with_capacity(prefixes.len() * 2);
+                for (prefix, frame) in prefixes.iter().zip(port.queued()) {
+                    slices.push(IoSlice::new(prefix));
+                    slices.push(IoSlice::new(frame.as_bytes()));
+                }
+                skip_written(&mut slices, self.head_written);
+                self.socket.writer().write_vectored(&slices)
+            };
+            let written = match result {
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    info!(port = %self.name, error = %e, "write failed; closing");
+                    return Liveness::Closed;
+                }
+            };
+            let mut remaining = self.head_written + written;
+            loop {
+                let Some(frame_len) = port.queued().next().map(|f| f.len() + LENGTH_PREFIX_LEN) else {
+                    break;
+                };
+                if remaining < frame_len {
+                    break;
+                }
+                remaining -= frame_len;
+                port.pop_sent();
+            }
+            self.head_written = remaining;
+        }
+    }
+
+    fn close_port(&mut self, cx: &mut Context<'_>) {
+        if let Some(port) = self.port.take() {
+            cx.remove_port(port);
+        }
+        self.head_written = 0;
+        self.decoder = StreamDecoder::new();
+    }
+}
+
+/// Drops the first `skip` bytes from a list of slices.
+fn skip_written(slices: &mut Vec<IoSlice<'_>>, skip: usize) {
+    let mut skip = skip;
+    let mut first = 0;
+    while skip > 0 && first < slices.len() && slices[first].len() <= skip {
+        skip -= slices[first].len();
+        first += 1;
+    }
+    slices.drain(..first);
+    if skip > 0 {
+        if let Some(head) = slices.first_mut() {
+            IoSlice::advance(head, skip);
+        }
+    }
+}
+
+impl Endpoint for Connection {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.socket.register(cx.registry, cx.token)?;
+        self.open_port(cx);
+        Ok(())
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        self.read(cx)
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        self.write(cx)
+    }
+
+    fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
+        self.write(cx)
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        self.close_port(cx);
+    }
+}
+
+/// Where a dialer connects.
+#[derive(Debug, Clone)]
+pub enum DialTarget {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl DialTarget {
+    fn describe(&self) -> String {
+        match self {
+            DialTarget::Unix(path) => format!("stream:unix:{}", path.display()),
+            DialTarget::Tcp(addr) => format!("stream:tcp:{addr}"),
+        }
+    }
+
+    fn connect(&self) -> io::Result<StreamSocket> {
+        match self {
+            DialTarget::Unix(path) => UnixStream::connect(path).map(StreamSocket::Unix),
+            DialTarget::Tcp(addr) => TcpStream::connect(*addr).map(StreamSocket::Tcp),
+        }
+    }
+}
+
+enum DialState {
+    Waiting { retry_at: Instant },
+    Connecting(StreamSocket),
+    Connected(Connection),
+}
+
+/// Connects to a QEMU that listens (`server=on` or `socket,listen=`), and again whenever
+/// the connection ends or QEMU is not up yet.
+pub struct Dialer {
+    target: DialTarget,
+    state: DialState,
+    reported_waiting: bool,
+}
+
+impl Dialer {
+    /// A dialer that makes its first attempt when started.
+    pub fn new(target: DialTarget) -> Self {
+        Self { target, state: DialState::Waiting { retry_at: Instant::now() }, reported_waiting: false }
+    }
+
+    fn attempt(&mut self, cx: &mut Context<'_>) {
+        match self
+            .target
+            .connect()
+            .and_then(|mut socket| socket.register(cx.registry, cx.token).map(|()| socket))
+        {
+            Ok(socket) => self.state = DialState::Connecting(socket),
+            Err(e) => self.wait(cx, &e),
+        }
+    }
+
+    fn wait(&mut self, cx: &Context<'_>, error: &io::Error) {
+        if !self.reported_waiting {
+            info!(attach = %self.target.describe(), %error, "peer not reachable; retrying every second");
+            self.reported_waiting = true;
+        }
+        self.state = DialState::Waiting { retry_at: cx.now + RETRY_INTERVAL };
+    }
+
+    fn finish_connect(&mut self, cx: &mut Context<'_>) {
+        let DialState::Connecting(socket) = &self.state else {
+            return;
+        };
+        if let Ok(Some(e)) | Err(e) = socket.take_error() {
+            return self.wait(cx, &e);
+        }
+        if !socket.is_connected() {
+            return self.wait(cx, &io::ErrorKind::NotConnected.into());
+        }
+        let DialState::Connecting(socket) =
+            std::mem::replace(&mut self.state, DialState::Waiting { retry_at: cx.now })
+        else {
+            unreachable!("checked above");
+        };
+        let mut connection = Connection::new(socket, self.target.describe());
+        connection.open_port(cx);
+        self.reported_waiting = false;
+        self.state = DialState::Connected(connection);
+    }
+
+    fn disconnected(&mut self, cx: &mut Context<'_>) {
+        if let DialState::Connected(connection) = &mut self.state {
+            connection.close_port(cx);
+        }
+        info!(attach = %self.target.describe(), "peer went away; reconnecting");
+        self.state = DialState::Waiting { retry_at: cx.now + RETRY_INTERVAL };
+    }
+}
+
+impl Endpoint for Dialer {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.attempt(cx);
+        Ok(())
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        if matches!(self.state, DialState::Connecting(_)) {
+            self.finish_connect(cx);
+        }
+        let DialState::Connected(connection) = &mut self.state else {
+            return ReadOutcome::Drained;
+        };
+        match connection.read(cx) {
+            ReadOutcome::Closed => {
+                self.disconnected(cx);
+                ReadOutcome::Drained
+            }
+            outcome => outcome,
+        }
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if matches!(self.state, DialState::Connecting(_)) {
+            self.finish_connect(cx);
+        }
+        if let DialState::Connected(connection) = &mut self.state {
+            if connection.write(cx) == Liveness::Closed {
+                self.disconnected(cx);
+            }
+        }
+        Liveness::Open
+    }
+
+    fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
+        self.on_writable(cx)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            DialState::Waiting { retry_at } => Some(retry_at),
+            _ => None,
+        }
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        if matches!(self.state, DialState::Waiting { .. }) {
+            self.attempt(cx);
+        }
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        if let DialState::Connected(connection) = &mut self.state {
+            connection.close_port(cx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipping_written_bytes_crosses_slice_boundaries() {
+        let a = [1u8; 4];
+        let b = [2u8; 10];
+        let c = [3u8; 4];
+        let mut slices = vec![IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
+        skip_written(&mut slices, 6);
+        let lens: Vec<usize> = slices.iter().map(|s| s.len()).collect();
+        assert_eq!(lens, vec![8, 4]);
+        assert_eq!(slices[0][0], 2);
+    }
+
+    #[test]
+    fn skipping_a_whole_slice_removes_it() {
+        let a = [1u8; 4];
+        let b = [2u8; 10];
+        let mut slices = vec![IoSlice::new(&a), IoSlice::new(&b)];
+        skip_written(&mut slices, 4);
+        assert_eq!(slices.len(), 1);
+        assert_eq!(slices[0].len(), 10);
+    }
+}

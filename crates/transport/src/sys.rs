@@ -1,0 +1,253 @@
+//! The system calls the safe wrappers elsewhere in this crate cannot express: reading into
+//! uninitialised buffer space, batched datagram I/O, and tap device ioctls.
+//!
+//! Every `unsafe` block of the crate lives here, each with the reason it is sound. Nothing
+//! here knows about ports or the switch.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use bytes::BytesMut;
+use socket2::SockAddr;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Reads at most `max` bytes from `fd` into the spare capacity of `buffer` and extends
+/// its length by what was read. The caller reserves the space first.
+pub fn read_into(fd: BorrowedFd<'_>, buffer: &mut BytesMut, max: usize) -> io::Result<usize> {
+    let spare = buffer.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: `spare` is writable memory owned by `buffer` of at least `len` bytes; the
+    // kernel writes at most `len` bytes into it and nothing else aliases it meanwhile.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised exactly `n <= len` bytes after the current length.
+    unsafe { buffer.set_len(buffer.len() + n) };
+    Ok(n)
+}
+
+/// Buffers for receiving many datagrams with one `recvmmsg` call.
+pub struct DatagramBatch {
+    slots: Vec<Box<[u8]>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<usize>,
+    addr_lens: Vec<libc::socklen_t>,
+}
+
+impl DatagramBatch {
+    /// Room for `count` datagrams of up to `slot_len` bytes each.
+    pub fn new(count: usize, slot_len: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| vec![0u8; slot_len].into_boxed_slice()).collect(),
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addrs: (0..count).map(|_| unsafe { zeroed() }).collect(),
+            lens: vec![0; count],
+            addr_lens: vec![0; count],
+        }
+    }
+
+    /// Receives up to the batch size without blocking. Returns how many arrived; 0 with
+    /// `WouldBlock` as error means none.
+    pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let count = self.slots.len();
+        let mut iovecs: Vec<libc::iovec> = self
+            .slots
+            .iter_mut()
+            .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: slot.len() })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = (0..count)
+            .map(|i| {
+                // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+                let mut header: libc::mmsghdr = unsafe { zeroed() };
+                header.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                header.msg_hdr.msg_iov = &mut iovecs[i];
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        // SAFETY: every header points at a live iovec and address buffer owned by `self`
+        // or this frame, sized as declared; the kernel writes within those sizes.
+        let received = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let received = check(received)? as usize;
+        for (i, header) in headers.iter().take(received).enumerate() {
+            self.lens[i] = header.msg_len as usize;
+            self.addr_lens[i] = header.msg_hdr.msg_namelen;
+        }
+        Ok(received)
+    }
+
+    /// Datagram `index` of the last receive: its bytes and sender.
+    pub fn datagram(&self, index: usize) -> (&[u8], SockAddr) {
+        // SAFETY: the kernel filled this storage with an address of `addr_lens[index]`
+        // bytes, which is what SockAddr::new requires.
+        let sender = unsafe { SockAddr::new(self.addrs[index], self.addr_lens[index]) };
+        (&self.slots[index][..self.lens[index]], sender)
+    }
+}
+
+/// Sends each of `datagrams` to `to` with one `sendmmsg` call. Returns how many the
+/// kernel took; the rest were refused (buffer full) or the call failed.
+pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let mut iovecs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+            let mut header: libc::mmsghdr = unsafe { zeroed() };
+            header.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+            header.msg_hdr.msg_namelen = to.len();
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect();
+    // SAFETY: the headers point at the caller's datagrams and address, which outlive the
+    // call; the kernel only reads through them.
+    let sent = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            headers.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    Ok(check(sent)? as usize)
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[repr(C)]
+struct InterfaceRequest {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl InterfaceRequest {
+    fn new(name: &str) -> io::Result<Self> {
+        let c_name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let bytes = c_name.as_bytes_with_nul();
+        if bytes.len() > libc::IFNAMSIZ {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name longer than 15 bytes"));
+        }
+        let mut request = Self { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        for (dst, src) in request.name.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        Ok(request)
+    }
+}
+
+/// Creates a tap device named `name` in the calling thread's network namespace, in
+/// non-blocking mode, and returns its descriptor. The device lives as long as the
+/// descriptor.
+pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
+    let mut request = InterfaceRequest::new(name)?;
+    request.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let path = CString::new("/dev/net/tun").expect("no NUL in literal");
+    // SAFETY: `path` is a valid C string; open has no other preconditions.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which `request` is, laid out as the
+    // kernel's struct ifreq (name, flags, padding to 40 bytes).
+    check(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut request as *mut InterfaceRequest) })?;
+    Ok(tap)
+}
+
+/// Sets the IFF_UP flag of interface `name` in the calling thread's network namespace.
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    // SAFETY: socket has no memory preconditions.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut request = InterfaceRequest::new(name)?;
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read/write one ifreq, which `request` is.
+    unsafe {
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request as *mut InterfaceRequest))?;
+        request.flags |= libc::IFF_UP as libc::c_short;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request as *mut InterfaceRequest))?;
+    }
+    Ok(())
+}
+
+/// Forks the calling process. The child runs `child` and exits with the code it returns;
+/// the parent gets the child's pid. Call it only while the process has a single thread.
+pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: vnet forks only before its event loop starts, while it has one thread, so
+    // the child inherits no lock held by another thread.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let code = child();
+        // SAFETY: _exit ends the child without running the parent's atexit handlers or
+        // flushing buffers it shares with the parent.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid)
+}
+
+/// Sends `payload`, and `fd` if given, over the unix socket `socket`.
+pub fn send_with_fd(socket: BorrowedFd<'_>, payload: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(payload)];
+    let fds: Vec<std::os::fd::RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives a message of at most `N` bytes and the descriptor that came with it, if any.
+pub fn receive_with_fd<const N: usize>(socket: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut payload = [0u8; N];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut received = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS installed `raw` as a new descriptor in this process;
+                // nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    let len = message.bytes;
+    Ok((payload[..len].to_vec(), received))
+}
+
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The user namespace that owns the namespace behind `namespace`.
+pub fn owning_user_namespace(namespace: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = check(unsafe { libc::ioctl(namespace.as_raw_fd(), NS_GET_USERNS) })?;
+    // SAFETY: the ioctl returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
