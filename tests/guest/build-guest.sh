@@ -6,7 +6,9 @@
 #
 # Outputs:
 #   OUTDIR/vmlinuz            Debian kernel (from linux-image-amd64's real package)
-#   OUTDIR/initramfs.cpio.gz  busybox-static + iperf3 (+ its libs) + NIC modules + /init
+#   OUTDIR/initramfs.cpio.gz  busybox-static + iperf3 (+ its libs) + NIC modules + /init;
+#                             zero-padded to a 4-byte multiple so that an uncompressed
+#                             newc cpio can simply be appended (cat) to it.
 #   OUTDIR/stamp              kernel package/version + hash of this script (and of
 #                             the host busybox/iperf3); a matching stamp = cache hit.
 #
@@ -237,7 +239,13 @@ done
 # "Booting from ROM..") are not newline-terminated, so without it the marker
 # may share a line with them.
 printf '\nVNET-GUEST-READY\n'
-if [ -f /test.sh ]; then
+if dmesg 2>/dev/null | grep -q 'Initramfs unpacking failed'; then
+    # Typically an appended cpio that does not start at a 4-byte aligned offset.
+    dmesg | grep 'Initramfs unpacking failed'
+    printf '\ninit: initramfs unpacking failed, /test.sh may be missing\nVNET-GUEST-EXIT 125\n'
+    sync
+    poweroff -f
+elif [ -f /test.sh ]; then
     cd /
     /bin/sh /test.sh
     rc=$?
@@ -260,6 +268,12 @@ mkdir "$TMP/out"
 cp "$VMLINUZ" "$TMP/out/vmlinuz"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
     cpio --quiet -o -H newc -R 0:0) | gzip -n -9 >"$TMP/out/initramfs.cpio.gz"
+# Zero-pad to a multiple of 4 bytes: the kernel only accepts an appended
+# uncompressed cpio (the harness's /test.sh) at a 4-byte aligned offset
+# ("Initramfs unpacking failed: invalid magic ..." otherwise); it skips the
+# zero padding between archives.
+pad=$(( (4 - $(stat -c %s "$TMP/out/initramfs.cpio.gz") % 4) % 4 ))
+head -c "$pad" /dev/zero >>"$TMP/out/initramfs.cpio.gz"
 printf '%s\n' "$STAMP_WANT" >"$TMP/out/stamp"
 
 # Install: drop the stamp first so an interrupted install is never a cache hit;

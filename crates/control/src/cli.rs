@@ -69,7 +69,16 @@ struct NsArgs {
 
 /// Entry point of the `vnet` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() => {
+            let message = error.to_string();
+            let first_line = message.lines().next().unwrap_or_default();
+            eprintln!("vnet: {}", first_line.trim_start_matches("error: "));
+            return ExitCode::from(SETUP_ERROR);
+        }
+        Err(help_or_version) => help_or_version.exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -1,0 +1,139 @@
+//! `vnet ns` and `--attach netns:` with real network namespaces and the kernel's own
+//! ping: every address used lives inside namespaces these tests create. Needs root (as CI
+//! has); the unprivileged case drops to `nobody` with setpriv.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use support::*;
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NamedNamespace {
+    name: String,
+}
+
+impl NamedNamespace {
+    fn create() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("vnet-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        Self { name }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().unwrap()
+    }
+}
+
+impl Drop for NamedNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn vnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vnet"))
+}
+
+#[test]
+fn vnet_ns_reaches_an_attached_namespace_and_returns_the_command_status() {
+    let far = NamedNamespace::create();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link.sock");
+    let network = Vnet::listening_on(
+        &link,
+        &[
+            "run",
+            "--listen",
+            &format!("stream:unix:{}", link.display()),
+            "--attach",
+            &format!("netns:{}", far.path()),
+        ],
+    );
+    network.wait_for_log("name=netns:");
+    let addr = far.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", "eth0"]);
+    assert!(addr.status.success(), "{}", String::from_utf8_lossy(&addr.stderr));
+
+    let ping = vnet()
+        .args(["--log-level", "warn", "ns", "--attach", &format!("stream:unix:{}", link.display()), "--"])
+        .args(["sh", "-c", "ip addr add 10.77.0.2/24 dev eth0 && ping -c 3 -W 10 10.77.0.1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "ping failed: {stdout}{}", String::from_utf8_lossy(&ping.stderr));
+    assert!(stdout.contains("3 received"), "{stdout}");
+
+    let status = vnet().args(["--log-level", "warn", "ns", "--", "sh", "-c", "exit 7"]).status().unwrap();
+    assert_eq!(status.code(), Some(7), "vnet ns exits with the command's status");
+}
+
+#[test]
+fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path().join("seg.sock");
+    let ready = dir.path().join("ready");
+    let nobody = |args: &[&str]| {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vnet")]);
+        command.args(args);
+        command
+    };
+    let server_script = format!(
+        "ip addr add 10.78.0.1/24 dev eth0 && id -u > {0}.tmp && mv {0}.tmp {0} && exec sleep 60",
+        ready.display()
+    );
+    let mut server = nobody(&[
+        "ns",
+        "--listen",
+        &format!("stream:unix:{}", sock.display()),
+        "--",
+        "sh",
+        "-c",
+        &server_script,
+    ])
+    .spawn()
+    .unwrap();
+    wait_until("the first namespace", DEADLINE, || ready.exists() && sock.exists());
+    assert_eq!(
+        std::fs::read_to_string(&ready).unwrap().trim(),
+        "0",
+        "the command is root in its user namespace"
+    );
+
+    let client = nobody(&[
+        "--log-level",
+        "warn",
+        "ns",
+        "--attach",
+        &format!("stream:unix:{}", sock.display()),
+        "--",
+        "sh",
+        "-c",
+        "ip addr add 10.78.0.2/24 dev eth0 && ping -c 2 -W 10 10.78.0.1",
+    ])
+    .output()
+    .unwrap();
+    signal(server.id(), libc::SIGTERM);
+    let server_status = server.wait().unwrap();
+    assert!(
+        client.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&client.stdout),
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert_eq!(server_status.code(), Some(128 + libc::SIGTERM), "SIGTERM reaches the command");
+}

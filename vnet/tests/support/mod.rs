@@ -1,0 +1,164 @@
+//! Helpers for tests that run the real `vnet` binary against real sockets: start it,
+//! wait for readiness, stop it and read what it logged, and build Ethernet frames.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous deadline for anything a loaded two-core machine may be slow at.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `ready` until it holds or `deadline` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `vnet` process whose stderr goes to a file.
+pub struct Vnet {
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Vnet {
+    /// Starts `vnet ARGS...` without waiting for anything.
+    pub fn spawn(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vnet.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vnet"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("vnet binary runs");
+        Self { child: Some(child), log, _dir: dir }
+    }
+
+    /// Starts `vnet ARGS...` and waits until `socket` accepts connections.
+    pub fn listening_on(socket: &Path, args: &[&str]) -> Self {
+        let vnet = Self::spawn(args);
+        wait_until("vnet's socket", DEADLINE, || UnixStream::connect(socket).is_ok());
+        vnet
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        wait_until(&format!("'{needle}' in vnet's log"), DEADLINE, || self.log().contains(needle));
+    }
+
+    /// Sends SIGTERM and returns the exit status and the whole log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), libc::SIGTERM);
+        let status = wait_with_deadline(&mut child, DEADLINE);
+        (status, self.log())
+    }
+
+    /// Waits for vnet to exit on its own.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let status = wait_with_deadline(&mut child, DEADLINE);
+        (status, self.log())
+    }
+}
+
+impl Drop for Vnet {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {deadline:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A locally administered MAC address ending in `n`.
+pub fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+/// The broadcast address.
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// An Ethernet frame of `len` bytes whose payload bytes are `fill`.
+pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, fill: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&dst);
+    v.extend_from_slice(&src);
+    v.extend_from_slice(&[0x88, 0xb5]);
+    v.resize(len, fill);
+    v
+}
+
+/// A QEMU stream peer: frames with a 4-byte big-endian length.
+pub struct StreamPeer<S: Read + Write> {
+    pub socket: S,
+}
+
+impl StreamPeer<UnixStream> {
+    /// Connects to a unix stream socket with read timeouts set.
+    pub fn connect(path: &Path) -> Self {
+        let socket = UnixStream::connect(path).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self { socket }
+    }
+}
+
+impl<S: Read + Write> StreamPeer<S> {
+    /// Sends one frame.
+    pub fn send(&mut self, frame: &[u8]) {
+        let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(frame);
+        self.socket.write_all(&wire).unwrap();
+    }
+
+    /// Receives one frame, or None at end of stream.
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut prefix = [0u8; 4];
+        if self.socket.read_exact(&mut prefix).is_err() {
+            return None;
+        }
+        let mut frame = vec![0u8; u32::from_be_bytes(prefix) as usize];
+        self.socket.read_exact(&mut frame).ok()?;
+        Some(frame)
+    }
+}
