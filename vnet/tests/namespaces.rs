@@ -5,44 +5,9 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 
 use support::*;
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-struct NamedNamespace {
-    name: String,
-}
-
-impl NamedNamespace {
-    fn create() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("vnet-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        Self { name }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().unwrap()
-    }
-}
-
-impl Drop for NamedNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-fn run_ok(command: &mut Command) -> Output {
-    let output = command.output().unwrap();
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
-    output
-}
 
 fn vnet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vnet"))

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Generous deadline for anything a loaded two-core machine may be slow at.
@@ -32,9 +33,22 @@ pub struct Vnet {
 impl Vnet {
     /// Starts `vnet ARGS...` without waiting for anything.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_in(None, args)
+    }
+
+    /// Starts `vnet ARGS...`, inside the named network namespace if one is given.
+    pub fn spawn_in(netns: Option<&NamedNamespace>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("vnet.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vnet"))
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &netns.name, env!("CARGO_BIN_EXE_vnet")]);
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vnet")),
+        };
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -161,4 +175,52 @@ impl<S: Read + Write> StreamPeer<S> {
         self.socket.read_exact(&mut frame).ok()?;
         Some(frame)
     }
+}
+pub mod guest;
+
+/// A named network namespace (`ip netns add`) made by a test, deleted on drop.
+pub struct NamedNamespace {
+    pub name: String,
+}
+
+impl NamedNamespace {
+    /// Creates a namespace with a unique name; only loopback is in it, and it is up.
+    pub fn create() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("vnet-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let netns = Self { name };
+        run_ok(&mut netns.command(&["ip", "link", "set", "lo", "up"]));
+        netns
+    }
+
+    /// The namespace file, for `--attach netns:`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(args);
+        command
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+impl Drop for NamedNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Runs `command` and panics with its stderr unless it succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
 }
