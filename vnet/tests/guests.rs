@@ -50,7 +50,7 @@ fn virtio_and_e1000_guests_ping_each_other_over_stream_unix() {
 }
 
 #[test]
-fn rtl8139_joins_through_legacy_socket_connect_over_tcp() {
+fn rtl8139_on_legacy_socket_connect_reaches_a_guest_on_stream_inet() {
     let _lock = GuestLock::acquire();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
@@ -83,43 +83,93 @@ fn rtl8139_joins_through_legacy_socket_connect_over_tcp() {
 }
 
 #[test]
-fn a_guest_on_dgram_unix_reaches_a_guest_on_stream() {
+fn guests_on_dgram_unix_and_dgram_udp_reach_each_other() {
     let _lock = GuestLock::acquire();
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vnet.sock");
     let dgram = dir.path().join("vnet-dgram.sock");
-    let vnet = Vnet::listening_on(
-        &sock,
-        &["run", "--listen", &unix_listen(&sock), "--listen", &format!("dgram:unix:{}", dgram.display())],
+    let vnet_port = free_udp_port();
+    let vnet = Vnet::spawn(&[
+        "run",
+        "--listen",
+        &format!("dgram:unix:{}", dgram.display()),
+        "--listen",
+        &format!("dgram:udp:127.0.0.1:{vnet_port}"),
+    ]);
+    vnet.wait_for_log("dgram:udp");
+    let udp_netdev = format!(
+        "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={},remote.type=inet,remote.host=127.0.0.1,remote.port={vnet_port}",
+        free_udp_port()
     );
-    vnet.wait_for_log("dgram:unix");
-    let stream_guest = GuestSpec::new(
-        "stream",
-        Nic::VirtioNet,
-        &stream_netdev(&sock),
-        "net 10.0.0.1/24 && wait_ping 10.0.0.4; report",
-    )
-    .mac("52:54:00:00:00:01")
-    .boot();
-    stream_guest.wait_ready();
-    let netdev = format!(
+    let udp_guest =
+        GuestSpec::new("udp", Nic::VirtioNet, &udp_netdev, "net 10.0.0.1/24 && wait_ping 10.0.0.4; report")
+            .mac("52:54:00:00:00:01")
+            .boot();
+    udp_guest.wait_ready();
+    let unix_netdev = format!(
         "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
         dir.path().join("guest.sock").display(),
         dgram.display()
     );
-    let dgram_guest = GuestSpec::new(
-        "dgram",
+    let unix_guest = GuestSpec::new(
+        "unix",
         Nic::E1000,
-        &netdev,
+        &unix_netdev,
         "net 10.0.0.4/24 && wait_ping 10.0.0.1 && ping -c 3 -W 5 10.0.0.1; report",
     )
     .mac("52:54:00:00:00:04")
     .boot();
-    let result = dgram_guest.wait_result();
+    let result = unix_guest.wait_result();
     assert_success(&result);
     assert!(result.output.contains("3 packets received"), "{}", result.output);
-    assert_success(&stream_guest.wait_result());
-    assert!(vnet.log().contains("guest.sock"), "the dgram peer got a port of its own");
+    assert_success(&udp_guest.wait_result());
+    let log = vnet.log();
+    assert!(log.contains("guest.sock"), "the unix dgram peer got a port: {log}");
+    assert!(log.contains("peer=127.0.0.1:"), "the UDP peer got a port: {log}");
+}
+
+#[test]
+fn vnet_attaches_to_listening_qemus_and_reattaches_after_a_restart() {
+    let _lock = GuestLock::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let qemu_sock = dir.path().join("qemu.sock");
+    let qemu_port = free_tcp_port();
+    // vnet starts first: neither QEMU is listening yet, so it keeps retrying.
+    let vnet = Vnet::spawn(&[
+        "run",
+        "--attach",
+        &format!("stream:unix:{}", qemu_sock.display()),
+        "--attach",
+        &format!("stream:tcp:127.0.0.1:{qemu_port}"),
+    ]);
+    vnet.wait_for_log("retrying");
+    let server = GuestSpec::new(
+        "server-on",
+        Nic::VirtioNet,
+        &format!("stream,id=n0,server=on,addr.type=unix,addr.path={}", qemu_sock.display()),
+        "net 10.0.0.1/24 && wait_ping 10.0.0.2; report",
+    )
+    .mac("52:54:00:00:00:01")
+    .boot();
+    server.wait_ready();
+    let legacy_netdev = format!("socket,id=n0,listen=127.0.0.1:{qemu_port}");
+    let ping_server = "net 10.0.0.2/24 && wait_ping 10.0.0.1 && ping -c 3 -W 5 10.0.0.1; report";
+    let legacy =
+        GuestSpec::new("listen", Nic::E1000, &legacy_netdev, ping_server).mac("52:54:00:00:00:02").boot();
+    let first = legacy.wait_result();
+    assert_success(&first);
+    assert!(first.output.contains("3 packets received"), "{}", first.output);
+
+    // The listening QEMU goes away and comes back: vnet connects again by itself.
+    legacy.signal(libc::SIGKILL);
+    drop(legacy);
+    vnet.wait_for_log("peer went away; reconnecting");
+    let again = GuestSpec::new("listen-again", Nic::E1000, &legacy_netdev, ping_server)
+        .mac("52:54:00:00:00:02")
+        .boot();
+    let second = again.wait_result();
+    assert_success(&second);
+    assert!(second.output.contains("3 packets received"), "{}", second.output);
+    drop(server);
 }
 
 #[test]
@@ -229,6 +279,10 @@ fn jumbo_frames_pass_between_guests_with_mtu_9000() {
     assert_success(&a.wait_result());
     let (_, log) = vnet.stop();
     assert!(log.contains("rx_bytes="), "{log}");
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn free_tcp_port() -> u16 {

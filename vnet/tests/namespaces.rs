@@ -102,3 +102,49 @@ fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
     );
     assert_eq!(server_status.code(), Some(128 + libc::SIGTERM), "SIGTERM reaches the command");
 }
+
+#[test]
+fn attaching_a_namespace_without_permission_is_a_one_line_error() {
+    let far = NamedNamespace::create();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vnet")])
+        .args(["run", "--attach", &format!("netns:{}", far.path())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no permission to enter"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_unprivileged_vnet_attaches_the_namespace_of_an_unprivileged_process() {
+    let as_nobody = |program: &str| {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", program]);
+        command
+    };
+    let mut holder = as_nobody("unshare").args(["-rn", "sleep", "60"]).spawn().unwrap();
+    let pid = holder.id();
+    let netns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    wait_until("the holder's own namespace", DEADLINE, || netns_of(pid) != netns_of(std::process::id()));
+
+    let mut vnet = as_nobody(env!("CARGO_BIN_EXE_vnet"))
+        .args(["run", "--attach", &format!("netns:{pid}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let links = || {
+        Command::new("nsenter").args(["-t", &pid.to_string(), "-n", "ip", "-br", "link"]).output().unwrap()
+    };
+    wait_until("eth0 in the holder's namespace", DEADLINE, || {
+        String::from_utf8_lossy(&links().stdout).contains("eth0")
+    });
+    let listing = String::from_utf8_lossy(&links().stdout).to_string();
+    signal(vnet.id(), libc::SIGTERM);
+    let status = vnet.wait().unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(status.success());
+    assert!(listing.lines().any(|l| l.starts_with("eth0") && l.contains("UP")), "{listing}");
+}

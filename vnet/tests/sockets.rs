@@ -339,3 +339,17 @@ fn an_idle_network_with_ten_peers_uses_no_cpu() {
     assert!(used <= 1, "idle vnet used {used} ticks of CPU in 3 s");
     drop(peers);
 }
+
+#[test]
+fn a_silent_dgram_peer_loses_its_port_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet-dgram.sock");
+    let vnet = Vnet::spawn(&["run", "--dgram-peer-timeout", "1", "--listen", &unix_spec("dgram", &sock)]);
+    vnet.wait_for_log("listening");
+    let peer = UnixDatagram::bind(dir.path().join("quiet.sock")).unwrap();
+    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), &sock).unwrap();
+    vnet.wait_for_log("port opened");
+    vnet.wait_for_log("datagram peer idle; port removed");
+    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), &sock).unwrap();
+    vnet.wait_for_log("port=2");
+}

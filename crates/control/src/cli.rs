@@ -10,8 +10,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use nix::unistd::Pid;
 use tracing::level_filters::LevelFilter;
-use vnet_switch::{ForwardingMode, SwitchConfig};
-use vnet_transport::{netns, AttachSpec, ListenSpec, Network};
+use vnet_switch::{ForwardingMode, SwitchConfig, DEFAULT_AGING};
+use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
+use vnet_transport::{netns, AttachSpec, ListenSpec, Network, NetworkConfig};
 
 use crate::spec::{parse_attach, parse_listen};
 use crate::supervisor::Signals;
@@ -51,8 +52,11 @@ struct NetworkArgs {
     #[arg(long)]
     hub: bool,
     /// Seconds a learned MAC address stays without being seen again.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_AGING.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     mac_aging: u64,
+    /// Seconds a dgram peer may be silent before its port is removed.
+    #[arg(long, default_value_t = DEFAULT_PEER_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    dgram_peer_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -120,10 +124,13 @@ fn execute(command: Command) -> anyhow::Result<i32> {
 }
 
 fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {
-    let config = SwitchConfig {
-        mode: if args.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
-        aging: Duration::from_secs(args.mac_aging),
-        ..SwitchConfig::default()
+    let config = NetworkConfig {
+        switch: SwitchConfig {
+            mode: if args.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
+            aging: Duration::from_secs(args.mac_aging),
+            ..SwitchConfig::default()
+        },
+        dgram_peer_timeout: Duration::from_secs(args.dgram_peer_timeout),
     };
     let mut network = Network::new(config)?;
     for spec in &args.listen {

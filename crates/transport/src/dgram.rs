@@ -1,7 +1,7 @@
 //! QEMU's datagram backend (`-netdev dgram`): one frame per unix or UDP datagram on one
 //! socket vnet binds. Every peer address that sends becomes a port of its own, which
-//! goes away when the peer is idle for [`PEER_IDLE_TIMEOUT`] or (unix) when its socket
-//! is gone.
+//! goes away when the peer has been silent for the idle timeout (an hour unless
+//! configured) or, for unix peers, as soon as its socket is gone.
 //!
 //! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
 //! queued across writes: a peer that cannot take a frame right now loses it, counted on
@@ -28,8 +28,8 @@ use crate::sys::{self, DatagramBatch};
 use crate::unix_path::{bind_error, BoundPath, SocketKind};
 use crate::TransportError;
 
-/// How long a datagram peer may stay silent before its port is removed.
-pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a datagram peer may stay silent before its port is removed, unless configured.
+pub const DEFAULT_PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Datagrams received per `recvmmsg`.
 pub(crate) const BATCH: usize = 32;
 
@@ -131,32 +131,41 @@ pub struct DgramListener {
     description: String,
     _path: Option<BoundPath>,
     peers: PeerTable,
+    idle_timeout: Duration,
     batch: DatagramBatch,
 }
 
 impl DgramListener {
-    /// Binds a unix datagram socket at `path`, replacing a stale socket file.
-    pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
+    /// Binds a unix datagram socket at `path`, replacing a stale socket file. Peers
+    /// silent for `idle_timeout` lose their port.
+    pub fn bind_unix(path: &Path, idle_timeout: Duration) -> Result<Self, TransportError> {
         BoundPath::prepare(path, SocketKind::Datagram)?;
         let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| TransportError::io("cannot create unix datagram socket", e))?;
         let addr = SockAddr::unix(path)
             .map_err(|e| TransportError::io(format!("bad socket path {}", path.display()), e))?;
         socket.bind(&addr).map_err(|e| bind_error(path, e))?;
-        Ok(Self::new(socket, format!("dgram:unix:{}", path.display()), Some(BoundPath::new(path.to_owned()))))
+        Ok(Self::new(
+            socket,
+            format!("dgram:unix:{}", path.display()),
+            Some(BoundPath::new(path.to_owned())),
+            idle_timeout,
+        ))
     }
 
-    /// Binds a UDP socket at `HOST:PORT`.
-    pub fn bind_udp(host_port: &str) -> Result<Self, TransportError> {
+    /// Binds a UDP socket at `HOST:PORT`. Peers silent for `idle_timeout` lose their
+    /// port.
+    pub fn bind_udp(host_port: &str, idle_timeout: Duration) -> Result<Self, TransportError> {
         let addr = resolve(host_port)?;
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| TransportError::io("cannot create UDP socket", e))?;
         socket.bind(&addr.into()).map_err(|e| inet_bind_error(host_port, e))?;
-        Ok(Self::new(socket, format!("dgram:udp:{addr}"), None))
+        Ok(Self::new(socket, format!("dgram:udp:{addr}"), None, idle_timeout))
     }
 
-    fn new(socket: Socket, description: String, path: Option<BoundPath>) -> Self {
+    fn new(socket: Socket, description: String, path: Option<BoundPath>, idle_timeout: Duration) -> Self {
         Self {
+            idle_timeout,
             socket,
             description,
             _path: path,
@@ -263,11 +272,11 @@ impl Endpoint for DgramListener {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.peers.next_expiry(PEER_IDLE_TIMEOUT)
+        self.peers.next_expiry(self.idle_timeout)
     }
 
     fn on_deadline(&mut self, cx: &mut Context<'_>) {
-        for port in self.peers.expire(cx.now, PEER_IDLE_TIMEOUT) {
+        for port in self.peers.expire(cx.now, self.idle_timeout) {
             info!(listen = %self.description, %port, "datagram peer idle; port removed");
             cx.remove_port(port);
         }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use network::{Network, NetworkCounters, Supervisor};
+pub use network::{Network, NetworkConfig, NetworkCounters, Supervisor};
 
 /// Where vnet accepts peers (`--listen`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,13 +118,16 @@ impl TransportError {
 impl Network {
     /// Accepts peers at `spec`: binds now, so a bad address fails before the loop runs.
     pub fn listen(&mut self, spec: &ListenSpec) -> Result<(), TransportError> {
+        let idle = self.config().dgram_peer_timeout;
         match spec {
             ListenSpec::StreamUnix(path) => self.add_endpoint(Box::new(stream::Listener::bind_unix(path)?)),
             ListenSpec::StreamTcp(addr) => self.add_endpoint(Box::new(stream::Listener::bind_tcp(addr)?)),
             ListenSpec::DgramUnix(path) => {
-                self.add_endpoint(Box::new(dgram::DgramListener::bind_unix(path)?))
+                self.add_endpoint(Box::new(dgram::DgramListener::bind_unix(path, idle)?))
             }
-            ListenSpec::DgramUdp(addr) => self.add_endpoint(Box::new(dgram::DgramListener::bind_udp(addr)?)),
+            ListenSpec::DgramUdp(addr) => {
+                self.add_endpoint(Box::new(dgram::DgramListener::bind_udp(addr, idle)?))
+            }
         }
     }
 

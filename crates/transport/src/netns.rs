@@ -34,7 +34,6 @@ const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[repr(u8)]
 enum Step {
     Done = 0,
-    EnterUserNamespace = 1,
     EnterNetworkNamespace = 2,
     CreateNamespace = 3,
     MapUser = 4,
@@ -46,7 +45,6 @@ impl Step {
     fn from_byte(byte: u8) -> Option<Self> {
         [
             Step::Done,
-            Step::EnterUserNamespace,
             Step::EnterNetworkNamespace,
             Step::CreateNamespace,
             Step::MapUser,
@@ -106,7 +104,7 @@ fn receive_tap(socket: &UnixStream, what: &str, ifname: &str) -> Result<OwnedFd,
 fn explain(step: Step, error: io::Error, what: &str, ifname: &str) -> TransportError {
     let denied = error.raw_os_error() == Some(libc::EPERM) || error.raw_os_error() == Some(libc::EACCES);
     let message = match step {
-        Step::EnterUserNamespace | Step::EnterNetworkNamespace if denied => {
+        Step::EnterNetworkNamespace if denied => {
             format!("no permission to enter {what}; run vnet as root or as the user that created the namespace")
         }
         Step::CreateNamespace if denied => format!(
@@ -161,18 +159,20 @@ pub fn open_tap_in(target: &NamespaceRef, ifname: &str) -> Result<OwnedFd, Trans
     tap
 }
 
-/// Joins `namespace`, first joining the user namespace that owns it if vnet has no
-/// privilege over the namespace as it is.
+/// Joins `namespace`. If vnet has no privilege over it as it is, joins the user
+/// namespace that owns it first; when that is impossible too (it is vnet's own user
+/// namespace or an ancestor), the original permission error stands.
 fn enter(namespace: &File, owner: Option<&OwnedFd>) -> Result<(), (Step, io::Error)> {
-    match setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EPERM) if owner.is_some() => {
-            let owner = owner.expect("checked");
-            at(Step::EnterUserNamespace, setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER))?;
-            at(Step::EnterNetworkNamespace, setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET))
-        }
-        Err(e) => Err((Step::EnterNetworkNamespace, e.into())),
+    let denied = match setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET) {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EPERM) => nix::errno::Errno::EPERM,
+        Err(e) => return Err((Step::EnterNetworkNamespace, e.into())),
+    };
+    let joined_owner = owner.is_some_and(|owner| setns(owner.as_fd(), CloneFlags::CLONE_NEWUSER).is_ok());
+    if !joined_owner {
+        return Err((Step::EnterNetworkNamespace, denied.into()));
     }
+    at(Step::EnterNetworkNamespace, setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET))
 }
 
 /// A command started in a network namespace of its own, and the tap that is its only

@@ -121,8 +121,24 @@ const BATCHES_PER_TURN: usize = 8;
 /// How often aged MAC table entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Settings of one network.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkConfig {
+    /// The switch's settings.
+    pub switch: SwitchConfig,
+    /// How long a datagram peer may be silent before its port is removed.
+    pub dgram_peer_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { switch: SwitchConfig::default(), dgram_peer_timeout: crate::dgram::DEFAULT_PEER_IDLE_TIMEOUT }
+    }
+}
+
 /// A running virtual network.
 pub struct Network {
+    config: NetworkConfig,
     poll: Poll,
     switch: Switch,
     endpoints: HashMap<Token, Box<dyn Endpoint>>,
@@ -134,17 +150,23 @@ pub struct Network {
 
 impl Network {
     /// A network with an empty switch.
-    pub fn new(config: SwitchConfig) -> Result<Self, TransportError> {
+    pub fn new(config: NetworkConfig) -> Result<Self, TransportError> {
         let poll = Poll::new().map_err(|e| TransportError::io("cannot create epoll instance", e))?;
         Ok(Self {
             poll,
-            switch: Switch::new(config),
+            config,
+            switch: Switch::new(config.switch),
             endpoints: HashMap::new(),
             owners: HashMap::new(),
             counters: NetworkCounters::default(),
             next_token: 1,
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
         })
+    }
+
+    /// The settings the network was made with.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
     }
 
     /// The switch, for inspection.
