@@ -148,3 +148,18 @@ fn an_unprivileged_vnet_attaches_the_namespace_of_an_unprivileged_process() {
     assert!(status.success());
     assert!(listing.lines().any(|l| l.starts_with("eth0") && l.contains("UP")), "{listing}");
 }
+
+#[test]
+fn the_tap_name_is_chosen_with_ifname_and_a_taken_name_is_refused() {
+    let far = NamedNamespace::create();
+    let spec = format!("netns:{},ifname=vnet7", far.path());
+    let first = Vnet::spawn(&["run", "--attach", &spec]);
+    first.wait_for_log("port opened");
+    let links = String::from_utf8_lossy(&far.exec(&["ip", "-br", "link"]).stdout).to_string();
+    assert!(links.lines().any(|l| l.starts_with("vnet7") && l.contains("UP")), "{links}");
+
+    let (status, log) = Vnet::spawn(&["run", "--attach", &spec]).wait();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("already exists"), "{log}");
+    drop(first);
+}

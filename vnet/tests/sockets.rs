@@ -341,15 +341,15 @@ fn an_idle_network_with_ten_peers_uses_no_cpu() {
 }
 
 #[test]
-fn a_silent_dgram_peer_loses_its_port_after_the_idle_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vnet-dgram.sock");
-    let vnet = Vnet::spawn(&["run", "--dgram-peer-timeout", "1", "--listen", &unix_spec("dgram", &sock)]);
+fn a_silent_udp_peer_loses_its_port_after_the_idle_timeout() {
+    let vnet_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let vnet =
+        Vnet::spawn(&["run", "--dgram-peer-timeout", "1", "--listen", &format!("dgram:udp:{vnet_addr}")]);
     vnet.wait_for_log("listening");
-    let peer = UnixDatagram::bind(dir.path().join("quiet.sock")).unwrap();
-    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), &sock).unwrap();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), vnet_addr).unwrap();
     vnet.wait_for_log("port opened");
     vnet.wait_for_log("datagram peer idle; port removed");
-    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), &sock).unwrap();
+    peer.send_to(&frame(BROADCAST, mac(5), 60, 0), vnet_addr).unwrap();
     vnet.wait_for_log("port=2");
 }

@@ -1,5 +1,7 @@
 //! The `vnet` command line: `vnet run` and `vnet ns`, their options, and the exit codes
 //! (the command's status for `vnet ns`, 0 after a stop signal, 2 for any setup error).
+//! This is the binary's edge, where errors become one line on stderr; it builds a
+//! network from the options and hands it to the transports, and never touches a frame.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -64,7 +66,7 @@ struct NsArgs {
     #[command(flatten)]
     network: NetworkArgs,
     /// Name of the interface inside the namespace.
-    #[arg(long, default_value = netns::DEFAULT_IFNAME, value_name = "NAME")]
+    #[arg(long, default_value = netns::DEFAULT_IFNAME, value_name = "NAME", value_parser = parse_ifname)]
     ifname: String,
     /// The command to run and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -99,20 +101,16 @@ pub fn main() -> ExitCode {
 }
 
 fn execute(command: Command) -> anyhow::Result<i32> {
-    let mut signals = Signals::install()?;
+    let mut signals = Signals::install().context("cannot set up signal handling")?;
     match command {
         Command::Run(args) => {
             let mut network = build_network(&args)?;
             Ok(network.run(&mut signals)?)
         }
         Command::Ns(args) => {
-            if args.ifname.is_empty() || args.ifname.len() > 15 {
-                anyhow::bail!("--ifname '{}' must be 1 to 15 bytes long", args.ifname);
-            }
             let mut network = build_network(&args.network)?;
-            let mut command = std::process::Command::new(&args.command[0]);
-            command.args(&args.command[1..]);
-            let namespaced = netns::spawn_in_new_namespace(&mut command, &args.ifname)?;
+            let namespaced =
+                netns::spawn_in_new_namespace(&args.command[0], &args.command[1..], &args.ifname)?;
             let pid = namespaced.child.id();
             signals.supervise(Pid::from_raw(pid as i32));
             network
@@ -121,6 +119,10 @@ fn execute(command: Command) -> anyhow::Result<i32> {
             Ok(network.run(&mut signals)?)
         }
     }
+}
+
+fn parse_ifname(text: &str) -> Result<String, String> {
+    netns::validate_ifname(text).map(|()| text.to_owned())
 }
 
 fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {

@@ -2,14 +2,16 @@
 //!
 //! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
 //! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`,
-//! `mcast:GROUP:PORT[,localaddr=ADDR]` and `netns:PATH|PID`. Every error repeats the
-//! offending text and lists what would have been accepted. Nothing here opens a socket.
+//! `mcast:GROUP:PORT[,localaddr=ADDR]` and `netns:PATH|PID[,ifname=NAME]`. Every error
+//! repeats the offending text and lists what would have been accepted. Nothing here opens
+//! a socket or checks that a path or address exists.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use thiserror::Error;
-use vnet_transport::{AttachSpec, ListenSpec, McastSpec, NamespaceRef};
+use vnet_transport::netns::{validate_ifname, DEFAULT_IFNAME};
+use vnet_transport::{AttachSpec, ListenSpec, McastSpec, NamespaceRef, NetnsSpec};
 
 /// A `--listen` or `--attach` value that does not parse.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -32,14 +34,27 @@ fn attach_error(text: &str, problem: impl Into<String>) -> SpecError {
     SpecError { option: "--attach", text: text.to_owned(), problem: problem.into(), expected: ATTACH_FORMS }
 }
 
+/// A stream address, before it is known whether vnet listens or attaches.
+enum StreamAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+fn stream_addr(rest: &str) -> Result<StreamAddr, &'static str> {
+    match rest.split_once(':') {
+        Some(("unix", path)) => unix_path(path).map(StreamAddr::Unix),
+        Some(("tcp", addr)) => host_port(addr).map(StreamAddr::Tcp),
+        _ => Err("stream needs unix:PATH or tcp:HOST:PORT"),
+    }
+}
+
 /// Parses a `--listen` value.
 pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
     let fail = |problem: &str| listen_error(text, problem);
     match text.split_once(':') {
-        Some(("stream", rest)) => match rest.split_once(':') {
-            Some(("unix", path)) => Ok(ListenSpec::StreamUnix(unix_path(path).map_err(fail)?)),
-            Some(("tcp", addr)) => Ok(ListenSpec::StreamTcp(host_port(addr).map_err(fail)?)),
-            _ => Err(fail("stream needs unix:PATH or tcp:HOST:PORT")),
+        Some(("stream", rest)) => match stream_addr(rest).map_err(fail)? {
+            StreamAddr::Unix(path) => Ok(ListenSpec::StreamUnix(path)),
+            StreamAddr::Tcp(addr) => Ok(ListenSpec::StreamTcp(addr)),
         },
         Some(("dgram", rest)) => match rest.split_once(':') {
             Some(("unix", path)) => Ok(ListenSpec::DgramUnix(unix_path(path).map_err(fail)?)),
@@ -54,13 +69,12 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
 pub fn parse_attach(text: &str) -> Result<AttachSpec, SpecError> {
     let fail = |problem: &str| attach_error(text, problem);
     match text.split_once(':') {
-        Some(("stream", rest)) => match rest.split_once(':') {
-            Some(("unix", path)) => Ok(AttachSpec::StreamUnix(unix_path(path).map_err(fail)?)),
-            Some(("tcp", addr)) => Ok(AttachSpec::StreamTcp(host_port(addr).map_err(fail)?)),
-            _ => Err(fail("stream needs unix:PATH or tcp:HOST:PORT")),
+        Some(("stream", rest)) => match stream_addr(rest).map_err(fail)? {
+            StreamAddr::Unix(path) => Ok(AttachSpec::StreamUnix(path)),
+            StreamAddr::Tcp(addr) => Ok(AttachSpec::StreamTcp(addr)),
         },
         Some(("mcast", rest)) => Ok(AttachSpec::Mcast(mcast(rest).map_err(fail)?)),
-        Some(("netns", target)) => Ok(AttachSpec::Netns(namespace(target).map_err(fail)?)),
+        Some(("netns", rest)) => Ok(AttachSpec::Netns(netns(rest).map_err(|p| attach_error(text, p))?)),
         _ => Err(fail("unknown transport")),
     }
 }
@@ -103,6 +117,18 @@ fn mcast(text: &str) -> Result<McastSpec, &'static str> {
         }
     };
     Ok(McastSpec { group, port, local })
+}
+
+fn netns(text: &str) -> Result<NetnsSpec, String> {
+    let (target, ifname) = match text.split_once(',') {
+        Some((target, option)) => {
+            let ifname = option.strip_prefix("ifname=").ok_or("the only option is ifname=NAME")?;
+            validate_ifname(ifname)?;
+            (target, ifname)
+        }
+        None => (text, DEFAULT_IFNAME),
+    };
+    Ok(NetnsSpec { target: namespace(target)?, ifname: ifname.to_owned() })
 }
 
 fn namespace(target: &str) -> Result<NamespaceRef, &'static str> {
@@ -153,11 +179,13 @@ mod tests {
                 local: Some(Ipv4Addr::LOCALHOST)
             }))
         );
-        assert_eq!(parse_attach("netns:4242"), Ok(AttachSpec::Netns(NamespaceRef::Pid(4242))));
+        let netns = |target, ifname: &str| AttachSpec::Netns(NetnsSpec { target, ifname: ifname.into() });
+        assert_eq!(parse_attach("netns:4242"), Ok(netns(NamespaceRef::Pid(4242), "eth0")));
         assert_eq!(
             parse_attach("netns:/run/netns/a"),
-            Ok(AttachSpec::Netns(NamespaceRef::Path("/run/netns/a".into())))
+            Ok(netns(NamespaceRef::Path("/run/netns/a".into()), "eth0"))
         );
+        assert_eq!(parse_attach("netns:7,ifname=vnet1"), Ok(netns(NamespaceRef::Pid(7), "vnet1")));
     }
 
     #[test]
@@ -177,6 +205,9 @@ mod tests {
             "mcast:230.0.0.1:1,ttl=3",
             "netns:",
             "netns:99999999999",
+            "netns:1,ifname=",
+            "netns:1,ifname=sixteen-bytes-xx",
+            "netns:1,mtu=9",
         ] {
             assert!(parse_attach(bad).is_err(), "{bad}");
         }

@@ -2,11 +2,11 @@
 //! vnet, and in `vnet ns` SIGCHLD reports the command's exit, whose status becomes vnet's.
 //!
 //! The signals are blocked for the whole process before anything else starts, so none is
-//! lost between startup and the first `epoll_wait`. This module knows nothing of ports.
+//! lost between startup and the first `epoll_wait`. This module knows nothing of ports
+//! or transports.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use anyhow::Context as _;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -22,14 +22,13 @@ pub struct Signals {
 
 impl Signals {
     /// Blocks the signals vnet handles and opens a signalfd for them.
-    pub fn install() -> anyhow::Result<Self> {
+    pub fn install() -> nix::Result<Self> {
         let mut set = SigSet::empty();
         for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGCHLD] {
             set.add(signal);
         }
-        set.thread_block().context("cannot block signals")?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .context("cannot create a signalfd")?;
+        set.thread_block()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Self { fd, child: None })
     }
 
@@ -66,8 +65,12 @@ impl Supervisor for Signals {
                 }
                 (Signal::SIGCHLD, None) => {}
                 (signal, Some(child)) => {
-                    info!(%signal, "passing signal to the command");
-                    let _ = kill(child, signal);
+                    // A signal from the terminal (Ctrl-C) already reached the command,
+                    // which is in vnet's process group; pass on only those sent to vnet.
+                    if info.ssi_code != libc::SI_KERNEL {
+                        info!(%signal, "passing signal to the command");
+                        let _ = kill(child, signal);
+                    }
                 }
                 (signal, None) => {
                     info!(%signal, "stopping");

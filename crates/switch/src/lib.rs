@@ -60,6 +60,9 @@ pub struct Switch {
     table: MacTable,
     next_port: u32,
     pending: Vec<PortId>,
+    /// Set once a full MAC table has been reported, so a flood of new addresses logs
+    /// one warning rather than one per frame.
+    reported_table_full: bool,
 }
 
 impl Switch {
@@ -71,6 +74,7 @@ impl Switch {
             table: MacTable::new(config.aging, config.mac_capacity),
             next_port: 1,
             pending: Vec::new(),
+            reported_table_full: false,
         }
     }
 
@@ -160,10 +164,12 @@ impl Switch {
     fn learn(&mut self, source: MacAddress, port: PortId, now: Instant) {
         match self.table.learn(source, port, now) {
             Learned::Moved { from } => debug!(%source, %from, to = %port, "station moved"),
-            Learned::TableFull => {
-                warn!(%source, %port, "MAC table full; flooding this station's traffic")
+            Learned::TableFull if !self.reported_table_full => {
+                self.reported_table_full = true;
+                warn!(%source, %port, "MAC table full; new stations' traffic is flooded until entries age out");
             }
-            Learned::New | Learned::Refreshed => {}
+            Learned::TableFull | Learned::Refreshed => {}
+            Learned::New => self.reported_table_full = false,
         }
     }
 

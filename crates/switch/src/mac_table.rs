@@ -18,6 +18,10 @@ pub const DEFAULT_AGING: Duration = Duration::from_secs(300);
 /// cannot grow vnet's memory without limit.
 pub const DEFAULT_CAPACITY: usize = 65536;
 
+/// How often a full table looks for aged entries to make room, so a flood of new source
+/// addresses costs one sweep per interval, not one per frame.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What learning a source address did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learned {
@@ -46,13 +50,14 @@ pub struct MacTable {
     entries: HashMap<MacAddress, Entry>,
     aging: Duration,
     capacity: usize,
+    next_full_sweep: Option<Instant>,
 }
 
 impl MacTable {
     /// An empty table whose entries expire after `aging` and which holds at most
     /// `capacity` stations.
     pub fn new(aging: Duration, capacity: usize) -> Self {
-        Self { entries: HashMap::new(), aging, capacity }
+        Self { entries: HashMap::new(), aging, capacity, next_full_sweep: None }
     }
 
     /// Records that `mac` was seen on `port` at `now`.
@@ -68,7 +73,10 @@ impl MacTable {
             };
         }
         if self.entries.len() >= self.capacity {
-            self.expire(now);
+            if self.next_full_sweep.is_none_or(|due| now >= due) {
+                self.expire(now);
+                self.next_full_sweep = Some(now + FULL_SWEEP_INTERVAL);
+            }
             if self.entries.len() >= self.capacity {
                 return Learned::TableFull;
             }
@@ -179,5 +187,16 @@ mod tests {
         assert_eq!(table.lookup(B, t0), None);
         assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_secs(10)), Learned::New);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_sweeps_at_most_once_a_second() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_millis(1500), 1);
+        table.learn(A, PortId(1), t0);
+        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_millis(1000)), Learned::TableFull);
+        let after_aging = t0 + Duration::from_millis(1600);
+        assert_eq!(table.learn(B, PortId(2), after_aging), Learned::TableFull, "swept 0.6 s ago");
+        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_millis(2000)), Learned::New);
     }
 }

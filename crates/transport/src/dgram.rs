@@ -1,11 +1,12 @@
 //! QEMU's datagram backend (`-netdev dgram`): one frame per unix or UDP datagram on one
-//! socket vnet binds. Every peer address that sends becomes a port of its own, which
-//! goes away when the peer has been silent for the idle timeout (an hour unless
-//! configured) or, for unix peers, as soon as its socket is gone.
+//! socket vnet binds. Every peer address that sends becomes a port of its own. A unix
+//! peer's port goes away as soon as its socket is gone; a UDP peer, which cannot be seen
+//! leaving, loses its port after it has been silent for the idle timeout (an hour unless
+//! configured). At most [`MAX_PEERS`] peers are served per socket.
 //!
 //! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
 //! queued across writes: a peer that cannot take a frame right now loses it, counted on
-//! its port, as a real Ethernet link would.
+//! its port, as a real Ethernet link would. This module does not look inside frames.
 
 use std::collections::HashMap;
 use std::io;
@@ -32,6 +33,9 @@ use crate::TransportError;
 pub const DEFAULT_PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Datagrams received per `recvmmsg`.
 pub(crate) const BATCH: usize = 32;
+/// Most peers one datagram socket serves, so spoofed UDP sources cannot grow vnet
+/// without bound.
+pub const MAX_PEERS: usize = 1024;
 
 /// A datagram peer's address, as a map key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,9 +118,20 @@ impl PeerTable {
         stale
     }
 
-    /// When the quietest peer will have been idle for `idle`.
+    /// When the quietest peer will have been idle for `idle` (None if that is beyond
+    /// what the clock can represent).
     pub fn next_expiry(&self, idle: Duration) -> Option<Instant> {
-        self.by_addr.values().map(|peer| peer.last_heard + idle).min()
+        self.by_addr.values().filter_map(|peer| peer.last_heard.checked_add(idle)).min()
+    }
+
+    /// How many peers are known.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// True when no peer is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
     }
 
     /// Every port in the table.
@@ -131,14 +146,15 @@ pub struct DgramListener {
     description: String,
     _path: Option<BoundPath>,
     peers: PeerTable,
-    idle_timeout: Duration,
+    /// Silence after which a peer's port is removed; None for unix peers, whose
+    /// departure shows as a send error.
+    idle_timeout: Option<Duration>,
     batch: DatagramBatch,
 }
 
 impl DgramListener {
-    /// Binds a unix datagram socket at `path`, replacing a stale socket file. Peers
-    /// silent for `idle_timeout` lose their port.
-    pub fn bind_unix(path: &Path, idle_timeout: Duration) -> Result<Self, TransportError> {
+    /// Binds a unix datagram socket at `path`, replacing a stale socket file.
+    pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
         BoundPath::prepare(path, SocketKind::Datagram)?;
         let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| TransportError::io("cannot create unix datagram socket", e))?;
@@ -149,7 +165,7 @@ impl DgramListener {
             socket,
             format!("dgram:unix:{}", path.display()),
             Some(BoundPath::new(path.to_owned())),
-            idle_timeout,
+            None,
         ))
     }
 
@@ -160,10 +176,15 @@ impl DgramListener {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking().cloexec(), None)
             .map_err(|e| TransportError::io("cannot create UDP socket", e))?;
         socket.bind(&addr.into()).map_err(|e| inet_bind_error(host_port, e))?;
-        Ok(Self::new(socket, format!("dgram:udp:{addr}"), None, idle_timeout))
+        Ok(Self::new(socket, format!("dgram:udp:{addr}"), None, Some(idle_timeout)))
     }
 
-    fn new(socket: Socket, description: String, path: Option<BoundPath>, idle_timeout: Duration) -> Self {
+    fn new(
+        socket: Socket,
+        description: String,
+        path: Option<BoundPath>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
         Self {
             idle_timeout,
             socket,
@@ -182,6 +203,11 @@ impl DgramListener {
         };
         if let Some(port) = self.peers.touch(&addr, cx.now) {
             return Some(port);
+        }
+        if self.peers.len() >= MAX_PEERS {
+            cx.counters.dgram_peer_refused += 1;
+            debug!(listen = %self.description, "datagram peer refused: {MAX_PEERS} peers already");
+            return None;
         }
         let name = match &addr {
             PeerAddr::Unix(path) => format!("{} peer={}", self.description, path.display()),
@@ -202,28 +228,50 @@ fn peer_is_gone(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT))
 }
 
-/// Sends every frame queued on `port` to `to`, dropping what the kernel does not take.
-/// Returns an error only when the peer is gone.
+/// Sends every frame queued on `port` to `to`. A batch the kernel does not take whole is
+/// dropped from the first refused frame on. Returns an error only when the peer is gone.
 pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch::Port) -> io::Result<()> {
     while !port.is_idle() {
         let datagrams: Vec<&[u8]> = port.queued().take(BATCH).map(|f| f.as_bytes()).collect();
         let count = datagrams.len();
-        match sys::send_datagrams(socket.as_fd(), to, &datagrams) {
-            Ok(sent) => {
-                for _ in 0..sent {
-                    port.pop_sent();
-                }
-                if sent < count {
-                    port.pop_dropped();
-                }
-            }
+        let sent = match sys::send_datagrams(socket.as_fd(), to, &datagrams) {
+            Ok(sent) => sent,
             Err(e) if peer_is_gone(&e) => return Err(e),
-            Err(_) => {
-                port.pop_dropped();
-            }
+            Err(_) => 0,
+        };
+        for _ in 0..sent {
+            port.pop_sent();
+        }
+        for _ in sent..count {
+            port.pop_dropped();
         }
     }
     Ok(())
+}
+
+/// Receives one batch from `socket` and hands each datagram and its sender to `deliver`.
+pub(crate) fn receive_batch(
+    batch: &mut DatagramBatch,
+    socket: &Socket,
+    mut deliver: impl FnMut(Bytes, SockAddr),
+) -> ReadOutcome {
+    let received = match batch.receive(socket.as_fd()) {
+        Ok(received) => received,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+        Err(e) => {
+            debug!(error = %e, "datagram receive failed");
+            return ReadOutcome::More;
+        }
+    };
+    for index in 0..received {
+        let (data, sender) = batch.datagram(index);
+        deliver(Bytes::copy_from_slice(data), sender);
+    }
+    if received == BATCH {
+        ReadOutcome::More
+    } else {
+        ReadOutcome::Drained
+    }
 }
 
 impl Endpoint for DgramListener {
@@ -233,26 +281,15 @@ impl Endpoint for DgramListener {
     }
 
     fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
-        let received = match self.batch.receive(self.socket.as_fd()) {
-            Ok(received) => received,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
-            Err(e) => {
-                debug!(listen = %self.description, error = %e, "receive failed");
-                return ReadOutcome::Drained;
-            }
-        };
-        for index in 0..received {
-            let (data, sender) = self.batch.datagram(index);
-            let frame = Bytes::copy_from_slice(data);
+        let mut arrived = Vec::with_capacity(BATCH);
+        let outcome =
+            receive_batch(&mut self.batch, &self.socket, |frame, sender| arrived.push((frame, sender)));
+        for (frame, sender) in arrived {
             if let Some(port) = self.port_for(&sender, cx) {
                 cx.switch.receive(port, frame, cx.now);
             }
         }
-        if received == BATCH {
-            ReadOutcome::More
-        } else {
-            ReadOutcome::Drained
-        }
+        outcome
     }
 
     fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
@@ -272,11 +309,14 @@ impl Endpoint for DgramListener {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.peers.next_expiry(self.idle_timeout)
+        self.peers.next_expiry(self.idle_timeout?)
     }
 
     fn on_deadline(&mut self, cx: &mut Context<'_>) {
-        for port in self.peers.expire(cx.now, self.idle_timeout) {
+        let Some(idle_timeout) = self.idle_timeout else {
+            return;
+        };
+        for port in self.peers.expire(cx.now, idle_timeout) {
             info!(listen = %self.description, %port, "datagram peer idle; port removed");
             cx.remove_port(port);
         }
@@ -322,6 +362,7 @@ mod tests {
         assert_eq!(table.expire(t0 + idle, idle), vec![PortId(1)]);
         assert_eq!(table.touch(&inet(1), t0 + idle), None);
         assert_eq!(table.ports(), vec![PortId(2)]);
+        assert_eq!(table.next_expiry(Duration::MAX), None, "no overflow for huge timeouts");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! The decoder is pure: bytes go in, whole frames come out, so it is tested (and fuzzed)
 //! without sockets. It never trusts the peer: a length of zero or above
 //! [`MAX_FRAME_LEN`] is an error that ends the connection, and a frame is handed out only
-//! once all of its bytes have arrived, however the reads were split.
+//! once all of its bytes have arrived, however the reads were split. Each frame is copied
+//! out of the read buffer into an allocation of its own size, so a queued frame never
+//! pins a whole read buffer and the buffer is reused from one read to the next.
 
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
@@ -54,17 +56,18 @@ impl StreamDecoder {
         self.buffer.extend_from_slice(data);
     }
 
-    /// The next whole frame, if one has fully arrived. The frame shares the read buffer's
-    /// memory; nothing is copied.
+    /// The next whole frame, if one has fully arrived.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FramingError> {
         let Some(len) = self.announced_len()? else {
             return Ok(None);
         };
-        if self.buffer.len() < LENGTH_PREFIX_LEN + len {
+        let end = LENGTH_PREFIX_LEN + len;
+        if self.buffer.len() < end {
             return Ok(None);
         }
-        self.buffer.advance(LENGTH_PREFIX_LEN);
-        Ok(Some(self.buffer.split_to(len).freeze()))
+        let frame = Bytes::copy_from_slice(&self.buffer[LENGTH_PREFIX_LEN..end]);
+        self.buffer.advance(end);
+        Ok(Some(frame))
     }
 
     /// Bytes held that do not yet make a whole frame. Non-zero at end of stream means the

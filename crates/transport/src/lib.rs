@@ -18,6 +18,7 @@ mod sys;
 pub mod tap;
 mod unix_path;
 
+use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
@@ -50,8 +51,17 @@ pub enum AttachSpec {
     StreamTcp(String),
     /// `mcast:GROUP:PORT`: a QEMU `-netdev socket,mcast=` segment.
     Mcast(McastSpec),
-    /// `netns:PATH|PID`: a tap inside an existing network namespace.
-    Netns(NamespaceRef),
+    /// `netns:PATH|PID[,ifname=NAME]`: a tap inside an existing network namespace.
+    Netns(NetnsSpec),
+}
+
+/// A tap to create inside an existing network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsSpec {
+    /// The namespace.
+    pub target: NamespaceRef,
+    /// The tap's name inside it.
+    pub ifname: String,
 }
 
 /// A multicast segment to join.
@@ -72,6 +82,15 @@ pub enum NamespaceRef {
     Path(PathBuf),
     /// The namespace a process is in.
     Pid(u32),
+}
+
+impl fmt::Display for NamespaceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamespaceRef::Path(path) => write!(f, "netns:{}", path.display()),
+            NamespaceRef::Pid(pid) => write!(f, "netns:{pid}"),
+        }
+    }
 }
 
 /// A transport that could not be set up. The messages say what to change.
@@ -118,16 +137,16 @@ impl TransportError {
 impl Network {
     /// Accepts peers at `spec`: binds now, so a bad address fails before the loop runs.
     pub fn listen(&mut self, spec: &ListenSpec) -> Result<(), TransportError> {
-        let idle = self.config().dgram_peer_timeout;
         match spec {
             ListenSpec::StreamUnix(path) => self.add_endpoint(Box::new(stream::Listener::bind_unix(path)?)),
             ListenSpec::StreamTcp(addr) => self.add_endpoint(Box::new(stream::Listener::bind_tcp(addr)?)),
             ListenSpec::DgramUnix(path) => {
-                self.add_endpoint(Box::new(dgram::DgramListener::bind_unix(path, idle)?))
+                self.add_endpoint(Box::new(dgram::DgramListener::bind_unix(path)?))
             }
-            ListenSpec::DgramUdp(addr) => {
-                self.add_endpoint(Box::new(dgram::DgramListener::bind_udp(addr, idle)?))
-            }
+            ListenSpec::DgramUdp(addr) => self.add_endpoint(Box::new(dgram::DgramListener::bind_udp(
+                addr,
+                self.config().dgram_peer_timeout,
+            )?)),
         }
     }
 
@@ -143,13 +162,9 @@ impl Network {
                 self.add_endpoint(Box::new(stream::Dialer::new(stream::DialTarget::Tcp(addr))))
             }
             AttachSpec::Mcast(spec) => self.add_endpoint(Box::new(mcast::McastSegment::join(spec)?)),
-            AttachSpec::Netns(target) => {
-                let tap = netns::open_tap_in(target, netns::DEFAULT_IFNAME)?;
-                let name = match target {
-                    NamespaceRef::Path(path) => format!("netns:{}", path.display()),
-                    NamespaceRef::Pid(pid) => format!("netns:{pid}"),
-                };
-                self.attach_tap(tap, name)
+            AttachSpec::Netns(spec) => {
+                let tap = netns::open_tap_in(&spec.target, &spec.ifname)?;
+                self.attach_tap(tap, format!("{} ifname={}", spec.target, spec.ifname))
             }
         }
     }

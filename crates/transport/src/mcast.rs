@@ -4,22 +4,21 @@
 //!
 //! vnet receives on a socket bound to the group's port and sends from a second socket
 //! with a port of its own, so the copies of its own frames that multicast loopback brings
-//! back are recognised by their source port and dropped.
+//! back are recognised by their source (the port, and the address when `localaddr` is
+//! given) and dropped. This module does not look inside frames.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd};
-use std::time::Instant;
+use std::os::fd::AsRawFd;
 
-use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tracing::{info, warn};
+use tracing::info;
 use vnet_switch::PortId;
 use vnet_wire::MAX_FRAME_LEN;
 
-use crate::dgram::{send_queued, BATCH};
+use crate::dgram::{receive_batch, send_queued, BATCH};
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
 use crate::sys::DatagramBatch;
 use crate::{McastSpec, TransportError};
@@ -28,7 +27,9 @@ use crate::{McastSpec, TransportError};
 pub struct McastSegment {
     receiver: Socket,
     sender: Socket,
-    own_port: u16,
+    /// Where vnet's own datagrams come from: the sending socket's port, and its address
+    /// when a local address was given (unspecified otherwise).
+    own_source: SocketAddrV4,
     group: SockAddr,
     description: String,
     port: Option<PortId>,
@@ -66,11 +67,12 @@ impl McastSegment {
             .and_then(|a| a.as_socket())
             .map(|a| a.port())
             .ok_or_else(|| err("sending socket has no port", io::ErrorKind::AddrNotAvailable.into()))?;
+        let own_source = SocketAddrV4::new(interface, own_port);
 
         Ok(Self {
             receiver,
             sender,
-            own_port,
+            own_source,
             group: SocketAddr::V4(SocketAddrV4::new(spec.group, spec.port)).into(),
             description,
             port: None,
@@ -94,27 +96,18 @@ impl Endpoint for McastSegment {
         let Some(port) = self.port else {
             return ReadOutcome::Closed;
         };
-        let received = match self.batch.receive(self.receiver.as_fd()) {
-            Ok(received) => received,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
-            Err(e) => {
-                warn!(attach = %self.description, error = %e, "receive failed");
-                return ReadOutcome::Drained;
+        let own = self.own_source;
+        let is_own = |sender: &SockAddr| match sender.as_socket() {
+            Some(SocketAddr::V4(from)) => {
+                from.port() == own.port() && (own.ip().is_unspecified() || from.ip() == own.ip())
             }
+            _ => false,
         };
-        let now: Instant = cx.now;
-        for index in 0..received {
-            let (data, sender) = self.batch.datagram(index);
-            if sender.as_socket().map(|a| a.port()) == Some(self.own_port) {
-                continue;
+        receive_batch(&mut self.batch, &self.receiver, |frame, sender| {
+            if !is_own(&sender) {
+                cx.switch.receive(port, frame, cx.now);
             }
-            cx.switch.receive(port, Bytes::copy_from_slice(data), now);
-        }
-        if received == BATCH {
-            ReadOutcome::More
-        } else {
-            ReadOutcome::Drained
-        }
+        })
     }
 
     fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
@@ -127,6 +120,7 @@ impl Endpoint for McastSegment {
         };
         if let Err(e) = send_queued(&self.sender, &self.group, switch_port) {
             info!(attach = %self.description, error = %e, "sending to the group failed");
+            while switch_port.pop_dropped().is_some() {}
         }
         Liveness::Open
     }

@@ -8,23 +8,34 @@
 //! socket. vnet itself never changes namespace. What travels over the tap is
 //! [`crate::tap`]'s business.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::{getpid, getppid, Gid, Pid, Uid};
 
 use crate::{sys, NamespaceRef, TransportError};
 
 /// The name of the tap vnet creates in a namespace unless told otherwise.
 pub const DEFAULT_IFNAME: &str = "eth0";
+
+/// Checks that `name` can name a network interface, with a message saying why not.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > sys::MAX_IFNAME_LEN {
+        return Err(format!("interface name '{name}' must be 1 to {} bytes long", sys::MAX_IFNAME_LEN));
+    }
+    if name.contains(['/', ' ', ':', '\0']) {
+        return Err(format!("interface name '{name}' may not contain '/', ':', spaces or NUL"));
+    }
+    Ok(())
+}
 
 /// How long the child may take to report; it only makes a few system calls.
 const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,11 +45,11 @@ const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[repr(u8)]
 enum Step {
     Done = 0,
-    EnterNetworkNamespace = 2,
-    CreateNamespace = 3,
-    MapUser = 4,
-    CreateTap = 5,
-    LinkUp = 6,
+    EnterNetworkNamespace = 1,
+    CreateNamespace = 2,
+    MapUser = 3,
+    CreateTap = 4,
+    LinkUp = 5,
 }
 
 impl Step {
@@ -110,9 +121,9 @@ fn explain(step: Step, error: io::Error, what: &str, ifname: &str) -> TransportE
         Step::CreateNamespace if denied => format!(
             "cannot create {what}: {error}; run as root or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
         ),
-        Step::CreateTap if error.raw_os_error() == Some(libc::EBUSY) => {
-            format!("an interface named {ifname} already exists in {what}; choose another with --ifname")
-        }
+        Step::CreateTap if matches!(error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINVAL)) => format!(
+            "an interface named {ifname} already exists in {what}; choose another name (netns:...,ifname=NAME or vnet ns --ifname NAME)"
+        ),
         Step::CreateTap if error.kind() == io::ErrorKind::NotFound => {
             "/dev/net/tun is missing; load the tun module (modprobe tun)".to_owned()
         }
@@ -155,6 +166,9 @@ pub fn open_tap_in(target: &NamespaceRef, ifname: &str) -> Result<OwnedFd, Trans
     })
     .map_err(|e| TransportError::io("cannot fork the namespace helper", e))?;
     let tap = receive_tap(&ours, &what, ifname);
+    if tap.is_err() {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
     let _ = waitpid(Pid::from_raw(child), None);
     tap
 }
@@ -184,34 +198,39 @@ pub struct NamespacedCommand {
     pub tap: OwnedFd,
 }
 
-/// Starts `command` in a new network namespace (and a new user namespace when vnet is not
-/// root, mapping the caller to root inside) with a tap named `ifname` that is up. The
-/// command runs with an empty signal mask whatever vnet's is. Call it before any thread
-/// is started.
+/// Starts `program` with `args` in a new network namespace (and a new user namespace
+/// when vnet is not root, mapping the caller to root inside) with a tap named `ifname`
+/// that is up. The command is sent SIGTERM if vnet dies. Call it before any thread is
+/// started.
 pub fn spawn_in_new_namespace(
-    command: &mut Command,
+    program: &OsString,
+    args: &[OsString],
     ifname: &str,
 ) -> Result<NamespacedCommand, TransportError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| TransportError::io("cannot create a socket pair", e))?;
     let uid = Uid::effective();
     let gid = Gid::effective();
+    let vnet = getpid();
     let ifname_owned = ifname.to_owned();
-    // SAFETY: the closure runs in the forked child before exec. vnet calls this while it
-    // has a single thread, so the allocations and file writes below cannot deadlock on a
-    // lock held by another thread.
-    unsafe {
-        command.pre_exec(move || {
-            let outcome = isolate(uid, gid).and_then(|()| create_tap_here(&ifname_owned));
-            report(&theirs, &outcome)?;
-            outcome.map_err(|(_, error)| error)?;
-            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-            Ok(())
-        });
-    }
+    let mut command = Command::new(program);
+    command.args(args);
+    sys::before_exec(&mut command, move || {
+        let outcome = isolate(uid, gid).and_then(|()| create_tap_here(&ifname_owned));
+        report(&theirs, &outcome)?;
+        outcome.map_err(|(_, error)| error)?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+        if getppid() != vnet {
+            return Err(io::Error::other("vnet exited while starting the command"));
+        }
+        Ok(())
+    });
     let what = "a new network namespace";
-    match command.spawn() {
+    let spawned = command.spawn();
+    // The child's end of the socket lives in the pre-exec hook: dropping the command
+    // closes it here, so a child that dies before reporting reads as end of stream.
+    drop(command);
+    match spawned {
         Ok(child) => {
             let tap = receive_tap(&ours, what, ifname)?;
             Ok(NamespacedCommand { child, tap })
@@ -219,8 +238,7 @@ pub fn spawn_in_new_namespace(
         Err(spawn_error) => Err(match receive_tap(&ours, what, ifname) {
             Err(setup_error) => setup_error,
             Ok(_) => TransportError::Namespace(format!(
-                "cannot run {:?}: {spawn_error}; check the command name and PATH",
-                command.get_program()
+                "cannot run {program:?}: {spawn_error}; check the command name and PATH"
             )),
         }),
     }

@@ -29,7 +29,8 @@ pub trait Supervisor {
     fn on_readable(&mut self) -> Option<i32>;
 }
 
-/// Events that end a connection or lose frames outside any port's counters.
+/// Events outside any port's counters: connections ended for bad input, datagrams that
+/// could not be given a port, and connections accepted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetworkCounters {
     /// Stream connections closed because the peer sent a length of 0 or above the limit.
@@ -38,7 +39,9 @@ pub struct NetworkCounters {
     pub truncated_frame: u64,
     /// Datagrams from peers vnet cannot answer (unnamed unix sockets).
     pub unanswerable_datagram: u64,
-    /// Connections accepted by stream listeners.
+    /// Datagrams from new peers refused because a socket already serves its maximum.
+    pub dgram_peer_refused: u64,
+    /// Connections accepted by stream listeners (not a loss; counted for inspection).
     pub accepted: u64,
 }
 
@@ -180,10 +183,7 @@ impl Network {
     }
 
     pub(crate) fn add_endpoint(&mut self, endpoint: Box<dyn Endpoint>) -> Result<(), TransportError> {
-        let mut spawned = Vec::new();
-        let token = self
-            .install(endpoint, &mut spawned)
-            .map_err(|e| TransportError::io("cannot register endpoint", e))?;
+        let token = self.install(endpoint).map_err(|e| TransportError::io("cannot register endpoint", e))?;
         debug!(token = token.0, "endpoint added");
         Ok(())
     }
@@ -241,13 +241,11 @@ impl Network {
         Ok(exit_code)
     }
 
-    fn install(
-        &mut self,
-        mut endpoint: Box<dyn Endpoint>,
-        spawned: &mut Vec<Box<dyn Endpoint>>,
-    ) -> io::Result<Token> {
+    /// Gives `endpoint` a token and starts it.
+    fn install(&mut self, mut endpoint: Box<dyn Endpoint>) -> io::Result<Token> {
         let token = Token(self.next_token);
         self.next_token += 1;
+        let mut spawned = Vec::new();
         let mut cx = Context {
             switch: &mut self.switch,
             registry: self.poll.registry(),
@@ -255,19 +253,28 @@ impl Network {
             now: Instant::now(),
             token,
             owners: &mut self.owners,
-            spawned,
+            spawned: &mut spawned,
         };
         endpoint.start(&mut cx)?;
         self.endpoints.insert(token, endpoint);
+        self.install_spawned(spawned);
         Ok(token)
     }
 
+    fn install_spawned(&mut self, spawned: Vec<Box<dyn Endpoint>>) {
+        for endpoint in spawned {
+            if let Err(e) = self.install(endpoint) {
+                warn!(error = %e, "could not start a new connection");
+            }
+        }
+    }
+
     /// Runs `f` on the endpoint behind `token` with a context, then installs whatever it
-    /// spawned and removes it if it closed.
+    /// spawned and removes it if `f` says it is closed.
     fn with_endpoint<T>(
         &mut self,
         token: Token,
-        f: impl FnOnce(&mut dyn Endpoint, &mut Context<'_>) -> (T, bool),
+        f: impl FnOnce(&mut dyn Endpoint, &mut Context<'_>) -> (T, Liveness),
     ) -> Option<T> {
         let mut spawned = Vec::new();
         let endpoint = self.endpoints.get_mut(&token)?;
@@ -280,17 +287,12 @@ impl Network {
             owners: &mut self.owners,
             spawned: &mut spawned,
         };
-        let (result, closed) = f(endpoint.as_mut(), &mut cx);
-        if closed {
+        let (result, liveness) = f(endpoint.as_mut(), &mut cx);
+        if liveness == Liveness::Closed {
             endpoint.close(&mut cx);
             self.endpoints.remove(&token);
         }
-        for new in spawned {
-            let mut more = Vec::new();
-            if let Err(e) = self.install(new, &mut more) {
-                warn!(error = %e, "could not start a new connection");
-            }
-        }
+        self.install_spawned(spawned);
         Some(result)
     }
 
@@ -299,7 +301,9 @@ impl Network {
             let outcome = self
                 .with_endpoint(token, |endpoint, cx| {
                     let outcome = endpoint.read_batch(cx);
-                    (outcome, outcome == ReadOutcome::Closed)
+                    let liveness =
+                        if outcome == ReadOutcome::Closed { Liveness::Closed } else { Liveness::Open };
+                    (outcome, liveness)
                 })
                 .unwrap_or(ReadOutcome::Closed);
             self.flush_pending();
@@ -311,7 +315,7 @@ impl Network {
     }
 
     fn write_ready(&mut self, token: Token) {
-        self.with_endpoint(token, |endpoint, cx| ((), endpoint.on_writable(cx) == Liveness::Closed));
+        self.with_endpoint(token, |endpoint, cx| ((), endpoint.on_writable(cx)));
     }
 
     fn flush_pending(&mut self) {
@@ -319,7 +323,7 @@ impl Network {
             let Some(&token) = self.owners.get(&port) else {
                 continue;
             };
-            self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx) == Liveness::Closed));
+            self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx)));
         }
     }
 
@@ -342,7 +346,7 @@ impl Network {
         for token in due {
             self.with_endpoint(token, |endpoint, cx| {
                 endpoint.on_deadline(cx);
-                ((), false)
+                ((), Liveness::Open)
             });
         }
         self.flush_pending();
@@ -351,7 +355,7 @@ impl Network {
     fn shutdown(&mut self) {
         let tokens: Vec<Token> = self.endpoints.keys().copied().collect();
         for token in tokens {
-            self.with_endpoint(token, |_, _| ((), true));
+            self.with_endpoint(token, |_, _| ((), Liveness::Closed));
         }
         info!(counters = ?self.counters, "network stopped");
     }

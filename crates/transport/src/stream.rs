@@ -8,7 +8,7 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::{info, warn};
 use vnet_switch::PortId;
 
-use crate::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREFIX_LEN, READ_CHUNK};
+use crate::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREFIX_LEN};
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
 use crate::sys;
 use crate::unix_path::{bind_error, BoundPath, SocketKind};
@@ -28,6 +28,11 @@ use crate::TransportError;
 const FRAMES_PER_WRITE: usize = 64;
 /// How long a dialer waits between attempts to reach a QEMU that is not up.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a listener waits before accepting again after a failure such as running out
+/// of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Connections a listener accepts per read batch.
+const ACCEPTS_PER_BATCH: usize = 16;
 
 /// A connected stream socket of either family.
 #[derive(Debug)]
@@ -53,14 +58,10 @@ impl StreamSocket {
         }
     }
 
-    fn read_into(&self, buffer: &mut bytes::BytesMut) -> io::Result<usize> {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            StreamSocket::Unix(s) => {
-                sys::read_into(s.as_fd(), buffer, READ_CHUNK.max(buffer.capacity() - buffer.len()))
-            }
-            StreamSocket::Tcp(s) => {
-                sys::read_into(s.as_fd(), buffer, READ_CHUNK.max(buffer.capacity() - buffer.len()))
-            }
+            StreamSocket::Unix(s) => s.as_fd(),
+            StreamSocket::Tcp(s) => s.as_fd(),
         }
     }
 
@@ -116,6 +117,8 @@ enum ListenSocket {
 /// Accepts QEMUs that connect with `-netdev stream,server=off` or `socket,connect=`.
 pub struct Listener {
     socket: ListenSocket,
+    /// Set after an accept failed for a reason that will not raise a new readiness event.
+    retry_at: Option<Instant>,
 }
 
 impl Listener {
@@ -123,14 +126,17 @@ impl Listener {
     pub fn bind_unix(path: &Path) -> Result<Self, TransportError> {
         BoundPath::prepare(path, SocketKind::Stream)?;
         let listener = UnixListener::bind(path).map_err(|e| bind_error(path, e))?;
-        Ok(Self { socket: ListenSocket::Unix { listener, path: BoundPath::new(path.to_owned()) } })
+        Ok(Self {
+            socket: ListenSocket::Unix { listener, path: BoundPath::new(path.to_owned()) },
+            retry_at: None,
+        })
     }
 
     /// Binds a TCP socket at `HOST:PORT`.
     pub fn bind_tcp(host_port: &str) -> Result<Self, TransportError> {
         let addr = resolve(host_port)?;
         let listener = TcpListener::bind(addr).map_err(|e| inet_bind_error(host_port, e))?;
-        Ok(Self { socket: ListenSocket::Tcp(listener) })
+        Ok(Self { socket: ListenSocket::Tcp(listener), retry_at: None })
     }
 
     /// Where this listener accepts, as `--listen` spells it.
@@ -160,30 +166,38 @@ impl Listener {
     }
 }
 
+impl ListenSocket {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ListenSocket::Unix { listener, .. } => listener,
+            ListenSocket::Tcp(listener) => listener,
+        }
+    }
+}
+
 impl Endpoint for Listener {
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         info!(listen = %self.describe(), "listening");
-        match &mut self.socket {
-            ListenSocket::Unix { listener, .. } => {
-                cx.registry.register(listener, cx.token, Interest::READABLE)
-            }
-            ListenSocket::Tcp(listener) => cx.registry.register(listener, cx.token, Interest::READABLE),
-        }
+        cx.registry.register(self.socket.source(), cx.token, Interest::READABLE)
     }
 
     fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
-        match self.accept() {
-            Ok((socket, name)) => {
-                cx.counters.accepted += 1;
-                cx.spawn(Box::new(Connection::new(socket, name)));
-                ReadOutcome::More
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
-            Err(e) => {
-                warn!(listen = %self.describe(), error = %e, "accept failed");
-                ReadOutcome::Drained
+        for _ in 0..ACCEPTS_PER_BATCH {
+            match self.accept() {
+                Ok((socket, name)) => {
+                    cx.counters.accepted += 1;
+                    cx.spawn(Box::new(Connection::new(socket, name)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED) | Some(libc::EINTR)) => {}
+                Err(e) => {
+                    warn!(listen = %self.describe(), error = %e, "accept failed; retrying shortly");
+                    self.retry_at = Some(cx.now + ACCEPT_RETRY);
+                    return ReadOutcome::Drained;
+                }
             }
         }
+        ReadOutcome::More
     }
 
     fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
@@ -192,6 +206,15 @@ impl Endpoint for Listener {
 
     fn flush(&mut self, _port: PortId, _cx: &mut Context<'_>) -> Liveness {
         Liveness::Open
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        self.retry_at = None;
+        while self.read_batch(cx) == ReadOutcome::More {}
     }
 
     fn close(&mut self, _cx: &mut Context<'_>) {}
@@ -220,7 +243,7 @@ impl Connection {
         let Some(port) = self.port else {
             return ReadOutcome::Closed;
         };
-        let read = self.socket.read_into(self.decoder.read_buffer());
+        let read = sys::read_into(self.socket.fd(), self.decoder.read_buffer());
         match read {
             Ok(0) => {
                 if self.decoder.partial_len() > 0 {

@@ -2,7 +2,7 @@
 //! uninitialised buffer space, batched datagram I/O, and tap device ioctls.
 //!
 //! Every `unsafe` block of the crate lives here, each with the reason it is sound. Nothing
-//! here knows about ports or the switch.
+//! here knows about ports, frames or the switch.
 
 use std::ffi::CString;
 use std::io;
@@ -20,11 +20,11 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Reads at most `max` bytes from `fd` into the spare capacity of `buffer` and extends
-/// its length by what was read. The caller reserves the space first.
-pub fn read_into(fd: BorrowedFd<'_>, buffer: &mut BytesMut, max: usize) -> io::Result<usize> {
+/// Reads from `fd` into the spare capacity of `buffer` and extends its length by what was
+/// read. The caller reserves the space first.
+pub fn read_into(fd: BorrowedFd<'_>, buffer: &mut BytesMut) -> io::Result<usize> {
     let spare = buffer.spare_capacity_mut();
-    let len = spare.len().min(max);
+    let len = spare.len();
     // SAFETY: `spare` is writable memory owned by `buffer` of at least `len` bytes; the
     // kernel writes at most `len` bytes into it and nothing else aliases it meanwhile.
     let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
@@ -66,13 +66,17 @@ impl DatagramBatch {
             .iter_mut()
             .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: slot.len() })
             .collect();
+        let addrs = self.addrs.as_mut_ptr();
+        let iovec_base = iovecs.as_mut_ptr();
         let mut headers: Vec<libc::mmsghdr> = (0..count)
             .map(|i| {
                 // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
                 let mut header: libc::mmsghdr = unsafe { zeroed() };
-                header.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+                // SAFETY: `i < count`, the length of both `addrs` and `iovecs`.
+                let (addr, iovec) = unsafe { (addrs.add(i), iovec_base.add(i)) };
+                header.msg_hdr.msg_name = addr.cast();
                 header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                header.msg_hdr.msg_iov = &mut iovecs[i];
+                header.msg_hdr.msg_iov = iovec;
                 header.msg_hdr.msg_iovlen = 1;
                 header
             })
@@ -137,44 +141,35 @@ pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) ->
     Ok(check(sent)? as usize)
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// The longest interface name Linux accepts, without its NUL.
+pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 
-#[repr(C)]
-struct InterfaceRequest {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-impl InterfaceRequest {
-    fn new(name: &str) -> io::Result<Self> {
-        let c_name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let bytes = c_name.as_bytes_with_nul();
-        if bytes.len() > libc::IFNAMSIZ {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name longer than 15 bytes"));
-        }
-        let mut request = Self { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
-        for (dst, src) in request.name.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        Ok(request)
+/// An ifreq naming interface `name`, everything else zero.
+fn interface_request(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.bytes().any(|b| b == 0 || b == b'/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
     }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(request)
 }
 
 /// Creates a tap device named `name` in the calling thread's network namespace, in
 /// non-blocking mode, and returns its descriptor. The device lives as long as the
 /// descriptor.
 pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
-    let mut request = InterfaceRequest::new(name)?;
-    request.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let mut request = interface_request(name)?;
+    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
     let path = CString::new("/dev/net/tun").expect("no NUL in literal");
     // SAFETY: `path` is a valid C string; open has no other preconditions.
     let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     let tap = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: TUNSETIFF reads and writes one ifreq, which `request` is, laid out as the
-    // kernel's struct ifreq (name, flags, padding to 40 bytes).
-    check(unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &mut request as *mut InterfaceRequest) })?;
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `request` is.
+    check(unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut request as *mut libc::ifreq) })?;
     Ok(tap)
 }
 
@@ -184,12 +179,13 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just returned by socket and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut request = InterfaceRequest::new(name)?;
-    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read/write one ifreq, which `request` is.
+    let mut request = interface_request(name)?;
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read/write one struct ifreq, which `request`
+    // is; `ifru_flags` is the union member those two requests use.
     unsafe {
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request as *mut InterfaceRequest))?;
-        request.flags |= libc::IFF_UP as libc::c_short;
-        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request as *mut InterfaceRequest))?;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request as *mut libc::ifreq))?;
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request as *mut libc::ifreq))?;
     }
     Ok(())
 }
@@ -201,12 +197,27 @@ pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
     // the child inherits no lock held by another thread.
     let pid = check(unsafe { libc::fork() })?;
     if pid == 0 {
-        let code = child();
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(127);
         // SAFETY: _exit ends the child without running the parent's atexit handlers or
         // flushing buffers it shares with the parent.
         unsafe { libc::_exit(code) };
     }
     Ok(pid)
+}
+
+/// Makes `command` run `hook` in the child between fork and exec. The caller must call
+/// `spawn` only while the process has a single thread.
+pub fn before_exec(
+    command: &mut std::process::Command,
+    hook: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: vnet spawns such commands only before its event loop starts, while it has
+    // one thread, so the hook's allocations and file writes cannot deadlock on a lock
+    // another thread held at fork time.
+    unsafe {
+        command.pre_exec(hook);
+    }
 }
 
 /// Sends `payload`, and `fd` if given, over the unix socket `socket`.

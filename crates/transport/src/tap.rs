@@ -4,10 +4,10 @@
 //! namespace; this module only relays frames between the descriptor and the port.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
 use tracing::info;
@@ -15,7 +15,6 @@ use vnet_switch::PortId;
 use vnet_wire::MAX_FRAME_LEN;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
-use crate::sys;
 
 /// Frames read per batch.
 const FRAMES_PER_BATCH: usize = 32;
@@ -25,13 +24,19 @@ pub struct TapPort {
     device: File,
     name: String,
     port: Option<PortId>,
-    buffer: BytesMut,
+    /// Reused for every read; each frame is copied out at its own size.
+    buffer: Box<[u8]>,
 }
 
 impl TapPort {
     /// Relays the non-blocking tap descriptor `device`; `name` says what it is for logs.
     pub fn new(device: OwnedFd, name: String) -> Self {
-        Self { device: File::from(device), name, port: None, buffer: BytesMut::new() }
+        Self {
+            device: File::from(device),
+            name,
+            port: None,
+            buffer: vec![0; MAX_FRAME_LEN + 1].into_boxed_slice(),
+        }
     }
 }
 
@@ -51,13 +56,9 @@ impl Endpoint for TapPort {
             return ReadOutcome::Closed;
         };
         for _ in 0..FRAMES_PER_BATCH {
-            self.buffer.reserve(MAX_FRAME_LEN + 1);
-            match sys::read_into(self.device.as_fd(), &mut self.buffer, MAX_FRAME_LEN + 1) {
+            match (&self.device).read(&mut self.buffer) {
                 Ok(0) => return ReadOutcome::Closed,
-                Ok(_) => {
-                    let frame = self.buffer.split().freeze();
-                    cx.switch.receive(port, frame, cx.now);
-                }
+                Ok(len) => cx.switch.receive(port, Bytes::copy_from_slice(&self.buffer[..len]), cx.now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -176,7 +178,6 @@ impl<S: Read + Write> StreamPeer<S> {
         Some(frame)
     }
 }
-pub mod guest;
 
 /// A named network namespace (`ip netns add`) made by a test, deleted on drop.
 pub struct NamedNamespace {
