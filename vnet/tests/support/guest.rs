@@ -374,3 +374,10 @@ impl Drop for Guest {
 pub fn assert_success(result: &GuestResult) {
     assert_eq!(result.code, 0, "guest script failed; output:\n{}", result.output);
 }
+
+/// Asserts a guest's script succeeded after `count` pings were all answered.
+pub fn assert_pinged(result: &GuestResult, count: u32) {
+    assert_success(result);
+    let summary = format!("{count} packets transmitted, {count} packets received");
+    assert!(result.output.contains(&summary), "expected '{summary}' in:\n{}", result.output);
+}
