@@ -1,0 +1,71 @@
+//! ARP: answering for the gateway's addresses (host and DNS) and learning where guests
+//! are, from ARP (gratuitous ARP included) and from the source of their IPv4 packets.
+//!
+//! This file knows addresses, not flows or sockets.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
+use vnet_wire::MacAddress;
+
+use crate::{packet, DropReason, GatewayConfig};
+
+/// Most guests remembered; more than any segment of VMs needs, and a bound on what a
+/// guest sending from random addresses can make vnet hold.
+const MAX_NEIGHBORS: usize = 4096;
+
+/// Guest IPv4 address to MAC address.
+#[derive(Debug, Default)]
+pub struct Neighbors {
+    by_ip: HashMap<Ipv4Addr, MacAddress>,
+}
+
+impl Neighbors {
+    /// Records that `ip` is at `mac`.
+    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddress) {
+        if ip.is_unspecified() || !mac.is_unicast() {
+            return;
+        }
+        if self.by_ip.len() >= MAX_NEIGHBORS && !self.by_ip.contains_key(&ip) {
+            return;
+        }
+        self.by_ip.insert(ip, mac);
+    }
+
+    /// Where `ip` was last seen.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddress> {
+        self.by_ip.get(&ip).copied()
+    }
+}
+
+/// Handles one ARP packet: learns the sender and, for a request for one of the
+/// gateway's addresses, returns the reply frame.
+pub fn handle(
+    bytes: &[u8],
+    config: &GatewayConfig,
+    neighbors: &mut Neighbors,
+) -> Result<Option<Vec<u8>>, DropReason> {
+    let packet = ArpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+    let ArpRepr::EthernetIpv4 {
+        operation,
+        source_hardware_addr,
+        source_protocol_addr,
+        target_protocol_addr,
+        ..
+    } = ArpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?
+    else {
+        return Err(DropReason::Unsupported);
+    };
+    if config.contains(source_protocol_addr) {
+        neighbors.learn(source_protocol_addr, source_hardware_addr);
+    }
+    let ours = target_protocol_addr == config.host || target_protocol_addr == config.dns;
+    match operation {
+        ArpOperation::Request if ours && source_protocol_addr != target_protocol_addr => Ok(Some(
+            packet::arp_reply(config.mac(), target_protocol_addr, source_hardware_addr, source_protocol_addr),
+        )),
+        ArpOperation::Request | ArpOperation::Reply => Ok(None),
+        _ => Err(DropReason::Unsupported),
+    }
+}

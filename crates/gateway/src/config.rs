@@ -1,0 +1,156 @@
+//! The gateway's settings, with QEMU's `-netdev user` defaults (10.0.2.0/24, host
+//! 10.0.2.2, DNS 10.0.2.3, first lease 10.0.2.15) and the checks that keep them
+//! consistent. Parsing the option string is the control layer's job, not this file's.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use vnet_wire::MacAddress;
+
+/// A fixed address for one MAC (`dhcp-host=MAC=IP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticLease {
+    /// The guest's MAC address.
+    pub mac: MacAddress,
+    /// The address it always gets.
+    pub ip: Ipv4Addr,
+}
+
+/// Everything the gateway needs to know about its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The network address (`net=`).
+    pub network: Ipv4Addr,
+    /// The prefix length (`net=…/N`).
+    pub prefix_len: u8,
+    /// The gateway's own address, which also stands for the host (`host=`).
+    pub host: Ipv4Addr,
+    /// The DNS forwarder's address (`dns=`).
+    pub dns: Ipv4Addr,
+    /// The first address DHCP hands out (`dhcpstart=`).
+    pub dhcp_start: Ipv4Addr,
+    /// Host name offered to the guest (`hostname=`).
+    pub hostname: Option<String>,
+    /// Domain name offered to the guest (`domainname=`).
+    pub domain: Option<String>,
+    /// DNS search list (`dnssearch=`, repeatable).
+    pub dns_search: Vec<String>,
+    /// MTU advertised by DHCP (`mtu=`).
+    pub mtu: u16,
+    /// No connections out; only forwards (`restrict=on`).
+    pub restrict: bool,
+    /// The host address reaches the host's loopback (`host-loopback=on`).
+    pub host_loopback: bool,
+    /// Where DNS queries go (`dns-upstream=`), in order of preference.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Fixed leases (`dhcp-host=`).
+    pub static_leases: Vec<StaticLease>,
+    /// Most NAT flows at once (`max-flows=`).
+    pub max_flows: usize,
+    /// DHCP lease time.
+    pub lease_time: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            network: Ipv4Addr::new(10, 0, 2, 0),
+            prefix_len: 24,
+            host: Ipv4Addr::new(10, 0, 2, 2),
+            dns: Ipv4Addr::new(10, 0, 2, 3),
+            dhcp_start: Ipv4Addr::new(10, 0, 2, 15),
+            hostname: None,
+            domain: None,
+            dns_search: Vec::new(),
+            mtu: 1500,
+            restrict: false,
+            host_loopback: true,
+            dns_upstreams: Vec::new(),
+            static_leases: Vec::new(),
+            max_flows: 65536,
+            lease_time: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The gateway's MAC address: 52:55 followed by the host address, as libslirp does.
+    pub fn mac(&self) -> MacAddress {
+        let [a, b, c, d] = self.host.octets();
+        MacAddress([0x52, 0x55, a, b, c, d])
+    }
+
+    /// The subnet mask.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
+    }
+
+    /// The subnet's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !u32::from(self.netmask()))
+    }
+
+    /// Whether `ip` is inside the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network)
+    }
+
+    /// Checks that the addresses fit together; the message names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=30).contains(&self.prefix_len) {
+            return Err(format!("net=…/{} must have a prefix length from 1 to 30", self.prefix_len));
+        }
+        if u32::from(self.network) & !u32::from(self.netmask()) != 0 {
+            return Err(format!("net={}/{} has host bits set", self.network, self.prefix_len));
+        }
+        for (name, ip) in [("host", self.host), ("dns", self.dns), ("dhcpstart", self.dhcp_start)] {
+            if !self.contains(ip) || ip == self.network || ip == self.broadcast() {
+                return Err(format!(
+                    "{name}={ip} is not a usable address in {}/{}",
+                    self.network, self.prefix_len
+                ));
+            }
+        }
+        for lease in &self.static_leases {
+            if !self.contains(lease.ip) || [self.host, self.dns, self.broadcast()].contains(&lease.ip) {
+                return Err(format!(
+                    "dhcp-host={}={} is not a free address of the network",
+                    lease.mac, lease.ip
+                ));
+            }
+        }
+        if !(576..=65520).contains(&self.mtu) {
+            return Err(format!("mtu={} must be from 576 to 65520", self.mtu));
+        }
+        if self.max_flows == 0 {
+            return Err("max-flows=0 would refuse every flow; give a positive number".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_defaults_are_consistent() {
+        let config = GatewayConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(config.broadcast(), Ipv4Addr::new(10, 0, 2, 255));
+        assert_eq!(config.mac(), MacAddress([0x52, 0x55, 10, 0, 2, 2]));
+        assert!(config.contains(Ipv4Addr::new(10, 0, 2, 200)));
+        assert!(!config.contains(Ipv4Addr::new(10, 0, 3, 1)));
+    }
+
+    #[test]
+    fn inconsistent_settings_name_the_option() {
+        let outside = GatewayConfig { dhcp_start: Ipv4Addr::new(10, 0, 3, 15), ..GatewayConfig::default() };
+        assert!(outside.validate().unwrap_err().contains("dhcpstart=10.0.3.15"));
+        let host_bits = GatewayConfig { network: Ipv4Addr::new(10, 0, 2, 1), ..GatewayConfig::default() };
+        assert!(host_bits.validate().unwrap_err().contains("host bits"));
+        let tiny_mtu = GatewayConfig { mtu: 100, ..GatewayConfig::default() };
+        assert!(tiny_mtu.validate().unwrap_err().contains("mtu=100"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Why the gateway dropped what it dropped: one typed reason per drop, each counted.
+//!
+//! Nothing here knows how a packet was parsed; handlers report a reason and this file
+//! keeps the tally.
+
+use std::fmt;
+
+/// Why the gateway did not act on a frame or a host datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Truncated header, wrong length field, or an option running past the packet.
+    Malformed,
+    /// An IPv4, UDP or ICMP checksum did not match.
+    BadChecksum,
+    /// Addressed to another station (the switch floods unknown unicast here too).
+    NotForGateway,
+    /// An IPv4 fragment; the gateway does not reassemble.
+    Fragment,
+    /// A protocol or message the gateway does not serve.
+    Unsupported,
+    /// UDP to a broadcast or multicast address other than DHCP; never leaked out.
+    Broadcast,
+    /// Refused by `restrict=on` or `host-loopback=off`.
+    Restricted,
+    /// The flow table is full (`max-flows`).
+    FlowLimit,
+    /// A host socket could not be opened or written.
+    HostSocket,
+    /// A reply for a guest whose MAC address is not known.
+    UnknownGuest,
+    /// A host datagram for a flow that no longer exists.
+    UnknownFlow,
+    /// A DHCP request that could not be granted (pool full, wrong server, bad address).
+    DhcpRefused,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::Malformed,
+        DropReason::BadChecksum,
+        DropReason::NotForGateway,
+        DropReason::Fragment,
+        DropReason::Unsupported,
+        DropReason::Broadcast,
+        DropReason::Restricted,
+        DropReason::FlowLimit,
+        DropReason::HostSocket,
+        DropReason::UnknownGuest,
+        DropReason::UnknownFlow,
+        DropReason::DhcpRefused,
+    ];
+
+    /// A short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::NotForGateway => "not_for_gateway",
+            DropReason::Fragment => "fragment",
+            DropReason::Unsupported => "unsupported",
+            DropReason::Broadcast => "broadcast",
+            DropReason::Restricted => "restricted",
+            DropReason::FlowLimit => "flow_limit",
+            DropReason::HostSocket => "host_socket",
+            DropReason::UnknownGuest => "unknown_guest",
+            DropReason::UnknownFlow => "unknown_flow",
+            DropReason::DhcpRefused => "dhcp_refused",
+        }
+    }
+}
+
+/// Drops by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayCounters {
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl GatewayCounters {
+    /// How many drops had `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub(crate) fn record(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
+impl fmt::Display for GatewayCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for reason in DropReason::ALL {
+            let count = self.drops(reason);
+            if count > 0 {
+                write!(f, "{}drop.{}={count}", if first { "" } else { " " }, reason.name())?;
+                first = false;
+            }
+        }
+        if first {
+            write!(f, "no drops")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! DNS forwarding: queries to the gateway's DNS address go to the upstream servers over
+//! UDP, each query through a host socket of its own, with a timeout and fail-over to the
+//! next upstream. When every upstream has failed the guest gets SERVFAIL, not silence.
+//!
+//! Only the 12-byte header and the question are looked at, to match replies and to build
+//! SERVFAIL; answers are passed through untouched. This file knows nothing of frames.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
+
+/// The DNS port.
+pub const PORT: u16 = 53;
+/// How long one upstream gets to answer before the next is tried.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most queries in flight at once; each holds one host socket.
+const MAX_PENDING: usize = 1024;
+const HEADER_LEN: usize = 12;
+const RCODE_SERVFAIL: u8 = 2;
+
+struct Pending {
+    guest: SocketAddrV4,
+    server: SocketAddrV4,
+    query: Vec<u8>,
+    upstream: usize,
+    deadline: Instant,
+}
+
+/// Queries in flight, by the flow that carries each to its current upstream.
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    pending: HashMap<FlowId, Pending>,
+}
+
+impl Forwarder {
+    /// A forwarder to `upstreams`, tried in order.
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self { upstreams, pending: HashMap::new() }
+    }
+
+    /// Forwards a query the guest at `guest` sent to `server` (the gateway's DNS address).
+    /// Returns the SERVFAIL answer at once when no upstream can be reached.
+    pub fn forward(
+        &mut self,
+        guest: SocketAddrV4,
+        server: SocketAddrV4,
+        query: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Result<Option<GuestDatagram>, DropReason> {
+        if query.len() < HEADER_LEN || query[2] & 0x80 != 0 {
+            return Err(DropReason::Malformed);
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return Err(DropReason::FlowLimit);
+        }
+        let pending = Pending { guest, server, query: query.to_vec(), upstream: 0, deadline: now };
+        Ok(self.try_upstreams(pending, now, host, flows))
+    }
+
+    /// A reply on `flow`, if it carries a query: the datagram for the guest.
+    pub fn on_upstream_reply(&mut self, flow: FlowId, reply: &[u8]) -> Option<GuestDatagram> {
+        let pending = self.pending.get(&flow)?;
+        if reply.len() < HEADER_LEN || reply[..2] != pending.query[..2] {
+            debug!("DNS reply with a foreign id ignored");
+            return None;
+        }
+        let pending = self.pending.remove(&flow)?;
+        Some(GuestDatagram { from: pending.server, to: pending.guest, payload: reply.to_vec() })
+    }
+
+    /// `flow`'s upstream refused: try the next one. Returns None if `flow` is not a
+    /// query, else the SERVFAIL answers that are due now (none if another upstream was
+    /// tried).
+    pub fn on_upstream_error(
+        &mut self,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Option<Vec<GuestDatagram>> {
+        let mut pending = self.pending.remove(&flow)?;
+        host.udp_close(flow);
+        pending.upstream += 1;
+        Some(self.try_upstreams(pending, now, host, flows).into_iter().collect())
+    }
+
+    /// The next query timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|pending| pending.deadline).min()
+    }
+
+    /// Moves timed-out queries to their next upstream; returns SERVFAIL answers for
+    /// those that ran out of upstreams.
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Vec<GuestDatagram> {
+        let due: Vec<FlowId> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.deadline <= now)
+            .map(|(flow, _)| *flow)
+            .collect();
+        let mut answers = Vec::new();
+        for flow in due {
+            if let Some(mut pending) = self.pending.remove(&flow) {
+                host.udp_close(flow);
+                pending.upstream += 1;
+                answers.extend(self.try_upstreams(pending, now, host, flows));
+            }
+        }
+        answers
+    }
+
+    /// Sends `pending` to its current upstream or the next that accepts it. Returns the
+    /// SERVFAIL answer when none is left.
+    fn try_upstreams(
+        &mut self,
+        mut pending: Pending,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Option<GuestDatagram> {
+        while let Some(upstream) = self.upstreams.get(pending.upstream).copied() {
+            let flow = flows.next();
+            let sent = host.udp_open(flow, upstream).and_then(|()| host.udp_send(flow, &pending.query));
+            match sent {
+                Ok(()) => {
+                    pending.deadline = now + QUERY_TIMEOUT;
+                    self.pending.insert(flow, pending);
+                    return None;
+                }
+                Err(e) => {
+                    debug!(%upstream, error = %e, "DNS upstream unusable");
+                    host.udp_close(flow);
+                    pending.upstream += 1;
+                }
+            }
+        }
+        warn!(guest = %pending.guest, "no DNS upstream answered; replying SERVFAIL");
+        Some(GuestDatagram { from: pending.server, to: pending.guest, payload: servfail(&pending.query) })
+    }
+}
+
+/// A SERVFAIL response to `query`: its id, flags and question, no records.
+pub fn servfail(query: &[u8]) -> Vec<u8> {
+    let question_end = question_end(query).unwrap_or(HEADER_LEN);
+    let mut response = query[..question_end].to_vec();
+    response[2] = (response[2] | 0x80) & !0x06; // QR=1; keep opcode and RD; clear AA, TC
+    response[3] = 0x80 | RCODE_SERVFAIL; // RA=1, RCODE
+    let questions: u16 = if question_end > HEADER_LEN { 1 } else { 0 };
+    response[4..6].copy_from_slice(&questions.to_be_bytes());
+    response[6..12].fill(0);
+    response
+}
+
+/// Where the first question of `message` ends, if it has exactly one well-formed,
+/// uncompressed question.
+fn question_end(message: &[u8]) -> Option<usize> {
+    if u16::from_be_bytes([*message.get(4)?, *message.get(5)?]) != 1 {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*message.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    let end = at + 4;
+    (end <= message.len()).then_some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(id: u16, name: &[u8]) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn servfail_keeps_the_id_and_question() {
+        let q = query(0xbeef, b"\x04test\x04vnet\x00");
+        let r = servfail(&q);
+        assert_eq!(&r[..2], &[0xbe, 0xef]);
+        assert_eq!(r[2] & 0x80, 0x80, "a response");
+        assert_eq!(r[3] & 0x0f, RCODE_SERVFAIL);
+        assert_eq!(&r[12..], &q[12..], "the question is echoed");
+    }
+
+    #[test]
+    fn servfail_of_a_bogus_question_is_a_bare_header() {
+        for bogus in [query(1, b"\x3ftoo-short"), query(2, b"\xc0\x0c"), vec![0; 12]] {
+            let r = servfail(&bogus);
+            assert_eq!(r.len(), HEADER_LEN);
+            assert_eq!(&r[4..6], &[0, 0]);
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! vnet's user-mode gateway: a host on the segment that gives every guest what QEMU's
+//! `-netdev user` gives one guest: ARP, DHCP, DNS, ICMP echo and NAT to the host and
+//! beyond through ordinary host sockets.
+//!
+//! The core is sans-IO. Frames from the segment go in with [`Gateway::receive`]; frames
+//! for the segment come out of [`Gateway::pop_frame`]; host sockets sit behind the narrow
+//! [`HostSockets`] interface, and what they deliver comes back in through
+//! [`Gateway::on_udp_datagram`] and [`Gateway::on_udp_error`]. Time is passed in. Each
+//! protocol has a file of its own. Nothing here knows about the switch, epoll or how
+//! frames reach the segment.
+
+mod arp;
+mod config;
+mod counters;
+mod dhcp;
+mod dns;
+mod icmp;
+mod packet;
+mod udp;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
+use vnet_wire::MacAddress;
+
+pub use config::{GatewayConfig, StaticLease};
+pub use counters::{DropReason, GatewayCounters};
+
+/// Identifies one host socket the gateway asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// Hands out flow ids, never the same twice.
+#[derive(Debug, Default)]
+struct FlowIds {
+    last: u64,
+}
+
+impl FlowIds {
+    fn next(&mut self) -> FlowId {
+        self.last += 1;
+        FlowId(self.last)
+    }
+}
+
+/// A UDP datagram for a guest, with the addresses it appears to come from and go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GuestDatagram {
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+}
+
+/// The host sockets behind the gateway. Implemented over real sockets by the transport
+/// that runs the gateway, and by fakes in tests.
+pub trait HostSockets {
+    /// Opens a UDP socket connected to `remote` for `flow`.
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
+    /// Sends one datagram on `flow`'s socket.
+    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
+    /// Closes `flow`'s socket.
+    fn udp_close(&mut self, flow: FlowId);
+}
+
+/// Addressing of one frame from a guest, as the protocol handlers need it.
+#[derive(Debug, Clone, Copy)]
+struct GuestPacket {
+    mac: MacAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+}
+
+/// The gateway of one network.
+pub struct Gateway {
+    config: GatewayConfig,
+    neighbors: arp::Neighbors,
+    dhcp: dhcp::Server,
+    dns: dns::Forwarder,
+    udp: udp::Nat,
+    counters: GatewayCounters,
+    outbox: VecDeque<Vec<u8>>,
+    flow_ids: FlowIds,
+}
+
+impl Gateway {
+    /// A gateway with `config`, which must have passed [`GatewayConfig::validate`].
+    pub fn new(config: GatewayConfig) -> Self {
+        Self {
+            dhcp: dhcp::Server::new(&config),
+            dns: dns::Forwarder::new(config.dns_upstreams.clone()),
+            udp: udp::Nat::new(config.max_flows),
+            neighbors: arp::Neighbors::default(),
+            config,
+            counters: GatewayCounters::default(),
+            outbox: VecDeque::new(),
+            flow_ids: FlowIds::default(),
+        }
+    }
+
+    /// The gateway's settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// What the gateway dropped, by reason.
+    pub fn counters(&self) -> &GatewayCounters {
+        &self.counters
+    }
+
+    /// The next frame for the segment, if any.
+    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// Handles one frame from the segment.
+    pub fn receive(&mut self, frame: &[u8], now: Instant, host: &mut dyn HostSockets) {
+        if let Err(reason) = self.dispatch(frame, now, host) {
+            self.counters.record(reason);
+        }
+    }
+
+    /// A datagram arrived on `flow`'s host socket.
+    pub fn on_udp_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant) {
+        let reply = if let Some(reply) = self.dns.on_upstream_reply(flow, payload) {
+            Some(reply)
+        } else {
+            self.udp.on_host_datagram(flow, payload, now)
+        };
+        match reply {
+            Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),
+            None => self.counters.record(DropReason::UnknownFlow),
+        }
+    }
+
+    /// `flow`'s host socket reported an error (for example ECONNREFUSED after an ICMP
+    /// port unreachable).
+    pub fn on_udp_error(
+        &mut self,
+        flow: FlowId,
+        error: &io::Error,
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) {
+        if let Some(answers) = self.dns.on_upstream_error(flow, now, host, &mut self.flow_ids) {
+            for datagram in answers {
+                self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
+            }
+            return;
+        }
+        if let Some(unreachable) = self.udp.on_host_error(flow, error) {
+            self.send_port_unreachable(unreachable);
+        }
+    }
+
+    /// When [`Gateway::on_deadline`] wants to run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.dns.next_deadline(), self.udp.next_deadline()].into_iter().flatten().min()
+    }
+
+    /// Timer work: DNS fail-over and idle flows.
+    pub fn on_deadline(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
+            self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
+        }
+        self.udp.expire(now, host);
+    }
+
+    fn dispatch(&mut self, frame: &[u8], now: Instant, host: &mut dyn HostSockets) -> Result<(), DropReason> {
+        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+        let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
+        if !to_us {
+            return Err(DropReason::NotForGateway);
+        }
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => {
+                let reply = arp::handle(ethernet.payload(), &self.config, &mut self.neighbors)?;
+                self.outbox.extend(reply);
+                Ok(())
+            }
+            EthernetProtocol::Ipv4 => self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), now, host),
+            _ => Err(DropReason::Unsupported),
+        }
+    }
+
+    fn dispatch_ipv4(
+        &mut self,
+        mac: MacAddress,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
+        let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        if !ip.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return Err(DropReason::Fragment);
+        }
+        let repr =
+            Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).map_err(|_| DropReason::Malformed)?;
+        let packet = GuestPacket { mac, src: repr.src_addr, dst: repr.dst_addr };
+        if self.config.contains(packet.src) {
+            self.neighbors.learn(packet.src, mac);
+        }
+        match repr.next_header {
+            IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
+            IpProtocol::Icmp => {
+                let reply = icmp::handle(packet, ip.payload(), &self.config)?;
+                self.outbox.push_back(reply);
+                Ok(())
+            }
+            _ => Err(DropReason::Unsupported),
+        }
+    }
+
+    fn dispatch_udp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
+        let udp = UdpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        if udp.checksum() != 0 && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
+            return Err(DropReason::BadChecksum);
+        }
+        let src = SocketAddrV4::new(packet.src, udp.src_port());
+        let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
+        if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
+            let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
+            self.outbox.push_back(reply);
+            return Ok(());
+        }
+        if dst.ip().is_broadcast() || dst.ip().is_multicast() || *dst.ip() == self.config.broadcast() {
+            return Err(DropReason::Broadcast);
+        }
+        if *dst.ip() == self.config.dns && dst.port() == dns::PORT {
+            if self.config.restrict {
+                return Err(DropReason::Restricted);
+            }
+            if let Some(answer) = self.dns.forward(src, dst, udp.payload(), now, host, &mut self.flow_ids)? {
+                self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
+            }
+            return Ok(());
+        }
+        let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
+        self.udp.send(udp::Route { guest: src, dst, remote }, udp.payload(), now, host, &mut self.flow_ids)
+    }
+
+    /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.
+    fn host_side_address(&self, dst: Ipv4Addr) -> Result<Ipv4Addr, DropReason> {
+        if self.config.restrict {
+            return Err(DropReason::Restricted);
+        }
+        if dst == self.config.host {
+            return if self.config.host_loopback {
+                Ok(Ipv4Addr::LOCALHOST)
+            } else {
+                Err(DropReason::Restricted)
+            };
+        }
+        if self.config.contains(dst) {
+            return Err(DropReason::NotForGateway);
+        }
+        Ok(dst)
+    }
+
+    fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        match self.neighbors.lookup(*to.ip()) {
+            Some(mac) => self.outbox.push_back(packet::udp(self.config.mac(), mac, from, to, payload)),
+            None => self.counters.record(DropReason::UnknownGuest),
+        }
+    }
+
+    fn send_port_unreachable(&mut self, unreachable: udp::Unreachable) {
+        match self.neighbors.lookup(*unreachable.guest.ip()) {
+            Some(mac) => self.outbox.push_back(icmp::port_unreachable(&self.config, mac, &unreachable)),
+            None => self.counters.record(DropReason::UnknownGuest),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

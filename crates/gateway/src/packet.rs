@@ -1,0 +1,99 @@
+//! Building the frames the gateway sends: Ethernet + IPv4 + UDP/ICMP, and ARP, with
+//! checksums filled in. Built on `smoltcp::wire`'s representations.
+//!
+//! This module knows byte layouts only, not what the gateway decides to say.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
+};
+use vnet_wire::MacAddress;
+
+/// Time to live of every IPv4 packet the gateway originates.
+const HOP_LIMIT: u8 = 64;
+const IPV4_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+
+fn ethernet(src: MacAddress, dst: MacAddress, ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + payload_len];
+    EthernetRepr { src_addr: src, dst_addr: dst, ethertype }
+        .emit(&mut EthernetFrame::new_unchecked(&mut frame));
+    frame
+}
+
+fn ipv4(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: IpProtocol,
+    payload_len: usize,
+) -> Vec<u8> {
+    let mut frame = ethernet(src_mac, dst_mac, EthernetProtocol::Ipv4, IPV4_HEADER_LEN + payload_len);
+    let repr =
+        Ipv4Repr { src_addr: src, dst_addr: dst, next_header: protocol, payload_len, hop_limit: HOP_LIMIT };
+    repr.emit(
+        &mut Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]),
+        &ChecksumCapabilities::default(),
+    );
+    frame
+}
+
+/// A UDP datagram from `src` to `dst` carrying `payload`.
+pub fn udp(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+) -> Vec<u8> {
+    let udp_len = UDP_HEADER_LEN + payload.len();
+    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Udp, udp_len);
+    let repr = UdpRepr { src_port: src.port(), dst_port: dst.port() };
+    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    repr.emit(
+        &mut UdpPacket::new_unchecked(&mut frame[offset..]),
+        &(*src.ip()).into(),
+        &(*dst.ip()).into(),
+        payload.len(),
+        |buffer| buffer.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    frame
+}
+
+/// An ICMP message from `src` to `dst`.
+pub fn icmp(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    message: &Icmpv4Repr<'_>,
+) -> Vec<u8> {
+    let mut frame = ipv4(src_mac, dst_mac, src, dst, IpProtocol::Icmp, message.buffer_len());
+    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    message.emit(&mut Icmpv4Packet::new_unchecked(&mut frame[offset..]), &ChecksumCapabilities::default());
+    frame
+}
+
+/// An ARP reply telling `requester` that `ip` is at `mac`.
+pub fn arp_reply(
+    mac: MacAddress,
+    ip: Ipv4Addr,
+    requester_mac: MacAddress,
+    requester_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: requester_mac,
+        target_protocol_addr: requester_ip,
+    };
+    let mut frame = ethernet(mac, requester_mac, EthernetProtocol::Arp, repr.buffer_len());
+    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
+    frame
+}

@@ -1,0 +1,423 @@
+//! The gateway driven frame by frame, with a fake host that records what it was asked.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetFrame,
+    Icmpv4Packet, Icmpv4Repr, Ipv4Packet, UdpPacket,
+};
+
+use super::*;
+
+const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+
+/// A host that records opens and sends, and refuses what it is told to.
+#[derive(Default)]
+struct FakeHost {
+    open: HashMap<FlowId, SocketAddr>,
+    sent: Vec<(FlowId, Vec<u8>)>,
+    refuse_open: Vec<SocketAddr>,
+}
+
+impl HostSockets for FakeHost {
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
+        if self.refuse_open.contains(&remote) {
+            return Err(io::ErrorKind::ConnectionRefused.into());
+        }
+        self.open.insert(flow, remote);
+        Ok(())
+    }
+    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
+        self.sent.push((flow, payload.to_vec()));
+        Ok(())
+    }
+    fn udp_close(&mut self, flow: FlowId) {
+        self.open.remove(&flow);
+    }
+}
+
+fn udp_frame(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+) -> Vec<u8> {
+    packet::udp(src_mac, dst_mac, src, dst, payload)
+}
+
+fn dhcp_message(
+    message_type: DhcpMessageType,
+    mac: MacAddress,
+    requested: Option<Ipv4Addr>,
+    rapid: bool,
+) -> Vec<u8> {
+    let rapid_option = [DhcpOption { kind: 80, data: &[] }];
+    let repr = DhcpRepr {
+        message_type,
+        transaction_id: 0x1234,
+        secs: 0,
+        client_hardware_address: mac,
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: requested,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: if rapid { &rapid_option } else { &[] },
+    };
+    let mut payload = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).unwrap();
+    udp_frame(
+        mac,
+        MacAddress::BROADCAST,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        &payload,
+    )
+}
+
+/// The UDP payload of a frame the gateway sent, and its addresses.
+fn udp_of(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
+    let ethernet = EthernetFrame::new_checked(frame).unwrap();
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
+    assert!(ip.verify_checksum());
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+    (
+        SocketAddrV4::new(ip.src_addr(), udp.src_port()),
+        SocketAddrV4::new(ip.dst_addr(), udp.dst_port()),
+        udp.payload().to_vec(),
+    )
+}
+
+fn dhcp_reply(gateway: &mut Gateway) -> (DhcpMessageType, Ipv4Addr, Vec<(u8, Vec<u8>)>, DhcpRepr<'static>) {
+    let frame = gateway.pop_frame().expect("a DHCP reply");
+    let (_, to, payload) = udp_of(&frame);
+    assert_eq!(to.port(), 68);
+    let payload: &'static [u8] = Box::leak(payload.into_boxed_slice());
+    let packet: &'static DhcpPacket<&'static [u8]> =
+        Box::leak(Box::new(DhcpPacket::new_checked(payload).unwrap()));
+    let repr = DhcpRepr::parse(packet).unwrap();
+    let options = packet.options().map(|o| (o.kind, o.data.to_vec())).collect();
+    (repr.message_type, repr.your_ip, options, repr)
+}
+
+fn gateway_with(config: GatewayConfig) -> (Gateway, FakeHost, Instant) {
+    config.validate().unwrap();
+    (Gateway::new(config), FakeHost::default(), Instant::now())
+}
+
+fn lease(gateway: &mut Gateway, host: &mut FakeHost, mac: MacAddress, now: Instant) -> Ipv4Addr {
+    gateway.receive(&dhcp_message(DhcpMessageType::Discover, mac, None, false), now, host);
+    let (kind, offered, _, _) = dhcp_reply(gateway);
+    assert_eq!(kind, DhcpMessageType::Offer);
+    gateway.receive(&dhcp_message(DhcpMessageType::Request, mac, Some(offered), false), now, host);
+    let (kind, acked, _, _) = dhcp_reply(gateway);
+    assert_eq!(kind, DhcpMessageType::Ack);
+    assert_eq!(acked, offered);
+    acked
+}
+
+#[test]
+fn arp_requests_for_the_host_and_dns_addresses_are_answered() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    for target in [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
+        let request = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: GUEST_MAC,
+            source_protocol_addr: GUEST_IP,
+            target_hardware_addr: MacAddress([0; 6]),
+            target_protocol_addr: target,
+        };
+        let mut frame = vec![0u8; 14 + request.buffer_len()];
+        frame[..6].copy_from_slice(&[0xff; 6]);
+        frame[6..12].copy_from_slice(&GUEST_MAC.0);
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        request.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
+        gateway.receive(&frame, now, &mut host);
+        let reply = gateway.pop_frame().expect("an ARP reply");
+        let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
+        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, .. } =
+            ArpRepr::parse(&ArpPacket::new_checked(ethernet.payload()).unwrap()).unwrap()
+        else {
+            panic!("not an IPv4 ARP reply")
+        };
+        assert_eq!(operation, ArpOperation::Reply);
+        assert_eq!(source_hardware_addr, gateway.config().mac());
+        assert_eq!(source_protocol_addr, target);
+    }
+}
+
+#[test]
+fn dhcp_hands_out_addresses_from_dhcpstart_with_every_option() {
+    let config = GatewayConfig {
+        hostname: Some("vm1".into()),
+        domain: Some("lab.test".into()),
+        dns_search: vec!["lab.test".into()],
+        mtu: 9000,
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), GUEST_IP);
+    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false), now, &mut host);
+    let (_, _, options, repr) = dhcp_reply(&mut gateway);
+    assert_eq!(repr.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
+    assert_eq!(repr.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+    assert_eq!(repr.server_identifier, Some(Ipv4Addr::new(10, 0, 2, 2)));
+    assert_eq!(repr.lease_duration, Some(86400));
+    let option = |kind: u8| options.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.clone());
+    assert_eq!(option(6), Some(vec![10, 0, 2, 3]), "DNS server");
+    assert_eq!(option(26), Some(9000u16.to_be_bytes().to_vec()), "MTU");
+    assert_eq!(option(12), Some(b"vm1".to_vec()));
+    assert_eq!(option(15), Some(b"lab.test".to_vec()));
+    assert_eq!(option(119), Some(b"\x03lab\x04test\x00".to_vec()));
+}
+
+#[test]
+fn ten_guests_get_ten_addresses_and_keep_them() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let macs: Vec<MacAddress> = (0..10).map(|i| MacAddress([0x52, 0x54, 0, 0, 1, i])).collect();
+    let addresses: Vec<Ipv4Addr> = macs.iter().map(|mac| lease(&mut gateway, &mut host, *mac, now)).collect();
+    let expected: Vec<Ipv4Addr> = (15..25).map(|n| Ipv4Addr::new(10, 0, 2, n)).collect();
+    assert_eq!(addresses, expected);
+    assert_eq!(lease(&mut gateway, &mut host, macs[3], now), expected[3], "same MAC, same address");
+}
+
+#[test]
+fn static_leases_win_and_are_not_given_to_others() {
+    let fixed = Ipv4Addr::new(10, 0, 2, 15);
+    let config = GatewayConfig {
+        static_leases: vec![StaticLease { mac: MacAddress([2, 0, 0, 0, 0, 9]), ip: fixed }],
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), Ipv4Addr::new(10, 0, 2, 16));
+    assert_eq!(lease(&mut gateway, &mut host, MacAddress([2, 0, 0, 0, 0, 9]), now), fixed);
+}
+
+#[test]
+fn a_full_pool_gets_a_nak_and_rapid_commit_gets_an_ack() {
+    let config = GatewayConfig { dhcp_start: Ipv4Addr::new(10, 0, 2, 253), ..GatewayConfig::default() };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, true), now, &mut host);
+    let (kind, ip, options, _) = dhcp_reply(&mut gateway);
+    assert_eq!((kind, ip), (DhcpMessageType::Ack, Ipv4Addr::new(10, 0, 2, 253)));
+    assert!(options.iter().any(|(k, _)| *k == 80), "rapid commit acknowledged");
+    lease(&mut gateway, &mut host, MacAddress([2, 0, 0, 0, 0, 2]), now);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Discover, MacAddress([2, 0, 0, 0, 0, 3]), None, false),
+        now,
+        &mut host,
+    );
+    assert_eq!(dhcp_reply(&mut gateway).0, DhcpMessageType::Nak);
+}
+
+#[test]
+fn a_request_for_someone_elses_address_is_refused() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    lease(&mut gateway, &mut host, GUEST_MAC, now);
+    let other = MacAddress([2, 0, 0, 0, 0, 7]);
+    gateway.receive(&dhcp_message(DhcpMessageType::Request, other, Some(GUEST_IP), false), now, &mut host);
+    assert_eq!(dhcp_reply(&mut gateway).0, DhcpMessageType::Nak);
+}
+
+#[test]
+fn restrict_leaves_router_and_dns_out_of_dhcp() {
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
+    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false), now, &mut host);
+    let (_, _, options, repr) = dhcp_reply(&mut gateway);
+    assert_eq!(repr.router, None);
+    assert!(!options.iter().any(|(k, _)| *k == 6));
+}
+
+fn guest_udp(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    udp_frame(
+        GUEST_MAC,
+        MacAddress([0x52, 0x55, 10, 0, 2, 2]),
+        SocketAddrV4::new(GUEST_IP, 40000),
+        dst,
+        payload,
+    )
+}
+
+#[test]
+fn ping_to_the_gateway_is_answered_locally() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let request = Icmpv4Repr::EchoRequest { ident: 7, seq_no: 3, data: b"hello" };
+    let frame =
+        packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), &request);
+    gateway.receive(&frame, now, &mut host);
+    let reply = gateway.pop_frame().expect("an echo reply");
+    let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!(repr, Icmpv4Repr::EchoReply { ident: 7, seq_no: 3, data: b"hello" });
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (Ipv4Addr::new(10, 0, 2, 2), GUEST_IP));
+}
+
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(b"\x04vnet\x04test\x00\x00\x01\x00\x01");
+    q
+}
+
+#[test]
+fn dns_is_forwarded_and_the_answer_returns_from_the_dns_address() {
+    let upstream: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { dns_upstreams: vec![upstream], ..GatewayConfig::default() });
+    gateway.receive(
+        &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(9)),
+        now,
+        &mut host,
+    );
+    let (flow, sent) = host.sent.last().cloned().unwrap();
+    assert_eq!(host.open[&flow], upstream);
+    assert_eq!(sent, dns_query(9));
+    let mut answer = dns_query(9);
+    answer[2] |= 0x80;
+    gateway.on_udp_datagram(flow, &answer, now);
+    let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
+    assert_eq!(from, SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53));
+    assert_eq!(to, SocketAddrV4::new(GUEST_IP, 40000));
+    assert_eq!(payload, answer);
+}
+
+#[test]
+fn dns_fails_over_and_answers_servfail_when_every_upstream_fails() {
+    let first: SocketAddr = "127.0.0.1:5301".parse().unwrap();
+    let second: SocketAddr = "127.0.0.1:5302".parse().unwrap();
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { dns_upstreams: vec![first, second], ..GatewayConfig::default() });
+    gateway.receive(
+        &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(5)),
+        now,
+        &mut host,
+    );
+    let (flow, _) = host.sent.last().cloned().unwrap();
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), now, &mut host);
+    let (second_flow, _) = host.sent.last().cloned().unwrap();
+    assert_eq!(host.open[&second_flow], second, "fail-over to the next upstream");
+    assert!(gateway.pop_frame().is_none());
+
+    let later = now + Duration::from_secs(3);
+    assert!(gateway.next_deadline().is_some_and(|d| d <= later));
+    gateway.on_deadline(later, &mut host);
+    let (_, _, payload) = udp_of(&gateway.pop_frame().expect("SERVFAIL"));
+    assert_eq!(&payload[..2], &[0, 5]);
+    assert_eq!(payload[3] & 0x0f, 2, "SERVFAIL");
+    assert!(host.open.is_empty(), "every query socket closed");
+}
+
+#[test]
+fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7777);
+    gateway.receive(&guest_udp(dst, b"ping"), now, &mut host);
+    let (flow, sent) = host.sent.last().cloned().unwrap();
+    assert_eq!(host.open[&flow], "127.0.0.1:7777".parse::<SocketAddr>().unwrap());
+    assert_eq!(sent, b"ping");
+    gateway.on_udp_datagram(flow, b"pong", now);
+    let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, to, payload), (dst, SocketAddrV4::new(GUEST_IP, 40000), b"pong".to_vec()));
+
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), now, &mut host);
+    let unreachable = gateway.pop_frame().expect("port unreachable");
+    let ip = Ipv4Packet::new_checked(&unreachable[14..]).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::Icmp);
+
+    gateway.on_deadline(now + udp::IDLE_TIMEOUT, &mut host);
+    assert!(host.open.is_empty(), "idle flow closed");
+}
+
+#[test]
+fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7777);
+    for config in [
+        GatewayConfig { restrict: true, ..GatewayConfig::default() },
+        GatewayConfig { host_loopback: false, ..GatewayConfig::default() },
+    ] {
+        let (mut gateway, mut host, now) = gateway_with(config);
+        gateway.receive(&guest_udp(dst, b"x"), now, &mut host);
+        assert!(host.sent.is_empty());
+        assert_eq!(gateway.counters().drops(DropReason::Restricted), 1);
+    }
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(10, 0, 2, 255), Ipv4Addr::new(239, 1, 2, 3)] {
+        let frame = udp_frame(
+            GUEST_MAC,
+            MacAddress::BROADCAST,
+            SocketAddrV4::new(GUEST_IP, 1),
+            SocketAddrV4::new(dst, 9),
+            b"x",
+        );
+        gateway.receive(&frame, now, &mut host);
+    }
+    assert!(host.sent.is_empty(), "broadcast and multicast never leak out");
+}
+
+#[test]
+fn the_flow_table_is_bounded() {
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { max_flows: 2, ..GatewayConfig::default() });
+    for port in 1..=3 {
+        gateway.receive(
+            &guest_udp(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port), b"x"),
+            now,
+            &mut host,
+        );
+    }
+    assert_eq!(host.open.len(), 2);
+    assert_eq!(gateway.counters().drops(DropReason::FlowLimit), 1);
+}
+
+#[test]
+fn bad_frames_are_counted_by_reason() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let good = guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7), b"data");
+    gateway.receive(&good[..20], now, &mut host);
+    let mut bad_ip_checksum = good.clone();
+    bad_ip_checksum[24] ^= 0xff;
+    gateway.receive(&bad_ip_checksum, now, &mut host);
+    let mut bad_udp_checksum = good.clone();
+    let last = bad_udp_checksum.len() - 1;
+    bad_udp_checksum[last] ^= 0xff;
+    gateway.receive(&bad_udp_checksum, now, &mut host);
+    let mut fragment = good.clone();
+    fragment[20] = 0x20; // more fragments
+    let checksum = {
+        let mut ip = Ipv4Packet::new_unchecked(&mut fragment[14..]);
+        ip.fill_checksum();
+        ip.checksum()
+    };
+    assert_ne!(checksum, 0);
+    gateway.receive(&fragment, now, &mut host);
+    let mut other_mac = good.clone();
+    other_mac[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    gateway.receive(&other_mac, now, &mut host);
+    let counters = gateway.counters();
+    assert_eq!(counters.drops(DropReason::Malformed), 1);
+    assert_eq!(counters.drops(DropReason::BadChecksum), 2);
+    assert_eq!(counters.drops(DropReason::Fragment), 1);
+    assert_eq!(counters.drops(DropReason::NotForGateway), 1);
+    assert!(host.sent.is_empty());
+}

@@ -1,0 +1,120 @@
+//! UDP NAT: each guest flow (guest address and port to destination address and port)
+//! gets one connected host socket, closed after [`IDLE_TIMEOUT`] without traffic.
+//! Replies come back to the guest from the address it sent to; a refusal by the host
+//! (ICMP port unreachable, seen as ECONNREFUSED) becomes a port unreachable for the guest.
+//!
+//! Which destinations are allowed and where the host address maps is decided by the
+//! caller; this file only keeps flows. It knows nothing of frames.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
+
+/// How long a UDP flow lives without traffic in either direction.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where one guest datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The guest's address and port.
+    pub guest: SocketAddrV4,
+    /// The address and port the guest sent to.
+    pub dst: SocketAddrV4,
+    /// The host-side address the datagram really goes to.
+    pub remote: SocketAddr,
+}
+
+/// A guest datagram the host refused, to report with ICMP port unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable {
+    /// The guest's address and port.
+    pub guest: SocketAddrV4,
+    /// Where it sent to.
+    pub dst: SocketAddrV4,
+}
+
+struct Flow {
+    route: Route,
+    last_used: Instant,
+}
+
+/// The UDP flows of one gateway.
+pub struct Nat {
+    max_flows: usize,
+    by_route: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    flows: HashMap<FlowId, Flow>,
+}
+
+impl Nat {
+    /// An empty table holding at most `max_flows` flows.
+    pub fn new(max_flows: usize) -> Self {
+        Self { max_flows, by_route: HashMap::new(), flows: HashMap::new() }
+    }
+
+    /// Sends `payload` along `route`, opening its host socket first if needed.
+    pub fn send(
+        &mut self,
+        route: Route,
+        payload: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Result<(), DropReason> {
+        let key = (route.guest, route.dst);
+        let flow = match self.by_route.get(&key) {
+            Some(flow) => *flow,
+            None => {
+                if self.flows.len() >= self.max_flows {
+                    return Err(DropReason::FlowLimit);
+                }
+                let flow = flows.next();
+                host.udp_open(flow, route.remote).map_err(|_| DropReason::HostSocket)?;
+                self.by_route.insert(key, flow);
+                self.flows.insert(flow, Flow { route, last_used: now });
+                flow
+            }
+        };
+        if let Some(entry) = self.flows.get_mut(&flow) {
+            entry.last_used = now;
+        }
+        host.udp_send(flow, payload).map_err(|_| DropReason::HostSocket)
+    }
+
+    /// A datagram from the host on `flow`: the datagram for the guest.
+    pub fn on_host_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant) -> Option<GuestDatagram> {
+        let entry = self.flows.get_mut(&flow)?;
+        entry.last_used = now;
+        Some(GuestDatagram { from: entry.route.dst, to: entry.route.guest, payload: payload.to_vec() })
+    }
+
+    /// An error on `flow`'s socket: a refusal to report to the guest, if it was one.
+    pub fn on_host_error(&mut self, flow: FlowId, error: &io::Error) -> Option<Unreachable> {
+        let entry = self.flows.get(&flow)?;
+        (error.kind() == io::ErrorKind::ConnectionRefused)
+            .then_some(Unreachable { guest: entry.route.guest, dst: entry.route.dst })
+    }
+
+    /// When the quietest flow will have been idle too long.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.flows.values().map(|flow| flow.last_used + IDLE_TIMEOUT).min()
+    }
+
+    /// Closes idle flows.
+    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        let idle: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, flow)| now.saturating_duration_since(flow.last_used) >= IDLE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if let Some(flow) = self.flows.remove(&id) {
+                self.by_route.remove(&(flow.route.guest, flow.route.dst));
+                host.udp_close(id);
+            }
+        }
+    }
+}
