@@ -204,8 +204,12 @@ case "$1" in
         ip -4 addr flush dev "$interface"
         ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
         for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+        [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
         : >/etc/resolv.conf
-        for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done ;;
+        for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+        [ -n "$search" ] && echo "search $search" >>/etc/resolv.conf
+        # What the server said, for tests to inspect.
+        env | grep -E '^(ip|mask|subnet|router|dns|mtu|hostname|domain|search|lease|serverid)=' >/run/dhcp.env ;;
 esac
 exit 0
 EOF

@@ -22,6 +22,7 @@ fn vnet_ns_reaches_an_attached_namespace_and_returns_the_command_status() {
         &link,
         &[
             "run",
+            "--no-user",
             "--listen",
             &format!("stream:unix:{}", link.display()),
             "--attach",
@@ -108,7 +109,7 @@ fn attaching_a_namespace_without_permission_is_a_one_line_error() {
     let far = NamedNamespace::create();
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vnet")])
-        .args(["run", "--attach", &format!("netns:{}", far.path())])
+        .args(["run", "--no-user", "--attach", &format!("netns:{}", far.path())])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -130,7 +131,7 @@ fn an_unprivileged_vnet_attaches_the_namespace_of_an_unprivileged_process() {
     wait_until("the holder's own namespace", DEADLINE, || netns_of(pid) != netns_of(std::process::id()));
 
     let mut vnet = as_nobody(env!("CARGO_BIN_EXE_vnet"))
-        .args(["run", "--attach", &format!("netns:{pid}")])
+        .args(["run", "--no-user", "--attach", &format!("netns:{pid}")])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -153,12 +154,12 @@ fn an_unprivileged_vnet_attaches_the_namespace_of_an_unprivileged_process() {
 fn the_tap_name_is_chosen_with_ifname_and_a_taken_name_is_refused() {
     let far = NamedNamespace::create();
     let spec = format!("netns:{},ifname=vnet7", far.path());
-    let first = Vnet::spawn(&["run", "--attach", &spec]);
+    let first = Vnet::spawn(&["run", "--no-user", "--attach", &spec]);
     first.wait_for_log("port opened");
     let links = String::from_utf8_lossy(&far.exec(&["ip", "-br", "link"]).stdout).to_string();
     assert!(links.lines().any(|l| l.starts_with("vnet7") && l.contains("UP")), "{links}");
 
-    let (status, log) = Vnet::spawn(&["run", "--attach", &spec]).wait();
+    let (status, log) = Vnet::spawn(&["run", "--no-user", "--attach", &spec]).wait();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("already exists"), "{log}");
     drop(first);

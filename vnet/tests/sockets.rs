@@ -23,7 +23,7 @@ fn source_of(frame: &[u8]) -> [u8; 6] {
 fn stream_peers_learn_each_other_and_unicast_stays_private() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let vnet = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
     let mut a = StreamPeer::connect(&sock);
     let mut b = StreamPeer::connect(&sock);
     let mut c = StreamPeer::connect(&sock);
@@ -47,7 +47,8 @@ fn stream_peers_learn_each_other_and_unicast_stays_private() {
 fn hub_mode_floods_known_unicast() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::listening_on(&sock, &["run", "--hub", "--listen", &unix_spec("stream", &sock)]);
+    let vnet =
+        Vnet::listening_on(&sock, &["run", "--no-user", "--hub", "--listen", &unix_spec("stream", &sock)]);
     let mut a = StreamPeer::connect(&sock);
     let mut b = StreamPeer::connect(&sock);
     let mut c = StreamPeer::connect(&sock);
@@ -65,7 +66,7 @@ fn tcp_listen_carries_the_largest_frame_and_refuses_a_larger_one() {
     let probe = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = probe.local_addr().unwrap();
     drop(probe);
-    let vnet = Vnet::spawn(&["run", "--listen", &format!("stream:tcp:{addr}")]);
+    let vnet = Vnet::spawn(&["run", "--no-user", "--listen", &format!("stream:tcp:{addr}")]);
     wait_until("vnet's TCP port", DEADLINE, || TcpStream::connect(addr).is_ok());
     let connect = || {
         let s = TcpStream::connect(addr).unwrap();
@@ -93,7 +94,7 @@ fn tcp_listen_carries_the_largest_frame_and_refuses_a_larger_one() {
 fn a_zero_length_or_a_close_mid_frame_ends_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let vnet = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
     let mut good = StreamPeer::connect(&sock);
     let mut zero = StreamPeer::connect(&sock);
     let mut truncated = StreamPeer::connect(&sock);
@@ -118,7 +119,7 @@ fn a_zero_length_or_a_close_mid_frame_ends_only_that_connection() {
 fn frames_split_across_writes_and_batched_in_one_write_both_arrive() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let _vnet = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let _vnet = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
     let mut a = StreamPeer::connect(&sock);
     let mut b = StreamPeer::connect(&sock);
     _vnet.wait_for_log("port=3");
@@ -146,7 +147,7 @@ fn frames_split_across_writes_and_batched_in_one_write_both_arrive() {
 fn a_peer_that_stops_reading_loses_its_own_frames_and_stalls_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let vnet = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
     let mut sender = StreamPeer::connect(&sock);
     let mut reader = StreamPeer::connect(&sock);
     let _frozen = StreamPeer::connect(&sock);
@@ -178,7 +179,7 @@ fn a_peer_that_stops_reading_loses_its_own_frames_and_stalls_nobody() {
 fn dgram_peers_each_get_a_port_and_a_vanished_peer_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet-dgram.sock");
-    let vnet = Vnet::spawn(&["run", "--listen", &unix_spec("dgram", &sock)]);
+    let vnet = Vnet::spawn(&["run", "--no-user", "--listen", &unix_spec("dgram", &sock)]);
     vnet.wait_for_log("listening");
     let a_path = dir.path().join("a.sock");
     let b_path = dir.path().join("b.sock");
@@ -213,7 +214,14 @@ fn sigterm_closes_ports_and_removes_socket_files() {
     let dgram = dir.path().join("d.sock");
     let vnet = Vnet::listening_on(
         &stream,
-        &["run", "--listen", &unix_spec("stream", &stream), "--listen", &unix_spec("dgram", &dgram)],
+        &[
+            "run",
+            "--no-user",
+            "--listen",
+            &unix_spec("stream", &stream),
+            "--listen",
+            &unix_spec("dgram", &dgram),
+        ],
     );
     let mut peer = StreamPeer::connect(&stream);
     vnet.wait_for_log("port opened");
@@ -230,9 +238,9 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_refused() {
     let sock = dir.path().join("vnet.sock");
     drop(UnixListener::bind(&sock).unwrap());
     assert!(sock.exists(), "a dead listener leaves its file behind");
-    let first = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let first = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
 
-    let (status, log) = Vnet::spawn(&["run", "--listen", &unix_spec("stream", &sock)]).wait();
+    let (status, log) = Vnet::spawn(&["run", "--no-user", "--listen", &unix_spec("stream", &sock)]).wait();
     assert_eq!(status.code(), Some(2));
     assert!(log.contains("is in use by a running process"), "{log}");
     assert_eq!(log.trim().lines().count(), 1, "one line: {log}");
@@ -254,6 +262,8 @@ fn setup_errors_are_one_line_and_exit_2() {
         (vec!["--listen".into(), format!("stream:tcp:{busy_addr}")], "already in use"),
         (vec!["--listen".into(), format!("stream:unix:{}", plain_file.display())], "is not a socket"),
         (vec!["--attach".into(), "netns:/nonexistent/netns".into()], "does not exist"),
+        (vec!["--user".into(), "net=10.0.2.0/24,frobnicate=1".into()], "'frobnicate=1'"),
+        (vec!["--user".into(), "hostfwd=tcp::2222-:22,restrict=maybe".into()], "'restrict=maybe'"),
     ];
     for (args, expected) in cases {
         let mut full = vec!["run".to_string()];
@@ -275,7 +285,14 @@ fn attach_waits_for_qemu_and_reconnects_after_it_goes_away() {
     let mesh = dir.path().join("vnet.sock");
     let vnet = Vnet::listening_on(
         &mesh,
-        &["run", "--listen", &unix_spec("stream", &mesh), "--attach", &unix_spec("stream", &qemu_sock)],
+        &[
+            "run",
+            "--no-user",
+            "--listen",
+            &unix_spec("stream", &mesh),
+            "--attach",
+            &unix_spec("stream", &qemu_sock),
+        ],
     );
     vnet.wait_for_log("retrying");
 
@@ -307,7 +324,14 @@ fn attach_tcp_reaches_a_listening_qemu() {
     let mesh = dir.path().join("vnet.sock");
     let _vnet = Vnet::listening_on(
         &mesh,
-        &["run", "--listen", &unix_spec("stream", &mesh), "--attach", &format!("stream:tcp:{addr}")],
+        &[
+            "run",
+            "--no-user",
+            "--listen",
+            &unix_spec("stream", &mesh),
+            "--attach",
+            &format!("stream:tcp:{addr}"),
+        ],
     );
     let (conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -330,7 +354,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn an_idle_network_with_ten_peers_uses_no_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::listening_on(&sock, &["run", "--listen", &unix_spec("stream", &sock)]);
+    let vnet = Vnet::listening_on(&sock, &["run", "--no-user", "--listen", &unix_spec("stream", &sock)]);
     let peers: Vec<_> = (0..10).map(|_| StreamPeer::connect(&sock)).collect();
     vnet.wait_for_log("port=11");
     let before = cpu_ticks(vnet.pid());
@@ -343,8 +367,14 @@ fn an_idle_network_with_ten_peers_uses_no_cpu() {
 #[test]
 fn a_silent_udp_peer_loses_its_port_after_the_idle_timeout() {
     let vnet_addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let vnet =
-        Vnet::spawn(&["run", "--dgram-peer-timeout", "1", "--listen", &format!("dgram:udp:{vnet_addr}")]);
+    let vnet = Vnet::spawn(&[
+        "run",
+        "--no-user",
+        "--dgram-peer-timeout",
+        "1",
+        "--listen",
+        &format!("dgram:udp:{vnet_addr}"),
+    ]);
     vnet.wait_for_log("listening");
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.send_to(&frame(BROADCAST, mac(5), 60, 0), vnet_addr).unwrap();

@@ -12,12 +12,14 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use nix::unistd::Pid;
 use tracing::level_filters::LevelFilter;
+use vnet_gateway::GatewayConfig;
 use vnet_switch::{ForwardingMode, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
 use vnet_transport::{netns, AttachSpec, ListenSpec, Network, NetworkConfig};
 
 use crate::spec::{parse_attach, parse_listen};
 use crate::supervisor::Signals;
+use crate::user_options::parse_user_options;
 
 /// Exit code for every setup error (bad option, unusable address, no permission).
 const SETUP_ERROR: u8 = 2;
@@ -56,6 +58,13 @@ struct NetworkArgs {
     /// Seconds a learned MAC address stays without being seen again.
     #[arg(long, default_value_t = DEFAULT_AGING.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     mac_aging: u64,
+    /// The gateway's options, in QEMU's `-netdev user` syntax plus vnet's own
+    /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=).
+    #[arg(long, value_name = "OPTS", default_value = "", conflicts_with = "no_user")]
+    user: String,
+    /// No gateway: a plain switch.
+    #[arg(long)]
+    no_user: bool,
     /// Seconds a dgram peer may be silent before its port is removed.
     #[arg(long, default_value_t = DEFAULT_PEER_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     dgram_peer_timeout: u64,
@@ -121,6 +130,24 @@ fn execute(command: Command) -> anyhow::Result<i32> {
     }
 }
 
+/// The gateway's settings from `--user`, with upstreams from /etc/resolv.conf unless
+/// given.
+fn gateway_config(user: &str) -> anyhow::Result<GatewayConfig> {
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let gateway = parse_user_options(user, &resolv_conf)?;
+    if let Some(forward) = gateway.host_forwards.first() {
+        anyhow::bail!(
+            "hostfwd ({:?} {}) is not available yet; remove it from --user",
+            forward.protocol,
+            forward.host
+        );
+    }
+    if let Some(forward) = gateway.guest_forwards.first() {
+        anyhow::bail!("guestfwd ({}) is not available yet; remove it from --user", forward.virtual_addr);
+    }
+    Ok(gateway)
+}
+
 fn parse_ifname(text: &str) -> Result<String, String> {
     netns::validate_ifname(text).map(|()| text.to_owned())
 }
@@ -134,12 +161,16 @@ fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {
         },
         dgram_peer_timeout: Duration::from_secs(args.dgram_peer_timeout),
     };
+    let gateway = if args.no_user { None } else { Some(gateway_config(&args.user)?) };
     let mut network = Network::new(config)?;
     for spec in &args.listen {
         network.listen(spec)?;
     }
     for spec in &args.attach {
         network.attach(spec)?;
+    }
+    if let Some(gateway) = gateway {
+        network.add_gateway(gateway)?;
     }
     Ok(network)
 }

@@ -7,5 +7,6 @@
 mod cli;
 pub mod spec;
 mod supervisor;
+pub mod user_options;
 
 pub use cli::main;

@@ -2,7 +2,7 @@
 //! 10.0.2.2, DNS 10.0.2.3, first lease 10.0.2.15) and the checks that keep them
 //! consistent. Parsing the option string is the control layer's job, not this file's.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
@@ -14,6 +14,36 @@ pub struct StaticLease {
     pub mac: MacAddress,
     /// The address it always gets.
     pub ip: Ipv4Addr,
+}
+
+/// The transport of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// `hostfwd=`: a host port whose connections or datagrams go to a guest port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostForward {
+    /// TCP or UDP.
+    pub protocol: ForwardProtocol,
+    /// Where vnet listens on the host.
+    pub host: SocketAddr,
+    /// The guest address and port it goes to.
+    pub guest: SocketAddrV4,
+}
+
+/// `guestfwd=`: a virtual address:port in the network whose TCP connections go to a
+/// host address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestForward {
+    /// The address and port guests connect to.
+    pub virtual_addr: SocketAddrV4,
+    /// Where the connection really goes on the host.
+    pub target: SocketAddr,
 }
 
 /// Everything the gateway needs to know about its network.
@@ -49,6 +79,10 @@ pub struct GatewayConfig {
     pub max_flows: usize,
     /// DHCP lease time.
     pub lease_time: Duration,
+    /// Inbound forwards (`hostfwd=`).
+    pub host_forwards: Vec<HostForward>,
+    /// Forwards from a virtual address to the host (`guestfwd=`).
+    pub guest_forwards: Vec<GuestForward>,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +103,8 @@ impl Default for GatewayConfig {
             static_leases: Vec::new(),
             max_flows: 65536,
             lease_time: Duration::from_secs(24 * 3600),
+            host_forwards: Vec::new(),
+            guest_forwards: Vec::new(),
         }
     }
 }

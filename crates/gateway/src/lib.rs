@@ -27,7 +27,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
 use vnet_wire::MacAddress;
 
-pub use config::{GatewayConfig, StaticLease};
+pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
 pub use counters::{DropReason, GatewayCounters};
 
 /// Identifies one host socket the gateway asked for.
@@ -124,11 +124,19 @@ impl Gateway {
     }
 
     /// A datagram arrived on `flow`'s host socket.
-    pub fn on_udp_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant) {
-        let reply = if let Some(reply) = self.dns.on_upstream_reply(flow, payload) {
-            Some(reply)
-        } else {
-            self.udp.on_host_datagram(flow, payload, now)
+    pub fn on_udp_datagram(
+        &mut self,
+        flow: FlowId,
+        payload: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) {
+        let reply = match self.dns.on_upstream_reply(flow, payload) {
+            Some(answer) => {
+                host.udp_close(flow);
+                Some(answer)
+            }
+            None => self.udp.on_host_datagram(flow, payload, now),
         };
         match reply {
             Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),

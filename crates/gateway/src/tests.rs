@@ -295,7 +295,8 @@ fn dns_is_forwarded_and_the_answer_returns_from_the_dns_address() {
     assert_eq!(sent, dns_query(9));
     let mut answer = dns_query(9);
     answer[2] |= 0x80;
-    gateway.on_udp_datagram(flow, &answer, now);
+    gateway.on_udp_datagram(flow, &answer, now, &mut host);
+    assert!(host.open.is_empty(), "the query's socket is closed once answered");
     let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
     assert_eq!(from, SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53));
     assert_eq!(to, SocketAddrV4::new(GUEST_IP, 40000));
@@ -336,7 +337,7 @@ fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
     let (flow, sent) = host.sent.last().cloned().unwrap();
     assert_eq!(host.open[&flow], "127.0.0.1:7777".parse::<SocketAddr>().unwrap());
     assert_eq!(sent, b"ping");
-    gateway.on_udp_datagram(flow, b"pong", now);
+    gateway.on_udp_datagram(flow, b"pong", now, &mut host);
     let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
     assert_eq!((from, to, payload), (dst, SocketAddrV4::new(GUEST_IP, 40000), b"pong".to_vec()));
 

@@ -10,6 +10,7 @@
 
 pub mod dgram;
 pub mod framing;
+pub mod gateway;
 pub mod mcast;
 pub mod netns;
 pub mod network;
@@ -167,6 +168,11 @@ impl Network {
                 self.attach_tap(tap, format!("{} ifname={}", spec.target, spec.ifname))
             }
         }
+    }
+
+    /// Adds the user-mode gateway as a port of the network.
+    pub fn add_gateway(&mut self, config: vnet_gateway::GatewayConfig) -> Result<(), TransportError> {
+        self.add_endpoint(Box::new(gateway::GatewayPort::new(config)))
     }
 
     /// Relays an open tap descriptor, such as the one [`netns::spawn_in_new_namespace`]

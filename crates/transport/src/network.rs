@@ -63,6 +63,27 @@ pub(crate) enum Liveness {
     Closed,
 }
 
+/// Tokens for readiness events: each endpoint has one, and may register more sources
+/// (such as the gateway's host sockets) under tokens of their own that lead back to it.
+#[derive(Debug)]
+struct Tokens {
+    next: usize,
+    owner_of_source: HashMap<Token, Token>,
+}
+
+impl Tokens {
+    fn allocate(&mut self) -> Token {
+        let token = Token(self.next);
+        self.next += 1;
+        token
+    }
+
+    /// The endpoint an event's token belongs to.
+    fn owner(&self, token: Token) -> Token {
+        self.owner_of_source.get(&token).copied().unwrap_or(token)
+    }
+}
+
 /// What an endpoint may touch while it runs: the switch, its own ports, the counters, and
 /// the registry for (re-)registering its descriptors.
 pub(crate) struct Context<'a> {
@@ -70,9 +91,14 @@ pub(crate) struct Context<'a> {
     pub registry: &'a Registry,
     pub counters: &'a mut NetworkCounters,
     pub now: Instant,
+    /// The endpoint's own token.
     pub token: Token,
+    /// The token whose event is being handled: `token`, or one from
+    /// [`Context::register_source`].
+    pub ready: Token,
     owners: &'a mut HashMap<PortId, Token>,
     spawned: &'a mut Vec<Box<dyn Endpoint>>,
+    tokens: &'a mut Tokens,
 }
 
 impl Context<'_> {
@@ -95,6 +121,25 @@ impl Context<'_> {
     /// Hands a new endpoint (an accepted connection) to the network.
     pub fn spawn(&mut self, endpoint: Box<dyn Endpoint>) {
         self.spawned.push(endpoint);
+    }
+
+    /// Registers one more source of the running endpoint under a token of its own, whose
+    /// events come back to this endpoint with that token in [`Context::ready`].
+    pub fn register_source(
+        &mut self,
+        source: &mut dyn mio::event::Source,
+        interest: Interest,
+    ) -> io::Result<Token> {
+        let token = self.tokens.allocate();
+        self.registry.register(source, token, interest)?;
+        self.tokens.owner_of_source.insert(token, self.token);
+        Ok(token)
+    }
+
+    /// Forgets a source registered with [`Context::register_source`]; closing its
+    /// descriptor removes it from epoll.
+    pub fn forget_source(&mut self, token: Token) {
+        self.tokens.owner_of_source.remove(&token);
     }
 }
 
@@ -121,6 +166,8 @@ pub(crate) trait Endpoint {
 const SUPERVISOR: Token = Token(0);
 /// Read batches one endpoint gets per readiness event before others have a turn.
 const BATCHES_PER_TURN: usize = 8;
+/// Rounds of [`Network::flush_pending`]: a frame in, the gateway's answer, its delivery.
+const FLUSH_ROUNDS: usize = 4;
 /// How often aged MAC table entries are swept.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -147,7 +194,7 @@ pub struct Network {
     endpoints: HashMap<Token, Box<dyn Endpoint>>,
     owners: HashMap<PortId, Token>,
     counters: NetworkCounters,
-    next_token: usize,
+    tokens: Tokens,
     next_housekeeping: Instant,
 }
 
@@ -162,7 +209,7 @@ impl Network {
             endpoints: HashMap::new(),
             owners: HashMap::new(),
             counters: NetworkCounters::default(),
-            next_token: 1,
+            tokens: Tokens { next: 1, owner_of_source: HashMap::new() },
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
         })
     }
@@ -243,8 +290,7 @@ impl Network {
 
     /// Gives `endpoint` a token and starts it.
     fn install(&mut self, mut endpoint: Box<dyn Endpoint>) -> io::Result<Token> {
-        let token = Token(self.next_token);
-        self.next_token += 1;
+        let token = self.tokens.allocate();
         let mut spawned = Vec::new();
         let mut cx = Context {
             switch: &mut self.switch,
@@ -252,8 +298,10 @@ impl Network {
             counters: &mut self.counters,
             now: Instant::now(),
             token,
+            ready: token,
             owners: &mut self.owners,
             spawned: &mut spawned,
+            tokens: &mut self.tokens,
         };
         endpoint.start(&mut cx)?;
         self.endpoints.insert(token, endpoint);
@@ -269,13 +317,14 @@ impl Network {
         }
     }
 
-    /// Runs `f` on the endpoint behind `token` with a context, then installs whatever it
-    /// spawned and removes it if `f` says it is closed.
+    /// Runs `f` on the endpoint an event's token `ready` belongs to, then installs
+    /// whatever it spawned and removes it if `f` says it is closed.
     fn with_endpoint<T>(
         &mut self,
-        token: Token,
+        ready: Token,
         f: impl FnOnce(&mut dyn Endpoint, &mut Context<'_>) -> (T, Liveness),
     ) -> Option<T> {
+        let token = self.tokens.owner(ready);
         let mut spawned = Vec::new();
         let endpoint = self.endpoints.get_mut(&token)?;
         let mut cx = Context {
@@ -284,8 +333,10 @@ impl Network {
             counters: &mut self.counters,
             now: Instant::now(),
             token,
+            ready,
             owners: &mut self.owners,
             spawned: &mut spawned,
+            tokens: &mut self.tokens,
         };
         let (result, liveness) = f(endpoint.as_mut(), &mut cx);
         if liveness == Liveness::Closed {
@@ -318,12 +369,21 @@ impl Network {
         self.with_endpoint(token, |endpoint, cx| ((), endpoint.on_writable(cx)));
     }
 
+    /// Lets the owners of ports with queued frames send them. An owner that answers
+    /// (the gateway) fills other ports in turn, so this repeats until nothing is pending,
+    /// a bounded number of rounds.
     fn flush_pending(&mut self) {
-        for port in self.switch.take_pending() {
-            let Some(&token) = self.owners.get(&port) else {
-                continue;
-            };
-            self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx)));
+        for _ in 0..FLUSH_ROUNDS {
+            let pending = self.switch.take_pending();
+            if pending.is_empty() {
+                return;
+            }
+            for port in pending {
+                let Some(&token) = self.owners.get(&port) else {
+                    continue;
+                };
+                self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx)));
+            }
         }
     }
 

@@ -1,0 +1,260 @@
+//! Parsing of `--user 'OPTS'`: QEMU's `-netdev user` option string, plus vnet's own
+//! options in the same syntax, into a [`GatewayConfig`].
+//!
+//! Every unknown or malformed option is refused with its exact text. Like QEMU, a `net=`
+//! without `host=`, `dns=` or `dhcpstart=` moves those to .2, .3 and .15 of the new
+//! network. Nothing here opens a socket; /etc/resolv.conf is read only for the default
+//! upstreams.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use thiserror::Error;
+use vnet_gateway::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
+use vnet_wire::MacAddress;
+
+/// A `--user` option vnet refuses.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("--user option '{text}' is not valid: {problem}")]
+pub struct UserOptionError {
+    text: String,
+    problem: String,
+}
+
+fn refuse(text: &str, problem: impl Into<String>) -> UserOptionError {
+    UserOptionError { text: text.to_owned(), problem: problem.into() }
+}
+
+/// Parses a `--user` string. `resolv_conf` is the text of /etc/resolv.conf, used when no
+/// `dns-upstream=` is given.
+pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig, UserOptionError> {
+    let mut config = GatewayConfig::default();
+    let (mut host, mut dns, mut dhcp_start) = (None, None, None);
+    for option in text.split(',').filter(|option| !option.trim().is_empty()) {
+        let (key, value) = option.split_once('=').ok_or_else(|| refuse(option, "expected KEY=VALUE"))?;
+        let bad = |problem: &str| refuse(option, problem);
+        match key {
+            "id" => {}
+            "net" => (config.network, config.prefix_len) = network(value).map_err(bad)?,
+            "host" => host = Some(ipv4(value).map_err(bad)?),
+            "dns" => dns = Some(ipv4(value).map_err(bad)?),
+            "dhcpstart" => dhcp_start = Some(ipv4(value).map_err(bad)?),
+            "hostname" => config.hostname = Some(name(value).map_err(bad)?),
+            "domainname" => config.domain = Some(name(value).map_err(bad)?),
+            "dnssearch" => config.dns_search.push(name(value).map_err(bad)?),
+            "restrict" => config.restrict = switch(value).map_err(bad)?,
+            "host-loopback" => config.host_loopback = switch(value).map_err(bad)?,
+            "mtu" => config.mtu = value.parse().map_err(|_| bad("the MTU must be a number"))?,
+            "max-flows" => config.max_flows = value.parse().map_err(|_| bad("max-flows must be a number"))?,
+            "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
+            "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
+            "hostfwd" => config.host_forwards.push(host_forward(value).map_err(bad)?),
+            "guestfwd" => config.guest_forwards.push(guest_forward(value).map_err(bad)?),
+            _ => return Err(refuse(option, "unknown option")),
+        }
+    }
+    let base = u32::from(config.network);
+    config.host = host.unwrap_or(Ipv4Addr::from(base + 2));
+    config.dns = dns.unwrap_or(Ipv4Addr::from(base + 3));
+    config.dhcp_start = dhcp_start.unwrap_or(Ipv4Addr::from(base + 15));
+    for forward in &mut config.host_forwards {
+        if forward.guest.ip().is_unspecified() {
+            forward.guest.set_ip(config.dhcp_start);
+        }
+    }
+    if config.dns_upstreams.is_empty() {
+        config.dns_upstreams = resolv_conf_nameservers(resolv_conf);
+    }
+    config.validate().map_err(|problem| refuse(text, problem))?;
+    Ok(config)
+}
+
+fn ipv4(value: &str) -> Result<Ipv4Addr, &'static str> {
+    value.parse().map_err(|_| "expected an IPv4 address")
+}
+
+fn network(value: &str) -> Result<(Ipv4Addr, u8), &'static str> {
+    let (address, mask) = value.split_once('/').unwrap_or((value, "24"));
+    let address = ipv4(address)?;
+    let prefix = match mask.parse::<u8>() {
+        Ok(prefix) if prefix <= 32 => prefix,
+        _ => {
+            let mask =
+                u32::from(ipv4(mask).map_err(|_| "the mask must be a prefix length or a dotted mask")?);
+            if mask.leading_ones() + mask.trailing_zeros() != 32 {
+                return Err("the mask is not contiguous");
+            }
+            mask.leading_ones() as u8
+        }
+    };
+    Ok((address, prefix))
+}
+
+fn name(value: &str) -> Result<String, &'static str> {
+    if value.is_empty()
+        || value.len() > 253
+        || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Err("expected a DNS name of letters, digits, '-', '_' and '.'");
+    }
+    Ok(value.to_owned())
+}
+
+fn switch(value: &str) -> Result<bool, &'static str> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err("expected on or off"),
+    }
+}
+
+fn upstream(value: &str) -> Result<SocketAddr, &'static str> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    value.parse().map_err(|_| "expected IP or IP:PORT ([IPv6]:PORT)")
+}
+
+fn static_lease(value: &str) -> Result<StaticLease, &'static str> {
+    let (mac, ip) = value.rsplit_once('=').ok_or("expected MAC=IP")?;
+    let octets: Vec<u8> = mac
+        .split(':')
+        .map(|octet| u8::from_str_radix(octet, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "the MAC must be six hex octets separated by ':'")?;
+    let mac: [u8; 6] = octets.try_into().map_err(|_| "the MAC must be six hex octets separated by ':'")?;
+    Ok(StaticLease { mac: MacAddress(mac), ip: ipv4(ip)? })
+}
+
+/// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, QEMU's hostfwd syntax.
+fn host_forward(value: &str) -> Result<HostForward, &'static str> {
+    let (protocol, rest) = match value.split_once(':') {
+        Some(("tcp" | "", rest)) => (ForwardProtocol::Tcp, rest),
+        Some(("udp", rest)) => (ForwardProtocol::Udp, rest),
+        _ => return Err("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport"),
+    };
+    let (host_side, guest_side) = rest.split_once('-').ok_or("the guest side after '-' is missing")?;
+    let (host_addr, host_port) = host_side.rsplit_once(':').ok_or("expected [hostaddr]:hostport")?;
+    let (guest_addr, guest_port) = guest_side.rsplit_once(':').ok_or("expected [guestaddr]:guestport")?;
+    let host_ip = if host_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(host_addr)? };
+    let guest_ip = if guest_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(guest_addr)? };
+    let port = |text: &str| text.parse::<u16>().map_err(|_| "ports must be numbers from 0 to 65535");
+    let guest_port = port(guest_port)?;
+    if guest_port == 0 {
+        return Err("the guest port must not be 0");
+    }
+    Ok(HostForward {
+        protocol,
+        host: SocketAddr::V4(SocketAddrV4::new(host_ip, port(host_port)?)),
+        guest: SocketAddrV4::new(guest_ip, guest_port),
+    })
+}
+
+/// `[tcp]:server:port-[tcp:]hostaddr:hostport`.
+fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
+    let value = value.strip_prefix("tcp:").unwrap_or(value);
+    let (virtual_side, target) =
+        value.split_once('-').ok_or("expected [tcp]:server:port-hostaddr:hostport")?;
+    let virtual_addr: SocketAddrV4 =
+        virtual_side.parse().map_err(|_| "the virtual side must be IPv4:PORT")?;
+    let target = target.strip_prefix("tcp:").unwrap_or(target);
+    let target: SocketAddr = target.parse().map_err(|_| "the target must be IP:PORT")?;
+    Ok(GuestForward { virtual_addr, target })
+}
+
+/// The nameservers of a resolv.conf, on port 53.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemus_own_example_parses() {
+        let text =
+            "net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15,hostname=vm,domainname=lab.test,\
+                    dnssearch=lab.test,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp::5353-10.0.2.15:53,\
+                    guestfwd=tcp:10.0.2.100:80-127.0.0.1:8080,restrict=off";
+        let config = parse_user_options(text, "").unwrap();
+        assert_eq!(config.hostname.as_deref(), Some("vm"));
+        assert_eq!(config.dns_search, vec!["lab.test".to_string()]);
+        assert_eq!(
+            config.host_forwards,
+            vec![
+                HostForward {
+                    protocol: ForwardProtocol::Tcp,
+                    host: "127.0.0.1:2222".parse().unwrap(),
+                    guest: "10.0.2.15:22".parse().unwrap()
+                },
+                HostForward {
+                    protocol: ForwardProtocol::Udp,
+                    host: "0.0.0.0:5353".parse().unwrap(),
+                    guest: "10.0.2.15:53".parse().unwrap()
+                },
+            ]
+        );
+        assert_eq!(
+            config.guest_forwards,
+            vec![GuestForward {
+                virtual_addr: "10.0.2.100:80".parse().unwrap(),
+                target: "127.0.0.1:8080".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn vnets_own_options_parse() {
+        let text = "mtu=9000,dns-upstream=127.0.0.53,dns-upstream=127.0.0.1:5353,host-loopback=off,\
+                    dhcp-host=52:54:00:aa:bb:cc=10.0.2.50,max-flows=100";
+        let config = parse_user_options(text, "nameserver 192.0.2.1").unwrap();
+        assert_eq!(config.mtu, 9000);
+        assert_eq!(
+            config.dns_upstreams,
+            vec!["127.0.0.53:53".parse().unwrap(), "127.0.0.1:5353".parse().unwrap()]
+        );
+        assert!(!config.host_loopback);
+        assert_eq!(config.static_leases[0].ip, Ipv4Addr::new(10, 0, 2, 50));
+        assert_eq!(config.max_flows, 100);
+    }
+
+    #[test]
+    fn a_new_net_moves_the_default_addresses() {
+        let config = parse_user_options("net=192.168.76.0/255.255.255.0", "").unwrap();
+        assert_eq!(config.host, Ipv4Addr::new(192, 168, 76, 2));
+        assert_eq!(config.dns, Ipv4Addr::new(192, 168, 76, 3));
+        assert_eq!(config.dhcp_start, Ipv4Addr::new(192, 168, 76, 15));
+    }
+
+    #[test]
+    fn default_upstreams_come_from_resolv_conf() {
+        let resolv = "# comment\nnameserver 127.0.0.53\nsearch lan\nnameserver fe80::1%eth0\n";
+        let config = parse_user_options("", resolv).unwrap();
+        assert_eq!(
+            config.dns_upstreams,
+            vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_their_exact_text() {
+        for (text, offending) in [
+            ("frobnicate=1", "frobnicate=1"),
+            ("net=10.0.2.0/24,restrict=maybe", "restrict=maybe"),
+            ("hostfwd=tcp::22", "hostfwd=tcp::22"),
+            ("hostfwd=sctp::1-:2", "hostfwd=sctp::1-:2"),
+            ("dhcp-host=52:54:00=10.0.2.9", "dhcp-host=52:54:00=10.0.2.9"),
+            ("mtu=big", "mtu=big"),
+            ("dns-upstream=resolver", "dns-upstream=resolver"),
+            ("hostname", "hostname"),
+            ("dhcpstart=10.0.3.15", "dhcpstart=10.0.3.15"),
+        ] {
+            let error = parse_user_options(text, "").unwrap_err().to_string();
+            assert!(error.contains(&format!("'{offending}'")), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The user-mode gateway with real QEMU guests: DHCP, ping to the gateway, DNS through a
+//! test upstream (dnsmasq), and UDP NAT to the host's loopback. Every upstream and host
+//! service runs on loopback inside a namespace the test creates, and vnet is told about it
+//! with dns-upstream=, so the machine's own resolver is never asked.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use support::guest::{assert_pinged, assert_success, GuestLock, GuestSpec, Nic};
+use support::*;
+
+fn stream_netdev(sock: &Path) -> String {
+    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
+}
+
+/// busybox udhcpc: up to 20 tries, quit once configured.
+const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
+
+#[test]
+fn dhcp_configures_two_guests_and_the_gateway_answers_ping() {
+    let _lock = GuestLock::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let vnet = Vnet::listening_on(
+        &sock,
+        &[
+            "run",
+            "--user",
+            "mtu=1400,domainname=vnet.test",
+            "--listen",
+            &format!("stream:unix:{}", sock.display()),
+        ],
+    );
+    let script = format!(
+        "{DHCP} && cat /run/dhcp.env && echo mtu-now=$(cat /sys/class/net/eth0/mtu) && ip route && ping -c 3 -W 5 10.0.2.2; report"
+    );
+    let first = GuestSpec::new("first", Nic::VirtioNet, &stream_netdev(&sock), &script)
+        .mac("52:54:00:00:00:01")
+        .boot();
+    let first = first.wait_result();
+    assert_pinged(&first, 3);
+    for expected in
+        ["ip=10.0.2.15", "router=10.0.2.2", "dns=10.0.2.3", "mtu=1400", "mtu-now=1400", "domain=vnet.test"]
+    {
+        assert!(first.output.contains(expected), "missing {expected}:\n{}", first.output);
+    }
+    assert!(first.output.contains("default via 10.0.2.2"), "{}", first.output);
+
+    let second =
+        GuestSpec::new("second", Nic::E1000, &stream_netdev(&sock), &script).mac("52:54:00:00:00:02").boot();
+    let second = second.wait_result();
+    assert_success(&second);
+    assert!(second.output.contains("ip=10.0.2.16"), "{}", second.output);
+    let (_, log) = vnet.stop();
+    assert!(log.contains("DHCP lease") && log.contains("ip=10.0.2.16"), "{log}");
+}
+
+/// dnsmasq answering `vnet.test` with a TEST-NET address, inside `netns` on
+/// 127.0.0.1:53. It never forwards anything.
+fn start_dnsmasq(netns: &NamedNamespace) -> Child {
+    netns
+        .command(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--port=53",
+            "--address=/vnet.test/192.0.2.7",
+            "--pid-file=",
+            "--user=root",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq runs (apt install dnsmasq-base)")
+}
+
+fn dnsmasq_is_up(netns: &NamedNamespace) -> bool {
+    let output = netns.exec(&["ss", "-Hlun", "sport", "=", ":53"]);
+    String::from_utf8_lossy(&output.stdout).contains("127.0.0.1:53")
+}
+
+#[test]
+fn dns_is_forwarded_and_udp_reaches_host_loopback_and_a_dead_upstream_gives_servfail() {
+    let _lock = GuestLock::acquire();
+    let netns = NamedNamespace::create();
+    let mut dnsmasq = start_dnsmasq(&netns);
+    wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&netns));
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let vnet = Vnet::spawn_in(
+        Some(&netns),
+        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let script = format!(
+        r#"{DHCP} || exit 1
+nslookup -type=a vnet.test && echo RESOLVED-VIA-DNS
+nslookup -type=a vnet.test 10.0.2.2 && echo RESOLVED-VIA-HOST-LOOPBACK
+echo STOP-DNS
+n=0; until nslookup -type=a vnet.test 2>&1 | grep -q SERVFAIL; do n=$((n+1)); [ $n -ge 60 ] && exit 1; done
+echo GOT-SERVFAIL; report"#
+    );
+    let guest = GuestSpec::new("dns", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    guest.wait_for("STOP-DNS", support::guest::BOOT_DEADLINE);
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    let result = guest.wait_result();
+    assert_success(&result);
+    for expected in ["192.0.2.7", "RESOLVED-VIA-DNS", "RESOLVED-VIA-HOST-LOOPBACK", "GOT-SERVFAIL"] {
+        assert!(result.output.contains(expected), "missing {expected}:\n{}", result.output);
+    }
+    drop(vnet);
+}
+
+#[test]
+fn no_user_gives_a_plain_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let vnet = Vnet::listening_on(
+        &sock,
+        &["run", "--no-user", "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    let (_, log) = vnet.stop();
+    assert!(!log.contains("gateway"), "{log}");
+    let status = Command::new(env!("CARGO_BIN_EXE_vnet"))
+        .args(["run", "--no-user", "--user", "mtu=9000"])
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(2), "--user and --no-user conflict");
+}
