@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -14,6 +16,9 @@ use support::*;
 fn stream_netdev(sock: &Path) -> String {
     format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
 }
+
+/// Bytes moved each way in the guest transfer test.
+const TRANSFER_BYTES: usize = 100_000_000;
 
 /// busybox udhcpc: up to 20 tries, quit once configured.
 const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
@@ -116,6 +121,80 @@ echo GOT-SERVFAIL; report"#
         assert!(result.output.contains(expected), "missing {expected}:\n{}", result.output);
     }
     drop(vnet);
+}
+
+/// Deterministic bytes for transfer tests (xorshift), so both ends can check them.
+fn test_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serves `body` once over minimal HTTP on host loopback; returns the port.
+fn serve_http_once(body: Vec<u8>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request);
+        let header = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = stream.write_all(header.as_bytes());
+        let _ = stream.write_all(&body);
+    });
+    port
+}
+
+/// Receives exactly `len` bytes once on host loopback and sends back their SHA-256.
+fn receive_once(len: usize) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = vec![0u8; len];
+        stream.read_exact(&mut received).unwrap();
+        sha256_hex(&received)
+    });
+    (port, handle)
+}
+
+#[test]
+fn tcp_carries_data_both_ways_between_a_guest_and_host_loopback() {
+    let _lock = GuestLock::acquire();
+    let len = TRANSFER_BYTES;
+    let body = test_bytes(len);
+    let expected_download = sha256_hex(&body);
+    let http_port = serve_http_once(body);
+    let (upload_port, upload) = receive_once(len);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::listening_on(&sock, &["run", "--listen", &format!("stream:unix:{}", sock.display())]);
+    let script = format!(
+        r#"{DHCP} || exit 1
+echo download=$(wget -q -O - http://10.0.2.2:{http_port}/data | sha256sum)
+mkfifo /tmp/upload
+sha256sum /tmp/upload > /tmp/upload.sum &
+head -c {len} /dev/urandom | tee /tmp/upload | nc 10.0.2.2 {upload_port}
+wait
+echo upload=$(cat /tmp/upload.sum); report"#
+    );
+    let guest = GuestSpec::new("tcp", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    let result = guest.wait_result();
+    assert_success(&result);
+    assert!(result.output.contains(&format!("download={expected_download}")), "{}", result.output);
+    let uploaded = upload.join().unwrap();
+    assert!(result.output.contains(&format!("upload={uploaded}")), "host got {uploaded}:\n{}", result.output);
 }
 
 #[test]

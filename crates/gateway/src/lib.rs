@@ -8,6 +8,9 @@
 //! [`Gateway::on_udp_datagram`] and [`Gateway::on_udp_error`]. Time is passed in. Each
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
+//!
+//! Not served yet: ICMP echo beyond the gateway's own addresses, DNS over TCP, IPv4
+//! fragments (dropped and counted), IPv6, hostfwd and guestfwd.
 
 mod arp;
 mod config;
@@ -16,6 +19,7 @@ mod dhcp;
 mod dns;
 mod icmp;
 mod packet;
+mod tcp;
 mod udp;
 
 use std::collections::VecDeque;
@@ -64,6 +68,23 @@ pub trait HostSockets {
     fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
     /// Closes `flow`'s socket.
     fn udp_close(&mut self, flow: FlowId);
+    /// Starts a non-blocking TCP connect to `remote` for `flow`; completion comes back
+    /// through [`Gateway::on_tcp_connected`] or [`Gateway::on_tcp_error`].
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
+    /// Writes as much of `data` as the socket takes now and returns how much that was.
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Copies received bytes starting `offset` bytes into the receive queue without
+    /// consuming them. 0 means the peer closed and nothing lies beyond `offset`;
+    /// `WouldBlock` means nothing more has arrived yet.
+    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize>;
+    /// Discards the first `len` received bytes, which the guest has acknowledged.
+    fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()>;
+    /// How many more bytes the socket's send buffer takes now.
+    fn tcp_send_space(&mut self, flow: FlowId) -> usize;
+    /// Shuts down the sending direction (the guest sent FIN).
+    fn tcp_shutdown_write(&mut self, flow: FlowId);
+    /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
+    fn tcp_close(&mut self, flow: FlowId, reset: bool);
 }
 
 /// Addressing of one frame from a guest, as the protocol handlers need it.
@@ -81,6 +102,7 @@ pub struct Gateway {
     dhcp: dhcp::Server,
     dns: dns::Forwarder,
     udp: udp::Nat,
+    tcp: tcp::Nat,
     counters: GatewayCounters,
     outbox: VecDeque<Vec<u8>>,
     flow_ids: FlowIds,
@@ -92,7 +114,8 @@ impl Gateway {
         Self {
             dhcp: dhcp::Server::new(&config),
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
-            udp: udp::Nat::new(config.max_flows),
+            udp: udp::Nat::new(),
+            tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
             config,
             counters: GatewayCounters::default(),
@@ -164,9 +187,41 @@ impl Gateway {
         }
     }
 
+    /// `flow`'s TCP connect completed.
+    pub fn on_tcp_connected(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
+        let mut out = Vec::new();
+        self.tcp.on_connected(&self.config, flow, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket failed: the connect was refused or timed out, or the
+    /// connection was reset.
+    pub fn on_tcp_error(&mut self, flow: FlowId, error: &io::Error, host: &mut dyn HostSockets) {
+        let mut out = Vec::new();
+        self.tcp.on_host_error(&self.config, flow, error, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket has data or an end of stream.
+    pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
+        let mut out = Vec::new();
+        self.tcp.on_host_readable(&self.config, flow, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket can take more data.
+    pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
+        let mut out = Vec::new();
+        self.tcp.on_host_writable(&self.config, flow, host, &mut out);
+        self.outbox.extend(out);
+    }
+
     /// When [`Gateway::on_deadline`] wants to run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.dns.next_deadline(), self.udp.next_deadline()].into_iter().flatten().min()
+        [self.dns.next_deadline(), self.udp.next_deadline(), self.tcp.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Timer work: DNS fail-over and idle flows.
@@ -175,6 +230,9 @@ impl Gateway {
             self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
         }
         self.udp.expire(now, host);
+        let mut out = Vec::new();
+        self.tcp.expire(&self.config, now, host, &mut out);
+        self.outbox.extend(out);
     }
 
     fn dispatch(&mut self, frame: &[u8], now: Instant, host: &mut dyn HostSockets) -> Result<(), DropReason> {
@@ -216,6 +274,7 @@ impl Gateway {
         }
         match repr.next_header {
             IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
+            IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
             IpProtocol::Icmp => {
                 let reply = icmp::handle(packet, ip.payload(), &self.config)?;
                 self.outbox.push_back(reply);
@@ -256,7 +315,52 @@ impl Gateway {
             return Ok(());
         }
         let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
-        self.udp.send(udp::Route { guest: src, dst, remote }, udp.payload(), now, host, &mut self.flow_ids)
+        let room = self.flow_count() < self.config.max_flows;
+        self.udp.send(
+            udp::Route { guest: src, dst, remote },
+            udp.payload(),
+            room,
+            now,
+            host,
+            &mut self.flow_ids,
+        )
+    }
+
+    fn dispatch_tcp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
+        let ports = bytes.get(..4).ok_or(DropReason::Malformed)?;
+        let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
+        let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
+        let remote = if self.flow_count() >= self.config.max_flows {
+            Err(DropReason::FlowLimit)
+        } else {
+            self.host_side_address(*dst.ip()).map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, dst.port())))
+        };
+        let mut out = Vec::new();
+        let result = self.tcp.on_guest_segment(
+            &self.config,
+            packet.mac,
+            src,
+            dst,
+            bytes,
+            remote,
+            now,
+            host,
+            &mut self.flow_ids,
+            &mut out,
+        );
+        self.outbox.extend(out);
+        result
+    }
+
+    /// UDP and TCP flows together, which `max-flows` bounds.
+    fn flow_count(&self) -> usize {
+        self.udp.len() + self.tcp.len()
     }
 
     /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.

@@ -1,4 +1,4 @@
-//! Building the frames the gateway sends: Ethernet + IPv4 + UDP/ICMP, and ARP, with
+//! Building the frames the gateway sends: Ethernet + IPv4 + UDP/TCP/ICMP, and ARP, with
 //! checksums filled in. Built on `smoltcp::wire`'s representations.
 //!
 //! This module knows byte layouts only, not what the gateway decides to say.
@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
+    ETHERNET_HEADER_LEN,
 };
 use vnet_wire::MacAddress;
 
@@ -60,6 +61,25 @@ pub fn udp(
         &(*dst.ip()).into(),
         payload.len(),
         |buffer| buffer.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    frame
+}
+
+/// A TCP segment from `src` to `dst`.
+pub fn tcp(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    repr: &TcpRepr<'_>,
+) -> Vec<u8> {
+    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
+    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut frame[offset..]),
+        &(*src.ip()).into(),
+        &(*dst.ip()).into(),
         &ChecksumCapabilities::default(),
     );
     frame

@@ -16,12 +16,17 @@ use super::*;
 const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 
-/// A host that records opens and sends, and refuses what it is told to.
+/// A host that records opens and sends, and refuses what it is told to. TCP sockets
+/// take at most `tcp_accept` bytes per write and hold `tcp_incoming` for peeking.
 #[derive(Default)]
 struct FakeHost {
     open: HashMap<FlowId, SocketAddr>,
     sent: Vec<(FlowId, Vec<u8>)>,
     refuse_open: Vec<SocketAddr>,
+    tcp_accept: usize,
+    tcp_incoming: Vec<u8>,
+    tcp_consumed: usize,
+    closed: Vec<(FlowId, bool)>,
 }
 
 impl HostSockets for FakeHost {
@@ -38,6 +43,36 @@ impl HostSockets for FakeHost {
     }
     fn udp_close(&mut self, flow: FlowId) {
         self.open.remove(&flow);
+    }
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
+        self.udp_open(flow, remote)
+    }
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
+        let taken = data.len().min(self.tcp_accept);
+        self.sent.push((flow, data[..taken].to_vec()));
+        Ok(taken)
+    }
+    fn tcp_peek(&mut self, _flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+        let available = self.tcp_incoming.get(offset..).unwrap_or(&[]);
+        if available.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = available.len().min(buffer.len());
+        buffer[..n].copy_from_slice(&available[..n]);
+        Ok(n)
+    }
+    fn tcp_consume(&mut self, _flow: FlowId, len: usize) -> io::Result<()> {
+        self.tcp_incoming.drain(..len);
+        self.tcp_consumed += len;
+        Ok(())
+    }
+    fn tcp_send_space(&mut self, _flow: FlowId) -> usize {
+        self.tcp_accept
+    }
+    fn tcp_shutdown_write(&mut self, _flow: FlowId) {}
+    fn tcp_close(&mut self, flow: FlowId, reset: bool) {
+        self.open.remove(&flow);
+        self.closed.push((flow, reset));
     }
 }
 
@@ -421,4 +456,122 @@ fn bad_frames_are_counted_by_reason() {
     assert_eq!(counters.drops(DropReason::Fragment), 1);
     assert_eq!(counters.drops(DropReason::NotForGateway), 1);
     assert!(host.sent.is_empty());
+}
+
+fn guest_tcp(
+    dst: SocketAddrV4,
+    control: smoltcp::wire::TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::{TcpRepr, TcpSeqNumber};
+    let repr = TcpRepr {
+        src_port: 40000,
+        dst_port: dst.port(),
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 1000,
+        window_scale: (control == smoltcp::wire::TcpControl::Syn).then_some(7),
+        max_seg_size: (control == smoltcp::wire::TcpControl::Syn).then_some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    packet::tcp(
+        GUEST_MAC,
+        MacAddress([0x52, 0x55, 10, 0, 2, 2]),
+        SocketAddrV4::new(GUEST_IP, 40000),
+        dst,
+        &repr,
+    )
+}
+
+/// The TCP header fields of a frame the gateway sent.
+fn tcp_of(frame: &[u8]) -> (smoltcp::wire::TcpControl, u32, Option<u32>, usize, Vec<u8>) {
+    use smoltcp::wire::{TcpPacket, TcpRepr};
+    let ethernet = EthernetFrame::new_checked(frame).unwrap();
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    let repr =
+        TcpRepr::parse(&tcp, &ip.src_addr().into(), &ip.dst_addr().into(), &ChecksumCapabilities::default())
+            .expect("a valid segment with a good checksum");
+    (
+        repr.control,
+        repr.seq_number.0 as u32,
+        repr.ack_number.map(|a| a.0 as u32),
+        usize::from(repr.window_len),
+        repr.payload.to_vec(),
+    )
+}
+
+#[test]
+fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 1000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().expect("a host connect");
+    assert_eq!(host.open[&flow], "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert!(gateway.pop_frame().is_none(), "no SYN-ACK before the host connect completes");
+
+    gateway.on_tcp_connected(flow, &mut host);
+    let (control, isn, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
+    assert_eq!((control, ack), (TcpControl::Syn, Some(101)));
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+
+    // 1500 bytes arrive; the host takes 1000, so only 1000 are acknowledged.
+    gateway.receive(&guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500]), now, &mut host);
+    assert_eq!(host.sent.last().unwrap().1.len(), 1000);
+    let (_, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("an ACK"));
+    assert_eq!(ack, Some(1101));
+
+    // Host data goes out in segments and is consumed only once acknowledged.
+    host.tcp_incoming = vec![9u8; 3000];
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 3000);
+    assert_eq!(host.tcp_consumed, 0, "nothing consumed before the guest's ACK");
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[]), now, &mut host);
+    assert_eq!(host.tcp_consumed, 2000);
+}
+
+#[test]
+fn tcp_refusals_reach_the_guest_as_rst() {
+    use smoltcp::wire::TcpControl;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
+    // The host refuses the connect.
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), &mut host);
+    let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+    assert_eq!((control, ack), (TcpControl::Rst, Some(6)));
+    assert_eq!(host.closed, vec![(flow, true)]);
+    // restrict=on and a full flow table refuse at once.
+    for config in [
+        GatewayConfig { restrict: true, ..GatewayConfig::default() },
+        GatewayConfig { max_flows: 1, ..GatewayConfig::default() },
+    ] {
+        let limited = config.max_flows == 1;
+        let (mut gateway, mut host, now) = gateway_with(config);
+        if limited {
+            gateway.receive(
+                &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1), TcpControl::Syn, 1, None, &[]),
+                now,
+                &mut host,
+            );
+        }
+        gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), now, &mut host);
+        let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+        assert_eq!(control, TcpControl::Rst);
+        let reason = if limited { DropReason::FlowLimit } else { DropReason::Restricted };
+        assert_eq!(gateway.counters().drops(reason), 1);
+    }
 }

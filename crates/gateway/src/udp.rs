@@ -42,23 +42,30 @@ struct Flow {
 }
 
 /// The UDP flows of one gateway.
+#[derive(Default)]
 pub struct Nat {
-    max_flows: usize,
     by_route: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     flows: HashMap<FlowId, Flow>,
 }
 
 impl Nat {
-    /// An empty table holding at most `max_flows` flows.
-    pub fn new(max_flows: usize) -> Self {
-        Self { max_flows, by_route: HashMap::new(), flows: HashMap::new() }
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Sends `payload` along `route`, opening its host socket first if needed.
+    /// How many flows exist.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Sends `payload` along `route`, opening its host socket first if needed and if
+    /// `room_for_new` (the flow table is not full).
     pub fn send(
         &mut self,
         route: Route,
         payload: &[u8],
+        room_for_new: bool,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
@@ -67,7 +74,7 @@ impl Nat {
         let flow = match self.by_route.get(&key) {
             Some(flow) => *flow,
             None => {
-                if self.flows.len() >= self.max_flows {
+                if !room_for_new {
                     return Err(DropReason::FlowLimit);
                 }
                 let flow = flows.next();

@@ -7,17 +7,21 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
+use socket2::SockRef;
 use tracing::{debug, info};
 use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 use vnet_switch::PortId;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
+use crate::sys;
 
 /// Datagrams read from one host socket per batch.
 const DATAGRAMS_PER_BATCH: usize = 32;
@@ -29,11 +33,24 @@ struct HostSocket {
     token: Token,
 }
 
+struct HostStream {
+    stream: TcpStream,
+    token: Token,
+    connecting: bool,
+}
+
 /// The host sockets of one gateway, by flow and by event token.
 #[derive(Default)]
 struct Sockets {
     by_flow: HashMap<FlowId, HostSocket>,
+    streams: HashMap<FlowId, HostStream>,
     flow_of_token: HashMap<Token, FlowId>,
+}
+
+impl Sockets {
+    fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
+        self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
 }
 
 /// [`HostSockets`] over real sockets, for the duration of one call into the gateway.
@@ -61,6 +78,64 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn udp_close(&mut self, flow: FlowId) {
         if let Some(closed) = self.sockets.by_flow.remove(&flow) {
+            self.sockets.flow_of_token.remove(&closed.token);
+            self.cx.forget_source(closed.token);
+        }
+    }
+
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
+        let mut stream = TcpStream::connect(remote)?;
+        let _ = stream.set_nodelay(true);
+        let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
+        self.sockets.flow_of_token.insert(token, flow);
+        self.sockets.streams.insert(flow, HostStream { stream, token, connecting: true });
+        Ok(())
+    }
+
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
+        match (&self.sockets.stream(flow)?.stream).write(data) {
+            Ok(written) => Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+        sys::peek_at(self.sockets.stream(flow)?.stream.as_fd(), offset, buffer)
+    }
+
+    fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
+        let fd = self.sockets.stream(flow)?.stream.as_fd();
+        let mut left = len;
+        while left > 0 {
+            match sys::discard(fd, left)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                discarded => left -= discarded.min(left),
+            }
+        }
+        Ok(())
+    }
+
+    fn tcp_send_space(&mut self, flow: FlowId) -> usize {
+        let Ok(host_stream) = self.sockets.stream(flow) else {
+            return 0;
+        };
+        let buffer = SockRef::from(&host_stream.stream).send_buffer_size().unwrap_or(0);
+        let queued = sys::unacknowledged_bytes(host_stream.stream.as_fd()).unwrap_or(buffer);
+        buffer.saturating_sub(queued)
+    }
+
+    fn tcp_shutdown_write(&mut self, flow: FlowId) {
+        if let Ok(host_stream) = self.sockets.stream(flow) {
+            let _ = host_stream.stream.shutdown(Shutdown::Write);
+        }
+    }
+
+    fn tcp_close(&mut self, flow: FlowId, reset: bool) {
+        if let Some(closed) = self.sockets.streams.remove(&flow) {
+            if reset {
+                let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
+            }
             self.sockets.flow_of_token.remove(&closed.token);
             self.cx.forget_source(closed.token);
         }
@@ -120,6 +195,39 @@ impl GatewayPort {
     }
 }
 
+impl GatewayPort {
+    /// A host stream has data, an end of stream or an error.
+    fn stream_readable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let error = self.sockets.streams.get(&flow).and_then(|s| s.stream.take_error().ok().flatten());
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        match error {
+            Some(error) => self.gateway.on_tcp_error(flow, &error, &mut host),
+            None => self.gateway.on_tcp_readable(flow, now, &mut host),
+        }
+    }
+
+    /// A host stream finished connecting, failed to, or has send space again.
+    fn stream_writable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
+        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
+            return;
+        };
+        let error = host_stream.stream.take_error().ok().flatten();
+        let was_connecting = host_stream.connecting;
+        let connected = error.is_none() && host_stream.stream.peer_addr().is_ok();
+        if connected {
+            host_stream.connecting = false;
+        }
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        match (error, was_connecting, connected) {
+            (Some(error), _, _) => self.gateway.on_tcp_error(flow, &error, &mut host),
+            (None, true, true) => self.gateway.on_tcp_connected(flow, &mut host),
+            (None, true, false) => {}
+            (None, false, _) => self.gateway.on_tcp_writable(flow, &mut host),
+        }
+    }
+}
+
 impl Endpoint for GatewayPort {
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let config = self.gateway.config();
@@ -132,12 +240,21 @@ impl Endpoint for GatewayPort {
         let Some(&flow) = self.sockets.flow_of_token.get(&cx.ready) else {
             return ReadOutcome::Drained;
         };
-        let outcome = self.read_host_socket(flow, cx);
+        let outcome = if self.sockets.streams.contains_key(&flow) {
+            self.stream_readable(flow, cx);
+            ReadOutcome::Drained
+        } else {
+            self.read_host_socket(flow, cx)
+        };
         self.emit(cx);
         outcome
     }
 
-    fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if let Some(&flow) = self.sockets.flow_of_token.get(&cx.ready) {
+            self.stream_writable(flow, cx);
+            self.emit(cx);
+        }
         Liveness::Open
     }
 
@@ -167,6 +284,7 @@ impl Endpoint for GatewayPort {
             cx.forget_source(token);
         }
         self.sockets.by_flow.clear();
+        self.sockets.streams.clear();
         info!(drops = %self.gateway.counters(), "gateway stopped");
         if let Some(port) = self.port.take() {
             cx.remove_port(port);

@@ -262,3 +262,54 @@ pub fn owning_user_namespace(namespace: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: the ioctl returned a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Copies received stream bytes starting `offset` bytes into the receive queue, without
+/// consuming them (SO_PEEK_OFF, then MSG_PEEK).
+pub fn peek_at(fd: BorrowedFd<'_>, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+    let offset = libc::c_int::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: SO_PEEK_OFF reads one c_int from the pointer given, which `offset` is.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&offset as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Discards the first `len` bytes of a TCP socket's receive queue without copying them
+/// (MSG_TRUNC). Returns how many were discarded.
+pub fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: with MSG_TRUNC on a TCP socket the kernel drops the bytes and writes
+    // nothing through the (null) buffer pointer.
+    let n = unsafe {
+        libc::recv(fd.as_raw_fd(), std::ptr::null_mut(), len, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Bytes written to a TCP socket that the peer has not acknowledged yet (SIOCOUTQ).
+pub fn unacknowledged_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued as *mut libc::c_int) })?;
+    Ok(queued.max(0) as usize)
+}

@@ -1,0 +1,607 @@
+//! TCP NAT that mirrors the host socket instead of keeping a second copy of the data
+//! (REFERENCE §4).
+//!
+//! Guest to host: an in-order segment's payload is written to the host socket and the
+//! guest's ACK covers only what the socket took; the window offered to the guest is the
+//! socket's free send space. Host to guest: data stays in the socket's receive queue; it
+//! is peeked at the offset of the first unsent byte, cut into segments of the guest's MSS
+//! within its window, and consumed only once the guest acknowledges it. A timeout sends
+//! again from the last acknowledged byte, peeking again. vnet therefore holds no payload
+//! beyond one scratch buffer.
+//!
+//! Connections from the guest are connected on the host first; the SYN-ACK goes to the
+//! guest only when the host's connect completes, and a refusal becomes RST. FIN maps to
+//! `shutdown(SHUT_WR)` and RST to an abortive close, both ways. This file knows TCP and
+//! the [`HostSockets`] calls, nothing of epoll or the switch.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+use tracing::debug;
+use vnet_wire::MacAddress;
+
+use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, HostSockets};
+
+/// Window scale vnet offers: windows up to 8 MiB.
+const OUR_WINDOW_SCALE: u8 = 7;
+/// First retransmission timeout, doubled on each timeout up to [`MAX_RTO`].
+const INITIAL_RTO: Duration = Duration::from_millis(1000);
+const MAX_RTO: Duration = Duration::from_secs(60);
+/// How long a closing connection may linger before it is dropped.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest amount sent to the guest in one go before waiting for ACKs.
+const MAX_IN_FLIGHT: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Guest sent SYN; the host connect is in progress.
+    Connecting,
+    /// SYN-ACK sent to the guest, waiting for its ACK.
+    SynAckSent,
+    /// Data flows both ways (until FINs).
+    Established,
+}
+
+/// One guest TCP connection and its host socket.
+#[derive(Debug)]
+struct Connection {
+    guest_mac: MacAddress,
+    guest: SocketAddrV4,
+    remote: SocketAddrV4,
+    state: State,
+    /// Next byte expected from the guest.
+    rcv_nxt: u32,
+    /// Oldest byte sent to the guest and not yet acknowledged.
+    snd_una: u32,
+    /// Next byte to send to the guest.
+    snd_nxt: u32,
+    /// The guest's receive window, in bytes.
+    guest_window: usize,
+    guest_window_scale: u8,
+    /// The scale of the windows vnet advertises: [`OUR_WINDOW_SCALE`] if the guest
+    /// offered scaling in its SYN, else 0 (scaling is used only if both offer it).
+    our_window_scale: u8,
+    /// The largest segment payload to send.
+    mss: usize,
+    /// The host closed its side and every byte before the FIN has been peeked.
+    host_eof: bool,
+    fin_sent: bool,
+    guest_fin: bool,
+    /// Window last advertised to the guest; a zero one needs an update later.
+    advertised_zero: bool,
+    rto: Duration,
+    retransmit_at: Option<Instant>,
+    closing_since: Option<Instant>,
+}
+
+/// Whether `a` is before `b` in sequence space.
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// The TCP connections of one gateway.
+pub struct Nat {
+    by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    connections: HashMap<FlowId, Connection>,
+    scratch: Vec<u8>,
+    isn_counter: u32,
+}
+
+/// A segment to send to the guest: who it is for and its fields.
+struct Outgoing<'a> {
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    window: usize,
+    syn_options: bool,
+    payload: &'a [u8],
+}
+
+impl Nat {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            by_tuple: HashMap::new(),
+            connections: HashMap::new(),
+            scratch: vec![0; 65536],
+            isn_counter: 0x1f2e_3d4c,
+        }
+    }
+
+    /// How many connections exist.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Handles a segment from the guest. `remote` is where the host side connects for a
+    /// new connection (already mapped and allowed by the caller), or None when new
+    /// connections are refused (restrict, flow limit: `refusal` says which).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_guest_segment(
+        &mut self,
+        config: &GatewayConfig,
+        guest_mac: MacAddress,
+        guest: SocketAddrV4,
+        dst: SocketAddrV4,
+        bytes: &[u8],
+        remote: Result<SocketAddr, DropReason>,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), DropReason> {
+        let packet = TcpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        let repr = TcpRepr::parse(
+            &packet,
+            &(*guest.ip()).into(),
+            &(*dst.ip()).into(),
+            &ChecksumCapabilities::default(),
+        )
+        .map_err(|_| DropReason::Malformed)?;
+        let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
+            return self.on_new_segment(config, guest_mac, guest, dst, &repr, remote, now, host, flows, out);
+        };
+        if repr.control == TcpControl::Rst {
+            debug!(%guest, %dst, "guest reset the connection");
+            host.tcp_close(flow, true);
+            self.remove(flow);
+            return Ok(());
+        }
+        if repr.control == TcpControl::Syn {
+            // A retransmitted SYN while the host connect is still under way.
+            return Ok(());
+        }
+        let Some(connection) = self.connections.get_mut(&flow) else {
+            return Err(DropReason::UnknownFlow);
+        };
+        if let Some(ack) = repr.ack_number {
+            Self::on_ack(connection, ack.0 as u32, repr.window_len, flow, host)?;
+        }
+        let seq = repr.seq_number.0 as u32;
+        if !repr.payload.is_empty() || repr.control == TcpControl::Fin {
+            Self::on_guest_data(
+                connection,
+                seq,
+                repr.payload,
+                repr.control == TcpControl::Fin,
+                now,
+                flow,
+                host,
+            );
+            let window = Self::window_for_guest(connection, flow, host);
+            let ack = Outgoing {
+                control: TcpControl::None,
+                seq: connection.snd_nxt,
+                ack: Some(connection.rcv_nxt),
+                window,
+                syn_options: false,
+                payload: &[],
+            };
+            out.push(Self::segment(config, connection, &ack));
+        }
+        Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+        if Self::finished(connection) {
+            host.tcp_close(flow, false);
+            self.remove(flow);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_new_segment(
+        &mut self,
+        config: &GatewayConfig,
+        guest_mac: MacAddress,
+        guest: SocketAddrV4,
+        dst: SocketAddrV4,
+        repr: &TcpRepr<'_>,
+        remote: Result<SocketAddr, DropReason>,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), DropReason> {
+        if repr.control == TcpControl::Rst {
+            return Ok(());
+        }
+        if repr.control != TcpControl::Syn || repr.ack_number.is_some() {
+            out.push(reset_for(config, guest_mac, guest, dst, repr));
+            return Err(DropReason::UnknownFlow);
+        }
+        let remote = match remote {
+            Ok(remote) => remote,
+            Err(reason) => {
+                out.push(reset_for(config, guest_mac, guest, dst, repr));
+                return Err(reason);
+            }
+        };
+        let flow = flows.next();
+        if let Err(e) = host.tcp_connect(flow, remote) {
+            debug!(%remote, error = %e, "host connect failed at once");
+            out.push(reset_for(config, guest_mac, guest, dst, repr));
+            return Err(DropReason::HostSocket);
+        }
+        self.isn_counter = self.isn_counter.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let isn = self.isn_counter ^ (now.elapsed().subsec_nanos());
+        let guest_mss = usize::from(repr.max_seg_size.unwrap_or(536));
+        let connection = Connection {
+            guest_mac,
+            guest,
+            remote: dst,
+            state: State::Connecting,
+            rcv_nxt: (repr.seq_number.0 as u32).wrapping_add(1),
+            snd_una: isn,
+            snd_nxt: isn,
+            guest_window: usize::from(repr.window_len),
+            guest_window_scale: repr.window_scale.unwrap_or(0),
+            our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
+            mss: guest_mss.min(usize::from(config.mtu) - 40),
+            host_eof: false,
+            fin_sent: false,
+            guest_fin: false,
+            advertised_zero: false,
+            rto: INITIAL_RTO,
+            retransmit_at: None,
+            closing_since: None,
+        };
+        self.by_tuple.insert((guest, dst), flow);
+        self.connections.insert(flow, connection);
+        Ok(())
+    }
+
+    /// The host connect of `flow` completed: answer the guest's SYN.
+    pub fn on_connected(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let Some(connection) = self.connections.get_mut(&flow) else {
+            return;
+        };
+        if connection.state != State::Connecting {
+            return;
+        }
+        connection.state = State::SynAckSent;
+        let window = Self::window_for_guest(connection, flow, host);
+        let syn_ack = Outgoing {
+            control: TcpControl::Syn,
+            seq: connection.snd_una,
+            ack: Some(connection.rcv_nxt),
+            window,
+            syn_options: true,
+            payload: &[],
+        };
+        out.push(Self::segment(config, connection, &syn_ack));
+        connection.snd_nxt = connection.snd_una.wrapping_add(1);
+    }
+
+    /// `flow`'s host socket failed (connect refused or timed out, reset): reset the guest
+    /// and close the socket.
+    pub fn on_host_error(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        error: &io::Error,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let Some(connection) = self.connections.get(&flow) else {
+            return;
+        };
+        debug!(guest = %connection.guest, remote = %connection.remote, %error, "host side failed; resetting guest");
+        let (seq, ack) = match connection.state {
+            State::Connecting => (0, Some(connection.rcv_nxt)),
+            _ => (connection.snd_nxt, Some(connection.rcv_nxt)),
+        };
+        let reset =
+            Outgoing { control: TcpControl::Rst, seq, ack, window: 0, syn_options: false, payload: &[] };
+        out.push(Self::segment(config, connection, &reset));
+        host.tcp_close(flow, true);
+        self.remove(flow);
+    }
+
+    /// `flow`'s host socket has data (or EOF): send what the guest's window allows.
+    pub fn on_host_readable(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        if let Some(connection) = self.connections.get_mut(&flow) {
+            Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+            if Self::finished(connection) {
+                host.tcp_close(flow, false);
+                self.remove(flow);
+            }
+        }
+    }
+
+    /// `flow`'s host socket can take data again: if the guest was told the window is
+    /// closed, tell it that it opened.
+    pub fn on_host_writable(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let Some(connection) = self.connections.get_mut(&flow) else {
+            return;
+        };
+        if connection.advertised_zero && connection.state == State::Established {
+            let window = Self::window_for_guest(connection, flow, host);
+            if window > 0 {
+                let update = Outgoing {
+                    control: TcpControl::None,
+                    seq: connection.snd_nxt,
+                    ack: Some(connection.rcv_nxt),
+                    window,
+                    syn_options: false,
+                    payload: &[],
+                };
+                out.push(Self::segment(config, connection, &update));
+            }
+        }
+    }
+
+    /// The next retransmission or closing timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.connections
+            .values()
+            .flat_map(|c| [c.retransmit_at, c.closing_since.map(|since| since + CLOSING_TIMEOUT)])
+            .flatten()
+            .min()
+    }
+
+    /// Retransmits from the last acknowledged byte where the guest has been silent too
+    /// long, and drops connections stuck closing.
+    pub fn expire(
+        &mut self,
+        config: &GatewayConfig,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let stuck: Vec<FlowId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.closing_since.is_some_and(|since| now >= since + CLOSING_TIMEOUT))
+            .map(|(flow, _)| *flow)
+            .collect();
+        for flow in stuck {
+            host.tcp_close(flow, true);
+            self.remove(flow);
+        }
+        let due: Vec<FlowId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.retransmit_at.is_some_and(|at| at <= now))
+            .map(|(flow, _)| *flow)
+            .collect();
+        for flow in due {
+            let Some(connection) = self.connections.get_mut(&flow) else {
+                continue;
+            };
+            connection.rto = (connection.rto * 2).min(MAX_RTO);
+            connection.retransmit_at = None;
+            if connection.state == State::SynAckSent {
+                connection.state = State::Connecting;
+                connection.snd_nxt = connection.snd_una;
+                self.on_connected(config, flow, host, out);
+                if let Some(c) = self.connections.get_mut(&flow) {
+                    c.retransmit_at = Some(now + c.rto);
+                }
+                continue;
+            }
+            connection.snd_nxt = connection.snd_una;
+            connection.fin_sent = false;
+            Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+        }
+    }
+
+    fn on_ack(
+        connection: &mut Connection,
+        ack: u32,
+        window: u16,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
+        if connection.state == State::SynAckSent {
+            if ack != connection.snd_nxt {
+                return Err(DropReason::Malformed);
+            }
+            connection.state = State::Established;
+            connection.snd_una = ack;
+            connection.retransmit_at = None;
+        }
+        connection.guest_window = usize::from(window) << connection.guest_window_scale;
+        if seq_lt(connection.snd_una, ack) && !seq_lt(connection.snd_nxt, ack) {
+            let mut acked = ack.wrapping_sub(connection.snd_una) as usize;
+            if connection.fin_sent && ack == connection.snd_nxt {
+                acked -= 1; // the FIN takes a sequence number but no byte
+            }
+            if acked > 0 && host.tcp_consume(flow, acked).is_err() {
+                return Err(DropReason::HostSocket);
+            }
+            connection.snd_una = ack;
+            connection.rto = INITIAL_RTO;
+            connection.retransmit_at = None;
+        }
+        Ok(())
+    }
+
+    fn on_guest_data(
+        connection: &mut Connection,
+        seq: u32,
+        payload: &[u8],
+        fin: bool,
+        now: Instant,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+    ) {
+        if seq != connection.rcv_nxt || connection.guest_fin {
+            return; // out of order or a retransmission: the ACK we send says where we are
+        }
+        let taken = if payload.is_empty() {
+            0
+        } else {
+            match host.tcp_send(flow, payload) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    debug!(error = %e, "host write failed");
+                    0
+                }
+            }
+        };
+        connection.rcv_nxt = connection.rcv_nxt.wrapping_add(taken as u32);
+        if fin && taken == payload.len() {
+            connection.rcv_nxt = connection.rcv_nxt.wrapping_add(1);
+            connection.guest_fin = true;
+            host.tcp_shutdown_write(flow);
+            connection.closing_since.get_or_insert(now);
+        }
+    }
+
+    /// Peeks what the host has beyond what was sent and sends it within the guest's
+    /// window; sends FIN once the host closed and everything before it went out.
+    fn send_pending(
+        config: &GatewayConfig,
+        connection: &mut Connection,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        scratch: &mut [u8],
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        if connection.state != State::Established {
+            return;
+        }
+        loop {
+            let in_flight = connection.snd_nxt.wrapping_sub(connection.snd_una) as usize;
+            let room = connection.guest_window.min(MAX_IN_FLIGHT).saturating_sub(in_flight);
+            if room == 0 || connection.fin_sent {
+                break;
+            }
+            let want = room.min(scratch.len());
+            let got = match host.tcp_peek(flow, in_flight, &mut scratch[..want]) {
+                Ok(0) => {
+                    connection.host_eof = true;
+                    break;
+                }
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "host read failed");
+                    break;
+                }
+            };
+            let window = Self::window_for_guest(connection, flow, host);
+            for chunk in scratch[..got].chunks(connection.mss.max(1)) {
+                let data = Outgoing {
+                    control: TcpControl::Psh,
+                    seq: connection.snd_nxt,
+                    ack: Some(connection.rcv_nxt),
+                    window,
+                    syn_options: false,
+                    payload: chunk,
+                };
+                out.push(Self::segment(config, connection, &data));
+                connection.snd_nxt = connection.snd_nxt.wrapping_add(chunk.len() as u32);
+            }
+            connection.retransmit_at.get_or_insert(now + connection.rto);
+            if got < want {
+                break;
+            }
+        }
+        if connection.host_eof && !connection.fin_sent && connection.guest_window > 0 {
+            let fin = Outgoing {
+                control: TcpControl::Fin,
+                seq: connection.snd_nxt,
+                ack: Some(connection.rcv_nxt),
+                window: Self::window_for_guest(connection, flow, host),
+                syn_options: false,
+                payload: &[],
+            };
+            out.push(Self::segment(config, connection, &fin));
+            connection.snd_nxt = connection.snd_nxt.wrapping_add(1);
+            connection.fin_sent = true;
+            connection.retransmit_at.get_or_insert(now + connection.rto);
+            connection.closing_since.get_or_insert(now);
+        }
+    }
+
+    /// Both sides closed and the guest acknowledged our FIN.
+    fn finished(connection: &Connection) -> bool {
+        connection.guest_fin && connection.fin_sent && connection.snd_una == connection.snd_nxt
+    }
+
+    /// The window to offer the guest: the host socket's free send space.
+    fn window_for_guest(connection: &mut Connection, flow: FlowId, host: &mut dyn HostSockets) -> usize {
+        let space = host.tcp_send_space(flow);
+        connection.advertised_zero = space >> connection.our_window_scale == 0;
+        space
+    }
+
+    fn segment(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'_>) -> Vec<u8> {
+        let scale = if outgoing.control == TcpControl::Syn { 0 } else { connection.our_window_scale };
+        let repr = TcpRepr {
+            src_port: connection.remote.port(),
+            dst_port: connection.guest.port(),
+            control: outgoing.control,
+            seq_number: TcpSeqNumber(outgoing.seq as i32),
+            ack_number: outgoing.ack.map(|ack| TcpSeqNumber(ack as i32)),
+            window_len: (outgoing.window >> scale).min(usize::from(u16::MAX)) as u16,
+            window_scale: (outgoing.syn_options && connection.our_window_scale > 0)
+                .then_some(OUR_WINDOW_SCALE),
+            max_seg_size: outgoing.syn_options.then(|| (usize::from(config.mtu) - 40) as u16),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: outgoing.payload,
+        };
+        packet::tcp(config.mac(), connection.guest_mac, connection.remote, connection.guest, &repr)
+    }
+
+    fn remove(&mut self, flow: FlowId) {
+        if let Some(connection) = self.connections.remove(&flow) {
+            self.by_tuple.remove(&(connection.guest, connection.remote));
+        }
+    }
+}
+
+/// A RST answering `repr`, which has no connection.
+fn reset_for(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    guest: SocketAddrV4,
+    dst: SocketAddrV4,
+    repr: &TcpRepr<'_>,
+) -> Vec<u8> {
+    let (seq, ack) = match repr.ack_number {
+        Some(ack) => (ack, None),
+        None => (TcpSeqNumber(0), Some(repr.seq_number + repr.segment_len())),
+    };
+    let reset = TcpRepr {
+        src_port: dst.port(),
+        dst_port: guest.port(),
+        control: TcpControl::Rst,
+        seq_number: seq,
+        ack_number: ack,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    packet::tcp(config.mac(), guest_mac, dst, guest, &reset)
+}
