@@ -197,6 +197,105 @@ echo upload=$(cat /tmp/upload.sum); report"#
     assert!(result.output.contains(&format!("upload={uploaded}")), "host got {uploaded}:\n{}", result.output);
 }
 
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    } else {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+}
+
+#[test]
+fn hostfwd_and_guestfwd_reach_guest_and_host_services() {
+    let _lock = GuestLock::acquire();
+    let (web_port, closed_port, iperf_port) = (free_port(false), free_port(false), free_port(false));
+    let host_web = serve_http_once(b"through guestfwd".to_vec());
+    let user = format!(
+        "hostfwd=tcp:127.0.0.1:{web_port}-:7000,hostfwd=tcp:127.0.0.1:{closed_port}-:7001,\
+         hostfwd=tcp:127.0.0.1:{iperf_port}-:5201,hostfwd=udp:127.0.0.1:{iperf_port}-:5201,\
+         guestfwd=tcp:10.0.2.100:80-127.0.0.1:{host_web}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::listening_on(
+        &sock,
+        &["run", "--user", &user, "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    let script = format!(
+        "{DHCP} || exit 1
+wget -q -O - http://10.0.2.100/ && echo
+mkdir -p /www && echo served-by-the-guest > /www/index.html && httpd -p 7000 -h /www
+iperf3 -s -D
+n=0; until netstat -ltn | grep -q ':5201 ' && netstat -ltn | grep -q ':7000 '; do n=$((n+1)); [ $n -ge 600 ] && exit 1; sleep 0.1; done
+echo SERVERS-UP; report"
+    );
+    let guest = GuestSpec::new("fwd", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    guest.wait_for("SERVERS-UP", support::guest::BOOT_DEADLINE);
+    assert!(guest.output().contains("through guestfwd"), "guestfwd reached the host:\n{}", guest.output());
+
+    // Many concurrent host clients through one TCP forward, each served by the guest.
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", web_port)).unwrap();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).unwrap();
+                assert!(response.ends_with("served-by-the-guest\n"), "{response}");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("a response through hostfwd");
+    }
+
+    // Nothing listens on the guest's port 7001: the host client sees the connection end.
+    let mut closed = std::net::TcpStream::connect(("127.0.0.1", closed_port)).unwrap();
+    closed.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut byte = [0u8; 1];
+    match closed.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+
+    // UDP both ways through the forward: iperf3 host to guest, then guest to host (-R).
+    // The guest's iperf3 server closes its listener between tests, so a client that
+    // arrives in that gap is reset, as it would be on a real network: try again.
+    for reverse in [false, true] {
+        let mut last_report = String::new();
+        let passed = (0..20).any(|_| {
+            let (ok, report) = iperf3_udp_through(iperf_port, reverse);
+            last_report = report;
+            ok || {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                false
+            }
+        });
+        assert!(passed, "no UDP packets went through (reverse: {reverse}):\n{last_report}");
+    }
+}
+
+/// Runs a 2-second iperf3 UDP test through `port`; true if packets were received.
+fn iperf3_udp_through(port: u16, reverse: bool) -> (bool, String) {
+    let mut iperf = Command::new("iperf3");
+    // 1200-byte datagrams: the gateway does not reassemble IPv4 fragments.
+    iperf.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-u", "-l", "1200", "-b", "2M", "-t", "2", "-J"]);
+    if reverse {
+        iperf.arg("-R");
+    }
+    let output = iperf.output().expect("iperf3 runs (apt install iperf3)");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    let received = report
+        .split("\"sum\":")
+        .nth(1)
+        .and_then(|sum| sum.split("\"packets\":").nth(1))
+        .and_then(|rest| rest.trim_start().split([',', '\n']).next())
+        .and_then(|packets| packets.trim().parse::<u64>().ok());
+    (output.status.success() && received.is_some_and(|p| p > 0), report)
+}
+
 #[test]
 fn no_user_gives_a_plain_switch() {
     let dir = tempfile::tempdir().unwrap();

@@ -134,18 +134,7 @@ fn execute(command: Command) -> anyhow::Result<i32> {
 /// given.
 fn gateway_config(user: &str) -> anyhow::Result<GatewayConfig> {
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let gateway = parse_user_options(user, &resolv_conf)?;
-    if let Some(forward) = gateway.host_forwards.first() {
-        anyhow::bail!(
-            "hostfwd ({:?} {}) is not available yet; remove it from --user",
-            forward.protocol,
-            forward.host
-        );
-    }
-    if let Some(forward) = gateway.guest_forwards.first() {
-        anyhow::bail!("guestfwd ({}) is not available yet; remove it from --user", forward.virtual_addr);
-    }
-    Ok(gateway)
+    Ok(parse_user_options(user, &resolv_conf)?)
 }
 
 fn parse_ifname(text: &str) -> Result<String, String> {

@@ -1,4 +1,5 @@
-//! ARP: answering for the gateway's addresses (host and DNS) and learning where guests
+//! ARP: answering for the gateway's addresses (host, DNS and guestfwd's virtual
+//! addresses) and learning where guests
 //! are, from ARP (gratuitous ARP included) and from the source of their IPv4 packets.
 //!
 //! This file knows addresses, not flows or sockets.
@@ -60,7 +61,9 @@ pub fn handle(
     if config.contains(source_protocol_addr) {
         neighbors.learn(source_protocol_addr, source_hardware_addr);
     }
-    let ours = target_protocol_addr == config.host || target_protocol_addr == config.dns;
+    let ours = target_protocol_addr == config.host
+        || target_protocol_addr == config.dns
+        || config.guest_forwards.iter().any(|forward| *forward.virtual_addr.ip() == target_protocol_addr);
     match operation {
         ArpOperation::Request if ours && source_protocol_addr != target_protocol_addr => Ok(Some(
             packet::arp_reply(config.mac(), target_protocol_addr, source_hardware_addr, source_protocol_addr),

@@ -87,6 +87,17 @@ impl Server {
         Ok(reply(config, mac, &request, message_type, your_ip, lease, rapid_commit))
     }
 
+    /// The address `client` holds, if any, so the gateway can reach it before it sends
+    /// anything from that address (hostfwd to a guest that only did DHCP).
+    pub fn lease_of(&self, client: MacAddress, config: &GatewayConfig) -> Option<Ipv4Addr> {
+        config
+            .static_leases
+            .iter()
+            .find(|lease| lease.mac == client)
+            .map(|lease| lease.ip)
+            .or_else(|| self.leases.get(&client).copied())
+    }
+
     /// The address for `client`: its static lease, the one it already has, the one it
     /// asks for if free, or the next free one.
     fn lease_for(

@@ -9,8 +9,8 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: ICMP echo beyond the gateway's own addresses, DNS over TCP, IPv4
-//! fragments (dropped and counted), IPv6, hostfwd and guestfwd.
+//! Not served yet: ICMP echo beyond the gateway's own addresses, fail-over for DNS over
+//! TCP (it goes to the first upstream), IPv4 fragments (dropped and counted) and IPv6.
 
 mod arp;
 mod config;
@@ -85,6 +85,8 @@ pub trait HostSockets {
     fn tcp_shutdown_write(&mut self, flow: FlowId);
     /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
     fn tcp_close(&mut self, flow: FlowId, reset: bool);
+    /// Sends a guest's reply to `client` from the socket of UDP hostfwd number `forward`.
+    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()>;
 }
 
 /// Addressing of one frame from a guest, as the protocol handlers need it.
@@ -102,6 +104,7 @@ pub struct Gateway {
     dhcp: dhcp::Server,
     dns: dns::Forwarder,
     udp: udp::Nat,
+    udp_inbound: udp::Inbound,
     tcp: tcp::Nat,
     counters: GatewayCounters,
     outbox: VecDeque<Vec<u8>>,
@@ -115,6 +118,7 @@ impl Gateway {
             dhcp: dhcp::Server::new(&config),
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
             udp: udp::Nat::new(),
+            udp_inbound: udp::Inbound::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
             config,
@@ -187,6 +191,50 @@ impl Gateway {
         }
     }
 
+    /// A fresh flow id, for a socket the caller opens itself (an accepted hostfwd
+    /// connection).
+    pub fn allocate_flow(&mut self) -> FlowId {
+        self.flow_ids.next()
+    }
+
+    /// A host client connected to TCP hostfwd number `forward`; its socket is `flow`.
+    /// The gateway connects to the guest, or closes `flow` if it cannot (guest unknown,
+    /// flow table full).
+    pub fn on_inbound_tcp(&mut self, forward: usize, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
+        let Some(target) = self.config.host_forwards.get(forward).map(|f| f.guest) else {
+            return host.tcp_close(flow, true);
+        };
+        let Some(guest_mac) = self.neighbors.lookup(*target.ip()) else {
+            self.counters.record(DropReason::UnknownGuest);
+            return host.tcp_close(flow, true);
+        };
+        if self.flow_count() >= self.config.max_flows {
+            self.counters.record(DropReason::FlowLimit);
+            return host.tcp_close(flow, true);
+        }
+        let mut out = Vec::new();
+        if !self.tcp.on_inbound(&self.config, flow, guest_mac, target, now, host, &mut out) {
+            self.counters.record(DropReason::FlowLimit);
+            host.tcp_close(flow, true);
+        }
+        self.outbox.extend(out);
+    }
+
+    /// A host client of UDP hostfwd number `forward` sent `payload`.
+    pub fn on_inbound_udp(&mut self, forward: usize, client: SocketAddr, payload: &[u8], now: Instant) {
+        let Some(target) = self.config.host_forwards.get(forward).map(|f| f.guest) else {
+            return;
+        };
+        let udp = &self.udp;
+        let host_ip = self.config.host;
+        let Some(port) =
+            self.udp_inbound.port_for(forward, client, now, |port| udp.uses_guest_port(host_ip, port))
+        else {
+            return self.counters.record(DropReason::FlowLimit);
+        };
+        self.send_udp_to_guest(SocketAddrV4::new(self.config.host, port), target, payload);
+    }
+
     /// `flow`'s TCP connect completed.
     pub fn on_tcp_connected(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
@@ -230,6 +278,7 @@ impl Gateway {
             self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
         }
         self.udp.expire(now, host);
+        self.udp_inbound.expire(now);
         let mut out = Vec::new();
         self.tcp.expire(&self.config, now, host, &mut out);
         self.outbox.extend(out);
@@ -300,6 +349,9 @@ impl Gateway {
         if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
             let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
             self.outbox.push_back(reply);
+            if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
+                self.neighbors.learn(ip, packet.mac);
+            }
             return Ok(());
         }
         if dst.ip().is_broadcast() || dst.ip().is_multicast() || *dst.ip() == self.config.broadcast() {
@@ -313,6 +365,13 @@ impl Gateway {
                 self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
             }
             return Ok(());
+        }
+        if *dst.ip() == self.config.host {
+            if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
+                return host
+                    .udp_forward_reply(inbound.forward, inbound.client, udp.payload())
+                    .map_err(|_| DropReason::HostSocket);
+            }
         }
         let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
@@ -339,7 +398,7 @@ impl Gateway {
         let remote = if self.flow_count() >= self.config.max_flows {
             Err(DropReason::FlowLimit)
         } else {
-            self.host_side_address(*dst.ip()).map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, dst.port())))
+            self.tcp_target(dst)
         };
         let mut out = Vec::new();
         let result = self.tcp.on_guest_segment(
@@ -356,6 +415,18 @@ impl Gateway {
         );
         self.outbox.extend(out);
         result
+    }
+
+    /// Where a guest's TCP connection to `dst` goes: a guestfwd target, the first DNS
+    /// upstream for DNS over TCP, or the mapped destination.
+    fn tcp_target(&self, dst: SocketAddrV4) -> Result<SocketAddr, DropReason> {
+        if let Some(forward) = self.config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
+            return Ok(forward.target);
+        }
+        if *dst.ip() == self.config.dns && dst.port() == dns::PORT && !self.config.restrict {
+            return self.config.dns_upstreams.first().copied().ok_or(DropReason::HostSocket);
+        }
+        self.host_side_address(*dst.ip()).map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, dst.port())))
     }
 
     /// UDP and TCP flows together, which `max-flows` bounds.

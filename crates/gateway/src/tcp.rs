@@ -31,6 +31,10 @@ const OUR_WINDOW_SCALE: u8 = 7;
 /// First retransmission timeout, doubled on each timeout up to [`MAX_RTO`].
 const INITIAL_RTO: Duration = Duration::from_millis(1000);
 const MAX_RTO: Duration = Duration::from_secs(60);
+/// Ports of the gateway's address that inbound (hostfwd) connections come from.
+const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;
+/// SYNs sent to a guest for an inbound connection before giving up.
+const MAX_SYN_TRIES: u32 = 5;
 /// How long a closing connection may linger before it is dropped.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest amount sent to the guest in one go before waiting for ACKs.
@@ -40,6 +44,8 @@ const MAX_IN_FLIGHT: usize = 4 << 20;
 enum State {
     /// Guest sent SYN; the host connect is in progress.
     Connecting,
+    /// A host client connected to a hostfwd port; SYN sent to the guest.
+    SynSent,
     /// SYN-ACK sent to the guest, waiting for its ACK.
     SynAckSent,
     /// Data flows both ways (until FINs).
@@ -76,6 +82,8 @@ struct Connection {
     rto: Duration,
     retransmit_at: Option<Instant>,
     closing_since: Option<Instant>,
+    /// SYNs sent to the guest for an inbound connection.
+    syn_tries: u32,
 }
 
 /// Whether `a` is before `b` in sequence space.
@@ -89,6 +97,7 @@ pub struct Nat {
     connections: HashMap<FlowId, Connection>,
     scratch: Vec<u8>,
     isn_counter: u32,
+    next_inbound_port: u16,
 }
 
 /// A segment to send to the guest: who it is for and its fields.
@@ -109,6 +118,7 @@ impl Nat {
             connections: HashMap::new(),
             scratch: vec![0; 65536],
             isn_counter: 0x1f2e_3d4c,
+            next_inbound_port: 0,
         }
     }
 
@@ -151,13 +161,19 @@ impl Nat {
             self.remove(flow);
             return Ok(());
         }
-        if repr.control == TcpControl::Syn {
-            // A retransmitted SYN while the host connect is still under way.
-            return Ok(());
-        }
         let Some(connection) = self.connections.get_mut(&flow) else {
             return Err(DropReason::UnknownFlow);
         };
+        if connection.state == State::SynSent && repr.control != TcpControl::Syn {
+            return Ok(()); // nothing but a SYN-ACK makes sense before the handshake
+        }
+        if repr.control == TcpControl::Syn {
+            if connection.state == State::SynSent {
+                Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.scratch, out)?;
+            }
+            // Otherwise a retransmitted SYN while the host connect is under way.
+            return Ok(());
+        }
         if let Some(ack) = repr.ack_number {
             Self::on_ack(connection, ack.0 as u32, repr.window_len, flow, host)?;
         }
@@ -247,9 +263,129 @@ impl Nat {
             rto: INITIAL_RTO,
             retransmit_at: None,
             closing_since: None,
+            syn_tries: 0,
         };
         self.by_tuple.insert((guest, dst), flow);
         self.connections.insert(flow, connection);
+        Ok(())
+    }
+
+    /// A host client connected to a hostfwd port, and its socket is `flow`: connect to
+    /// `guest` from the gateway's address and a port of its own. False if no port is
+    /// free for that guest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_inbound(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        guest_mac: MacAddress,
+        guest: SocketAddrV4,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        let Some(apparent) = self.free_apparent_address(config, guest) else {
+            return false;
+        };
+        self.isn_counter = self.isn_counter.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let isn = self.isn_counter ^ now.elapsed().subsec_nanos();
+        let connection = Connection {
+            guest_mac,
+            guest,
+            remote: apparent,
+            state: State::SynSent,
+            rcv_nxt: 0,
+            snd_una: isn,
+            snd_nxt: isn.wrapping_add(1),
+            guest_window: 0,
+            guest_window_scale: 0,
+            our_window_scale: OUR_WINDOW_SCALE,
+            mss: usize::from(config.mtu) - 40,
+            host_eof: false,
+            fin_sent: false,
+            guest_fin: false,
+            advertised_zero: false,
+            rto: INITIAL_RTO,
+            retransmit_at: Some(now + INITIAL_RTO),
+            closing_since: None,
+            syn_tries: 1,
+        };
+        out.push(Self::syn(config, &connection, flow, host));
+        self.by_tuple.insert((guest, apparent), flow);
+        self.connections.insert(flow, connection);
+        true
+    }
+
+    /// A gateway address and port no connection to `guest` uses, from the ephemeral range.
+    fn free_apparent_address(&mut self, config: &GatewayConfig, guest: SocketAddrV4) -> Option<SocketAddrV4> {
+        for _ in INBOUND_PORTS {
+            self.next_inbound_port = if INBOUND_PORTS.contains(&self.next_inbound_port) {
+                self.next_inbound_port + 1
+            } else {
+                *INBOUND_PORTS.start()
+            };
+            let apparent = SocketAddrV4::new(config.host, self.next_inbound_port);
+            if !self.by_tuple.contains_key(&(guest, apparent)) {
+                return Some(apparent);
+            }
+        }
+        None
+    }
+
+    fn syn(
+        config: &GatewayConfig,
+        connection: &Connection,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+    ) -> Vec<u8> {
+        let syn = Outgoing {
+            control: TcpControl::Syn,
+            seq: connection.snd_una,
+            ack: None,
+            window: host.tcp_send_space(flow),
+            syn_options: true,
+            payload: &[],
+        };
+        Self::segment(config, connection, &syn)
+    }
+
+    /// The guest answered an inbound SYN: acknowledge, and start relaying.
+    #[allow(clippy::too_many_arguments)]
+    fn on_syn_ack(
+        config: &GatewayConfig,
+        connection: &mut Connection,
+        repr: &TcpRepr<'_>,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        scratch: &mut [u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), DropReason> {
+        if repr.ack_number.map(|ack| ack.0 as u32) != Some(connection.snd_nxt) {
+            return Err(DropReason::Malformed);
+        }
+        connection.state = State::Established;
+        connection.snd_una = connection.snd_nxt;
+        connection.rcv_nxt = (repr.seq_number.0 as u32).wrapping_add(1);
+        connection.guest_window_scale = repr.window_scale.unwrap_or(0);
+        if repr.window_scale.is_none() {
+            connection.our_window_scale = 0;
+        }
+        connection.guest_window = usize::from(repr.window_len);
+        connection.mss = connection.mss.min(usize::from(repr.max_seg_size.unwrap_or(536)));
+        connection.retransmit_at = None;
+        connection.rto = INITIAL_RTO;
+        let window = Self::window_for_guest(connection, flow, host);
+        let ack = Outgoing {
+            control: TcpControl::None,
+            seq: connection.snd_nxt,
+            ack: Some(connection.rcv_nxt),
+            window,
+            syn_options: false,
+            payload: &[],
+        };
+        out.push(Self::segment(config, connection, &ack));
+        Self::send_pending(config, connection, flow, now, host, scratch, out);
         Ok(())
     }
 
@@ -392,6 +528,18 @@ impl Nat {
             };
             connection.rto = (connection.rto * 2).min(MAX_RTO);
             connection.retransmit_at = None;
+            if connection.state == State::SynSent {
+                if connection.syn_tries >= MAX_SYN_TRIES {
+                    debug!(guest = %connection.guest, "guest never answered an inbound connection");
+                    host.tcp_close(flow, false);
+                    self.remove(flow);
+                    continue;
+                }
+                connection.syn_tries += 1;
+                connection.retransmit_at = Some(now + connection.rto);
+                out.push(Self::syn(config, connection, flow, host));
+                continue;
+            }
             if connection.state == State::SynAckSent {
                 connection.state = State::Connecting;
                 connection.snd_nxt = connection.snd_una;

@@ -27,6 +27,7 @@ struct FakeHost {
     tcp_incoming: Vec<u8>,
     tcp_consumed: usize,
     closed: Vec<(FlowId, bool)>,
+    replies: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl HostSockets for FakeHost {
@@ -73,6 +74,10 @@ impl HostSockets for FakeHost {
     fn tcp_close(&mut self, flow: FlowId, reset: bool) {
         self.open.remove(&flow);
         self.closed.push((flow, reset));
+    }
+    fn udp_forward_reply(&mut self, _forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        self.replies.push((client, payload.to_vec()));
+        Ok(())
     }
 }
 
@@ -574,4 +579,91 @@ fn tcp_refusals_reach_the_guest_as_rst() {
         let reason = if limited { DropReason::FlowLimit } else { DropReason::Restricted };
         assert_eq!(gateway.counters().drops(reason), 1);
     }
+}
+
+#[test]
+fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
+    use smoltcp::wire::TcpControl;
+    let virtual_addr = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 80);
+    let config = GatewayConfig {
+        restrict: false,
+        dns_upstreams: vec!["127.0.0.1:5353".parse().unwrap()],
+        guest_forwards: vec![GuestForward { virtual_addr, target: "127.0.0.1:8080".parse().unwrap() }],
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    gateway.receive(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[]), now, &mut host);
+    gateway.receive(
+        &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), TcpControl::Syn, 1, None, &[]),
+        now,
+        &mut host,
+    );
+    let mut targets: Vec<SocketAddr> = host.open.values().copied().collect();
+    targets.sort();
+    assert_eq!(targets, vec!["127.0.0.1:5353".parse().unwrap(), "127.0.0.1:8080".parse().unwrap()]);
+}
+
+#[test]
+fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
+    let forward = HostForward {
+        protocol: ForwardProtocol::Udp,
+        host: "127.0.0.1:5353".parse().unwrap(),
+        guest: SocketAddrV4::new(GUEST_IP, 53),
+    };
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+    lease(&mut gateway, &mut host, GUEST_MAC, now);
+    let client: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    gateway.on_inbound_udp(0, client, b"question", now);
+    let (from, to, payload) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
+    assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
+    assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
+    let reply = udp_frame(GUEST_MAC, gateway.config().mac(), to, from, b"answer");
+    gateway.receive(&reply, now, &mut host);
+    assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
+}
+
+#[test]
+fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
+    use smoltcp::wire::TcpControl;
+    let forward = HostForward {
+        protocol: ForwardProtocol::Tcp,
+        host: "127.0.0.1:2222".parse().unwrap(),
+        guest: SocketAddrV4::new(GUEST_IP, 22),
+    };
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+    lease(&mut gateway, &mut host, GUEST_MAC, now);
+    host.tcp_accept = 65536;
+    let flow = gateway.allocate_flow();
+    gateway.on_inbound_tcp(0, flow, now, &mut host);
+    let frame = gateway.pop_frame().expect("a SYN to the guest");
+    let (control, isn, ack, _, _) = tcp_of(&frame);
+    assert_eq!((control, ack), (TcpControl::Syn, None));
+    let (from, _, _) = {
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
+        (SocketAddrV4::new(ip.src_addr(), tcp.src_port()), (), ())
+    };
+    // The guest's port is closed: it answers RST, and the client's socket is closed.
+    let reset = {
+        use smoltcp::wire::{TcpRepr, TcpSeqNumber};
+        let repr = TcpRepr {
+            src_port: 22,
+            dst_port: from.port(),
+            control: TcpControl::Rst,
+            seq_number: TcpSeqNumber(0),
+            ack_number: Some(TcpSeqNumber(isn.wrapping_add(1) as i32)),
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        packet::tcp(GUEST_MAC, gateway.config().mac(), SocketAddrV4::new(GUEST_IP, 22), from, &repr)
+    };
+    gateway.receive(&reset, now, &mut host);
+    assert_eq!(host.closed, vec![(flow, true)]);
 }

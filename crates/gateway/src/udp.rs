@@ -59,6 +59,12 @@ impl Nat {
         self.flows.len()
     }
 
+    /// Whether a guest flow already talks to `ip:port`, which an inbound client must
+    /// then not be given.
+    pub fn uses_guest_port(&self, ip: std::net::Ipv4Addr, port: u16) -> bool {
+        self.by_route.keys().any(|(_, dst)| *dst.ip() == ip && dst.port() == port)
+    }
+
     /// Sends `payload` along `route`, opening its host socket first if needed and if
     /// `room_for_new` (the flow table is not full).
     pub fn send(
@@ -121,6 +127,77 @@ impl Nat {
             if let Some(flow) = self.flows.remove(&id) {
                 self.by_route.remove(&(flow.route.guest, flow.route.dst));
                 host.udp_close(id);
+            }
+        }
+    }
+}
+
+/// Datagrams from host clients of UDP hostfwd ports: each client gets a port of the
+/// gateway's address, which the guest's replies go back to.
+#[derive(Default)]
+pub struct Inbound {
+    by_client: HashMap<(usize, SocketAddr), u16>,
+    by_port: HashMap<u16, InboundClient>,
+    next_port: u16,
+}
+
+/// One host client of a UDP hostfwd port.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundClient {
+    /// Which `hostfwd=` it came through.
+    pub forward: usize,
+    /// The client's address on the host.
+    pub client: SocketAddr,
+    last_used: Instant,
+}
+
+impl Inbound {
+    /// The gateway port that stands for `client` of `forward`, allocated on first use
+    /// among ports `taken` does not claim.
+    pub fn port_for(
+        &mut self,
+        forward: usize,
+        client: SocketAddr,
+        now: Instant,
+        taken: impl Fn(u16) -> bool,
+    ) -> Option<u16> {
+        if let Some(port) = self.by_client.get(&(forward, client)).copied() {
+            if let Some(entry) = self.by_port.get_mut(&port) {
+                entry.last_used = now;
+            }
+            return Some(port);
+        }
+        for _ in 0..u16::MAX {
+            self.next_port =
+                if self.next_port < 49152 { 49152 } else { self.next_port.wrapping_add(1).max(49152) };
+            let port = self.next_port;
+            if !self.by_port.contains_key(&port) && !taken(port) {
+                self.by_client.insert((forward, client), port);
+                self.by_port.insert(port, InboundClient { forward, client, last_used: now });
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// The client a guest reply to gateway port `port` is for.
+    pub fn client_of(&mut self, port: u16, now: Instant) -> Option<InboundClient> {
+        let entry = self.by_port.get_mut(&port)?;
+        entry.last_used = now;
+        Some(*entry)
+    }
+
+    /// Forgets clients idle for [`IDLE_TIMEOUT`].
+    pub fn expire(&mut self, now: Instant) {
+        let idle: Vec<u16> = self
+            .by_port
+            .iter()
+            .filter(|(_, entry)| now.saturating_duration_since(entry.last_used) >= IDLE_TIMEOUT)
+            .map(|(port, _)| *port)
+            .collect();
+        for port in idle {
+            if let Some(entry) = self.by_port.remove(&port) {
+                self.by_client.remove(&(entry.forward, entry.client));
             }
         }
     }

@@ -13,15 +13,17 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::{TcpStream, UdpSocket};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use socket2::SockRef;
 use tracing::{debug, info};
-use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
+use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostSockets};
 use vnet_switch::PortId;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
+use crate::stream::inet_bind_error;
 use crate::sys;
+use crate::TransportError;
 
 /// Datagrams read from one host socket per batch.
 const DATAGRAMS_PER_BATCH: usize = 32;
@@ -39,12 +41,30 @@ struct HostStream {
     connecting: bool,
 }
 
+/// What an event token of the gateway stands for.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A UDP or TCP socket the gateway asked for.
+    Flow(FlowId),
+    /// The listener of TCP hostfwd number N.
+    TcpForward(usize),
+    /// The socket of UDP hostfwd number N.
+    UdpForward(usize),
+}
+
+/// A bound hostfwd socket.
+enum ForwardSocket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
 /// The host sockets of one gateway, by flow and by event token.
 #[derive(Default)]
 struct Sockets {
     by_flow: HashMap<FlowId, HostSocket>,
     streams: HashMap<FlowId, HostStream>,
-    flow_of_token: HashMap<Token, FlowId>,
+    forwards: Vec<ForwardSocket>,
+    sources: HashMap<Token, Source>,
 }
 
 impl Sockets {
@@ -66,7 +86,7 @@ impl HostSockets for Host<'_, '_, '_> {
         let mut socket = UdpSocket::bind(local)?;
         socket.connect(remote)?;
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
-        self.sockets.flow_of_token.insert(token, flow);
+        self.sockets.sources.insert(token, Source::Flow(flow));
         self.sockets.by_flow.insert(flow, HostSocket { socket, token });
         Ok(())
     }
@@ -78,7 +98,7 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn udp_close(&mut self, flow: FlowId) {
         if let Some(closed) = self.sockets.by_flow.remove(&flow) {
-            self.sockets.flow_of_token.remove(&closed.token);
+            self.sockets.sources.remove(&closed.token);
             self.cx.forget_source(closed.token);
         }
     }
@@ -87,7 +107,7 @@ impl HostSockets for Host<'_, '_, '_> {
         let mut stream = TcpStream::connect(remote)?;
         let _ = stream.set_nodelay(true);
         let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
-        self.sockets.flow_of_token.insert(token, flow);
+        self.sockets.sources.insert(token, Source::Flow(flow));
         self.sockets.streams.insert(flow, HostStream { stream, token, connecting: true });
         Ok(())
     }
@@ -131,12 +151,19 @@ impl HostSockets for Host<'_, '_, '_> {
         }
     }
 
+    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        match self.sockets.forwards.get(forward) {
+            Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
     fn tcp_close(&mut self, flow: FlowId, reset: bool) {
         if let Some(closed) = self.sockets.streams.remove(&flow) {
             if reset {
                 let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
             }
-            self.sockets.flow_of_token.remove(&closed.token);
+            self.sockets.sources.remove(&closed.token);
             self.cx.forget_source(closed.token);
         }
     }
@@ -151,14 +178,67 @@ pub struct GatewayPort {
 }
 
 impl GatewayPort {
-    /// A gateway with `config`.
-    pub fn new(config: GatewayConfig) -> Self {
-        Self {
+    /// A gateway with `config`, its hostfwd ports bound.
+    pub fn new(config: GatewayConfig) -> Result<Self, TransportError> {
+        let mut sockets = Sockets::default();
+        for forward in &config.host_forwards {
+            let describe = format!("hostfwd {:?} {}", forward.protocol, forward.host);
+            let bound = match forward.protocol {
+                ForwardProtocol::Tcp => TcpListener::bind(forward.host).map(ForwardSocket::Tcp),
+                ForwardProtocol::Udp => UdpSocket::bind(forward.host).map(ForwardSocket::Udp),
+            };
+            sockets.forwards.push(bound.map_err(|e| inet_bind_error(&describe, e))?);
+        }
+        Ok(Self {
             gateway: Gateway::new(config),
-            sockets: Sockets::default(),
+            sockets,
             port: None,
             buffer: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+        })
+    }
+
+    /// Accepts every waiting client of TCP hostfwd number `forward`.
+    fn accept_inbound(&mut self, forward: usize, cx: &mut Context<'_>) {
+        loop {
+            let Some(ForwardSocket::Tcp(listener)) = self.sockets.forwards.get(forward) else {
+                return;
+            };
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "hostfwd accept failed");
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let flow = self.gateway.allocate_flow();
+            let Ok(token) = cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE) else {
+                continue;
+            };
+            self.sockets.sources.insert(token, Source::Flow(flow));
+            self.sockets.streams.insert(flow, HostStream { stream, token, connecting: false });
+            let now = cx.now;
+            let mut host = Host { sockets: &mut self.sockets, cx };
+            self.gateway.on_inbound_tcp(forward, flow, now, &mut host);
         }
+    }
+
+    /// Reads datagrams from host clients of UDP hostfwd number `forward`.
+    fn receive_inbound(&mut self, forward: usize, cx: &mut Context<'_>) -> ReadOutcome {
+        for _ in 0..DATAGRAMS_PER_BATCH {
+            let Some(ForwardSocket::Udp(socket)) = self.sockets.forwards.get(forward) else {
+                return ReadOutcome::Drained;
+            };
+            match socket.recv_from(&mut self.buffer) {
+                Ok((len, client)) => {
+                    self.gateway.on_inbound_udp(forward, client, &self.buffer[..len], cx.now)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) => debug!(error = %e, "hostfwd receive failed"),
+            }
+        }
+        ReadOutcome::More
     }
 
     /// Hands what the gateway has to say to the switch.
@@ -233,25 +313,43 @@ impl Endpoint for GatewayPort {
         let config = self.gateway.config();
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
         self.port = Some(cx.add_port(format!("gateway {}", config.host)));
+        for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
+            let (token, source) = match forward {
+                ForwardSocket::Tcp(listener) => {
+                    (cx.register_source(listener, Interest::READABLE)?, Source::TcpForward(index))
+                }
+                ForwardSocket::Udp(socket) => {
+                    (cx.register_source(socket, Interest::READABLE)?, Source::UdpForward(index))
+                }
+            };
+            self.sockets.sources.insert(token, source);
+        }
+        for forward in &self.gateway.config().host_forwards {
+            info!(protocol = ?forward.protocol, host = %forward.host, guest = %forward.guest, "hostfwd");
+        }
         Ok(())
     }
 
     fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
-        let Some(&flow) = self.sockets.flow_of_token.get(&cx.ready) else {
-            return ReadOutcome::Drained;
-        };
-        let outcome = if self.sockets.streams.contains_key(&flow) {
-            self.stream_readable(flow, cx);
-            ReadOutcome::Drained
-        } else {
-            self.read_host_socket(flow, cx)
+        let outcome = match self.sockets.sources.get(&cx.ready).copied() {
+            Some(Source::Flow(flow)) if self.sockets.streams.contains_key(&flow) => {
+                self.stream_readable(flow, cx);
+                ReadOutcome::Drained
+            }
+            Some(Source::Flow(flow)) => self.read_host_socket(flow, cx),
+            Some(Source::TcpForward(forward)) => {
+                self.accept_inbound(forward, cx);
+                ReadOutcome::Drained
+            }
+            Some(Source::UdpForward(forward)) => self.receive_inbound(forward, cx),
+            None => ReadOutcome::Drained,
         };
         self.emit(cx);
         outcome
     }
 
     fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
-        if let Some(&flow) = self.sockets.flow_of_token.get(&cx.ready) {
+        if let Some(Source::Flow(flow)) = self.sockets.sources.get(&cx.ready).copied() {
             self.stream_writable(flow, cx);
             self.emit(cx);
         }
@@ -280,11 +378,12 @@ impl Endpoint for GatewayPort {
     }
 
     fn close(&mut self, cx: &mut Context<'_>) {
-        for (token, _) in self.sockets.flow_of_token.drain() {
+        for (token, _) in self.sockets.sources.drain() {
             cx.forget_source(token);
         }
         self.sockets.by_flow.clear();
         self.sockets.streams.clear();
+        self.sockets.forwards.clear();
         info!(drops = %self.gateway.counters(), "gateway stopped");
         if let Some(port) = self.port.take() {
             cx.remove_port(port);

@@ -172,7 +172,7 @@ impl Network {
 
     /// Adds the user-mode gateway as a port of the network.
     pub fn add_gateway(&mut self, config: vnet_gateway::GatewayConfig) -> Result<(), TransportError> {
-        self.add_endpoint(Box::new(gateway::GatewayPort::new(config)))
+        self.add_endpoint(Box::new(gateway::GatewayPort::new(config)?))
     }
 
     /// Relays an open tap descriptor, such as the one [`netns::spawn_in_new_namespace`]
