@@ -164,6 +164,7 @@ fn receive_once(len: usize) -> (u16, std::thread::JoinHandle<String>) {
         let (mut stream, _) = listener.accept().unwrap();
         let mut received = vec![0u8; len];
         stream.read_exact(&mut received).unwrap();
+        let _ = stream.write_all(b"k");
         sha256_hex(&received)
     });
     (port, handle)
@@ -294,6 +295,105 @@ fn iperf3_udp_through(port: u16, reverse: bool) -> (bool, String) {
         .and_then(|rest| rest.trim_start().split([',', '\n']).next())
         .and_then(|packets| packets.trim().parse::<u64>().ok());
     (output.status.success() && received.is_some_and(|p| p > 0), report)
+}
+
+/// Accepts `count` connections on host loopback, then echoes one byte on each and keeps
+/// them open until the client closes them; returns the port and how many closed cleanly.
+fn echo_many(count: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let open: Vec<std::net::TcpStream> = (0..count).map(|_| listener.accept().unwrap().0).collect();
+        for mut stream in &open {
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).unwrap();
+            stream.write_all(&byte).unwrap();
+        }
+        let mut closed = 0;
+        for mut stream in open {
+            let mut rest = Vec::new();
+            if stream.read_to_end(&mut rest).is_ok() {
+                closed += 1;
+            }
+        }
+        closed
+    });
+    (port, handle)
+}
+
+/// Raises this process's open-file limit to the hard limit, for tests holding
+/// thousands of sockets.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit, which `limit` is.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The namespace side of the full-speed test, in Python (on the machine with the tests).
+const NAMESPACE_CLIENT: &str = r#"
+import hashlib, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+download, upload, echo, length = (int(a) for a in sys.argv[1:])
+digest = hashlib.sha256()
+with socket.create_connection(("10.0.2.2", download)) as s:
+    while chunk := s.recv(1 << 20):
+        digest.update(chunk)
+print("download=" + digest.hexdigest())
+block = bytes(range(256)) * 4096
+sent = hashlib.sha256()
+with socket.create_connection(("10.0.2.2", upload)) as s:
+    left = length
+    while left:
+        piece = block[: min(left, len(block))]
+        s.sendall(piece)
+        sent.update(piece)
+        left -= len(piece)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+print("upload=" + sent.hexdigest())
+conns = [socket.create_connection(("10.0.2.2", echo)) for _ in range(1000)]
+for c in conns:
+    c.sendall(b"x")
+echoed = sum(1 for c in conns if c.recv(1) == b"x")
+for c in conns:
+    c.close()
+print(f"echoed={echoed}")
+"#;
+
+#[test]
+fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
+    raise_file_limit();
+    let len = TRANSFER_BYTES;
+    let body = test_bytes(len);
+    let expected_download = sha256_hex(&body);
+    let download = TcpListener::bind("127.0.0.1:0").unwrap();
+    let download_port = download.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut stream, _) = download.accept().unwrap();
+        stream.write_all(&body).unwrap();
+    });
+    let (upload_port, upload) = receive_once(len);
+    let (echo_port, echo) = echo_many(1000);
+    let output = Command::new(env!("CARGO_BIN_EXE_vnet"))
+        .args(["--log-level", "warn", "ns", "--user", "mtu=65520", "--", "python3", "-c", NAMESPACE_CLIENT])
+        .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
+        .arg(len.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("download={expected_download}")), "{stdout}");
+    let uploaded = upload.join().unwrap();
+    assert!(stdout.contains(&format!("upload={uploaded}")), "host got {uploaded}: {stdout}");
+    assert!(stdout.contains("echoed=1000"), "{stdout}");
+    assert_eq!(echo.join().unwrap(), 1000, "every connection was closed cleanly");
 }
 
 #[test]

@@ -11,11 +11,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use nix::unistd::Pid;
+use std::path::PathBuf;
 use tracing::level_filters::LevelFilter;
-use vnet_gateway::GatewayConfig;
+
+use vnet_gateway::{GatewayConfig, StaticLease};
 use vnet_switch::{ForwardingMode, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
 use vnet_transport::{netns, AttachSpec, ListenSpec, Network, NetworkConfig};
+use vnet_wire::MacAddress;
 
 use crate::spec::{parse_attach, parse_listen};
 use crate::supervisor::Signals;
@@ -110,16 +113,21 @@ pub fn main() -> ExitCode {
 }
 
 fn execute(command: Command) -> anyhow::Result<i32> {
+    raise_file_limit();
     let mut signals = Signals::install().context("cannot set up signal handling")?;
     match command {
         Command::Run(args) => {
-            let mut network = build_network(&args)?;
+            let gateway = gateway_config(&args)?;
+            let mut network = build_network(&args, gateway)?;
             Ok(network.run(&mut signals)?)
         }
         Command::Ns(args) => {
-            let mut network = build_network(&args.network)?;
+            let mut gateway = gateway_config(&args.network)?;
+            let resolv_conf = TempResolvConf::new()?;
+            let setup = gateway.as_mut().map(|gateway| namespace_setup(gateway, &resolv_conf)).transpose()?;
+            let mut network = build_network(&args.network, gateway)?;
             let namespaced =
-                netns::spawn_in_new_namespace(&args.command[0], &args.command[1..], &args.ifname)?;
+                netns::spawn_in_new_namespace(&args.command[0], &args.command[1..], &args.ifname, setup)?;
             let pid = namespaced.child.id();
             signals.supervise(Pid::from_raw(pid as i32));
             network
@@ -130,18 +138,90 @@ fn execute(command: Command) -> anyhow::Result<i32> {
     }
 }
 
-/// The gateway's settings from `--user`, with upstreams from /etc/resolv.conf unless
-/// given.
-fn gateway_config(user: &str) -> anyhow::Result<GatewayConfig> {
+/// Raises the soft limit on open files to the hard one: each NAT flow holds a host
+/// socket.
+fn raise_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// The gateway's settings from `--user` (upstreams from /etc/resolv.conf unless given),
+/// or None with `--no-user`.
+fn gateway_config(args: &NetworkArgs) -> anyhow::Result<Option<GatewayConfig>> {
+    if args.no_user {
+        return Ok(None);
+    }
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    Ok(parse_user_options(user, &resolv_conf)?)
+    Ok(Some(parse_user_options(&args.user, &resolv_conf)?))
+}
+
+/// The MAC address of `vnet ns`'s interface: QEMU's default NIC address.
+const NAMESPACE_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// Configures the namespace as DHCP would: the first lease (reserved for its MAC),
+/// the gateway as router, the MTU, and a resolv.conf naming the gateway's DNS address.
+fn namespace_setup(
+    gateway: &mut GatewayConfig,
+    resolv_conf: &TempResolvConf,
+) -> anyhow::Result<netns::InterfaceSetup> {
+    let mac = MacAddress(NAMESPACE_MAC);
+    let address = match gateway.static_leases.iter().find(|lease| lease.mac == mac) {
+        Some(lease) => lease.ip,
+        None => {
+            gateway.static_leases.push(StaticLease { mac, ip: gateway.dhcp_start });
+            gateway.dhcp_start
+        }
+    };
+    let mut text = String::new();
+    if !gateway.restrict {
+        text.push_str(&format!("nameserver {}\n", gateway.dns));
+    }
+    let search: Vec<&str> = gateway.domain.iter().chain(&gateway.dns_search).map(String::as_str).collect();
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    std::fs::write(&resolv_conf.path, text)
+        .with_context(|| format!("cannot write {}", resolv_conf.path.display()))?;
+    Ok(netns::InterfaceSetup {
+        mac: NAMESPACE_MAC,
+        address,
+        prefix_len: gateway.prefix_len,
+        router: gateway.host,
+        mtu: gateway.mtu,
+        resolv_conf: resolv_conf.path.clone(),
+    })
+}
+
+/// The resolv.conf `vnet ns` binds into its namespace; removed when vnet exits.
+struct TempResolvConf {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempResolvConf {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vnet-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("resolv.conf");
+        Ok(Self { dir, path })
+    }
+}
+
+impl Drop for TempResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn parse_ifname(text: &str) -> Result<String, String> {
     netns::validate_ifname(text).map(|()| text.to_owned())
 }
 
-fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {
+fn build_network(args: &NetworkArgs, gateway: Option<GatewayConfig>) -> anyhow::Result<Network> {
     let config = NetworkConfig {
         switch: SwitchConfig {
             mode: if args.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
@@ -150,7 +230,6 @@ fn build_network(args: &NetworkArgs) -> anyhow::Result<Network> {
         },
         dgram_peer_timeout: Duration::from_secs(args.dgram_peer_timeout),
     };
-    let gateway = if args.no_user { None } else { Some(gateway_config(&args.user)?) };
     let mut network = Network::new(config)?;
     for spec in &args.listen {
         network.listen(spec)?;

@@ -11,11 +11,13 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 
+use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
@@ -50,6 +52,7 @@ enum Step {
     MapUser = 3,
     CreateTap = 4,
     LinkUp = 5,
+    Configure = 6,
 }
 
 impl Step {
@@ -61,6 +64,7 @@ impl Step {
             Step::MapUser,
             Step::CreateTap,
             Step::LinkUp,
+            Step::Configure,
         ]
         .into_iter()
         .find(|step| *step as u8 == byte)
@@ -85,9 +89,13 @@ fn report(socket: &UnixStream, outcome: &Result<OwnedFd, (Step, io::Error)>) -> 
     }
 }
 
-/// Creates the tap `ifname` in the current namespace and brings it (and loopback) up.
-fn create_tap_here(ifname: &str) -> Result<OwnedFd, (Step, io::Error)> {
+/// Creates the tap `ifname` in the current namespace, with MAC address `mac` if given,
+/// and brings it (and loopback) up.
+fn create_tap_here(ifname: &str, mac: Option<[u8; 6]>) -> Result<OwnedFd, (Step, io::Error)> {
     let tap = at(Step::CreateTap, sys::create_tap(ifname))?;
+    if let Some(mac) = mac {
+        at(Step::Configure, sys::set_mac(ifname, mac))?;
+    }
     at(Step::LinkUp, sys::set_link_up(ifname))?;
     at(Step::LinkUp, sys::set_link_up("lo"))?;
     Ok(tap)
@@ -158,7 +166,7 @@ pub fn open_tap_in(target: &NamespaceRef, ifname: &str) -> Result<OwnedFd, Trans
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| TransportError::io("cannot create a socket pair", e))?;
     let child = sys::fork_child(move || {
-        let outcome = enter(&namespace, owner.as_ref()).and_then(|()| create_tap_here(ifname));
+        let outcome = enter(&namespace, owner.as_ref()).and_then(|()| create_tap_here(ifname, None));
         match report(&theirs, &outcome) {
             Ok(()) if outcome.is_ok() => 0,
             _ => 1,
@@ -189,6 +197,38 @@ fn enter(namespace: &File, owner: Option<&OwnedFd>) -> Result<(), (Step, io::Err
     at(Step::EnterNetworkNamespace, setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET))
 }
 
+/// How the new namespace's interface is configured, as a DHCP client would configure it
+/// from the gateway: address, default route, MTU and resolv.conf.
+#[derive(Debug, Clone)]
+pub struct InterfaceSetup {
+    /// The tap's MAC address.
+    pub mac: [u8; 6],
+    /// Its IPv4 address.
+    pub address: Ipv4Addr,
+    /// The prefix length of its network.
+    pub prefix_len: u8,
+    /// The default gateway.
+    pub router: Ipv4Addr,
+    /// The MTU.
+    pub mtu: u16,
+    /// A file to bind over /etc/resolv.conf inside the namespace (in a mount namespace
+    /// of its own).
+    pub resolv_conf: PathBuf,
+}
+
+impl InterfaceSetup {
+    /// Applies the setup to interface `ifname` in the calling (child) process.
+    fn apply(&self, ifname: &str) -> Result<(), (Step, io::Error)> {
+        at(Step::Configure, sys::set_mtu(ifname, self.mtu))?;
+        at(Step::Configure, sys::set_ipv4_address(ifname, self.address, self.prefix_len))?;
+        at(Step::Configure, sys::add_default_route(self.router))?;
+        at(Step::Configure, unshare(CloneFlags::CLONE_NEWNS))?;
+        let none: Option<&str> = None;
+        at(Step::Configure, mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none))?;
+        at(Step::Configure, mount(Some(&self.resolv_conf), "/etc/resolv.conf", none, MsFlags::MS_BIND, none))
+    }
+}
+
 /// A command started in a network namespace of its own, and the tap that is its only
 /// interface besides loopback.
 pub struct NamespacedCommand {
@@ -200,12 +240,13 @@ pub struct NamespacedCommand {
 
 /// Starts `program` with `args` in a new network namespace (and a new user namespace
 /// when vnet is not root, mapping the caller to root inside) with a tap named `ifname`
-/// that is up. The command is sent SIGTERM if vnet dies. Call it before any thread is
-/// started.
+/// that is up, and configured by `setup` if given. The command is sent SIGTERM if vnet
+/// dies. Call it before any thread is started.
 pub fn spawn_in_new_namespace(
     program: &OsString,
     args: &[OsString],
     ifname: &str,
+    setup: Option<InterfaceSetup>,
 ) -> Result<NamespacedCommand, TransportError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| TransportError::io("cannot create a socket pair", e))?;
@@ -216,7 +257,13 @@ pub fn spawn_in_new_namespace(
     let mut command = Command::new(program);
     command.args(args);
     sys::before_exec(&mut command, move || {
-        let outcome = isolate(uid, gid).and_then(|()| create_tap_here(&ifname_owned));
+        let outcome = isolate(uid, gid).and_then(|()| {
+            let tap = create_tap_here(&ifname_owned, setup.as_ref().map(|setup| setup.mac))?;
+            if let Some(setup) = &setup {
+                setup.apply(&ifname_owned)?;
+            }
+            Ok(tap)
+        });
         report(&theirs, &outcome)?;
         outcome.map_err(|(_, error)| error)?;
         nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;

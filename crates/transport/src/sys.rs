@@ -175,10 +175,7 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
 
 /// Sets the IFF_UP flag of interface `name` in the calling thread's network namespace.
 pub fn set_link_up(name: &str) -> io::Result<()> {
-    // SAFETY: socket has no memory preconditions.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` was just returned by socket and is owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = ioctl_socket()?;
     let mut request = interface_request(name)?;
     // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read/write one struct ifreq, which `request`
     // is; `ifru_flags` is the union member those two requests use.
@@ -312,4 +309,109 @@ pub fn unacknowledged_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued as *mut libc::c_int) })?;
     Ok(queued.max(0) as usize)
+}
+
+/// An AF_INET `struct sockaddr` holding `ip` (port 0).
+fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+    let inet = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain old data; the kernel
+    // reads this sockaddr as a sockaddr_in because of its family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
+}
+
+/// An AF_INET datagram socket for interface ioctls.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket has no memory preconditions.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs one interface ioctl `request` on `name` after `fill` set the request's fields.
+fn interface_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let mut ifreq = interface_request(name)?;
+    fill(&mut ifreq);
+    // SAFETY: the SIOCSIF* requests used here read one struct ifreq, which `ifreq` is.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut ifreq as *mut libc::ifreq) })?;
+    Ok(())
+}
+
+/// Gives interface `name` the IPv4 address `ip` with a `prefix_len`-bit netmask.
+pub fn set_ipv4_address(name: &str, ip: std::net::Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+    let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0));
+    interface_ioctl(name, libc::SIOCSIFADDR, |r| r.ifr_ifru.ifru_addr = sockaddr_v4(ip))?;
+    interface_ioctl(name, libc::SIOCSIFNETMASK, |r| r.ifr_ifru.ifru_netmask = sockaddr_v4(mask))
+}
+
+/// Sets the MTU of interface `name`.
+pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    interface_ioctl(name, libc::SIOCSIFMTU, |r| r.ifr_ifru.ifru_mtu = libc::c_int::from(mtu))
+}
+
+/// Sets the MAC address of interface `name`.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    interface_ioctl(name, libc::SIOCSIFHWADDR, |r| {
+        let mut address = libc::sockaddr { sa_family: libc::ARPHRD_ETHER, sa_data: [0; 14] };
+        for (dst, src) in address.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        r.ifr_ifru.ifru_hwaddr = address;
+    })
+}
+
+/// Linux's `struct rtentry` (glibc does not export it through the libc crate).
+#[repr(C)]
+struct RouteEntry {
+    pad1: libc::c_ulong,
+    dst: libc::sockaddr,
+    gateway: libc::sockaddr,
+    genmask: libc::sockaddr,
+    flags: libc::c_ushort,
+    pad2: libc::c_short,
+    pad3: libc::c_ulong,
+    tos: libc::c_uchar,
+    class: libc::c_uchar,
+    pad4: [libc::c_short; 3],
+    metric: libc::c_short,
+    dev: *mut libc::c_char,
+    mtu: libc::c_ulong,
+    window: libc::c_ulong,
+    irtt: libc::c_ushort,
+}
+
+/// Adds a default route via `gateway`.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    let mut route = RouteEntry {
+        pad1: 0,
+        dst: sockaddr_v4(any),
+        gateway: sockaddr_v4(gateway),
+        genmask: sockaddr_v4(any),
+        flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+        pad2: 0,
+        pad3: 0,
+        tos: 0,
+        class: 0,
+        pad4: [0; 3],
+        metric: 0,
+        dev: std::ptr::null_mut(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads one struct rtentry, which `route` is laid out as; its
+    // device pointer is null, so the kernel picks the interface from the gateway.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route as *mut RouteEntry) })?;
+    Ok(())
 }
