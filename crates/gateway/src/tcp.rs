@@ -7,7 +7,7 @@
 //! is peeked at the offset of the first unsent byte, cut into segments of the guest's MSS
 //! within its window, and consumed only once the guest acknowledges it. A timeout sends
 //! again from the last acknowledged byte, peeking again. vnet therefore holds no payload
-//! beyond one scratch buffer.
+//! beyond transient scratch buffers.
 //!
 //! Connections from the guest are connected on the host first; the SYN-ACK goes to the
 //! guest only when the host's connect completes, and a refusal becomes RST. FIN maps to

@@ -65,6 +65,8 @@ struct Sockets {
     streams: HashMap<FlowId, HostStream>,
     forwards: Vec<ForwardSocket>,
     sources: HashMap<Token, Source>,
+    /// Where acknowledged stream bytes are read to before they are dropped.
+    discard_buffer: Vec<u8>,
 }
 
 impl Sockets {
@@ -125,10 +127,11 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
-        let fd = self.sockets.stream(flow)?.stream.as_fd();
+        let Sockets { streams, discard_buffer, .. } = &mut *self.sockets;
+        let fd = streams.get(&flow).ok_or(io::ErrorKind::NotFound)?.stream.as_fd();
         let mut left = len;
         while left > 0 {
-            match sys::discard(fd, left)? {
+            match sys::discard(fd, left, discard_buffer)? {
                 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
                 discarded => left -= discarded.min(left),
             }
@@ -180,7 +183,7 @@ pub struct GatewayPort {
 impl GatewayPort {
     /// A gateway with `config`, its hostfwd ports bound.
     pub fn new(config: GatewayConfig) -> Result<Self, TransportError> {
-        let mut sockets = Sockets::default();
+        let mut sockets = Sockets { discard_buffer: vec![0; MAX_DATAGRAM], ..Sockets::default() };
         for forward in &config.host_forwards {
             let describe = format!("hostfwd {:?} {}", forward.protocol, forward.host);
             let bound = match forward.protocol {

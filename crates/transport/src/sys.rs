@@ -289,14 +289,14 @@ pub fn peek_at(fd: BorrowedFd<'_>, offset: usize, buffer: &mut [u8]) -> io::Resu
     Ok(n as usize)
 }
 
-/// Discards the first `len` bytes of a TCP socket's receive queue without copying them
-/// (MSG_TRUNC). Returns how many were discarded.
-pub fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: with MSG_TRUNC on a TCP socket the kernel drops the bytes and writes
-    // nothing through the (null) buffer pointer.
-    let n = unsafe {
-        libc::recv(fd.as_raw_fd(), std::ptr::null_mut(), len, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
-    };
+/// Reads and drops up to `len` bytes from the front of a stream socket's receive queue,
+/// using `scratch` as the landing place; returns how many were dropped. (A real read,
+/// not MSG_TRUNC: only reads let the kernel grow the receive buffer as the flow speeds
+/// up.)
+pub fn discard(fd: BorrowedFd<'_>, len: usize, scratch: &mut [u8]) -> io::Result<usize> {
+    let len = len.min(scratch.len());
+    // SAFETY: the kernel writes at most `len <= scratch.len()` bytes into `scratch`.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), scratch.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
