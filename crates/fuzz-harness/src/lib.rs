@@ -5,7 +5,11 @@
 //! replays every file under `fuzz/regression/<target>/` so `cargo test` keeps old crashes
 //! and interesting inputs fixed. Nothing here does I/O beyond reading that corpus.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 
 use vnet_switch::{ForwardingMode, QueueLimits, Switch, SwitchConfig};
 use vnet_transport::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
@@ -103,6 +107,78 @@ pub fn switch_frames(data: &[u8]) {
     assert!(switch.mac_table().len() <= 4, "the MAC table stays within its capacity");
 }
 
+/// A host that accepts everything and has nothing to say, so every frame reaches as
+/// deep into the gateway as it can.
+struct AcceptingHost;
+
+impl HostSockets for AcceptingHost {
+    fn udp_open(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+    fn udp_send(&mut self, _: FlowId, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn udp_close(&mut self, _: FlowId) {}
+    fn tcp_connect(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
+        Ok(())
+    }
+    fn tcp_send(&mut self, _: FlowId, data: &[u8]) -> io::Result<usize> {
+        Ok(data.len() / 2)
+    }
+    fn tcp_peek(&mut self, _: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+        if offset > 100_000 {
+            return Ok(0);
+        }
+        let n = buffer.len().min(1000);
+        buffer[..n].fill(0x5a);
+        Ok(n)
+    }
+    fn tcp_consume(&mut self, _: FlowId, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+    fn tcp_send_space(&mut self, _: FlowId) -> usize {
+        65536
+    }
+    fn tcp_shutdown_write(&mut self, _: FlowId) {}
+    fn tcp_close(&mut self, _: FlowId, _: bool) {}
+    fn udp_forward_reply(&mut self, _: usize, _: SocketAddr, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Splits `data` into frames (a two-byte length before each) from guests and feeds them
+/// to a gateway whose host accepts everything, completing every host connect and
+/// letting timers run. Nothing may panic, and every frame the gateway emits must be a
+/// well-formed Ethernet frame no larger than vnet carries.
+pub fn gateway_frames(data: &[u8]) {
+    let config = GatewayConfig {
+        dns_upstreams: vec!["127.0.0.1:53".parse().expect("literal")],
+        max_flows: 64,
+        ..GatewayConfig::default()
+    };
+    let mut gateway = Gateway::new(config);
+    let mut host = AcceptingHost;
+    let start = Instant::now();
+    let mut rest = data;
+    let mut step = 0u64;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let frame = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[2 + frame.len()..];
+        step += 1;
+        let now = start + Duration::from_millis(step * 700);
+        gateway.receive(frame, now, &mut host);
+        for flow in 1..=step.min(8) {
+            gateway.on_tcp_connected(FlowId(flow), &mut host);
+            gateway.on_udp_datagram(FlowId(flow), frame, now, &mut host);
+        }
+        gateway.on_deadline(now, &mut host);
+        while let Some(out) = gateway.pop_frame() {
+            assert!(out.len() >= 14 && out.len() <= MAX_FRAME_LEN, "emitted a frame of {} bytes", out.len());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -126,5 +202,10 @@ mod tests {
     #[test]
     fn switch_frames_regressions_pass() {
         replay("switch_frames", super::switch_frames);
+    }
+
+    #[test]
+    fn gateway_frames_regressions_pass() {
+        replay("gateway_frames", super::gateway_frames);
     }
 }
