@@ -396,6 +396,115 @@ fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
     assert_eq!(echo.join().unwrap(), 1000, "every connection was closed cleanly");
 }
 
+/// Two namespaces made for a test: `inner`, where vnet runs, may open ping sockets and
+/// reaches `far` (192.0.2.2, a test host) over a veth pair as 192.0.2.1.
+struct TestHostPair {
+    inner: NamedNamespace,
+    far: NamedNamespace,
+}
+
+impl TestHostPair {
+    fn create() -> Self {
+        let (inner, far) = (NamedNamespace::create(), NamedNamespace::create());
+        let veth = format!("vt{}", std::process::id() % 100_000);
+        run_ok(&mut inner.command(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "far0", "netns", &far.name,
+        ]));
+        run_ok(&mut inner.command(&["ip", "addr", "add", "192.0.2.1/24", "dev", &veth]));
+        run_ok(&mut inner.command(&["ip", "link", "set", &veth, "up"]));
+        run_ok(&mut far.command(&["ip", "addr", "add", "192.0.2.2/24", "dev", "far0"]));
+        run_ok(&mut far.command(&["ip", "link", "set", "far0", "up"]));
+        run_ok(&mut inner.command(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]));
+        Self { inner, far }
+    }
+}
+
+#[test]
+fn two_guests_reach_each_other_and_a_test_host_at_the_same_time() {
+    let _lock = GuestLock::acquire();
+    let hosts = TestHostPair::create();
+    let mut web = hosts
+        .far
+        .command(&["python3", "-m", "http.server", "8080", "--bind", "192.0.2.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the test host's web server", DEADLINE, || {
+        String::from_utf8_lossy(&hosts.far.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
+            .contains("8080")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::spawn_in(
+        Some(&hosts.inner),
+        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let script = |peer: &str| {
+        format!(
+            "{DHCP} || exit 1
+wait_ping {peer} && ping -c 3 -W 5 {peer} && echo PEER-OK
+ping -c 3 -W 5 192.0.2.2 && echo TEST-HOST-PING-OK
+wget -q -O /dev/null http://192.0.2.2:8080/ && echo TEST-HOST-WEB-OK; report"
+        )
+    };
+    let first = GuestSpec::new("one", Nic::VirtioNet, &stream_netdev(&sock), &script("10.0.2.16"))
+        .mac("52:54:00:00:00:01")
+        .boot();
+    first.wait_ready();
+    let second = GuestSpec::new("two", Nic::E1000, &stream_netdev(&sock), &script("10.0.2.15"))
+        .mac("52:54:00:00:00:02")
+        .boot();
+    for guest in [first.wait_result(), second.wait_result()] {
+        assert_success(&guest);
+        for expected in ["PEER-OK", "TEST-HOST-PING-OK", "TEST-HOST-WEB-OK"] {
+            assert!(guest.output.contains(expected), "missing {expected}:\n{}", guest.output);
+        }
+    }
+    let _ = web.kill();
+    let _ = web.wait();
+}
+
+#[test]
+fn restrict_on_keeps_the_guest_in_and_hostfwd_working() {
+    let _lock = GuestLock::acquire();
+    let web_port = free_port(false);
+    let host_server = TcpListener::bind("127.0.0.1:0").unwrap();
+    host_server.set_nonblocking(true).unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let user = format!("restrict=on,hostfwd=tcp:127.0.0.1:{web_port}-:7000");
+    let _vnet = Vnet::listening_on(
+        &sock,
+        &["run", "--user", &user, "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    let script = format!(
+        "{DHCP} || exit 1
+cat /run/dhcp.env
+wget -q -T 5 -O - http://10.0.2.2:{host_port}/ && echo ESCAPED
+mkdir -p /www && echo inside > /www/index.html && httpd -p 7000 -h /www
+n=0; until netstat -ltn | grep -q ':7000 '; do n=$((n+1)); [ $n -ge 600 ] && exit 1; sleep 0.1; done
+echo SERVING; report"
+    );
+    let guest = GuestSpec::new("restricted", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    guest.wait_for("SERVING", support::guest::BOOT_DEADLINE);
+    let output = guest.output();
+    assert!(!output.contains("ESCAPED"), "restrict=on let the guest out:\n{output}");
+    assert!(
+        !output.contains("router=") && !output.contains("dns="),
+        "no router or DNS under restrict:\n{output}"
+    );
+    assert!(host_server.accept().is_err(), "the host server saw no connection");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", web_port)).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.ends_with("inside\n"), "hostfwd still works under restrict: {response}");
+}
+
 #[test]
 fn no_user_gives_a_plain_switch() {
     let dir = tempfile::tempdir().unwrap();

@@ -115,10 +115,13 @@ impl HostSockets for AcceptingHost {
     fn udp_open(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
         Ok(())
     }
-    fn udp_send(&mut self, _: FlowId, _: &[u8]) -> io::Result<()> {
+    fn icmp_open(&mut self, _: FlowId, _: std::net::Ipv4Addr) -> io::Result<()> {
         Ok(())
     }
-    fn udp_close(&mut self, _: FlowId) {}
+    fn datagram_send(&mut self, _: FlowId, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn datagram_close(&mut self, _: FlowId) {}
     fn tcp_connect(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
         Ok(())
     }

@@ -85,7 +85,7 @@ impl Forwarder {
         flows: &mut FlowIds,
     ) -> Option<Vec<GuestDatagram>> {
         let mut pending = self.pending.remove(&flow)?;
-        host.udp_close(flow);
+        host.datagram_close(flow);
         pending.upstream += 1;
         Some(self.try_upstreams(pending, now, host, flows).into_iter().collect())
     }
@@ -112,7 +112,7 @@ impl Forwarder {
         let mut answers = Vec::new();
         for flow in due {
             if let Some(mut pending) = self.pending.remove(&flow) {
-                host.udp_close(flow);
+                host.datagram_close(flow);
                 pending.upstream += 1;
                 answers.extend(self.try_upstreams(pending, now, host, flows));
             }
@@ -131,7 +131,7 @@ impl Forwarder {
     ) -> Option<GuestDatagram> {
         while let Some(upstream) = self.upstreams.get(pending.upstream).copied() {
             let flow = flows.next();
-            let sent = host.udp_open(flow, upstream).and_then(|()| host.udp_send(flow, &pending.query));
+            let sent = host.udp_open(flow, upstream).and_then(|()| host.datagram_send(flow, &pending.query));
             match sent {
                 Ok(()) => {
                     pending.deadline = now + QUERY_TIMEOUT;
@@ -140,7 +140,7 @@ impl Forwarder {
                 }
                 Err(e) => {
                     debug!(%upstream, error = %e, "DNS upstream unusable");
-                    host.udp_close(flow);
+                    host.datagram_close(flow);
                     pending.upstream += 1;
                 }
             }

@@ -1,34 +1,167 @@
-//! ICMP: echo requests to the gateway's own addresses are answered here, and port
+//! ICMP: echo requests to the gateway's own addresses are answered here; echo requests
+//! to anywhere else go out through one unprivileged ping socket per (guest, identifier,
+//! destination), whose replies come back with the guest's identifier restored; and port
 //! unreachable messages are built for guests whose UDP flows the host refused.
 //!
-//! Echo to other destinations (through ping sockets) is not served yet and is counted
-//! as unsupported. This file knows nothing of sockets.
+//! A host that allows no ping sockets (net.ipv4.ping_group_range) gets one log line, and
+//! the requests are dropped and counted. This file knows the [`HostSockets`] calls,
+//! nothing of real sockets.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Repr};
 use vnet_wire::MacAddress;
 
 use crate::udp::Unreachable;
-use crate::{packet, DropReason, GatewayConfig, GuestPacket};
+use tracing::warn;
 
-/// Answers an echo request to the host or DNS address.
-pub fn handle(guest: GuestPacket, bytes: &[u8], config: &GatewayConfig) -> Result<Vec<u8>, DropReason> {
+use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, GuestPacket, HostSockets};
+
+/// How long an echo flow lives without requests or replies.
+const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The fields of a guest's echo request.
+#[derive(Debug, Clone)]
+pub struct EchoRequest {
+    ident: u16,
+    seq_no: u16,
+    data: Vec<u8>,
+}
+
+/// Parses an ICMP message from a guest, which must be a well-formed echo request.
+pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, DropReason> {
     let icmp = Icmpv4Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
     if !icmp.verify_checksum() {
         return Err(DropReason::BadChecksum);
     }
-    let repr =
-        Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).map_err(|_| DropReason::Unsupported)?;
-    let Icmpv4Repr::EchoRequest { ident, seq_no, data } = repr else {
-        return Err(DropReason::Unsupported);
-    };
-    if guest.dst != config.host && guest.dst != config.dns {
-        return Err(DropReason::Unsupported);
+    match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).map_err(|_| DropReason::Unsupported)? {
+        Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
+            Ok(EchoRequest { ident, seq_no, data: data.to_vec() })
+        }
+        _ => Err(DropReason::Unsupported),
     }
-    let reply = Icmpv4Repr::EchoReply { ident, seq_no, data };
-    Ok(packet::icmp(config.mac(), guest.mac, guest.dst, guest.src, &reply))
+}
+
+/// The gateway's own answer to an echo request to one of its addresses.
+pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket, echo: &EchoRequest) -> Vec<u8> {
+    let reply = Icmpv4Repr::EchoReply { ident: echo.ident, seq_no: echo.seq_no, data: &echo.data };
+    packet::icmp(config.mac(), guest.mac, guest.dst, guest.src, &reply)
+}
+
+#[derive(Debug)]
+struct EchoFlow {
+    guest_mac: MacAddress,
+    guest: Ipv4Addr,
+    ident: u16,
+    /// The address the guest pinged (the host address for host loopback).
+    dst: Ipv4Addr,
+    last_used: Instant,
+}
+
+/// Echo flows through ping sockets.
+#[derive(Debug, Default)]
+pub struct EchoFlows {
+    by_key: HashMap<(Ipv4Addr, u16, Ipv4Addr), FlowId>,
+    flows: HashMap<FlowId, EchoFlow>,
+    reported_denied: bool,
+}
+
+impl EchoFlows {
+    /// How many flows exist.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Sends a guest's echo request (`bytes`, already parsed as `echo`) to `remote`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &mut self,
+        guest: GuestPacket,
+        remote: Ipv4Addr,
+        echo: &EchoRequest,
+        bytes: &[u8],
+        room_for_new: bool,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+    ) -> Result<(), DropReason> {
+        let key = (guest.src, echo.ident, guest.dst);
+        let flow = match self.by_key.get(&key) {
+            Some(flow) => *flow,
+            None => {
+                if !room_for_new {
+                    return Err(DropReason::FlowLimit);
+                }
+                let flow = flows.next();
+                if let Err(e) = host.icmp_open(flow, remote) {
+                    if !self.reported_denied {
+                        self.reported_denied = true;
+                        warn!(error = %e, "cannot open a ping socket; guests' pings beyond the gateway are dropped (see net.ipv4.ping_group_range)");
+                    }
+                    return Err(DropReason::HostSocket);
+                }
+                self.by_key.insert(key, flow);
+                let entry = EchoFlow {
+                    guest_mac: guest.mac,
+                    guest: guest.src,
+                    ident: echo.ident,
+                    dst: guest.dst,
+                    last_used: now,
+                };
+                self.flows.insert(flow, entry);
+                flow
+            }
+        };
+        if let Some(entry) = self.flows.get_mut(&flow) {
+            entry.last_used = now;
+        }
+        host.datagram_send(flow, bytes).map_err(|_| DropReason::HostSocket)
+    }
+
+    /// An echo reply arrived on `flow`'s ping socket: the frame for the guest, with the
+    /// guest's identifier back in place.
+    pub fn on_reply(
+        &mut self,
+        config: &GatewayConfig,
+        flow: FlowId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let entry = self.flows.get_mut(&flow)?;
+        entry.last_used = now;
+        let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
+        let Icmpv4Repr::EchoReply { seq_no, data, .. } =
+            Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::ignored()).ok()?
+        else {
+            return None;
+        };
+        let reply = Icmpv4Repr::EchoReply { ident: entry.ident, seq_no, data };
+        Some(packet::icmp(config.mac(), entry.guest_mac, entry.dst, entry.guest, &reply))
+    }
+
+    /// The next idle timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.flows.values().map(|flow| flow.last_used + ECHO_IDLE_TIMEOUT).min()
+    }
+
+    /// Closes idle echo flows.
+    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        let idle: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, flow)| now.saturating_duration_since(flow.last_used) >= ECHO_IDLE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if let Some(flow) = self.flows.remove(&id) {
+                self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
+                host.datagram_close(id);
+            }
+        }
+    }
 }
 
 /// A port unreachable message telling a guest that its datagram to `unreachable.dst`

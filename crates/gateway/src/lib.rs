@@ -9,8 +9,9 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: ICMP echo beyond the gateway's own addresses, fail-over for DNS over
-//! TCP (it goes to the first upstream), IPv4 fragments (dropped and counted) and IPv6.
+//! Not served yet: ICMP echo through raw sockets when ping sockets are not allowed,
+//! ICMP errors from the host about NAT flows, fail-over for DNS over TCP (it goes to the
+//! first upstream), IPv4 fragments (dropped and counted) and IPv6.
 
 mod arp;
 mod config;
@@ -64,10 +65,13 @@ struct GuestDatagram {
 pub trait HostSockets {
     /// Opens a UDP socket connected to `remote` for `flow`.
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
-    /// Sends one datagram on `flow`'s socket.
-    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
-    /// Closes `flow`'s socket.
-    fn udp_close(&mut self, flow: FlowId);
+    /// Opens an ICMP echo ("ping") socket connected to `remote` for `flow`. What is
+    /// sent on it is an echo request; what comes back are echo replies.
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()>;
+    /// Sends one datagram (or echo request) on `flow`'s UDP or ICMP socket.
+    fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
+    /// Closes `flow`'s UDP or ICMP socket.
+    fn datagram_close(&mut self, flow: FlowId);
     /// Starts a non-blocking TCP connect to `remote` for `flow`; completion comes back
     /// through [`Gateway::on_tcp_connected`] or [`Gateway::on_tcp_error`].
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
@@ -105,6 +109,7 @@ pub struct Gateway {
     dns: dns::Forwarder,
     udp: udp::Nat,
     udp_inbound: udp::Inbound,
+    echo: icmp::EchoFlows,
     tcp: tcp::Nat,
     counters: GatewayCounters,
     outbox: VecDeque<Vec<u8>>,
@@ -119,6 +124,7 @@ impl Gateway {
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
             udp: udp::Nat::new(),
             udp_inbound: udp::Inbound::default(),
+            echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
             config,
@@ -160,11 +166,17 @@ impl Gateway {
     ) {
         let reply = match self.dns.on_upstream_reply(flow, payload) {
             Some(answer) => {
-                host.udp_close(flow);
+                host.datagram_close(flow);
                 Some(answer)
             }
             None => self.udp.on_host_datagram(flow, payload, now),
         };
+        if reply.is_none() {
+            if let Some(frame) = self.echo.on_reply(&self.config, flow, payload, now) {
+                self.outbox.push_back(frame);
+                return;
+            }
+        }
         match reply {
             Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),
             None => self.counters.record(DropReason::UnknownFlow),
@@ -266,10 +278,15 @@ impl Gateway {
 
     /// When [`Gateway::on_deadline`] wants to run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.dns.next_deadline(), self.udp.next_deadline(), self.tcp.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.dns.next_deadline(),
+            self.udp.next_deadline(),
+            self.echo.next_deadline(),
+            self.tcp.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Timer work: DNS fail-over and idle flows.
@@ -279,6 +296,7 @@ impl Gateway {
         }
         self.udp.expire(now, host);
         self.udp_inbound.expire(now);
+        self.echo.expire(now, host);
         let mut out = Vec::new();
         self.tcp.expire(&self.config, now, host, &mut out);
         self.outbox.extend(out);
@@ -324,11 +342,7 @@ impl Gateway {
         match repr.next_header {
             IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
             IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
-            IpProtocol::Icmp => {
-                let reply = icmp::handle(packet, ip.payload(), &self.config)?;
-                self.outbox.push_back(reply);
-                Ok(())
-            }
+            IpProtocol::Icmp => self.dispatch_icmp(packet, ip.payload(), now, host),
             _ => Err(DropReason::Unsupported),
         }
     }
@@ -385,6 +399,23 @@ impl Gateway {
         )
     }
 
+    fn dispatch_icmp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
+        let echo = icmp::parse_echo_request(bytes)?;
+        if packet.dst == self.config.host || packet.dst == self.config.dns {
+            self.outbox.push_back(icmp::echo_reply(&self.config, packet, &echo));
+            return Ok(());
+        }
+        let remote = self.host_side_address(packet.dst)?;
+        let room = self.flow_count() < self.config.max_flows;
+        self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids)
+    }
+
     fn dispatch_tcp(
         &mut self,
         packet: GuestPacket,
@@ -429,9 +460,9 @@ impl Gateway {
         self.host_side_address(*dst.ip()).map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, dst.port())))
     }
 
-    /// UDP and TCP flows together, which `max-flows` bounds.
+    /// UDP, ICMP and TCP flows together, which `max-flows` bounds.
     fn flow_count(&self) -> usize {
-        self.udp.len() + self.tcp.len()
+        self.udp.len() + self.echo.len() + self.tcp.len()
     }
 
     /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.

@@ -38,11 +38,14 @@ impl HostSockets for FakeHost {
         self.open.insert(flow, remote);
         Ok(())
     }
-    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()> {
+        self.udp_open(flow, SocketAddr::from((remote, 0)))
+    }
+    fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
         self.sent.push((flow, payload.to_vec()));
         Ok(())
     }
-    fn udp_close(&mut self, flow: FlowId) {
+    fn datagram_close(&mut self, flow: FlowId) {
         self.open.remove(&flow);
     }
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
@@ -666,4 +669,34 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     };
     gateway.receive(&reset, now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
+}
+
+#[test]
+fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let outside = Ipv4Addr::new(192, 0, 2, 9);
+    let request = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: 1, data: b"abc" };
+    let frame = packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, outside, &request);
+    gateway.receive(&frame, now, &mut host);
+    let (flow, sent) = host.sent.last().cloned().expect("sent through the host");
+    assert_eq!(host.open[&flow], SocketAddr::from((outside, 0)));
+    assert_eq!(sent, frame[34..].to_vec(), "the echo request as the guest sent it");
+
+    // The kernel's ping socket answers with its own identifier.
+    let mut reply = vec![0u8; 11];
+    let repr = Icmpv4Repr::EchoReply { ident: 0x0101, seq_no: 1, data: b"abc" };
+    repr.emit(&mut Icmpv4Packet::new_unchecked(&mut reply[..]), &ChecksumCapabilities::default());
+    gateway.on_udp_datagram(flow, &reply, now, &mut host);
+    let back = gateway.pop_frame().expect("a reply for the guest");
+    let ip = Ipv4Packet::new_checked(&back[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (outside, GUEST_IP));
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    let parsed = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!(parsed, Icmpv4Repr::EchoReply { ident: 0x4242, seq_no: 1, data: b"abc" });
+
+    let (mut restricted, mut host, now) =
+        gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
+    restricted.receive(&frame, now, &mut host);
+    assert!(host.sent.is_empty(), "restrict=on keeps pings in");
+    assert_eq!(restricted.counters().drops(DropReason::Restricted), 1);
 }

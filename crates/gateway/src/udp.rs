@@ -93,7 +93,7 @@ impl Nat {
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.last_used = now;
         }
-        host.udp_send(flow, payload).map_err(|_| DropReason::HostSocket)
+        host.datagram_send(flow, payload).map_err(|_| DropReason::HostSocket)
     }
 
     /// A datagram from the host on `flow`: the datagram for the guest.
@@ -126,7 +126,7 @@ impl Nat {
         for id in idle {
             if let Some(flow) = self.flows.remove(&id) {
                 self.by_route.remove(&(flow.route.guest, flow.route.dst));
-                host.udp_close(id);
+                host.datagram_close(id);
             }
         }
     }

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::io;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Token};
-use socket2::SockRef;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info};
 use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostSockets};
 use vnet_switch::PortId;
@@ -93,12 +93,22 @@ impl HostSockets for Host<'_, '_, '_> {
         Ok(())
     }
 
-    fn udp_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()> {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::ICMPV4))?;
+        socket.connect(&SocketAddr::from((remote, 0)).into())?;
+        let mut socket = UdpSocket::from_std(std::net::UdpSocket::from(socket));
+        let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        self.sockets.by_flow.insert(flow, HostSocket { socket, token });
+        Ok(())
+    }
+
+    fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
         let socket = self.sockets.by_flow.get(&flow).ok_or(io::ErrorKind::NotFound)?;
         socket.socket.send(payload).map(|_| ())
     }
 
-    fn udp_close(&mut self, flow: FlowId) {
+    fn datagram_close(&mut self, flow: FlowId) {
         if let Some(closed) = self.sockets.by_flow.remove(&flow) {
             self.sockets.sources.remove(&closed.token);
             self.cx.forget_source(closed.token);
