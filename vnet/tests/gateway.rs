@@ -396,15 +396,17 @@ fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
     assert_eq!(echo.join().unwrap(), 1000, "every connection was closed cleanly");
 }
 
-/// Two namespaces made for a test: `inner`, where vnet runs, may open ping sockets and
-/// reaches `far` (192.0.2.2, a test host) over a veth pair as 192.0.2.1.
+/// Two namespaces made for a test: `inner`, where vnet runs, reaches `far` (192.0.2.2,
+/// a test host) over a veth pair as 192.0.2.1.
 struct TestHostPair {
     inner: NamedNamespace,
     far: NamedNamespace,
 }
 
 impl TestHostPair {
-    fn create() -> Self {
+    /// With `ping_sockets`, every group in `inner` may open ping sockets; without, none
+    /// may (the kernel's default), so vnet (root in the tests) falls back to raw sockets.
+    fn create(ping_sockets: bool) -> Self {
         let (inner, far) = (NamedNamespace::create(), NamedNamespace::create());
         let veth = format!("vt{}", std::process::id() % 100_000);
         run_ok(&mut inner.command(&[
@@ -414,7 +416,8 @@ impl TestHostPair {
         run_ok(&mut inner.command(&["ip", "link", "set", &veth, "up"]));
         run_ok(&mut far.command(&["ip", "addr", "add", "192.0.2.2/24", "dev", "far0"]));
         run_ok(&mut far.command(&["ip", "link", "set", "far0", "up"]));
-        run_ok(&mut inner.command(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]));
+        let range = if ping_sockets { "0 2147483647" } else { "1 0" };
+        run_ok(&mut inner.command(&["sysctl", "-qw", &format!("net.ipv4.ping_group_range={range}")]));
         Self { inner, far }
     }
 }
@@ -422,7 +425,7 @@ impl TestHostPair {
 #[test]
 fn two_guests_reach_each_other_and_a_test_host_at_the_same_time() {
     let _lock = GuestLock::acquire();
-    let hosts = TestHostPair::create();
+    let hosts = TestHostPair::create(true);
     let mut web = hosts
         .far
         .command(&["python3", "-m", "http.server", "8080", "--bind", "192.0.2.2"])
@@ -464,6 +467,22 @@ wget -q -O /dev/null http://192.0.2.2:8080/ && echo TEST-HOST-WEB-OK; report"
     }
     let _ = web.kill();
     let _ = web.wait();
+}
+
+#[test]
+fn pings_use_a_raw_socket_when_ping_sockets_are_not_allowed() {
+    let _lock = GuestLock::acquire();
+    let hosts = TestHostPair::create(false);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::spawn_in(
+        Some(&hosts.inner),
+        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let script = format!("{DHCP} && ping -c 3 -W 5 192.0.2.2; report");
+    let guest = GuestSpec::new("raw", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    assert_pinged(&guest.wait_result(), 3);
 }
 
 #[test]

@@ -115,8 +115,8 @@ impl HostSockets for AcceptingHost {
     fn udp_open(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
         Ok(())
     }
-    fn icmp_open(&mut self, _: FlowId, _: std::net::Ipv4Addr) -> io::Result<()> {
-        Ok(())
+    fn icmp_open(&mut self, _: FlowId, _: std::net::Ipv4Addr) -> io::Result<vnet_gateway::IcmpSocketKind> {
+        Ok(vnet_gateway::IcmpSocketKind::Raw)
     }
     fn datagram_send(&mut self, _: FlowId, _: &[u8]) -> io::Result<()> {
         Ok(())

@@ -3,8 +3,9 @@
 //! destination), whose replies come back with the guest's identifier restored; and port
 //! unreachable messages are built for guests whose UDP flows the host refused.
 //!
-//! A host that allows no ping sockets (net.ipv4.ping_group_range) gets one log line, and
-//! the requests are dropped and counted. This file knows the [`HostSockets`] calls,
+//! Where the host allows no ping sockets (net.ipv4.ping_group_range), a raw ICMP socket
+//! is used if vnet may open one; if neither is possible there is one log line, and the
+//! requests are dropped and counted. This file knows the [`HostSockets`] calls,
 //! nothing of real sockets.
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use vnet_wire::MacAddress;
 use crate::udp::Unreachable;
 use tracing::warn;
 
-use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, GuestPacket, HostSockets};
+use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, GuestPacket, HostSockets, IcmpSocketKind};
 
 /// How long an echo flow lives without requests or replies.
 const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,6 +59,7 @@ struct EchoFlow {
     ident: u16,
     /// The address the guest pinged (the host address for host loopback).
     dst: Ipv4Addr,
+    kind: IcmpSocketKind,
     last_used: Instant,
 }
 
@@ -96,19 +98,23 @@ impl EchoFlows {
                     return Err(DropReason::FlowLimit);
                 }
                 let flow = flows.next();
-                if let Err(e) = host.icmp_open(flow, remote) {
-                    if !self.reported_denied {
-                        self.reported_denied = true;
-                        warn!(error = %e, "cannot open a ping socket; guests' pings beyond the gateway are dropped (see net.ipv4.ping_group_range)");
+                let kind = match host.icmp_open(flow, remote) {
+                    Ok(kind) => kind,
+                    Err(e) => {
+                        if !self.reported_denied {
+                            self.reported_denied = true;
+                            warn!(error = %e, "neither a ping socket nor a raw socket can be opened; guests' pings beyond the gateway are dropped (see net.ipv4.ping_group_range)");
+                        }
+                        return Err(DropReason::HostSocket);
                     }
-                    return Err(DropReason::HostSocket);
-                }
+                };
                 self.by_key.insert(key, flow);
                 let entry = EchoFlow {
                     guest_mac: guest.mac,
                     guest: guest.src,
                     ident: echo.ident,
                     dst: guest.dst,
+                    kind,
                     last_used: now,
                 };
                 self.flows.insert(flow, entry);
@@ -133,11 +139,14 @@ impl EchoFlows {
         let entry = self.flows.get_mut(&flow)?;
         entry.last_used = now;
         let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
-        let Icmpv4Repr::EchoReply { seq_no, data, .. } =
+        let Icmpv4Repr::EchoReply { ident, seq_no, data } =
             Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::ignored()).ok()?
         else {
             return None;
         };
+        if entry.kind == IcmpSocketKind::Raw && ident != entry.ident {
+            return None; // a raw socket sees every reply from the remote, not only ours
+        }
         let reply = Icmpv4Repr::EchoReply { ident: entry.ident, seq_no, data };
         Some(packet::icmp(config.mac(), entry.guest_mac, entry.dst, entry.guest, &reply))
     }

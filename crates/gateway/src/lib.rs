@@ -9,8 +9,8 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: ICMP echo through raw sockets when ping sockets are not allowed,
-//! ICMP errors from the host about NAT flows, fail-over for DNS over TCP (it goes to the
+//! Not served yet: ICMP errors from the host about NAT flows (other than UDP port
+//! unreachable), fail-over for DNS over TCP (it goes to the
 //! first upstream), IPv4 fragments (dropped and counted) and IPv6.
 
 mod arp;
@@ -52,6 +52,17 @@ impl FlowIds {
     }
 }
 
+/// Which kind of ICMP socket the host opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSocketKind {
+    /// An unprivileged ping socket: the kernel picks the echo identifier and hands
+    /// back only replies to it.
+    Ping,
+    /// A raw socket (CAP_NET_RAW): echo requests go out as the guest wrote them, and
+    /// every ICMP message from the remote comes back.
+    Raw,
+}
+
 /// A UDP datagram for a guest, with the addresses it appears to come from and go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GuestDatagram {
@@ -65,9 +76,10 @@ struct GuestDatagram {
 pub trait HostSockets {
     /// Opens a UDP socket connected to `remote` for `flow`.
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
-    /// Opens an ICMP echo ("ping") socket connected to `remote` for `flow`. What is
-    /// sent on it is an echo request; what comes back are echo replies.
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()>;
+    /// Opens an ICMP socket connected to `remote` for `flow`: an unprivileged ping socket
+    /// if the host allows one, else a raw ICMP socket. What is sent on it is an echo
+    /// request; what is received is an ICMP message without IP header.
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind>;
     /// Sends one datagram (or echo request) on `flow`'s UDP or ICMP socket.
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
     /// Closes `flow`'s UDP or ICMP socket.

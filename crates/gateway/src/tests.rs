@@ -38,8 +38,8 @@ impl HostSockets for FakeHost {
         self.open.insert(flow, remote);
         Ok(())
     }
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()> {
-        self.udp_open(flow, SocketAddr::from((remote, 0)))
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
+        self.udp_open(flow, SocketAddr::from((remote, 0))).map(|()| IcmpSocketKind::Ping)
     }
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
         self.sent.push((flow, payload.to_vec()));

@@ -17,7 +17,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info};
-use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostSockets};
+use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostSockets, IcmpSocketKind};
 use vnet_switch::PortId;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
@@ -33,6 +33,8 @@ const MAX_DATAGRAM: usize = 65536;
 struct HostSocket {
     socket: UdpSocket,
     token: Token,
+    /// A raw ICMP socket, whose messages arrive behind an IPv4 header.
+    raw_icmp: bool,
 }
 
 struct HostStream {
@@ -89,18 +91,24 @@ impl HostSockets for Host<'_, '_, '_> {
         socket.connect(remote)?;
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
-        self.sockets.by_flow.insert(flow, HostSocket { socket, token });
+        self.sockets.by_flow.insert(flow, HostSocket { socket, token, raw_icmp: false });
         Ok(())
     }
 
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<()> {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::ICMPV4))?;
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
+        let icmp =
+            |kind: Type| Socket::new(Domain::IPV4, kind.nonblocking().cloexec(), Some(Protocol::ICMPV4));
+        let (socket, kind) = match icmp(Type::DGRAM) {
+            Ok(socket) => (socket, IcmpSocketKind::Ping),
+            Err(_) => (icmp(Type::RAW)?, IcmpSocketKind::Raw),
+        };
         socket.connect(&SocketAddr::from((remote, 0)).into())?;
         let mut socket = UdpSocket::from_std(std::net::UdpSocket::from(socket));
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
-        self.sockets.by_flow.insert(flow, HostSocket { socket, token });
-        Ok(())
+        let raw_icmp = kind == IcmpSocketKind::Raw;
+        self.sockets.by_flow.insert(flow, HostSocket { socket, token, raw_icmp });
+        Ok(kind)
     }
 
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
@@ -271,9 +279,10 @@ impl GatewayPort {
             };
             match host_socket.socket.recv(&mut self.buffer) {
                 Ok(len) => {
+                    let header = if host_socket.raw_icmp { ipv4_header_len(&self.buffer[..len]) } else { 0 };
                     let now = cx.now;
                     let mut host = Host { sockets: &mut self.sockets, cx };
-                    self.gateway.on_udp_datagram(flow, &self.buffer[..len], now, &mut host);
+                    self.gateway.on_udp_datagram(flow, &self.buffer[header..len], now, &mut host);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) => {
@@ -286,6 +295,12 @@ impl GatewayPort {
         }
         ReadOutcome::More
     }
+}
+
+/// The length of the IPv4 header in front of what a raw socket received (all of it if
+/// the header claims more than there is).
+fn ipv4_header_len(packet: &[u8]) -> usize {
+    packet.first().map_or(0, |byte| usize::from(byte & 0x0f) * 4).min(packet.len())
 }
 
 impl GatewayPort {
