@@ -189,15 +189,7 @@ impl Nat {
                 host,
             );
             let window = Self::window_for_guest(connection, flow, host);
-            let ack = Outgoing {
-                control: TcpControl::None,
-                seq: connection.snd_nxt,
-                ack: Some(connection.rcv_nxt),
-                window,
-                syn_options: false,
-                payload: &[],
-            };
-            out.push(Self::segment(config, connection, &ack));
+            out.push(Self::ack(config, connection, window));
         }
         Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
         if Self::finished(connection) {
@@ -376,15 +368,7 @@ impl Nat {
         connection.retransmit_at = None;
         connection.rto = INITIAL_RTO;
         let window = Self::window_for_guest(connection, flow, host);
-        let ack = Outgoing {
-            control: TcpControl::None,
-            seq: connection.snd_nxt,
-            ack: Some(connection.rcv_nxt),
-            window,
-            syn_options: false,
-            payload: &[],
-        };
-        out.push(Self::segment(config, connection, &ack));
+        out.push(Self::ack(config, connection, window));
         Self::send_pending(config, connection, flow, now, host, scratch, out);
         Ok(())
     }
@@ -475,15 +459,7 @@ impl Nat {
         if connection.advertised_zero && connection.state == State::Established {
             let window = Self::window_for_guest(connection, flow, host);
             if window > 0 {
-                let update = Outgoing {
-                    control: TcpControl::None,
-                    seq: connection.snd_nxt,
-                    ack: Some(connection.rcv_nxt),
-                    window,
-                    syn_options: false,
-                    payload: &[],
-                };
-                out.push(Self::segment(config, connection, &update));
+                out.push(Self::ack(config, connection, window));
             }
         }
     }
@@ -696,6 +672,19 @@ impl Nat {
         let space = host.tcp_send_space(flow);
         connection.advertised_zero = space >> connection.our_window_scale == 0;
         space
+    }
+
+    /// A segment that only acknowledges and offers `window`.
+    fn ack(config: &GatewayConfig, connection: &Connection, window: usize) -> Vec<u8> {
+        let ack = Outgoing {
+            control: TcpControl::None,
+            seq: connection.snd_nxt,
+            ack: Some(connection.rcv_nxt),
+            window,
+            syn_options: false,
+            payload: &[],
+        };
+        Self::segment(config, connection, &ack)
     }
 
     fn segment(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'_>) -> Vec<u8> {
