@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Repr};
 use vnet_wire::MacAddress;
 
 use crate::udp::Unreachable;
@@ -173,9 +173,13 @@ impl EchoFlows {
     }
 }
 
-/// A port unreachable message telling a guest that its datagram to `unreachable.dst`
-/// was refused.
-pub fn port_unreachable(config: &GatewayConfig, guest_mac: MacAddress, unreachable: &Unreachable) -> Vec<u8> {
+/// A destination unreachable message telling a guest that its datagram to
+/// `unreachable.dst` could not be delivered.
+pub fn destination_unreachable(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    unreachable: &Unreachable,
+) -> Vec<u8> {
     let header = Ipv4Repr {
         src_addr: *unreachable.guest.ip(),
         dst_addr: *unreachable.dst.ip(),
@@ -187,11 +191,7 @@ pub fn port_unreachable(config: &GatewayConfig, guest_mac: MacAddress, unreachab
     udp_header[..2].copy_from_slice(&unreachable.guest.port().to_be_bytes());
     udp_header[2..4].copy_from_slice(&unreachable.dst.port().to_be_bytes());
     udp_header[4..6].copy_from_slice(&8u16.to_be_bytes());
-    let message = Icmpv4Repr::DstUnreachable {
-        reason: Icmpv4DstUnreachable::PortUnreachable,
-        header,
-        data: &udp_header,
-    };
+    let message = Icmpv4Repr::DstUnreachable { reason: unreachable.reason, header, data: &udp_header };
     let from: Ipv4Addr = *unreachable.dst.ip();
     packet::icmp(config.mac(), guest_mac, from, *unreachable.guest.ip(), &message)
 }

@@ -9,8 +9,8 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: ICMP errors from the host about NAT flows (other than UDP port
-//! unreachable), fail-over for DNS over TCP (it goes to the
+//! Not served yet: TTL-exceeded errors (the guest's TTL is not carried to host sockets),
+//! ICMP errors about TCP flows beyond RST, fail-over for DNS over TCP (it goes to the
 //! first upstream), IPv4 fragments (dropped and counted) and IPv6.
 
 mod arp;
@@ -211,7 +211,7 @@ impl Gateway {
             return;
         }
         if let Some(unreachable) = self.udp.on_host_error(flow, error) {
-            self.send_port_unreachable(unreachable);
+            self.send_unreachable(unreachable);
         }
     }
 
@@ -401,14 +401,15 @@ impl Gateway {
         }
         let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
-        self.udp.send(
-            udp::Route { guest: src, dst, remote },
-            udp.payload(),
-            room,
-            now,
-            host,
-            &mut self.flow_ids,
-        )
+        let route = udp::Route { guest: src, dst, remote };
+        match self.udp.send(route, udp.payload(), room, now, host, &mut self.flow_ids) {
+            Ok(()) => Ok(()),
+            Err(udp::SendError::Dropped(reason)) => Err(reason),
+            Err(udp::SendError::Unreachable(unreachable)) => {
+                self.send_unreachable(unreachable);
+                Err(DropReason::HostSocket)
+            }
+        }
     }
 
     fn dispatch_icmp(
@@ -502,9 +503,11 @@ impl Gateway {
         }
     }
 
-    fn send_port_unreachable(&mut self, unreachable: udp::Unreachable) {
+    fn send_unreachable(&mut self, unreachable: udp::Unreachable) {
         match self.neighbors.lookup(*unreachable.guest.ip()) {
-            Some(mac) => self.outbox.push_back(icmp::port_unreachable(&self.config, mac, &unreachable)),
+            Some(mac) => {
+                self.outbox.push_back(icmp::destination_unreachable(&self.config, mac, &unreachable))
+            }
             None => self.counters.record(DropReason::UnknownGuest),
         }
     }

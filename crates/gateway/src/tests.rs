@@ -16,13 +16,15 @@ use super::*;
 const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 
-/// A host that records opens and sends, and refuses what it is told to. TCP sockets
+/// A host that records opens and sends, and refuses what it is told to (`send_error`
+/// makes every datagram send fail with that OS error). TCP sockets
 /// take at most `tcp_accept` bytes per write and hold `tcp_incoming` for peeking.
 #[derive(Default)]
 struct FakeHost {
     open: HashMap<FlowId, SocketAddr>,
     sent: Vec<(FlowId, Vec<u8>)>,
     refuse_open: Vec<SocketAddr>,
+    send_error: Option<i32>,
     tcp_accept: usize,
     tcp_incoming: Vec<u8>,
     tcp_consumed: usize,
@@ -42,6 +44,9 @@ impl HostSockets for FakeHost {
         self.udp_open(flow, SocketAddr::from((remote, 0))).map(|()| IcmpSocketKind::Ping)
     }
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
+        if let Some(errno) = self.send_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         self.sent.push((flow, payload.to_vec()));
         Ok(())
     }
@@ -699,4 +704,28 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
     restricted.receive(&frame, now, &mut host);
     assert!(host.sent.is_empty(), "restrict=on keeps pings in");
     assert_eq!(restricted.counters().drops(DropReason::Restricted), 1);
+}
+
+#[test]
+fn host_unreachable_errors_reach_the_guest_as_icmp() {
+    use smoltcp::wire::Icmpv4DstUnreachable;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 53);
+    for (errno, reason) in [
+        (101, Icmpv4DstUnreachable::NetUnreachable),
+        (113, Icmpv4DstUnreachable::HostUnreachable),
+        (111, Icmpv4DstUnreachable::PortUnreachable),
+    ] {
+        let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+        host.send_error = Some(errno);
+        gateway.receive(&guest_udp(dst, b"x"), now, &mut host);
+        let frame = gateway.pop_frame().expect("an ICMP error for the guest");
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        let repr = Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap();
+        assert!(
+            matches!(repr, Icmpv4Repr::DstUnreachable { reason: r, .. } if r == reason),
+            "{errno}: {repr:?}"
+        );
+        assert_eq!(ip.dst_addr(), GUEST_IP);
+    }
 }

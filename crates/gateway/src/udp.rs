@@ -1,7 +1,8 @@
 //! UDP NAT: each guest flow (guest address and port to destination address and port)
 //! gets one connected host socket, closed after [`IDLE_TIMEOUT`] without traffic.
-//! Replies come back to the guest from the address it sent to; a refusal by the host
-//! (ICMP port unreachable, seen as ECONNREFUSED) becomes a port unreachable for the guest.
+//! Replies come back to the guest from the address it sent to; an ICMP unreachable the
+//! host got for the flow (seen as ECONNREFUSED, EHOSTUNREACH or ENETUNREACH) becomes the
+//! same unreachable for the guest.
 //!
 //! Which destinations are allowed and where the host address maps is decided by the
 //! caller; this file only keeps flows. It knows nothing of frames.
@@ -10,6 +11,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+use smoltcp::wire::Icmpv4DstUnreachable;
 
 use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
 
@@ -27,13 +30,36 @@ pub struct Route {
     pub remote: SocketAddr,
 }
 
-/// A guest datagram the host refused, to report with ICMP port unreachable.
+/// A guest datagram the host could not deliver, to report with ICMP destination
+/// unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreachable {
     /// The guest's address and port.
     pub guest: SocketAddrV4,
     /// Where it sent to.
     pub dst: SocketAddrV4,
+    /// Network, host or port unreachable.
+    pub reason: Icmpv4DstUnreachable,
+}
+
+/// What the ICMP unreachable a host socket error stands for is, if it stands for one:
+/// the kernel turns ICMP errors on connected sockets into these errors.
+pub fn unreachable_reason(error: &io::Error) -> Option<Icmpv4DstUnreachable> {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => Some(Icmpv4DstUnreachable::PortUnreachable),
+        io::ErrorKind::HostUnreachable => Some(Icmpv4DstUnreachable::HostUnreachable),
+        io::ErrorKind::NetworkUnreachable => Some(Icmpv4DstUnreachable::NetUnreachable),
+        _ => None,
+    }
+}
+
+/// Why a guest datagram was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Dropped and counted.
+    Dropped(DropReason),
+    /// The host said the destination is unreachable; the guest is told.
+    Unreachable(Unreachable),
 }
 
 struct Flow {
@@ -75,16 +101,16 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), SendError> {
         let key = (route.guest, route.dst);
         let flow = match self.by_route.get(&key) {
             Some(flow) => *flow,
             None => {
                 if !room_for_new {
-                    return Err(DropReason::FlowLimit);
+                    return Err(SendError::Dropped(DropReason::FlowLimit));
                 }
                 let flow = flows.next();
-                host.udp_open(flow, route.remote).map_err(|_| DropReason::HostSocket)?;
+                host.udp_open(flow, route.remote).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
                 self.by_route.insert(key, flow);
                 self.flows.insert(flow, Flow { route, last_used: now });
                 flow
@@ -93,7 +119,12 @@ impl Nat {
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.last_used = now;
         }
-        host.datagram_send(flow, payload).map_err(|_| DropReason::HostSocket)
+        host.datagram_send(flow, payload).map_err(|error| match unreachable_reason(&error) {
+            Some(reason) => {
+                SendError::Unreachable(Unreachable { guest: route.guest, dst: route.dst, reason })
+            }
+            None => SendError::Dropped(DropReason::HostSocket),
+        })
     }
 
     /// A datagram from the host on `flow`: the datagram for the guest.
@@ -103,11 +134,11 @@ impl Nat {
         Some(GuestDatagram { from: entry.route.dst, to: entry.route.guest, payload: payload.to_vec() })
     }
 
-    /// An error on `flow`'s socket: a refusal to report to the guest, if it was one.
+    /// An error on `flow`'s socket: the unreachable to report to the guest, if it was one.
     pub fn on_host_error(&mut self, flow: FlowId, error: &io::Error) -> Option<Unreachable> {
         let entry = self.flows.get(&flow)?;
-        (error.kind() == io::ErrorKind::ConnectionRefused)
-            .then_some(Unreachable { guest: entry.route.guest, dst: entry.route.dst })
+        let reason = unreachable_reason(error)?;
+        Some(Unreachable { guest: entry.route.guest, dst: entry.route.dst, reason })
     }
 
     /// When the quietest flow will have been idle too long.
