@@ -172,7 +172,7 @@ pub fn gateway_frames(data: &[u8]) {
         let now = start + Duration::from_millis(step * 700);
         gateway.receive(frame, now, &mut host);
         for flow in 1..=step.min(8) {
-            gateway.on_tcp_connected(FlowId(flow), &mut host);
+            gateway.on_tcp_connected(FlowId(flow), now, &mut host);
             gateway.on_udp_datagram(FlowId(flow), frame, now, &mut host);
         }
         gateway.on_deadline(now, &mut host);

@@ -30,13 +30,15 @@ pub enum DropReason {
     UnknownGuest,
     /// A host datagram for a flow that no longer exists.
     UnknownFlow,
-    /// A DHCP request that could not be granted (pool full, wrong server, bad address).
+    /// A DHCP message whose client hardware address is not the frame's source.
     DhcpRefused,
+    /// An IPv4 source address outside the network (other than a DHCP client's 0.0.0.0).
+    Spoofed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::BadChecksum,
         DropReason::NotForGateway,
@@ -49,6 +51,7 @@ impl DropReason {
         DropReason::UnknownGuest,
         DropReason::UnknownFlow,
         DropReason::DhcpRefused,
+        DropReason::Spoofed,
     ];
 
     /// A short name for logs and metrics.
@@ -66,6 +69,7 @@ impl DropReason {
             DropReason::UnknownGuest => "unknown_guest",
             DropReason::UnknownFlow => "unknown_flow",
             DropReason::DhcpRefused => "dhcp_refused",
+            DropReason::Spoofed => "spoofed",
         }
     }
 }

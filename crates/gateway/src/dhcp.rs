@@ -1,6 +1,8 @@
 //! DHCP server: DISCOVER/OFFER/REQUEST/ACK/NAK, RELEASE, INFORM and rapid commit.
 //!
-//! Addresses are handed out from `dhcpstart` up to the end of the subnet. A MAC keeps its
+//! Addresses are handed out from `dhcpstart` up to the end of the subnet (at most
+//! [`MAX_POOL`] of them), only to a client whose hardware address is the frame's source.
+//! A MAC keeps its
 //! address for the life of the gateway, across reconnects and releases, and static leases
 //! (`dhcp-host=`) always win. Replies carry subnet, router, DNS, host name, domain, MTU,
 //! lease time, server id and the domain search list; `restrict=on` leaves out router and
@@ -14,6 +16,9 @@ use tracing::{info, warn};
 use vnet_wire::MacAddress;
 
 use crate::{packet, DropReason, GatewayConfig};
+
+/// Most addresses one pool hands out, however large the network.
+const MAX_POOL: usize = 4096;
 
 /// The port a DHCP server listens on.
 pub const SERVER_PORT: u16 = 67;
@@ -41,6 +46,7 @@ impl Server {
         let pool = (u32::from(config.dhcp_start)..u32::from(config.broadcast()))
             .map(Ipv4Addr::from)
             .filter(|ip| !reserved.contains(ip))
+            .take(MAX_POOL)
             .collect();
         Self { leases: HashMap::new(), pool }
     }
@@ -56,6 +62,9 @@ impl Server {
         let request = DhcpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?;
         let rapid_commit = packet.options().any(|option| option.kind == OPTION_RAPID_COMMIT);
         let client = request.client_hardware_address;
+        if client != mac {
+            return Err(DropReason::DhcpRefused);
+        }
         let (message_type, your_ip) = match request.message_type {
             DhcpMessageType::Discover => match self.lease_for(client, request.requested_ip, config) {
                 Some(ip) if rapid_commit => (DhcpMessageType::Ack, ip),

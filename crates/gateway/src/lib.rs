@@ -260,9 +260,9 @@ impl Gateway {
     }
 
     /// `flow`'s TCP connect completed.
-    pub fn on_tcp_connected(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
+    pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
-        self.tcp.on_connected(&self.config, flow, host, &mut out);
+        self.tcp.on_connected(&self.config, flow, now, host, &mut out);
         self.outbox.extend(out);
     }
 
@@ -350,6 +350,9 @@ impl Gateway {
         let packet = GuestPacket { mac, src: repr.src_addr, dst: repr.dst_addr };
         if self.config.contains(packet.src) {
             self.neighbors.learn(packet.src, mac);
+        } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
+            // Only a DHCP client may speak before it has an address of the network.
+            return Err(DropReason::Spoofed);
         }
         match repr.next_header {
             IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
@@ -492,6 +495,16 @@ impl Gateway {
         }
         if self.config.contains(dst) {
             return Err(DropReason::NotForGateway);
+        }
+        // The host's own loopback is reachable only as the host address (and only with
+        // host-loopback=on); "this network", broadcast and multicast never leave.
+        if dst.is_loopback()
+            || dst.is_unspecified()
+            || dst.octets()[0] == 0
+            || dst.is_broadcast()
+            || dst.is_multicast()
+        {
+            return Err(DropReason::Restricted);
         }
         Ok(dst)
     }

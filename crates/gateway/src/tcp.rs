@@ -15,6 +15,7 @@
 //! the [`HostSockets`] calls, nothing of epoll or the switch.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -33,9 +34,13 @@ const INITIAL_RTO: Duration = Duration::from_millis(1000);
 const MAX_RTO: Duration = Duration::from_secs(60);
 /// Ports of the gateway's address that inbound (hostfwd) connections come from.
 const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;
-/// SYNs sent to a guest for an inbound connection before giving up.
-const MAX_SYN_TRIES: u32 = 5;
-/// How long a closing connection may linger before it is dropped.
+/// Timeouts in a row (SYN, SYN-ACK or data) before a connection is given up.
+const MAX_RETRANSMITS: u32 = 8;
+/// Most segments in flight towards a guest, whatever its MSS.
+const MAX_SEGMENTS_IN_FLIGHT: usize = 1024;
+/// The smallest MSS vnet uses, whatever the guest says.
+const MIN_MSS: usize = 64;
+/// How long a connection may linger once both sides sent FIN, before it is dropped.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest amount sent to the guest in one go before waiting for ACKs.
 const MAX_IN_FLIGHT: usize = 4 << 20;
@@ -82,8 +87,10 @@ struct Connection {
     rto: Duration,
     retransmit_at: Option<Instant>,
     closing_since: Option<Instant>,
-    /// SYNs sent to the guest for an inbound connection.
-    syn_tries: u32,
+    /// Timeouts in a row without progress.
+    retransmits: u32,
+    /// The host socket failed; the guest has been reset and the flow must go.
+    failed: bool,
 }
 
 /// Whether `a` is before `b` in sequence space.
@@ -96,7 +103,9 @@ pub struct Nat {
     by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     connections: HashMap<FlowId, Connection>,
     scratch: Vec<u8>,
-    isn_counter: u32,
+    /// A per-gateway random key, so initial sequence numbers cannot be guessed.
+    isn_key: RandomState,
+    connections_made: u64,
     next_inbound_port: u16,
 }
 
@@ -117,7 +126,8 @@ impl Nat {
             by_tuple: HashMap::new(),
             connections: HashMap::new(),
             scratch: vec![0; 65536],
-            isn_counter: 0x1f2e_3d4c,
+            isn_key: RandomState::new(),
+            connections_made: 0,
             next_inbound_port: 0,
         }
     }
@@ -128,8 +138,8 @@ impl Nat {
     }
 
     /// Handles a segment from the guest. `remote` is where the host side connects for a
-    /// new connection (already mapped and allowed by the caller), or None when new
-    /// connections are refused (restrict, flow limit: `refusal` says which).
+    /// new connection (already mapped and allowed by the caller), or why new connections
+    /// are refused (restrict, flow limit), which the guest then learns by RST.
     #[allow(clippy::too_many_arguments)]
     pub fn on_guest_segment(
         &mut self,
@@ -153,29 +163,53 @@ impl Nat {
         )
         .map_err(|_| DropReason::Malformed)?;
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
-            return self.on_new_segment(config, guest_mac, guest, dst, &repr, remote, now, host, flows, out);
+            return self.on_new_segment(config, guest_mac, guest, dst, &repr, remote, host, flows, out);
+        };
+        let Some(connection) = self.connections.get_mut(&flow) else {
+            return Err(DropReason::UnknownFlow);
         };
         if repr.control == TcpControl::Rst {
+            // Only a reset at the expected sequence number counts (RFC 5961), so a
+            // guest cannot kill another's connection by guessing its ports.
+            let in_handshake = matches!(connection.state, State::SynSent | State::Connecting);
+            if !in_handshake && repr.seq_number.0 as u32 != connection.rcv_nxt {
+                return Err(DropReason::Malformed);
+            }
             debug!(%guest, %dst, "guest reset the connection");
             host.tcp_close(flow, true);
             self.remove(flow);
             return Ok(());
         }
-        let Some(connection) = self.connections.get_mut(&flow) else {
-            return Err(DropReason::UnknownFlow);
-        };
         if connection.state == State::SynSent && repr.control != TcpControl::Syn {
             return Ok(()); // nothing but a SYN-ACK makes sense before the handshake
         }
         if repr.control == TcpControl::Syn {
-            if connection.state == State::SynSent {
-                Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.scratch, out)?;
+            match connection.state {
+                State::SynSent => {
+                    Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.scratch, out)?
+                }
+                // The guest did not get our SYN-ACK: send it again.
+                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
+                // Our ACK of its SYN-ACK was lost: acknowledge again.
+                State::Established => {
+                    let window = Self::window_for_guest(connection, flow, host);
+                    out.push(Self::ack(config, connection, window));
+                }
+                // A retransmitted SYN while the host connect is under way.
+                State::Connecting => {}
             }
-            // Otherwise a retransmitted SYN while the host connect is under way.
             return Ok(());
         }
+        if connection.state != State::Established && connection.state != State::SynAckSent {
+            return Ok(()); // no data before the host side is connected
+        }
         if let Some(ack) = repr.ack_number {
-            Self::on_ack(connection, ack.0 as u32, repr.window_len, flow, host)?;
+            if let Err(reason) = Self::on_ack(connection, ack.0 as u32, repr.window_len, now, flow, host) {
+                Self::reset(config, connection, out);
+                host.tcp_close(flow, true);
+                self.remove(flow);
+                return Err(reason);
+            }
         }
         let seq = repr.seq_number.0 as u32;
         if !repr.payload.is_empty() || repr.control == TcpControl::Fin {
@@ -192,10 +226,7 @@ impl Nat {
             out.push(Self::ack(config, connection, window));
         }
         Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
-        if Self::finished(connection) {
-            host.tcp_close(flow, false);
-            self.remove(flow);
-        }
+        self.settle(flow, host);
         Ok(())
     }
 
@@ -208,7 +239,6 @@ impl Nat {
         dst: SocketAddrV4,
         repr: &TcpRepr<'_>,
         remote: Result<SocketAddr, DropReason>,
-        now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
         out: &mut Vec<Vec<u8>>,
@@ -233,8 +263,7 @@ impl Nat {
             out.push(reset_for(config, guest_mac, guest, dst, repr));
             return Err(DropReason::HostSocket);
         }
-        self.isn_counter = self.isn_counter.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let isn = self.isn_counter ^ (now.elapsed().subsec_nanos());
+        let isn = self.next_isn(guest, dst);
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(536));
         let connection = Connection {
             guest_mac,
@@ -247,7 +276,7 @@ impl Nat {
             guest_window: usize::from(repr.window_len),
             guest_window_scale: repr.window_scale.unwrap_or(0),
             our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
-            mss: guest_mss.min(usize::from(config.mtu) - 40),
+            mss: guest_mss.clamp(MIN_MSS, usize::from(config.mtu) - 40),
             host_eof: false,
             fin_sent: false,
             guest_fin: false,
@@ -255,7 +284,8 @@ impl Nat {
             rto: INITIAL_RTO,
             retransmit_at: None,
             closing_since: None,
-            syn_tries: 0,
+            retransmits: 0,
+            failed: false,
         };
         self.by_tuple.insert((guest, dst), flow);
         self.connections.insert(flow, connection);
@@ -279,8 +309,7 @@ impl Nat {
         let Some(apparent) = self.free_apparent_address(config, guest) else {
             return false;
         };
-        self.isn_counter = self.isn_counter.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        let isn = self.isn_counter ^ now.elapsed().subsec_nanos();
+        let isn = self.next_isn(guest, apparent);
         let connection = Connection {
             guest_mac,
             guest,
@@ -300,7 +329,8 @@ impl Nat {
             rto: INITIAL_RTO,
             retransmit_at: Some(now + INITIAL_RTO),
             closing_since: None,
-            syn_tries: 1,
+            retransmits: 0,
+            failed: false,
         };
         out.push(Self::syn(config, &connection, flow, host));
         self.by_tuple.insert((guest, apparent), flow);
@@ -308,13 +338,19 @@ impl Nat {
         true
     }
 
+    /// An initial sequence number for a connection between `guest` and `remote`.
+    fn next_isn(&mut self, guest: SocketAddrV4, remote: SocketAddrV4) -> u32 {
+        self.connections_made += 1;
+        self.isn_key.hash_one((guest, remote, self.connections_made)) as u32
+    }
+
     /// A gateway address and port no connection to `guest` uses, from the ephemeral range.
     fn free_apparent_address(&mut self, config: &GatewayConfig, guest: SocketAddrV4) -> Option<SocketAddrV4> {
         for _ in INBOUND_PORTS {
-            self.next_inbound_port = if INBOUND_PORTS.contains(&self.next_inbound_port) {
-                self.next_inbound_port + 1
-            } else {
-                *INBOUND_PORTS.start()
+            let (first, last) = (*INBOUND_PORTS.start(), *INBOUND_PORTS.end());
+            self.next_inbound_port = match self.next_inbound_port {
+                port if port >= first && port < last => port + 1,
+                _ => first,
             };
             let apparent = SocketAddrV4::new(config.host, self.next_inbound_port);
             if !self.by_tuple.contains_key(&(guest, apparent)) {
@@ -364,7 +400,7 @@ impl Nat {
             connection.our_window_scale = 0;
         }
         connection.guest_window = usize::from(repr.window_len);
-        connection.mss = connection.mss.min(usize::from(repr.max_seg_size.unwrap_or(536)));
+        connection.mss = connection.mss.min(usize::from(repr.max_seg_size.unwrap_or(536))).max(MIN_MSS);
         connection.retransmit_at = None;
         connection.rto = INITIAL_RTO;
         let window = Self::window_for_guest(connection, flow, host);
@@ -378,6 +414,7 @@ impl Nat {
         &mut self,
         config: &GatewayConfig,
         flow: FlowId,
+        now: Instant,
         host: &mut dyn HostSockets,
         out: &mut Vec<Vec<u8>>,
     ) {
@@ -388,6 +425,18 @@ impl Nat {
             return;
         }
         connection.state = State::SynAckSent;
+        connection.snd_nxt = connection.snd_una.wrapping_add(1);
+        connection.retransmit_at = Some(now + connection.rto);
+        out.push(Self::syn_ack(config, connection, flow, host));
+    }
+
+    /// The SYN-ACK answering the guest's SYN.
+    fn syn_ack(
+        config: &GatewayConfig,
+        connection: &mut Connection,
+        flow: FlowId,
+        host: &mut dyn HostSockets,
+    ) -> Vec<u8> {
         let window = Self::window_for_guest(connection, flow, host);
         let syn_ack = Outgoing {
             control: TcpControl::Syn,
@@ -397,8 +446,7 @@ impl Nat {
             syn_options: true,
             payload: &[],
         };
-        out.push(Self::segment(config, connection, &syn_ack));
-        connection.snd_nxt = connection.snd_una.wrapping_add(1);
+        Self::segment(config, connection, &syn_ack)
     }
 
     /// `flow`'s host socket failed (connect refused or timed out, reset): reset the guest
@@ -437,10 +485,7 @@ impl Nat {
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
             Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
-            if Self::finished(connection) {
-                host.tcp_close(flow, false);
-                self.remove(flow);
-            }
+            self.settle(flow, host);
         }
     }
 
@@ -502,39 +547,52 @@ impl Nat {
             let Some(connection) = self.connections.get_mut(&flow) else {
                 continue;
             };
+            connection.retransmits += 1;
+            if connection.retransmits > MAX_RETRANSMITS {
+                debug!(guest = %connection.guest, remote = %connection.remote, "guest stopped answering; giving up");
+                Self::reset(config, connection, out);
+                host.tcp_close(flow, true);
+                self.remove(flow);
+                continue;
+            }
             connection.rto = (connection.rto * 2).min(MAX_RTO);
-            connection.retransmit_at = None;
-            if connection.state == State::SynSent {
-                if connection.syn_tries >= MAX_SYN_TRIES {
-                    debug!(guest = %connection.guest, "guest never answered an inbound connection");
-                    host.tcp_close(flow, false);
-                    self.remove(flow);
-                    continue;
+            connection.retransmit_at = Some(now + connection.rto);
+            match connection.state {
+                State::SynSent => out.push(Self::syn(config, connection, flow, host)),
+                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
+                State::Established => {
+                    connection.snd_nxt = connection.snd_una;
+                    connection.fin_sent = false;
+                    Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
                 }
-                connection.syn_tries += 1;
-                connection.retransmit_at = Some(now + connection.rto);
-                out.push(Self::syn(config, connection, flow, host));
-                continue;
+                State::Connecting => connection.retransmit_at = None,
             }
-            if connection.state == State::SynAckSent {
-                connection.state = State::Connecting;
-                connection.snd_nxt = connection.snd_una;
-                self.on_connected(config, flow, host, out);
-                if let Some(c) = self.connections.get_mut(&flow) {
-                    c.retransmit_at = Some(now + c.rto);
-                }
-                continue;
-            }
-            connection.snd_nxt = connection.snd_una;
-            connection.fin_sent = false;
-            Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+            self.settle(flow, host);
         }
     }
 
+    /// Closes and forgets `flow` if it failed (abortively) or both sides finished.
+    fn settle(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
+        let Some(connection) = self.connections.get(&flow) else {
+            return;
+        };
+        if connection.failed {
+            host.tcp_close(flow, true);
+            self.remove(flow);
+        } else if Self::finished(connection) {
+            host.tcp_close(flow, false);
+            self.remove(flow);
+        }
+    }
+
+    /// Takes the guest's ACK: consumes what it acknowledges from the host socket and
+    /// keeps the retransmission timer running while anything is still unacknowledged.
+    /// An error means the connection must be reset.
     fn on_ack(
         connection: &mut Connection,
         ack: u32,
         window: u16,
+        now: Instant,
         flow: FlowId,
         host: &mut dyn HostSockets,
     ) -> Result<(), DropReason> {
@@ -557,7 +615,9 @@ impl Nat {
             }
             connection.snd_una = ack;
             connection.rto = INITIAL_RTO;
-            connection.retransmit_at = None;
+            connection.retransmits = 0;
+            connection.retransmit_at =
+                (connection.snd_una != connection.snd_nxt).then(|| now + connection.rto);
         }
         Ok(())
     }
@@ -571,17 +631,24 @@ impl Nat {
         flow: FlowId,
         host: &mut dyn HostSockets,
     ) {
-        if seq != connection.rcv_nxt || connection.guest_fin {
-            return; // out of order or a retransmission: the ACK we send says where we are
+        if connection.guest_fin {
+            return;
         }
+        // A retransmission that overlaps what was taken: keep only the new bytes.
+        let already = connection.rcv_nxt.wrapping_sub(seq) as usize;
+        if seq_lt(connection.rcv_nxt, seq) || already > payload.len() {
+            return; // out of order or wholly old: the ACK we send says where we are
+        }
+        let payload = &payload[already..];
         let taken = if payload.is_empty() {
             0
         } else {
             match host.tcp_send(flow, payload) {
                 Ok(taken) => taken,
                 Err(e) => {
-                    debug!(error = %e, "host write failed");
-                    0
+                    debug!(error = %e, "host write failed; resetting guest");
+                    connection.failed = true;
+                    return;
                 }
             }
         };
@@ -590,7 +657,9 @@ impl Nat {
             connection.rcv_nxt = connection.rcv_nxt.wrapping_add(1);
             connection.guest_fin = true;
             host.tcp_shutdown_write(flow);
-            connection.closing_since.get_or_insert(now);
+            if connection.fin_sent {
+                connection.closing_since.get_or_insert(now);
+            }
         }
     }
 
@@ -610,7 +679,8 @@ impl Nat {
         }
         loop {
             let in_flight = connection.snd_nxt.wrapping_sub(connection.snd_una) as usize;
-            let room = connection.guest_window.min(MAX_IN_FLIGHT).saturating_sub(in_flight);
+            let limit = MAX_IN_FLIGHT.min(connection.mss * MAX_SEGMENTS_IN_FLIGHT);
+            let room = connection.guest_window.min(limit).saturating_sub(in_flight);
             if room == 0 || connection.fin_sent {
                 break;
             }
@@ -623,7 +693,8 @@ impl Nat {
                 Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    debug!(error = %e, "host read failed");
+                    debug!(error = %e, "host read failed; resetting guest");
+                    connection.failed = true;
                     break;
                 }
             };
@@ -658,7 +729,9 @@ impl Nat {
             connection.snd_nxt = connection.snd_nxt.wrapping_add(1);
             connection.fin_sent = true;
             connection.retransmit_at.get_or_insert(now + connection.rto);
-            connection.closing_since.get_or_insert(now);
+            if connection.guest_fin {
+                connection.closing_since.get_or_insert(now);
+            }
         }
     }
 
@@ -672,6 +745,20 @@ impl Nat {
         let space = host.tcp_send_space(flow);
         connection.advertised_zero = space >> connection.our_window_scale == 0;
         space
+    }
+
+    /// Resets the guest's side of `connection`.
+    fn reset(config: &GatewayConfig, connection: &Connection, out: &mut Vec<Vec<u8>>) {
+        let seq = if connection.state == State::Connecting { 0 } else { connection.snd_nxt };
+        let reset = Outgoing {
+            control: TcpControl::Rst,
+            seq,
+            ack: Some(connection.rcv_nxt),
+            window: 0,
+            syn_options: false,
+            payload: &[],
+        };
+        out.push(Self::segment(config, connection, &reset));
     }
 
     /// A segment that only acknowledges and offers `window`.

@@ -531,7 +531,7 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     assert_eq!(host.open[&flow], "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(gateway.pop_frame().is_none(), "no SYN-ACK before the host connect completes");
 
-    gateway.on_tcp_connected(flow, &mut host);
+    gateway.on_tcp_connected(flow, now, &mut host);
     let (control, isn, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     assert_eq!((control, ack), (TcpControl::Syn, Some(101)));
     gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
@@ -728,4 +728,89 @@ fn host_unreachable_errors_reach_the_guest_as_icmp() {
         );
         assert_eq!(ip.dst_addr(), GUEST_IP);
     }
+}
+
+#[test]
+fn the_hosts_loopback_is_reachable_only_as_the_host_address() {
+    use smoltcp::wire::TcpControl;
+    let config = GatewayConfig { host_loopback: false, ..GatewayConfig::default() };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    for dst in [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(0, 1, 2, 3), Ipv4Addr::new(10, 0, 2, 2)] {
+        gateway.receive(&guest_udp(SocketAddrV4::new(dst, 22), b"x"), now, &mut host);
+        gateway.receive(
+            &guest_tcp(SocketAddrV4::new(dst, 22), TcpControl::Syn, 1, None, &[]),
+            now,
+            &mut host,
+        );
+    }
+    assert!(host.open.is_empty(), "nothing reached the host: {:?}", host.open);
+    assert_eq!(gateway.counters().drops(DropReason::Restricted), 6);
+}
+
+#[test]
+fn a_reset_counts_only_at_the_expected_sequence_number() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 1000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), now, &mut host);
+    assert!(host.closed.is_empty(), "a blind reset is ignored");
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), now, &mut host);
+    assert_eq!(host.closed, vec![(flow, true)]);
+}
+
+#[test]
+fn a_lost_syn_ack_is_sent_again_and_a_silent_guest_is_given_up() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_connected(flow, now, &mut host);
+    assert_eq!(tcp_of(&gateway.pop_frame().unwrap()).0, TcpControl::Syn);
+    // The guest retransmits its SYN: the SYN-ACK goes out again.
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    assert_eq!(tcp_of(&gateway.pop_frame().expect("SYN-ACK again")).0, TcpControl::Syn);
+    // Timeouts resend it too, until the guest is given up.
+    let mut at = now;
+    let mut resent = 0;
+    while host.closed.is_empty() && resent < 20 {
+        at += Duration::from_secs(120);
+        gateway.on_deadline(at, &mut host);
+        while let Some(frame) = gateway.pop_frame() {
+            if tcp_of(&frame).0 == TcpControl::Syn {
+                resent += 1;
+            }
+        }
+    }
+    assert_eq!(host.closed, vec![(flow, true)], "given up after {resent} resends");
+    assert!(resent >= 3);
+}
+
+#[test]
+fn a_half_closed_connection_keeps_carrying_data() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 65536;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), now, &mut host);
+    while gateway.pop_frame().is_some() {}
+    // Long after the guest's FIN, the host still sends and the guest still acknowledges.
+    let later = now + Duration::from_secs(600);
+    gateway.on_deadline(later, &mut host);
+    host.tcp_incoming = vec![1u8; 100];
+    gateway.on_tcp_readable(flow, later, &mut host);
+    let (_, _, _, _, payload) = tcp_of(&gateway.pop_frame().expect("data after the guest's FIN"));
+    assert_eq!(payload.len(), 100);
+    assert!(host.closed.is_empty());
 }

@@ -317,6 +317,7 @@ impl GatewayPort {
 
     /// A host stream finished connecting, failed to, or has send space again.
     fn stream_writable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
+        let now = cx.now;
         let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return;
         };
@@ -329,7 +330,7 @@ impl GatewayPort {
         let mut host = Host { sockets: &mut self.sockets, cx };
         match (error, was_connecting, connected) {
             (Some(error), _, _) => self.gateway.on_tcp_error(flow, &error, &mut host),
-            (None, true, true) => self.gateway.on_tcp_connected(flow, &mut host),
+            (None, true, true) => self.gateway.on_tcp_connected(flow, now, &mut host),
             (None, true, false) => {}
             (None, false, _) => self.gateway.on_tcp_writable(flow, &mut host),
         }
