@@ -127,6 +127,14 @@ impl Nic {
     }
 }
 
+/// A MAC address no other guest of this test process gets by default, and never QEMU's
+/// (or `vnet ns`'s) default 52:54:00:12:34:56.
+fn unique_mac() -> String {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("52:54:00:fe:{:02x}:{:02x}", n >> 8, n & 0xff)
+}
+
 /// What to boot.
 pub struct GuestSpec {
     name: String,
@@ -146,7 +154,7 @@ impl GuestSpec {
             name: name.to_owned(),
             nic,
             netdev: netdev.to_owned(),
-            mac: String::from("52:54:00:12:34:56"),
+            mac: unique_mac(),
             script: script.to_owned(),
             accel: None,
             netns: None,
