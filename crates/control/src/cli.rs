@@ -196,24 +196,21 @@ fn namespace_setup(
     })
 }
 
-/// The resolv.conf `vnet ns` binds into its namespace; removed when vnet exits.
+/// The resolv.conf `vnet ns` binds into its namespace, in a private temporary
+/// directory removed when vnet exits.
 struct TempResolvConf {
-    dir: PathBuf,
+    _dir: tempfile::TempDir,
     path: PathBuf,
 }
 
 impl TempResolvConf {
     fn new() -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vnet-ns-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("resolv.conf");
-        Ok(Self { dir, path })
-    }
-}
-
-impl Drop for TempResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let dir = tempfile::Builder::new()
+            .prefix("vnet-ns-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let path = dir.path().join("resolv.conf");
+        Ok(Self { _dir: dir, path })
     }
 }
 

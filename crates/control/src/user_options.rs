@@ -53,9 +53,10 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
         }
     }
     let base = u32::from(config.network);
-    config.host = host.unwrap_or(Ipv4Addr::from(base + 2));
-    config.dns = dns.unwrap_or(Ipv4Addr::from(base + 3));
-    config.dhcp_start = dhcp_start.unwrap_or(Ipv4Addr::from(base + 15));
+    let offset = |n: u32| Ipv4Addr::from(base.saturating_add(n));
+    config.host = host.unwrap_or(offset(2));
+    config.dns = dns.unwrap_or(offset(3));
+    config.dhcp_start = dhcp_start.unwrap_or(offset(15));
     for forward in &mut config.host_forwards {
         if forward.guest.ip().is_unspecified() {
             forward.guest.set_ip(config.dhcp_start);
@@ -252,6 +253,7 @@ mod tests {
             ("dns-upstream=resolver", "dns-upstream=resolver"),
             ("hostname", "hostname"),
             ("dhcpstart=10.0.3.15", "dhcpstart=10.0.3.15"),
+            ("net=255.255.255.240/28", "net=255.255.255.240/28"),
         ] {
             let error = parse_user_options(text, "").unwrap_err().to_string();
             assert!(error.contains(&format!("'{offending}'")), "{text}: {error}");
