@@ -1,4 +1,5 @@
-//! DHCP server: DISCOVER/OFFER/REQUEST/ACK/NAK, RELEASE, INFORM and rapid commit.
+//! DHCP server: DISCOVER/OFFER/REQUEST/ACK/NAK, RELEASE, DECLINE, INFORM and rapid
+//! commit.
 //!
 //! Addresses are handed out from `dhcpstart` up to the end of the subnet (at most
 //! [`MAX_POOL`] of them), only to a client whose hardware address is the frame's source.
@@ -51,13 +52,14 @@ impl Server {
         Self { leases: HashMap::new(), pool }
     }
 
-    /// Handles one DHCP message from `mac`'s port and returns the reply frame.
+    /// Handles one DHCP message from `mac`'s port and returns the reply frame, if the
+    /// message asks for one (RELEASE and DECLINE do not).
     pub fn handle(
         &mut self,
         mac: MacAddress,
         payload: &[u8],
         config: &GatewayConfig,
-    ) -> Result<Vec<u8>, DropReason> {
+    ) -> Result<Option<Vec<u8>>, DropReason> {
         let packet = DhcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
         let request = DhcpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?;
         let rapid_commit = packet.options().any(|option| option.kind == OPTION_RAPID_COMMIT);
@@ -82,9 +84,16 @@ impl Server {
                 }
             }
             DhcpMessageType::Inform => (DhcpMessageType::Ack, Ipv4Addr::UNSPECIFIED),
-            DhcpMessageType::Release | DhcpMessageType::Decline => {
-                info!(%client, "DHCP {:?}; the address stays reserved for this MAC", request.message_type);
-                return Err(DropReason::Unsupported);
+            DhcpMessageType::Release => {
+                info!(%client, "DHCP release; the address stays reserved for this MAC");
+                return Ok(None);
+            }
+            DhcpMessageType::Decline => {
+                if let Some(ip) = self.leases.remove(&client) {
+                    warn!(%client, %ip, "DHCP decline: another station uses the address; taking it out of the pool");
+                    self.pool.retain(|free| *free != ip);
+                }
+                return Ok(None);
             }
             _ => return Err(DropReason::Unsupported),
         };
@@ -93,7 +102,7 @@ impl Server {
         if message_type == DhcpMessageType::Ack && your_ip != Ipv4Addr::UNSPECIFIED {
             info!(%client, ip = %your_ip, "DHCP lease");
         }
-        Ok(reply(config, mac, &request, message_type, your_ip, lease, rapid_commit))
+        Ok(Some(reply(config, mac, &request, message_type, your_ip, lease, rapid_commit)))
     }
 
     /// The address `client` holds, if any, so the gateway can reach it before it sends
@@ -134,13 +143,13 @@ impl Server {
         request: &DhcpRepr<'_>,
         config: &GatewayConfig,
         mac: MacAddress,
-    ) -> Result<Vec<u8>, DropReason> {
+    ) -> Result<Option<Vec<u8>>, DropReason> {
         if self.leases.len() >= self.pool.len() {
             warn!(%client, leases = self.leases.len(), "DHCP pool is full; sending NAK");
         } else {
             info!(%client, requested = ?request.requested_ip, "DHCP request for an address this client cannot have; sending NAK");
         }
-        Ok(reply(config, mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false))
+        Ok(Some(reply(config, mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false)))
     }
 }
 

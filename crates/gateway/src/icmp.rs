@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Repr};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol, Ipv4Repr};
 use vnet_wire::MacAddress;
 
 use crate::udp::Unreachable;
@@ -194,4 +194,18 @@ pub fn destination_unreachable(
     let message = Icmpv4Repr::DstUnreachable { reason: unreachable.reason, header, data: &udp_header };
     let from: Ipv4Addr = *unreachable.dst.ip();
     packet::icmp(config.mac(), guest_mac, from, *unreachable.guest.ip(), &message)
+}
+
+/// A time exceeded message from the gateway, as the router whose hop the guest's packet
+/// used up: its IPv4 header and the first eight bytes of its payload.
+pub fn time_exceeded(
+    config: &GatewayConfig,
+    guest: GuestPacket,
+    header: &Ipv4Repr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let quoted = &payload[..payload.len().min(8)];
+    let header = Ipv4Repr { payload_len: quoted.len(), ..*header };
+    let message = Icmpv4Repr::TimeExceeded { reason: Icmpv4TimeExceeded::TtlExpired, header, data: quoted };
+    packet::icmp(config.mac(), guest.mac, config.host, guest.src, &message)
 }

@@ -9,7 +9,8 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: TTL-exceeded errors (the guest's TTL is not carried to host sockets),
+//! Not served yet: TTL-exceeded errors beyond the gateway's own hop (the guest's TTL is
+//! not carried to host sockets),
 //! ICMP errors about TCP flows beyond RST, fail-over for DNS over TCP (it goes to the
 //! first upstream), IPv4 fragments (dropped and counted) and IPv6.
 
@@ -354,6 +355,11 @@ impl Gateway {
             // Only a DHCP client may speak before it has an address of the network.
             return Err(DropReason::Spoofed);
         }
+        if repr.hop_limit <= 1 && !self.config.contains(packet.dst) {
+            // The gateway is the first router on the way out: the hop ends here.
+            self.outbox.push_back(icmp::time_exceeded(&self.config, packet, &repr, ip.payload()));
+            return Ok(());
+        }
         match repr.next_header {
             IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
             IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
@@ -377,7 +383,7 @@ impl Gateway {
         let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
         if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
             let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
-            self.outbox.push_back(reply);
+            self.outbox.extend(reply);
             if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
                 self.neighbors.learn(ip, packet.mac);
             }

@@ -814,3 +814,22 @@ fn a_half_closed_connection_keeps_carrying_data() {
     assert_eq!(payload.len(), 100);
     assert!(host.closed.is_empty());
 }
+
+#[test]
+fn a_packet_whose_ttl_ends_at_the_gateway_gets_time_exceeded() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let mut frame = guest_udp(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 33434), b"probe");
+    {
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+        ip.set_hop_limit(1);
+        ip.fill_checksum();
+    }
+    gateway.receive(&frame, now, &mut host);
+    assert!(host.sent.is_empty(), "the probe does not go out");
+    let reply = gateway.pop_frame().expect("time exceeded");
+    let ip = Ipv4Packet::new_checked(&reply[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (Ipv4Addr::new(10, 0, 2, 2), GUEST_IP));
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert_eq!(icmp.msg_type(), smoltcp::wire::Icmpv4Message::TimeExceeded);
+    assert!(icmp.verify_checksum());
+}
