@@ -20,6 +20,19 @@ fn stream_netdev(sock: &Path) -> String {
 /// Bytes moved each way in the guest transfer test.
 const TRANSFER_BYTES: usize = 100_000_000;
 
+/// A vnet with the gateway (DNS upstream: the namespace's own 127.0.0.1) running inside
+/// `netns` and listening on a unix socket in a fresh directory.
+fn network_in(netns: &NamedNamespace) -> (tempfile::TempDir, std::path::PathBuf, Vnet) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let vnet = Vnet::spawn_in(
+        Some(netns),
+        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    (dir, sock, vnet)
+}
+
 /// busybox udhcpc: up to 20 tries, quit once configured.
 const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
 
@@ -96,13 +109,7 @@ fn dns_is_forwarded_and_udp_reaches_host_loopback_and_a_dead_upstream_gives_serv
     let mut dnsmasq = start_dnsmasq(&netns);
     wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&netns));
 
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vnet.sock");
-    let vnet = Vnet::spawn_in(
-        Some(&netns),
-        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
-    );
-    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let (_dir, sock, vnet) = network_in(&netns);
     let script = format!(
         r#"{DHCP} || exit 1
 nslookup -type=a vnet.test && echo RESOLVED-VIA-DNS
@@ -437,13 +444,7 @@ fn two_guests_reach_each_other_and_a_test_host_at_the_same_time() {
         String::from_utf8_lossy(&hosts.far.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
             .contains("8080")
     });
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vnet.sock");
-    let _vnet = Vnet::spawn_in(
-        Some(&hosts.inner),
-        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
-    );
-    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let (_dir, sock, _vnet) = network_in(&hosts.inner);
     let script = |peer: &str| {
         format!(
             "{DHCP} || exit 1
@@ -473,13 +474,7 @@ wget -q -O /dev/null http://192.0.2.2:8080/ && echo TEST-HOST-WEB-OK; report"
 fn pings_use_a_raw_socket_when_ping_sockets_are_not_allowed() {
     let _lock = GuestLock::acquire();
     let hosts = TestHostPair::create(false);
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vnet.sock");
-    let _vnet = Vnet::spawn_in(
-        Some(&hosts.inner),
-        &["run", "--user", "dns-upstream=127.0.0.1", "--listen", &format!("stream:unix:{}", sock.display())],
-    );
-    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let (_dir, sock, _vnet) = network_in(&hosts.inner);
     let script = format!("{DHCP} && ping -c 3 -W 5 192.0.2.2; report");
     let guest = GuestSpec::new("raw", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
     assert_pinged(&guest.wait_result(), 3);

@@ -753,11 +753,7 @@ fn a_reset_counts_only_at_the_expected_sequence_number() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     host.tcp_accept = 1000;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
-    let flow = *host.open.keys().next().unwrap();
-    gateway.on_tcp_connected(flow, now, &mut host);
-    let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+    let (flow, _) = established(&mut gateway, &mut host, now, dst);
     gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), now, &mut host);
     assert!(host.closed.is_empty(), "a blind reset is ignored");
     gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), now, &mut host);
@@ -798,11 +794,7 @@ fn a_half_closed_connection_keeps_carrying_data() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     host.tcp_accept = 65536;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
-    let flow = *host.open.keys().next().unwrap();
-    gateway.on_tcp_connected(flow, now, &mut host);
-    let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
     gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), now, &mut host);
     while gateway.pop_frame().is_some() {}
     // Long after the guest's FIN, the host still sends and the guest still acknowledges.
@@ -832,4 +824,16 @@ fn a_packet_whose_ttl_ends_at_the_gateway_gets_time_exceeded() {
     let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
     assert_eq!(icmp.msg_type(), smoltcp::wire::Icmpv4Message::TimeExceeded);
     assert!(icmp.verify_checksum());
+}
+
+/// A guest TCP connection to `dst` through the handshake; returns its flow and the
+/// gateway's initial sequence number.
+fn established(gateway: &mut Gateway, host: &mut FakeHost, now: Instant, dst: SocketAddrV4) -> (FlowId, u32) {
+    use smoltcp::wire::TcpControl;
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, host);
+    let flow = *host.open.keys().next().expect("a host connect");
+    gateway.on_tcp_connected(flow, now, host);
+    let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, host);
+    (flow, isn)
 }
