@@ -28,7 +28,8 @@ pub enum DropReason {
     HostSocket,
     /// A reply for a guest whose MAC address is not known.
     UnknownGuest,
-    /// A host datagram for a flow that no longer exists.
+    /// A host datagram for a flow that no longer exists, or a guest TCP segment that
+    /// belongs to no connection (answered with RST).
     UnknownFlow,
     /// A DHCP message whose client hardware address is not the frame's source.
     DhcpRefused,

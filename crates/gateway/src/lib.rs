@@ -4,8 +4,9 @@
 //!
 //! The core is sans-IO. Frames from the segment go in with [`Gateway::receive`]; frames
 //! for the segment come out of [`Gateway::pop_frame`]; host sockets sit behind the narrow
-//! [`HostSockets`] interface, and what they deliver comes back in through
-//! [`Gateway::on_udp_datagram`] and [`Gateway::on_udp_error`]. Time is passed in. Each
+//! [`HostSockets`] interface, and what they deliver comes back in through the `on_*`
+//! calls (datagrams, errors, TCP readiness, hostfwd clients); timers run in
+//! [`Gateway::on_deadline`]. Time is passed in. Each
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!

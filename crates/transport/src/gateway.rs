@@ -1,6 +1,7 @@
 //! Runs the gateway ([`vnet_gateway::Gateway`]) as a port of the switch: frames queued
 //! for its port go into the gateway, what it answers goes back into the switch, and its
-//! host sockets are real non-blocking UDP sockets registered with the event loop.
+//! host sockets (UDP, ICMP, TCP, and the hostfwd listeners) are real non-blocking
+//! sockets registered with the event loop under tokens of their own.
 //!
 //! The protocols are the gateway crate's business; this module only moves frames and
 //! datagrams between it, the switch and the host.
