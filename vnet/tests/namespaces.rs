@@ -34,7 +34,15 @@ fn vnet_ns_reaches_an_attached_namespace_and_returns_the_command_status() {
     assert!(addr.status.success(), "{}", String::from_utf8_lossy(&addr.stderr));
 
     let ping = vnet()
-        .args(["--log-level", "warn", "ns", "--attach", &format!("stream:unix:{}", link.display()), "--"])
+        .args([
+            "--log-level",
+            "warn",
+            "ns",
+            "--no-user",
+            "--attach",
+            &format!("stream:unix:{}", link.display()),
+            "--",
+        ])
         .args(["sh", "-c", "ip addr add 10.77.0.2/24 dev eth0 && ping -c 3 -W 10 10.77.0.1"])
         .output()
         .unwrap();
@@ -64,6 +72,7 @@ fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
     );
     let mut server = nobody(&[
         "ns",
+        "--no-user",
         "--listen",
         &format!("stream:unix:{}", sock.display()),
         "--",
@@ -84,6 +93,7 @@ fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
         "--log-level",
         "warn",
         "ns",
+        "--no-user",
         "--attach",
         &format!("stream:unix:{}", sock.display()),
         "--",

@@ -159,8 +159,12 @@ fn gateway_config(args: &NetworkArgs) -> anyhow::Result<Option<GatewayConfig>> {
     Ok(Some(parse_user_options(&args.user, &resolv_conf)?))
 }
 
-/// The MAC address of `vnet ns`'s interface: QEMU's default NIC address.
-const NAMESPACE_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// The MAC address of `vnet ns`'s interface: in QEMU's 52:54:00 range, made unique by
+/// vnet's process id so that namespaces of linked networks never share one.
+fn namespace_mac() -> [u8; 6] {
+    let [_, a, b, c] = std::process::id().to_be_bytes();
+    [0x52, 0x54, 0x00, a, b, c]
+}
 
 /// Configures the namespace as DHCP would: the first lease (reserved for its MAC),
 /// the gateway as router, the MTU, and a resolv.conf naming the gateway's DNS address.
@@ -168,7 +172,7 @@ fn namespace_setup(
     gateway: &mut GatewayConfig,
     resolv_conf: &TempResolvConf,
 ) -> anyhow::Result<netns::InterfaceSetup> {
-    let mac = MacAddress(NAMESPACE_MAC);
+    let mac = MacAddress(namespace_mac());
     let address = match gateway.static_leases.iter().find(|lease| lease.mac == mac) {
         Some(lease) => lease.ip,
         None => {
@@ -187,7 +191,7 @@ fn namespace_setup(
     std::fs::write(&resolv_conf.path, text)
         .with_context(|| format!("cannot write {}", resolv_conf.path.display()))?;
     Ok(netns::InterfaceSetup {
-        mac: NAMESPACE_MAC,
+        mac: mac.0,
         address,
         prefix_len: gateway.prefix_len,
         router: gateway.host,
