@@ -89,16 +89,6 @@ impl HostSockets for FakeHost {
     }
 }
 
-fn udp_frame(
-    src_mac: MacAddress,
-    dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: &[u8],
-) -> Vec<u8> {
-    packet::udp(src_mac, dst_mac, src, dst, payload)
-}
-
 fn dhcp_message(
     message_type: DhcpMessageType,
     mac: MacAddress,
@@ -131,7 +121,7 @@ fn dhcp_message(
     };
     let mut payload = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).unwrap();
-    udp_frame(
+    packet::udp(
         mac,
         MacAddress::BROADCAST,
         SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
@@ -296,7 +286,7 @@ fn restrict_leaves_router_and_dns_out_of_dhcp() {
 }
 
 fn guest_udp(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    udp_frame(
+    packet::udp(
         GUEST_MAC,
         MacAddress([0x52, 0x55, 10, 0, 2, 2]),
         SocketAddrV4::new(GUEST_IP, 40000),
@@ -412,7 +402,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
     }
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(10, 0, 2, 255), Ipv4Addr::new(239, 1, 2, 3)] {
-        let frame = udp_frame(
+        let frame = packet::udp(
             GUEST_MAC,
             MacAddress::BROADCAST,
             SocketAddrV4::new(GUEST_IP, 1),
@@ -478,9 +468,21 @@ fn guest_tcp(
     ack: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
+    guest_tcp_from(40000, dst, control, seq, ack, payload)
+}
+
+/// A segment from the guest's port `src_port` to `dst`.
+fn guest_tcp_from(
+    src_port: u16,
+    dst: SocketAddrV4,
+    control: smoltcp::wire::TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
     use smoltcp::wire::{TcpRepr, TcpSeqNumber};
     let repr = TcpRepr {
-        src_port: 40000,
+        src_port,
         dst_port: dst.port(),
         control,
         seq_number: TcpSeqNumber(seq as i32),
@@ -496,7 +498,7 @@ fn guest_tcp(
     packet::tcp(
         GUEST_MAC,
         MacAddress([0x52, 0x55, 10, 0, 2, 2]),
-        SocketAddrV4::new(GUEST_IP, 40000),
+        SocketAddrV4::new(GUEST_IP, src_port),
         dst,
         &repr,
     )
@@ -626,7 +628,7 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
     let (from, to, payload) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
     assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
-    let reply = udp_frame(GUEST_MAC, gateway.config().mac(), to, from, b"answer");
+    let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to, from, b"answer");
     gateway.receive(&reply, now, &mut host);
     assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
 }
@@ -654,24 +656,7 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
         (SocketAddrV4::new(ip.src_addr(), tcp.src_port()), (), ())
     };
     // The guest's port is closed: it answers RST, and the client's socket is closed.
-    let reset = {
-        use smoltcp::wire::{TcpRepr, TcpSeqNumber};
-        let repr = TcpRepr {
-            src_port: 22,
-            dst_port: from.port(),
-            control: TcpControl::Rst,
-            seq_number: TcpSeqNumber(0),
-            ack_number: Some(TcpSeqNumber(isn.wrapping_add(1) as i32)),
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &[],
-        };
-        packet::tcp(GUEST_MAC, gateway.config().mac(), SocketAddrV4::new(GUEST_IP, 22), from, &repr)
-    };
+    let reset = guest_tcp_from(22, from, TcpControl::Rst, 0, Some(isn.wrapping_add(1)), &[]);
     gateway.receive(&reset, now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
 }
