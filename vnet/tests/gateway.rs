@@ -471,13 +471,18 @@ wget -q -O /dev/null http://192.0.2.2:8080/ && echo TEST-HOST-WEB-OK; report"
 }
 
 #[test]
-fn pings_use_a_raw_socket_when_ping_sockets_are_not_allowed() {
+fn pings_use_a_raw_socket_when_ping_sockets_are_not_allowed_and_traceroute_sees_each_hop() {
     let _lock = GuestLock::acquire();
     let hosts = TestHostPair::create(false);
     let (_dir, sock, _vnet) = network_in(&hosts.inner);
-    let script = format!("{DHCP} && ping -c 3 -W 5 192.0.2.2; report");
+    let script =
+        format!("{DHCP} && ping -c 3 -W 5 192.0.2.2; traceroute -n -q 1 -w 5 -m 4 192.0.2.2; report");
     let guest = GuestSpec::new("raw", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
-    assert_pinged(&guest.wait_result(), 3);
+    let result = guest.wait_result();
+    assert_pinged(&result, 3);
+    for hop in [" 1  10.0.2.2 ", " 2  192.0.2.2 "] {
+        assert!(result.output.contains(hop), "traceroute hop {hop:?} missing:\n{}", result.output);
+    }
 }
 
 #[test]
@@ -534,4 +539,119 @@ fn no_user_gives_a_plain_switch() {
         .output()
         .unwrap();
     assert_eq!(status.status.code(), Some(2), "--user and --no-user conflict");
+}
+
+/// A route two routers deep, all in namespaces made for the test: vnet runs in `inner`
+/// (192.0.2.1), whose route to 198.51.100.0/24 goes through `router` (192.0.2.2 and
+/// 198.51.100.1) to `far` (198.51.100.2), which serves nothing.
+struct TwoHopRoute {
+    inner: NamedNamespace,
+    _router: NamedNamespace,
+    _far: NamedNamespace,
+}
+
+impl TwoHopRoute {
+    fn create() -> Self {
+        let (inner, router, far) =
+            (NamedNamespace::create(), NamedNamespace::create(), NamedNamespace::create());
+        let link = |near: &NamedNamespace, near_if: &str, other: &NamedNamespace, other_if: &str| {
+            let peer = ["peer", "name", other_if, "netns", &other.name];
+            run_ok(near.command(&["ip", "link", "add", near_if, "type", "veth"]).args(peer));
+        };
+        link(&inner, "up0", &router, "down0");
+        link(&router, "up1", &far, "down1");
+        for (netns, address, interface) in [
+            (&inner, "192.0.2.1/24", "up0"),
+            (&router, "192.0.2.2/24", "down0"),
+            (&router, "198.51.100.1/24", "up1"),
+            (&far, "198.51.100.2/24", "down1"),
+        ] {
+            run_ok(&mut netns.command(&["ip", "addr", "add", address, "dev", interface]));
+            run_ok(&mut netns.command(&["ip", "link", "set", interface, "up"]));
+        }
+        run_ok(&mut inner.command(&["ip", "route", "add", "198.51.100.0/24", "via", "192.0.2.2"]));
+        run_ok(&mut far.command(&["ip", "route", "add", "default", "via", "198.51.100.1"]));
+        run_ok(&mut router.command(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+        Self { inner, _router: router, _far: far }
+    }
+}
+
+/// Connects to 198.51.100.2:80 with TTLs 1, 2 and 3 and prints how each connect ended.
+const TCP_TTL_PROBE: &str = r#"
+import errno, socket
+for ttl in (1, 2, 3):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.settimeout(20)
+    try:
+        s.connect(("198.51.100.2", 80))
+        print(ttl, "connected")
+    except OSError as e:
+        print(ttl, errno.errorcode.get(e.errno, e))
+"#;
+
+#[test]
+fn traceroute_sees_the_gateway_and_each_router_and_tcp_gets_their_errors() {
+    let route = TwoHopRoute::create();
+    let vnet_ns = |command: &[&str]| {
+        let mut args = vec![env!("CARGO_BIN_EXE_vnet"), "--log-level", "warn", "ns", "--"];
+        args.extend_from_slice(command);
+        run_ok(&mut route.inner.command(&args))
+    };
+    let traceroute =
+        vnet_ns(&["busybox", "traceroute", "-n", "-q", "1", "-w", "5", "-m", "6", "198.51.100.2"]);
+    let hops: Vec<String> = String::from_utf8_lossy(&traceroute.stdout)
+        .lines()
+        .filter(|line| !line.starts_with("traceroute to"))
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(hops, ["10.0.2.2", "192.0.2.2", "198.51.100.2"], "the gateway, the router, the destination");
+
+    let probe = vnet_ns(&["python3", "-c", TCP_TTL_PROBE]);
+    let outcomes = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert_eq!(outcomes, "1 EHOSTUNREACH\n2 EHOSTUNREACH\n3 ECONNREFUSED\n", "TTL errors, then the RST");
+}
+
+/// Asks 10.0.2.3 for vnet.test over TCP and prints the rcode and the answer's address.
+const DNS_OVER_TCP_QUERY: &str = r#"
+import socket, struct
+query = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x04vnet\x04test\x00" + struct.pack(">HH", 1, 1)
+s = socket.create_connection(("10.0.2.3", 53), timeout=30)
+s.sendall(struct.pack(">H", len(query)) + query)
+def read(n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise SystemExit("connection closed")
+        data += chunk
+    return data
+(length,) = struct.unpack(">H", read(2))
+reply = read(length)
+print("rcode", reply[3] & 15, "answer", socket.inet_ntoa(reply[-4:]))
+"#;
+
+#[test]
+fn dns_over_tcp_fails_over_past_a_refusing_and_a_silent_upstream() {
+    let netns = NamedNamespace::create();
+    // 203.0.113.77 sits behind a veth whose other end takes nothing for that MAC: SYNs
+    // to it vanish without an answer.
+    for command in [
+        "ip link add void0 type veth peer name void1",
+        "ip addr add 203.0.113.1/24 dev void0",
+        "ip link set void0 up",
+        "ip link set void1 up",
+        "ip neigh add 203.0.113.77 lladdr 02:00:00:00:00:99 dev void0 nud permanent",
+    ] {
+        run_ok(&mut netns.command(&command.split(' ').collect::<Vec<_>>()));
+    }
+    let mut dnsmasq = start_dnsmasq(&netns);
+    wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&netns));
+    let user = "dns-upstream=127.0.0.1:5399,dns-upstream=203.0.113.77,dns-upstream=127.0.0.1";
+    let vnet = env!("CARGO_BIN_EXE_vnet");
+    let args = [vnet, "--log-level", "warn", "ns", "--user", user, "--", "python3", "-c", DNS_OVER_TCP_QUERY];
+    let output = run_ok(&mut netns.command(&args));
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "rcode 0 answer 192.0.2.7\n");
 }

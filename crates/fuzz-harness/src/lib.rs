@@ -118,11 +118,14 @@ impl HostSockets for AcceptingHost {
     fn icmp_open(&mut self, _: FlowId, _: std::net::Ipv4Addr) -> io::Result<vnet_gateway::IcmpSocketKind> {
         Ok(vnet_gateway::IcmpSocketKind::Raw)
     }
+    fn set_ttl(&mut self, _: FlowId, _: Option<u8>) -> io::Result<()> {
+        Ok(())
+    }
     fn datagram_send(&mut self, _: FlowId, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
     fn datagram_close(&mut self, _: FlowId) {}
-    fn tcp_connect(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
+    fn tcp_connect(&mut self, _: FlowId, _: SocketAddr, _: Option<u8>) -> io::Result<()> {
         Ok(())
     }
     fn tcp_send(&mut self, _: FlowId, data: &[u8]) -> io::Result<usize> {

@@ -1,7 +1,8 @@
 //! ICMP: echo requests to the gateway's own addresses are answered here; echo requests
 //! to anywhere else go out through one unprivileged ping socket per (guest, identifier,
-//! destination), whose replies come back with the guest's identifier restored; and port
-//! unreachable messages are built for guests whose UDP flows the host refused.
+//! destination), whose replies come back with the guest's identifier restored; and the
+//! unreachable and time exceeded errors the host got about a guest's UDP or TCP packets
+//! are turned into the same errors for the guest.
 //!
 //! Where the host allows no ping sockets (net.ipv4.ping_group_range), a raw ICMP socket
 //! is used if vnet may open one; if neither is possible there is one log line, and the
@@ -9,15 +10,16 @@
 //! nothing of real sockets.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol, Ipv4Repr};
-use vnet_wire::MacAddress;
-
-use crate::udp::Unreachable;
+use smoltcp::wire::{
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol, Ipv4Repr,
+};
 use tracing::warn;
+use vnet_wire::MacAddress;
 
 use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, GuestPacket, HostSockets, IcmpSocketKind};
 
@@ -173,27 +175,108 @@ impl EchoFlows {
     }
 }
 
-/// A destination unreachable message telling a guest that its datagram to
-/// `unreachable.dst` could not be delivered.
-pub fn destination_unreachable(
-    config: &GatewayConfig,
-    guest_mac: MacAddress,
-    unreachable: &Unreachable,
-) -> Vec<u8> {
+/// What an ICMP error says about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpErrorKind {
+    /// Destination unreachable, with its reason (net, host, port, ...).
+    Unreachable(Icmpv4DstUnreachable),
+    /// Time exceeded in transit: a router on the way used up the packet's TTL.
+    TimeExceeded,
+}
+
+/// An ICMP error the host received about one of a flow's packets (from the socket's
+/// error queue): who sent it and what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostIcmpError {
+    /// The router or destination that sent the error.
+    pub from: Ipv4Addr,
+    /// What it says.
+    pub kind: IcmpErrorKind,
+}
+
+impl HostIcmpError {
+    /// The error an ICMP message of `icmp_type` and `code` from `from` stands for, if it
+    /// is a destination unreachable or a time exceeded message.
+    pub fn from_message(from: Ipv4Addr, icmp_type: u8, code: u8) -> Option<Self> {
+        let kind = match Icmpv4Message::from(icmp_type) {
+            Icmpv4Message::DstUnreachable => IcmpErrorKind::Unreachable(Icmpv4DstUnreachable::from(code)),
+            Icmpv4Message::TimeExceeded => IcmpErrorKind::TimeExceeded,
+            _ => return None,
+        };
+        Some(Self { from, kind })
+    }
+}
+
+/// The unreachable an errno from a connected host socket stands for, if it stands for
+/// one: without the error queue, the kernel reports ICMP errors this way.
+pub fn unreachable_from_errno(error: &io::Error) -> Option<IcmpErrorKind> {
+    let reason = match error.kind() {
+        io::ErrorKind::ConnectionRefused => Icmpv4DstUnreachable::PortUnreachable,
+        io::ErrorKind::HostUnreachable => Icmpv4DstUnreachable::HostUnreachable,
+        io::ErrorKind::NetworkUnreachable => Icmpv4DstUnreachable::NetUnreachable,
+        _ => return None,
+    };
+    Some(IcmpErrorKind::Unreachable(reason))
+}
+
+/// An ICMP error to tell a guest about one of its packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestError {
+    /// The guest's address, which the packet came from.
+    pub guest: Ipv4Addr,
+    /// The address the guest sent the packet to.
+    pub dst: Ipv4Addr,
+    /// The packet's transport protocol.
+    pub protocol: IpProtocol,
+    /// The first eight bytes of the packet's transport header, as the guest sent them.
+    pub transport_header: [u8; 8],
+    /// Who reports the error as the guest sees it: a router on the way, or `dst`.
+    pub from: Ipv4Addr,
+    /// What the error says.
+    pub kind: IcmpErrorKind,
+}
+
+impl GuestError {
+    /// The error for a guest's packet to `dst` that went to `remote` on the host, from
+    /// what the host socket reported: the ICMP error the host received if it read one
+    /// (a report from `remote` itself is shown as coming from `dst`), else the
+    /// unreachable the errno stands for, as if from `dst`.
+    pub fn from_host(
+        guest: Ipv4Addr,
+        dst: Ipv4Addr,
+        remote: IpAddr,
+        protocol: IpProtocol,
+        transport_header: [u8; 8],
+        icmp: Option<HostIcmpError>,
+        errno: &io::Error,
+    ) -> Option<Self> {
+        let (from, kind) = match icmp {
+            Some(icmp) if IpAddr::V4(icmp.from) == remote => (dst, icmp.kind),
+            Some(icmp) => (icmp.from, icmp.kind),
+            None => (dst, unreachable_from_errno(errno)?),
+        };
+        Some(Self { guest, dst, protocol, transport_header, from, kind })
+    }
+}
+
+/// The ICMP message that tells the guest at `guest_mac` about `error`, quoting the
+/// packet's IPv4 header and the first eight bytes of its transport header.
+pub fn error_for_guest(config: &GatewayConfig, guest_mac: MacAddress, error: &GuestError) -> Vec<u8> {
     let header = Ipv4Repr {
-        src_addr: *unreachable.guest.ip(),
-        dst_addr: *unreachable.dst.ip(),
-        next_header: IpProtocol::Udp,
-        payload_len: 8,
+        src_addr: error.guest,
+        dst_addr: error.dst,
+        next_header: error.protocol,
+        payload_len: error.transport_header.len(),
         hop_limit: 64,
     };
-    let mut udp_header = [0u8; 8];
-    udp_header[..2].copy_from_slice(&unreachable.guest.port().to_be_bytes());
-    udp_header[2..4].copy_from_slice(&unreachable.dst.port().to_be_bytes());
-    udp_header[4..6].copy_from_slice(&8u16.to_be_bytes());
-    let message = Icmpv4Repr::DstUnreachable { reason: unreachable.reason, header, data: &udp_header };
-    let from: Ipv4Addr = *unreachable.dst.ip();
-    packet::icmp(config.mac(), guest_mac, from, *unreachable.guest.ip(), &message)
+    let data = &error.transport_header[..];
+    let message = match error.kind {
+        IcmpErrorKind::Unreachable(reason) => Icmpv4Repr::DstUnreachable { reason, header, data },
+        IcmpErrorKind::TimeExceeded => {
+            Icmpv4Repr::TimeExceeded { reason: Icmpv4TimeExceeded::TtlExpired, header, data }
+        }
+    };
+    packet::icmp(config.mac(), guest_mac, error.from, error.guest, &message)
 }
 
 /// A time exceeded message from the gateway, as the router whose hop the guest's packet

@@ -10,10 +10,12 @@
 //! protocol has a file of its own. Nothing here knows about the switch, epoll or how
 //! frames reach the segment.
 //!
-//! Not served yet: TTL-exceeded errors beyond the gateway's own hop (the guest's TTL is
-//! not carried to host sockets),
-//! ICMP errors about TCP flows beyond RST, fail-over for DNS over TCP (it goes to the
-//! first upstream), IPv4 fragments (dropped and counted) and IPv6.
+//! A guest's TTL below [`NORMAL_TTL`] is carried to its host socket, less the gateway's own
+//! hop, and the unreachable and time exceeded errors the host gets back reach the guest
+//! from the router that sent them, so traceroute works through the gateway.
+//!
+//! Not served yet: ICMP errors about echo requests, IPv4 fragments (dropped and counted)
+//! and IPv6.
 
 mod arp;
 mod config;
@@ -36,6 +38,18 @@ use vnet_wire::MacAddress;
 
 pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
 pub use counters::{DropReason, GatewayCounters};
+pub use icmp::{HostIcmpError, IcmpErrorKind};
+
+/// The TTL guests and hosts normally send with. A guest packet with a lower TTL (a
+/// traceroute probe, say) leaves the host with that TTL less one; at this or above, the
+/// host's default applies.
+pub const NORMAL_TTL: u8 = 64;
+
+/// The TTL a host socket should send a guest packet of TTL `guest_ttl` with: None for the
+/// host's default.
+fn host_ttl(guest_ttl: u8) -> Option<u8> {
+    (guest_ttl < NORMAL_TTL).then(|| guest_ttl.saturating_sub(1).max(1))
+}
 
 /// Identifies one host socket the gateway asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +90,11 @@ struct GuestDatagram {
 /// The host sockets behind the gateway. Implemented over real sockets by the transport
 /// that runs the gateway, and by fakes in tests.
 pub trait HostSockets {
-    /// Opens a UDP socket connected to `remote` for `flow`.
+    /// Opens a UDP socket connected to `remote` for `flow`. ICMP errors about what it
+    /// sends come back through [`Gateway::on_udp_error`].
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
+    /// Sets the TTL `flow`'s socket sends with; None restores the host's default.
+    fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()>;
     /// Opens an ICMP socket connected to `remote` for `flow`: an unprivileged ping socket
     /// if the host allows one, else a raw ICMP socket. What is sent on it is an echo
     /// request; what is received is an ICMP message without IP header.
@@ -86,9 +103,11 @@ pub trait HostSockets {
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
     /// Closes `flow`'s UDP or ICMP socket.
     fn datagram_close(&mut self, flow: FlowId);
-    /// Starts a non-blocking TCP connect to `remote` for `flow`; completion comes back
-    /// through [`Gateway::on_tcp_connected`] or [`Gateway::on_tcp_error`].
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
+    /// Starts a non-blocking TCP connect to `remote` for `flow`, its SYN sent with `ttl`
+    /// (None: the host's default); completion comes back through
+    /// [`Gateway::on_tcp_connected`] or [`Gateway::on_tcp_error`], the latter with the
+    /// ICMP error that failed the connect if the host read one.
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()>;
     /// Writes as much of `data` as the socket takes now and returns how much that was.
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize>;
     /// Copies received bytes starting `offset` bytes into the receive queue without
@@ -113,6 +132,7 @@ struct GuestPacket {
     mac: MacAddress,
     src: Ipv4Addr,
     dst: Ipv4Addr,
+    ttl: u8,
 }
 
 /// The gateway of one network.
@@ -198,11 +218,12 @@ impl Gateway {
     }
 
     /// `flow`'s host socket reported an error (for example ECONNREFUSED after an ICMP
-    /// port unreachable).
+    /// port unreachable), with the ICMP error behind it if the host read one.
     pub fn on_udp_error(
         &mut self,
         flow: FlowId,
         error: &io::Error,
+        icmp: Option<HostIcmpError>,
         now: Instant,
         host: &mut dyn HostSockets,
     ) {
@@ -212,8 +233,8 @@ impl Gateway {
             }
             return;
         }
-        if let Some(unreachable) = self.udp.on_host_error(flow, error) {
-            self.send_unreachable(unreachable);
+        if let Some(report) = self.udp.on_host_error(flow, icmp, error) {
+            self.send_guest_error(report);
         }
     }
 
@@ -268,11 +289,18 @@ impl Gateway {
         self.outbox.extend(out);
     }
 
-    /// `flow`'s TCP socket failed: the connect was refused or timed out, or the
-    /// connection was reset.
-    pub fn on_tcp_error(&mut self, flow: FlowId, error: &io::Error, host: &mut dyn HostSockets) {
+    /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
+    /// ICMP error behind it if the host read one), or the connection was reset.
+    pub fn on_tcp_error(
+        &mut self,
+        flow: FlowId,
+        error: &io::Error,
+        icmp: Option<HostIcmpError>,
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) {
         let mut out = Vec::new();
-        self.tcp.on_host_error(&self.config, flow, error, host, &mut out);
+        self.tcp.on_host_error(&self.config, flow, error, icmp, now, host, &mut out);
         self.outbox.extend(out);
     }
 
@@ -349,7 +377,7 @@ impl Gateway {
         }
         let repr =
             Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).map_err(|_| DropReason::Malformed)?;
-        let packet = GuestPacket { mac, src: repr.src_addr, dst: repr.dst_addr };
+        let packet = GuestPacket { mac, src: repr.src_addr, dst: repr.dst_addr, ttl: repr.hop_limit };
         if self.config.contains(packet.src) {
             self.neighbors.learn(packet.src, mac);
         } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
@@ -412,11 +440,12 @@ impl Gateway {
         let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
         let route = udp::Route { guest: src, dst, remote };
-        match self.udp.send(route, udp.payload(), room, now, host, &mut self.flow_ids) {
+        let ttl = host_ttl(packet.ttl);
+        match self.udp.send(route, udp.payload(), ttl, room, now, host, &mut self.flow_ids) {
             Ok(()) => Ok(()),
             Err(udp::SendError::Dropped(reason)) => Err(reason),
-            Err(udp::SendError::Unreachable(unreachable)) => {
-                self.send_unreachable(unreachable);
+            Err(udp::SendError::Unreachable(report)) => {
+                self.send_guest_error(report);
                 Err(DropReason::HostSocket)
             }
         }
@@ -449,10 +478,10 @@ impl Gateway {
         let ports = bytes.get(..4).ok_or(DropReason::Malformed)?;
         let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
         let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
-        let remote = if self.flow_count() >= self.config.max_flows {
+        let target = if self.flow_count() >= self.config.max_flows {
             Err(DropReason::FlowLimit)
         } else {
-            self.tcp_target(dst)
+            self.tcp_target(dst, packet.ttl)
         };
         let mut out = Vec::new();
         let result = self.tcp.on_guest_segment(
@@ -461,7 +490,7 @@ impl Gateway {
             src,
             dst,
             bytes,
-            remote,
+            target,
             now,
             host,
             &mut self.flow_ids,
@@ -471,16 +500,22 @@ impl Gateway {
         result
     }
 
-    /// Where a guest's TCP connection to `dst` goes: a guestfwd target, the first DNS
-    /// upstream for DNS over TCP, or the mapped destination.
-    fn tcp_target(&self, dst: SocketAddrV4) -> Result<SocketAddr, DropReason> {
+    /// Where a guest's TCP connection to `dst`, whose SYN had TTL `guest_ttl`, goes: a
+    /// guestfwd target, the DNS upstreams in order for DNS over TCP, or the mapped
+    /// destination.
+    fn tcp_target(&self, dst: SocketAddrV4, guest_ttl: u8) -> Result<tcp::ConnectTarget, DropReason> {
+        let ttl = host_ttl(guest_ttl);
         if let Some(forward) = self.config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
-            return Ok(forward.target);
+            return Ok(tcp::ConnectTarget { remotes: vec![forward.target], ttl });
         }
         if *dst.ip() == self.config.dns && dst.port() == dns::PORT && !self.config.restrict {
-            return self.config.dns_upstreams.first().copied().ok_or(DropReason::HostSocket);
+            if self.config.dns_upstreams.is_empty() {
+                return Err(DropReason::HostSocket);
+            }
+            return Ok(tcp::ConnectTarget { remotes: self.config.dns_upstreams.clone(), ttl });
         }
-        self.host_side_address(*dst.ip()).map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, dst.port())))
+        let ip = self.host_side_address(*dst.ip())?;
+        Ok(tcp::ConnectTarget { remotes: vec![SocketAddr::V4(SocketAddrV4::new(ip, dst.port()))], ttl })
     }
 
     /// UDP, ICMP and TCP flows together, which `max-flows` bounds.
@@ -523,11 +558,9 @@ impl Gateway {
         }
     }
 
-    fn send_unreachable(&mut self, unreachable: udp::Unreachable) {
-        match self.neighbors.lookup(*unreachable.guest.ip()) {
-            Some(mac) => {
-                self.outbox.push_back(icmp::destination_unreachable(&self.config, mac, &unreachable))
-            }
+    fn send_guest_error(&mut self, report: icmp::GuestError) {
+        match self.neighbors.lookup(report.guest) {
+            Some(mac) => self.outbox.push_back(icmp::error_for_guest(&self.config, mac, &report)),
             None => self.counters.record(DropReason::UnknownGuest),
         }
     }

@@ -10,7 +10,10 @@
 //! beyond transient scratch buffers.
 //!
 //! Connections from the guest are connected on the host first; the SYN-ACK goes to the
-//! guest only when the host's connect completes, and a refusal becomes RST. FIN maps to
+//! guest only when the host's connect completes. A refusal becomes RST; an unreachable
+//! or time exceeded error becomes that ICMP error, quoting the guest's SYN. A connect
+//! with more than one candidate (DNS over TCP to the upstreams) moves on to the next when
+//! one fails or stays silent for [`FAILOVER_TIMEOUT`]. FIN maps to
 //! `shutdown(SHUT_WR)` and RST to an abortive close, both ways. This file knows TCP and
 //! the [`HostSockets`] calls, nothing of epoll or the switch.
 
@@ -21,10 +24,11 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 use tracing::debug;
 use vnet_wire::MacAddress;
 
+use crate::icmp::{self, GuestError, HostIcmpError};
 use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, HostSockets};
 
 /// Window scale vnet offers: windows up to 8 MiB.
@@ -44,6 +48,35 @@ const MIN_MSS: usize = 64;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest amount sent to the guest in one go before waiting for ACKs.
 const MAX_IN_FLIGHT: usize = 4 << 20;
+/// How long a connect may take before the next candidate is tried, where there is one.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the host side of a new guest connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    /// The candidates, tried in order until one connects; never empty.
+    pub remotes: Vec<SocketAddr>,
+    /// The TTL the host's SYN carries; None for the host's default.
+    pub ttl: Option<u8>,
+}
+
+/// A host connect under way for a guest's SYN.
+#[derive(Debug)]
+struct HostConnect {
+    /// Where the host socket is connecting to.
+    remote: SocketAddr,
+    /// Candidates still to try if that connect fails.
+    fallbacks: std::vec::IntoIter<SocketAddr>,
+    /// The TTL the host's SYN carries.
+    ttl: Option<u8>,
+}
+
+/// Who a new connection's first segment is from and to.
+struct NewConnection {
+    guest_mac: MacAddress,
+    guest: SocketAddrV4,
+    dst: SocketAddrV4,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -63,6 +96,8 @@ struct Connection {
     guest_mac: MacAddress,
     guest: SocketAddrV4,
     remote: SocketAddrV4,
+    /// The host connect under way, while the state is [`State::Connecting`].
+    host_connect: Option<HostConnect>,
     state: State,
     /// Next byte expected from the guest.
     rcv_nxt: u32,
@@ -148,7 +183,7 @@ impl Nat {
         guest: SocketAddrV4,
         dst: SocketAddrV4,
         bytes: &[u8],
-        remote: Result<SocketAddr, DropReason>,
+        target: Result<ConnectTarget, DropReason>,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
@@ -163,7 +198,8 @@ impl Nat {
         )
         .map_err(|_| DropReason::Malformed)?;
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
-            return self.on_new_segment(config, guest_mac, guest, dst, &repr, remote, host, flows, out);
+            let new = NewConnection { guest_mac, guest, dst };
+            return self.on_new_segment(config, new, &repr, target, now, host, flows, out);
         };
         let Some(connection) = self.connections.get_mut(&flow) else {
             return Err(DropReason::UnknownFlow);
@@ -234,15 +270,15 @@ impl Nat {
     fn on_new_segment(
         &mut self,
         config: &GatewayConfig,
-        guest_mac: MacAddress,
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
+        new: NewConnection,
         repr: &TcpRepr<'_>,
-        remote: Result<SocketAddr, DropReason>,
+        target: Result<ConnectTarget, DropReason>,
+        now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<(), DropReason> {
+        let NewConnection { guest_mac, guest, dst } = new;
         if repr.control == TcpControl::Rst {
             return Ok(());
         }
@@ -250,25 +286,27 @@ impl Nat {
             out.push(reset_for(config, guest_mac, guest, dst, repr));
             return Err(DropReason::UnknownFlow);
         }
-        let remote = match remote {
-            Ok(remote) => remote,
+        let target = match target {
+            Ok(target) => target,
             Err(reason) => {
                 out.push(reset_for(config, guest_mac, guest, dst, repr));
                 return Err(reason);
             }
         };
         let flow = flows.next();
-        if let Err(e) = host.tcp_connect(flow, remote) {
-            debug!(%remote, error = %e, "host connect failed at once");
+        let mut candidates = target.remotes.into_iter();
+        let Some(host_remote) = connect_first(host, flow, &mut candidates, target.ttl) else {
             out.push(reset_for(config, guest_mac, guest, dst, repr));
             return Err(DropReason::HostSocket);
-        }
+        };
         let isn = self.next_isn(guest, dst);
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(536));
+        let failover_at = (candidates.len() > 0).then(|| now + FAILOVER_TIMEOUT);
         let connection = Connection {
             guest_mac,
             guest,
             remote: dst,
+            host_connect: Some(HostConnect { remote: host_remote, fallbacks: candidates, ttl: target.ttl }),
             state: State::Connecting,
             rcv_nxt: (repr.seq_number.0 as u32).wrapping_add(1),
             snd_una: isn,
@@ -282,7 +320,7 @@ impl Nat {
             guest_fin: false,
             advertised_zero: false,
             rto: INITIAL_RTO,
-            retransmit_at: None,
+            retransmit_at: failover_at,
             closing_since: None,
             retransmits: 0,
             failed: false,
@@ -314,6 +352,7 @@ impl Nat {
             guest_mac,
             guest,
             remote: apparent,
+            host_connect: None,
             state: State::SynSent,
             rcv_nxt: 0,
             snd_una: isn,
@@ -424,6 +463,7 @@ impl Nat {
         if connection.state != State::Connecting {
             return;
         }
+        connection.host_connect = None;
         connection.state = State::SynAckSent;
         connection.snd_nxt = connection.snd_una.wrapping_add(1);
         connection.retransmit_at = Some(now + connection.rto);
@@ -449,29 +489,83 @@ impl Nat {
         Self::segment(config, connection, &syn_ack)
     }
 
-    /// `flow`'s host socket failed (connect refused or timed out, reset): reset the guest
-    /// and close the socket.
+    /// `flow`'s host socket failed (connect refused, unreachable or timed out; reset).
+    /// A failed connect moves on to the next candidate if there is one; else the guest
+    /// gets the ICMP error behind the failure, or RST, and the socket is closed.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_host_error(
         &mut self,
         config: &GatewayConfig,
         flow: FlowId,
         error: &io::Error,
+        icmp: Option<HostIcmpError>,
+        now: Instant,
         host: &mut dyn HostSockets,
         out: &mut Vec<Vec<u8>>,
     ) {
-        let Some(connection) = self.connections.get(&flow) else {
+        let Some(connection) = self.connections.get_mut(&flow) else {
             return;
         };
-        debug!(guest = %connection.guest, remote = %connection.remote, %error, "host side failed; resetting guest");
-        let (seq, ack) = match connection.state {
-            State::Connecting => (0, Some(connection.rcv_nxt)),
-            _ => (connection.snd_nxt, Some(connection.rcv_nxt)),
-        };
-        let reset =
-            Outgoing { control: TcpControl::Rst, seq, ack, window: 0, syn_options: false, payload: &[] };
-        out.push(Self::segment(config, connection, &reset));
+        if connection.state == State::Connecting && Self::fail_over(connection, flow, now, host) {
+            return;
+        }
+        debug!(guest = %connection.guest, remote = %connection.remote, %error, "host side failed; telling the guest");
+        match Self::connect_error(connection, icmp, error) {
+            Some(report) => out.push(icmp::error_for_guest(config, connection.guest_mac, &report)),
+            None => Self::reset(config, connection, out),
+        }
         host.tcp_close(flow, true);
         self.remove(flow);
+    }
+
+    /// The ICMP error that tells the guest why its SYN got nowhere, quoting the SYN; None
+    /// where RST says it (refused, timed out, or the connection was already up).
+    fn connect_error(
+        connection: &Connection,
+        icmp: Option<HostIcmpError>,
+        error: &io::Error,
+    ) -> Option<GuestError> {
+        let connect = connection.host_connect.as_ref()?;
+        if icmp.is_none() && error.kind() == io::ErrorKind::ConnectionRefused {
+            return None; // the remote answered with RST
+        }
+        let mut syn_header = [0u8; 8];
+        syn_header[..2].copy_from_slice(&connection.guest.port().to_be_bytes());
+        syn_header[2..4].copy_from_slice(&connection.remote.port().to_be_bytes());
+        syn_header[4..].copy_from_slice(&connection.rcv_nxt.wrapping_sub(1).to_be_bytes());
+        GuestError::from_host(
+            *connection.guest.ip(),
+            *connection.remote.ip(),
+            connect.remote.ip(),
+            IpProtocol::Tcp,
+            syn_header,
+            icmp,
+            error,
+        )
+    }
+
+    /// Moves `connection`'s host connect on to its next candidate. False if there is
+    /// none, or none would start; the connection is then lost.
+    fn fail_over(
+        connection: &mut Connection,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> bool {
+        let Some(connect) = connection.host_connect.as_mut() else {
+            return false;
+        };
+        if connect.fallbacks.len() == 0 {
+            return false;
+        }
+        host.tcp_close(flow, true);
+        let Some(remote) = connect_first(host, flow, &mut connect.fallbacks, connect.ttl) else {
+            return false;
+        };
+        debug!(failed = %connect.remote, next = %remote, "connect failed; trying the next candidate");
+        connect.remote = remote;
+        connection.retransmit_at = (connect.fallbacks.len() > 0).then(|| now + FAILOVER_TIMEOUT);
+        true
     }
 
     /// `flow`'s host socket has data (or EOF): send what the guest's window allows.
@@ -547,6 +641,15 @@ impl Nat {
             let Some(connection) = self.connections.get_mut(&flow) else {
                 continue;
             };
+            if connection.state == State::Connecting {
+                // Only a connect with candidates left has a deadline: it took too long.
+                if !Self::fail_over(connection, flow, now, host) {
+                    Self::reset(config, connection, out);
+                    host.tcp_close(flow, true);
+                    self.remove(flow);
+                }
+                continue;
+            }
             connection.retransmits += 1;
             if connection.retransmits > MAX_RETRANSMITS {
                 debug!(guest = %connection.guest, remote = %connection.remote, "guest stopped answering; giving up");
@@ -565,7 +668,7 @@ impl Nat {
                     connection.fin_sent = false;
                     Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
                 }
-                State::Connecting => connection.retransmit_at = None,
+                State::Connecting => {}
             }
             self.settle(flow, host);
         }
@@ -799,6 +902,23 @@ impl Nat {
             self.by_tuple.remove(&(connection.guest, connection.remote));
         }
     }
+}
+
+/// Starts a host connect for `flow` to the first of `candidates` that takes one, and
+/// returns where to.
+fn connect_first(
+    host: &mut dyn HostSockets,
+    flow: FlowId,
+    candidates: &mut std::vec::IntoIter<SocketAddr>,
+    ttl: Option<u8>,
+) -> Option<SocketAddr> {
+    candidates.find(|remote| match host.tcp_connect(flow, *remote, ttl) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(%remote, error = %e, "host connect failed at once");
+            false
+        }
+    })
 }
 
 /// A RST answering `repr`, which has no connection.

@@ -30,6 +30,7 @@ struct FakeHost {
     tcp_consumed: usize,
     closed: Vec<(FlowId, bool)>,
     replies: Vec<(SocketAddr, Vec<u8>)>,
+    ttls: Vec<(FlowId, Option<u8>)>,
 }
 
 impl HostSockets for FakeHost {
@@ -43,6 +44,10 @@ impl HostSockets for FakeHost {
     fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
         self.udp_open(flow, SocketAddr::from((remote, 0))).map(|()| IcmpSocketKind::Ping)
     }
+    fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
+        self.ttls.push((flow, ttl));
+        Ok(())
+    }
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
         if let Some(errno) = self.send_error {
             return Err(io::Error::from_raw_os_error(errno));
@@ -53,8 +58,10 @@ impl HostSockets for FakeHost {
     fn datagram_close(&mut self, flow: FlowId) {
         self.open.remove(&flow);
     }
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
-        self.udp_open(flow, remote)
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()> {
+        self.udp_open(flow, remote)?;
+        self.ttls.push((flow, ttl));
+        Ok(())
     }
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
         let taken = data.len().min(self.tcp_accept);
@@ -353,7 +360,7 @@ fn dns_fails_over_and_answers_servfail_when_every_upstream_fails() {
         &mut host,
     );
     let (flow, _) = host.sent.last().cloned().unwrap();
-    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), now, &mut host);
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
     let (second_flow, _) = host.sent.last().cloned().unwrap();
     assert_eq!(host.open[&second_flow], second, "fail-over to the next upstream");
     assert!(gateway.pop_frame().is_none());
@@ -379,7 +386,7 @@ fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
     let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
     assert_eq!((from, to, payload), (dst, SocketAddrV4::new(GUEST_IP, 40000), b"pong".to_vec()));
 
-    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), now, &mut host);
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
     let unreachable = gateway.pop_frame().expect("port unreachable");
     let ip = Ipv4Packet::new_checked(&unreachable[14..]).unwrap();
     assert_eq!(ip.next_header(), IpProtocol::Icmp);
@@ -565,7 +572,7 @@ fn tcp_refusals_reach_the_guest_as_rst() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), now, &mut host);
     let flow = *host.open.keys().next().unwrap();
-    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), &mut host);
+    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
     let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().unwrap());
     assert_eq!((control, ack), (TcpControl::Rst, Some(6)));
     assert_eq!(host.closed, vec![(flow, true)]);
@@ -821,4 +828,112 @@ fn established(gateway: &mut Gateway, host: &mut FakeHost, now: Instant, dst: So
     let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, host);
     (flow, isn)
+}
+
+/// `frame` (from a guest) with its IPv4 TTL set to `ttl`.
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.set_hop_limit(ttl);
+    ip.fill_checksum();
+    frame
+}
+
+/// The ICMP message in a frame the gateway sent, with the IPv4 source it came from and
+/// the quoted packet's header (type, code, quoted IPv4 header's destination and the
+/// eight quoted transport bytes).
+fn icmp_error_of(frame: &[u8]) -> (Ipv4Addr, u8, u8, Ipv4Addr, Vec<u8>) {
+    let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum());
+    let quoted = Ipv4Packet::new_checked(icmp.data()).unwrap();
+    (ip.src_addr(), u8::from(icmp.msg_type()), icmp.msg_code(), quoted.dst_addr(), quoted.payload().to_vec())
+}
+
+#[test]
+fn a_low_guest_ttl_reaches_the_host_socket_less_one_hop() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far = Ipv4Addr::new(192, 0, 2, 9);
+    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"a"), 3), now, &mut host);
+    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"b"), 3), now, &mut host);
+    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"c"), 64), now, &mut host);
+    let flow = host.sent[0].0;
+    assert_eq!(host.ttls, vec![(flow, Some(2)), (flow, None)], "set on change only, default at 64");
+    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 7), b"d"), 128), now, &mut host);
+    assert_eq!(host.ttls.len(), 2, "a new flow at a normal TTL keeps the host's default");
+}
+
+#[test]
+fn time_exceeded_from_a_router_reaches_the_guest_from_that_router() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 33435);
+    gateway.receive(&with_ttl(guest_udp(far, b"probe"), 2), now, &mut host);
+    let flow = host.sent[0].0;
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let icmp = HostIcmpError::from_message(router, 11, 0);
+    gateway.on_udp_error(flow, &io::ErrorKind::HostUnreachable.into(), icmp, now, &mut host);
+    let (from, icmp_type, _, quoted_dst, quoted) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, quoted_dst), (router, 11, *far.ip()));
+    assert_eq!(&quoted[..4], &[0x9c, 0x40, 0x82, 0x9b], "the probe's ports, which traceroute matches");
+
+    // The destination's own port unreachable comes from the address the guest used,
+    // also when that address stood for host loopback.
+    let host_address = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 33436);
+    gateway.receive(&with_ttl(guest_udp(host_address, b"probe"), 5), now, &mut host);
+    let flow = host.sent.last().unwrap().0;
+    let icmp = HostIcmpError::from_message(Ipv4Addr::LOCALHOST, 3, 3);
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), icmp, now, &mut host);
+    let (from, icmp_type, code, _, _) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, code), (*host_address.ip(), 3, 3));
+}
+
+#[test]
+fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 80);
+    gateway.receive(&with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    assert_eq!(host.ttls, vec![(flow, Some(1))], "the SYN leaves with the guest's TTL less one");
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let icmp = HostIcmpError::from_message(router, 11, 0);
+    gateway.on_tcp_error(flow, &io::ErrorKind::HostUnreachable.into(), icmp, now, &mut host);
+    let (from, icmp_type, _, quoted_dst, quoted) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, quoted_dst), (router, 11, *far.ip()));
+    assert_eq!(&quoted[4..8], &500u32.to_be_bytes(), "the SYN's sequence number is quoted");
+    assert!(gateway.pop_frame().is_none(), "no RST besides");
+    assert_eq!(host.closed, vec![(flow, true)]);
+
+    // Without an ICMP report, an unreachable errno still says so, from the destination.
+    gateway.receive(&guest_tcp(far, TcpControl::Syn, 900, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_error(flow, &io::ErrorKind::NetworkUnreachable.into(), None, now, &mut host);
+    let (from, icmp_type, code, _, _) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, code), (*far.ip(), 3, 0));
+}
+
+#[test]
+fn dns_over_tcp_fails_over_to_the_next_upstream() {
+    use smoltcp::wire::TcpControl;
+    let upstreams: Vec<SocketAddr> =
+        ["127.0.0.1:5301", "127.0.0.1:5302", "127.0.0.1:5303"].iter().map(|a| a.parse().unwrap()).collect();
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { dns_upstreams: upstreams.clone(), ..GatewayConfig::default() });
+    let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
+    gateway.receive(&guest_tcp(dns, TcpControl::Syn, 1, None, &[]), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    assert_eq!(host.open[&flow], upstreams[0]);
+
+    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
+    assert_eq!(host.open[&flow], upstreams[1], "a refused upstream gives way to the next");
+    assert!(gateway.pop_frame().is_none(), "the guest is not reset meanwhile");
+
+    let later = now + Duration::from_secs(3);
+    assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
+    gateway.on_deadline(later, &mut host);
+    assert_eq!(host.open[&flow], upstreams[2], "a silent upstream gives way too");
+    assert_eq!(gateway.next_deadline(), None, "the last candidate gets the kernel's own timeout");
+
+    gateway.on_tcp_connected(flow, later, &mut host);
+    let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
+    assert_eq!((control, ack), (TcpControl::Syn, Some(2)));
 }

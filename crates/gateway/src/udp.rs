@@ -12,8 +12,9 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use smoltcp::wire::Icmpv4DstUnreachable;
+use smoltcp::wire::IpProtocol;
 
+use crate::icmp::{GuestError, HostIcmpError};
 use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
 
 /// How long a UDP flow lives without traffic in either direction.
@@ -30,40 +31,42 @@ pub struct Route {
     pub remote: SocketAddr,
 }
 
-/// A guest datagram the host could not deliver, to report with ICMP destination
-/// unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unreachable {
-    /// The guest's address and port.
-    pub guest: SocketAddrV4,
-    /// Where it sent to.
-    pub dst: SocketAddrV4,
-    /// Network, host or port unreachable.
-    pub reason: Icmpv4DstUnreachable,
-}
-
-/// What the ICMP unreachable a host socket error stands for is, if it stands for one:
-/// the kernel turns ICMP errors on connected sockets into these errors.
-pub fn unreachable_reason(error: &io::Error) -> Option<Icmpv4DstUnreachable> {
-    match error.kind() {
-        io::ErrorKind::ConnectionRefused => Some(Icmpv4DstUnreachable::PortUnreachable),
-        io::ErrorKind::HostUnreachable => Some(Icmpv4DstUnreachable::HostUnreachable),
-        io::ErrorKind::NetworkUnreachable => Some(Icmpv4DstUnreachable::NetUnreachable),
-        _ => None,
-    }
-}
-
 /// Why a guest datagram was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
     /// Dropped and counted.
     Dropped(DropReason),
     /// The host said the destination is unreachable; the guest is told.
-    Unreachable(Unreachable),
+    Unreachable(GuestError),
+}
+
+/// The ICMP error for the guest about a datagram of `payload_len` bytes along `route`.
+fn guest_error(
+    route: &Route,
+    payload_len: usize,
+    icmp: Option<HostIcmpError>,
+    error: &io::Error,
+) -> Option<GuestError> {
+    let mut header = [0u8; 8];
+    header[..2].copy_from_slice(&route.guest.port().to_be_bytes());
+    header[2..4].copy_from_slice(&route.dst.port().to_be_bytes());
+    let udp_len = u16::try_from(payload_len + 8).unwrap_or(u16::MAX);
+    header[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    GuestError::from_host(
+        *route.guest.ip(),
+        *route.dst.ip(),
+        route.remote.ip(),
+        IpProtocol::Udp,
+        header,
+        icmp,
+        error,
+    )
 }
 
 struct Flow {
     route: Route,
+    /// The TTL set on the host socket; None while it is the host's default.
+    ttl: Option<u8>,
     last_used: Instant,
 }
 
@@ -92,11 +95,14 @@ impl Nat {
     }
 
     /// Sends `payload` along `route`, opening its host socket first if needed and if
-    /// `room_for_new` (the flow table is not full).
+    /// `room_for_new` (the flow table is not full). `ttl` is what the host socket should
+    /// send with (see [`crate::host_ttl`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         route: Route,
         payload: &[u8],
+        ttl: Option<u8>,
         room_for_new: bool,
         now: Instant,
         host: &mut dyn HostSockets,
@@ -112,18 +118,22 @@ impl Nat {
                 let flow = flows.next();
                 host.udp_open(flow, route.remote).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
                 self.by_route.insert(key, flow);
-                self.flows.insert(flow, Flow { route, last_used: now });
+                self.flows.insert(flow, Flow { route, ttl: None, last_used: now });
                 flow
             }
         };
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.last_used = now;
-        }
-        host.datagram_send(flow, payload).map_err(|error| match unreachable_reason(&error) {
-            Some(reason) => {
-                SendError::Unreachable(Unreachable { guest: route.guest, dst: route.dst, reason })
+            if entry.ttl != ttl {
+                host.set_ttl(flow, ttl).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
+                entry.ttl = ttl;
             }
-            None => SendError::Dropped(DropReason::HostSocket),
+        }
+        host.datagram_send(flow, payload).map_err(|error| {
+            match guest_error(&route, payload.len(), None, &error) {
+                Some(report) => SendError::Unreachable(report),
+                None => SendError::Dropped(DropReason::HostSocket),
+            }
         })
     }
 
@@ -134,11 +144,16 @@ impl Nat {
         Some(GuestDatagram { from: entry.route.dst, to: entry.route.guest, payload: payload.to_vec() })
     }
 
-    /// An error on `flow`'s socket: the unreachable to report to the guest, if it was one.
-    pub fn on_host_error(&mut self, flow: FlowId, error: &io::Error) -> Option<Unreachable> {
+    /// An error on `flow`'s socket, with the ICMP error behind it if the host read one:
+    /// the error to report to the guest, if it stands for one.
+    pub fn on_host_error(
+        &mut self,
+        flow: FlowId,
+        icmp: Option<HostIcmpError>,
+        error: &io::Error,
+    ) -> Option<GuestError> {
         let entry = self.flows.get(&flow)?;
-        let reason = unreachable_reason(error)?;
-        Some(Unreachable { guest: entry.route.guest, dst: entry.route.dst, reason })
+        guest_error(&entry.route, 0, icmp, error)
     }
 
     /// When the quietest flow will have been idle too long.

@@ -8,17 +8,21 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::io::IoSliceMut;
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Interest, Token};
+use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info};
-use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostSockets, IcmpSocketKind};
+use vnet_gateway::{
+    FlowId, ForwardProtocol, Gateway, GatewayConfig, HostIcmpError, HostSockets, IcmpSocketKind,
+};
 use vnet_switch::PortId;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
@@ -42,6 +46,10 @@ struct HostStream {
     stream: TcpStream,
     token: Token,
     connecting: bool,
+    /// IP_RECVERR is on: set for a connect with a guest's low TTL, so the ICMP error
+    /// that fails it can be read; turned off once connected, where it would make soft
+    /// errors fatal.
+    icmp_errors: bool,
 }
 
 /// What an event token of the gateway stands for.
@@ -72,6 +80,16 @@ struct Sockets {
     discard_buffer: Vec<u8>,
 }
 
+impl HostStream {
+    /// The socket's pending error, if any, with the ICMP error behind it if IP_RECVERR
+    /// is on and one was queued.
+    fn take_error(&self) -> Option<(io::Error, Option<HostIcmpError>)> {
+        let error = self.stream.take_error().ok().flatten()?;
+        let icmp = if self.icmp_errors { take_icmp_error(self.stream.as_fd()) } else { None };
+        Some((error, icmp))
+    }
+}
+
 impl Sockets {
     fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
         self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
@@ -89,6 +107,7 @@ impl HostSockets for Host<'_, '_, '_> {
         let local: SocketAddr =
             if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
         let mut socket = UdpSocket::bind(local)?;
+        nix_socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
         socket.connect(remote)?;
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
@@ -112,9 +131,20 @@ impl HostSockets for Host<'_, '_, '_> {
         Ok(kind)
     }
 
+    fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
+        let ttl = ttl.map_or(-1, libc::c_int::from);
+        if let Some(socket) = self.sockets.by_flow.get(&flow) {
+            return Ok(nix_socket::setsockopt(&socket.socket, sockopt::Ipv4Ttl, &ttl)?);
+        }
+        Ok(nix_socket::setsockopt(&self.sockets.stream(flow)?.stream, sockopt::Ipv4Ttl, &ttl)?)
+    }
+
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
         let socket = self.sockets.by_flow.get(&flow).ok_or(io::ErrorKind::NotFound)?;
-        socket.socket.send(payload).map(|_| ())
+        socket.socket.send(payload).map(|_| ()).inspect_err(|_| {
+            // The error was the pending one of an ICMP message; its details are stale.
+            take_icmp_error(socket.socket.as_fd());
+        })
     }
 
     fn datagram_close(&mut self, flow: FlowId) {
@@ -124,12 +154,16 @@ impl HostSockets for Host<'_, '_, '_> {
         }
     }
 
-    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
-        let mut stream = TcpStream::connect(remote)?;
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()> {
+        let mut stream = match ttl {
+            None => TcpStream::connect(remote)?,
+            Some(ttl) => connect_with_ttl(remote, ttl)?,
+        };
         let _ = stream.set_nodelay(true);
         let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
-        self.sockets.streams.insert(flow, HostStream { stream, token, connecting: true });
+        let icmp_errors = ttl.is_some();
+        self.sockets.streams.insert(flow, HostStream { stream, token, connecting: true, icmp_errors });
         Ok(())
     }
 
@@ -239,7 +273,8 @@ impl GatewayPort {
                 continue;
             };
             self.sockets.sources.insert(token, Source::Flow(flow));
-            self.sockets.streams.insert(flow, HostStream { stream, token, connecting: false });
+            let inbound = HostStream { stream, token, connecting: false, icmp_errors: false };
+            self.sockets.streams.insert(flow, inbound);
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
             self.gateway.on_inbound_tcp(forward, flow, now, &mut host);
@@ -287,14 +322,57 @@ impl GatewayPort {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) => {
-                    debug!(?flow, error = %e, "host socket error");
+                    let icmp = take_icmp_error(host_socket.socket.as_fd());
+                    debug!(?flow, error = %e, ?icmp, "host socket error");
                     let now = cx.now;
                     let mut host = Host { sockets: &mut self.sockets, cx };
-                    self.gateway.on_udp_error(flow, &e, now, &mut host);
+                    self.gateway.on_udp_error(flow, &e, icmp, now, &mut host);
                 }
             }
         }
         ReadOutcome::More
+    }
+}
+
+/// A non-blocking TCP connect to `remote` whose SYN carries `ttl`, with IP_RECVERR on so
+/// an ICMP error that fails it can be read.
+fn connect_with_ttl(remote: SocketAddr, ttl: u8) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(remote), Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.set_ttl(u32::from(ttl))?;
+    nix_socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
+    match socket.connect(&remote.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
+}
+
+/// Drains the socket's error queue (IP_RECVERR) and returns the last ICMP error in it:
+/// who sent it, and its type and code.
+fn take_icmp_error(fd: BorrowedFd<'_>) -> Option<HostIcmpError> {
+    let mut last = None;
+    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+    let mut quoted = [0u8; 64];
+    loop {
+        let mut iov = [IoSliceMut::new(&mut quoted)];
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let Ok(message) = nix_socket::recvmsg::<SockaddrIn>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)
+        else {
+            return last;
+        };
+        let Ok(mut cmsgs) = message.cmsgs() else {
+            return last;
+        };
+        let icmp = cmsgs.find_map(|cmsg| match cmsg {
+            ControlMessageOwned::Ipv4RecvErr(error, Some(offender))
+                if error.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
+            {
+                let from = Ipv4Addr::from(u32::from_be(offender.sin_addr.s_addr));
+                HostIcmpError::from_message(from, error.ee_type, error.ee_code)
+            }
+            _ => None,
+        });
+        last = icmp.or(last);
     }
 }
 
@@ -308,10 +386,10 @@ impl GatewayPort {
     /// A host stream has data, an end of stream or an error.
     fn stream_readable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
         let now = cx.now;
-        let error = self.sockets.streams.get(&flow).and_then(|s| s.stream.take_error().ok().flatten());
+        let error = self.sockets.streams.get(&flow).and_then(HostStream::take_error);
         let mut host = Host { sockets: &mut self.sockets, cx };
         match error {
-            Some(error) => self.gateway.on_tcp_error(flow, &error, &mut host),
+            Some((error, icmp)) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
             None => self.gateway.on_tcp_readable(flow, now, &mut host),
         }
     }
@@ -322,15 +400,19 @@ impl GatewayPort {
         let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return;
         };
-        let error = host_stream.stream.take_error().ok().flatten();
+        let error = host_stream.take_error();
         let was_connecting = host_stream.connecting;
         let connected = error.is_none() && host_stream.stream.peer_addr().is_ok();
         if connected {
             host_stream.connecting = false;
+            if host_stream.icmp_errors {
+                host_stream.icmp_errors = false;
+                let _ = nix_socket::setsockopt(&host_stream.stream, sockopt::Ipv4RecvErr, &false);
+            }
         }
         let mut host = Host { sockets: &mut self.sockets, cx };
         match (error, was_connecting, connected) {
-            (Some(error), _, _) => self.gateway.on_tcp_error(flow, &error, &mut host),
+            (Some((error, icmp)), _, _) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
             (None, true, true) => self.gateway.on_tcp_connected(flow, now, &mut host),
             (None, true, false) => {}
             (None, false, _) => self.gateway.on_tcp_writable(flow, &mut host),
