@@ -1,11 +1,13 @@
 //! ARP: answering for the gateway's addresses (host, DNS and guestfwd's virtual
-//! addresses) and learning where guests
-//! are, from ARP (gratuitous ARP included) and from the source of their IPv4 packets.
+//! addresses), learning where guests are from ARP (gratuitous ARP included) and from the
+//! source of their IPv4 packets, and asking for a guest that has not spoken yet (a
+//! statically configured guest that a hostfwd client wants to reach).
 //!
 //! This file knows addresses, not flows or sockets.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
 use vnet_wire::MacAddress;
@@ -16,10 +18,17 @@ use crate::{packet, DropReason, GatewayConfig};
 /// guest sending from random addresses can make vnet hold.
 const MAX_NEIGHBORS: usize = 4096;
 
+/// How long a connection waits for a guest to answer ARP before it is given up.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an unanswered ARP request for one address is repeated.
+const REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Guest IPv4 address to MAC address.
 #[derive(Debug, Default)]
 pub struct Neighbors {
     by_ip: HashMap<Ipv4Addr, MacAddress>,
+    /// When an ARP request for each unresolved address last went out.
+    asked: HashMap<Ipv4Addr, Instant>,
 }
 
 impl Neighbors {
@@ -32,6 +41,19 @@ impl Neighbors {
             return;
         }
         self.by_ip.insert(ip, mac);
+        self.asked.remove(&ip);
+    }
+
+    /// An ARP request for `ip`, unless one went out less than a second ago.
+    pub fn request(&mut self, config: &GatewayConfig, ip: Ipv4Addr, now: Instant) -> Option<Vec<u8>> {
+        if self.asked.get(&ip).is_some_and(|at| now.saturating_duration_since(*at) < REQUEST_INTERVAL) {
+            return None;
+        }
+        if self.asked.len() >= MAX_NEIGHBORS {
+            self.asked.retain(|_, at| now.saturating_duration_since(*at) < RESOLVE_TIMEOUT);
+        }
+        self.asked.insert(ip, now);
+        Some(packet::arp_request(config.mac(), config.host, ip))
     }
 
     /// Where `ip` was last seen.

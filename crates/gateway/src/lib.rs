@@ -148,6 +148,8 @@ pub struct Gateway {
     counters: GatewayCounters,
     outbox: VecDeque<Vec<u8>>,
     flow_ids: FlowIds,
+    /// hostfwd connections waiting for their guest to answer ARP: forward, flow, since.
+    inbound_awaiting_arp: Vec<(usize, FlowId, Instant)>,
 }
 
 impl Gateway {
@@ -165,6 +167,7 @@ impl Gateway {
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             flow_ids: FlowIds::default(),
+            inbound_awaiting_arp: Vec::new(),
         }
     }
 
@@ -188,6 +191,7 @@ impl Gateway {
         if let Err(reason) = self.dispatch(frame, now, host) {
             self.counters.record(reason);
         }
+        self.resume_inbound_awaiting_arp(now, host);
     }
 
     /// A datagram arrived on `flow`'s host socket.
@@ -245,15 +249,20 @@ impl Gateway {
     }
 
     /// A host client connected to TCP hostfwd number `forward`; its socket is `flow`.
-    /// The gateway connects to the guest, or closes `flow` if it cannot (guest unknown,
-    /// flow table full).
+    /// The gateway connects to the guest (asking for it by ARP first if it has not
+    /// spoken yet), or closes `flow` if it cannot (no answer, flow table full).
     pub fn on_inbound_tcp(&mut self, forward: usize, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let Some(target) = self.config.host_forwards.get(forward).map(|f| f.guest) else {
             return host.tcp_close(flow, true);
         };
-        let Some(guest_mac) = self.neighbors.lookup(*target.ip()) else {
-            self.counters.record(DropReason::UnknownGuest);
+        if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
+            self.counters.record(DropReason::FlowLimit);
             return host.tcp_close(flow, true);
+        }
+        let Some(guest_mac) = self.neighbors.lookup(*target.ip()) else {
+            self.outbox.extend(self.neighbors.request(&self.config, *target.ip(), now));
+            self.inbound_awaiting_arp.push((forward, flow, now));
+            return;
         };
         if self.flow_count() >= self.config.max_flows {
             self.counters.record(DropReason::FlowLimit);
@@ -279,6 +288,11 @@ impl Gateway {
         else {
             return self.counters.record(DropReason::FlowLimit);
         };
+        if self.neighbors.lookup(*target.ip()).is_none() {
+            // The guest has not spoken yet: ask where it is; the client's next datagram
+            // gets through.
+            self.outbox.extend(self.neighbors.request(&self.config, *target.ip(), now));
+        }
         self.send_udp_to_guest(SocketAddrV4::new(self.config.host, port), target, payload);
     }
 
@@ -320,7 +334,9 @@ impl Gateway {
 
     /// When [`Gateway::on_deadline`] wants to run next.
     pub fn next_deadline(&self) -> Option<Instant> {
+        let arp = self.inbound_awaiting_arp.iter().map(|(_, _, since)| *since + arp::RESOLVE_TIMEOUT).min();
         [
+            arp,
             self.dns.next_deadline(),
             self.udp.next_deadline(),
             self.echo.next_deadline(),
@@ -331,8 +347,17 @@ impl Gateway {
         .min()
     }
 
-    /// Timer work: DNS fail-over and idle flows.
+    /// Timer work: DNS fail-over, idle flows, and hostfwd connections whose guest never
+    /// answered ARP.
     pub fn on_deadline(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        let (expired, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
+            .into_iter()
+            .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
+        self.inbound_awaiting_arp = waiting;
+        for (_, flow, _) in expired {
+            self.counters.record(DropReason::UnknownGuest);
+            host.tcp_close(flow, true);
+        }
         for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
             self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
         }
@@ -358,6 +383,24 @@ impl Gateway {
             }
             EthernetProtocol::Ipv4 => self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), now, host),
             _ => Err(DropReason::Unsupported),
+        }
+    }
+
+    /// Connects the hostfwd connections whose guest is now known.
+    fn resume_inbound_awaiting_arp(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        if self.inbound_awaiting_arp.is_empty() {
+            return;
+        }
+        let forwards = &self.config.host_forwards;
+        let neighbors = &self.neighbors;
+        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp).into_iter().partition(
+            |(forward, _, _): &(usize, FlowId, Instant)| {
+                forwards.get(*forward).is_some_and(|f| neighbors.lookup(*f.guest.ip()).is_some())
+            },
+        );
+        self.inbound_awaiting_arp = waiting;
+        for (forward, flow, _) in resolved {
+            self.on_inbound_tcp(forward, flow, now, host);
         }
     }
 

@@ -117,3 +117,17 @@ pub fn arp_reply(
     repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
     frame
 }
+
+/// A broadcast ARP request from `mac` at `ip` asking where `target` is.
+pub fn arp_request(mac: MacAddress, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: MacAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut frame = ethernet(mac, MacAddress::BROADCAST, EthernetProtocol::Arp, repr.buffer_len());
+    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
+    frame
+}

@@ -937,3 +937,65 @@ fn dns_over_tcp_fails_over_to_the_next_upstream() {
     let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     assert_eq!((control, ack), (TcpControl::Syn, Some(2)));
 }
+
+#[test]
+fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
+    use smoltcp::wire::TcpControl;
+    let forward = HostForward {
+        protocol: ForwardProtocol::Tcp,
+        host: "127.0.0.1:2222".parse().unwrap(),
+        guest: SocketAddrV4::new(GUEST_IP, 22),
+    };
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+    let flow = gateway.allocate_flow();
+    gateway.on_inbound_tcp(0, flow, now, &mut host);
+    let request = gateway.pop_frame().expect("an ARP request for the guest");
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&request[14..]).unwrap()).unwrap();
+    let ArpRepr::EthernetIpv4 {
+        operation,
+        target_protocol_addr,
+        source_hardware_addr,
+        source_protocol_addr,
+        ..
+    } = arp
+    else {
+        panic!("{arp:?}")
+    };
+    assert_eq!((operation, target_protocol_addr), (ArpOperation::Request, GUEST_IP));
+    assert!(host.closed.is_empty(), "the client waits");
+
+    let reply = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST_IP,
+        target_hardware_addr: source_hardware_addr,
+        target_protocol_addr: source_protocol_addr,
+    };
+    let mut frame = vec![0u8; 14 + reply.buffer_len()];
+    {
+        let mut ethernet = EthernetFrame::new_unchecked(&mut frame[..]);
+        ethernet.set_dst_addr(source_hardware_addr);
+        ethernet.set_src_addr(GUEST_MAC);
+        ethernet.set_ethertype(smoltcp::wire::EthernetProtocol::Arp);
+    }
+    reply.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
+    gateway.receive(&frame, now, &mut host);
+    let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().expect("the SYN, once the guest is known"));
+    assert_eq!(control, TcpControl::Syn);
+
+    // A guest that never answers: the client is closed after the ARP timeout.
+    let other = gateway.allocate_flow();
+    let forward = HostForward {
+        protocol: ForwardProtocol::Tcp,
+        host: "127.0.0.1:2223".parse().unwrap(),
+        guest: SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22),
+    };
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+    gateway.on_inbound_tcp(0, other, now, &mut host);
+    let later = now + Duration::from_secs(4);
+    assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
+    gateway.on_deadline(later, &mut host);
+    assert_eq!(host.closed, vec![(other, true)]);
+}

@@ -1,0 +1,272 @@
+//! The backends a "guest" network namespace reaches the host through: vnet, slirp4netns,
+//! pasta, a plain veth pair (the kernel's limit), and for the stream transport scenario
+//! vnet and passt behind the same tap-to-socket plug.
+//!
+//! Each [`Guest`] is a namespace the bench made, configured so that `host_address` inside
+//! it reaches the bench host's services (for the user-mode backends, through their
+//! gateway-to-host-loopback mapping). Nothing here measures anything.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::netns::{Netns, FAR_ADDRESS, HOST_ADDRESS};
+use crate::process::{run, wait_until, ScratchDir, Spawned, READY_DEADLINE};
+
+/// One way for a namespace to reach the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// `vnet run --attach netns:` with its gateway.
+    Vnet,
+    /// slirp4netns (libslirp).
+    Slirp4netns,
+    /// pasta (passt's namespace mode).
+    Pasta,
+    /// A veth pair: the kernel's own path, the limit.
+    Veth,
+    /// vnet's `--listen stream:unix:` with the bench's plug in the namespace.
+    VnetStream,
+    /// passt's QEMU stream socket with the bench's plug in the namespace.
+    Passt,
+}
+
+impl Backend {
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Vnet => "vnet",
+            Backend::Slirp4netns => "slirp4netns",
+            Backend::Pasta => "pasta",
+            Backend::Veth => "veth",
+            Backend::VnetStream => "vnet (stream)",
+            Backend::Passt => "passt",
+        }
+    }
+}
+
+/// The programs the bench runs.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// The vnet binary.
+    pub vnet: PathBuf,
+    /// This bench's own binary, for its tools inside namespaces.
+    pub bench: PathBuf,
+}
+
+/// How to set up a guest.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestSetup {
+    /// The namespace interface's MTU.
+    pub mtu: u16,
+    /// A TCP port of the host to forward to the same port of the guest.
+    pub tcp_forward: Option<u16>,
+}
+
+/// A namespace connected to the host through a backend.
+pub struct Guest {
+    // Processes first: they stop before their namespace goes.
+    plug: Option<Spawned>,
+    process: Option<Spawned>,
+    netns: Netns,
+    /// The address inside the guest that reaches the host's services.
+    pub host_address: Ipv4Addr,
+    /// The address a host client connects to for the guest's forwarded port.
+    pub forward_address: Ipv4Addr,
+    dir: ScratchDir,
+}
+
+impl Guest {
+    /// Starts `backend` for a fresh namespace set up as `setup` asks.
+    pub fn start(backend: Backend, setup: GuestSetup, programs: &Programs) -> Result<Self> {
+        let netns = Netns::create(backend.name().split(' ').next().unwrap_or("guest"))?;
+        let dir = ScratchDir::create()?;
+        let mut guest = Guest {
+            netns,
+            process: None,
+            plug: None,
+            host_address: Ipv4Addr::new(10, 0, 2, 2),
+            forward_address: Ipv4Addr::LOCALHOST,
+            dir,
+        };
+        match backend {
+            Backend::Vnet => guest.start_vnet(setup, programs)?,
+            Backend::Slirp4netns => guest.start_slirp4netns(setup)?,
+            Backend::Pasta => guest.start_pasta(setup)?,
+            Backend::Veth => guest.start_veth(setup)?,
+            Backend::VnetStream => guest.start_vnet_stream(setup, programs)?,
+            Backend::Passt => guest.start_passt(setup, programs)?,
+        }
+        Ok(guest)
+    }
+
+    /// A command that runs `args` inside the guest.
+    pub fn command(&self, args: &[&str]) -> Command {
+        self.netns.command(args)
+    }
+
+    /// The backend's process, if it has one.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Spawned::pid)
+    }
+
+    fn socket_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_vnet(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let mut user = format!("mtu={}", setup.mtu);
+        if let Some(port) = setup.tcp_forward {
+            user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{port}"));
+        }
+        let attach = format!("netns:{},ifname=eth0", self.netns.path());
+        let mut command = Command::new(&programs.vnet);
+        command.args(["--log-level", "warn", "run", "--user", &user, "--attach", &attach]);
+        self.process = Some(Spawned::start("vnet", &mut command)?);
+        self.wait_for_link("eth0")?;
+        self.configure("eth0", "10.0.2.15/24", "10.0.2.2", setup.mtu)
+    }
+
+    fn start_slirp4netns(&mut self, setup: GuestSetup) -> Result<()> {
+        let api = self.socket_path("slirp4netns.sock");
+        let mut command = Command::new("slirp4netns");
+        command
+            .arg("--configure")
+            .arg(format!("--mtu={}", setup.mtu))
+            .args(["--netns-type=path", "--api-socket"])
+            .arg(&api)
+            .args([&self.netns.path(), "tap0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.process = Some(Spawned::start("slirp4netns", &mut command)?);
+        let netns = &self.netns;
+        wait_until("slirp4netns to configure tap0", READY_DEADLINE, || {
+            Ok(has_address(netns, "10.0.2.100") && api.exists())
+        })?;
+        if let Some(port) = setup.tcp_forward {
+            slirp4netns_forward(&api, port)?;
+        }
+        Ok(())
+    }
+
+    fn start_pasta(&mut self, setup: GuestSetup) -> Result<()> {
+        let forward = setup.tcp_forward.map_or("none".to_owned(), |port| port.to_string());
+        let mut command = Command::new("pasta");
+        command
+            .args(["--config-net", "-f", "-q", "-4", "-I", "eth0", "-m", &setup.mtu.to_string()])
+            .args(["-t", &forward, "-u", "none", "-T", "none", "-U", "none"])
+            // As nobody (its default under root) pasta cannot join a namespace root made.
+            .args(["--runas", "0", "--netns", &self.netns.path()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.process = Some(Spawned::start("pasta", &mut command)?);
+        let netns = &self.netns;
+        wait_until("pasta to configure eth0", READY_DEADLINE, || Ok(has_address(netns, HOST_ADDRESS)))?;
+        self.netns.run(&["ip", "link", "set", "eth0", "mtu", &setup.mtu.to_string()])?;
+        self.host_address = FAR_ADDRESS.parse()?;
+        Ok(())
+    }
+
+    fn start_veth(&mut self, setup: GuestSetup) -> Result<()> {
+        // A subnet per pair: the kernel removes a deleted namespace's veth lazily, and
+        // its route must not shadow the next pair's.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let host_side = format!("vb{n}");
+        let subnet = (n % 250) as u8;
+        self.host_address = Ipv4Addr::new(10, 200, subnet, 1);
+        self.forward_address = Ipv4Addr::new(10, 200, subnet, 2);
+        let mtu = setup.mtu.to_string();
+        let add = ["link", "add", &host_side, "mtu", &mtu, "type", "veth", "peer", "name", "eth0"];
+        run(Command::new("ip").args(add).args(["netns", self.netns.name()]))?;
+        let host_address = format!("{}/24", self.host_address);
+        run(Command::new("ip").args(["addr", "add", &host_address, "dev", &host_side]))?;
+        run(Command::new("ip").args(["link", "set", &host_side, "up"]))?;
+        let guest_address = format!("{}/24", self.forward_address);
+        self.configure("eth0", &guest_address, &self.host_address.to_string(), setup.mtu)
+    }
+
+    fn start_vnet_stream(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let socket = self.socket_path("vnet.sock");
+        let listen = format!("stream:unix:{}", socket.display());
+        let user = format!("mtu={}", setup.mtu);
+        let mut command = Command::new(&programs.vnet);
+        command.args(["--log-level", "warn", "run", "--user", &user, "--listen", &listen]);
+        self.process = Some(Spawned::start("vnet", &mut command)?);
+        wait_until("vnet's stream socket", READY_DEADLINE, || Ok(socket.exists()))?;
+        self.start_plug(&socket, programs)?;
+        self.configure("eth0", "10.0.2.15/24", "10.0.2.2", setup.mtu)
+    }
+
+    fn start_passt(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let socket = self.socket_path("passt.sock");
+        let mut command = Command::new("passt");
+        command
+            .args(["-f", "-q", "-4", "-t", "none", "-u", "none", "-s"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.process = Some(Spawned::start("passt", &mut command)?);
+        wait_until("passt's socket", READY_DEADLINE, || Ok(socket.exists()))?;
+        self.start_plug(&socket, programs)?;
+        self.configure("eth0", &format!("{HOST_ADDRESS}/24"), FAR_ADDRESS, setup.mtu)?;
+        self.host_address = FAR_ADDRESS.parse()?;
+        Ok(())
+    }
+
+    /// Starts the bench's plug in the namespace: a tap called eth0 relayed to `socket`.
+    fn start_plug(&mut self, socket: &Path, programs: &Programs) -> Result<()> {
+        let socket = socket.to_str().context("socket path is not UTF-8")?;
+        let bench = programs.bench.to_str().context("bench path is not UTF-8")?;
+        let mut command = self.netns.command(&[bench, "tool", "plug", socket, "eth0"]);
+        self.plug = Some(Spawned::start("the plug", &mut command)?);
+        self.wait_for_link("eth0")
+    }
+
+    fn wait_for_link(&self, name: &str) -> Result<()> {
+        let netns = &self.netns;
+        wait_until(&format!("{name} in the guest namespace"), READY_DEADLINE, || {
+            Ok(netns.command(&["ip", "link", "show", name]).output()?.status.success())
+        })
+    }
+
+    /// Gives `interface` its MTU, address and default route, and brings it up.
+    fn configure(&self, interface: &str, address: &str, gateway: &str, mtu: u16) -> Result<()> {
+        self.netns.run_lines(&format!(
+            "ip link set {interface} mtu {mtu}
+             ip addr add {address} dev {interface}
+             ip link set {interface} up
+             ip route add default via {gateway}"
+        ))
+    }
+}
+
+/// Whether an interface of `netns` has IPv4 address `address`.
+fn has_address(netns: &Netns, address: &str) -> bool {
+    netns
+        .command(&["ip", "-4", "-o", "addr", "show"])
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(&format!("inet {address}/")))
+}
+
+/// Asks slirp4netns (through its API socket) to forward host port `port` on loopback to
+/// the guest's same port.
+fn slirp4netns_forward(api: &Path, port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut socket = std::os::unix::net::UnixStream::connect(api).context("slirp4netns API socket")?;
+    let request = format!(
+        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{port},"guest_port":{port}}}}}"#
+    );
+    socket.write_all(request.as_bytes())?;
+    socket.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply)?;
+    if !reply.contains("return") {
+        bail!("slirp4netns refused the forward: {reply}");
+    }
+    Ok(())
+}

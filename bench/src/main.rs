@@ -1,0 +1,221 @@
+//! vnet's benchmark: every scenario of issue 4 for vnet and its peers (slirp4netns, pasta,
+//! passt, vde_switch and a veth pair as the kernel's limit), side by side in one run,
+//! printed as a markdown table and written as JSON.
+//!
+//! `vnet-bench [--quick] [--only bulk,latency,...]` runs the bench. `vnet-bench tool ...`
+//! is how the bench runs its own load generators inside the namespaces it makes; it is
+//! not meant for people.
+//!
+//! The bench moves itself into a network namespace of its own before starting anything
+//! (see [`netns`]), so its traffic stays on this machine.
+
+mod backend;
+mod load;
+mod netns;
+mod plug;
+mod process;
+mod report;
+mod scenarios;
+mod vde;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use backend::Programs;
+use report::{Report, RunInfo};
+use scenarios::{Bench, Settings, SCENARIOS};
+
+/// Benchmarks vnet against slirp4netns, pasta, passt, vde_switch and veth.
+#[derive(Parser)]
+#[command(name = "vnet-bench")]
+struct Cli {
+    /// One short round, fewer connections and no real guests: under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Only these scenarios (comma-separated): bulk, latency, udp, scale, stream,
+    /// switch, idle, guests.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Where to write the markdown table (it is printed too).
+    #[arg(long, default_value = "target/bench/results.md")]
+    markdown: PathBuf,
+    /// The vnet binary to measure (default: the one beside this bench).
+    #[arg(long)]
+    vnet: Option<PathBuf>,
+    #[command(subcommand)]
+    tool: Option<ToolCommand>,
+}
+
+#[derive(Subcommand)]
+enum ToolCommand {
+    /// Load generators the bench runs inside namespaces.
+    #[command(hide = true)]
+    Tool {
+        #[command(subcommand)]
+        tool: Tool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// 1-byte ping-pong for SECONDS; prints latency percentiles.
+    Rr { server: SocketAddr, seconds: u64 },
+    /// Connect, 1 byte each way, close, for SECONDS; prints the rate.
+    ConnectRate { server: SocketAddr, seconds: u64 },
+    /// SIZE-byte datagrams for SECONDS; prints how many were sent.
+    UdpSend { server: SocketAddr, size: usize, seconds: u64 },
+    /// Opens COUNT connections, prints how many got through, holds them until stdin ends.
+    Hold { server: SocketAddr, count: usize },
+    /// Listens on PORT, writes a byte to each connection and holds it.
+    Serve { port: u16 },
+    /// Relays a new tap IFNAME to the QEMU stream socket SOCKET.
+    Plug { socket: PathBuf, ifname: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.tool {
+        Some(ToolCommand::Tool { tool }) => run_tool(tool),
+        None => run_bench(&cli),
+    };
+    if let Err(error) = result {
+        eprintln!("vnet-bench: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_tool(tool: Tool) -> Result<()> {
+    load::raise_file_limit();
+    match tool {
+        Tool::Rr { server, seconds } => load::print_json(&load::request_response(server, secs(seconds))?),
+        Tool::ConnectRate { server, seconds } => {
+            load::print_json(&load::connection_rate(server, secs(seconds))?)
+        }
+        Tool::UdpSend { server, size, seconds } => {
+            load::print_json(&load::udp_send(server, size, secs(seconds))?)
+        }
+        Tool::Hold { server, count } => {
+            let (_connections, held) = load::hold_connections(server, count)?;
+            load::print_json(&held)?;
+            // Hold until the bench closes stdin (or kills this process).
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+            Ok(())
+        }
+        Tool::Serve { port } => {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            load::serve_and_hold(listener, stop)?;
+            println!("listening");
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+            Ok(())
+        }
+        Tool::Plug { socket, ifname } => plug::run(&socket, &ifname),
+    }
+}
+
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+fn run_bench(cli: &Cli) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the bench makes network namespaces and tap devices: run it as root (scripts/bench does)");
+    }
+    let scenarios: Vec<String> = if cli.only.is_empty() {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.only.clone()
+    };
+    if let Some(unknown) = scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        bail!("unknown scenario {unknown}; the scenarios are {}", SCENARIOS.join(", "));
+    }
+    load::raise_file_limit();
+    let programs = programs(cli)?;
+    let info = run_info(cli.quick, &programs);
+    let _host = netns::BenchHost::create_and_enter()?;
+    let settings = if cli.quick { Settings::QUICK } else { Settings::FULL };
+    let mut bench = Bench { programs, settings, report: Report::new(info) };
+    for scenario in &scenarios {
+        if let Err(error) = bench.run(scenario) {
+            eprintln!("   scenario {scenario} failed: {error:#}");
+        }
+    }
+    bench.report.finish();
+    let markdown = bench.report.to_markdown();
+    println!("{markdown}");
+    write_file(&cli.markdown, &markdown)?;
+    write_file(&cli.json, &bench.report.to_json())
+}
+
+fn write_file(path: &std::path::Path, contents: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+fn programs(cli: &Cli) -> Result<Programs> {
+    let bench = std::env::current_exe().context("finding the bench's own binary")?;
+    let vnet = match &cli.vnet {
+        Some(vnet) => vnet.clone(),
+        None => bench.with_file_name("vnet"),
+    };
+    if !vnet.exists() {
+        bail!(
+            "no vnet binary at {}; build it (cargo build --release -p vnet) or pass --vnet",
+            vnet.display()
+        );
+    }
+    Ok(Programs { vnet, bench })
+}
+
+/// The date, the machine and the versions of everything measured.
+fn run_info(quick: bool, programs: &Programs) -> RunInfo {
+    let first_line = |program: &str, args: &[&str]| -> String {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|output| {
+                let text = if output.stdout.is_empty() { output.stderr } else { output.stdout };
+                String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
+            })
+            .unwrap_or_else(|| "not installed".to_owned())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = first_line("uname", &["-r"]);
+    let mut versions = std::collections::BTreeMap::new();
+    let vnet = programs.vnet.to_string_lossy().into_owned();
+    for (name, program, args) in [
+        ("vnet", vnet.as_str(), &["--version"][..]),
+        ("slirp4netns", "slirp4netns", &["--version"][..]),
+        ("passt/pasta", "passt", &["--version"][..]),
+        ("vde_switch", "vde_switch", &["--version"][..]),
+        ("iperf3", "iperf3", &["--version"][..]),
+    ] {
+        versions.insert(name.to_owned(), first_line(program, args));
+    }
+    RunInfo {
+        date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: format!("{cpu}, {cores} cores, Linux {kernel}"),
+        versions,
+        quick,
+    }
+}

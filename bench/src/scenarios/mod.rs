@@ -1,0 +1,212 @@
+//! The bench's scenarios, one file each, and what they share: the settings of a run, the
+//! report they record into, and running iperf3 and the bench's tools inside a guest.
+//!
+//! Each scenario measures vnet and its peers in the same run, alternating backend by
+//! backend within each round, and records every sample; the report takes medians.
+
+mod bulk;
+mod guests;
+mod idle;
+mod latency;
+mod scale;
+mod stream;
+mod switch;
+mod udp;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, Guest, GuestSetup, Programs};
+use crate::process::{wait_until, Spawned, READY_DEADLINE};
+use crate::report::{Metric, Report};
+
+/// How long and how often a run measures.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Rounds of every scenario; medians are taken over them.
+    pub rounds: usize,
+    /// Length of one throughput or latency measurement.
+    pub seconds: u64,
+    /// Concurrent connections in the scale scenario.
+    pub connections: usize,
+    /// Length of the idle measurement.
+    pub idle_seconds: u64,
+    /// Whether to boot real guests.
+    pub guests: bool,
+}
+
+impl Settings {
+    /// The full run.
+    pub const FULL: Settings =
+        Settings { rounds: 3, seconds: 4, connections: 10_000, idle_seconds: 10, guests: true };
+    /// `--quick`: one short round, fewer connections, no real guests; under 3 minutes.
+    pub const QUICK: Settings =
+        Settings { rounds: 1, seconds: 2, connections: 2_000, idle_seconds: 3, guests: false };
+}
+
+/// A scenario's name on the command line.
+pub const SCENARIOS: [&str; 8] = ["bulk", "latency", "udp", "scale", "stream", "switch", "idle", "guests"];
+
+/// One run of the bench.
+pub struct Bench {
+    /// The programs it runs.
+    pub programs: Programs,
+    /// How long and how often it measures.
+    pub settings: Settings,
+    /// What it measured.
+    pub report: Report,
+}
+
+impl Bench {
+    /// Runs scenario `name`.
+    pub fn run(&mut self, name: &str) -> Result<()> {
+        eprintln!("== {name}");
+        match name {
+            "bulk" => bulk::run(self),
+            "latency" => latency::run(self),
+            "udp" => udp::run(self),
+            "scale" => scale::run(self),
+            "stream" => stream::run(self),
+            "switch" => switch::run(self),
+            "idle" => idle::run(self),
+            "guests" => guests::run(self),
+            other => bail!("unknown scenario {other}; the scenarios are {}", SCENARIOS.join(", ")),
+        }
+    }
+
+    /// Records `result` as a sample of `metric` for `backend`, or its error.
+    fn record(&mut self, metric: Metric<'_>, backend: &str, result: Result<f64>) {
+        match result {
+            Ok(value) => {
+                eprintln!("   {:<14} {:<40} {value:.2} {}", backend, metric.name, metric.unit);
+                self.report.record(metric, backend, value);
+            }
+            Err(error) => {
+                eprintln!("   {backend:<14} {:<40} failed: {error:#}", metric.name);
+                self.report.record_error(metric, backend, &format!("{error:#}"));
+            }
+        }
+    }
+
+    /// Starts a guest behind `backend`, or records why it could not start against every
+    /// metric in `metrics`.
+    fn start_guest(&mut self, backend: Backend, setup: GuestSetup, metrics: &[Metric<'_>]) -> Option<Guest> {
+        match Guest::start(backend, setup, &self.programs) {
+            Ok(guest) => Some(guest),
+            Err(error) => {
+                for metric in metrics {
+                    self.record(*metric, backend.name(), Err(anyhow::anyhow!("{error:#}")));
+                }
+                None
+            }
+        }
+    }
+
+    /// A command running the bench's tool `args` inside `guest`.
+    fn tool(&self, guest: &Guest, args: &[&str]) -> Command {
+        let bench = self.programs.bench.to_string_lossy().into_owned();
+        let mut full = vec![bench.as_str(), "tool"];
+        full.extend_from_slice(args);
+        guest.command(&full)
+    }
+
+    fn measure_seconds(&self) -> Duration {
+        Duration::from_secs(self.settings.seconds)
+    }
+}
+
+/// Runs `command` (a bench tool printing one JSON line) within `deadline` and parses
+/// what it printed.
+fn tool_result<T: DeserializeOwned>(command: &mut Command, deadline: Duration) -> Result<T> {
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let output = Spawned::start("a bench tool", command)?.wait_output(deadline)?;
+    if !output.status.success() {
+        bail!("tool failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("tool printed {:?}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// An iperf3 server on the bench host, on a port of its own.
+struct Iperf3Server {
+    port: u16,
+    _process: Spawned,
+}
+
+impl Iperf3Server {
+    fn start() -> Result<Self> {
+        let port = free_port()?;
+        let mut command = Command::new("iperf3");
+        command.args(["-s", "-p", &port.to_string()]).stdout(std::process::Stdio::null());
+        let process = Spawned::start("iperf3 -s", &mut command)?;
+        wait_until("the iperf3 server", READY_DEADLINE, || {
+            let output = Command::new("ss").args(["-Hltn", "sport", "=", &format!(":{port}")]).output()?;
+            Ok(!output.stdout.is_empty())
+        })?;
+        Ok(Self { port, _process: process })
+    }
+
+    /// One iperf3 run from `guest` to this server (`reverse`: server to guest), in Gbit/s
+    /// as the receiver counted.
+    fn measure(&self, guest: &Guest, seconds: u64, reverse: bool) -> Result<f64> {
+        let (host, port, time) = (guest.host_address.to_string(), self.port.to_string(), seconds.to_string());
+        let mut args =
+            vec!["iperf3", "-c", &host, "-p", &port, "-t", &time, "-J", "--connect-timeout", "5000"];
+        if reverse {
+            args.push("-R");
+        }
+        // The server takes one test at a time and is briefly busy between tests.
+        for _ in 0..20 {
+            let mut command = guest.command(&args);
+            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+            let output =
+                Spawned::start("iperf3 -c", &mut command)?.wait_output(Duration::from_secs(seconds + 30))?;
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).context("iperf3's JSON")?;
+            if let Some(error) = report["error"].as_str() {
+                if error.contains("busy") {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                bail!("iperf3: {error}");
+            }
+            let bits =
+                report["end"]["sum_received"]["bits_per_second"].as_f64().context("no receiver rate")?;
+            return Ok(bits / 1e9);
+        }
+        bail!("the iperf3 server stayed busy")
+    }
+}
+
+/// iperf3 both ways through each of `backends`, at MTU 65520 and 1500, alternating
+/// backends within each round.
+fn iperf3_both_ways(bench: &mut Bench, scenario: &'static str, backends: &[Backend]) -> Result<()> {
+    let server = Iperf3Server::start()?;
+    let metric = |name| Metric { scenario, name, unit: "Gbit/s", better: crate::report::Better::Higher };
+    for (mtu, upload, download) in [
+        (65520, "MTU 65520, ns → host", "MTU 65520, host → ns"),
+        (1500, "MTU 1500, ns → host", "MTU 1500, host → ns"),
+    ] {
+        let metrics = [metric(upload), metric(download)];
+        for _ in 0..bench.settings.rounds {
+            for &backend in backends {
+                let setup = GuestSetup { mtu, tcp_forward: None };
+                let Some(guest) = bench.start_guest(backend, setup, &metrics) else { continue };
+                for (metric, reverse) in [(metrics[0], false), (metrics[1], true)] {
+                    let result = server.measure(&guest, bench.settings.seconds, reverse);
+                    bench.record(metric, backend.name(), result);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A TCP port nobody on the bench host listens on now.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
+}
