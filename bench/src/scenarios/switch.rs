@@ -79,12 +79,11 @@ fn through_vnet(vnet: &Path, size: usize, duration: Duration) -> Result<f64> {
     receiver.write_all(&with_prefix(frame(SENDER_MAC, RECEIVER_MAC, 64)))?;
     let mut sender = UnixStream::connect(&socket)?;
     let wire = with_prefix(frame(RECEIVER_MAC, SENDER_MAC, size));
-    let result = measure(
+    measure(
         duration,
         move || sender.write_all(&wire).is_ok(),
         move |stopped| count_stream_frames(receiver, size, stopped),
-    );
-    result
+    )
 }
 
 /// Counts whole `size`-byte length-prefixed frames arriving on `stream` until it has been
@@ -126,7 +125,7 @@ fn through_vde_switch(size: usize, duration: Duration) -> Result<f64> {
     if let Err(error) = sender.data().send(&wire) {
         bail!("vde_switch takes no {size}-byte frame: {error}");
     }
-    let result = measure(
+    measure(
         duration,
         move || sender.data().send(&wire).is_ok(),
         move |stopped| {
@@ -142,8 +141,7 @@ fn through_vde_switch(size: usize, duration: Duration) -> Result<f64> {
                 }
             }
         },
-    );
-    result
+    )
 }
 
 /// Runs `send_one` in a loop for `duration` while `count` counts arrivals on another
