@@ -125,6 +125,9 @@ impl HostSockets for AcceptingHost {
         Ok(())
     }
     fn datagram_close(&mut self, _: FlowId) {}
+    fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
+        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20 }
+    }
     fn tcp_connect(&mut self, _: FlowId, _: SocketAddr, _: Option<u8>) -> io::Result<()> {
         Ok(())
     }

@@ -68,6 +68,20 @@ impl FlowIds {
     }
 }
 
+/// How much more the segment takes toward one guest now: frames and bytes of frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressRoom {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes, headers included.
+    pub bytes: usize,
+}
+
+impl EgressRoom {
+    /// No limit known (the guest's port is not known, so its frames are flooded).
+    pub const UNLIMITED: EgressRoom = EgressRoom { frames: usize::MAX, bytes: usize::MAX };
+}
+
 /// Which kind of ICMP socket the host opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpSocketKind {
@@ -124,6 +138,10 @@ pub trait HostSockets {
     fn tcp_close(&mut self, flow: FlowId, reset: bool);
     /// Sends a guest's reply to `client` from the socket of UDP hostfwd number `forward`.
     fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()>;
+    /// How much more the segment takes toward the guest at `guest` now. TCP sends the
+    /// guest no more than this, leaving the rest in the host socket, and goes on when
+    /// [`Gateway::on_guest_room`] is called.
+    fn guest_room(&mut self, guest: MacAddress) -> EgressRoom;
 }
 
 /// Addressing of one frame from a guest, as the protocol handlers need it.
@@ -329,6 +347,19 @@ impl Gateway {
     pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_host_writable(&self.config, flow, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// Whether TCP data toward a guest waits for room on the segment; if so, call
+    /// [`Gateway::on_guest_room`] once frames toward guests have been delivered.
+    pub fn waits_for_guest_room(&self) -> bool {
+        self.tcp.waits_for_guest_room()
+    }
+
+    /// Frames toward guests have been delivered: send what was waiting for room.
+    pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn HostSockets) {
+        let mut out = Vec::new();
+        self.tcp.on_guest_room(&self.config, now, host, &mut out);
         self.outbox.extend(out);
     }
 

@@ -17,7 +17,7 @@
 //! `shutdown(SHUT_WR)` and RST to an abortive close, both ways. This file knows TCP and
 //! the [`HostSockets`] calls, nothing of epoll or the switch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -29,7 +29,7 @@ use tracing::debug;
 use vnet_wire::MacAddress;
 
 use crate::icmp::{self, GuestError, HostIcmpError};
-use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, HostSockets};
+use crate::{packet, DropReason, EgressRoom, FlowId, FlowIds, GatewayConfig, HostSockets};
 
 /// Window scale vnet offers: windows up to 8 MiB.
 const OUR_WINDOW_SCALE: u8 = 7;
@@ -48,6 +48,8 @@ const MIN_MSS: usize = 64;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest amount sent to the guest in one go before waiting for ACKs.
 const MAX_IN_FLIGHT: usize = 4 << 20;
+/// Ethernet, IPv4 and TCP headers of a data segment, as they count against egress room.
+const SEGMENT_OVERHEAD: usize = 14 + 20 + 20;
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -137,11 +139,18 @@ fn seq_lt(a: u32, b: u32) -> bool {
 pub struct Nat {
     by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     connections: HashMap<FlowId, Connection>,
-    scratch: Vec<u8>,
+    sender: Sender,
     /// A per-gateway random key, so initial sequence numbers cannot be guessed.
     isn_key: RandomState,
     connections_made: u64,
     next_inbound_port: u16,
+}
+
+/// What sending to guests needs besides the connection: a place to peek into, and the
+/// connections whose data waits for room on the segment.
+struct Sender {
+    scratch: Vec<u8>,
+    blocked: HashSet<FlowId>,
 }
 
 /// A segment to send to the guest: who it is for and its fields.
@@ -160,7 +169,7 @@ impl Nat {
         Self {
             by_tuple: HashMap::new(),
             connections: HashMap::new(),
-            scratch: vec![0; 65536],
+            sender: Sender { scratch: vec![0; 65536], blocked: HashSet::new() },
             isn_key: RandomState::new(),
             connections_made: 0,
             next_inbound_port: 0,
@@ -222,7 +231,7 @@ impl Nat {
         if repr.control == TcpControl::Syn {
             match connection.state {
                 State::SynSent => {
-                    Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.scratch, out)?
+                    Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.sender, out)?
                 }
                 // The guest did not get our SYN-ACK: send it again.
                 State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
@@ -261,7 +270,7 @@ impl Nat {
             let window = Self::window_for_guest(connection, flow, host);
             out.push(Self::ack(config, connection, window));
         }
-        Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+        Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
         self.settle(flow, host);
         Ok(())
     }
@@ -425,7 +434,7 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        scratch: &mut [u8],
+        sender: &mut Sender,
         out: &mut Vec<Vec<u8>>,
     ) -> Result<(), DropReason> {
         if repr.ack_number.map(|ack| ack.0 as u32) != Some(connection.snd_nxt) {
@@ -444,7 +453,7 @@ impl Nat {
         connection.rto = INITIAL_RTO;
         let window = Self::window_for_guest(connection, flow, host);
         out.push(Self::ack(config, connection, window));
-        Self::send_pending(config, connection, flow, now, host, scratch, out);
+        Self::send_pending(config, connection, flow, now, host, sender, out);
         Ok(())
     }
 
@@ -578,7 +587,7 @@ impl Nat {
         out: &mut Vec<Vec<u8>>,
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
-            Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+            Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
             self.settle(flow, host);
         }
     }
@@ -599,6 +608,28 @@ impl Nat {
             let window = Self::window_for_guest(connection, flow, host);
             if window > 0 {
                 out.push(Self::ack(config, connection, window));
+            }
+        }
+    }
+
+    /// Whether data waits for room toward a guest.
+    pub fn waits_for_guest_room(&self) -> bool {
+        !self.sender.blocked.is_empty()
+    }
+
+    /// Frames toward guests were delivered: go on sending what waited for room.
+    pub fn on_guest_room(
+        &mut self,
+        config: &GatewayConfig,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        out: &mut Vec<Vec<u8>>,
+    ) {
+        let blocked: Vec<FlowId> = self.sender.blocked.drain().collect();
+        for flow in blocked {
+            if let Some(connection) = self.connections.get_mut(&flow) {
+                Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
+                self.settle(flow, host);
             }
         }
     }
@@ -666,7 +697,7 @@ impl Nat {
                 State::Established => {
                     connection.snd_nxt = connection.snd_una;
                     connection.fin_sent = false;
-                    Self::send_pending(config, connection, flow, now, host, &mut self.scratch, out);
+                    Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
                 }
                 State::Connecting => {}
             }
@@ -774,12 +805,13 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        scratch: &mut [u8],
+        sender: &mut Sender,
         out: &mut Vec<Vec<u8>>,
     ) {
         if connection.state != State::Established {
             return;
         }
+        let mut egress = egress_left(host.guest_room(connection.guest_mac), connection.guest_mac, out);
         loop {
             let in_flight = connection.snd_nxt.wrapping_sub(connection.snd_una) as usize;
             let limit = MAX_IN_FLIGHT.min(connection.mss * MAX_SEGMENTS_IN_FLIGHT);
@@ -787,8 +819,15 @@ impl Nat {
             if room == 0 || connection.fin_sent {
                 break;
             }
-            let want = room.min(scratch.len());
-            let got = match host.tcp_peek(flow, in_flight, &mut scratch[..want]) {
+            let affordable = payload_room(egress, connection.mss);
+            if affordable == 0 {
+                // The guest's port is full: the data stays in the host socket until the
+                // port drains.
+                sender.blocked.insert(flow);
+                break;
+            }
+            let want = room.min(affordable).min(sender.scratch.len());
+            let got = match host.tcp_peek(flow, in_flight, &mut sender.scratch[..want]) {
                 Ok(0) => {
                     connection.host_eof = true;
                     break;
@@ -802,7 +841,7 @@ impl Nat {
                 }
             };
             let window = Self::window_for_guest(connection, flow, host);
-            for chunk in scratch[..got].chunks(connection.mss.max(1)) {
+            for chunk in sender.scratch[..got].chunks(connection.mss.max(1)) {
                 let data = Outgoing {
                     control: TcpControl::Psh,
                     seq: connection.snd_nxt,
@@ -811,7 +850,10 @@ impl Nat {
                     syn_options: false,
                     payload: chunk,
                 };
-                out.push(Self::segment(config, connection, &data));
+                let segment = Self::segment(config, connection, &data);
+                egress.frames = egress.frames.saturating_sub(1);
+                egress.bytes = egress.bytes.saturating_sub(segment.len());
+                out.push(segment);
                 connection.snd_nxt = connection.snd_nxt.wrapping_add(chunk.len() as u32);
             }
             connection.retransmit_at.get_or_insert(now + connection.rto);
@@ -898,10 +940,26 @@ impl Nat {
     }
 
     fn remove(&mut self, flow: FlowId) {
+        self.sender.blocked.remove(&flow);
         if let Some(connection) = self.connections.remove(&flow) {
             self.by_tuple.remove(&(connection.guest, connection.remote));
         }
     }
+}
+
+/// What is left of `room` toward `guest` once the frames for it already in `out` are
+/// counted.
+fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Vec<u8>]) -> EgressRoom {
+    out.iter().filter(|frame| frame.get(..6) == Some(&guest.0[..])).fold(room, |left, frame| EgressRoom {
+        frames: left.frames.saturating_sub(1),
+        bytes: left.bytes.saturating_sub(frame.len()),
+    })
+}
+
+/// How many payload bytes fit into `room` as whole segments of `mss` bytes.
+fn payload_room(room: EgressRoom, mss: usize) -> usize {
+    let segments = room.frames.min(room.bytes / (mss + SEGMENT_OVERHEAD));
+    segments.saturating_mul(mss)
 }
 
 /// Starts a host connect for `flow` to the first of `candidates` that takes one, and

@@ -31,6 +31,8 @@ struct FakeHost {
     closed: Vec<(FlowId, bool)>,
     replies: Vec<(SocketAddr, Vec<u8>)>,
     ttls: Vec<(FlowId, Option<u8>)>,
+    /// Room toward guests; unlimited unless a test sets it.
+    guest_room: Option<EgressRoom>,
 }
 
 impl HostSockets for FakeHost {
@@ -93,6 +95,9 @@ impl HostSockets for FakeHost {
     fn udp_forward_reply(&mut self, _forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
         self.replies.push((client, payload.to_vec()));
         Ok(())
+    }
+    fn guest_room(&mut self, _guest: MacAddress) -> EgressRoom {
+        self.guest_room.unwrap_or(EgressRoom::UNLIMITED)
     }
 }
 
@@ -998,4 +1003,30 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
     assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
     gateway.on_deadline(later, &mut host);
     assert_eq!(host.closed, vec![(other, true)]);
+}
+
+#[test]
+fn host_data_waits_in_the_socket_while_the_guests_port_is_full() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, _) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_incoming = vec![3u8; 10_000];
+    // Room for two full segments (MSS 1460) and no more.
+    host.guest_room = Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54) });
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 2 * 1460, "only what fits in the port's queue");
+    assert!(gateway.waits_for_guest_room());
+
+    host.guest_room = None;
+    gateway.on_guest_room(now, &mut host);
+    let mut rest = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        rest += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent + rest, 10_000, "the rest follows once the port drained");
+    assert!(!gateway.waits_for_guest_room());
 }

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use vnet_wire::{Frame, FrameError, MacAddress};
 
 pub use mac_table::{Learned, MacTable, DEFAULT_AGING, DEFAULT_CAPACITY};
-pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits};
+pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
 
 /// How the switch forwards frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +140,13 @@ impl Switch {
                 }
             }
         }
+    }
+
+    /// How much more the queue of the port that `destination` was learned on takes now;
+    /// None if frames to it would be flooded.
+    pub fn room_toward(&self, destination: MacAddress, now: Instant) -> Option<QueueRoom> {
+        let port = self.unicast_destination(destination, now)?;
+        self.ports.get(&port).map(Port::room)
     }
 
     /// Ports that were given frames since the last call, each once.

@@ -134,6 +134,15 @@ impl Default for QueueLimits {
     }
 }
 
+/// How much more a port's queue takes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRoom {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
 /// One port of the switch.
 #[derive(Debug)]
 pub struct Port {
@@ -170,6 +179,14 @@ impl Port {
     /// Frames waiting for the peer, oldest first.
     pub fn queued(&self) -> impl ExactSizeIterator<Item = &Frame> {
         self.queue.iter()
+    }
+
+    /// How much more the queue takes before it drops.
+    pub fn room(&self) -> QueueRoom {
+        QueueRoom {
+            frames: self.limits.frames.saturating_sub(self.queue.len()),
+            bytes: self.limits.bytes.saturating_sub(self.queued_bytes),
+        }
     }
 
     /// True when nothing waits for the peer.

@@ -21,9 +21,10 @@ use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlag
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info};
 use vnet_gateway::{
-    FlowId, ForwardProtocol, Gateway, GatewayConfig, HostIcmpError, HostSockets, IcmpSocketKind,
+    EgressRoom, FlowId, ForwardProtocol, Gateway, GatewayConfig, HostIcmpError, HostSockets, IcmpSocketKind,
 };
 use vnet_switch::PortId;
+use vnet_wire::MacAddress;
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
 use crate::stream::inet_bind_error;
@@ -211,6 +212,13 @@ impl HostSockets for Host<'_, '_, '_> {
         match self.sockets.forwards.get(forward) {
             Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
             _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn guest_room(&mut self, guest: MacAddress) -> EgressRoom {
+        match self.cx.switch.room_toward(guest, self.cx.now) {
+            Some(room) => EgressRoom { frames: room.frames, bytes: room.bytes },
+            None => EgressRoom::UNLIMITED,
         }
     }
 
@@ -486,6 +494,17 @@ impl Endpoint for GatewayPort {
         let now = cx.now;
         let mut host = Host { sockets: &mut self.sockets, cx };
         self.gateway.on_deadline(now, &mut host);
+        self.emit(cx);
+    }
+
+    fn waits_for_room(&self) -> bool {
+        self.gateway.waits_for_guest_room()
+    }
+
+    fn on_room(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        self.gateway.on_guest_room(now, &mut host);
         self.emit(cx);
     }
 

@@ -159,6 +159,12 @@ pub(crate) trait Endpoint {
     }
     /// Timer work: retries, expiry.
     fn on_deadline(&mut self, _cx: &mut Context<'_>) {}
+    /// Whether the endpoint holds back frames until other ports' queues drain.
+    fn waits_for_room(&self) -> bool {
+        false
+    }
+    /// Ports have delivered frames since the endpoint began to wait: send what waited.
+    fn on_room(&mut self, _cx: &mut Context<'_>) {}
     /// Closes every port; the endpoint is dropped after this.
     fn close(&mut self, cx: &mut Context<'_>);
 }
@@ -280,6 +286,7 @@ impl Network {
                 }
             }
             self.run_timers();
+            self.resume_waiting_for_room();
             if let Some(code) = stop {
                 break code;
             }
@@ -385,6 +392,21 @@ impl Network {
                 self.with_endpoint(token, |endpoint, cx| ((), endpoint.flush(port, cx)));
             }
         }
+    }
+
+    /// Lets endpoints that wait for room on other ports (the gateway's TCP toward a guest)
+    /// go on, once per turn of the loop: a turn follows readiness, so this runs when
+    /// ports may have drained, never in a spin.
+    fn resume_waiting_for_room(&mut self) {
+        let waiting: Vec<Token> =
+            self.endpoints.iter().filter(|(_, e)| e.waits_for_room()).map(|(token, _)| *token).collect();
+        for token in waiting {
+            self.with_endpoint(token, |endpoint, cx| {
+                endpoint.on_room(cx);
+                ((), Liveness::Open)
+            });
+        }
+        self.flush_pending();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
