@@ -117,6 +117,9 @@ struct Connection {
     mss: usize,
     /// The host closed its side and every byte before the FIN has been peeked.
     host_eof: bool,
+    /// The host socket may hold bytes not yet peeked: false once a peek found nothing
+    /// more, true again when the host says it is readable.
+    host_unpeeked: bool,
     fin_sent: bool,
     guest_fin: bool,
     /// Window last advertised to the guest; a zero one needs an update later.
@@ -325,6 +328,7 @@ impl Nat {
             our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
             mss: guest_mss.clamp(MIN_MSS, usize::from(config.mtu) - 40),
             host_eof: false,
+            host_unpeeked: true,
             fin_sent: false,
             guest_fin: false,
             advertised_zero: false,
@@ -371,6 +375,7 @@ impl Nat {
             our_window_scale: OUR_WINDOW_SCALE,
             mss: usize::from(config.mtu) - 40,
             host_eof: false,
+            host_unpeeked: true,
             fin_sent: false,
             guest_fin: false,
             advertised_zero: false,
@@ -587,6 +592,7 @@ impl Nat {
         out: &mut Vec<Vec<u8>>,
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
+            connection.host_unpeeked = true;
             Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
             self.settle(flow, host);
         }
@@ -696,6 +702,7 @@ impl Nat {
                 State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
                 State::Established => {
                     connection.snd_nxt = connection.snd_una;
+                    connection.host_unpeeked = true;
                     connection.fin_sent = false;
                     Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
                 }
@@ -816,7 +823,7 @@ impl Nat {
             let in_flight = connection.snd_nxt.wrapping_sub(connection.snd_una) as usize;
             let limit = MAX_IN_FLIGHT.min(connection.mss * MAX_SEGMENTS_IN_FLIGHT);
             let room = connection.guest_window.min(limit).saturating_sub(in_flight);
-            if room == 0 || connection.fin_sent {
+            if room == 0 || connection.fin_sent || !connection.host_unpeeked {
                 break;
             }
             let affordable = payload_room(egress, connection.mss);
@@ -833,7 +840,10 @@ impl Nat {
                     break;
                 }
                 Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    connection.host_unpeeked = false;
+                    break;
+                }
                 Err(e) => {
                     debug!(error = %e, "host read failed; resetting guest");
                     connection.failed = true;

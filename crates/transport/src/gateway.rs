@@ -51,6 +51,11 @@ struct HostStream {
     /// that fails it can be read; turned off once connected, where it would make soft
     /// errors fatal.
     icmp_errors: bool,
+    /// Where the kernel's next peek starts (SO_PEEK_OFF), if known: set only when a peek
+    /// wants to start elsewhere, which happens only on retransmission.
+    peek_offset: Option<usize>,
+    /// SO_SNDBUF as last read.
+    send_buffer: Option<usize>,
 }
 
 /// What an event token of the gateway stands for.
@@ -164,7 +169,9 @@ impl HostSockets for Host<'_, '_, '_> {
         let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
         let icmp_errors = ttl.is_some();
-        self.sockets.streams.insert(flow, HostStream { stream, token, connecting: true, icmp_errors });
+        let connecting =
+            HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None, send_buffer: None };
+        self.sockets.streams.insert(flow, connecting);
         Ok(())
     }
 
@@ -177,29 +184,51 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
-        sys::peek_at(self.sockets.stream(flow)?.stream.as_fd(), offset, buffer)
+        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
+        if host_stream.peek_offset != Some(offset) {
+            host_stream.peek_offset = None;
+            sys::set_peek_offset(fd, offset)?;
+            host_stream.peek_offset = Some(offset);
+        }
+        let peeked = sys::peek(fd, buffer)?;
+        host_stream.peek_offset = Some(offset + peeked);
+        Ok(peeked)
     }
 
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
         let Sockets { streams, discard_buffer, .. } = &mut *self.sockets;
-        let fd = streams.get(&flow).ok_or(io::ErrorKind::NotFound)?.stream.as_fd();
+        let host_stream = streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
         let mut left = len;
         while left > 0 {
-            match sys::discard(fd, left, discard_buffer)? {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                discarded => left -= discarded.min(left),
+            match sys::discard(fd, left, discard_buffer) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // Each read moves the kernel's peek offset back by what it took.
+                Ok(discarded) => {
+                    left -= discarded.min(left);
+                    host_stream.peek_offset = host_stream.peek_offset.map(|at| at.saturating_sub(discarded));
+                }
+                Err(e) => {
+                    host_stream.peek_offset = None;
+                    return Err(e);
+                }
             }
         }
         Ok(())
     }
 
     fn tcp_send_space(&mut self, flow: FlowId) -> usize {
-        let Ok(host_stream) = self.sockets.stream(flow) else {
+        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return 0;
         };
-        let buffer = SockRef::from(&host_stream.stream).send_buffer_size().unwrap_or(0);
-        let queued = sys::unacknowledged_bytes(host_stream.stream.as_fd()).unwrap_or(buffer);
-        buffer.saturating_sub(queued)
+        let queued = sys::unacknowledged_bytes(host_stream.stream.as_fd()).unwrap_or(usize::MAX);
+        // The kernel grows the send buffer as the flow speeds up; ask again only once it
+        // is half full, when its size starts to matter.
+        if host_stream.send_buffer.is_none_or(|size| queued.saturating_mul(2) >= size) {
+            host_stream.send_buffer = SockRef::from(&host_stream.stream).send_buffer_size().ok();
+        }
+        host_stream.send_buffer.unwrap_or(0).saturating_sub(queued)
     }
 
     fn tcp_shutdown_write(&mut self, flow: FlowId) {
@@ -281,7 +310,14 @@ impl GatewayPort {
                 continue;
             };
             self.sockets.sources.insert(token, Source::Flow(flow));
-            let inbound = HostStream { stream, token, connecting: false, icmp_errors: false };
+            let inbound = HostStream {
+                stream,
+                token,
+                connecting: false,
+                icmp_errors: false,
+                peek_offset: None,
+                send_buffer: None,
+            };
             self.sockets.streams.insert(flow, inbound);
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
@@ -391,10 +427,11 @@ fn ipv4_header_len(packet: &[u8]) -> usize {
 }
 
 impl GatewayPort {
-    /// A host stream has data, an end of stream or an error.
+    /// A host stream has data, an end of stream or an error. Only a connecting stream's
+    /// error is looked for here; an established one's shows in the next peek or send.
     fn stream_readable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
         let now = cx.now;
-        let error = self.sockets.streams.get(&flow).and_then(HostStream::take_error);
+        let error = self.sockets.streams.get(&flow).filter(|s| s.connecting).and_then(HostStream::take_error);
         let mut host = Host { sockets: &mut self.sockets, cx };
         match error {
             Some((error, icmp)) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
@@ -408,9 +445,9 @@ impl GatewayPort {
         let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return;
         };
-        let error = host_stream.take_error();
         let was_connecting = host_stream.connecting;
-        let connected = error.is_none() && host_stream.stream.peer_addr().is_ok();
+        let error = if was_connecting { host_stream.take_error() } else { None };
+        let connected = was_connecting && error.is_none() && host_stream.stream.peer_addr().is_ok();
         if connected {
             host_stream.connecting = false;
             if host_stream.icmp_errors {

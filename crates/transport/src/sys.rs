@@ -260,9 +260,10 @@ pub fn owning_user_namespace(namespace: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Copies received stream bytes starting `offset` bytes into the receive queue, without
-/// consuming them (SO_PEEK_OFF, then MSG_PEEK).
-pub fn peek_at(fd: BorrowedFd<'_>, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+/// Sets where the next `MSG_PEEK` read of a stream socket starts (SO_PEEK_OFF), counted
+/// from the front of the receive queue. Each peek then moves it past what it copied, and
+/// each ordinary read moves it back by what was read.
+pub fn set_peek_offset(fd: BorrowedFd<'_>, offset: usize) -> io::Result<()> {
     let offset = libc::c_int::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: SO_PEEK_OFF reads one c_int from the pointer given, which `offset` is.
     check(unsafe {
@@ -273,7 +274,12 @@ pub fn peek_at(fd: BorrowedFd<'_>, offset: usize, buffer: &mut [u8]) -> io::Resu
             (&offset as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
-    })?;
+    })
+    .map(drop)
+}
+
+/// Copies received stream bytes from the socket's peek offset on, without consuming them.
+pub fn peek(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
     let n = unsafe {
         libc::recv(
