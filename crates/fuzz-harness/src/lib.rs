@@ -126,7 +126,7 @@ impl HostSockets for AcceptingHost {
     }
     fn datagram_close(&mut self, _: FlowId) {}
     fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
-        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20 }
+        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true }
     }
     fn tcp_connect(&mut self, _: FlowId, _: SocketAddr, _: Option<u8>) -> io::Result<()> {
         Ok(())
@@ -176,7 +176,7 @@ pub fn gateway_frames(data: &[u8]) {
         rest = &rest[2 + frame.len()..];
         step += 1;
         let now = start + Duration::from_millis(step * 700);
-        gateway.receive(frame, now, &mut host);
+        gateway.receive(frame, vnet_wire::Offload::NONE, now, &mut host);
         for flow in 1..=step.min(8) {
             gateway.on_tcp_connected(FlowId(flow), now, &mut host);
             gateway.on_udp_datagram(FlowId(flow), frame, now, &mut host);

@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
-use vnet_wire::MacAddress;
+use vnet_wire::{MacAddress, Offload};
 
 pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
 pub use counters::{DropReason, GatewayCounters};
@@ -49,6 +49,30 @@ pub const NORMAL_TTL: u8 = 64;
 /// host's default.
 fn host_ttl(guest_ttl: u8) -> Option<u8> {
     (guest_ttl < NORMAL_TTL).then(|| guest_ttl.saturating_sub(1).max(1))
+}
+
+/// A frame for the segment, with the offloads it leaves to the port that carries it (a
+/// partial checksum, a TCP segment larger than the guest's MSS; see [`Offload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFrame {
+    /// The Ethernet frame.
+    pub bytes: Vec<u8>,
+    /// What is left to do.
+    pub offload: Offload,
+}
+
+impl From<Vec<u8>> for GuestFrame {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self { bytes, offload: Offload::NONE }
+    }
+}
+
+impl std::ops::Deref for GuestFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// Identifies one host socket the gateway asked for.
@@ -68,18 +92,23 @@ impl FlowIds {
     }
 }
 
-/// How much more the segment takes toward one guest now: frames and bytes of frames.
+/// How much more the segment takes toward one guest now, and in what form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EgressRoom {
     /// Frames.
     pub frames: usize,
     /// Bytes, headers included.
     pub bytes: usize,
+    /// Whether the guest's port takes frames with offloads left to do, so TCP can send it
+    /// 64 KiB segments with partial checksums.
+    pub takes_offloads: bool,
 }
 
 impl EgressRoom {
-    /// No limit known (the guest's port is not known, so its frames are flooded).
-    pub const UNLIMITED: EgressRoom = EgressRoom { frames: usize::MAX, bytes: usize::MAX };
+    /// No limit known (the guest's port is not known, so its frames are flooded), and
+    /// frames ready for any wire.
+    pub const UNLIMITED: EgressRoom =
+        EgressRoom { frames: usize::MAX, bytes: usize::MAX, takes_offloads: false };
 }
 
 /// Which kind of ICMP socket the host opened.
@@ -151,6 +180,9 @@ struct GuestPacket {
     src: Ipv4Addr,
     dst: Ipv4Addr,
     ttl: u8,
+    /// The guest left its UDP or TCP checksum for the NIC to fill (a partial checksum
+    /// offload): there is nothing to verify.
+    checksum_offloaded: bool,
 }
 
 /// The gateway of one network.
@@ -164,7 +196,7 @@ pub struct Gateway {
     echo: icmp::EchoFlows,
     tcp: tcp::Nat,
     counters: GatewayCounters,
-    outbox: VecDeque<Vec<u8>>,
+    outbox: VecDeque<GuestFrame>,
     flow_ids: FlowIds,
     /// hostfwd connections waiting for their guest to answer ARP: forward, flow, since.
     inbound_awaiting_arp: Vec<(usize, FlowId, Instant)>,
@@ -200,13 +232,20 @@ impl Gateway {
     }
 
     /// The next frame for the segment, if any.
-    pub fn pop_frame(&mut self) -> Option<Vec<u8>> {
+    pub fn pop_frame(&mut self) -> Option<GuestFrame> {
         self.outbox.pop_front()
     }
 
-    /// Handles one frame from the segment.
-    pub fn receive(&mut self, frame: &[u8], now: Instant, host: &mut dyn HostSockets) {
-        if let Err(reason) = self.dispatch(frame, now, host) {
+    /// Queues frames for the segment.
+    fn queue_frames<F: Into<GuestFrame>>(&mut self, frames: impl IntoIterator<Item = F>) {
+        self.outbox.extend(frames.into_iter().map(Into::into));
+    }
+
+    /// Handles one frame from the segment, with the offloads its sender left to do (a
+    /// partial checksum, a TCP segment larger than the MTU), which the gateway takes as
+    /// they are.
+    pub fn receive(&mut self, frame: &[u8], offload: Offload, now: Instant, host: &mut dyn HostSockets) {
+        if let Err(reason) = self.dispatch(frame, offload, now, host) {
             self.counters.record(reason);
         }
         self.resume_inbound_awaiting_arp(now, host);
@@ -229,7 +268,7 @@ impl Gateway {
         };
         if reply.is_none() {
             if let Some(frame) = self.echo.on_reply(&self.config, flow, payload, now) {
-                self.outbox.push_back(frame);
+                self.queue_frames([frame]);
                 return;
             }
         }
@@ -278,7 +317,8 @@ impl Gateway {
             return host.tcp_close(flow, true);
         }
         let Some(guest_mac) = self.neighbors.lookup(*target.ip()) else {
-            self.outbox.extend(self.neighbors.request(&self.config, *target.ip(), now));
+            let request = self.neighbors.request(&self.config, *target.ip(), now);
+            self.queue_frames(request);
             self.inbound_awaiting_arp.push((forward, flow, now));
             return;
         };
@@ -291,7 +331,7 @@ impl Gateway {
             self.counters.record(DropReason::FlowLimit);
             host.tcp_close(flow, true);
         }
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// A host client of UDP hostfwd number `forward` sent `payload`.
@@ -309,7 +349,8 @@ impl Gateway {
         if self.neighbors.lookup(*target.ip()).is_none() {
             // The guest has not spoken yet: ask where it is; the client's next datagram
             // gets through.
-            self.outbox.extend(self.neighbors.request(&self.config, *target.ip(), now));
+            let request = self.neighbors.request(&self.config, *target.ip(), now);
+            self.queue_frames(request);
         }
         self.send_udp_to_guest(SocketAddrV4::new(self.config.host, port), target, payload);
     }
@@ -318,7 +359,7 @@ impl Gateway {
     pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_connected(&self.config, flow, now, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
@@ -333,21 +374,21 @@ impl Gateway {
     ) {
         let mut out = Vec::new();
         self.tcp.on_host_error(&self.config, flow, error, icmp, now, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// `flow`'s TCP socket has data or an end of stream.
     pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_host_readable(&self.config, flow, now, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// `flow`'s TCP socket can take more data.
     pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_host_writable(&self.config, flow, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// Whether TCP data toward a guest waits for room on the segment; if so, call
@@ -360,7 +401,7 @@ impl Gateway {
     pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_guest_room(&self.config, now, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
     /// When [`Gateway::on_deadline`] wants to run next.
@@ -397,10 +438,16 @@ impl Gateway {
         self.echo.expire(now, host);
         let mut out = Vec::new();
         self.tcp.expire(&self.config, now, host, &mut out);
-        self.outbox.extend(out);
+        self.queue_frames(out);
     }
 
-    fn dispatch(&mut self, frame: &[u8], now: Instant, host: &mut dyn HostSockets) -> Result<(), DropReason> {
+    fn dispatch(
+        &mut self,
+        frame: &[u8],
+        offload: Offload,
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) -> Result<(), DropReason> {
         let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
         let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
         if !to_us {
@@ -409,10 +456,13 @@ impl Gateway {
         match ethernet.ethertype() {
             EthernetProtocol::Arp => {
                 let reply = arp::handle(ethernet.payload(), &self.config, &mut self.neighbors)?;
-                self.outbox.extend(reply);
+                self.queue_frames(reply);
                 Ok(())
             }
-            EthernetProtocol::Ipv4 => self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), now, host),
+            EthernetProtocol::Ipv4 => {
+                let checksum_offloaded = offload.checksum.is_some();
+                self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), checksum_offloaded, now, host)
+            }
             _ => Err(DropReason::Unsupported),
         }
     }
@@ -439,6 +489,7 @@ impl Gateway {
         &mut self,
         mac: MacAddress,
         bytes: &[u8],
+        checksum_offloaded: bool,
         now: Instant,
         host: &mut dyn HostSockets,
     ) -> Result<(), DropReason> {
@@ -451,7 +502,13 @@ impl Gateway {
         }
         let repr =
             Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).map_err(|_| DropReason::Malformed)?;
-        let packet = GuestPacket { mac, src: repr.src_addr, dst: repr.dst_addr, ttl: repr.hop_limit };
+        let packet = GuestPacket {
+            mac,
+            src: repr.src_addr,
+            dst: repr.dst_addr,
+            ttl: repr.hop_limit,
+            checksum_offloaded,
+        };
         if self.config.contains(packet.src) {
             self.neighbors.learn(packet.src, mac);
         } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
@@ -460,7 +517,7 @@ impl Gateway {
         }
         if repr.hop_limit <= 1 && !self.config.contains(packet.dst) {
             // The gateway is the first router on the way out: the hop ends here.
-            self.outbox.push_back(icmp::time_exceeded(&self.config, packet, &repr, ip.payload()));
+            self.queue_frames([icmp::time_exceeded(&self.config, packet, &repr, ip.payload())]);
             return Ok(());
         }
         match repr.next_header {
@@ -479,14 +536,15 @@ impl Gateway {
         host: &mut dyn HostSockets,
     ) -> Result<(), DropReason> {
         let udp = UdpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
-        if udp.checksum() != 0 && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
+        let checked = udp.checksum() != 0 && !packet.checksum_offloaded;
+        if checked && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
             return Err(DropReason::BadChecksum);
         }
         let src = SocketAddrV4::new(packet.src, udp.src_port());
         let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
         if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
             let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
-            self.outbox.extend(reply);
+            self.queue_frames(reply);
             if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
                 self.neighbors.learn(ip, packet.mac);
             }
@@ -534,7 +592,7 @@ impl Gateway {
     ) -> Result<(), DropReason> {
         let echo = icmp::parse_echo_request(bytes)?;
         if packet.dst == self.config.host || packet.dst == self.config.dns {
-            self.outbox.push_back(icmp::echo_reply(&self.config, packet, &echo));
+            self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
             return Ok(());
         }
         let remote = self.host_side_address(packet.dst)?;
@@ -564,13 +622,14 @@ impl Gateway {
             src,
             dst,
             bytes,
+            packet.checksum_offloaded,
             target,
             now,
             host,
             &mut self.flow_ids,
             &mut out,
         );
-        self.outbox.extend(out);
+        self.queue_frames(out);
         result
     }
 
@@ -627,14 +686,14 @@ impl Gateway {
 
     fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
         match self.neighbors.lookup(*to.ip()) {
-            Some(mac) => self.outbox.push_back(packet::udp(self.config.mac(), mac, from, to, payload)),
+            Some(mac) => self.queue_frames([packet::udp(self.config.mac(), mac, from, to, payload)]),
             None => self.counters.record(DropReason::UnknownGuest),
         }
     }
 
     fn send_guest_error(&mut self, report: icmp::GuestError) {
         match self.neighbors.lookup(report.guest) {
-            Some(mac) => self.outbox.push_back(icmp::error_for_guest(&self.config, mac, &report)),
+            Some(mac) => self.queue_frames([icmp::error_for_guest(&self.config, mac, &report)]),
             None => self.counters.record(DropReason::UnknownGuest),
         }
     }

@@ -1,5 +1,6 @@
 //! Building the frames the gateway sends: Ethernet + IPv4 + UDP/TCP/ICMP, and ARP, with
-//! checksums filled in. Built on `smoltcp::wire`'s representations.
+//! checksums filled in (or, for TCP toward a port that offloads it, left partial). Built
+//! on `smoltcp::wire`'s representations.
 //!
 //! This module knows byte layouts only, not what the gateway decides to say.
 
@@ -11,6 +12,7 @@ use smoltcp::wire::{
     Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
     ETHERNET_HEADER_LEN,
 };
+use vnet_wire::offload::PartialChecksum;
 use vnet_wire::MacAddress;
 
 /// Time to live of every IPv4 packet the gateway originates.
@@ -83,6 +85,40 @@ pub fn tcp(
         &ChecksumCapabilities::default(),
     );
     frame
+}
+
+/// A TCP segment from `src` to `dst` whose checksum is left for the port to complete:
+/// the checksum field holds the pseudo-header sum, as a NIC offload expects.
+pub fn tcp_partial_checksum(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    repr: &TcpRepr<'_>,
+) -> Vec<u8> {
+    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
+    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[offset..]);
+    repr.emit(&mut tcp, &(*src.ip()).into(), &(*dst.ip()).into(), &ChecksumCapabilities::ignored());
+    tcp.set_checksum(pseudo_header_sum(*src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len()));
+    frame
+}
+
+/// Where a TCP checksum left partial by [`tcp_partial_checksum`] starts and lies.
+pub const TCP_PARTIAL_CHECKSUM: PartialChecksum =
+    PartialChecksum { start: (ETHERNET_HEADER_LEN + IPV4_HEADER_LEN) as u16, offset: 16 };
+
+/// The folded (not complemented) one's-complement sum of an IPv4 pseudo-header.
+fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: IpProtocol, length: usize) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in [src.octets(), dst.octets()].concat().chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum += u32::from(u8::from(protocol)) + length as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 /// An ICMP message from `src` to `dst`.

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 use tracing::debug;
-use vnet_wire::MacAddress;
+use vnet_wire::offload::{SegmentKind, Segmentation};
+use vnet_wire::{MacAddress, Offload};
 
 use crate::icmp::{self, GuestError, HostIcmpError};
-use crate::{packet, DropReason, EgressRoom, FlowId, FlowIds, GatewayConfig, HostSockets};
+use crate::{packet, DropReason, EgressRoom, FlowId, FlowIds, GatewayConfig, GuestFrame, HostSockets};
 
 /// Window scale vnet offers: windows up to 8 MiB.
 const OUR_WINDOW_SCALE: u8 = 7;
@@ -50,6 +51,11 @@ const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IN_FLIGHT: usize = 4 << 20;
 /// Ethernet, IPv4 and TCP headers of a data segment, as they count against egress room.
 const SEGMENT_OVERHEAD: usize = 14 + 20 + 20;
+/// ACKs for one sequence number that make a sender retransmit at once (RFC 5681).
+const DUPLICATE_ACKS: usize = 3;
+/// The most payload one offloaded segment carries: an IPv4 packet's worth less the IPv4
+/// and TCP headers.
+const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -124,6 +130,10 @@ struct Connection {
     guest_fin: bool,
     /// Window last advertised to the guest; a zero one needs an update later.
     advertised_zero: bool,
+    /// The host socket took only part of a guest segment: once it has room again, the
+    /// guest is asked to send the rest at once (duplicate ACKs) instead of after its
+    /// retransmission timeout.
+    guest_data_refused: bool,
     rto: Duration,
     retransmit_at: Option<Instant>,
     closing_since: Option<Instant>,
@@ -184,9 +194,10 @@ impl Nat {
         self.connections.len()
     }
 
-    /// Handles a segment from the guest. `remote` is where the host side connects for a
-    /// new connection (already mapped and allowed by the caller), or why new connections
-    /// are refused (restrict, flow limit), which the guest then learns by RST.
+    /// Handles a segment from the guest, whose checksum is not verified if the guest left
+    /// it to be offloaded. `target` is where the host side connects for a new connection
+    /// (already mapped and allowed by the caller), or why new connections are refused
+    /// (restrict, flow limit), which the guest then learns by RST.
     #[allow(clippy::too_many_arguments)]
     pub fn on_guest_segment(
         &mut self,
@@ -195,20 +206,21 @@ impl Nat {
         guest: SocketAddrV4,
         dst: SocketAddrV4,
         bytes: &[u8],
+        checksum_offloaded: bool,
         target: Result<ConnectTarget, DropReason>,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) -> Result<(), DropReason> {
         let packet = TcpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
-        let repr = TcpRepr::parse(
-            &packet,
-            &(*guest.ip()).into(),
-            &(*dst.ip()).into(),
-            &ChecksumCapabilities::default(),
-        )
-        .map_err(|_| DropReason::Malformed)?;
+        let checksums = if checksum_offloaded {
+            ChecksumCapabilities::ignored()
+        } else {
+            ChecksumCapabilities::default()
+        };
+        let repr = TcpRepr::parse(&packet, &(*guest.ip()).into(), &(*dst.ip()).into(), &checksums)
+            .map_err(|_| DropReason::Malformed)?;
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
             let new = NewConnection { guest_mac, guest, dst };
             return self.on_new_segment(config, new, &repr, target, now, host, flows, out);
@@ -237,11 +249,11 @@ impl Nat {
                     Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.sender, out)?
                 }
                 // The guest did not get our SYN-ACK: send it again.
-                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
+                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host).into()),
                 // Our ACK of its SYN-ACK was lost: acknowledge again.
                 State::Established => {
                     let window = Self::window_for_guest(connection, flow, host);
-                    out.push(Self::ack(config, connection, window));
+                    out.push(Self::ack(config, connection, window).into());
                 }
                 // A retransmitted SYN while the host connect is under way.
                 State::Connecting => {}
@@ -271,7 +283,7 @@ impl Nat {
                 host,
             );
             let window = Self::window_for_guest(connection, flow, host);
-            out.push(Self::ack(config, connection, window));
+            out.push(Self::ack(config, connection, window).into());
         }
         Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
         self.settle(flow, host);
@@ -288,27 +300,27 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) -> Result<(), DropReason> {
         let NewConnection { guest_mac, guest, dst } = new;
         if repr.control == TcpControl::Rst {
             return Ok(());
         }
         if repr.control != TcpControl::Syn || repr.ack_number.is_some() {
-            out.push(reset_for(config, guest_mac, guest, dst, repr));
+            out.push(reset_for(config, guest_mac, guest, dst, repr).into());
             return Err(DropReason::UnknownFlow);
         }
         let target = match target {
             Ok(target) => target,
             Err(reason) => {
-                out.push(reset_for(config, guest_mac, guest, dst, repr));
+                out.push(reset_for(config, guest_mac, guest, dst, repr).into());
                 return Err(reason);
             }
         };
         let flow = flows.next();
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(host, flow, &mut candidates, target.ttl) else {
-            out.push(reset_for(config, guest_mac, guest, dst, repr));
+            out.push(reset_for(config, guest_mac, guest, dst, repr).into());
             return Err(DropReason::HostSocket);
         };
         let isn = self.next_isn(guest, dst);
@@ -332,6 +344,7 @@ impl Nat {
             fin_sent: false,
             guest_fin: false,
             advertised_zero: false,
+            guest_data_refused: false,
             rto: INITIAL_RTO,
             retransmit_at: failover_at,
             closing_since: None,
@@ -355,7 +368,7 @@ impl Nat {
         guest: SocketAddrV4,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) -> bool {
         let Some(apparent) = self.free_apparent_address(config, guest) else {
             return false;
@@ -379,13 +392,14 @@ impl Nat {
             fin_sent: false,
             guest_fin: false,
             advertised_zero: false,
+            guest_data_refused: false,
             rto: INITIAL_RTO,
             retransmit_at: Some(now + INITIAL_RTO),
             closing_since: None,
             retransmits: 0,
             failed: false,
         };
-        out.push(Self::syn(config, &connection, flow, host));
+        out.push(Self::syn(config, &connection, flow, host).into());
         self.by_tuple.insert((guest, apparent), flow);
         self.connections.insert(flow, connection);
         true
@@ -440,7 +454,7 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         sender: &mut Sender,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) -> Result<(), DropReason> {
         if repr.ack_number.map(|ack| ack.0 as u32) != Some(connection.snd_nxt) {
             return Err(DropReason::Malformed);
@@ -457,7 +471,7 @@ impl Nat {
         connection.retransmit_at = None;
         connection.rto = INITIAL_RTO;
         let window = Self::window_for_guest(connection, flow, host);
-        out.push(Self::ack(config, connection, window));
+        out.push(Self::ack(config, connection, window).into());
         Self::send_pending(config, connection, flow, now, host, sender, out);
         Ok(())
     }
@@ -469,7 +483,7 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
@@ -481,7 +495,7 @@ impl Nat {
         connection.state = State::SynAckSent;
         connection.snd_nxt = connection.snd_una.wrapping_add(1);
         connection.retransmit_at = Some(now + connection.rto);
-        out.push(Self::syn_ack(config, connection, flow, host));
+        out.push(Self::syn_ack(config, connection, flow, host).into());
     }
 
     /// The SYN-ACK answering the guest's SYN.
@@ -515,7 +529,7 @@ impl Nat {
         icmp: Option<HostIcmpError>,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
@@ -525,7 +539,7 @@ impl Nat {
         }
         debug!(guest = %connection.guest, remote = %connection.remote, %error, "host side failed; telling the guest");
         match Self::connect_error(connection, icmp, error) {
-            Some(report) => out.push(icmp::error_for_guest(config, connection.guest_mac, &report)),
+            Some(report) => out.push(icmp::error_for_guest(config, connection.guest_mac, &report).into()),
             None => Self::reset(config, connection, out),
         }
         host.tcp_close(flow, true);
@@ -589,7 +603,7 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
             connection.host_unpeeked = true;
@@ -599,21 +613,28 @@ impl Nat {
     }
 
     /// `flow`'s host socket can take data again: if the guest was told the window is
-    /// closed, tell it that it opened.
+    /// closed, tell it that it opened; if the socket refused part of a segment, ask the
+    /// guest for it again.
     pub fn on_host_writable(
         &mut self,
         config: &GatewayConfig,
         flow: FlowId,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
         };
-        if connection.advertised_zero && connection.state == State::Established {
+        let stalled = connection.advertised_zero || connection.guest_data_refused;
+        if stalled && connection.state == State::Established {
             let window = Self::window_for_guest(connection, flow, host);
             if window > 0 {
-                out.push(Self::ack(config, connection, window));
+                // The first ACK updates the window; three duplicates of it make the guest
+                // retransmit what was refused at once (fast retransmit).
+                let copies = if connection.guest_data_refused { 1 + DUPLICATE_ACKS } else { 1 };
+                let ack = Self::ack(config, connection, window);
+                out.extend(std::iter::repeat_n(GuestFrame::from(ack), copies));
+                connection.guest_data_refused = false;
             }
         }
     }
@@ -629,7 +650,7 @@ impl Nat {
         config: &GatewayConfig,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         let blocked: Vec<FlowId> = self.sender.blocked.drain().collect();
         for flow in blocked {
@@ -656,7 +677,7 @@ impl Nat {
         config: &GatewayConfig,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         let stuck: Vec<FlowId> = self
             .connections
@@ -698,8 +719,8 @@ impl Nat {
             connection.rto = (connection.rto * 2).min(MAX_RTO);
             connection.retransmit_at = Some(now + connection.rto);
             match connection.state {
-                State::SynSent => out.push(Self::syn(config, connection, flow, host)),
-                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host)),
+                State::SynSent => out.push(Self::syn(config, connection, flow, host).into()),
+                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host).into()),
                 State::Established => {
                     connection.snd_nxt = connection.snd_una;
                     connection.host_unpeeked = true;
@@ -794,6 +815,7 @@ impl Nat {
             }
         };
         connection.rcv_nxt = connection.rcv_nxt.wrapping_add(taken as u32);
+        connection.guest_data_refused |= taken < payload.len();
         if fin && taken == payload.len() {
             connection.rcv_nxt = connection.rcv_nxt.wrapping_add(1);
             connection.guest_fin = true;
@@ -813,7 +835,7 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         sender: &mut Sender,
-        out: &mut Vec<Vec<u8>>,
+        out: &mut Vec<GuestFrame>,
     ) {
         if connection.state != State::Established {
             return;
@@ -826,14 +848,19 @@ impl Nat {
             if room == 0 || connection.fin_sent || !connection.host_unpeeked {
                 break;
             }
-            let affordable = payload_room(egress, connection.mss);
+            // Toward a port that offloads, one frame carries as much as an IPv4 packet
+            // holds and the port (or the guest's kernel) cuts it at the MSS.
+            let frame_payload = if egress.takes_offloads { MAX_OFFLOADED_PAYLOAD } else { connection.mss };
+            let affordable = payload_room(egress, frame_payload);
             if affordable == 0 {
                 // The guest's port is full: the data stays in the host socket until the
                 // port drains.
                 sender.blocked.insert(flow);
                 break;
             }
-            let want = room.min(affordable).min(sender.scratch.len());
+            // Whole frames per peek: a scratch-full would leave a runt frame behind.
+            let whole_frames = sender.scratch.len() / frame_payload * frame_payload;
+            let want = room.min(affordable).min(whole_frames);
             let got = match host.tcp_peek(flow, in_flight, &mut sender.scratch[..want]) {
                 Ok(0) => {
                     connection.host_eof = true;
@@ -851,7 +878,7 @@ impl Nat {
                 }
             };
             let window = Self::window_for_guest(connection, flow, host);
-            for chunk in sender.scratch[..got].chunks(connection.mss.max(1)) {
+            for chunk in sender.scratch[..got].chunks(frame_payload.max(1)) {
                 let data = Outgoing {
                     control: TcpControl::Psh,
                     seq: connection.snd_nxt,
@@ -860,7 +887,11 @@ impl Nat {
                     syn_options: false,
                     payload: chunk,
                 };
-                let segment = Self::segment(config, connection, &data);
+                let segment = if egress.takes_offloads {
+                    Self::offloaded_segment(config, connection, &data)
+                } else {
+                    Self::segment(config, connection, &data).into()
+                };
                 egress.frames = egress.frames.saturating_sub(1);
                 egress.bytes = egress.bytes.saturating_sub(segment.len());
                 out.push(segment);
@@ -880,7 +911,7 @@ impl Nat {
                 syn_options: false,
                 payload: &[],
             };
-            out.push(Self::segment(config, connection, &fin));
+            out.push(Self::segment(config, connection, &fin).into());
             connection.snd_nxt = connection.snd_nxt.wrapping_add(1);
             connection.fin_sent = true;
             connection.retransmit_at.get_or_insert(now + connection.rto);
@@ -903,7 +934,7 @@ impl Nat {
     }
 
     /// Resets the guest's side of `connection`.
-    fn reset(config: &GatewayConfig, connection: &Connection, out: &mut Vec<Vec<u8>>) {
+    fn reset(config: &GatewayConfig, connection: &Connection, out: &mut Vec<GuestFrame>) {
         let seq = if connection.state == State::Connecting { 0 } else { connection.snd_nxt };
         let reset = Outgoing {
             control: TcpControl::Rst,
@@ -913,7 +944,7 @@ impl Nat {
             syn_options: false,
             payload: &[],
         };
-        out.push(Self::segment(config, connection, &reset));
+        out.push(Self::segment(config, connection, &reset).into());
     }
 
     /// A segment that only acknowledges and offers `window`.
@@ -930,8 +961,14 @@ impl Nat {
     }
 
     fn segment(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'_>) -> Vec<u8> {
+        let repr = Self::repr(config, connection, outgoing);
+        packet::tcp(config.mac(), connection.guest_mac, connection.remote, connection.guest, &repr)
+    }
+
+    /// The header fields (and payload) of `outgoing` on `connection`.
+    fn repr<'p>(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'p>) -> TcpRepr<'p> {
         let scale = if outgoing.control == TcpControl::Syn { 0 } else { connection.our_window_scale };
-        let repr = TcpRepr {
+        TcpRepr {
             src_port: connection.remote.port(),
             dst_port: connection.guest.port(),
             control: outgoing.control,
@@ -945,8 +982,27 @@ impl Nat {
             sack_ranges: [None; 3],
             timestamp: None,
             payload: outgoing.payload,
-        };
-        packet::tcp(config.mac(), connection.guest_mac, connection.remote, connection.guest, &repr)
+        }
+    }
+
+    /// A data segment for a port that offloads: checksum left partial, and cut at the
+    /// guest's MSS by the port if it is longer.
+    fn offloaded_segment(
+        config: &GatewayConfig,
+        connection: &Connection,
+        outgoing: &Outgoing<'_>,
+    ) -> GuestFrame {
+        let repr = Self::repr(config, connection, outgoing);
+        let bytes = packet::tcp_partial_checksum(
+            config.mac(),
+            connection.guest_mac,
+            connection.remote,
+            connection.guest,
+            &repr,
+        );
+        let segmentation = (outgoing.payload.len() > connection.mss)
+            .then_some(Segmentation { kind: SegmentKind::TcpV4, size: connection.mss as u16 });
+        GuestFrame { bytes, offload: Offload { checksum: Some(packet::TCP_PARTIAL_CHECKSUM), segmentation } }
     }
 
     fn remove(&mut self, flow: FlowId) {
@@ -959,17 +1015,18 @@ impl Nat {
 
 /// What is left of `room` toward `guest` once the frames for it already in `out` are
 /// counted.
-fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Vec<u8>]) -> EgressRoom {
+fn egress_left(room: EgressRoom, guest: MacAddress, out: &[GuestFrame]) -> EgressRoom {
     out.iter().filter(|frame| frame.get(..6) == Some(&guest.0[..])).fold(room, |left, frame| EgressRoom {
         frames: left.frames.saturating_sub(1),
         bytes: left.bytes.saturating_sub(frame.len()),
+        ..left
     })
 }
 
-/// How many payload bytes fit into `room` as whole segments of `mss` bytes.
-fn payload_room(room: EgressRoom, mss: usize) -> usize {
-    let segments = room.frames.min(room.bytes / (mss + SEGMENT_OVERHEAD));
-    segments.saturating_mul(mss)
+/// How many payload bytes fit into `room` as whole frames of `frame_payload` bytes.
+fn payload_room(room: EgressRoom, frame_payload: usize) -> usize {
+    let frames = room.frames.min(room.bytes / (frame_payload + SEGMENT_OVERHEAD));
+    frames.saturating_mul(frame_payload)
 }
 
 /// Starts a host connect for `flow` to the first of `candidates` that takes one, and

@@ -174,10 +174,15 @@ fn gateway_with(config: GatewayConfig) -> (Gateway, FakeHost, Instant) {
 }
 
 fn lease(gateway: &mut Gateway, host: &mut FakeHost, mac: MacAddress, now: Instant) -> Ipv4Addr {
-    gateway.receive(&dhcp_message(DhcpMessageType::Discover, mac, None, false), now, host);
+    gateway.receive(&dhcp_message(DhcpMessageType::Discover, mac, None, false), Offload::NONE, now, host);
     let (kind, offered, _, _) = dhcp_reply(gateway);
     assert_eq!(kind, DhcpMessageType::Offer);
-    gateway.receive(&dhcp_message(DhcpMessageType::Request, mac, Some(offered), false), now, host);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Request, mac, Some(offered), false),
+        Offload::NONE,
+        now,
+        host,
+    );
     let (kind, acked, _, _) = dhcp_reply(gateway);
     assert_eq!(kind, DhcpMessageType::Ack);
     assert_eq!(acked, offered);
@@ -200,7 +205,7 @@ fn arp_requests_for_the_host_and_dns_addresses_are_answered() {
         frame[6..12].copy_from_slice(&GUEST_MAC.0);
         frame[12..14].copy_from_slice(&[0x08, 0x06]);
         request.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
-        gateway.receive(&frame, now, &mut host);
+        gateway.receive(&frame, Offload::NONE, now, &mut host);
         let reply = gateway.pop_frame().expect("an ARP reply");
         let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
         let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, .. } =
@@ -225,7 +230,12 @@ fn dhcp_hands_out_addresses_from_dhcpstart_with_every_option() {
     };
     let (mut gateway, mut host, now) = gateway_with(config);
     assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), GUEST_IP);
-    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false), now, &mut host);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     let (_, _, options, repr) = dhcp_reply(&mut gateway);
     assert_eq!(repr.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
     assert_eq!(repr.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
@@ -265,13 +275,19 @@ fn static_leases_win_and_are_not_given_to_others() {
 fn a_full_pool_gets_a_nak_and_rapid_commit_gets_an_ack() {
     let config = GatewayConfig { dhcp_start: Ipv4Addr::new(10, 0, 2, 253), ..GatewayConfig::default() };
     let (mut gateway, mut host, now) = gateway_with(config);
-    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, true), now, &mut host);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, true),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     let (kind, ip, options, _) = dhcp_reply(&mut gateway);
     assert_eq!((kind, ip), (DhcpMessageType::Ack, Ipv4Addr::new(10, 0, 2, 253)));
     assert!(options.iter().any(|(k, _)| *k == 80), "rapid commit acknowledged");
     lease(&mut gateway, &mut host, MacAddress([2, 0, 0, 0, 0, 2]), now);
     gateway.receive(
         &dhcp_message(DhcpMessageType::Discover, MacAddress([2, 0, 0, 0, 0, 3]), None, false),
+        Offload::NONE,
         now,
         &mut host,
     );
@@ -283,7 +299,12 @@ fn a_request_for_someone_elses_address_is_refused() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     let other = MacAddress([2, 0, 0, 0, 0, 7]);
-    gateway.receive(&dhcp_message(DhcpMessageType::Request, other, Some(GUEST_IP), false), now, &mut host);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Request, other, Some(GUEST_IP), false),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     assert_eq!(dhcp_reply(&mut gateway).0, DhcpMessageType::Nak);
 }
 
@@ -291,7 +312,12 @@ fn a_request_for_someone_elses_address_is_refused() {
 fn restrict_leaves_router_and_dns_out_of_dhcp() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
-    gateway.receive(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false), now, &mut host);
+    gateway.receive(
+        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     let (_, _, options, repr) = dhcp_reply(&mut gateway);
     assert_eq!(repr.router, None);
     assert!(!options.iter().any(|(k, _)| *k == 6));
@@ -313,7 +339,7 @@ fn ping_to_the_gateway_is_answered_locally() {
     let request = Icmpv4Repr::EchoRequest { ident: 7, seq_no: 3, data: b"hello" };
     let frame =
         packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), &request);
-    gateway.receive(&frame, now, &mut host);
+    gateway.receive(&frame, Offload::NONE, now, &mut host);
     let reply = gateway.pop_frame().expect("an echo reply");
     let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
     let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
@@ -337,6 +363,7 @@ fn dns_is_forwarded_and_the_answer_returns_from_the_dns_address() {
         gateway_with(GatewayConfig { dns_upstreams: vec![upstream], ..GatewayConfig::default() });
     gateway.receive(
         &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(9)),
+        Offload::NONE,
         now,
         &mut host,
     );
@@ -361,6 +388,7 @@ fn dns_fails_over_and_answers_servfail_when_every_upstream_fails() {
         gateway_with(GatewayConfig { dns_upstreams: vec![first, second], ..GatewayConfig::default() });
     gateway.receive(
         &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(5)),
+        Offload::NONE,
         now,
         &mut host,
     );
@@ -383,7 +411,7 @@ fn dns_fails_over_and_answers_servfail_when_every_upstream_fails() {
 fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7777);
-    gateway.receive(&guest_udp(dst, b"ping"), now, &mut host);
+    gateway.receive(&guest_udp(dst, b"ping"), Offload::NONE, now, &mut host);
     let (flow, sent) = host.sent.last().cloned().unwrap();
     assert_eq!(host.open[&flow], "127.0.0.1:7777".parse::<SocketAddr>().unwrap());
     assert_eq!(sent, b"ping");
@@ -408,7 +436,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
         GatewayConfig { host_loopback: false, ..GatewayConfig::default() },
     ] {
         let (mut gateway, mut host, now) = gateway_with(config);
-        gateway.receive(&guest_udp(dst, b"x"), now, &mut host);
+        gateway.receive(&guest_udp(dst, b"x"), Offload::NONE, now, &mut host);
         assert!(host.sent.is_empty());
         assert_eq!(gateway.counters().drops(DropReason::Restricted), 1);
     }
@@ -421,7 +449,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
             SocketAddrV4::new(dst, 9),
             b"x",
         );
-        gateway.receive(&frame, now, &mut host);
+        gateway.receive(&frame, Offload::NONE, now, &mut host);
     }
     assert!(host.sent.is_empty(), "broadcast and multicast never leak out");
 }
@@ -433,6 +461,7 @@ fn the_flow_table_is_bounded() {
     for port in 1..=3 {
         gateway.receive(
             &guest_udp(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port), b"x"),
+            Offload::NONE,
             now,
             &mut host,
         );
@@ -445,14 +474,14 @@ fn the_flow_table_is_bounded() {
 fn bad_frames_are_counted_by_reason() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let good = guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7), b"data");
-    gateway.receive(&good[..20], now, &mut host);
+    gateway.receive(&good[..20], Offload::NONE, now, &mut host);
     let mut bad_ip_checksum = good.clone();
     bad_ip_checksum[24] ^= 0xff;
-    gateway.receive(&bad_ip_checksum, now, &mut host);
+    gateway.receive(&bad_ip_checksum, Offload::NONE, now, &mut host);
     let mut bad_udp_checksum = good.clone();
     let last = bad_udp_checksum.len() - 1;
     bad_udp_checksum[last] ^= 0xff;
-    gateway.receive(&bad_udp_checksum, now, &mut host);
+    gateway.receive(&bad_udp_checksum, Offload::NONE, now, &mut host);
     let mut fragment = good.clone();
     fragment[20] = 0x20; // more fragments
     let checksum = {
@@ -461,10 +490,10 @@ fn bad_frames_are_counted_by_reason() {
         ip.checksum()
     };
     assert_ne!(checksum, 0);
-    gateway.receive(&fragment, now, &mut host);
+    gateway.receive(&fragment, Offload::NONE, now, &mut host);
     let mut other_mac = good.clone();
     other_mac[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    gateway.receive(&other_mac, now, &mut host);
+    gateway.receive(&other_mac, Offload::NONE, now, &mut host);
     let counters = gateway.counters();
     assert_eq!(counters.drops(DropReason::Malformed), 1);
     assert_eq!(counters.drops(DropReason::BadChecksum), 2);
@@ -540,7 +569,7 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     host.tcp_accept = 1000;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
     let flow = *host.open.keys().next().expect("a host connect");
     assert_eq!(host.open[&flow], "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(gateway.pop_frame().is_none(), "no SYN-ACK before the host connect completes");
@@ -548,10 +577,20 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     gateway.on_tcp_connected(flow, now, &mut host);
     let (control, isn, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     assert_eq!((control, ack), (TcpControl::Syn, Some(101)));
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, &mut host);
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
 
     // 1500 bytes arrive; the host takes 1000, so only 1000 are acknowledged.
-    gateway.receive(&guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500]), now, &mut host);
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     assert_eq!(host.sent.last().unwrap().1.len(), 1000);
     let (_, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("an ACK"));
     assert_eq!(ack, Some(1101));
@@ -565,7 +604,12 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     }
     assert_eq!(sent, 3000);
     assert_eq!(host.tcp_consumed, 0, "nothing consumed before the guest's ACK");
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[]), now, &mut host);
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     assert_eq!(host.tcp_consumed, 2000);
 }
 
@@ -575,7 +619,7 @@ fn tcp_refusals_reach_the_guest_as_rst() {
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
     // The host refuses the connect.
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
     let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().unwrap());
@@ -591,11 +635,12 @@ fn tcp_refusals_reach_the_guest_as_rst() {
         if limited {
             gateway.receive(
                 &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1), TcpControl::Syn, 1, None, &[]),
+                Offload::NONE,
                 now,
                 &mut host,
             );
         }
-        gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), now, &mut host);
+        gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
         let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
         assert_eq!(control, TcpControl::Rst);
         let reason = if limited { DropReason::FlowLimit } else { DropReason::Restricted };
@@ -614,9 +659,10 @@ fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
         ..GatewayConfig::default()
     };
     let (mut gateway, mut host, now) = gateway_with(config);
-    gateway.receive(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
     gateway.receive(
         &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), TcpControl::Syn, 1, None, &[]),
+        Offload::NONE,
         now,
         &mut host,
     );
@@ -641,7 +687,7 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
     assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
     let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to, from, b"answer");
-    gateway.receive(&reply, now, &mut host);
+    gateway.receive(&reply, Offload::NONE, now, &mut host);
     assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
 }
 
@@ -669,7 +715,7 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     };
     // The guest's port is closed: it answers RST, and the client's socket is closed.
     let reset = guest_tcp_from(22, from, TcpControl::Rst, 0, Some(isn.wrapping_add(1)), &[]);
-    gateway.receive(&reset, now, &mut host);
+    gateway.receive(&reset, Offload::NONE, now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
 }
 
@@ -679,7 +725,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
     let outside = Ipv4Addr::new(192, 0, 2, 9);
     let request = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: 1, data: b"abc" };
     let frame = packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, outside, &request);
-    gateway.receive(&frame, now, &mut host);
+    gateway.receive(&frame, Offload::NONE, now, &mut host);
     let (flow, sent) = host.sent.last().cloned().expect("sent through the host");
     assert_eq!(host.open[&flow], SocketAddr::from((outside, 0)));
     assert_eq!(sent, frame[34..].to_vec(), "the echo request as the guest sent it");
@@ -698,7 +744,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
 
     let (mut restricted, mut host, now) =
         gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
-    restricted.receive(&frame, now, &mut host);
+    restricted.receive(&frame, Offload::NONE, now, &mut host);
     assert!(host.sent.is_empty(), "restrict=on keeps pings in");
     assert_eq!(restricted.counters().drops(DropReason::Restricted), 1);
 }
@@ -714,7 +760,7 @@ fn host_unreachable_errors_reach_the_guest_as_icmp() {
     ] {
         let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
         host.send_error = Some(errno);
-        gateway.receive(&guest_udp(dst, b"x"), now, &mut host);
+        gateway.receive(&guest_udp(dst, b"x"), Offload::NONE, now, &mut host);
         let frame = gateway.pop_frame().expect("an ICMP error for the guest");
         let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
         let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
@@ -733,9 +779,10 @@ fn the_hosts_loopback_is_reachable_only_as_the_host_address() {
     let config = GatewayConfig { host_loopback: false, ..GatewayConfig::default() };
     let (mut gateway, mut host, now) = gateway_with(config);
     for dst in [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(0, 1, 2, 3), Ipv4Addr::new(10, 0, 2, 2)] {
-        gateway.receive(&guest_udp(SocketAddrV4::new(dst, 22), b"x"), now, &mut host);
+        gateway.receive(&guest_udp(SocketAddrV4::new(dst, 22), b"x"), Offload::NONE, now, &mut host);
         gateway.receive(
             &guest_tcp(SocketAddrV4::new(dst, 22), TcpControl::Syn, 1, None, &[]),
+            Offload::NONE,
             now,
             &mut host,
         );
@@ -751,9 +798,9 @@ fn a_reset_counts_only_at_the_expected_sequence_number() {
     host.tcp_accept = 1000;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
     let (flow, _) = established(&mut gateway, &mut host, now, dst);
-    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), Offload::NONE, now, &mut host);
     assert!(host.closed.is_empty(), "a blind reset is ignored");
-    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), Offload::NONE, now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
 }
 
@@ -762,12 +809,12 @@ fn a_lost_syn_ack_is_sent_again_and_a_silent_guest_is_given_up() {
     use smoltcp::wire::TcpControl;
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_connected(flow, now, &mut host);
     assert_eq!(tcp_of(&gateway.pop_frame().unwrap()).0, TcpControl::Syn);
     // The guest retransmits its SYN: the SYN-ACK goes out again.
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
     assert_eq!(tcp_of(&gateway.pop_frame().expect("SYN-ACK again")).0, TcpControl::Syn);
     // Timeouts resend it too, until the guest is given up.
     let mut at = now;
@@ -792,7 +839,7 @@ fn a_half_closed_connection_keeps_carrying_data() {
     host.tcp_accept = 65536;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
     let (flow, isn) = established(&mut gateway, &mut host, now, dst);
-    gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), Offload::NONE, now, &mut host);
     while gateway.pop_frame().is_some() {}
     // Long after the guest's FIN, the host still sends and the guest still acknowledges.
     let later = now + Duration::from_secs(600);
@@ -813,7 +860,7 @@ fn a_packet_whose_ttl_ends_at_the_gateway_gets_time_exceeded() {
         ip.set_hop_limit(1);
         ip.fill_checksum();
     }
-    gateway.receive(&frame, now, &mut host);
+    gateway.receive(&frame, Offload::NONE, now, &mut host);
     assert!(host.sent.is_empty(), "the probe does not go out");
     let reply = gateway.pop_frame().expect("time exceeded");
     let ip = Ipv4Packet::new_checked(&reply[14..]).unwrap();
@@ -827,11 +874,11 @@ fn a_packet_whose_ttl_ends_at_the_gateway_gets_time_exceeded() {
 /// gateway's initial sequence number.
 fn established(gateway: &mut Gateway, host: &mut FakeHost, now: Instant, dst: SocketAddrV4) -> (FlowId, u32) {
     use smoltcp::wire::TcpControl;
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), now, host);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, host);
     let flow = *host.open.keys().next().expect("a host connect");
     gateway.on_tcp_connected(flow, now, host);
     let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), now, host);
+    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), Offload::NONE, now, host);
     (flow, isn)
 }
 
@@ -858,12 +905,32 @@ fn icmp_error_of(frame: &[u8]) -> (Ipv4Addr, u8, u8, Ipv4Addr, Vec<u8>) {
 fn a_low_guest_ttl_reaches_the_host_socket_less_one_hop() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = Ipv4Addr::new(192, 0, 2, 9);
-    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"a"), 3), now, &mut host);
-    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"b"), 3), now, &mut host);
-    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"c"), 64), now, &mut host);
+    gateway.receive(
+        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"a"), 3),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    gateway.receive(
+        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"b"), 3),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    gateway.receive(
+        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"c"), 64),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     let flow = host.sent[0].0;
     assert_eq!(host.ttls, vec![(flow, Some(2)), (flow, None)], "set on change only, default at 64");
-    gateway.receive(&with_ttl(guest_udp(SocketAddrV4::new(far, 7), b"d"), 128), now, &mut host);
+    gateway.receive(
+        &with_ttl(guest_udp(SocketAddrV4::new(far, 7), b"d"), 128),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     assert_eq!(host.ttls.len(), 2, "a new flow at a normal TTL keeps the host's default");
 }
 
@@ -871,7 +938,7 @@ fn a_low_guest_ttl_reaches_the_host_socket_less_one_hop() {
 fn time_exceeded_from_a_router_reaches_the_guest_from_that_router() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 33435);
-    gateway.receive(&with_ttl(guest_udp(far, b"probe"), 2), now, &mut host);
+    gateway.receive(&with_ttl(guest_udp(far, b"probe"), 2), Offload::NONE, now, &mut host);
     let flow = host.sent[0].0;
     let router = Ipv4Addr::new(198, 51, 100, 1);
     let icmp = HostIcmpError::from_message(router, 11, 0);
@@ -883,7 +950,7 @@ fn time_exceeded_from_a_router_reaches_the_guest_from_that_router() {
     // The destination's own port unreachable comes from the address the guest used,
     // also when that address stood for host loopback.
     let host_address = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 33436);
-    gateway.receive(&with_ttl(guest_udp(host_address, b"probe"), 5), now, &mut host);
+    gateway.receive(&with_ttl(guest_udp(host_address, b"probe"), 5), Offload::NONE, now, &mut host);
     let flow = host.sent.last().unwrap().0;
     let icmp = HostIcmpError::from_message(Ipv4Addr::LOCALHOST, 3, 3);
     gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), icmp, now, &mut host);
@@ -896,7 +963,12 @@ fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
     use smoltcp::wire::TcpControl;
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 80);
-    gateway.receive(&with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2), now, &mut host);
+    gateway.receive(
+        &with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
     let flow = *host.open.keys().next().unwrap();
     assert_eq!(host.ttls, vec![(flow, Some(1))], "the SYN leaves with the guest's TTL less one");
     let router = Ipv4Addr::new(198, 51, 100, 1);
@@ -909,7 +981,7 @@ fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
     assert_eq!(host.closed, vec![(flow, true)]);
 
     // Without an ICMP report, an unreachable errno still says so, from the destination.
-    gateway.receive(&guest_tcp(far, TcpControl::Syn, 900, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(far, TcpControl::Syn, 900, None, &[]), Offload::NONE, now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_error(flow, &io::ErrorKind::NetworkUnreachable.into(), None, now, &mut host);
     let (from, icmp_type, code, _, _) = icmp_error_of(&gateway.pop_frame().unwrap());
@@ -924,7 +996,7 @@ fn dns_over_tcp_fails_over_to_the_next_upstream() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { dns_upstreams: upstreams.clone(), ..GatewayConfig::default() });
     let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
-    gateway.receive(&guest_tcp(dns, TcpControl::Syn, 1, None, &[]), now, &mut host);
+    gateway.receive(&guest_tcp(dns, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     assert_eq!(host.open[&flow], upstreams[0]);
 
@@ -985,7 +1057,7 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
         ethernet.set_ethertype(smoltcp::wire::EthernetProtocol::Arp);
     }
     reply.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
-    gateway.receive(&frame, now, &mut host);
+    gateway.receive(&frame, Offload::NONE, now, &mut host);
     let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().expect("the SYN, once the guest is known"));
     assert_eq!(control, TcpControl::Syn);
 
@@ -1012,7 +1084,7 @@ fn host_data_waits_in_the_socket_while_the_guests_port_is_full() {
     let (flow, _) = established(&mut gateway, &mut host, now, dst);
     host.tcp_incoming = vec![3u8; 10_000];
     // Room for two full segments (MSS 1460) and no more.
-    host.guest_room = Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54) });
+    host.guest_room = Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54), takes_offloads: false });
     gateway.on_tcp_readable(flow, now, &mut host);
     let mut sent = 0;
     while let Some(frame) = gateway.pop_frame() {

@@ -5,7 +5,9 @@
 //! the switch decides which ports get a copy and queues it there. The event loop then asks
 //! [`Switch::take_pending`] which ports have something new and lets their transports drain
 //! them. The switch knows frames and MAC addresses, never protocols, sockets or time
-//! sources: the caller passes `now`.
+//! sources: the caller passes `now`. A frame may carry offloads still to do (a 64 KiB TCP
+//! segment from a tap); a port whose peer cannot take that gets it done in software by
+//! [`vnet_wire::offload::resolve`] on the way into its queue.
 
 mod mac_table;
 mod port;
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use vnet_wire::{Frame, FrameError, MacAddress};
+use vnet_wire::{offload, Frame, FrameError, MacAddress, Offload};
 
 pub use mac_table::{Learned, MacTable, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
@@ -78,11 +80,18 @@ impl Switch {
         }
     }
 
-    /// Adds a port named after what it connects to and returns its id.
+    /// Adds a port named after what it connects to and returns its id. Its peer gets
+    /// every frame ready for the wire.
     pub fn add_port(&mut self, name: impl Into<String>) -> PortId {
+        self.add_port_taking_offloads(name, false)
+    }
+
+    /// Adds a port whose peer, if `takes_offloads`, gets frames with their offloads
+    /// (partial checksums, TCP super-segments) left to it.
+    pub fn add_port_taking_offloads(&mut self, name: impl Into<String>, takes_offloads: bool) -> PortId {
         let id = PortId(self.next_port);
         self.next_port += 1;
-        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits));
+        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits, takes_offloads));
         id
     }
 
@@ -117,11 +126,22 @@ impl Switch {
     /// Switches one frame received on port `from`. Invalid frames are counted as drops
     /// on `from`; a full destination queue is counted on the destination.
     pub fn receive(&mut self, from: PortId, bytes: vnet_wire::Bytes, now: Instant) {
+        self.receive_with_offload(from, bytes, Offload::NONE, now);
+    }
+
+    /// Like [`Switch::receive`], for a frame that still needs `offload` done.
+    pub fn receive_with_offload(
+        &mut self,
+        from: PortId,
+        bytes: vnet_wire::Bytes,
+        offload: Offload,
+        now: Instant,
+    ) {
         let Some(port) = self.ports.get_mut(&from) else {
             return;
         };
         port.record_received(bytes.len());
-        let frame = match Frame::new(bytes) {
+        let frame = match Frame::with_offload(bytes, offload) {
             Ok(frame) => frame,
             Err(FrameError::Runt) => return port.record_drop(DropReason::Runt),
             Err(FrameError::Oversize) => return port.record_drop(DropReason::Oversize),
@@ -142,11 +162,19 @@ impl Switch {
         }
     }
 
-    /// How much more the queue of the port that `destination` was learned on takes now;
-    /// None if frames to it would be flooded.
-    pub fn room_toward(&self, destination: MacAddress, now: Instant) -> Option<QueueRoom> {
+    /// How much more the queue of the port that `destination` was learned on takes now,
+    /// and whether that port's peer takes offloads; None if frames to it would be flooded.
+    pub fn room_toward(&self, destination: MacAddress, now: Instant) -> Option<(QueueRoom, bool)> {
         let port = self.unicast_destination(destination, now)?;
-        self.ports.get(&port).map(Port::room)
+        self.ports.get(&port).map(|port| (port.room(), port.takes_offloads()))
+    }
+
+    /// Counts a frame port `port` received and its transport dropped before the switch
+    /// saw it.
+    pub fn record_drop(&mut self, port: PortId, reason: DropReason) {
+        if let Some(port) = self.ports.get_mut(&port) {
+            port.record_drop(reason);
+        }
     }
 
     /// Ports that were given frames since the last call, each once.
@@ -198,10 +226,30 @@ impl Switch {
         let Some(port) = self.ports.get_mut(&to) else {
             return;
         };
-        if port.enqueue(frame) && !port.pending {
+        let queued = if frame.offload().is_none() || port.takes_offloads() {
+            port.enqueue(frame)
+        } else {
+            Self::enqueue_resolved(port, &frame)
+        };
+        if queued && !port.pending {
             port.pending = true;
             self.pending.push(to);
         }
+    }
+
+    /// Queues `frame` with its offloads done in software, for a peer that cannot do them.
+    fn enqueue_resolved(port: &mut Port, frame: &Frame) -> bool {
+        let Ok(segments) = offload::resolve(frame.as_bytes(), frame.offload()) else {
+            port.record_drop(DropReason::BadOffload);
+            return false;
+        };
+        let mut queued = false;
+        for segment in segments {
+            if let Ok(segment) = Frame::new(vnet_wire::Bytes::from(segment)) {
+                queued |= port.enqueue(segment);
+            }
+        }
+        queued
     }
 }
 

@@ -33,21 +33,28 @@ pub enum DropReason {
     QueueFull,
     /// To be sent: the transport could not hand the frame over (peer gone, buffer full).
     SendFailed,
+    /// Received: offload metadata (a virtio-net header) asking for what vnet cannot do,
+    /// or pointing outside the frame.
+    BadOffload,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::MulticastSource,
         DropReason::QueueFull,
         DropReason::SendFailed,
+        DropReason::BadOffload,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
     pub fn is_receive(self) -> bool {
-        matches!(self, DropReason::Runt | DropReason::Oversize | DropReason::MulticastSource)
+        matches!(
+            self,
+            DropReason::Runt | DropReason::Oversize | DropReason::MulticastSource | DropReason::BadOffload
+        )
     }
 
     /// A short name for logs and metrics.
@@ -58,6 +65,7 @@ impl DropReason {
             DropReason::MulticastSource => "multicast_source",
             DropReason::QueueFull => "queue_full",
             DropReason::SendFailed => "send_failed",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 
@@ -151,19 +159,28 @@ pub struct Port {
     queued_bytes: usize,
     limits: QueueLimits,
     counters: PortCounters,
+    /// Whether the peer takes frames with offloads left to do (a tap with a virtio-net
+    /// header, the gateway); other peers get them done in software first.
+    takes_offloads: bool,
     pub(crate) pending: bool,
 }
 
 impl Port {
-    pub(crate) fn new(name: String, limits: QueueLimits) -> Self {
+    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool) -> Self {
         Self {
             name,
             queue: VecDeque::new(),
             queued_bytes: 0,
             limits,
             counters: PortCounters::default(),
+            takes_offloads,
             pending: false,
         }
+    }
+
+    /// Whether the peer takes frames with offloads left to do.
+    pub fn takes_offloads(&self) -> bool {
+        self.takes_offloads
     }
 
     /// What the port is connected to, for logs (for example `stream:unix:/run/vm.sock pid=42`).

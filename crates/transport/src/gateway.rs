@@ -33,6 +33,9 @@ use crate::TransportError;
 
 /// Datagrams read from one host socket per batch.
 const DATAGRAMS_PER_BATCH: usize = 32;
+/// The share of a host socket's free send buffer not offered to the guest (1/N), for
+/// the kernel's per-buffer overhead.
+const SEND_SPACE_MARGIN: usize = 8;
 /// Largest datagram read from a host socket.
 const MAX_DATAGRAM: usize = 65536;
 
@@ -54,8 +57,6 @@ struct HostStream {
     /// Where the kernel's next peek starts (SO_PEEK_OFF), if known: set only when a peek
     /// wants to start elsewhere, which happens only on retransmission.
     peek_offset: Option<usize>,
-    /// SO_SNDBUF as last read.
-    send_buffer: Option<usize>,
 }
 
 /// What an event token of the gateway stands for.
@@ -169,8 +170,7 @@ impl HostSockets for Host<'_, '_, '_> {
         let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
         let icmp_errors = ttl.is_some();
-        let connecting =
-            HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None, send_buffer: None };
+        let connecting = HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None };
         self.sockets.streams.insert(flow, connecting);
         Ok(())
     }
@@ -219,16 +219,13 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_send_space(&mut self, flow: FlowId) -> usize {
-        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
+        let Ok(host_stream) = self.sockets.stream(flow) else {
             return 0;
         };
-        let queued = sys::unacknowledged_bytes(host_stream.stream.as_fd()).unwrap_or(usize::MAX);
-        // The kernel grows the send buffer as the flow speeds up; ask again only once it
-        // is half full, when its size starts to matter.
-        if host_stream.send_buffer.is_none_or(|size| queued.saturating_mul(2) >= size) {
-            host_stream.send_buffer = SockRef::from(&host_stream.stream).send_buffer_size().ok();
-        }
-        host_stream.send_buffer.unwrap_or(0).saturating_sub(queued)
+        // A write takes at least what is free, less the overhead of the buffers it
+        // fills; promising a little less keeps guest data from being refused.
+        let free = sys::send_buffer_free(host_stream.stream.as_fd()).unwrap_or(0);
+        free - free / SEND_SPACE_MARGIN
     }
 
     fn tcp_shutdown_write(&mut self, flow: FlowId) {
@@ -246,7 +243,9 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn guest_room(&mut self, guest: MacAddress) -> EgressRoom {
         match self.cx.switch.room_toward(guest, self.cx.now) {
-            Some(room) => EgressRoom { frames: room.frames, bytes: room.bytes },
+            Some((room, takes_offloads)) => {
+                EgressRoom { frames: room.frames, bytes: room.bytes, takes_offloads }
+            }
             None => EgressRoom::UNLIMITED,
         }
     }
@@ -310,14 +309,8 @@ impl GatewayPort {
                 continue;
             };
             self.sockets.sources.insert(token, Source::Flow(flow));
-            let inbound = HostStream {
-                stream,
-                token,
-                connecting: false,
-                icmp_errors: false,
-                peek_offset: None,
-                send_buffer: None,
-            };
+            let inbound =
+                HostStream { stream, token, connecting: false, icmp_errors: false, peek_offset: None };
             self.sockets.streams.insert(flow, inbound);
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
@@ -348,7 +341,7 @@ impl GatewayPort {
             return;
         };
         while let Some(frame) = self.gateway.pop_frame() {
-            cx.switch.receive(port, Bytes::from(frame), cx.now);
+            cx.switch.receive_with_offload(port, Bytes::from(frame.bytes), frame.offload, cx.now);
         }
     }
 
@@ -469,7 +462,7 @@ impl Endpoint for GatewayPort {
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let config = self.gateway.config();
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
-        self.port = Some(cx.add_port(format!("gateway {}", config.host)));
+        self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
         for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
             let (token, source) = match forward {
                 ForwardSocket::Tcp(listener) => {
@@ -517,7 +510,7 @@ impl Endpoint for GatewayPort {
         let now: Instant = cx.now;
         while let Some(frame) = cx.switch.port_mut(port).and_then(|p| p.pop_sent()) {
             let mut host = Host { sockets: &mut self.sockets, cx };
-            self.gateway.receive(frame.as_bytes(), now, &mut host);
+            self.gateway.receive(frame.as_bytes(), frame.offload(), now, &mut host);
         }
         self.emit(cx);
         Liveness::Open

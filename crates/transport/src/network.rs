@@ -102,9 +102,16 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Adds a port owned by the running endpoint.
+    /// Adds a port owned by the running endpoint, whose peer gets frames ready for the
+    /// wire.
     pub fn add_port(&mut self, name: String) -> PortId {
-        let id = self.switch.add_port(name.clone());
+        self.add_port_taking_offloads(name, false)
+    }
+
+    /// Adds a port owned by the running endpoint; if `takes_offloads`, its frames may
+    /// come with offloads still to do (see [`vnet_wire::Offload`]).
+    pub fn add_port_taking_offloads(&mut self, name: String, takes_offloads: bool) -> PortId {
+        let id = self.switch.add_port_taking_offloads(name.clone(), takes_offloads);
         info!(port = %id, %name, "port opened");
         self.owners.insert(id, self.token);
         id

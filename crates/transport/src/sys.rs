@@ -158,11 +158,12 @@ fn interface_request(name: &str) -> io::Result<libc::ifreq> {
 }
 
 /// Creates a tap device named `name` in the calling thread's network namespace, in
-/// non-blocking mode, and returns its descriptor. The device lives as long as the
-/// descriptor.
+/// non-blocking mode, and returns its descriptor. Every frame read or written on it comes
+/// after a `virtio_net_hdr` (IFF_VNET_HDR). The device lives as long as the descriptor.
 pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     let mut request = interface_request(name)?;
-    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short;
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL | libc::IFF_VNET_HDR;
+    request.ifr_ifru.ifru_flags = flags as libc::c_short;
     let path = CString::new("/dev/net/tun").expect("no NUL in literal");
     // SAFETY: `path` is a valid C string; open has no other preconditions.
     let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
@@ -171,6 +172,14 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `request` is.
     check(unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut request as *mut libc::ifreq) })?;
     Ok(tap)
+}
+
+/// Lets a tap hand over and take TCP segments of up to 64 KiB with partial checksums
+/// (TUNSETOFFLOAD with CSUM, TSO4 and TSO6).
+pub fn enable_tap_offloads(tap: BorrowedFd<'_>) -> io::Result<()> {
+    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    check(unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) }).map(drop)
 }
 
 /// Sets the IFF_UP flag of interface `name` in the calling thread's network namespace.
@@ -309,12 +318,26 @@ pub fn discard(fd: BorrowedFd<'_>, len: usize, scratch: &mut [u8]) -> io::Result
     Ok(n as usize)
 }
 
-/// Bytes written to a TCP socket that the peer has not acknowledged yet (SIOCOUTQ).
-pub fn unacknowledged_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued as *mut libc::c_int) })?;
-    Ok(queued.max(0) as usize)
+/// How many more bytes a socket's send buffer holds before writes are refused: SO_SNDBUF
+/// less what its queued buffers take (SO_MEMINFO's SNDBUF and WMEM_QUEUED), which counts
+/// the kernel's per-buffer overhead as the write path does.
+pub fn send_buffer_free(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: SO_MEMINFO writes at most `len` bytes into `info` and stores the length
+    // written in `len`.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let sndbuf = info[libc::SK_MEMINFO_SNDBUF as usize] as usize;
+    let queued = info[libc::SK_MEMINFO_WMEM_QUEUED as usize] as usize;
+    Ok(sndbuf.saturating_sub(queued))
 }
 
 /// An AF_INET `struct sockaddr` holding `ip` (port 0).

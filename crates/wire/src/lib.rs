@@ -5,7 +5,10 @@
 //! [`Frame`] owns its bytes through a reference-counted [`Bytes`], so flooding one frame to
 //! many ports clones a pointer, not the payload.
 
+pub mod offload;
+
 pub use bytes::Bytes;
+pub use offload::Offload;
 pub use smoltcp::wire::EthernetAddress as MacAddress;
 use smoltcp::wire::EthernetFrame;
 
@@ -31,6 +34,7 @@ pub enum FrameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     bytes: Bytes,
+    offload: Offload,
 }
 
 impl Frame {
@@ -43,7 +47,17 @@ impl Frame {
         if bytes.len() > MAX_FRAME_LEN {
             return Err(FrameError::Oversize);
         }
-        Ok(Self { bytes })
+        Ok(Self { bytes, offload: Offload::NONE })
+    }
+
+    /// Like [`Frame::new`], for a frame that still needs `offload` done.
+    pub fn with_offload(bytes: Bytes, offload: Offload) -> Result<Self, FrameError> {
+        Ok(Self { offload, ..Self::new(bytes)? })
+    }
+
+    /// What the frame still needs done before it is what the wire carries.
+    pub fn offload(&self) -> Offload {
+        self.offload
     }
 
     /// The destination MAC address.
