@@ -179,3 +179,68 @@ fn counters_track_frames_and_bytes_both_ways() {
     let b = switch.port(pb).unwrap().counters();
     assert_eq!((b.tx_frames, b.tx_bytes), (1, 60));
 }
+
+/// An IPv4/TCP frame from A of `payload_len` payload bytes, its checksums complete.
+fn tcp_frame(payload_len: usize) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, TcpRepr, TcpSeqNumber};
+    let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+    let payload = vec![7u8; payload_len];
+    let tcp = TcpRepr {
+        src_port: 1,
+        dst_port: 2,
+        control: smoltcp::wire::TcpControl::Psh,
+        seq_number: TcpSeqNumber(1),
+        ack_number: Some(TcpSeqNumber(1)),
+        window_len: 100,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &payload,
+    };
+    let mut bytes = frame(B, A).to_vec();
+    bytes.resize(14 + 20 + tcp.buffer_len(), 0);
+    let mut ip = Ipv4Packet::new_unchecked(&mut bytes[14..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len((20 + tcp.buffer_len()) as u16);
+    ip.set_hop_limit(64);
+    ip.set_next_header(IpProtocol::Tcp);
+    ip.set_src_addr(src);
+    ip.set_dst_addr(dst);
+    ip.fill_checksum();
+    let mut segment = TcpPacket::new_unchecked(&mut bytes[34..]);
+    tcp.emit(&mut segment, &src.into(), &dst.into(), &ChecksumCapabilities::default());
+    bytes
+}
+
+#[test]
+fn offloaded_frames_reach_offloading_ports_whole_and_others_cut_to_size() {
+    use vnet_wire::offload::{SegmentKind, Segmentation};
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let (tap_in, tap_out) =
+        (switch.add_port_taking_offloads("tap a", true), switch.add_port_taking_offloads("tap b", true));
+    let stream = switch.add_port("stream");
+    let offload =
+        Offload { checksum: None, segmentation: Some(Segmentation { kind: SegmentKind::TcpV4, size: 1000 }) };
+    switch.receive_with_offload(tap_in, Bytes::from(tcp_frame(4500)), offload, now);
+    let whole: Vec<&Frame> = switch.port(tap_out).unwrap().queued().collect();
+    assert_eq!(
+        (whole.len(), whole[0].offload()),
+        (1, offload),
+        "an offloading port gets the segment as it is"
+    );
+    let cut: Vec<&Frame> = switch.port(stream).unwrap().queued().collect();
+    assert_eq!(cut.len(), 5, "others get it cut at the segment size");
+    assert!(cut.iter().all(|frame| frame.offload().is_none() && frame.len() <= 14 + 40 + 1000));
+
+    let bogus = Offload {
+        checksum: Some(vnet_wire::offload::PartialChecksum { start: 9000, offset: 16 }),
+        segmentation: None,
+    };
+    switch.receive_with_offload(tap_in, Bytes::from(tcp_frame(10)), bogus, now);
+    assert_eq!(switch.port(stream).unwrap().counters().drops(DropReason::BadOffload), 1);
+}
