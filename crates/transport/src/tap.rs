@@ -8,10 +8,10 @@
 //! its [`Offload`]. This module only relays frames between the descriptor and the port.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
 use tracing::{info, warn};
@@ -24,20 +24,15 @@ use crate::sys;
 
 /// Frames read per batch.
 const FRAMES_PER_BATCH: usize = 32;
-/// Room for the largest read: the header, the largest frame, and a byte to spot a
-/// longer one.
-const READ_CAPACITY: usize = VIRTIO_NET_HDR_LEN + MAX_FRAME_LEN + 1;
-/// Frames at least this long keep the buffer they were read into instead of a copy.
-const SPLIT_OFF_LEN: usize = 4096;
 
 /// A tap device's descriptor, relayed to one port.
 pub struct TapPort {
     device: File,
     name: String,
     port: Option<PortId>,
-    /// Where reads land (header, then frame). A large frame is split off without a copy
-    /// and the buffer grows anew; a small one is copied out so the buffer is reused.
-    buffer: BytesMut,
+    /// Reused for every read (header, then frame); each frame is copied out at its own
+    /// size.
+    buffer: Box<[u8]>,
 }
 
 impl TapPort {
@@ -51,28 +46,23 @@ impl TapPort {
             device: File::from(device),
             name,
             port: None,
-            buffer: BytesMut::with_capacity(READ_CAPACITY),
+            buffer: vec![0; VIRTIO_NET_HDR_LEN + MAX_FRAME_LEN + 1].into_boxed_slice(),
         }
     }
 }
 
 impl TapPort {
-    /// Hands what was just read (header and frame) to the switch.
-    fn receive(&mut self, port: PortId, cx: &mut Context<'_>) {
-        let Some((header, frame)) = self.buffer.split_first_chunk::<VIRTIO_NET_HDR_LEN>() else {
+    /// Hands the `len` bytes just read (header and frame) to the switch.
+    fn receive(&self, port: PortId, len: usize, cx: &mut Context<'_>) {
+        let Some((header, frame)) = self.buffer[..len].split_first_chunk::<VIRTIO_NET_HDR_LEN>() else {
             return cx.switch.record_drop(port, DropReason::Runt);
         };
-        let offload = match Offload::from_virtio_header(header) {
-            Ok(offload) => offload,
-            Err(_) => return cx.switch.record_drop(port, DropReason::BadOffload),
-        };
-        let frame = if frame.len() >= SPLIT_OFF_LEN {
-            let _header = self.buffer.split_to(VIRTIO_NET_HDR_LEN);
-            self.buffer.split().freeze()
-        } else {
-            Bytes::copy_from_slice(frame)
-        };
-        cx.switch.receive_with_offload(port, frame, offload, cx.now);
+        match Offload::from_virtio_header(header) {
+            Ok(offload) => {
+                cx.switch.receive_with_offload(port, Bytes::copy_from_slice(frame), offload, cx.now)
+            }
+            Err(_) => cx.switch.record_drop(port, DropReason::BadOffload),
+        }
     }
 }
 
@@ -92,11 +82,9 @@ impl Endpoint for TapPort {
             return ReadOutcome::Closed;
         };
         for _ in 0..FRAMES_PER_BATCH {
-            self.buffer.clear();
-            self.buffer.reserve(READ_CAPACITY);
-            match sys::read_into(self.device.as_fd(), &mut self.buffer) {
+            match (&self.device).read(&mut self.buffer) {
                 Ok(0) => return ReadOutcome::Closed,
-                Ok(_) => self.receive(port, cx),
+                Ok(len) => self.receive(port, len, cx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
