@@ -155,11 +155,14 @@ impl Report {
         let _ = writeln!(out, "### {scenario}\n");
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
-        for metric in unique(rows.iter().map(|m| m.metric.as_str())) {
-            let find = |backend: &str| rows.iter().find(|m| m.metric == metric && m.backend == backend);
-            let first = find(backends[0]).expect("a row has a first backend");
-            let direction = if first.better == Better::Lower { ", lower is better" } else { "" };
-            let mut cells = vec![format!("{metric} ({}{direction})", first.unit)];
+        let metrics: Vec<(&str, &str)> = rows.iter().map(|m| (m.metric.as_str(), m.unit.as_str())).collect();
+        for (metric, unit) in unique_pairs(metrics) {
+            let find = |backend: &str| {
+                rows.iter().find(|m| m.metric == metric && m.unit == unit && m.backend == backend)
+            };
+            let better = rows.iter().find(|m| m.metric == metric && m.unit == unit).map(|m| m.better);
+            let direction = if better == Some(Better::Lower) { ", lower is better" } else { "" };
+            let mut cells = vec![format!("{metric} ({unit}{direction})")];
             cells.extend(backends.iter().map(|b| find(b).map_or("—".to_owned(), |m| format_value(m))));
             if let Some(vnet) = vnet {
                 let vnet_value = find(vnet).and_then(|m| m.value);
@@ -198,6 +201,17 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     seen
 }
 
+/// The pairs of `pairs` in first-seen order, each once.
+fn unique_pairs<'a>(pairs: Vec<(&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
+    let mut seen = Vec::new();
+    for pair in pairs {
+        if !seen.contains(&pair) {
+            seen.push(pair);
+        }
+    }
+    seen
+}
+
 fn median(samples: &mut [f64]) -> Option<f64> {
     if samples.is_empty() {
         return None;
@@ -229,11 +243,16 @@ mod tests {
             }
         }
         report.record_error(BULK, "pasta", "pasta exited early");
+        report.record(Metric { unit: "kpps", ..BULK }, "vnet", 5.0);
         report.finish();
         let table = report.to_markdown();
         assert!(table.contains("| metric | vnet | slirp4netns | veth | pasta |"), "{table}");
         assert!(table.contains("| ns -> host (Gbit/s) | 6.00 | 2.00 | 20.0 | failed: pasta exited early | 3.00× | 0.30× | — |"), "{table}");
         assert!(table.contains("vnet / veth (limit)"), "{table}");
+        assert!(
+            table.contains("| ns -> host (kpps) | 5.00 |"),
+            "same name, other unit: a row of its own\n{table}"
+        );
         assert!(report.to_json().contains("\"value\": 6.0"));
     }
 }
