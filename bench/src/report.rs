@@ -88,10 +88,12 @@ impl Report {
     }
 
     fn entry(&mut self, metric: Metric<'_>, backend: &str) -> &mut Measurement {
-        let index = self
-            .measurements
-            .iter()
-            .position(|m| m.scenario == metric.scenario && m.metric == metric.name && m.backend == backend);
+        let index = self.measurements.iter().position(|m| {
+            m.scenario == metric.scenario
+                && m.metric == metric.name
+                && m.unit == metric.unit
+                && m.backend == backend
+        });
         let index = index.unwrap_or_else(|| {
             self.measurements.push(Measurement {
                 scenario: metric.scenario.to_owned(),
