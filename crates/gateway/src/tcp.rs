@@ -130,6 +130,9 @@ struct Connection {
     guest_fin: bool,
     /// Window last advertised to the guest; a zero one needs an update later.
     advertised_zero: bool,
+    /// ACKs in a row that acknowledged nothing new; at [`DUPLICATE_ACKS`] the data since
+    /// the last acknowledged byte is sent again.
+    duplicate_acks: u32,
     /// The host socket took only part of a guest segment: once it has room again, the
     /// guest is asked to send the rest at once (duplicate ACKs) instead of after its
     /// retransmission timeout.
@@ -264,7 +267,15 @@ impl Nat {
             return Ok(()); // no data before the host side is connected
         }
         if let Some(ack) = repr.ack_number {
-            if let Err(reason) = Self::on_ack(connection, ack.0 as u32, repr.window_len, now, flow, host) {
+            if let Err(reason) = Self::on_ack(
+                connection,
+                ack.0 as u32,
+                repr.window_len,
+                !repr.payload.is_empty(),
+                now,
+                flow,
+                host,
+            ) {
                 Self::reset(config, connection, out);
                 host.tcp_close(flow, true);
                 self.remove(flow);
@@ -345,6 +356,7 @@ impl Nat {
             guest_fin: false,
             advertised_zero: false,
             guest_data_refused: false,
+            duplicate_acks: 0,
             rto: INITIAL_RTO,
             retransmit_at: failover_at,
             closing_since: None,
@@ -393,6 +405,7 @@ impl Nat {
             guest_fin: false,
             advertised_zero: false,
             guest_data_refused: false,
+            duplicate_acks: 0,
             rto: INITIAL_RTO,
             retransmit_at: Some(now + INITIAL_RTO),
             closing_since: None,
@@ -750,10 +763,12 @@ impl Nat {
     /// Takes the guest's ACK: consumes what it acknowledges from the host socket and
     /// keeps the retransmission timer running while anything is still unacknowledged.
     /// An error means the connection must be reset.
+    #[allow(clippy::too_many_arguments)]
     fn on_ack(
         connection: &mut Connection,
         ack: u32,
         window: u16,
+        carries_data: bool,
         now: Instant,
         flow: FlowId,
         host: &mut dyn HostSockets,
@@ -766,8 +781,24 @@ impl Nat {
             connection.snd_una = ack;
             connection.retransmit_at = None;
         }
-        connection.guest_window = usize::from(window) << connection.guest_window_scale;
+        let window = usize::from(window) << connection.guest_window_scale;
+        let duplicate = ack == connection.snd_una
+            && connection.snd_nxt != connection.snd_una
+            && !carries_data
+            && window == connection.guest_window;
+        connection.guest_window = window;
+        if duplicate {
+            connection.duplicate_acks += 1;
+            if connection.duplicate_acks == DUPLICATE_ACKS as u32 {
+                // The guest lost a segment (a full tap queue, say): send again from the
+                // first byte it lacks now rather than after the retransmission timeout.
+                connection.snd_nxt = connection.snd_una;
+                connection.fin_sent = false;
+                connection.host_unpeeked = true;
+            }
+        }
         if seq_lt(connection.snd_una, ack) && !seq_lt(connection.snd_nxt, ack) {
+            connection.duplicate_acks = 0;
             let mut acked = ack.wrapping_sub(connection.snd_una) as usize;
             if connection.fin_sent && ack == connection.snd_nxt {
                 acked -= 1; // the FIN takes a sequence number but no byte

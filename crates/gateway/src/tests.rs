@@ -1102,3 +1102,30 @@ fn host_data_waits_in_the_socket_while_the_guests_port_is_full() {
     assert_eq!(sent + rest, 10_000, "the rest follows once the port drained");
     assert!(!gateway.waits_for_guest_room());
 }
+
+#[test]
+fn three_duplicate_acks_send_the_missing_data_again_at_once() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_accept = 65536;
+    host.tcp_incoming = vec![5u8; 4 * 1460];
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 4 * 1460);
+    // The first segment was lost: the guest acknowledges only the handshake again, once
+    // for each later segment.
+    let ack_nothing = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]);
+    for _ in 0..2 {
+        gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+        let extra = gateway.pop_frame().map(|f| tcp_of(&f));
+        assert!(extra.is_none(), "no resend before the third duplicate: {extra:?}");
+    }
+    gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+    let (_, seq, _, _, payload) = tcp_of(&gateway.pop_frame().expect("the lost data again"));
+    assert_eq!((seq, payload.len()), (isn + 1, 1460), "from the first unacknowledged byte");
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt, sockopt::PeerCredentials};
 use tracing::{info, warn};
 use vnet_switch::PortId;
 
@@ -26,6 +26,8 @@ use crate::TransportError;
 
 /// Most frames handed to one `writev`.
 const FRAMES_PER_WRITE: usize = 64;
+/// SO_SNDBUF and SO_RCVBUF asked for on every stream connection.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// How long a dialer waits between attempts to reach a QEMU that is not up.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a listener waits before accepting again after a failure such as running out
@@ -232,6 +234,10 @@ pub struct Connection {
 
 impl Connection {
     fn new(socket: StreamSocket, name: String) -> Self {
+        // Room for a few 64 KiB frames each way, so a fast peer is not woken for every
+        // frame; the kernel caps these at net.core.{w,r}mem_max.
+        let _ = setsockopt(&socket.fd(), sockopt::SndBuf, &SOCKET_BUFFER);
+        let _ = setsockopt(&socket.fd(), sockopt::RcvBuf, &SOCKET_BUFFER);
         Self { socket, name, port: None, decoder: StreamDecoder::new(), head_written: 0 }
     }
 
