@@ -93,6 +93,7 @@ impl BenchHost {
     /// Makes the host and far namespaces and moves the calling thread into the host
     /// namespace. Call it before any other thread starts.
     pub fn create_and_enter() -> Result<Self> {
+        remove_leftovers();
         let host = Netns::create("host")?;
         let far = Netns::create("far")?;
         host.run(&["ip", "link", "add", "h0", "type", "veth", "peer", "name", "f0", "netns", far.name()])?;
@@ -100,6 +101,30 @@ impl BenchHost {
         far.run_lines(&format!("ip addr add {FAR_ADDRESS}/24 dev f0\nip link set f0 up"))?;
         host.enter()?;
         Ok(Self { _host: host, _far: far })
+    }
+}
+
+/// Deletes the namespaces and scratch directories of bench runs that were killed before
+/// they could clean up (their process is gone).
+fn remove_leftovers() {
+    let leftover = |name: &str| {
+        let pid = name.strip_prefix("vnet-bench-")?.split('-').next()?;
+        let pid: u32 = pid.parse().ok()?;
+        (pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    };
+    for dir in ["/run/netns", &std::env::temp_dir().to_string_lossy()] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if leftover(&name).is_none() {
+                continue;
+            }
+            if dir == "/run/netns" {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            } else {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 
