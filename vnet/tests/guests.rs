@@ -338,8 +338,8 @@ fn a_frozen_guest_loses_its_own_frames_and_does_not_stall_the_others() {
         .mac("52:54:00:00:00:03")
         .boot();
     c.wait_ready();
-    // A floods the frozen C with 60 KB pings (about 40 frames each) while it pings B,
-    // then waits for C to come back.
+    // A floods the frozen C with 60 KB pings (about 40 frames each; more than C's socket
+    // buffers and port queue hold) while it pings B, then waits for C to come back.
     let a = GuestSpec::new(
         "a",
         Nic::VirtioNet,
@@ -347,7 +347,7 @@ fn a_frozen_guest_loses_its_own_frames_and_does_not_stall_the_others() {
         r#"net 10.0.0.1/24 && wait_ping 10.0.0.2 && wait_ping 10.0.0.3 || exit 1
 echo FREEZE-NOW
 n=0; while ping -c 1 -W 1 10.0.0.3 >/dev/null 2>&1; do n=$((n+1)); [ $n -ge 120 ] && exit 1; done
-ping -q -s 60000 -i 0.05 -c 200 10.0.0.3 >/dev/null 2>&1 &
+ping -q -s 60000 -i 0.01 -c 1000 10.0.0.3 >/dev/null 2>&1 &
 ping -c 20 -i 0.2 -W 5 10.0.0.2; rc=$?
 echo THAW-NOW
 wait_ping 10.0.0.3 && [ $rc = 0 ]; report"#,

@@ -76,15 +76,7 @@ pub fn tcp(
     dst: SocketAddrV4,
     repr: &TcpRepr<'_>,
 ) -> Vec<u8> {
-    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
-    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
-    repr.emit(
-        &mut TcpPacket::new_unchecked(&mut frame[offset..]),
-        &(*src.ip()).into(),
-        &(*dst.ip()).into(),
-        &ChecksumCapabilities::default(),
-    );
-    frame
+    tcp_frame(src_mac, dst_mac, src, dst, repr, &ChecksumCapabilities::default())
 }
 
 /// A TCP segment from `src` to `dst` whose checksum is left for the port to complete:
@@ -96,11 +88,24 @@ pub fn tcp_partial_checksum(
     dst: SocketAddrV4,
     repr: &TcpRepr<'_>,
 ) -> Vec<u8> {
-    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
-    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
-    let mut tcp = TcpPacket::new_unchecked(&mut frame[offset..]);
-    repr.emit(&mut tcp, &(*src.ip()).into(), &(*dst.ip()).into(), &ChecksumCapabilities::ignored());
+    let mut frame = tcp_frame(src_mac, dst_mac, src, dst, repr, &ChecksumCapabilities::ignored());
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
     tcp.set_checksum(pseudo_header_sum(*src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len()));
+    frame
+}
+
+/// A TCP segment with its checksum computed as `checksums` says.
+fn tcp_frame(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    repr: &TcpRepr<'_>,
+    checksums: &ChecksumCapabilities,
+) -> Vec<u8> {
+    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
+    let tcp = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+    repr.emit(tcp, &(*src.ip()).into(), &(*dst.ip()).into(), checksums);
     frame
 }
 

@@ -168,6 +168,16 @@ fn dhcp_reply(gateway: &mut Gateway) -> (DhcpMessageType, Ipv4Addr, Vec<(u8, Vec
     (repr.message_type, repr.your_ip, options, repr)
 }
 
+/// A gateway with one hostfwd: `protocol` from host address `host` to `guest`.
+fn gateway_forwarding(
+    protocol: ForwardProtocol,
+    host: &str,
+    guest: SocketAddrV4,
+) -> (Gateway, FakeHost, Instant) {
+    let forward = HostForward { protocol, host: host.parse().unwrap(), guest };
+    gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() })
+}
+
 fn gateway_with(config: GatewayConfig) -> (Gateway, FakeHost, Instant) {
     config.validate().unwrap();
     (Gateway::new(config), FakeHost::default(), Instant::now())
@@ -673,13 +683,8 @@ fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
 
 #[test]
 fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
-    let forward = HostForward {
-        protocol: ForwardProtocol::Udp,
-        host: "127.0.0.1:5353".parse().unwrap(),
-        guest: SocketAddrV4::new(GUEST_IP, 53),
-    };
     let (mut gateway, mut host, now) =
-        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+        gateway_forwarding(ForwardProtocol::Udp, "127.0.0.1:5353", SocketAddrV4::new(GUEST_IP, 53));
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     let client: SocketAddr = "127.0.0.1:40001".parse().unwrap();
     gateway.on_inbound_udp(0, client, b"question", now);
@@ -694,13 +699,8 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
 #[test]
 fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     use smoltcp::wire::TcpControl;
-    let forward = HostForward {
-        protocol: ForwardProtocol::Tcp,
-        host: "127.0.0.1:2222".parse().unwrap(),
-        guest: SocketAddrV4::new(GUEST_IP, 22),
-    };
     let (mut gateway, mut host, now) =
-        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+        gateway_forwarding(ForwardProtocol::Tcp, "127.0.0.1:2222", SocketAddrV4::new(GUEST_IP, 22));
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     host.tcp_accept = 65536;
     let flow = gateway.allocate_flow();
@@ -1018,13 +1018,8 @@ fn dns_over_tcp_fails_over_to_the_next_upstream() {
 #[test]
 fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
     use smoltcp::wire::TcpControl;
-    let forward = HostForward {
-        protocol: ForwardProtocol::Tcp,
-        host: "127.0.0.1:2222".parse().unwrap(),
-        guest: SocketAddrV4::new(GUEST_IP, 22),
-    };
     let (mut gateway, mut host, now) =
-        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+        gateway_forwarding(ForwardProtocol::Tcp, "127.0.0.1:2222", SocketAddrV4::new(GUEST_IP, 22));
     let flow = gateway.allocate_flow();
     gateway.on_inbound_tcp(0, flow, now, &mut host);
     let request = gateway.pop_frame().expect("an ARP request for the guest");
@@ -1063,13 +1058,11 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
 
     // A guest that never answers: the client is closed after the ARP timeout.
     let other = gateway.allocate_flow();
-    let forward = HostForward {
-        protocol: ForwardProtocol::Tcp,
-        host: "127.0.0.1:2223".parse().unwrap(),
-        guest: SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22),
-    };
-    let (mut gateway, mut host, now) =
-        gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() });
+    let (mut gateway, mut host, now) = gateway_forwarding(
+        ForwardProtocol::Tcp,
+        "127.0.0.1:2223",
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22),
+    );
     gateway.on_inbound_tcp(0, other, now, &mut host);
     let later = now + Duration::from_secs(4);
     assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
