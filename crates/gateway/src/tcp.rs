@@ -146,6 +146,47 @@ struct Connection {
     failed: bool,
 }
 
+impl Connection {
+    /// A connection between `guest` and `remote` (the address the guest sees) in `state`,
+    /// with our initial sequence number `isn` and segments of up to `mss` bytes, before
+    /// anything was sent or received.
+    fn new(
+        guest_mac: MacAddress,
+        guest: SocketAddrV4,
+        remote: SocketAddrV4,
+        state: State,
+        isn: u32,
+        mss: usize,
+    ) -> Self {
+        Self {
+            guest_mac,
+            guest,
+            remote,
+            host_connect: None,
+            state,
+            rcv_nxt: 0,
+            snd_una: isn,
+            snd_nxt: isn,
+            guest_window: 0,
+            guest_window_scale: 0,
+            our_window_scale: OUR_WINDOW_SCALE,
+            mss,
+            host_eof: false,
+            host_unpeeked: true,
+            fin_sent: false,
+            guest_fin: false,
+            advertised_zero: false,
+            guest_data_refused: false,
+            duplicate_acks: 0,
+            rto: INITIAL_RTO,
+            retransmit_at: None,
+            closing_since: None,
+            retransmits: 0,
+            failed: false,
+        }
+    }
+}
+
 /// Whether `a` is before `b` in sequence space.
 fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
@@ -337,31 +378,15 @@ impl Nat {
         let isn = self.next_isn(guest, dst);
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(536));
         let failover_at = (candidates.len() > 0).then(|| now + FAILOVER_TIMEOUT);
+        let mss = guest_mss.clamp(MIN_MSS, usize::from(config.mtu) - 40);
         let connection = Connection {
-            guest_mac,
-            guest,
-            remote: dst,
             host_connect: Some(HostConnect { remote: host_remote, fallbacks: candidates, ttl: target.ttl }),
-            state: State::Connecting,
             rcv_nxt: (repr.seq_number.0 as u32).wrapping_add(1),
-            snd_una: isn,
-            snd_nxt: isn,
             guest_window: usize::from(repr.window_len),
             guest_window_scale: repr.window_scale.unwrap_or(0),
             our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
-            mss: guest_mss.clamp(MIN_MSS, usize::from(config.mtu) - 40),
-            host_eof: false,
-            host_unpeeked: true,
-            fin_sent: false,
-            guest_fin: false,
-            advertised_zero: false,
-            guest_data_refused: false,
-            duplicate_acks: 0,
-            rto: INITIAL_RTO,
             retransmit_at: failover_at,
-            closing_since: None,
-            retransmits: 0,
-            failed: false,
+            ..Connection::new(guest_mac, guest, dst, State::Connecting, isn, mss)
         };
         self.by_tuple.insert((guest, dst), flow);
         self.connections.insert(flow, connection);
@@ -387,30 +412,9 @@ impl Nat {
         };
         let isn = self.next_isn(guest, apparent);
         let connection = Connection {
-            guest_mac,
-            guest,
-            remote: apparent,
-            host_connect: None,
-            state: State::SynSent,
-            rcv_nxt: 0,
-            snd_una: isn,
             snd_nxt: isn.wrapping_add(1),
-            guest_window: 0,
-            guest_window_scale: 0,
-            our_window_scale: OUR_WINDOW_SCALE,
-            mss: usize::from(config.mtu) - 40,
-            host_eof: false,
-            host_unpeeked: true,
-            fin_sent: false,
-            guest_fin: false,
-            advertised_zero: false,
-            guest_data_refused: false,
-            duplicate_acks: 0,
-            rto: INITIAL_RTO,
             retransmit_at: Some(now + INITIAL_RTO),
-            closing_since: None,
-            retransmits: 0,
-            failed: false,
+            ..Connection::new(guest_mac, guest, apparent, State::SynSent, isn, usize::from(config.mtu) - 40)
         };
         out.push(Self::syn(config, &connection, flow, host).into());
         self.by_tuple.insert((guest, apparent), flow);
