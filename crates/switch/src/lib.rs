@@ -10,6 +10,7 @@
 //! [`vnet_wire::offload::resolve`] on the way into its queue.
 
 mod mac_table;
+mod mirror;
 mod port;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use vnet_wire::{offload, Frame, FrameError, MacAddress, Offload};
 
-pub use mac_table::{Learned, MacTable, DEFAULT_AGING, DEFAULT_CAPACITY};
+pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
+pub use mirror::{MirrorId, MirrorSink};
 pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
 
 /// How the switch forwards frames.
@@ -65,6 +67,7 @@ pub struct Switch {
     /// Set once a full MAC table has been reported, so a flood of new addresses logs
     /// one warning rather than one per frame.
     reported_table_full: bool,
+    mirrors: mirror::Mirrors,
 }
 
 impl Switch {
@@ -77,6 +80,7 @@ impl Switch {
             next_port: 1,
             pending: Vec::new(),
             reported_table_full: false,
+            mirrors: mirror::Mirrors::default(),
         }
     }
 
@@ -149,6 +153,7 @@ impl Switch {
         if frame.source().is_multicast() {
             return port.record_drop(DropReason::MulticastSource);
         }
+        self.mirrors.copy_received(from, &frame);
         match self.config.mode {
             ForwardingMode::Hub => self.flood(from, frame),
             ForwardingMode::Learning => {
@@ -186,6 +191,18 @@ impl Switch {
             }
         }
         pending
+    }
+
+    /// Copies frames to `sink` from now on: every frame a port sends into the switch, or
+    /// with `port`, only those `port` sends and those it is given. The sink is dropped
+    /// when it says it has had enough, or by [`Switch::remove_mirror`].
+    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> MirrorId {
+        self.mirrors.add(port, sink)
+    }
+
+    /// Stops a mirror; false if it had already ended.
+    pub fn remove_mirror(&mut self, id: MirrorId) -> bool {
+        self.mirrors.remove(id)
     }
 
     /// Drops aged MAC table entries; call it now and then to bound memory.
@@ -226,6 +243,7 @@ impl Switch {
         let Some(port) = self.ports.get_mut(&to) else {
             return;
         };
+        self.mirrors.copy_delivered(to, &frame);
         let queued = if frame.offload().is_none() || port.takes_offloads() {
             port.enqueue(frame)
         } else {

@@ -38,6 +38,17 @@ pub enum Learned {
     TableFull,
 }
 
+/// A station the table knows: where it was seen and how long ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Station {
+    /// The station's address.
+    pub mac: MacAddress,
+    /// The port it was last seen on.
+    pub port: PortId,
+    /// How long since it was last seen.
+    pub age: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     port: PortId,
@@ -104,6 +115,14 @@ impl MacTable {
         let aging = self.aging;
         self.entries.retain(|_, entry| now.saturating_duration_since(entry.last_seen) < aging);
         before - self.entries.len()
+    }
+
+    /// The stations not yet aged out at `now`, in no particular order.
+    pub fn stations(&self, now: Instant) -> impl Iterator<Item = Station> + '_ {
+        self.entries.iter().filter_map(move |(mac, entry)| {
+            let age = now.saturating_duration_since(entry.last_seen);
+            (age < self.aging).then_some(Station { mac: *mac, port: entry.port, age })
+        })
     }
 
     /// Number of stations currently held, aged or not.

@@ -8,6 +8,7 @@ use super::*;
 
 const A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xa];
 const B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xb];
+const C: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xc];
 const BROADCAST: [u8; 6] = [0xff; 6];
 const IPV6_MULTICAST: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
@@ -243,4 +244,75 @@ fn offloaded_frames_reach_offloading_ports_whole_and_others_cut_to_size() {
     };
     switch.receive_with_offload(tap_in, Bytes::from(tcp_frame(10)), bogus, now);
     assert_eq!(switch.port(stream).unwrap().counters().drops(DropReason::BadOffload), 1);
+}
+
+/// What a [`Recorder`] saw: (port, received) per copy.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(PortId, bool)>>>;
+
+/// A mirror sink that records what it is given and stops after `limit` copies.
+struct Recorder {
+    seen: Seen,
+    limit: usize,
+}
+
+impl MirrorSink for Recorder {
+    fn copy(&mut self, port: PortId, received: bool, _frame: &vnet_wire::Frame) -> bool {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push((port, received));
+        seen.len() < self.limit
+    }
+}
+
+fn recorder(limit: usize) -> (Box<Recorder>, Seen) {
+    let seen = std::sync::Arc::default();
+    (Box::new(Recorder { seen: std::sync::Arc::clone(&seen), limit }), seen)
+}
+
+#[test]
+fn a_mirror_of_all_ports_sees_each_frame_once_and_a_port_mirror_sees_both_directions() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    let (all, seen_all) = recorder(usize::MAX);
+    let (of_b, seen_b) = recorder(usize::MAX);
+    switch.add_mirror(None, all);
+    switch.add_mirror(Some(pb), of_b);
+    switch.receive(pa, frame(BROADCAST, A), now);
+    switch.receive(pb, frame(A, B), now);
+    switch.receive(pc, frame(A, C), now);
+    assert_eq!(*seen_all.lock().unwrap(), vec![(pa, true), (pb, true), (pc, true)]);
+    assert_eq!(*seen_b.lock().unwrap(), vec![(pb, false), (pb, true)], "not C's frame to A");
+}
+
+#[test]
+fn a_mirror_ends_when_its_sink_has_had_enough_or_is_removed() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, _]) = three_ports(SwitchConfig::default());
+    let (two, seen_two) = recorder(2);
+    let (forever, seen_forever) = recorder(usize::MAX);
+    switch.add_mirror(None, two);
+    let removed = switch.add_mirror(Some(pa), forever);
+    for _ in 0..3 {
+        switch.receive(pa, frame(B, A), now);
+    }
+    assert_eq!(seen_two.lock().unwrap().len(), 2);
+    assert!(switch.remove_mirror(removed));
+    assert!(!switch.remove_mirror(removed));
+    switch.receive(pa, frame(B, A), now);
+    assert_eq!(seen_forever.lock().unwrap().len(), 3);
+    let _ = pb;
+}
+
+#[test]
+fn stations_lists_live_entries_with_their_port_and_age() {
+    let start = Instant::now();
+    let (mut switch, [pa, pb, _]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, frame(BROADCAST, A), start);
+    switch.receive(pb, frame(BROADCAST, B), start + Duration::from_secs(10));
+    let later = start + Duration::from_secs(20);
+    let mut stations: Vec<Station> = switch.mac_table().stations(later).collect();
+    stations.sort_by_key(|s| s.port);
+    assert_eq!(stations.len(), 2);
+    assert_eq!((stations[0].mac.0, stations[0].port, stations[0].age), (A, pa, Duration::from_secs(20)));
+    assert_eq!((stations[1].mac.0, stations[1].port, stations[1].age), (B, pb, Duration::from_secs(10)));
+    assert_eq!(switch.mac_table().stations(start + DEFAULT_AGING + Duration::from_secs(11)).count(), 0);
 }
