@@ -16,7 +16,7 @@ use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 use tracing::{info, warn};
 use vnet_wire::MacAddress;
 
-use crate::{packet, DropReason, GatewayConfig};
+use crate::{packet, DropReason, GatewayConfig, Lease};
 
 /// Most addresses one pool hands out, however large the network.
 const MAX_POOL: usize = 4096;
@@ -103,6 +103,16 @@ impl Server {
             info!(%client, ip = %your_ip, "DHCP lease");
         }
         Ok(Some(reply(config, mac, &request, message_type, your_ip, lease, rapid_commit)))
+    }
+
+    /// The pool's leases and the static ones, sorted by address.
+    pub fn leases(&self, config: &GatewayConfig) -> Vec<Lease> {
+        let fixed =
+            config.static_leases.iter().map(|lease| Lease { mac: lease.mac, ip: lease.ip, fixed: true });
+        let pooled = self.leases.iter().map(|(mac, ip)| Lease { mac: *mac, ip: *ip, fixed: false });
+        let mut leases: Vec<Lease> = fixed.chain(pooled).collect();
+        leases.sort_by_key(|lease| lease.ip);
+        leases
     }
 
     /// The address `client` holds, if any, so the gateway can reach it before it sends

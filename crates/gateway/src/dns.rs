@@ -90,6 +90,11 @@ impl Forwarder {
         Some(self.try_upstreams(pending, now, host, flows).into_iter().collect())
     }
 
+    /// Queries waiting for an upstream's answer.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The next query timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending.values().map(|pending| pending.deadline).min()

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -21,7 +21,10 @@ use smoltcp::wire::{
 use tracing::warn;
 use vnet_wire::MacAddress;
 
-use crate::{packet, DropReason, FlowId, FlowIds, GatewayConfig, GuestPacket, HostSockets, IcmpSocketKind};
+use crate::{
+    packet, DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, GuestPacket, HostSockets,
+    IcmpSocketKind,
+};
 
 /// How long an echo flow lives without requests or replies.
 const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,6 +80,18 @@ impl EchoFlows {
     /// How many flows exist.
     pub fn len(&self) -> usize {
         self.flows.len()
+    }
+
+    /// One line per flow, for inspection.
+    pub fn summaries(&self, now: Instant) -> impl Iterator<Item = FlowSummary> + '_ {
+        self.flows.values().map(move |flow| FlowSummary {
+            protocol: FlowProtocol::Icmp,
+            guest: SocketAddr::from((flow.guest, flow.ident)),
+            destination: SocketAddr::from((flow.dst, 0)),
+            host_side: None,
+            state: "open",
+            idle: Some(now.saturating_duration_since(flow.last_used)),
+        })
     }
 
     /// Sends a guest's echo request (`bytes`, already parsed as `echo`) to `remote`.

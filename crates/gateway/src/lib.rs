@@ -23,6 +23,7 @@ mod counters;
 mod dhcp;
 mod dns;
 mod icmp;
+mod inspect;
 mod packet;
 mod tcp;
 mod udp;
@@ -39,6 +40,7 @@ use vnet_wire::{MacAddress, Offload};
 pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
 pub use counters::{DropReason, GatewayCounters};
 pub use icmp::{HostIcmpError, IcmpErrorKind};
+pub use inspect::{FlowCounts, FlowProtocol, FlowSummary, Lease};
 
 /// The TTL guests and hosts normally send with. A guest packet with a lower TTL (a
 /// traceroute probe, say) leaves the host with that TTL less one; at this or above, the
@@ -198,8 +200,12 @@ pub struct Gateway {
     counters: GatewayCounters,
     outbox: VecDeque<GuestFrame>,
     flow_ids: FlowIds,
-    /// hostfwd connections waiting for their guest to answer ARP: forward, flow, since.
-    inbound_awaiting_arp: Vec<(usize, FlowId, Instant)>,
+    /// hostfwd rules by number; a removed rule leaves its slot empty so the numbers of
+    /// the others (which flows refer to) stay as they are.
+    forwards: Vec<Option<HostForward>>,
+    /// Connections to guests waiting for the guest to answer ARP: where to, the host
+    /// side's flow, since when.
+    inbound_awaiting_arp: Vec<(SocketAddrV4, FlowId, Instant)>,
 }
 
 impl Gateway {
@@ -213,11 +219,12 @@ impl Gateway {
             echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
-            config,
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             flow_ids: FlowIds::default(),
+            forwards: config.host_forwards.iter().copied().map(Some).collect(),
             inbound_awaiting_arp: Vec::new(),
+            config,
         }
     }
 
@@ -306,37 +313,93 @@ impl Gateway {
     }
 
     /// A host client connected to TCP hostfwd number `forward`; its socket is `flow`.
-    /// The gateway connects to the guest (asking for it by ARP first if it has not
-    /// spoken yet), or closes `flow` if it cannot (no answer, flow table full).
+    /// See [`Gateway::connect_to_guest`].
     pub fn on_inbound_tcp(&mut self, forward: usize, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
-        let Some(target) = self.config.host_forwards.get(forward).map(|f| f.guest) else {
-            return host.tcp_close(flow, true);
-        };
+        match self.forward(forward) {
+            Some(rule) => self.connect_to_guest(rule.guest, flow, now, host),
+            None => host.tcp_close(flow, true),
+        }
+    }
+
+    /// Opens a TCP connection from the gateway's address to `guest`, whose host side is
+    /// the socket of `flow` (a hostfwd client, or a host user's `vnet connect`). The
+    /// gateway asks for the guest by ARP first if it has not spoken yet, and closes
+    /// `flow` if it cannot connect (no answer, flow table full).
+    pub fn connect_to_guest(
+        &mut self,
+        guest: SocketAddrV4,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn HostSockets,
+    ) {
         if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
             self.counters.record(DropReason::FlowLimit);
             return host.tcp_close(flow, true);
         }
-        let Some(guest_mac) = self.neighbors.lookup(*target.ip()) else {
-            let request = self.neighbors.request(&self.config, *target.ip(), now);
+        let Some(guest_mac) = self.neighbors.lookup(*guest.ip()) else {
+            let request = self.neighbors.request(&self.config, *guest.ip(), now);
             self.queue_frames(request);
-            self.inbound_awaiting_arp.push((forward, flow, now));
+            self.inbound_awaiting_arp.push((guest, flow, now));
             return;
         };
-        if self.flow_count() >= self.config.max_flows {
-            self.counters.record(DropReason::FlowLimit);
-            return host.tcp_close(flow, true);
-        }
         let mut out = Vec::new();
-        if !self.tcp.on_inbound(&self.config, flow, guest_mac, target, now, host, &mut out) {
+        if !self.tcp.on_inbound(&self.config, flow, guest_mac, guest, now, host, &mut out) {
             self.counters.record(DropReason::FlowLimit);
             host.tcp_close(flow, true);
         }
         self.queue_frames(out);
     }
 
+    /// hostfwd rule number `index`, unless it was removed.
+    pub fn forward(&self, index: usize) -> Option<HostForward> {
+        self.forwards.get(index).copied().flatten()
+    }
+
+    /// The hostfwd rules in force, with their numbers.
+    pub fn forwards(&self) -> impl Iterator<Item = (usize, HostForward)> + '_ {
+        self.forwards.iter().enumerate().filter_map(|(index, rule)| rule.map(|rule| (index, rule)))
+    }
+
+    /// Adds a hostfwd rule and returns its number. A guest address of 0.0.0.0 means the
+    /// first DHCP address, as in QEMU.
+    pub fn add_forward(&mut self, mut rule: HostForward) -> usize {
+        if rule.guest.ip().is_unspecified() {
+            rule.guest.set_ip(self.config.dhcp_start);
+        }
+        self.forwards.push(Some(rule));
+        self.forwards.len() - 1
+    }
+
+    /// Removes hostfwd rule number `index`. Connections it made go on; UDP clients lose
+    /// their mapping.
+    pub fn remove_forward(&mut self, index: usize) -> Option<HostForward> {
+        let rule = self.forwards.get_mut(index)?.take()?;
+        self.udp_inbound.forget_forward(index);
+        Some(rule)
+    }
+
+    /// The DHCP leases handed out, and the static ones.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.dhcp.leases(&self.config)
+    }
+
+    /// Every flow through the gateway: TCP connections, UDP flows, pings and DNS queries
+    /// in flight.
+    pub fn flows(&self, now: Instant) -> Vec<FlowSummary> {
+        let mut flows = self.tcp.summaries();
+        flows.extend(self.udp.summaries(now));
+        flows.extend(self.echo.summaries(now));
+        flows
+    }
+
+    /// How many flows of each kind exist.
+    pub fn flow_counts(&self) -> FlowCounts {
+        FlowCounts { tcp: self.tcp.len(), udp: self.udp.len(), icmp: self.echo.len(), dns: self.dns.len() }
+    }
+
     /// A host client of UDP hostfwd number `forward` sent `payload`.
     pub fn on_inbound_udp(&mut self, forward: usize, client: SocketAddr, payload: &[u8], now: Instant) {
-        let Some(target) = self.config.host_forwards.get(forward).map(|f| f.guest) else {
+        let Some(target) = self.forward(forward).map(|f| f.guest) else {
             return;
         };
         let udp = &self.udp;
@@ -467,21 +530,18 @@ impl Gateway {
         }
     }
 
-    /// Connects the hostfwd connections whose guest is now known.
+    /// Connects the connections to guests whose guest is now known.
     fn resume_inbound_awaiting_arp(&mut self, now: Instant, host: &mut dyn HostSockets) {
         if self.inbound_awaiting_arp.is_empty() {
             return;
         }
-        let forwards = &self.config.host_forwards;
         let neighbors = &self.neighbors;
         let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp).into_iter().partition(
-            |(forward, _, _): &(usize, FlowId, Instant)| {
-                forwards.get(*forward).is_some_and(|f| neighbors.lookup(*f.guest.ip()).is_some())
-            },
+            |(guest, _, _): &(SocketAddrV4, FlowId, Instant)| neighbors.lookup(*guest.ip()).is_some(),
         );
         self.inbound_awaiting_arp = waiting;
-        for (forward, flow, _) in resolved {
-            self.on_inbound_tcp(forward, flow, now, host);
+        for (guest, flow, _) in resolved {
+            self.connect_to_guest(guest, flow, now, host);
         }
     }
 

@@ -25,12 +25,15 @@ use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
-use tracing::debug;
+use tracing::{debug, info};
 use vnet_wire::offload::{SegmentKind, Segmentation};
 use vnet_wire::{MacAddress, Offload};
 
 use crate::icmp::{self, GuestError, HostIcmpError};
-use crate::{packet, DropReason, EgressRoom, FlowId, FlowIds, GatewayConfig, GuestFrame, HostSockets};
+use crate::{
+    packet, DropReason, EgressRoom, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, GuestFrame,
+    HostSockets,
+};
 
 /// Window scale vnet offers: windows up to 8 MiB.
 const OUR_WINDOW_SCALE: u8 = 7;
@@ -147,6 +150,19 @@ struct Connection {
 }
 
 impl Connection {
+    /// The state for an operator: the handshake step, or which side has closed.
+    fn state_name(&self) -> &'static str {
+        match (self.state, self.fin_sent, self.guest_fin) {
+            (State::Connecting, ..) => "connecting",
+            (State::SynSent, ..) => "syn-sent",
+            (State::SynAckSent, ..) => "syn-received",
+            (State::Established, false, false) => "established",
+            (State::Established, true, false) => "host-closed",
+            (State::Established, false, true) => "guest-closed",
+            (State::Established, true, true) => "closing",
+        }
+    }
+
     /// A connection between `guest` and `remote` (the address the guest sees) in `state`,
     /// with our initial sequence number `isn` and segments of up to `mss` bytes, before
     /// anything was sent or received.
@@ -238,6 +254,21 @@ impl Nat {
         self.connections.len()
     }
 
+    /// One line per connection, for inspection.
+    pub fn summaries(&self) -> Vec<FlowSummary> {
+        self.connections
+            .values()
+            .map(|connection| FlowSummary {
+                protocol: FlowProtocol::Tcp,
+                guest: SocketAddr::V4(connection.guest),
+                destination: SocketAddr::V4(connection.remote),
+                host_side: connection.host_connect.as_ref().map(|connect| connect.remote),
+                state: connection.state_name(),
+                idle: None,
+            })
+            .collect()
+    }
+
     /// Handles a segment from the guest, whose checksum is not verified if the guest left
     /// it to be offloaded. `target` is where the host side connects for a new connection
     /// (already mapped and allowed by the caller), or why new connections are refused
@@ -279,7 +310,7 @@ impl Nat {
             if !in_handshake && repr.seq_number.0 as u32 != connection.rcv_nxt {
                 return Err(DropReason::Malformed);
             }
-            debug!(%guest, %dst, "guest reset the connection");
+            info!(%guest, remote = %dst, reason = "guest reset", "connection dropped");
             host.tcp_close(flow, true);
             self.remove(flow);
             return Ok(());
@@ -554,7 +585,7 @@ impl Nat {
         if connection.state == State::Connecting && Self::fail_over(connection, flow, now, host) {
             return;
         }
-        debug!(guest = %connection.guest, remote = %connection.remote, %error, "host side failed; telling the guest");
+        info!(guest = %connection.guest, remote = %connection.remote, %error, reason = "host side failed", "connection dropped");
         match Self::connect_error(connection, icmp, error) {
             Some(report) => out.push(icmp::error_for_guest(config, connection.guest_mac, &report).into()),
             None => Self::reset(config, connection, out),
@@ -727,7 +758,7 @@ impl Nat {
             }
             connection.retransmits += 1;
             if connection.retransmits > MAX_RETRANSMITS {
-                debug!(guest = %connection.guest, remote = %connection.remote, "guest stopped answering; giving up");
+                info!(guest = %connection.guest, remote = %connection.remote, reason = "guest stopped answering", "connection dropped");
                 Self::reset(config, connection, out);
                 host.tcp_close(flow, true);
                 self.remove(flow);
@@ -843,7 +874,7 @@ impl Nat {
             match host.tcp_send(flow, payload) {
                 Ok(taken) => taken,
                 Err(e) => {
-                    debug!(error = %e, "host write failed; resetting guest");
+                    info!(error = %e, reason = "host write failed", "connection dropped");
                     connection.failed = true;
                     return;
                 }
@@ -907,7 +938,7 @@ impl Nat {
                     break;
                 }
                 Err(e) => {
-                    debug!(error = %e, "host read failed; resetting guest");
+                    info!(error = %e, reason = "host read failed", "connection dropped");
                     connection.failed = true;
                     break;
                 }
@@ -1075,7 +1106,7 @@ fn connect_first(
     candidates.find(|remote| match host.tcp_connect(flow, *remote, ttl) {
         Ok(()) => true,
         Err(e) => {
-            debug!(%remote, error = %e, "host connect failed at once");
+            info!(%remote, error = %e, reason = "host connect failed", "connection dropped");
             false
         }
     })

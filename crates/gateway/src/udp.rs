@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::IpProtocol;
 
 use crate::icmp::{GuestError, HostIcmpError};
-use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
+use crate::{DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GuestDatagram, HostSockets};
 
 /// How long a UDP flow lives without traffic in either direction.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -86,6 +86,18 @@ impl Nat {
     /// How many flows exist.
     pub fn len(&self) -> usize {
         self.flows.len()
+    }
+
+    /// One line per flow, for inspection.
+    pub fn summaries(&self, now: Instant) -> impl Iterator<Item = FlowSummary> + '_ {
+        self.flows.values().map(move |flow| FlowSummary {
+            protocol: FlowProtocol::Udp,
+            guest: SocketAddr::V4(flow.route.guest),
+            destination: SocketAddr::V4(flow.route.dst),
+            host_side: Some(flow.route.remote),
+            state: "open",
+            idle: Some(now.saturating_duration_since(flow.last_used)),
+        })
     }
 
     /// Whether a guest flow already talks to `ip:port`, which an inbound client must
@@ -231,6 +243,12 @@ impl Inbound {
         let entry = self.by_port.get_mut(&port)?;
         entry.last_used = now;
         Some(*entry)
+    }
+
+    /// Forgets every client of `forward`, a rule that was removed.
+    pub fn forget_forward(&mut self, forward: usize) {
+        self.by_client.retain(|(of, _), _| *of != forward);
+        self.by_port.retain(|_, entry| entry.forward != forward);
     }
 
     /// Forgets clients idle for [`IDLE_TIMEOUT`].
