@@ -9,19 +9,19 @@
 use std::collections::HashMap;
 use std::io;
 use std::io::IoSliceMut;
-use std::io::Write;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
 use mio::{Interest, Token};
 use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, info};
 use vnet_gateway::{
-    EgressRoom, FlowId, ForwardProtocol, Gateway, GatewayConfig, HostIcmpError, HostSockets, IcmpSocketKind,
+    EgressRoom, FlowId, ForwardProtocol, Gateway, GatewayConfig, HostForward, HostIcmpError, HostSockets,
+    IcmpSocketKind,
 };
 use vnet_switch::PortId;
 use vnet_wire::MacAddress;
@@ -46,8 +46,33 @@ struct HostSocket {
     raw_icmp: bool,
 }
 
+/// The host side of a gateway TCP connection: a TCP socket, or for `vnet connect` the
+/// unix stream of the host user who asked for a connection to a guest.
+enum StreamSocket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsFd for StreamSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            StreamSocket::Tcp(stream) => stream.as_fd(),
+            StreamSocket::Unix(stream) => stream.as_fd(),
+        }
+    }
+}
+
+impl StreamSocket {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            StreamSocket::Tcp(stream) => stream,
+            StreamSocket::Unix(stream) => stream,
+        }
+    }
+}
+
 struct HostStream {
-    stream: TcpStream,
+    stream: StreamSocket,
     token: Token,
     connecting: bool,
     /// IP_RECVERR is on: set for a connect with a guest's low TTL, so the ICMP error
@@ -76,12 +101,36 @@ enum ForwardSocket {
     Udp(UdpSocket),
 }
 
+impl ForwardSocket {
+    /// Binds the host side of `rule`; the error names the rule and what to change.
+    fn bind(rule: &HostForward) -> Result<Self, TransportError> {
+        let bound = match rule.protocol {
+            ForwardProtocol::Tcp => TcpListener::bind(rule.host).map(ForwardSocket::Tcp),
+            ForwardProtocol::Udp => UdpSocket::bind(rule.host).map(ForwardSocket::Udp),
+        };
+        bound.map_err(|e| inet_bind_error(&format!("hostfwd {:?} {}", rule.protocol, rule.host), e))
+    }
+
+    /// Registers the socket as hostfwd number `index`.
+    fn register(&mut self, index: usize, cx: &mut Context<'_>) -> io::Result<(Token, Source)> {
+        Ok(match self {
+            ForwardSocket::Tcp(listener) => {
+                (cx.register_source(listener, Interest::READABLE)?, Source::TcpForward(index))
+            }
+            ForwardSocket::Udp(socket) => {
+                (cx.register_source(socket, Interest::READABLE)?, Source::UdpForward(index))
+            }
+        })
+    }
+}
+
 /// The host sockets of one gateway, by flow and by event token.
 #[derive(Default)]
 struct Sockets {
     by_flow: HashMap<FlowId, HostSocket>,
     streams: HashMap<FlowId, HostStream>,
-    forwards: Vec<ForwardSocket>,
+    /// By hostfwd number, as the gateway numbers its rules; None once removed.
+    forwards: Vec<Option<ForwardSocket>>,
     sources: HashMap<Token, Source>,
     /// Where acknowledged stream bytes are read to before they are dropped.
     discard_buffer: Vec<u8>,
@@ -91,13 +140,17 @@ impl HostStream {
     /// The socket's pending error, if any, with the ICMP error behind it if IP_RECVERR
     /// is on and one was queued.
     fn take_error(&self) -> Option<(io::Error, Option<HostIcmpError>)> {
-        let error = self.stream.take_error().ok().flatten()?;
+        let error = SockRef::from(&self.stream).take_error().ok().flatten()?;
         let icmp = if self.icmp_errors { take_icmp_error(self.stream.as_fd()) } else { None };
         Some((error, icmp))
     }
 }
 
 impl Sockets {
+    fn forward(&self, index: usize) -> Option<&ForwardSocket> {
+        self.forwards.get(index)?.as_ref()
+    }
+
     fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
         self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
     }
@@ -170,13 +223,14 @@ impl HostSockets for Host<'_, '_, '_> {
         let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
         let icmp_errors = ttl.is_some();
+        let stream = StreamSocket::Tcp(stream);
         let connecting = HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None };
         self.sockets.streams.insert(flow, connecting);
         Ok(())
     }
 
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
-        match (&self.sockets.stream(flow)?.stream).write(data) {
+        match SockRef::from(&self.sockets.stream(flow)?.stream).send(data) {
             Ok(written) => Ok(written),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(e),
@@ -230,12 +284,12 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn tcp_shutdown_write(&mut self, flow: FlowId) {
         if let Ok(host_stream) = self.sockets.stream(flow) {
-            let _ = host_stream.stream.shutdown(Shutdown::Write);
+            let _ = SockRef::from(&host_stream.stream).shutdown(Shutdown::Write);
         }
     }
 
     fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
-        match self.sockets.forwards.get(forward) {
+        match self.sockets.forward(forward) {
             Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
             _ => Err(io::ErrorKind::NotFound.into()),
         }
@@ -273,13 +327,8 @@ impl GatewayPort {
     /// A gateway with `config`, its hostfwd ports bound.
     pub fn new(config: GatewayConfig) -> Result<Self, TransportError> {
         let mut sockets = Sockets { discard_buffer: vec![0; MAX_DATAGRAM], ..Sockets::default() };
-        for forward in &config.host_forwards {
-            let describe = format!("hostfwd {:?} {}", forward.protocol, forward.host);
-            let bound = match forward.protocol {
-                ForwardProtocol::Tcp => TcpListener::bind(forward.host).map(ForwardSocket::Tcp),
-                ForwardProtocol::Udp => UdpSocket::bind(forward.host).map(ForwardSocket::Udp),
-            };
-            sockets.forwards.push(bound.map_err(|e| inet_bind_error(&describe, e))?);
+        for rule in &config.host_forwards {
+            sockets.forwards.push(Some(ForwardSocket::bind(rule)?));
         }
         Ok(Self {
             gateway: Gateway::new(config),
@@ -292,10 +341,10 @@ impl GatewayPort {
     /// Accepts every waiting client of TCP hostfwd number `forward`.
     fn accept_inbound(&mut self, forward: usize, cx: &mut Context<'_>) {
         loop {
-            let Some(ForwardSocket::Tcp(listener)) = self.sockets.forwards.get(forward) else {
+            let Some(ForwardSocket::Tcp(listener)) = self.sockets.forward(forward) else {
                 return;
             };
-            let mut stream = match listener.accept() {
+            let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -304,24 +353,29 @@ impl GatewayPort {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let flow = self.gateway.allocate_flow();
-            let Ok(token) = cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE) else {
+            let Some(flow) = self.adopt_stream(StreamSocket::Tcp(stream), cx) else {
                 continue;
             };
-            self.sockets.sources.insert(token, Source::Flow(flow));
-            let inbound =
-                HostStream { stream, token, connecting: false, icmp_errors: false, peek_offset: None };
-            self.sockets.streams.insert(flow, inbound);
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
             self.gateway.on_inbound_tcp(forward, flow, now, &mut host);
         }
     }
 
+    /// Registers an already connected host stream as a new flow's host side.
+    fn adopt_stream(&mut self, mut stream: StreamSocket, cx: &mut Context<'_>) -> Option<FlowId> {
+        let flow = self.gateway.allocate_flow();
+        let token = cx.register_source(stream.source(), Interest::READABLE | Interest::WRITABLE).ok()?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        let inbound = HostStream { stream, token, connecting: false, icmp_errors: false, peek_offset: None };
+        self.sockets.streams.insert(flow, inbound);
+        Some(flow)
+    }
+
     /// Reads datagrams from host clients of UDP hostfwd number `forward`.
     fn receive_inbound(&mut self, forward: usize, cx: &mut Context<'_>) -> ReadOutcome {
         for _ in 0..DATAGRAMS_PER_BATCH {
-            let Some(ForwardSocket::Udp(socket)) = self.sockets.forwards.get(forward) else {
+            let Some(ForwardSocket::Udp(socket)) = self.sockets.forward(forward) else {
                 return ReadOutcome::Drained;
             };
             match socket.recv_from(&mut self.buffer) {
@@ -368,6 +422,78 @@ impl GatewayPort {
             }
         }
         ReadOutcome::More
+    }
+}
+
+/// What an operator can see and change in a running gateway.
+impl GatewayPort {
+    /// The gateway, for inspection.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Binds and starts hostfwd `rule` and returns it as it is now in force (a guest
+    /// address of 0.0.0.0 becomes the first DHCP address) with its number.
+    pub(crate) fn add_forward(
+        &mut self,
+        rule: HostForward,
+        cx: &mut Context<'_>,
+    ) -> Result<(usize, HostForward), TransportError> {
+        let mut socket = ForwardSocket::bind(&rule)?;
+        let index = self.sockets.forwards.len();
+        let (token, source) = socket
+            .register(index, cx)
+            .map_err(|e| TransportError::io("cannot watch the hostfwd socket", e))?;
+        self.sockets.sources.insert(token, source);
+        self.sockets.forwards.push(Some(socket));
+        let added = self.gateway.add_forward(rule);
+        debug_assert_eq!(added, index, "the gateway and its sockets number rules alike");
+        let rule = self.gateway.forward(index).unwrap_or(rule);
+        info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd added");
+        Ok((index, rule))
+    }
+
+    /// Stops the hostfwd rule of `protocol` listening at `host` and closes its socket;
+    /// connections it made go on. Returns the rule, or None if there is no such rule.
+    pub(crate) fn remove_forward(
+        &mut self,
+        protocol: ForwardProtocol,
+        host: SocketAddr,
+        cx: &mut Context<'_>,
+    ) -> Option<HostForward> {
+        let (index, _) =
+            self.gateway.forwards().find(|(_, rule)| rule.protocol == protocol && rule.host == host)?;
+        let rule = self.gateway.remove_forward(index)?;
+        self.sockets.forwards[index] = None;
+        self.sockets.sources.retain(|token, source| {
+            let of_rule = matches!(source, Source::TcpForward(i) | Source::UdpForward(i) if *i == index);
+            if of_rule {
+                cx.forget_source(*token);
+            }
+            !of_rule
+        });
+        info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd removed");
+        Some(rule)
+    }
+
+    /// Opens a TCP connection from the gateway to `guest` whose host side is `stream`
+    /// (`vnet connect`): what one sends, the other gets.
+    pub(crate) fn connect_to_guest(
+        &mut self,
+        guest: SocketAddrV4,
+        stream: std::os::unix::net::UnixStream,
+        cx: &mut Context<'_>,
+    ) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let stream = StreamSocket::Unix(UnixStream::from_std(stream));
+        let flow =
+            self.adopt_stream(stream, cx).ok_or_else(|| io::Error::other("cannot watch the connection"))?;
+        info!(%guest, "connection to a guest opened for a host user");
+        let now = cx.now;
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        self.gateway.connect_to_guest(guest, flow, now, &mut host);
+        self.emit(cx);
+        Ok(())
     }
 }
 
@@ -440,7 +566,8 @@ impl GatewayPort {
         };
         let was_connecting = host_stream.connecting;
         let error = if was_connecting { host_stream.take_error() } else { None };
-        let connected = was_connecting && error.is_none() && host_stream.stream.peer_addr().is_ok();
+        let connected =
+            was_connecting && error.is_none() && SockRef::from(&host_stream.stream).peer_addr().is_ok();
         if connected {
             host_stream.connecting = false;
             if host_stream.icmp_errors {
@@ -459,23 +586,26 @@ impl GatewayPort {
 }
 
 impl Endpoint for GatewayPort {
+    fn as_gateway(&self) -> Option<&GatewayPort> {
+        Some(self)
+    }
+
+    fn as_gateway_mut(&mut self) -> Option<&mut GatewayPort> {
+        Some(self)
+    }
+
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let config = self.gateway.config();
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
         self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
         for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
-            let (token, source) = match forward {
-                ForwardSocket::Tcp(listener) => {
-                    (cx.register_source(listener, Interest::READABLE)?, Source::TcpForward(index))
-                }
-                ForwardSocket::Udp(socket) => {
-                    (cx.register_source(socket, Interest::READABLE)?, Source::UdpForward(index))
-                }
-            };
-            self.sockets.sources.insert(token, source);
+            if let Some(forward) = forward {
+                let (token, source) = forward.register(index, cx)?;
+                self.sockets.sources.insert(token, source);
+            }
         }
-        for forward in &self.gateway.config().host_forwards {
-            info!(protocol = ?forward.protocol, host = %forward.host, guest = %forward.guest, "hostfwd");
+        for (_, rule) in self.gateway.forwards() {
+            info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd");
         }
         Ok(())
     }

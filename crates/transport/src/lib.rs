@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use network::{Network, NetworkConfig, NetworkCounters, Supervisor};
+pub use network::{Network, NetworkConfig, NetworkCounters, NetworkStopped, Remote, Supervisor};
 
 /// Where vnet accepts peers (`--listen`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,33 @@ pub enum NamespaceRef {
     Pid(u32),
 }
 
+/// The spec as `--listen` spells it.
+impl fmt::Display for ListenSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenSpec::StreamUnix(path) => write!(f, "stream:unix:{}", path.display()),
+            ListenSpec::StreamTcp(addr) => write!(f, "stream:tcp:{addr}"),
+            ListenSpec::DgramUnix(path) => write!(f, "dgram:unix:{}", path.display()),
+            ListenSpec::DgramUdp(addr) => write!(f, "dgram:udp:{addr}"),
+        }
+    }
+}
+
+/// The spec as `--attach` spells it.
+impl fmt::Display for AttachSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachSpec::StreamUnix(path) => write!(f, "stream:unix:{}", path.display()),
+            AttachSpec::StreamTcp(addr) => write!(f, "stream:tcp:{addr}"),
+            AttachSpec::Mcast(McastSpec { group, port, local: None }) => write!(f, "mcast:{group}:{port}"),
+            AttachSpec::Mcast(McastSpec { group, port, local: Some(local) }) => {
+                write!(f, "mcast:{group}:{port},localaddr={local}")
+            }
+            AttachSpec::Netns(NetnsSpec { target, ifname }) => write!(f, "{target},ifname={ifname}"),
+        }
+    }
+}
+
 impl fmt::Display for NamespaceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -118,6 +145,9 @@ pub enum TransportError {
     /// A namespace could not be entered or a tap created there.
     #[error("{0}")]
     Namespace(String),
+    /// A gateway operation on a network started with `--no-user`.
+    #[error("the network has no gateway (it runs with --no-user)")]
+    NoGateway,
     /// Any other system error, with what vnet was doing.
     #[error("{context}: {source}")]
     Io {
@@ -168,11 +198,6 @@ impl Network {
                 self.attach_tap(tap, format!("{} ifname={}", spec.target, spec.ifname))
             }
         }
-    }
-
-    /// Adds the user-mode gateway as a port of the network.
-    pub fn add_gateway(&mut self, config: vnet_gateway::GatewayConfig) -> Result<(), TransportError> {
-        self.add_endpoint(Box::new(gateway::GatewayPort::new(config)?))
     }
 
     /// Relays an open tap descriptor, such as the one [`netns::spawn_in_new_namespace`]

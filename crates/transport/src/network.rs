@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use tracing::{debug, info, warn};
-use vnet_switch::{PortId, Switch, SwitchConfig};
+use vnet_switch::{MirrorId, MirrorSink, PortId, Switch, SwitchConfig};
 
+use crate::gateway::GatewayPort;
 use crate::TransportError;
 
 /// Something outside the switch the loop must watch, such as a signalfd: the network
@@ -174,9 +176,19 @@ pub(crate) trait Endpoint {
     fn on_room(&mut self, _cx: &mut Context<'_>) {}
     /// Closes every port; the endpoint is dropped after this.
     fn close(&mut self, cx: &mut Context<'_>);
+    /// The gateway, if this endpoint is it.
+    fn as_gateway(&self) -> Option<&GatewayPort> {
+        None
+    }
+    /// The gateway, if this endpoint is it, to change.
+    fn as_gateway_mut(&mut self) -> Option<&mut GatewayPort> {
+        None
+    }
 }
 
 const SUPERVISOR: Token = Token(0);
+/// The wake-up of [`Remote`]: jobs from other threads wait.
+const JOBS: Token = Token(usize::MAX);
 /// Read batches one endpoint gets per readiness event before others have a turn.
 const BATCHES_PER_TURN: usize = 8;
 /// Rounds of [`Network::flush_pending`]: a frame in, the gateway's answer, its delivery.
@@ -209,13 +221,22 @@ pub struct Network {
     counters: NetworkCounters,
     tokens: Tokens,
     next_housekeeping: Instant,
+    gateway: Option<Token>,
+    jobs: mpsc::Receiver<Job>,
+    remote: Remote,
 }
 
 impl Network {
     /// A network with an empty switch.
     pub fn new(config: NetworkConfig) -> Result<Self, TransportError> {
         let poll = Poll::new().map_err(|e| TransportError::io("cannot create epoll instance", e))?;
+        let waker = mio::Waker::new(poll.registry(), JOBS)
+            .map_err(|e| TransportError::io("cannot create the loop's wake-up", e))?;
+        let (sender, jobs) = mpsc::channel();
         Ok(Self {
+            gateway: None,
+            jobs,
+            remote: Remote { jobs: sender, waker: Arc::new(waker) },
             poll,
             config,
             switch: Switch::new(config.switch),
@@ -243,9 +264,84 @@ impl Network {
     }
 
     pub(crate) fn add_endpoint(&mut self, endpoint: Box<dyn Endpoint>) -> Result<(), TransportError> {
+        self.add_endpoint_token(endpoint).map(drop)
+    }
+
+    fn add_endpoint_token(&mut self, endpoint: Box<dyn Endpoint>) -> Result<Token, TransportError> {
         let token = self.install(endpoint).map_err(|e| TransportError::io("cannot register endpoint", e))?;
         debug!(token = token.0, "endpoint added");
+        Ok(token)
+    }
+
+    /// Adds the user-mode gateway as a port of the network.
+    pub fn add_gateway(&mut self, config: vnet_gateway::GatewayConfig) -> Result<(), TransportError> {
+        let token = self.add_endpoint_token(Box::new(GatewayPort::new(config)?))?;
+        self.gateway = Some(token);
         Ok(())
+    }
+
+    /// A handle for other threads to run code on this network's loop.
+    pub fn remote(&self) -> Remote {
+        self.remote.clone()
+    }
+
+    /// The gateway, if the network has one.
+    pub fn gateway(&self) -> Option<&vnet_gateway::Gateway> {
+        let endpoint = self.endpoints.get(&self.gateway?)?;
+        endpoint.as_gateway().map(GatewayPort::gateway)
+    }
+
+    /// Runs `f` on the gateway with a context, then delivers what it sent; None if
+    /// there is no gateway.
+    fn with_gateway<T>(&mut self, f: impl FnOnce(&mut GatewayPort, &mut Context<'_>) -> T) -> Option<T> {
+        let token = self.gateway?;
+        let result = self.with_endpoint(token, |endpoint, cx| {
+            let result = endpoint.as_gateway_mut().map(|gateway| f(gateway, cx));
+            (result, Liveness::Open)
+        });
+        self.flush_pending();
+        result.flatten()
+    }
+
+    /// Adds a hostfwd rule to the running gateway; see [`GatewayPort::add_forward`].
+    pub fn add_forward(
+        &mut self,
+        rule: vnet_gateway::HostForward,
+    ) -> Result<(usize, vnet_gateway::HostForward), TransportError> {
+        self.with_gateway(|gateway, cx| gateway.add_forward(rule, cx))
+            .unwrap_or(Err(TransportError::NoGateway))
+    }
+
+    /// Removes the hostfwd rule of `protocol` at `host`; None if there is none.
+    pub fn remove_forward(
+        &mut self,
+        protocol: vnet_gateway::ForwardProtocol,
+        host: std::net::SocketAddr,
+    ) -> Option<vnet_gateway::HostForward> {
+        self.with_gateway(|gateway, cx| gateway.remove_forward(protocol, host, cx)).flatten()
+    }
+
+    /// Connects `stream` to TCP port `guest` through the gateway (`vnet connect`).
+    pub fn connect_to_guest(
+        &mut self,
+        guest: std::net::SocketAddrV4,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Result<(), TransportError> {
+        self.with_gateway(|gateway, cx| gateway.connect_to_guest(guest, stream, cx))
+            .ok_or(TransportError::NoGateway)?
+            .map_err(|e| TransportError::io("cannot connect to the guest", e))
+    }
+
+    /// Copies frames to `sink`; see [`Switch::add_mirror`].
+    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> MirrorId {
+        self.switch.add_mirror(port, sink)
+    }
+
+    /// Runs the jobs other threads sent through [`Remote`].
+    fn run_jobs(&mut self) {
+        while let Ok(job) = self.jobs.try_recv() {
+            job(self);
+        }
     }
 
     /// Runs until the supervisor asks to stop, and returns its exit code. Every port is
@@ -278,6 +374,9 @@ impl Network {
                     stop = stop.or(supervisor.on_readable());
                     continue;
                 }
+                if token == JOBS {
+                    continue;
+                }
                 if event.is_writable() {
                     self.write_ready(token);
                 }
@@ -292,6 +391,7 @@ impl Network {
                     again.push(token);
                 }
             }
+            self.run_jobs();
             self.run_timers();
             self.resume_waiting_for_room();
             if let Some(code) = stop {
@@ -447,5 +547,37 @@ impl Network {
             self.with_endpoint(token, |_, _| ((), Liveness::Closed));
         }
         info!(counters = ?self.counters, "network stopped");
+    }
+}
+
+/// Work for the loop thread, sent by another thread.
+type Job = Box<dyn FnOnce(&mut Network) + Send>;
+
+/// The network stopped before it could answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the network has stopped")]
+pub struct NetworkStopped;
+
+/// Runs code on a network's loop thread from other threads (the control API), so the
+/// network's state is only ever touched by its own thread.
+#[derive(Clone)]
+pub struct Remote {
+    jobs: mpsc::Sender<Job>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Remote {
+    /// Runs `f` on the loop between two events and returns what it returned.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Network) -> T + Send + 'static,
+    ) -> Result<T, NetworkStopped> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |network| {
+            let _ = reply.send(f(network));
+        });
+        self.jobs.send(job).map_err(|_| NetworkStopped)?;
+        self.waker.wake().map_err(|_| NetworkStopped)?;
+        answer.recv().map_err(|_| NetworkStopped)
     }
 }
