@@ -35,7 +35,28 @@ fn ipv4(
     protocol: IpProtocol,
     payload_len: usize,
 ) -> Vec<u8> {
-    let mut frame = ethernet(src_mac, dst_mac, EthernetProtocol::Ipv4, IPV4_HEADER_LEN + payload_len);
+    ipv4_with_data(src_mac, dst_mac, src, dst, protocol, payload_len, &[])
+}
+
+/// An IPv4 frame whose payload is `header_len` zero bytes, for the caller's protocol
+/// header, followed by `data`. The data is copied once and never zero-filled first,
+/// which matters for 64 KiB TCP segments.
+fn ipv4_with_data(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: IpProtocol,
+    header_len: usize,
+    data: &[u8],
+) -> Vec<u8> {
+    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len;
+    let mut frame = Vec::with_capacity(headers_len + data.len());
+    frame.resize(headers_len, 0);
+    frame.extend_from_slice(data);
+    EthernetRepr { src_addr: src_mac, dst_addr: dst_mac, ethertype: EthernetProtocol::Ipv4 }
+        .emit(&mut EthernetFrame::new_unchecked(&mut frame));
+    let payload_len = header_len + data.len();
     let repr =
         Ipv4Repr { src_addr: src, dst_addr: dst, next_header: protocol, payload_len, hop_limit: HOP_LIMIT };
     repr.emit(
@@ -103,9 +124,19 @@ fn tcp_frame(
     repr: &TcpRepr<'_>,
     checksums: &ChecksumCapabilities,
 ) -> Vec<u8> {
-    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len());
+    let mut frame = ipv4_with_data(
+        src_mac,
+        dst_mac,
+        *src.ip(),
+        *dst.ip(),
+        IpProtocol::Tcp,
+        repr.header_len(),
+        repr.payload,
+    );
     let tcp = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
-    repr.emit(tcp, &(*src.ip()).into(), &(*dst.ip()).into(), checksums);
+    // The payload is in place already: emit only the header (and the checksum over all).
+    let header = TcpRepr { payload: &[], ..*repr };
+    header.emit(tcp, &(*src.ip()).into(), &(*dst.ip()).into(), checksums);
     frame
 }
 
