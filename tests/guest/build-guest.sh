@@ -46,6 +46,9 @@ OPTIONAL_MODULES=(af_packet)
 
 die() { echo "build-guest: error: $*" >&2; exit 1; }
 log() { echo "build-guest: $*" >&2; }
+# One line per step, so a slow build (the download, the gzip) shows where it is.
+STEP=0
+step() { STEP=$((STEP + 1)); log "[$STEP/4] $* ($SECONDS s)"; }
 
 BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
@@ -102,7 +105,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # --- fetch and unpack the kernel ---------------------------------------------
-log "downloading $KPKG $KVER_PKG"
+step "downloading $KPKG $KVER_PKG with apt-get download"
 mkdir "$TMP/deb" "$TMP/kpkg"
 APT_OPTS=(-q)
 [ "$(id -u)" = 0 ] && APT_OPTS+=(-o APT::Sandbox::User=root)
@@ -123,6 +126,7 @@ shopt -u nullglob
 KREL="$(basename "$MODDIR")"
 
 # --- assemble the initramfs tree ---------------------------------------------
+step "assembling the initramfs: kernel modules, busybox, iperf3"
 ROOT="$TMP/root"
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,proc,sys,dev,tmp,run,root,var/run}
 mkdir -p "$ROOT/lib/modules/$KREL"
@@ -268,6 +272,7 @@ EOF
 chmod 0755 "$ROOT/init"
 
 # --- pack -------------------------------------------------------------------
+step "packing and compressing the initramfs"
 mkdir "$TMP/out"
 cp "$VMLINUZ" "$TMP/out/vmlinuz"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort |
@@ -286,4 +291,4 @@ rm -f "$OUTDIR/stamp"
 mv -f "$TMP/out/vmlinuz" "$OUTDIR/vmlinuz"
 mv -f "$TMP/out/initramfs.cpio.gz" "$OUTDIR/initramfs.cpio.gz"
 mv -f "$TMP/out/stamp" "$OUTDIR/stamp"
-log "built $OUTDIR ($KPKG $KVER_PKG, kernel $KREL)"
+step "built $OUTDIR ($KPKG $KVER_PKG, kernel $KREL)"

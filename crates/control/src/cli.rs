@@ -1,18 +1,27 @@
-//! The `vnet` command line: `vnet run` and `vnet ns`, their options, and the exit codes
-//! (the command's status for `vnet ns`, 0 after a stop signal, 2 for any setup error).
-//! This is the binary's edge, where errors become one line on stderr; it builds a
-//! network from the options and hands it to the transports, and never touches a frame.
+//! The `vnet` command line: `vnet run` and `vnet ns`, the commands that inspect and
+//! change a running network through its API, their options, and the exit codes (the
+//! command's status for `vnet ns`, 0 after a stop signal, 2 for any setup error). This is
+//! the binary's edge, where errors become one line on stderr; it builds a network from
+//! the options and the config file and hands it to the transports, and never touches a
+//! frame.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
-use nix::unistd::Pid;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+use nix::unistd::Pid;
 use tracing::level_filters::LevelFilter;
+use tracing::{info, warn};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use vnet_gateway::{GatewayConfig, StaticLease};
 use vnet_switch::{ForwardingMode, SwitchConfig, DEFAULT_AGING};
@@ -20,9 +29,14 @@ use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
 use vnet_transport::{netns, AttachSpec, ListenSpec, Network, NetworkConfig};
 use vnet_wire::MacAddress;
 
-use crate::spec::{parse_attach, parse_listen};
+use crate::client::{self, Inspect};
+use crate::config_file::{self, ConfigFile};
+use crate::qemu_args::{qemu_args, Model, Transport};
+use crate::spec::{parse_attach, parse_listen_arg, ListenArg};
 use crate::supervisor::Signals;
 use crate::user_options::parse_user_options;
+use crate::views::NetworkInfo;
+use crate::{api, capture, lifecycle, runtime_dir};
 
 /// Exit code for every setup error (bad option, unusable address, no permission).
 const SETUP_ERROR: u8 = 2;
@@ -32,9 +46,15 @@ const SETUP_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "vnet", version, about, long_about = None)]
 struct Cli {
-    /// Log verbosity: error, warn, info, debug or trace.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    log_level: LevelFilter,
+    /// More log output: -v for debug, -vv for trace.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    /// Less log output: -q for warnings and errors, -qq for errors only.
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+    /// Log level: error, warn, info, debug or trace. Without it, -v/-q or RUST_LOG decide.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,32 +65,133 @@ enum Command {
     Run(NetworkArgs),
     /// Run a command in a new network namespace whose interface is a port of a new network.
     Ns(NsArgs),
+    /// Show a running network at a glance.
+    Status(InspectArgs),
+    /// List a running network's ports and their counters.
+    Ports(InspectArgs),
+    /// List the stations a running network's switch has learned.
+    Macs(InspectArgs),
+    /// List the DHCP leases of a running network's gateway.
+    Leases(InspectArgs),
+    /// List the flows through a running network's gateway.
+    Flows(InspectArgs),
+    /// Add, remove or list port forwards of a running network, without a restart.
+    Fwd {
+        #[command(subcommand)]
+        action: FwdAction,
+    },
+    /// Relay standard input and output to a TCP connection the gateway opens to a guest,
+    /// for example as ssh's ProxyCommand.
+    Connect {
+        /// The network's name.
+        name: String,
+        /// The guest's address and port, such as 10.0.2.15:22.
+        guest: String,
+    },
+    /// Capture a running network's frames to a pcap file.
+    Capture {
+        /// The network's name.
+        name: String,
+        /// Only frames a port sends and receives (see `vnet ports`).
+        #[arg(long, value_name = "ID")]
+        port: Option<u32>,
+        /// The pcap file to write; - for standard output.
+        #[arg(short = 'w', value_name = "FILE")]
+        write: PathBuf,
+        /// Stop after N frames.
+        #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+    /// Print the QEMU arguments that attach a VM to a running network.
+    QemuArgs {
+        /// The network's name; may be left out when only one network runs.
+        name: Option<String>,
+        /// The NIC the guest sees.
+        #[arg(long, value_enum, default_value = "virtio-net-pci")]
+        model: Model,
+        /// The QEMU backend.
+        #[arg(long, value_enum, default_value = "stream")]
+        transport: Transport,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The network's name; may be left out when only one network runs.
+    name: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum FwdAction {
+    /// Add a forward, in QEMU's hostfwd syntax: [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport.
+    Add {
+        /// The network's name.
+        name: String,
+        /// The rule, such as tcp::2222-:22.
+        rule: String,
+    },
+    /// Remove a forward: the rule as added, or its host side ([tcp|udp]:[hostaddr]:hostport).
+    Rm {
+        /// The network's name.
+        name: String,
+        /// The rule.
+        rule: String,
+    },
+    /// List the forwards in force.
+    List(InspectArgs),
 }
 
 #[derive(Debug, Args)]
 struct NetworkArgs {
-    /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT.
-    #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen)]
-    listen: Vec<ListenSpec>,
+    /// Name the network: its API socket and default sockets go in
+    /// $XDG_RUNTIME_DIR/vnet/NAME (/run/vnet/NAME as root).
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
+    /// A TOML file with any of these options; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT,
+    /// or with --name a bare stream or dgram.
+    #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen_arg)]
+    listen: Vec<ListenArg>,
     /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID.
     #[arg(long = "attach", value_name = "SPEC", value_parser = parse_attach)]
     attach: Vec<AttachSpec>,
     /// Flood every frame to every port, like QEMU's hub, instead of learning addresses.
     #[arg(long)]
     hub: bool,
-    /// Seconds a learned MAC address stays without being seen again.
-    #[arg(long, default_value_t = DEFAULT_AGING.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    mac_aging: u64,
+    /// Seconds a learned MAC address stays without being seen again [default: 300].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    mac_aging: Option<u64>,
     /// The gateway's options, in QEMU's `-netdev user` syntax plus vnet's own
     /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=).
-    #[arg(long, value_name = "OPTS", default_value = "", conflicts_with = "no_user")]
-    user: String,
+    #[arg(long, value_name = "OPTS", conflicts_with = "no_user")]
+    user: Option<String>,
     /// No gateway: a plain switch.
     #[arg(long)]
     no_user: bool,
-    /// Seconds a dgram peer may be silent before its port is removed.
-    #[arg(long, default_value_t = DEFAULT_PEER_IDLE_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    dgram_peer_timeout: u64,
+    /// Seconds a dgram peer may be silent before its port is removed [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    dgram_peer_timeout: Option<u64>,
+    /// Capture every frame from the start into this pcap file.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Write READY=1 and a newline to this descriptor, then close it, once every transport listens.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<RawFd>,
+    /// Write vnet's process id to this file, and remove it on exit.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -97,12 +218,7 @@ pub fn main() -> ExitCode {
         }
         Err(help_or_version) => help_or_version.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .with_max_level(cli.log_level)
-        .init();
+    init_logging(&cli);
     match execute(cli.command) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) => {
@@ -112,30 +228,205 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr at the level --log-level, -v/-q or RUST_LOG ask for, in that order of
+/// precedence; info by default.
+fn init_logging(cli: &Cli) {
+    let level = match (cli.log_level, cli.verbose, cli.quiet) {
+        (Some(level), _, _) => Some(level),
+        (None, 0, 0) => None,
+        (None, verbose, 0) => Some(if verbose == 1 { LevelFilter::DEBUG } else { LevelFilter::TRACE }),
+        (None, _, quiet) => Some(if quiet == 1 { LevelFilter::WARN } else { LevelFilter::ERROR }),
+    };
+    let from_env = std::env::var("RUST_LOG").ok().filter(|_| level.is_none());
+    let (targets, bad_env) = match from_env.as_deref().map(str::parse::<Targets>) {
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(e)) => (Targets::new().with_default(LevelFilter::INFO), Some(e)),
+        None => (Targets::new().with_default(level.unwrap_or(LevelFilter::INFO)), None),
+    };
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    tracing_subscriber::registry().with(format.with_filter(targets)).init();
+    if let Some(error) = bad_env {
+        tracing::warn!(%error, "RUST_LOG is not a valid filter; logging at info");
+    }
+}
+
 fn execute(command: Command) -> anyhow::Result<i32> {
-    raise_file_limit();
-    let mut signals = Signals::install().context("cannot set up signal handling")?;
     match command {
-        Command::Run(args) => {
-            let gateway = gateway_config(&args)?;
-            let mut network = build_network(&args, gateway)?;
-            Ok(network.run(&mut signals)?)
-        }
+        Command::Run(args) => run_network(args, None),
         Command::Ns(args) => {
-            let mut gateway = gateway_config(&args.network)?;
-            let resolv_conf = TempResolvConf::new()?;
-            let setup = gateway.as_mut().map(|gateway| namespace_setup(gateway, &resolv_conf)).transpose()?;
-            let mut network = build_network(&args.network, gateway)?;
-            let namespaced =
-                netns::spawn_in_new_namespace(&args.command[0], &args.command[1..], &args.ifname, setup)?;
-            let pid = namespaced.child.id();
-            signals.supervise(Pid::from_raw(pid as i32));
-            network
-                .attach_tap(namespaced.tap, format!("ns:pid={pid}"))
-                .context("cannot relay the namespace's tap")?;
-            Ok(network.run(&mut signals)?)
+            let namespace = NamespaceCommand { ifname: args.ifname, command: args.command };
+            run_network(args.network, Some(namespace))
+        }
+        Command::Status(args) => inspect(args, Inspect::Status),
+        Command::Ports(args) => inspect(args, Inspect::Ports),
+        Command::Macs(args) => inspect(args, Inspect::Macs),
+        Command::Leases(args) => inspect(args, Inspect::Leases),
+        Command::Flows(args) => inspect(args, Inspect::Flows),
+        Command::Fwd { action: FwdAction::List(args) } => inspect(args, Inspect::Forwards),
+        Command::Fwd { action: FwdAction::Add { name, rule } } => {
+            client::change_forward(&name, &rule, true).map(|()| 0)
+        }
+        Command::Fwd { action: FwdAction::Rm { name, rule } } => {
+            client::change_forward(&name, &rule, false).map(|()| 0)
+        }
+        Command::Connect { name, guest } => client::connect(&name, &guest).map(|()| 0),
+        Command::Capture { name, port, write, count } => {
+            client::capture(&name, port, &write, count).map(|()| 0)
+        }
+        Command::QemuArgs { name, model, transport } => {
+            let status = client::Client::new(name.as_deref())?.request("GET", "/v1/status", None)?;
+            let listen: Vec<String> = serde_json::from_value(status["listen"].clone())?;
+            println!("{}", qemu_args(&listen, model, transport)?);
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vnet", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(0)
         }
     }
+}
+
+fn inspect(args: InspectArgs, what: Inspect) -> anyhow::Result<i32> {
+    client::inspect(args.name.as_deref(), what, args.json).map(|()| 0)
+}
+
+/// What `vnet ns` runs.
+struct NamespaceCommand {
+    ifname: String,
+    command: Vec<OsString>,
+}
+
+/// Everything a network runs with, after the config file and the flags are merged.
+struct Settings {
+    name: Option<String>,
+    listen: Vec<ListenArg>,
+    attach: Vec<AttachSpec>,
+    hub: bool,
+    mac_aging: Duration,
+    /// The gateway's options; None for no gateway.
+    user: Option<String>,
+    dgram_peer_timeout: Duration,
+    pcap: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    ready_fd: Option<RawFd>,
+}
+
+impl Settings {
+    /// The flags over the config file: a flag given wins, and a list given on the
+    /// command line replaces the file's.
+    fn merge(args: NetworkArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => config_file::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let or_file =
+            |flags: Vec<ListenArg>, file: Vec<ListenArg>| if flags.is_empty() { file } else { flags };
+        let no_user = args.no_user || (args.user.is_none() && file.no_user == Some(true));
+        Ok(Self {
+            name: args.name.or(file.name),
+            listen: or_file(args.listen, file.listen),
+            attach: if args.attach.is_empty() { file.attach } else { args.attach },
+            hub: args.hub || file.hub == Some(true),
+            mac_aging: Duration::from_secs(
+                args.mac_aging.or(file.mac_aging).unwrap_or(DEFAULT_AGING.as_secs()),
+            ),
+            user: (!no_user).then(|| args.user.or(file.user).unwrap_or_default()),
+            dgram_peer_timeout: Duration::from_secs(
+                args.dgram_peer_timeout
+                    .or(file.dgram_peer_timeout)
+                    .unwrap_or(DEFAULT_PEER_IDLE_TIMEOUT.as_secs()),
+            ),
+            pcap: args.pcap.or(file.pcap),
+            pidfile: args.pidfile.or(file.pidfile),
+            ready_fd: args.ready_fd,
+        })
+    }
+}
+
+/// Runs a network (and for `vnet ns`, its command) until it stops.
+fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow::Result<i32> {
+    raise_file_limit();
+    let settings = Settings::merge(args)?;
+    let ready_fd = settings.ready_fd.map(lifecycle::take_ready_fd).transpose()?;
+    let mut signals = Signals::install().context("cannot set up signal handling")?;
+    let runtime_dir = settings.name.as_deref().map(runtime_dir::create).transpose()?;
+    let listen = settings
+        .listen
+        .iter()
+        .map(|arg| arg.resolve(runtime_dir.as_deref()))
+        .collect::<Result<Vec<ListenSpec>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let mut gateway = gateway_config(settings.user.as_deref())?;
+    let resolv_conf = TempResolvConf::new()?;
+    let setup = match &namespace {
+        Some(_) => gateway.as_mut().map(|gateway| namespace_setup(gateway, &resolv_conf)).transpose()?,
+        None => None,
+    };
+    let mut network = build_network(&settings, &listen, gateway)?;
+    let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
+    let capture = settings.pcap.as_deref().map(|path| capture_from_start(&mut network, path)).transpose()?;
+    if let Some(namespace) = namespace {
+        let namespaced = netns::spawn_in_new_namespace(
+            &namespace.command[0],
+            &namespace.command[1..],
+            &namespace.ifname,
+            setup,
+        )?;
+        let pid = namespaced.child.id();
+        signals.supervise(Pid::from_raw(pid as i32));
+        network
+            .attach_tap(namespaced.tap, format!("ns:pid={pid}"))
+            .context("cannot relay the namespace's tap")?;
+    }
+    let api = match (&settings.name, &runtime_dir) {
+        (Some(name), Some(dir)) => {
+            let info = NetworkInfo {
+                name: name.clone(),
+                started: std::time::Instant::now(),
+                listen: listen.iter().map(ToString::to_string).collect(),
+                attach: settings.attach.iter().map(ToString::to_string).collect(),
+            };
+            Some(api::serve(&dir.join(runtime_dir::API_SOCKET), network.remote(), info)?)
+        }
+        _ => None,
+    };
+    lifecycle::notify_ready(ready_fd);
+    let code = network.run(&mut signals)?;
+    drop(network);
+    if let Some(writer) = capture {
+        match writer.join() {
+            Ok(Ok(summary)) => info!(written = summary.written, dropped = summary.dropped, "capture written"),
+            Ok(Err(e)) => warn!(error = %e, "capture failed"),
+            Err(_) => warn!("the capture writer panicked"),
+        }
+    }
+    drop(api);
+    if let Some(dir) = runtime_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(code)
+}
+
+/// Starts `--pcap`: a mirror of every frame, written to `path` by a thread of its own.
+fn capture_from_start(
+    network: &mut Network,
+    path: &std::path::Path,
+) -> anyhow::Result<std::thread::JoinHandle<std::io::Result<capture::CaptureSummary>>> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the capture file {}", path.display()))?;
+    let (sink, writer) = capture::channel(None);
+    network.add_mirror(None, Box::new(sink));
+    std::thread::Builder::new()
+        .name("vnet-pcap".to_owned())
+        .spawn(move || writer.run(&mut std::io::BufWriter::new(file)))
+        .context("cannot start the capture thread")
 }
 
 /// Raises the soft limit on open files to the hard one: each NAT flow holds a host
@@ -151,12 +442,12 @@ fn raise_file_limit() {
 
 /// The gateway's settings from `--user` (upstreams from /etc/resolv.conf unless given),
 /// or None with `--no-user`.
-fn gateway_config(args: &NetworkArgs) -> anyhow::Result<Option<GatewayConfig>> {
-    if args.no_user {
+fn gateway_config(user: Option<&str>) -> anyhow::Result<Option<GatewayConfig>> {
+    let Some(user) = user else {
         return Ok(None);
-    }
+    };
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    Ok(Some(parse_user_options(&args.user, &resolv_conf)?))
+    Ok(Some(parse_user_options(user, &resolv_conf)?))
 }
 
 /// The MAC address of `vnet ns`'s interface: in QEMU's 52:54:00 range, made unique by
@@ -222,20 +513,28 @@ fn parse_ifname(text: &str) -> Result<String, String> {
     netns::validate_ifname(text).map(|()| text.to_owned())
 }
 
-fn build_network(args: &NetworkArgs, gateway: Option<GatewayConfig>) -> anyhow::Result<Network> {
+fn parse_name(text: &str) -> Result<String, String> {
+    runtime_dir::validate_name(text).map(|()| text.to_owned())
+}
+
+fn build_network(
+    settings: &Settings,
+    listen: &[ListenSpec],
+    gateway: Option<GatewayConfig>,
+) -> anyhow::Result<Network> {
     let config = NetworkConfig {
         switch: SwitchConfig {
-            mode: if args.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
-            aging: Duration::from_secs(args.mac_aging),
+            mode: if settings.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
+            aging: settings.mac_aging,
             ..SwitchConfig::default()
         },
-        dgram_peer_timeout: Duration::from_secs(args.dgram_peer_timeout),
+        dgram_peer_timeout: settings.dgram_peer_timeout,
     };
     let mut network = Network::new(config)?;
-    for spec in &args.listen {
+    for spec in listen {
         network.listen(spec)?;
     }
-    for spec in &args.attach {
+    for spec in &settings.attach {
         network.attach(spec)?;
     }
     if let Some(gateway) = gateway {

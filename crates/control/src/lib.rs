@@ -4,9 +4,20 @@
 //! no frames and no sockets of its own beyond the signalfd; everything below the command
 //! line is the transports' and the switch's business.
 
+mod api;
+mod capture;
 mod cli;
+mod client;
+mod config_file;
+mod http;
+mod lifecycle;
+mod metrics;
+mod qemu_args;
+mod runtime_dir;
 pub mod spec;
 mod supervisor;
+mod tables;
 pub mod user_options;
+mod views;
 
 pub use cli::main;

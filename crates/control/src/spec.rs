@@ -23,7 +23,8 @@ pub struct SpecError {
     expected: &'static str,
 }
 
-const LISTEN_FORMS: &str = "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH or dgram:udp:HOST:PORT";
+const LISTEN_FORMS: &str =
+    "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, or with --name a bare stream or dgram";
 const ATTACH_FORMS: &str = "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT or netns:PATH|PID";
 
 fn listen_error(text: &str, problem: impl Into<String>) -> SpecError {
@@ -62,6 +63,47 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
             _ => Err(fail("dgram needs unix:PATH or udp:HOST:PORT")),
         },
         _ => Err(fail("unknown transport")),
+    }
+}
+
+/// A `--listen` value as given: a full spec, or a bare `stream` or `dgram` that means
+/// the named network's default socket in its runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenArg {
+    /// A spec with its address.
+    Spec(ListenSpec),
+    /// `stream`: `RUNTIME_DIR/stream.sock`.
+    DefaultStream,
+    /// `dgram`: `RUNTIME_DIR/dgram.sock`.
+    DefaultDgram,
+}
+
+impl ListenArg {
+    /// The spec, with a bare transport placed in `runtime_dir`; an error if there is
+    /// none (no `--name`).
+    pub fn resolve(&self, runtime_dir: Option<&std::path::Path>) -> Result<ListenSpec, String> {
+        let default = |file: &str| {
+            runtime_dir.map(|dir| dir.join(file)).ok_or_else(|| {
+                format!(
+                    "--listen {} without a path needs --name, which gives it one",
+                    file.trim_end_matches(".sock")
+                )
+            })
+        };
+        match self {
+            ListenArg::Spec(spec) => Ok(spec.clone()),
+            ListenArg::DefaultStream => default("stream.sock").map(ListenSpec::StreamUnix),
+            ListenArg::DefaultDgram => default("dgram.sock").map(ListenSpec::DgramUnix),
+        }
+    }
+}
+
+/// Parses a `--listen` value, allowing a bare `stream` or `dgram`.
+pub fn parse_listen_arg(text: &str) -> Result<ListenArg, SpecError> {
+    match text {
+        "stream" => Ok(ListenArg::DefaultStream),
+        "dgram" => Ok(ListenArg::DefaultDgram),
+        _ => parse_listen(text).map(ListenArg::Spec),
     }
 }
 
@@ -210,6 +252,18 @@ mod tests {
             "netns:1,mtu=9",
         ] {
             assert!(parse_attach(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_listen_arg("stream"), Ok(ListenArg::DefaultStream));
+        assert!(ListenArg::DefaultDgram.resolve(None).unwrap_err().contains("needs --name"));
+        assert_eq!(
+            ListenArg::DefaultStream.resolve(Some(std::path::Path::new("/run/vnet/lab"))),
+            Ok(ListenSpec::StreamUnix("/run/vnet/lab/stream.sock".into()))
+        );
+        for text in ["stream:unix:/a", "stream:tcp:127.0.0.1:1", "dgram:unix:/b", "dgram:udp:127.0.0.1:2"] {
+            assert_eq!(parse_listen(text).unwrap().to_string(), text);
+        }
+        for text in ["stream:unix:/a", "mcast:230.0.0.1:1,localaddr=127.0.0.1", "netns:7,ifname=eth0"] {
+            assert_eq!(parse_attach(text).unwrap().to_string(), text);
         }
         let long = format!("stream:unix:/{}", "x".repeat(120));
         assert!(parse_listen(&long).unwrap_err().to_string().contains("108"));

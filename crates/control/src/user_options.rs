@@ -47,7 +47,7 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "max-flows" => config.max_flows = value.parse().map_err(|_| bad("max-flows must be a number"))?,
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
             "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
-            "hostfwd" => config.host_forwards.push(host_forward(value).map_err(bad)?),
+            "hostfwd" => config.host_forwards.push(parse_host_forward(value).map_err(bad)?),
             "guestfwd" => config.guest_forwards.push(guest_forward(value).map_err(bad)?),
             _ => return Err(refuse(option, "unknown option")),
         }
@@ -126,28 +126,36 @@ fn static_lease(value: &str) -> Result<StaticLease, &'static str> {
     Ok(StaticLease { mac: MacAddress(mac), ip: ipv4(ip)? })
 }
 
-/// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, QEMU's hostfwd syntax.
-fn host_forward(value: &str) -> Result<HostForward, &'static str> {
+/// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, QEMU's hostfwd syntax. An
+/// empty guest address is 0.0.0.0, which the gateway takes as its first DHCP address.
+pub fn parse_host_forward(value: &str) -> Result<HostForward, &'static str> {
+    let (host_side, guest_side) = value.split_once('-').ok_or("the guest side after '-' is missing")?;
+    let (protocol, host) = parse_forward_host_side(host_side)?;
+    let (guest_addr, guest_port) = guest_side.rsplit_once(':').ok_or("expected [guestaddr]:guestport")?;
+    let guest_ip = if guest_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(guest_addr)? };
+    let guest_port = forward_port(guest_port)?;
+    if guest_port == 0 {
+        return Err("the guest port must not be 0");
+    }
+    Ok(HostForward { protocol, host, guest: SocketAddrV4::new(guest_ip, guest_port) })
+}
+
+/// The host side of a hostfwd rule, `[tcp|udp]:[hostaddr]:hostport`, as QEMU's
+/// `hostfwd_remove` takes it; a whole rule's guest side after `-` is ignored.
+pub fn parse_forward_host_side(value: &str) -> Result<(ForwardProtocol, SocketAddr), &'static str> {
+    let value = value.split_once('-').map_or(value, |(host_side, _)| host_side);
     let (protocol, rest) = match value.split_once(':') {
         Some(("tcp" | "", rest)) => (ForwardProtocol::Tcp, rest),
         Some(("udp", rest)) => (ForwardProtocol::Udp, rest),
         _ => return Err("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport"),
     };
-    let (host_side, guest_side) = rest.split_once('-').ok_or("the guest side after '-' is missing")?;
-    let (host_addr, host_port) = host_side.rsplit_once(':').ok_or("expected [hostaddr]:hostport")?;
-    let (guest_addr, guest_port) = guest_side.rsplit_once(':').ok_or("expected [guestaddr]:guestport")?;
+    let (host_addr, host_port) = rest.rsplit_once(':').ok_or("expected [hostaddr]:hostport")?;
     let host_ip = if host_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(host_addr)? };
-    let guest_ip = if guest_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(guest_addr)? };
-    let port = |text: &str| text.parse::<u16>().map_err(|_| "ports must be numbers from 0 to 65535");
-    let guest_port = port(guest_port)?;
-    if guest_port == 0 {
-        return Err("the guest port must not be 0");
-    }
-    Ok(HostForward {
-        protocol,
-        host: SocketAddr::V4(SocketAddrV4::new(host_ip, port(host_port)?)),
-        guest: SocketAddrV4::new(guest_ip, guest_port),
-    })
+    Ok((protocol, SocketAddr::V4(SocketAddrV4::new(host_ip, forward_port(host_port)?))))
+}
+
+fn forward_port(text: &str) -> Result<u16, &'static str> {
+    text.parse::<u16>().map_err(|_| "ports must be numbers from 0 to 65535")
 }
 
 /// `[tcp]:server:port-[tcp:]hostaddr:hostport`.

@@ -1,0 +1,290 @@
+//! What the API shows: plain, serializable snapshots of a running network (its ports,
+//! stations, leases, flows, forwards and status), taken on the network's own thread.
+//! The API serves them as JSON, the CLI reads them back to print tables, and the
+//! metrics are computed from them. Nothing here changes the network.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use vnet_gateway::HostForward;
+use vnet_transport::Network;
+
+/// One switch port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    /// The port number.
+    pub id: u32,
+    /// What it connects to.
+    pub name: String,
+    /// Frames from the peer.
+    pub rx_frames: u64,
+    /// Bytes from the peer.
+    pub rx_bytes: u64,
+    /// Frames from the peer that were dropped.
+    pub rx_dropped: u64,
+    /// Frames to the peer.
+    pub tx_frames: u64,
+    /// Bytes to the peer.
+    pub tx_bytes: u64,
+    /// Frames for the peer that were dropped.
+    pub tx_dropped: u64,
+    /// Frames waiting for the peer.
+    pub queued: usize,
+    /// Drops by reason (only reasons that happened).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One station in the MAC table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationView {
+    /// Its MAC address.
+    pub mac: String,
+    /// The port it was last seen on.
+    pub port: u32,
+    /// Seconds since then.
+    pub age_secs: u64,
+}
+
+/// One DHCP lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// The guest's MAC address.
+    pub mac: String,
+    /// Its address.
+    pub ip: String,
+    /// Given by `dhcp-host=`.
+    pub fixed: bool,
+}
+
+/// One flow through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// tcp, udp or icmp.
+    pub protocol: String,
+    /// The guest's end.
+    pub guest: String,
+    /// What the guest talks to, as it sees it.
+    pub destination: String,
+    /// Where that is on the host, when known and different.
+    pub host_side: Option<String>,
+    /// The connection state.
+    pub state: String,
+    /// Seconds since it last carried traffic, where known.
+    pub idle_secs: Option<u64>,
+}
+
+/// One hostfwd rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardView {
+    /// Its number.
+    pub id: usize,
+    /// tcp or udp.
+    pub protocol: String,
+    /// Where it listens on the host.
+    pub host: String,
+    /// The guest address and port.
+    pub guest: String,
+    /// The rule in QEMU's hostfwd syntax.
+    pub rule: String,
+}
+
+impl ForwardView {
+    /// The view of rule number `id`.
+    pub fn new(id: usize, rule: &HostForward) -> Self {
+        let protocol = match rule.protocol {
+            vnet_gateway::ForwardProtocol::Tcp => "tcp",
+            vnet_gateway::ForwardProtocol::Udp => "udp",
+        };
+        Self {
+            id,
+            protocol: protocol.to_owned(),
+            host: rule.host.to_string(),
+            guest: rule.guest.to_string(),
+            rule: format!("{protocol}:{}-{}", rule.host, rule.guest),
+        }
+    }
+}
+
+/// The gateway's addresses and load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    /// The network, as ADDRESS/PREFIX.
+    pub network: String,
+    /// The gateway's own address.
+    pub host: String,
+    /// The DNS address.
+    pub dns: String,
+    /// The MTU DHCP gives.
+    pub mtu: u16,
+    /// DHCP leases given out.
+    pub leases: usize,
+    /// Flows by protocol.
+    pub flows: BTreeMap<String, usize>,
+    /// hostfwd rules in force.
+    pub forwards: usize,
+    /// Drops by reason (only reasons that happened).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The whole network at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The network's name.
+    pub name: String,
+    /// vnet's version.
+    pub version: String,
+    /// vnet's process id.
+    pub pid: u32,
+    /// Seconds since the network started.
+    pub uptime_secs: u64,
+    /// The `--listen` specs, as given.
+    pub listen: Vec<String>,
+    /// The `--attach` specs, as given.
+    pub attach: Vec<String>,
+    /// Ports open now.
+    pub ports: usize,
+    /// Stations in the MAC table.
+    pub stations: usize,
+    /// The gateway, unless `--no-user`.
+    pub gateway: Option<GatewayView>,
+}
+
+/// What the network was started with, which the snapshots cannot see in it.
+#[derive(Debug, Clone)]
+pub struct NetworkInfo {
+    /// The network's name.
+    pub name: String,
+    /// When it started.
+    pub started: Instant,
+    /// The `--listen` specs.
+    pub listen: Vec<String>,
+    /// The `--attach` specs.
+    pub attach: Vec<String>,
+}
+
+/// A MAC address as `ip link` writes it: 52:54:00:12:34:56.
+fn colon_mac(mac: vnet_wire::MacAddress) -> String {
+    mac.0.map(|octet| format!("{octet:02x}")).join(":")
+}
+
+/// Every port, by number.
+pub fn ports(network: &Network) -> Vec<PortView> {
+    network
+        .switch()
+        .ports()
+        .map(|(id, port)| {
+            let counters = port.counters();
+            let drops = vnet_switch::DropReason::ALL
+                .into_iter()
+                .filter(|reason| counters.drops(*reason) > 0)
+                .map(|reason| (reason.name().to_owned(), counters.drops(reason)))
+                .collect();
+            PortView {
+                id: id.0,
+                name: port.name().to_owned(),
+                rx_frames: counters.rx_frames,
+                rx_bytes: counters.rx_bytes,
+                rx_dropped: counters.rx_dropped,
+                tx_frames: counters.tx_frames,
+                tx_bytes: counters.tx_bytes,
+                tx_dropped: counters.tx_dropped,
+                queued: port.queued().len(),
+                drops,
+            }
+        })
+        .collect()
+}
+
+/// Every live station, by port and then address.
+pub fn stations(network: &Network) -> Vec<StationView> {
+    let mut stations: Vec<StationView> = network
+        .switch()
+        .mac_table()
+        .stations(Instant::now())
+        .map(|station| StationView {
+            mac: colon_mac(station.mac),
+            port: station.port.0,
+            age_secs: station.age.as_secs(),
+        })
+        .collect();
+    stations.sort_by(|a, b| (a.port, &a.mac).cmp(&(b.port, &b.mac)));
+    stations
+}
+
+/// The gateway's leases; empty without a gateway.
+pub fn leases(network: &Network) -> Vec<LeaseView> {
+    let Some(gateway) = network.gateway() else {
+        return Vec::new();
+    };
+    gateway
+        .leases()
+        .into_iter()
+        .map(|lease| LeaseView { mac: colon_mac(lease.mac), ip: lease.ip.to_string(), fixed: lease.fixed })
+        .collect()
+}
+
+/// The gateway's flows, by protocol and guest; empty without a gateway.
+pub fn flows(network: &Network) -> Vec<FlowView> {
+    let Some(gateway) = network.gateway() else {
+        return Vec::new();
+    };
+    let mut flows = gateway.flows(Instant::now());
+    flows.sort_by_key(|flow| (flow.protocol, flow.guest));
+    flows
+        .into_iter()
+        .map(|flow| FlowView {
+            protocol: flow.protocol.name().to_owned(),
+            guest: flow.guest.to_string(),
+            destination: flow.destination.to_string(),
+            host_side: flow.host_side.map(|addr| addr.to_string()),
+            state: flow.state.to_owned(),
+            idle_secs: flow.idle.map(|idle| idle.as_secs()),
+        })
+        .collect()
+}
+
+/// The hostfwd rules in force; empty without a gateway.
+pub fn forwards(network: &Network) -> Vec<ForwardView> {
+    let Some(gateway) = network.gateway() else {
+        return Vec::new();
+    };
+    gateway.forwards().map(|(id, rule)| ForwardView::new(id, &rule)).collect()
+}
+
+/// The network at a glance.
+pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
+    let gateway = network.gateway().map(|gateway| {
+        let config = gateway.config();
+        let counts = gateway.flow_counts();
+        let counters = gateway.counters();
+        GatewayView {
+            network: format!("{}/{}", config.network, config.prefix_len),
+            host: config.host.to_string(),
+            dns: config.dns.to_string(),
+            mtu: config.mtu,
+            leases: gateway.leases().iter().filter(|lease| !lease.fixed).count(),
+            flows: [("tcp", counts.tcp), ("udp", counts.udp), ("icmp", counts.icmp), ("dns", counts.dns)]
+                .into_iter()
+                .map(|(name, count)| (name.to_owned(), count))
+                .collect(),
+            forwards: gateway.forwards().count(),
+            drops: vnet_gateway::DropReason::ALL
+                .into_iter()
+                .filter(|reason| counters.drops(*reason) > 0)
+                .map(|reason| (reason.name().to_owned(), counters.drops(reason)))
+                .collect(),
+        }
+    });
+    StatusView {
+        name: info.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_secs: info.started.elapsed().as_secs(),
+        listen: info.listen.clone(),
+        attach: info.attach.clone(),
+        ports: network.switch().ports().count(),
+        stations: network.switch().mac_table().stations(Instant::now()).count(),
+        gateway,
+    }
+}
