@@ -1,5 +1,5 @@
-//! vnet's Ethernet switch: ports, MAC learning with aging, flooding, and per-port bounded
-//! queues.
+//! vnet's Ethernet switch: ports, MAC learning with aging (per VLAN), flooding, 802.1Q
+//! VLANs (access and trunk ports), and per-port bounded queues.
 //!
 //! The switch is sans-IO. A transport hands it a received frame with [`Switch::receive`];
 //! the switch decides which ports get a copy and queues it there. The event loop then asks
@@ -12,16 +12,19 @@
 mod mac_table;
 mod mirror;
 mod port;
+mod vlan;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
+use vnet_wire::vlan::VlanId;
 use vnet_wire::{offload, Frame, FrameError, MacAddress, Offload};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::{MirrorId, MirrorSink};
 pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
+pub use vlan::{PortVlans, Vlan};
 
 /// How the switch forwards frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +96,20 @@ impl Switch {
     /// Adds a port whose peer, if `takes_offloads`, gets frames with their offloads
     /// (partial checksums, TCP super-segments) left to it.
     pub fn add_port_taking_offloads(&mut self, name: impl Into<String>, takes_offloads: bool) -> PortId {
+        self.add_port_on_vlans(name, takes_offloads, PortVlans::default())
+    }
+
+    /// Adds a port that carries `vlans` (see [`PortVlans`]); ordinary ports carry the
+    /// default VLAN untagged.
+    pub fn add_port_on_vlans(
+        &mut self,
+        name: impl Into<String>,
+        takes_offloads: bool,
+        vlans: PortVlans,
+    ) -> PortId {
         let id = PortId(self.next_port);
         self.next_port += 1;
-        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits, takes_offloads));
+        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits, takes_offloads, vlans));
         id
     }
 
@@ -153,24 +167,35 @@ impl Switch {
         if frame.source().is_multicast() {
             return port.record_drop(DropReason::MulticastSource);
         }
+        let (frame, vlan) = match port.vlans().ingress(frame) {
+            Ok(classified) => classified,
+            Err(reason) => return port.record_drop(reason),
+        };
         self.mirrors.copy_received(from, &frame);
         match self.config.mode {
-            ForwardingMode::Hub => self.flood(from, frame),
+            ForwardingMode::Hub => self.flood(from, frame, vlan),
             ForwardingMode::Learning => {
-                self.learn(frame.source(), from, now);
-                match self.unicast_destination(frame.destination(), now) {
+                self.learn(vlan, frame.source(), from, now);
+                match self.unicast_destination(vlan, frame.destination(), now) {
                     Some(to) if to == from => {}
-                    Some(to) => self.deliver(to, frame),
-                    None => self.flood(from, frame),
+                    Some(to) => self.deliver(to, frame, vlan),
+                    None => self.flood(from, frame, vlan),
                 }
             }
         }
     }
 
-    /// How much more the queue of the port that `destination` was learned on takes now,
-    /// and whether that port's peer takes offloads; None if frames to it would be flooded.
-    pub fn room_toward(&self, destination: MacAddress, now: Instant) -> Option<(QueueRoom, bool)> {
-        let port = self.unicast_destination(destination, now)?;
+    /// How much more the queue of the port that `destination` was learned on (in the
+    /// VLAN of `from`'s untagged frames) takes now, and whether that port's peer takes
+    /// offloads; None if frames to it would be flooded.
+    pub fn room_toward(
+        &self,
+        from: PortId,
+        destination: MacAddress,
+        now: Instant,
+    ) -> Option<(QueueRoom, bool)> {
+        let vlan = self.ports.get(&from)?.vlans().untagged;
+        let port = self.unicast_destination(vlan, destination, now)?;
         self.ports.get(&port).map(|port| (port.room(), port.takes_offloads()))
     }
 
@@ -213,8 +238,8 @@ impl Switch {
         }
     }
 
-    fn learn(&mut self, source: MacAddress, port: PortId, now: Instant) {
-        match self.table.learn(source, port, now) {
+    fn learn(&mut self, vlan: Vlan, source: MacAddress, port: PortId, now: Instant) {
+        match self.table.learn(vlan, source, port, now) {
             Learned::Moved { from } => debug!(%source, %from, to = %port, "station moved"),
             Learned::TableFull if !self.reported_table_full => {
                 self.reported_table_full = true;
@@ -225,29 +250,42 @@ impl Switch {
         }
     }
 
-    fn unicast_destination(&self, destination: MacAddress, now: Instant) -> Option<PortId> {
+    fn unicast_destination(&self, vlan: Vlan, destination: MacAddress, now: Instant) -> Option<PortId> {
         if destination.is_multicast() {
             return None;
         }
-        self.table.lookup(destination, now)
+        self.table.lookup(vlan, destination, now)
     }
 
-    fn flood(&mut self, from: PortId, frame: Frame) {
-        let targets: Vec<PortId> = self.ports.keys().copied().filter(|id| *id != from).collect();
+    /// Sends `frame` to every other port on `vlan`.
+    fn flood(&mut self, from: PortId, frame: Frame, vlan: Vlan) {
+        let targets: Vec<PortId> = self
+            .ports
+            .iter()
+            .filter(|(id, port)| **id != from && port.vlans().carries(vlan))
+            .map(|(id, _)| *id)
+            .collect();
         for to in targets {
-            self.deliver(to, frame.clone());
+            self.deliver(to, frame.clone(), vlan);
         }
     }
 
-    fn deliver(&mut self, to: PortId, frame: Frame) {
+    /// Queues `frame` of `vlan` for port `to`, tagged if the port carries that VLAN
+    /// tagged, and with its offloads done if the peer cannot do them. A port that does
+    /// not carry `vlan` never gets the frame.
+    fn deliver(&mut self, to: PortId, frame: Frame, vlan: Vlan) {
         let Some(port) = self.ports.get_mut(&to) else {
             return;
         };
+        if !port.vlans().carries(vlan) {
+            return;
+        }
         self.mirrors.copy_delivered(to, &frame);
+        let tag = port.vlans().egress_tag(vlan);
         let queued = if frame.offload().is_none() || port.takes_offloads() {
-            port.enqueue(frame)
+            port.enqueue(with_tag(frame, tag))
         } else {
-            Self::enqueue_resolved(port, &frame)
+            Self::enqueue_resolved(port, &frame, tag)
         };
         if queued && !port.pending {
             port.pending = true;
@@ -256,7 +294,7 @@ impl Switch {
     }
 
     /// Queues `frame` with its offloads done in software, for a peer that cannot do them.
-    fn enqueue_resolved(port: &mut Port, frame: &Frame) -> bool {
+    fn enqueue_resolved(port: &mut Port, frame: &Frame, tag: Option<VlanId>) -> bool {
         let Ok(segments) = offload::resolve(frame.as_bytes(), frame.offload()) else {
             port.record_drop(DropReason::BadOffload);
             return false;
@@ -264,10 +302,18 @@ impl Switch {
         let mut queued = false;
         for segment in segments {
             if let Ok(segment) = Frame::new(vnet_wire::Bytes::from(segment)) {
-                queued |= port.enqueue(segment);
+                queued |= port.enqueue(with_tag(segment, tag));
             }
         }
         queued
+    }
+}
+
+/// `frame` with a tag for `tag`'s VLAN, or as it is for None.
+fn with_tag(frame: Frame, tag: Option<VlanId>) -> Frame {
+    match tag {
+        Some(vlan) => vnet_wire::vlan::tag(&frame, vlan),
+        None => frame,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vnet_wire::MacAddress;
 
-use crate::PortId;
+use crate::{PortId, Vlan};
 
 /// Default time an entry lives without being refreshed, as in most hardware switches.
 pub const DEFAULT_AGING: Duration = Duration::from_secs(300);
@@ -41,6 +41,8 @@ pub enum Learned {
 /// A station the table knows: where it was seen and how long ago.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Station {
+    /// The VLAN it was seen on.
+    pub vlan: Vlan,
     /// The station's address.
     pub mac: MacAddress,
     /// The port it was last seen on.
@@ -58,7 +60,7 @@ struct Entry {
 /// Station address to port, with aging.
 #[derive(Debug)]
 pub struct MacTable {
-    entries: HashMap<MacAddress, Entry>,
+    entries: HashMap<(Vlan, MacAddress), Entry>,
     aging: Duration,
     capacity: usize,
     next_full_sweep: Option<Instant>,
@@ -71,9 +73,9 @@ impl MacTable {
         Self { entries: HashMap::new(), aging, capacity, next_full_sweep: None }
     }
 
-    /// Records that `mac` was seen on `port` at `now`.
-    pub fn learn(&mut self, mac: MacAddress, port: PortId, now: Instant) -> Learned {
-        if let Some(entry) = self.entries.get_mut(&mac) {
+    /// Records that `mac` was seen on VLAN `vlan` of `port` at `now`.
+    pub fn learn(&mut self, vlan: Vlan, mac: MacAddress, port: PortId, now: Instant) -> Learned {
+        if let Some(entry) = self.entries.get_mut(&(vlan, mac)) {
             let was_live = now.saturating_duration_since(entry.last_seen) < self.aging;
             let previous = entry.port;
             *entry = Entry { port, last_seen: now };
@@ -92,14 +94,15 @@ impl MacTable {
                 return Learned::TableFull;
             }
         }
-        self.entries.insert(mac, Entry { port, last_seen: now });
+        self.entries.insert((vlan, mac), Entry { port, last_seen: now });
         Learned::New
     }
 
-    /// The port `mac` was last seen on, unless that was longer ago than the aging time.
-    pub fn lookup(&self, mac: MacAddress, now: Instant) -> Option<PortId> {
+    /// The port `mac` was last seen on in `vlan`, unless that was longer ago than the
+    /// aging time.
+    pub fn lookup(&self, vlan: Vlan, mac: MacAddress, now: Instant) -> Option<PortId> {
         self.entries
-            .get(&mac)
+            .get(&(vlan, mac))
             .filter(|entry| now.saturating_duration_since(entry.last_seen) < self.aging)
             .map(|entry| entry.port)
     }
@@ -119,9 +122,9 @@ impl MacTable {
 
     /// The stations not yet aged out at `now`, in no particular order.
     pub fn stations(&self, now: Instant) -> impl Iterator<Item = Station> + '_ {
-        self.entries.iter().filter_map(move |(mac, entry)| {
+        self.entries.iter().filter_map(move |((vlan, mac), entry)| {
             let age = now.saturating_duration_since(entry.last_seen);
-            (age < self.aging).then_some(Station { mac: *mac, port: entry.port, age })
+            (age < self.aging).then_some(Station { vlan: *vlan, mac: *mac, port: entry.port, age })
         })
     }
 
@@ -152,9 +155,9 @@ mod tests {
     fn learned_station_is_found_until_it_ages_out() {
         let t0 = Instant::now();
         let mut table = MacTable::new(Duration::from_secs(300), 16);
-        assert_eq!(table.learn(A, PortId(1), t0), Learned::New);
-        assert_eq!(table.lookup(A, t0 + Duration::from_secs(299)), Some(PortId(1)));
-        assert_eq!(table.lookup(A, t0 + Duration::from_secs(300)), None);
+        assert_eq!(table.learn(None, A, PortId(1), t0), Learned::New);
+        assert_eq!(table.lookup(None, A, t0 + Duration::from_secs(299)), Some(PortId(1)));
+        assert_eq!(table.lookup(None, A, t0 + Duration::from_secs(300)), None);
         assert_eq!(table.expire(t0 + Duration::from_secs(300)), 1);
         assert!(table.is_empty());
     }
@@ -163,48 +166,48 @@ mod tests {
     fn refreshing_restarts_the_age() {
         let t0 = Instant::now();
         let mut table = MacTable::new(Duration::from_secs(10), 16);
-        table.learn(A, PortId(1), t0);
+        table.learn(None, A, PortId(1), t0);
         let t1 = t0 + Duration::from_secs(8);
-        assert_eq!(table.learn(A, PortId(1), t1), Learned::Refreshed);
-        assert_eq!(table.lookup(A, t1 + Duration::from_secs(8)), Some(PortId(1)));
+        assert_eq!(table.learn(None, A, PortId(1), t1), Learned::Refreshed);
+        assert_eq!(table.lookup(None, A, t1 + Duration::from_secs(8)), Some(PortId(1)));
     }
 
     #[test]
     fn station_move_updates_the_port() {
         let t0 = Instant::now();
         let mut table = MacTable::new(DEFAULT_AGING, 16);
-        table.learn(A, PortId(1), t0);
-        assert_eq!(table.learn(A, PortId(2), t0), Learned::Moved { from: PortId(1) });
-        assert_eq!(table.lookup(A, t0), Some(PortId(2)));
+        table.learn(None, A, PortId(1), t0);
+        assert_eq!(table.learn(None, A, PortId(2), t0), Learned::Moved { from: PortId(1) });
+        assert_eq!(table.lookup(None, A, t0), Some(PortId(2)));
     }
 
     #[test]
     fn an_aged_entry_relearned_elsewhere_is_new_not_a_move() {
         let t0 = Instant::now();
         let mut table = MacTable::new(Duration::from_secs(10), 16);
-        table.learn(A, PortId(1), t0);
-        assert_eq!(table.learn(A, PortId(2), t0 + Duration::from_secs(11)), Learned::New);
+        table.learn(None, A, PortId(1), t0);
+        assert_eq!(table.learn(None, A, PortId(2), t0 + Duration::from_secs(11)), Learned::New);
     }
 
     #[test]
     fn forgetting_a_port_drops_only_its_stations() {
         let t0 = Instant::now();
         let mut table = MacTable::new(DEFAULT_AGING, 16);
-        table.learn(A, PortId(1), t0);
-        table.learn(B, PortId(2), t0);
+        table.learn(None, A, PortId(1), t0);
+        table.learn(None, B, PortId(2), t0);
         table.forget_port(PortId(1));
-        assert_eq!(table.lookup(A, t0), None);
-        assert_eq!(table.lookup(B, t0), Some(PortId(2)));
+        assert_eq!(table.lookup(None, A, t0), None);
+        assert_eq!(table.lookup(None, B, t0), Some(PortId(2)));
     }
 
     #[test]
     fn a_full_table_refuses_new_stations_but_reclaims_aged_ones() {
         let t0 = Instant::now();
         let mut table = MacTable::new(Duration::from_secs(10), 1);
-        table.learn(A, PortId(1), t0);
-        assert_eq!(table.learn(B, PortId(2), t0), Learned::TableFull);
-        assert_eq!(table.lookup(B, t0), None);
-        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_secs(10)), Learned::New);
+        table.learn(None, A, PortId(1), t0);
+        assert_eq!(table.learn(None, B, PortId(2), t0), Learned::TableFull);
+        assert_eq!(table.lookup(None, B, t0), None);
+        assert_eq!(table.learn(None, B, PortId(2), t0 + Duration::from_secs(10)), Learned::New);
         assert_eq!(table.len(), 1);
     }
 
@@ -212,10 +215,10 @@ mod tests {
     fn a_full_table_sweeps_at_most_once_a_second() {
         let t0 = Instant::now();
         let mut table = MacTable::new(Duration::from_millis(1500), 1);
-        table.learn(A, PortId(1), t0);
-        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_millis(1000)), Learned::TableFull);
+        table.learn(None, A, PortId(1), t0);
+        assert_eq!(table.learn(None, B, PortId(2), t0 + Duration::from_millis(1000)), Learned::TableFull);
         let after_aging = t0 + Duration::from_millis(1600);
-        assert_eq!(table.learn(B, PortId(2), after_aging), Learned::TableFull, "swept 0.6 s ago");
-        assert_eq!(table.learn(B, PortId(2), t0 + Duration::from_millis(2000)), Learned::New);
+        assert_eq!(table.learn(None, B, PortId(2), after_aging), Learned::TableFull, "swept 0.6 s ago");
+        assert_eq!(table.learn(None, B, PortId(2), t0 + Duration::from_millis(2000)), Learned::New);
     }
 }

@@ -10,6 +10,8 @@ use std::fmt;
 
 use vnet_wire::Frame;
 
+use crate::PortVlans;
+
 /// Identifies a port for the lifetime of a switch. Numbers are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortId(pub u32);
@@ -36,24 +38,31 @@ pub enum DropReason {
     /// Received: offload metadata (a virtio-net header) asking for what vnet cannot do,
     /// or pointing outside the frame.
     BadOffload,
+    /// Received: an 802.1Q tag for a VLAN the port does not carry, or a malformed tag.
+    VlanNotAllowed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::MulticastSource,
         DropReason::QueueFull,
         DropReason::SendFailed,
         DropReason::BadOffload,
+        DropReason::VlanNotAllowed,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
     pub fn is_receive(self) -> bool {
         matches!(
             self,
-            DropReason::Runt | DropReason::Oversize | DropReason::MulticastSource | DropReason::BadOffload
+            DropReason::Runt
+                | DropReason::Oversize
+                | DropReason::MulticastSource
+                | DropReason::BadOffload
+                | DropReason::VlanNotAllowed
         )
     }
 
@@ -66,6 +75,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::SendFailed => "send_failed",
             DropReason::BadOffload => "bad_offload",
+            DropReason::VlanNotAllowed => "vlan_not_allowed",
         }
     }
 
@@ -162,11 +172,12 @@ pub struct Port {
     /// Whether the peer takes frames with offloads left to do (a tap with a virtio-net
     /// header, the gateway); other peers get them done in software first.
     takes_offloads: bool,
+    vlans: PortVlans,
     pub(crate) pending: bool,
 }
 
 impl Port {
-    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool) -> Self {
+    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool, vlans: PortVlans) -> Self {
         Self {
             name,
             queue: VecDeque::new(),
@@ -174,6 +185,7 @@ impl Port {
             limits,
             counters: PortCounters::default(),
             takes_offloads,
+            vlans,
             pending: false,
         }
     }
@@ -181,6 +193,11 @@ impl Port {
     /// Whether the peer takes frames with offloads left to do.
     pub fn takes_offloads(&self) -> bool {
         self.takes_offloads
+    }
+
+    /// The VLANs the port carries.
+    pub fn vlans(&self) -> &PortVlans {
+        &self.vlans
     }
 
     /// What the port is connected to, for logs (for example `stream:unix:/run/vm.sock pid=42`).

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use vnet_wire::Bytes;
 
 use super::*;
+use vnet_wire::vlan::VlanId;
 
 const A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xa];
 const B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xb];
@@ -315,4 +316,75 @@ fn stations_lists_live_entries_with_their_port_and_age() {
     assert_eq!((stations[0].mac.0, stations[0].port, stations[0].age), (A, pa, Duration::from_secs(20)));
     assert_eq!((stations[1].mac.0, stations[1].port, stations[1].age), (B, pb, Duration::from_secs(10)));
     assert_eq!(switch.mac_table().stations(start + DEFAULT_AGING + Duration::from_secs(11)).count(), 0);
+}
+
+fn vlan(id: u16) -> VlanId {
+    VlanId::new(id).unwrap()
+}
+
+/// A frame from `src` to `dst` tagged for VLAN `id`.
+fn tagged_frame(dst: [u8; 6], src: [u8; 6], id: u16) -> Bytes {
+    let plain = vnet_wire::Frame::new(frame(dst, src)).unwrap();
+    Bytes::copy_from_slice(vnet_wire::vlan::tag(&plain, vlan(id)).as_bytes())
+}
+
+fn queued_tag(switch: &Switch, port: PortId) -> Vec<vnet_wire::vlan::Tag> {
+    switch.port(port).unwrap().queued().map(vnet_wire::vlan::tag_of).collect()
+}
+
+#[test]
+fn frames_never_cross_vlans_and_trunks_carry_them_tagged() {
+    use vnet_wire::vlan::Tag;
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let a10 = switch.add_port_on_vlans("a", false, PortVlans::access(vlan(10)));
+    let b10 = switch.add_port_on_vlans("b", false, PortVlans::access(vlan(10)));
+    let c20 = switch.add_port_on_vlans("c", false, PortVlans::access(vlan(20)));
+    let trunk = switch.add_port_on_vlans("trunk", false, PortVlans::trunk([vlan(10), vlan(20)]));
+    let plain = switch.add_port("plain");
+
+    switch.receive(a10, frame(BROADCAST, A), now);
+    assert_eq!(queued(&switch, b10), 1);
+    assert_eq!(queued(&switch, c20), 0, "VLAN 20 never sees VLAN 10");
+    assert_eq!(queued(&switch, plain), 0, "nor does the default VLAN");
+    assert_eq!(queued_tag(&switch, trunk), vec![Tag::Vlan(vlan(10))]);
+    assert_eq!(queued_tag(&switch, b10), vec![Tag::Untagged], "access ports get frames untagged");
+
+    // A tagged frame from the trunk reaches only its VLAN, untagged.
+    switch.receive(trunk, tagged_frame(BROADCAST, C, 20), now);
+    assert_eq!(queued_tag(&switch, c20), vec![Tag::Untagged]);
+    assert_eq!(queued(&switch, b10), 1);
+    // Untagged frames on the trunk belong to the default VLAN.
+    switch.receive(trunk, frame(BROADCAST, C), now);
+    assert_eq!(queued(&switch, plain), 1);
+    assert_eq!(
+        queued(&switch, a10),
+        0,
+        "A's own broadcast is not sent back, and the others were on other VLANs"
+    );
+}
+
+#[test]
+fn the_mac_table_is_per_vlan_and_bad_tags_are_dropped() {
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let a10 = switch.add_port_on_vlans("a", false, PortVlans::access(vlan(10)));
+    let a20 = switch.add_port_on_vlans("a20", false, PortVlans::access(vlan(20)));
+    let trunk = switch.add_port_on_vlans("trunk", false, PortVlans::trunk([vlan(10), vlan(20)]));
+    // The same MAC on two VLANs is two stations.
+    switch.receive(a10, frame(BROADCAST, A), now);
+    switch.receive(a20, frame(BROADCAST, A), now);
+    let stations: Vec<Station> = switch.mac_table().stations(now).collect();
+    assert_eq!(stations.len(), 2);
+    switch.take_pending();
+    switch.receive(trunk, tagged_frame(A, B, 20), now);
+    assert_eq!(switch.take_pending(), vec![a20], "unicast to A on VLAN 20 goes to A's VLAN-20 port");
+    // A tag for a VLAN the port does not carry, on an access or a trunk port.
+    switch.receive(a10, tagged_frame(BROADCAST, A, 20), now);
+    switch.receive(trunk, tagged_frame(BROADCAST, B, 30), now);
+    assert_eq!(switch.port(a10).unwrap().counters().drops(DropReason::VlanNotAllowed), 1);
+    assert_eq!(switch.port(trunk).unwrap().counters().drops(DropReason::VlanNotAllowed), 1);
+    // An access port's peer may tag frames with its own VLAN.
+    switch.receive(a10, tagged_frame(BROADCAST, A, 10), now);
+    assert_eq!(switch.port(a10).unwrap().counters().rx_dropped, 1);
 }

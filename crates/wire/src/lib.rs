@@ -6,6 +6,7 @@
 //! many ports clones a pointer, not the payload.
 
 pub mod offload;
+pub mod vlan;
 
 pub use bytes::Bytes;
 pub use offload::Offload;
@@ -53,6 +54,11 @@ impl Frame {
     /// Like [`Frame::new`], for a frame that still needs `offload` done.
     pub fn with_offload(bytes: Bytes, offload: Offload) -> Result<Self, FrameError> {
         Ok(Self { offload, ..Self::new(bytes)? })
+    }
+
+    /// A frame from bytes this crate built itself, whose length it has checked.
+    pub(crate) fn unchecked(bytes: Bytes, offload: Offload) -> Self {
+        Self { bytes, offload }
     }
 
     /// What the frame still needs done before it is what the wire carries.
