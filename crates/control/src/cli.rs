@@ -24,17 +24,17 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
 use vnet_gateway::{GatewayConfig, StaticLease};
-use vnet_switch::{ForwardingMode, SwitchConfig, DEFAULT_AGING};
+use vnet_switch::{ForwardingMode, PortVlans, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
-use vnet_transport::{netns, AttachSpec, ListenSpec, Network, NetworkConfig};
+use vnet_transport::{netns, ListenSpec, Network, NetworkConfig};
 use vnet_wire::MacAddress;
 
 use crate::client::{self, Inspect};
 use crate::config_file::{self, ConfigFile};
 use crate::qemu_args::{qemu_args, Model, Transport};
-use crate::spec::{parse_attach, parse_listen_arg, ListenArg};
+use crate::spec::{describe_with_vlans, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
 use crate::supervisor::Signals;
-use crate::user_options::parse_user_options;
+use crate::user_options::{parse_user_options, take_vlan_option};
 use crate::views::NetworkInfo;
 use crate::{api, capture, lifecycle, runtime_dir};
 
@@ -161,12 +161,13 @@ struct NetworkArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT,
-    /// or with --name a bare stream or dgram.
+    /// vde:DIR, or with --name a bare stream, dgram or vde.
     #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen_arg)]
-    listen: Vec<ListenArg>,
-    /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID.
-    #[arg(long = "attach", value_name = "SPEC", value_parser = parse_attach)]
-    attach: Vec<AttachSpec>,
+    listen: Vec<ListenOption>,
+    /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID,
+    /// vde:DIR, tap:NAME. Any spec may end in ,vlan=N (access port) or ,trunk=N,M (tagged).
+    #[arg(long = "attach", value_name = "SPEC", value_parser = parse_attach_option)]
+    attach: Vec<AttachOption>,
     /// Flood every frame to every port, like QEMU's hub, instead of learning addresses.
     #[arg(long)]
     hub: bool,
@@ -174,7 +175,7 @@ struct NetworkArgs {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     mac_aging: Option<u64>,
     /// The gateway's options, in QEMU's `-netdev user` syntax plus vnet's own
-    /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=).
+    /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=, vlan=).
     #[arg(long, value_name = "OPTS", conflicts_with = "no_user")]
     user: Option<String>,
     /// No gateway: a plain switch.
@@ -306,8 +307,8 @@ struct NamespaceCommand {
 /// Everything a network runs with, after the config file and the flags are merged.
 struct Settings {
     name: Option<String>,
-    listen: Vec<ListenArg>,
-    attach: Vec<AttachSpec>,
+    listen: Vec<ListenOption>,
+    attach: Vec<AttachOption>,
     hub: bool,
     mac_aging: Duration,
     /// The gateway's options; None for no gateway.
@@ -326,13 +327,11 @@ impl Settings {
             Some(path) => config_file::load(path)?,
             None => ConfigFile::default(),
         };
-        let or_file =
-            |flags: Vec<ListenArg>, file: Vec<ListenArg>| if flags.is_empty() { file } else { flags };
         let no_user = args.no_user || (args.user.is_none() && file.no_user == Some(true));
         Ok(Self {
             name: args.name.or(file.name),
             listen: or_file(args.listen, file.listen),
-            attach: if args.attach.is_empty() { file.attach } else { args.attach },
+            attach: or_file(args.attach, file.attach),
             hub: args.hub || file.hub == Some(true),
             mac_aging: Duration::from_secs(
                 args.mac_aging.or(file.mac_aging).unwrap_or(DEFAULT_AGING.as_secs()),
@@ -350,6 +349,15 @@ impl Settings {
     }
 }
 
+/// The command line's list if it gave one, else the config file's.
+fn or_file<T>(flags: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flags.is_empty() {
+        file
+    } else {
+        flags
+    }
+}
+
 /// Runs a network (and for `vnet ns`, its command) until it stops.
 fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow::Result<i32> {
     raise_file_limit();
@@ -360,16 +368,20 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     let listen = settings
         .listen
         .iter()
-        .map(|arg| arg.resolve(runtime_dir.as_deref()))
-        .collect::<Result<Vec<ListenSpec>, String>>()
+        .map(|option| option.arg.resolve(runtime_dir.as_deref()).map(|spec| (spec, option.vlans.clone())))
+        .collect::<Result<Vec<(ListenSpec, PortVlans)>, String>>()
         .map_err(anyhow::Error::msg)?;
-    let mut gateway = gateway_config(settings.user.as_deref())?;
+    let (user, gateway_vlans) = match settings.user.as_deref().map(take_vlan_option).transpose()? {
+        Some((user, vlans)) => (Some(user), vlans),
+        None => (None, PortVlans::default()),
+    };
+    let mut gateway = gateway_config(user.as_deref())?;
     let resolv_conf = TempResolvConf::new()?;
     let setup = match &namespace {
         Some(_) => gateway.as_mut().map(|gateway| namespace_setup(gateway, &resolv_conf)).transpose()?,
         None => None,
     };
-    let mut network = build_network(&settings, &listen, gateway)?;
+    let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_vlans)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
     let capture = settings.pcap.as_deref().map(|path| capture_from_start(&mut network, path)).transpose()?;
     if let Some(namespace) = namespace {
@@ -390,8 +402,12 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
             let info = NetworkInfo {
                 name: name.clone(),
                 started: std::time::Instant::now(),
-                listen: listen.iter().map(ToString::to_string).collect(),
-                attach: settings.attach.iter().map(ToString::to_string).collect(),
+                listen: listen.iter().map(|(spec, vlans)| describe_with_vlans(spec, vlans)).collect(),
+                attach: settings
+                    .attach
+                    .iter()
+                    .map(|option| describe_with_vlans(&option.spec, &option.vlans))
+                    .collect(),
             };
             Some(api::serve(&dir.join(runtime_dir::API_SOCKET), network.remote(), info)?)
         }
@@ -519,8 +535,8 @@ fn parse_name(text: &str) -> Result<String, String> {
 
 fn build_network(
     settings: &Settings,
-    listen: &[ListenSpec],
-    gateway: Option<GatewayConfig>,
+    listen: &[(ListenSpec, PortVlans)],
+    gateway: Option<(GatewayConfig, PortVlans)>,
 ) -> anyhow::Result<Network> {
     let config = NetworkConfig {
         switch: SwitchConfig {
@@ -531,14 +547,14 @@ fn build_network(
         dgram_peer_timeout: settings.dgram_peer_timeout,
     };
     let mut network = Network::new(config)?;
-    for spec in listen {
-        network.listen(spec)?;
+    for (spec, vlans) in listen {
+        network.listen(spec, vlans.clone())?;
     }
-    for spec in &settings.attach {
-        network.attach(spec)?;
+    for option in &settings.attach {
+        network.attach(&option.spec, option.vlans.clone())?;
     }
-    if let Some(gateway) = gateway {
-        network.add_gateway(gateway)?;
+    if let Some((config, vlans)) = gateway {
+        network.add_gateway(config, vlans)?;
     }
     Ok(network)
 }

@@ -20,12 +20,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::spec::{parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
+use crate::user_options::parse_host_forward;
 use serde::Deserialize;
 use toml::Spanned;
-use vnet_transport::AttachSpec;
-
-use crate::spec::{parse_attach, parse_listen_arg, ListenArg};
-use crate::user_options::parse_host_forward;
 
 /// What a config file says; None or empty for what it leaves to the flags.
 #[derive(Debug, Default, PartialEq)]
@@ -33,9 +31,9 @@ pub struct ConfigFile {
     /// `name`.
     pub name: Option<String>,
     /// `listen`.
-    pub listen: Vec<ListenArg>,
+    pub listen: Vec<ListenOption>,
     /// `attach`.
-    pub attach: Vec<AttachSpec>,
+    pub attach: Vec<AttachOption>,
     /// `user`, with `forwards` appended as `hostfwd=` options.
     pub user: Option<String>,
     /// `no-user`.
@@ -106,7 +104,9 @@ pub fn parse(text: &str) -> Result<ConfigFile, String> {
         config.listen.push(parse_listen_arg(value.get_ref()).map_err(|e| at(value.span(), e.to_string()))?);
     }
     for value in raw.attach {
-        config.attach.push(parse_attach(value.get_ref()).map_err(|e| at(value.span(), e.to_string()))?);
+        config
+            .attach
+            .push(parse_attach_option(value.get_ref()).map_err(|e| at(value.span(), e.to_string()))?);
     }
     let mut user: Vec<String> = raw.user.map(Spanned::into_inner).into_iter().collect();
     for rule in raw.forwards {
@@ -154,7 +154,7 @@ pidfile = "/tmp/x.pid"
         .unwrap();
         assert_eq!(config.name.as_deref(), Some("lab"));
         assert_eq!(config.listen.len(), 2);
-        assert_eq!(config.listen[0], ListenArg::DefaultStream);
+        assert_eq!(config.listen[0].arg, crate::spec::ListenArg::DefaultStream);
         assert_eq!(config.attach.len(), 1);
         assert_eq!(config.user.as_deref(), Some("mtu=9000,hostfwd=tcp::2222-:22"));
         assert_eq!(

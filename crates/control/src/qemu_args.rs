@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::ValueEnum;
 use vnet_transport::ListenSpec;
 
-use crate::spec::parse_listen;
+use crate::spec::{parse_listen_arg, ListenArg};
 
 /// The NIC the guest sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +71,7 @@ fn netdev(spec: &ListenSpec, transport: Transport, unique: &str) -> Option<Strin
                 path.display()
             ))
         }
+        (ListenSpec::Vde(dir), Transport::Vde) => Some(format!("vde,id=net0,sock={}", dir.display())),
         (ListenSpec::DgramUdp(addr), Transport::Dgram) => {
             let (host, port) = addr.rsplit_once(':')?;
             Some(format!(
@@ -86,15 +87,21 @@ fn netdev(spec: &ListenSpec, transport: Transport, unique: &str) -> Option<Strin
 pub fn qemu_args(listen: &[String], model: Model, transport: Transport) -> anyhow::Result<String> {
     let mac = random_mac();
     let unique = mac.replace(':', "");
-    let specs: Vec<ListenSpec> = listen.iter().filter_map(|text| parse_listen(text).ok()).collect();
+    let specs: Vec<ListenSpec> = listen
+        .iter()
+        .filter_map(|text| match parse_listen_arg(text).ok()?.arg {
+            ListenArg::Spec(spec) => Some(spec),
+            _ => None,
+        })
+        .collect();
     let Some(netdev) = specs.iter().find_map(|spec| netdev(spec, transport, &unique[6..])) else {
         let name = transport.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
         match transport {
-            Transport::Stream | Transport::Dgram => bail!(
+            Transport::Stream | Transport::Dgram | Transport::Vde => bail!(
                 "the network does not listen on {name}; start it with --listen {name} (and --name), or choose another --transport"
             ),
-            Transport::Vde | Transport::VhostUser => {
-                bail!("vnet does not serve the {name} transport yet; use --transport stream or dgram")
+            Transport::VhostUser => {
+                bail!("vnet does not serve the {name} transport yet; use --transport stream, dgram or vde")
             }
         }
     };
@@ -124,7 +131,10 @@ mod tests {
         let listen = ["stream:unix:/tmp/s.sock".to_owned()];
         let error = qemu_args(&listen, Model::E1000, Transport::Dgram).unwrap_err().to_string();
         assert!(error.contains("--listen dgram"), "{error}");
-        let error = qemu_args(&listen, Model::E1000, Transport::Vde).unwrap_err().to_string();
-        assert!(error.contains("does not serve the vde transport yet"), "{error}");
+        let error = qemu_args(&listen, Model::E1000, Transport::VhostUser).unwrap_err().to_string();
+        assert!(error.contains("does not serve the vhost-user transport yet"), "{error}");
+        let vde =
+            qemu_args(&["vde:/run/vnet/lab/vde,vlan=3".to_owned()], Model::E1000, Transport::Vde).unwrap();
+        assert!(vde.starts_with("-netdev vde,id=net0,sock=/run/vnet/lab/vde -device e1000"), "{vde}");
     }
 }

@@ -1,17 +1,20 @@
 //! Parsing of `--listen` and `--attach` values into the transports' address types.
 //!
 //! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
-//! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`,
-//! `mcast:GROUP:PORT[,localaddr=ADDR]` and `netns:PATH|PID[,ifname=NAME]`. Every error
-//! repeats the offending text and lists what would have been accepted. Nothing here opens
-//! a socket or checks that a path or address exists.
+//! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`, `vde:DIR`,
+//! `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]` and `tap:NAME`.
+//! Any of them may end in `,vlan=N` (an access port) or `,trunk=N,M,...` (a trunk).
+//! Every error repeats the offending text and lists what would have been accepted.
+//! Nothing here opens a socket or checks that a path or address exists.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use thiserror::Error;
+use vnet_switch::PortVlans;
 use vnet_transport::netns::{validate_ifname, DEFAULT_IFNAME};
 use vnet_transport::{AttachSpec, ListenSpec, McastSpec, NamespaceRef, NetnsSpec};
+use vnet_wire::vlan::VlanId;
 
 /// A `--listen` or `--attach` value that does not parse.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -24,8 +27,11 @@ pub struct SpecError {
 }
 
 const LISTEN_FORMS: &str =
-    "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, or with --name a bare stream or dgram";
-const ATTACH_FORMS: &str = "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT or netns:PATH|PID";
+    "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, vde:DIR, \
+     or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M";
+const ATTACH_FORMS: &str =
+    "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR or \
+     tap:NAME; each may end in ,vlan=N or ,trunk=N,M";
 
 fn listen_error(text: &str, problem: impl Into<String>) -> SpecError {
     SpecError { option: "--listen", text: text.to_owned(), problem: problem.into(), expected: LISTEN_FORMS }
@@ -62,8 +68,20 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
             Some(("udp", addr)) => Ok(ListenSpec::DgramUdp(host_port(addr).map_err(fail)?)),
             _ => Err(fail("dgram needs unix:PATH or udp:HOST:PORT")),
         },
+        Some(("vde", dir)) => Ok(ListenSpec::Vde(vde_dir(dir).map_err(fail)?)),
         _ => Err(fail("unknown transport")),
     }
+}
+
+/// A VDE switch directory: its `ctl` and port sockets must fit a unix socket path.
+fn vde_dir(dir: &str) -> Result<PathBuf, &'static str> {
+    if dir.is_empty() {
+        return Err("the directory is empty");
+    }
+    if dir.len() >= 90 {
+        return Err("the directory must be shorter than 90 bytes, for the sockets inside it");
+    }
+    Ok(PathBuf::from(dir))
 }
 
 /// A `--listen` value as given: a full spec, or a bare `stream` or `dgram` that means
@@ -76,6 +94,8 @@ pub enum ListenArg {
     DefaultStream,
     /// `dgram`: `RUNTIME_DIR/dgram.sock`.
     DefaultDgram,
+    /// `vde`: the switch directory `RUNTIME_DIR/vde`.
+    DefaultVde,
 }
 
 impl ListenArg {
@@ -94,16 +114,78 @@ impl ListenArg {
             ListenArg::Spec(spec) => Ok(spec.clone()),
             ListenArg::DefaultStream => default("stream.sock").map(ListenSpec::StreamUnix),
             ListenArg::DefaultDgram => default("dgram.sock").map(ListenSpec::DgramUnix),
+            ListenArg::DefaultVde => default("vde").map(ListenSpec::Vde),
         }
     }
 }
 
-/// Parses a `--listen` value, allowing a bare `stream` or `dgram`.
-pub fn parse_listen_arg(text: &str) -> Result<ListenArg, SpecError> {
-    match text {
-        "stream" => Ok(ListenArg::DefaultStream),
-        "dgram" => Ok(ListenArg::DefaultDgram),
-        _ => parse_listen(text).map(ListenArg::Spec),
+/// A `--listen` value with the VLANs its ports carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenOption {
+    /// What to listen on.
+    pub arg: ListenArg,
+    /// `,vlan=` or `,trunk=`; the default VLAN untagged without them.
+    pub vlans: PortVlans,
+}
+
+/// An `--attach` value with the VLANs its port carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachOption {
+    /// What to attach to.
+    pub spec: AttachSpec,
+    /// `,vlan=` or `,trunk=`; the default VLAN untagged without them.
+    pub vlans: PortVlans,
+}
+
+/// Parses a `--listen` value, allowing a bare `stream`, `dgram` or `vde`, and VLAN
+/// options.
+pub fn parse_listen_arg(text: &str) -> Result<ListenOption, SpecError> {
+    let (base, vlans) = split_vlan_options(text).map_err(|problem| listen_error(text, problem))?;
+    let arg = match base {
+        "stream" => ListenArg::DefaultStream,
+        "dgram" => ListenArg::DefaultDgram,
+        "vde" => ListenArg::DefaultVde,
+        _ => ListenArg::Spec(parse_listen(base).map_err(|e| SpecError { text: text.to_owned(), ..e })?),
+    };
+    Ok(ListenOption { arg, vlans })
+}
+
+/// Parses an `--attach` value with its VLAN options.
+pub fn parse_attach_option(text: &str) -> Result<AttachOption, SpecError> {
+    let (base, vlans) = split_vlan_options(text).map_err(|problem| attach_error(text, problem))?;
+    let spec = parse_attach(base).map_err(|e| SpecError { text: text.to_owned(), ..e })?;
+    Ok(AttachOption { spec, vlans })
+}
+
+/// Splits `,vlan=N` or `,trunk=N,M,...` (which must come last) off a spec.
+fn split_vlan_options(text: &str) -> Result<(&str, PortVlans), String> {
+    if let Some((base, vlan)) = text.split_once(",vlan=") {
+        return Ok((base, PortVlans::access(parse_vlan_id(vlan)?)));
+    }
+    if let Some((base, list)) = text.split_once(",trunk=") {
+        let vlans = list.split(',').map(parse_vlan_id).collect::<Result<Vec<VlanId>, String>>()?;
+        return Ok((base, PortVlans::trunk(vlans)));
+    }
+    Ok((text, PortVlans::default()))
+}
+
+/// A VLAN id from 1 to 4094.
+pub fn parse_vlan_id(text: &str) -> Result<VlanId, String> {
+    text.parse::<u16>()
+        .ok()
+        .and_then(VlanId::new)
+        .ok_or_else(|| format!("VLAN '{text}' must be a number from 1 to 4094"))
+}
+
+/// A spec with its VLAN options, as it was given.
+pub fn describe_with_vlans(spec: &impl std::fmt::Display, vlans: &PortVlans) -> String {
+    match (vlans.untagged, vlans.tagged.is_empty()) {
+        (None, true) => spec.to_string(),
+        (Some(vlan), _) => format!("{spec},vlan={vlan}"),
+        (None, false) => {
+            let list: Vec<String> = vlans.tagged.iter().map(ToString::to_string).collect();
+            format!("{spec},trunk={}", list.join(","))
+        }
     }
 }
 
@@ -117,6 +199,11 @@ pub fn parse_attach(text: &str) -> Result<AttachSpec, SpecError> {
         },
         Some(("mcast", rest)) => Ok(AttachSpec::Mcast(mcast(rest).map_err(fail)?)),
         Some(("netns", rest)) => Ok(AttachSpec::Netns(netns(rest).map_err(|p| attach_error(text, p))?)),
+        Some(("vde", dir)) => Ok(AttachSpec::Vde(vde_dir(dir).map_err(fail)?)),
+        Some(("tap", name)) => {
+            validate_ifname(name).map_err(|p| attach_error(text, p))?;
+            Ok(AttachSpec::Tap(name.to_owned()))
+        }
         _ => Err(fail("unknown transport")),
     }
 }
@@ -231,6 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn vde_tap_and_vlan_options_parse() {
+        assert_eq!(parse_listen("vde:/tmp/sw"), Ok(ListenSpec::Vde("/tmp/sw".into())));
+        assert_eq!(parse_attach("vde:/tmp/sw"), Ok(AttachSpec::Vde("/tmp/sw".into())));
+        assert_eq!(parse_attach("tap:vnet0"), Ok(AttachSpec::Tap("vnet0".into())));
+        let access = parse_listen_arg("stream:unix:/tmp/a,vlan=10").unwrap();
+        assert_eq!(access.arg, ListenArg::Spec(ListenSpec::StreamUnix("/tmp/a".into())));
+        assert_eq!(access.vlans, PortVlans::access(VlanId::new(10).unwrap()));
+        let trunk = parse_attach_option("mcast:230.0.0.1:1,localaddr=127.0.0.1,trunk=10,20").unwrap();
+        assert_eq!(trunk.vlans, PortVlans::trunk([10, 20].map(|id| VlanId::new(id).unwrap())));
+        assert_eq!(
+            describe_with_vlans(&trunk.spec, &trunk.vlans),
+            "mcast:230.0.0.1:1,localaddr=127.0.0.1,trunk=10,20"
+        );
+        assert_eq!(parse_listen_arg("vde,vlan=3").unwrap().arg, ListenArg::DefaultVde);
+        for bad in ["stream:unix:/a,vlan=0", "stream:unix:/a,vlan=4095", "stream:unix:/a,trunk=1,x", "vde:"] {
+            let error = parse_listen_arg(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("'{bad}'")), "{error}");
+        }
+        assert!(parse_attach("tap:").is_err());
+        assert!(parse_attach("tap:name-longer-than-15").is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_text_and_the_forms() {
         let error = parse_listen("stream:udp:1.2.3.4:5").unwrap_err().to_string();
         assert!(error.contains("'stream:udp:1.2.3.4:5'"), "{error}");
@@ -253,7 +363,7 @@ mod tests {
         ] {
             assert!(parse_attach(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_listen_arg("stream"), Ok(ListenArg::DefaultStream));
+        assert_eq!(parse_listen_arg("stream").unwrap().arg, ListenArg::DefaultStream);
         assert!(ListenArg::DefaultDgram.resolve(None).unwrap_err().contains("needs --name"));
         assert_eq!(
             ListenArg::DefaultStream.resolve(Some(std::path::Path::new("/run/vnet/lab"))),

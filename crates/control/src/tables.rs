@@ -93,9 +93,12 @@ pub fn ports(ports: &[PortView]) -> String {
 pub fn stations(stations: &[StationView]) -> String {
     let rows: Vec<Vec<String>> = stations
         .iter()
-        .map(|station| vec![station.port.to_string(), station.mac.clone(), format!("{}s", station.age_secs)])
+        .map(|station| {
+            let vlan = station.vlan.map_or_else(|| "-".to_owned(), |vlan| vlan.to_string());
+            vec![station.port.to_string(), vlan, station.mac.clone(), format!("{}s", station.age_secs)]
+        })
         .collect();
-    table(&["PORT", "MAC", "AGE"], &rows)
+    table(&["PORT", "VLAN", "MAC", "AGE"], &rows)
 }
 
 /// `vnet leases`.

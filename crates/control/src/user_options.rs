@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use thiserror::Error;
 use vnet_gateway::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
+use vnet_switch::PortVlans;
 use vnet_wire::MacAddress;
 
 /// A `--user` option vnet refuses.
@@ -124,6 +125,23 @@ fn static_lease(value: &str) -> Result<StaticLease, &'static str> {
         .map_err(|_| "the MAC must be six hex octets separated by ':'")?;
     let mac: [u8; 6] = octets.try_into().map_err(|_| "the MAC must be six hex octets separated by ':'")?;
     Ok(StaticLease { mac: MacAddress(mac), ip: ipv4(ip)? })
+}
+
+/// Takes vnet's `vlan=N` out of a `--user` string: the VLAN the gateway's port is on,
+/// which is the switch's business, not the gateway's. The rest is returned as it was.
+pub fn take_vlan_option(text: &str) -> Result<(String, PortVlans), UserOptionError> {
+    let mut vlans = PortVlans::default();
+    let mut rest = Vec::new();
+    for option in text.split(',') {
+        match option.strip_prefix("vlan=") {
+            Some(id) => {
+                let vlan = crate::spec::parse_vlan_id(id).map_err(|problem| refuse(option, problem))?;
+                vlans = PortVlans::access(vlan);
+            }
+            None => rest.push(option),
+        }
+    }
+    Ok((rest.join(","), vlans))
 }
 
 /// `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`, QEMU's hostfwd syntax. An
@@ -247,6 +265,14 @@ mod tests {
             config.dns_upstreams,
             vec!["127.0.0.53:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
         );
+    }
+
+    #[test]
+    fn the_gateway_vlan_is_taken_out_of_the_options() {
+        let (rest, vlans) = take_vlan_option("mtu=9000,vlan=20,restrict=on").unwrap();
+        assert_eq!(rest, "mtu=9000,restrict=on");
+        assert_eq!(vlans, PortVlans::access(vnet_wire::vlan::VlanId::new(20).unwrap()));
+        assert!(take_vlan_option("vlan=5000").unwrap_err().to_string().contains("vlan=5000"));
     }
 
     #[test]

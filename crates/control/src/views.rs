@@ -38,6 +38,8 @@ pub struct PortView {
 /// One station in the MAC table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StationView {
+    /// The VLAN it is on; None for the default VLAN.
+    pub vlan: Option<u16>,
     /// Its MAC address.
     pub mac: String,
     /// The port it was last seen on.
@@ -203,12 +205,13 @@ pub fn stations(network: &Network) -> Vec<StationView> {
         .mac_table()
         .stations(Instant::now())
         .map(|station| StationView {
+            vlan: station.vlan.map(|vlan| vlan.get()),
             mac: colon_mac(station.mac),
             port: station.port.0,
             age_secs: station.age.as_secs(),
         })
         .collect();
-    stations.sort_by(|a, b| (a.port, &a.mac).cmp(&(b.port, &b.mac)));
+    stations.sort_by(|a, b| (a.port, a.vlan, &a.mac).cmp(&(b.port, b.vlan, &b.mac)));
     stations
 }
 

@@ -134,6 +134,8 @@ struct Sockets {
     sources: HashMap<Token, Source>,
     /// Where acknowledged stream bytes are read to before they are dropped.
     discard_buffer: Vec<u8>,
+    /// The gateway's own switch port, once started.
+    port: Option<PortId>,
 }
 
 impl HostStream {
@@ -296,7 +298,10 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn guest_room(&mut self, guest: MacAddress) -> EgressRoom {
-        match self.cx.switch.room_toward(guest, self.cx.now) {
+        let Some(port) = self.sockets.port else {
+            return EgressRoom::UNLIMITED;
+        };
+        match self.cx.switch.room_toward(port, guest, self.cx.now) {
             Some((room, takes_offloads)) => {
                 EgressRoom { frames: room.frames, bytes: room.bytes, takes_offloads }
             }
@@ -598,6 +603,7 @@ impl Endpoint for GatewayPort {
         let config = self.gateway.config();
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
         self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
+        self.sockets.port = self.port;
         for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
             if let Some(forward) = forward {
                 let (token, source) = forward.register(index, cx)?;

@@ -18,6 +18,7 @@ pub mod stream;
 mod sys;
 pub mod tap;
 mod unix_path;
+pub mod vde;
 
 use std::fmt;
 use std::io;
@@ -26,6 +27,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use thiserror::Error;
+use vnet_switch::PortVlans;
 
 pub use network::{Network, NetworkConfig, NetworkCounters, NetworkStopped, Remote, Supervisor};
 
@@ -41,6 +43,8 @@ pub enum ListenSpec {
     DgramUnix(PathBuf),
     /// `dgram:udp:HOST:PORT`: QEMU `-netdev dgram` with inet addresses.
     DgramUdp(String),
+    /// `vde:DIR`: a vde_switch directory, for QEMU `-netdev vde,sock=DIR` and vde_plug.
+    Vde(PathBuf),
 }
 
 /// What vnet connects to (`--attach`).
@@ -54,6 +58,10 @@ pub enum AttachSpec {
     Mcast(McastSpec),
     /// `netns:PATH|PID[,ifname=NAME]`: a tap inside an existing network namespace.
     Netns(NetnsSpec),
+    /// `vde:DIR`: a port of the vde_switch serving DIR.
+    Vde(PathBuf),
+    /// `tap:NAME`: the host's tap NAME, created if absent.
+    Tap(String),
 }
 
 /// A tap to create inside an existing network namespace.
@@ -93,6 +101,7 @@ impl fmt::Display for ListenSpec {
             ListenSpec::StreamTcp(addr) => write!(f, "stream:tcp:{addr}"),
             ListenSpec::DgramUnix(path) => write!(f, "dgram:unix:{}", path.display()),
             ListenSpec::DgramUdp(addr) => write!(f, "dgram:udp:{addr}"),
+            ListenSpec::Vde(dir) => write!(f, "vde:{}", dir.display()),
         }
     }
 }
@@ -108,6 +117,8 @@ impl fmt::Display for AttachSpec {
                 write!(f, "mcast:{group}:{port},localaddr={local}")
             }
             AttachSpec::Netns(NetnsSpec { target, ifname }) => write!(f, "{target},ifname={ifname}"),
+            AttachSpec::Vde(dir) => write!(f, "vde:{}", dir.display()),
+            AttachSpec::Tap(name) => write!(f, "tap:{name}"),
         }
     }
 }
@@ -145,6 +156,9 @@ pub enum TransportError {
     /// A namespace could not be entered or a tap created there.
     #[error("{0}")]
     Namespace(String),
+    /// The host tap could not be created for want of privilege.
+    #[error("cannot create tap {0}: that needs CAP_NET_ADMIN; run vnet as root, or create the tap once for your user with `ip tuntap add {0} mode tap user $USER` (as root)")]
+    TapPermission(String),
     /// A gateway operation on a network started with `--no-user`.
     #[error("the network has no gateway (it runs with --no-user)")]
     NoGateway,
@@ -166,43 +180,48 @@ impl TransportError {
 }
 
 impl Network {
-    /// Accepts peers at `spec`: binds now, so a bad address fails before the loop runs.
-    pub fn listen(&mut self, spec: &ListenSpec) -> Result<(), TransportError> {
-        match spec {
-            ListenSpec::StreamUnix(path) => self.add_endpoint(Box::new(stream::Listener::bind_unix(path)?)),
-            ListenSpec::StreamTcp(addr) => self.add_endpoint(Box::new(stream::Listener::bind_tcp(addr)?)),
-            ListenSpec::DgramUnix(path) => {
-                self.add_endpoint(Box::new(dgram::DgramListener::bind_unix(path)?))
+    /// Accepts peers at `spec`, their ports on `vlans`: binds now, so a bad address fails
+    /// before the loop runs.
+    pub fn listen(&mut self, spec: &ListenSpec, vlans: PortVlans) -> Result<(), TransportError> {
+        let endpoint: Box<dyn network::Endpoint> = match spec {
+            ListenSpec::StreamUnix(path) => Box::new(stream::Listener::bind_unix(path)?),
+            ListenSpec::StreamTcp(addr) => Box::new(stream::Listener::bind_tcp(addr)?),
+            ListenSpec::DgramUnix(path) => Box::new(dgram::DgramListener::bind_unix(path)?),
+            ListenSpec::DgramUdp(addr) => {
+                Box::new(dgram::DgramListener::bind_udp(addr, self.config().dgram_peer_timeout)?)
             }
-            ListenSpec::DgramUdp(addr) => self.add_endpoint(Box::new(dgram::DgramListener::bind_udp(
-                addr,
-                self.config().dgram_peer_timeout,
-            )?)),
-        }
+            ListenSpec::Vde(dir) => Box::new(vde::VdeListener::bind(dir)?),
+        };
+        self.add_endpoint(endpoint, vlans).map(drop)
     }
 
-    /// Connects to or joins `spec`. Stream peers that are not up yet are retried from the
-    /// loop; a namespace is entered now, so call this before starting any thread.
-    pub fn attach(&mut self, spec: &AttachSpec) -> Result<(), TransportError> {
-        match spec {
+    /// Connects to or joins `spec`, its port on `vlans`. Stream peers that are not up
+    /// yet are retried from the loop; a namespace is entered now, so call this before
+    /// starting any thread.
+    pub fn attach(&mut self, spec: &AttachSpec, vlans: PortVlans) -> Result<(), TransportError> {
+        let endpoint: Box<dyn network::Endpoint> = match spec {
             AttachSpec::StreamUnix(path) => {
-                self.add_endpoint(Box::new(stream::Dialer::new(stream::DialTarget::Unix(path.clone()))))
+                Box::new(stream::Dialer::new(stream::DialTarget::Unix(path.clone())))
             }
             AttachSpec::StreamTcp(addr) => {
-                let addr = stream::resolve(addr)?;
-                self.add_endpoint(Box::new(stream::Dialer::new(stream::DialTarget::Tcp(addr))))
+                Box::new(stream::Dialer::new(stream::DialTarget::Tcp(stream::resolve(addr)?)))
             }
-            AttachSpec::Mcast(spec) => self.add_endpoint(Box::new(mcast::McastSegment::join(spec)?)),
+            AttachSpec::Mcast(spec) => Box::new(mcast::McastSegment::join(spec)?),
             AttachSpec::Netns(spec) => {
                 let tap = netns::open_tap_in(&spec.target, &spec.ifname)?;
-                self.attach_tap(tap, format!("{} ifname={}", spec.target, spec.ifname))
+                Box::new(tap::TapPort::new(tap, format!("{} ifname={}", spec.target, spec.ifname)))
             }
-        }
+            AttachSpec::Vde(dir) => Box::new(vde::VdeAttachment::connect(dir)?),
+            AttachSpec::Tap(name) => {
+                Box::new(tap::TapPort::new(tap::open_host_tap(name)?, format!("tap:{name}")))
+            }
+        };
+        self.add_endpoint(endpoint, vlans).map(drop)
     }
 
     /// Relays an open tap descriptor, such as the one [`netns::spawn_in_new_namespace`]
     /// returns.
     pub fn attach_tap(&mut self, tap: OwnedFd, name: String) -> Result<(), TransportError> {
-        self.add_endpoint(Box::new(tap::TapPort::new(tap, name)))
+        self.add_endpoint(Box::new(tap::TapPort::new(tap, name)), PortVlans::default()).map(drop)
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use tracing::{debug, info, warn};
-use vnet_switch::{MirrorId, MirrorSink, PortId, Switch, SwitchConfig};
+use vnet_switch::{MirrorId, MirrorSink, PortId, PortVlans, Switch, SwitchConfig};
 
 use crate::gateway::GatewayPort;
 use crate::TransportError;
@@ -43,8 +43,11 @@ pub struct NetworkCounters {
     pub unanswerable_datagram: u64,
     /// Datagrams from new peers refused because a socket already serves its maximum.
     pub dgram_peer_refused: u64,
-    /// Connections accepted by stream listeners (not a loss; counted for inspection).
+    /// Connections accepted by stream and VDE listeners (not a loss; counted for
+    /// inspection).
     pub accepted: u64,
+    /// VDE control connections closed for a malformed or refused port request.
+    pub bad_vde_request: u64,
 }
 
 /// What one read batch found.
@@ -101,6 +104,8 @@ pub(crate) struct Context<'a> {
     owners: &'a mut HashMap<PortId, Token>,
     spawned: &'a mut Vec<Box<dyn Endpoint>>,
     tokens: &'a mut Tokens,
+    /// The VLANs the running endpoint's ports carry.
+    vlans: &'a PortVlans,
 }
 
 impl Context<'_> {
@@ -113,7 +118,7 @@ impl Context<'_> {
     /// Adds a port owned by the running endpoint; if `takes_offloads`, its frames may
     /// come with offloads still to do (see [`vnet_wire::Offload`]).
     pub fn add_port_taking_offloads(&mut self, name: String, takes_offloads: bool) -> PortId {
-        let id = self.switch.add_port_taking_offloads(name.clone(), takes_offloads);
+        let id = self.switch.add_port_on_vlans(name.clone(), takes_offloads, self.vlans.clone());
         info!(port = %id, %name, "port opened");
         self.owners.insert(id, self.token);
         id
@@ -187,6 +192,8 @@ pub(crate) trait Endpoint {
 }
 
 const SUPERVISOR: Token = Token(0);
+/// The VLANs of an ordinary port: the default VLAN, untagged.
+static DEFAULT_VLANS: PortVlans = PortVlans::DEFAULT;
 /// The wake-up of [`Remote`]: jobs from other threads wait.
 const JOBS: Token = Token(usize::MAX);
 /// Read batches one endpoint gets per readiness event before others have a turn.
@@ -222,6 +229,9 @@ pub struct Network {
     tokens: Tokens,
     next_housekeeping: Instant,
     gateway: Option<Token>,
+    /// The VLANs of endpoints whose ports carry other than the default VLAN untagged;
+    /// what an endpoint spawns inherits them.
+    vlans: HashMap<Token, PortVlans>,
     jobs: mpsc::Receiver<Job>,
     remote: Remote,
 }
@@ -235,6 +245,7 @@ impl Network {
         let (sender, jobs) = mpsc::channel();
         Ok(Self {
             gateway: None,
+            vlans: HashMap::new(),
             jobs,
             remote: Remote { jobs: sender, waker: Arc::new(waker) },
             poll,
@@ -263,19 +274,25 @@ impl Network {
         &self.counters
     }
 
-    pub(crate) fn add_endpoint(&mut self, endpoint: Box<dyn Endpoint>) -> Result<(), TransportError> {
-        self.add_endpoint_token(endpoint).map(drop)
-    }
-
-    fn add_endpoint_token(&mut self, endpoint: Box<dyn Endpoint>) -> Result<Token, TransportError> {
-        let token = self.install(endpoint).map_err(|e| TransportError::io("cannot register endpoint", e))?;
+    /// Adds an endpoint whose ports carry `vlans`.
+    pub(crate) fn add_endpoint(
+        &mut self,
+        endpoint: Box<dyn Endpoint>,
+        vlans: PortVlans,
+    ) -> Result<Token, TransportError> {
+        let token =
+            self.install(endpoint, vlans).map_err(|e| TransportError::io("cannot register endpoint", e))?;
         debug!(token = token.0, "endpoint added");
         Ok(token)
     }
 
-    /// Adds the user-mode gateway as a port of the network.
-    pub fn add_gateway(&mut self, config: vnet_gateway::GatewayConfig) -> Result<(), TransportError> {
-        let token = self.add_endpoint_token(Box::new(GatewayPort::new(config)?))?;
+    /// Adds the user-mode gateway as a port of the network, on `vlans`.
+    pub fn add_gateway(
+        &mut self,
+        config: vnet_gateway::GatewayConfig,
+        vlans: PortVlans,
+    ) -> Result<(), TransportError> {
+        let token = self.add_endpoint(Box::new(GatewayPort::new(config)?), vlans)?;
         self.gateway = Some(token);
         Ok(())
     }
@@ -402,11 +419,15 @@ impl Network {
         Ok(exit_code)
     }
 
-    /// Gives `endpoint` a token and starts it.
-    fn install(&mut self, mut endpoint: Box<dyn Endpoint>) -> io::Result<Token> {
+    /// Gives `endpoint` a token and starts it, its ports on `vlans`.
+    fn install(&mut self, mut endpoint: Box<dyn Endpoint>, vlans: PortVlans) -> io::Result<Token> {
         let token = self.tokens.allocate();
+        if vlans != PortVlans::default() {
+            self.vlans.insert(token, vlans);
+        }
         let mut spawned = Vec::new();
         let mut cx = Context {
+            vlans: self.vlans.get(&token).unwrap_or(&DEFAULT_VLANS),
             switch: &mut self.switch,
             registry: self.poll.registry(),
             counters: &mut self.counters,
@@ -417,15 +438,20 @@ impl Network {
             spawned: &mut spawned,
             tokens: &mut self.tokens,
         };
-        endpoint.start(&mut cx)?;
+        if let Err(e) = endpoint.start(&mut cx) {
+            self.vlans.remove(&token);
+            return Err(e);
+        }
         self.endpoints.insert(token, endpoint);
-        self.install_spawned(spawned);
+        self.install_spawned(spawned, token);
         Ok(token)
     }
 
-    fn install_spawned(&mut self, spawned: Vec<Box<dyn Endpoint>>) {
+    /// Installs what `parent` spawned, on the parent's VLANs.
+    fn install_spawned(&mut self, spawned: Vec<Box<dyn Endpoint>>, parent: Token) {
         for endpoint in spawned {
-            if let Err(e) = self.install(endpoint) {
+            let vlans = self.vlans.get(&parent).cloned().unwrap_or_default();
+            if let Err(e) = self.install(endpoint, vlans) {
                 warn!(error = %e, "could not start a new connection");
             }
         }
@@ -442,6 +468,7 @@ impl Network {
         let mut spawned = Vec::new();
         let endpoint = self.endpoints.get_mut(&token)?;
         let mut cx = Context {
+            vlans: self.vlans.get(&token).unwrap_or(&DEFAULT_VLANS),
             switch: &mut self.switch,
             registry: self.poll.registry(),
             counters: &mut self.counters,
@@ -457,7 +484,10 @@ impl Network {
             endpoint.close(&mut cx);
             self.endpoints.remove(&token);
         }
-        self.install_spawned(spawned);
+        self.install_spawned(spawned, token);
+        if liveness == Liveness::Closed {
+            self.vlans.remove(&token);
+        }
         Some(result)
     }
 

@@ -161,8 +161,19 @@ fn interface_request(name: &str) -> io::Result<libc::ifreq> {
 /// non-blocking mode, and returns its descriptor. Every frame read or written on it comes
 /// after a `virtio_net_hdr` (IFF_VNET_HDR). The device lives as long as the descriptor.
 pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
+    open_tap(name, libc::IFF_TUN_EXCL)
+}
+
+/// Opens the tap device `name`, creating it if it does not exist (which needs
+/// CAP_NET_ADMIN; a persistent tap made for vnet's user with `ip tuntap add ... user`
+/// does not). Otherwise like [`create_tap`].
+pub fn open_or_create_tap(name: &str) -> io::Result<OwnedFd> {
+    open_tap(name, 0)
+}
+
+fn open_tap(name: &str, extra_flags: libc::c_int) -> io::Result<OwnedFd> {
     let mut request = interface_request(name)?;
-    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL | libc::IFF_VNET_HDR;
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | extra_flags;
     request.ifr_ifru.ifru_flags = flags as libc::c_short;
     let path = CString::new("/dev/net/tun").expect("no NUL in literal");
     // SAFETY: `path` is a valid C string; open has no other preconditions.

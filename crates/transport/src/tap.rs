@@ -1,8 +1,8 @@
 //! A tap device as a switch port: one frame per `read` and per `write` on its descriptor,
 //! each behind a `virtio_net_hdr`.
 //!
-//! The device is created elsewhere ([`crate::netns`]), usually inside another network
-//! namespace, with that header on (IFF_VNET_HDR). Its checksum and TCP segmentation
+//! The device is created in another network namespace ([`crate::netns`]), or is a tap of
+//! the host's own ([`open_host_tap`]), always with that header on (IFF_VNET_HDR). Its checksum and TCP segmentation
 //! offloads are turned on here, so the kernel behind it hands over and takes 64 KiB TCP
 //! segments with partial checksums, and the header's meaning travels with each frame as
 //! its [`Offload`]. This module only relays frames between the descriptor and the port.
@@ -14,13 +14,33 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vnet_switch::{DropReason, PortId};
 use vnet_wire::offload::VIRTIO_NET_HDR_LEN;
 use vnet_wire::{Offload, MAX_FRAME_LEN};
 
 use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
 use crate::sys;
+use crate::TransportError;
+
+/// Opens the host's tap `name` (`--attach tap:NAME`), creating it if absent, and brings
+/// it up where vnet may.
+pub fn open_host_tap(name: &str) -> Result<OwnedFd, TransportError> {
+    crate::netns::validate_ifname(name).map_err(TransportError::Namespace)?;
+    let tap = sys::open_or_create_tap(name).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => TransportError::TapPermission(name.to_owned()),
+        Some(libc::EBUSY) => TransportError::io(format!("tap {name} is in use by another process"), e),
+        Some(libc::EINVAL) => TransportError::io(
+            format!("{name} exists and is not a tap (or has other flags); choose another name"),
+            e,
+        ),
+        _ => TransportError::io(format!("cannot open tap {name}"), e),
+    })?;
+    if let Err(e) = sys::set_link_up(name) {
+        debug!(tap = name, error = %e, "cannot bring the tap up; its owner must");
+    }
+    Ok(tap)
+}
 
 /// Frames read per batch.
 const FRAMES_PER_BATCH: usize = 32;

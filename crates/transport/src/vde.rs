@@ -1,0 +1,596 @@
+//! VDE (REFERENCE §2): vnet as a vde_switch that QEMU's `-netdev vde` and `vde_plug`
+//! connect to (`--listen vde:DIR`), and vnet as a port of someone else's vde_switch
+//! (`--attach vde:DIR`).
+//!
+//! A client sends one request on the switch's stream socket `DIR/ctl`: magic, version
+//! 3, the port it wants, its own datagram socket's address and a description. The
+//! switch binds a datagram socket for the port, connects it to the client's and answers
+//! with that socket's address. Frames then go one per datagram each way, and the port
+//! lives as long as the control connection. A request that is wrong in any way closes
+//! that control connection with a log line and a counter, and nothing else. This module
+//! moves frames; it never looks inside one.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mio::net::{UnixDatagram, UnixListener, UnixStream};
+use mio::{Interest, Token};
+use tracing::{info, warn};
+use vnet_switch::PortId;
+use vnet_wire::MAX_FRAME_LEN;
+
+use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
+use crate::unix_path::{bind_error, BoundPath, SocketKind};
+use crate::TransportError;
+
+/// The request's magic number.
+const MAGIC: u32 = 0xfeed_face;
+/// The protocol version vnet speaks.
+const VERSION: u32 = 3;
+/// `type & 0xff` of a request for a data port.
+const REQUEST_NEW_PORT: u32 = 0;
+/// `type & 0xff` of a request for vde_switch's management port 0, which vnet serves as
+/// a data port like any other.
+const REQUEST_PORT_ZERO: u32 = 1;
+/// sizeof(struct sockaddr_un) on Linux.
+const SOCKADDR_UN_LEN: usize = 110;
+/// Magic, version, type and the client's address: the shortest valid request.
+const REQUEST_MIN: usize = 12 + SOCKADDR_UN_LEN;
+/// The longest request: the description is at most 128 bytes.
+const REQUEST_MAX: usize = REQUEST_MIN + 128;
+/// Port numbers a client may ask for, as vde_switch's default `-n 32` would, and more.
+const MAX_PORT: u32 = 1024;
+/// Datagrams read per batch.
+const FRAMES_PER_BATCH: usize = 32;
+/// How long `--attach vde:` waits for the switch's answer.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Fewer bytes than magic, version, type and an address.
+    #[error("the request is {0} bytes, shorter than the {REQUEST_MIN} of a version 3 request")]
+    Short(usize),
+    /// More bytes than a request and its description.
+    #[error("the request is longer than {REQUEST_MAX} bytes")]
+    Oversized,
+    /// Not the VDE magic number.
+    #[error("bad magic {0:#x} (expected 0xfeedface)")]
+    BadMagic(u32),
+    /// A protocol version other than 3.
+    #[error("protocol version {0} is not supported (only 3)")]
+    BadVersion(u32),
+    /// A request type other than a new port.
+    #[error("request type {0} is not a port request")]
+    BadType(u32),
+    /// A port number above [`MAX_PORT`].
+    #[error("port {0} is out of range (1 to {MAX_PORT})")]
+    PortOutOfRange(u32),
+    /// The port asked for is taken.
+    #[error("port {0} is in use")]
+    PortInUse(u32),
+    /// The client's address is not a unix socket path.
+    #[error("the client's address is not a unix socket path")]
+    BadAddress,
+}
+
+/// A parsed port request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRequest {
+    /// The port asked for; None for any free one.
+    pub port: Option<u32>,
+    /// The client's datagram socket.
+    pub client: PathBuf,
+    /// The client's description of itself.
+    pub description: String,
+}
+
+/// Parses a request read from a control connection.
+pub fn parse_request(bytes: &[u8]) -> Result<PortRequest, RequestError> {
+    if bytes.len() < REQUEST_MIN {
+        return Err(RequestError::Short(bytes.len()));
+    }
+    if bytes.len() > REQUEST_MAX {
+        return Err(RequestError::Oversized);
+    }
+    let word = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (magic, version, kind) = (word(0), word(4), word(8));
+    if magic != MAGIC {
+        return Err(RequestError::BadMagic(magic));
+    }
+    if version != VERSION {
+        return Err(RequestError::BadVersion(version));
+    }
+    let port = match (kind & 0xff, kind >> 8) {
+        (REQUEST_NEW_PORT, 0) | (REQUEST_PORT_ZERO, _) => None,
+        (REQUEST_NEW_PORT, port) if port <= MAX_PORT => Some(port),
+        (REQUEST_NEW_PORT, port) => return Err(RequestError::PortOutOfRange(port)),
+        (other, _) => return Err(RequestError::BadType(other)),
+    };
+    let client = sockaddr_un_path(&bytes[12..REQUEST_MIN]).ok_or(RequestError::BadAddress)?;
+    let description = String::from_utf8_lossy(&bytes[REQUEST_MIN..]).trim_end_matches('\0').to_owned();
+    Ok(PortRequest { port, client, description })
+}
+
+/// The path of a `struct sockaddr_un`, if it is a non-empty AF_UNIX path.
+fn sockaddr_un_path(address: &[u8]) -> Option<PathBuf> {
+    let family = u16::from_ne_bytes([address[0], address[1]]);
+    let path = &address[2..];
+    let end = path.iter().position(|&b| b == 0)?;
+    if family != libc::AF_UNIX as u16 || end == 0 {
+        return None;
+    }
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(&path[..end])))
+}
+
+/// `path` as a `struct sockaddr_un`.
+fn sockaddr_un(path: &Path) -> io::Result<[u8; SOCKADDR_UN_LEN]> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if bytes.len() >= SOCKADDR_UN_LEN - 2 || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is too long for a unix socket path", path.display()),
+        ));
+    }
+    let mut address = [0u8; SOCKADDR_UN_LEN];
+    address[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    address[2..2 + bytes.len()].copy_from_slice(bytes);
+    Ok(address)
+}
+
+/// A port request as a client sends it.
+fn encode_request(port: Option<u32>, client: &Path, description: &str) -> io::Result<Vec<u8>> {
+    let mut request = Vec::with_capacity(REQUEST_MAX);
+    for word in [MAGIC, VERSION, port.unwrap_or(0) << 8 | REQUEST_NEW_PORT] {
+        request.extend_from_slice(&word.to_ne_bytes());
+    }
+    request.extend_from_slice(&sockaddr_un(client)?);
+    request.extend_from_slice(&description.as_bytes()[..description.len().min(128)]);
+    Ok(request)
+}
+
+/// A datagram socket that carries one port's frames, and the frames' relay.
+struct DataPath {
+    socket: UnixDatagram,
+    token: Token,
+    buffer: Box<[u8]>,
+}
+
+impl DataPath {
+    fn new(socket: UnixDatagram, cx: &mut Context<'_>) -> io::Result<Self> {
+        let mut socket = socket;
+        let token = cx.register_source(&mut socket, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Self { socket, token, buffer: vec![0; MAX_FRAME_LEN + 1].into_boxed_slice() })
+    }
+
+    /// Hands the datagrams waiting on the socket to the switch.
+    fn read(&mut self, port: PortId, cx: &mut Context<'_>) -> ReadOutcome {
+        for _ in 0..FRAMES_PER_BATCH {
+            match self.socket.recv(&mut self.buffer) {
+                Ok(len) => cx.switch.receive(port, Bytes::copy_from_slice(&self.buffer[..len]), cx.now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadOutcome::Drained,
+            }
+        }
+        ReadOutcome::More
+    }
+
+    /// Sends what waits on `port`. A frame the peer cannot take now is dropped and
+    /// counted, as on a real link.
+    fn flush(&mut self, port: PortId, cx: &mut Context<'_>) {
+        let Some(port) = cx.switch.port_mut(port) else {
+            return;
+        };
+        loop {
+            let Some(frame) = port.queued().next() else {
+                break;
+            };
+            match self.socket.send(frame.as_bytes()) {
+                Ok(_) => {
+                    port.pop_sent();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    port.pop_dropped();
+                }
+            }
+        }
+    }
+
+    fn forget(&self, cx: &mut Context<'_>) {
+        cx.forget_source(self.token);
+    }
+}
+
+/// The port numbers of one switch directory that are in use.
+type PortsInUse = Rc<RefCell<BTreeSet<u32>>>;
+
+/// A switch directory vnet made; the last of its listener and clients to go removes it.
+struct SwitchDir {
+    path: PathBuf,
+    created: bool,
+}
+
+impl Drop for SwitchDir {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// `--listen vde:DIR`: the control socket `DIR/ctl`.
+pub struct VdeListener {
+    listener: UnixListener,
+    _ctl: BoundPath,
+    dir: Rc<SwitchDir>,
+    ports: PortsInUse,
+    /// Data sockets are named DIR/NNN.SEQ, SEQ counting up.
+    next_socket: Rc<RefCell<u64>>,
+}
+
+impl VdeListener {
+    /// Creates DIR (mode 0700) if needed and binds `DIR/ctl`.
+    pub fn bind(dir: &Path) -> Result<Self, TransportError> {
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            TransportError::io(format!("cannot create the VDE directory {}", dir.display()), e)
+        })?;
+        if let Ok(metadata) = std::fs::metadata(dir) {
+            if metadata.uid() == nix::unistd::geteuid().as_raw()
+                && metadata.permissions().mode() & 0o077 == 0o022
+            {
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
+        }
+        let ctl = dir.join("ctl");
+        BoundPath::prepare(&ctl, SocketKind::Stream)?;
+        let listener = UnixListener::bind(&ctl).map_err(|e| bind_error(&ctl, e))?;
+        Ok(Self {
+            listener,
+            _ctl: BoundPath::new(ctl),
+            dir: Rc::new(SwitchDir { path: dir.to_owned(), created }),
+            ports: Rc::default(),
+            next_socket: Rc::default(),
+        })
+    }
+}
+
+impl Endpoint for VdeListener {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        info!(listen = %format!("vde:{}", self.dir.path.display()), "listening");
+        cx.registry.register(&mut self.listener, cx.token, Interest::READABLE)
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        loop {
+            match self.listener.accept() {
+                Ok((control, _)) => {
+                    cx.counters.accepted += 1;
+                    cx.spawn(Box::new(VdeClient {
+                        dir: Rc::clone(&self.dir),
+                        control,
+                        active: None,
+                        ports: Rc::clone(&self.ports),
+                        next_socket: Rc::clone(&self.next_socket),
+                    }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) => {
+                    warn!(error = %e, "VDE accept failed");
+                    return ReadOutcome::Drained;
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
+        Liveness::Open
+    }
+
+    fn flush(&mut self, _port: PortId, _cx: &mut Context<'_>) -> Liveness {
+        Liveness::Open
+    }
+
+    fn close(&mut self, _cx: &mut Context<'_>) {}
+}
+
+/// A client's port once its request was granted.
+struct GrantedPort {
+    number: u32,
+    port: PortId,
+    data: DataPath,
+    _socket_file: BoundPath,
+}
+
+/// One control connection of a [`VdeListener`]: a request, then a port until it closes.
+struct VdeClient {
+    control: UnixStream,
+    active: Option<GrantedPort>,
+    dir: Rc<SwitchDir>,
+    ports: PortsInUse,
+    next_socket: Rc<RefCell<u64>>,
+}
+
+impl VdeClient {
+    /// Reads the control connection: the request while there is no port, and after that
+    /// only its end. A request comes in one write, as every VDE client sends it, and is
+    /// judged on the first read, as vde_switch does.
+    fn read_control(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let mut chunk = [0u8; REQUEST_MAX + 1];
+        loop {
+            match self.control.read(&mut chunk) {
+                Ok(0) => return ReadOutcome::Closed,
+                Ok(len) if self.active.is_none() => return self.grant(&chunk[..len], cx),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadOutcome::Closed,
+            }
+        }
+    }
+
+    /// Answers `request`, or refuses it by closing.
+    fn grant(&mut self, request: &[u8], cx: &mut Context<'_>) -> ReadOutcome {
+        match self.try_grant(request, cx) {
+            Ok(()) => ReadOutcome::Drained,
+            Err(reason) => {
+                cx.counters.bad_vde_request += 1;
+                warn!(dir = %self.dir.path.display(), %reason, "refused a VDE port request; closing its connection");
+                ReadOutcome::Closed
+            }
+        }
+    }
+
+    fn try_grant(&mut self, request: &[u8], cx: &mut Context<'_>) -> Result<(), String> {
+        let request = parse_request(request).map_err(|e| e.to_string())?;
+        let number = self.take_port_number(request.port).map_err(|e| e.to_string())?;
+        let granted = self.open_data_path(number, &request, cx);
+        if granted.is_err() {
+            self.ports.borrow_mut().remove(&number);
+        }
+        let (data, socket_file) = granted?;
+        let name = format!("vde:{} port={number} {}", self.dir.path.display(), request.description);
+        let port = cx.add_port(name.trim_end().to_owned());
+        self.active = Some(GrantedPort { number, port, data, _socket_file: socket_file });
+        Ok(())
+    }
+
+    fn take_port_number(&self, wanted: Option<u32>) -> Result<u32, RequestError> {
+        let mut ports = self.ports.borrow_mut();
+        let number = match wanted {
+            Some(number) if ports.contains(&number) => return Err(RequestError::PortInUse(number)),
+            Some(number) => number,
+            None => (1..=MAX_PORT).find(|n| !ports.contains(n)).ok_or(RequestError::PortInUse(MAX_PORT))?,
+        };
+        ports.insert(number);
+        Ok(number)
+    }
+
+    /// Binds the port's data socket, connects it to the client's, gives it the client
+    /// socket's group and mode, and answers with its address.
+    fn open_data_path(
+        &mut self,
+        number: u32,
+        request: &PortRequest,
+        cx: &mut Context<'_>,
+    ) -> Result<(DataPath, BoundPath), String> {
+        let sequence = {
+            let mut next = self.next_socket.borrow_mut();
+            *next += 1;
+            *next
+        };
+        let path = self.dir.path.join(format!("{number:03}.{sequence}"));
+        BoundPath::prepare(&path, SocketKind::Datagram).map_err(|e| e.to_string())?;
+        let socket = UnixDatagram::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+        let socket_file = BoundPath::new(path.clone());
+        socket
+            .connect(&request.client)
+            .map_err(|e| format!("cannot reach the client's socket {}: {e}", request.client.display()))?;
+        honour_client_permissions(&request.client, &path);
+        let reply = sockaddr_un(&path).map_err(|e| e.to_string())?;
+        self.control.write_all(&reply).map_err(|e| format!("cannot answer the client: {e}"))?;
+        let data = DataPath::new(socket, cx).map_err(|e| format!("cannot watch the data socket: {e}"))?;
+        Ok((data, socket_file))
+    }
+}
+
+/// Gives the port's socket the group and permission bits of the client's own socket,
+/// which the client set from its `group` and `mode` (vde_plug -g/-m), so whoever may use
+/// the client's socket may use the port's. A group vnet is not in is left as it is.
+fn honour_client_permissions(client: &Path, port_socket: &Path) {
+    let Ok(metadata) = std::fs::metadata(client) else {
+        return;
+    };
+    let _ = std::os::unix::fs::chown(port_socket, None, Some(metadata.gid()));
+    let mode = (metadata.permissions().mode() & 0o770) | 0o600;
+    let _ = std::fs::set_permissions(port_socket, std::fs::Permissions::from_mode(mode));
+}
+
+impl Endpoint for VdeClient {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        cx.registry.register(&mut self.control, cx.token, Interest::READABLE)
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        match &mut self.active {
+            Some(granted) if cx.ready == granted.data.token => granted.data.read(granted.port, cx),
+            _ => self.read_control(cx),
+        }
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if let Some(granted) = &mut self.active {
+            granted.data.flush(granted.port, cx);
+        }
+        Liveness::Open
+    }
+
+    fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
+        self.on_writable(cx)
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        if let Some(granted) = self.active.take() {
+            granted.data.forget(cx);
+            self.ports.borrow_mut().remove(&granted.number);
+            cx.remove_port(granted.port);
+        }
+    }
+}
+
+/// `--attach vde:DIR`: one port of another vde_switch.
+pub struct VdeAttachment {
+    dir: PathBuf,
+    control: UnixStream,
+    data: Option<UnixDatagram>,
+    _own_socket: BoundPath,
+    switch_port: String,
+    port: Option<(PortId, DataPath)>,
+}
+
+impl VdeAttachment {
+    /// Asks the switch at `dir` for a port, now: a switch that is not there, or refuses,
+    /// is a setup error.
+    pub fn connect(dir: &Path) -> Result<Self, TransportError> {
+        let fail = |what: &str, e: io::Error| TransportError::io(format!("vde:{}: {what}", dir.display()), e);
+        let own_path = own_socket_path(dir);
+        BoundPath::prepare(&own_path, SocketKind::Datagram)?;
+        let data = std::os::unix::net::UnixDatagram::bind(&own_path).map_err(|e| bind_error(&own_path, e))?;
+        let own_socket = BoundPath::new(own_path.clone());
+        let mut control = std::os::unix::net::UnixStream::connect(dir.join("ctl"))
+            .map_err(|e| fail("no vde_switch answers on ctl (is it running?)", e))?;
+        control.set_read_timeout(Some(ATTACH_TIMEOUT)).map_err(|e| fail("control socket", e))?;
+        let description = format!("vnet pid={}", std::process::id());
+        control
+            .write_all(&encode_request(None, &own_path, &description).map_err(|e| fail("request", e))?)
+            .map_err(|e| fail("cannot send the port request", e))?;
+        let mut reply = [0u8; SOCKADDR_UN_LEN];
+        control
+            .read_exact(&mut reply)
+            .map_err(|e| fail("the switch refused or did not answer the port request", e))?;
+        let switch_side = sockaddr_un_path(&reply)
+            .ok_or_else(|| fail("the switch's answer", io::ErrorKind::InvalidData.into()))?;
+        data.connect(&switch_side).map_err(|e| fail("cannot reach the switch's port socket", e))?;
+        data.set_nonblocking(true).map_err(|e| fail("data socket", e))?;
+        control.set_nonblocking(true).map_err(|e| fail("control socket", e))?;
+        let switch_port =
+            switch_side.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Self {
+            dir: dir.to_owned(),
+            control: UnixStream::from_std(control),
+            data: Some(UnixDatagram::from_std(data)),
+            _own_socket: own_socket,
+            switch_port,
+            port: None,
+        })
+    }
+}
+
+/// Where `--attach vde:` binds its datagram socket: inside the switch's directory, as
+/// libvdeplug does, so the switch's users can reach it.
+fn own_socket_path(dir: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".vnet-{}-{n}", std::process::id()))
+}
+
+impl Endpoint for VdeAttachment {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        cx.registry.register(&mut self.control, cx.token, Interest::READABLE)?;
+        let data = self.data.take().ok_or_else(|| io::Error::other("started twice"))?;
+        let data = DataPath::new(data, cx)?;
+        let name = format!("vde:{} switch-port={}", self.dir.display(), self.switch_port);
+        self.port = Some((cx.add_port(name), data));
+        Ok(())
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let Some((port, data)) = &mut self.port else {
+            return ReadOutcome::Closed;
+        };
+        if cx.ready == data.token {
+            return data.read(*port, cx);
+        }
+        let mut chunk = [0u8; 256];
+        loop {
+            match self.control.read(&mut chunk) {
+                Ok(0) => {
+                    info!(dir = %self.dir.display(), "the vde_switch closed our port");
+                    return ReadOutcome::Closed;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadOutcome::Closed,
+            }
+        }
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if let Some((port, data)) = &mut self.port {
+            data.flush(*port, cx);
+        }
+        Liveness::Open
+    }
+
+    fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
+        self.on_writable(cx)
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        if let Some((port, data)) = self.port.take() {
+            data.forget(cx);
+            cx.remove_port(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_and_asks_for_its_port() {
+        let bytes = encode_request(Some(7), Path::new("/tmp/vde/.client-1"), "qemu").unwrap();
+        let request = parse_request(&bytes).unwrap();
+        assert_eq!(
+            request,
+            PortRequest { port: Some(7), client: "/tmp/vde/.client-1".into(), description: "qemu".into() }
+        );
+        let any = parse_request(&encode_request(None, Path::new("/c"), "").unwrap()).unwrap();
+        assert_eq!(any.port, None);
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let good = encode_request(None, Path::new("/tmp/c"), "x").unwrap();
+        let with = |at: usize, word: u32| {
+            let mut bytes = good.clone();
+            bytes[at..at + 4].copy_from_slice(&word.to_ne_bytes());
+            bytes
+        };
+        assert_eq!(parse_request(&good[..100]), Err(RequestError::Short(100)));
+        assert_eq!(parse_request(&[good.clone(), vec![b'x'; 200]].concat()), Err(RequestError::Oversized));
+        assert_eq!(parse_request(&with(0, 0xdead_beef)), Err(RequestError::BadMagic(0xdead_beef)));
+        assert_eq!(parse_request(&with(4, 2)), Err(RequestError::BadVersion(2)));
+        assert_eq!(parse_request(&with(8, 5)), Err(RequestError::BadType(5)));
+        assert_eq!(parse_request(&with(8, 5000 << 8)), Err(RequestError::PortOutOfRange(5000)));
+        assert_eq!(parse_request(&with(12, 2)), Err(RequestError::BadAddress), "AF_INET");
+        let mut no_nul = good.clone();
+        no_nul[14..REQUEST_MIN].fill(b'a');
+        assert_eq!(parse_request(&no_nul), Err(RequestError::BadAddress));
+        let mut empty = good.clone();
+        empty[14..REQUEST_MIN].fill(0);
+        assert_eq!(parse_request(&empty), Err(RequestError::BadAddress));
+        assert_eq!(parse_request(&with(8, 1)).unwrap().port, None, "port 0 is served as any port");
+    }
+}
