@@ -33,6 +33,9 @@ pub enum Backend {
     VnetStream,
     /// passt's QEMU stream socket with the bench's plug in the namespace.
     Passt,
+    /// `vnet run --no-user --attach netns: --attach tap:`: the namespace bridged to a tap
+    /// of the bench host, which has an address on it.
+    VnetTap,
 }
 
 impl Backend {
@@ -45,6 +48,7 @@ impl Backend {
             Backend::Veth => "veth",
             Backend::VnetStream => "vnet (stream)",
             Backend::Passt => "passt",
+            Backend::VnetTap => "vnet (tap)",
         }
     }
 }
@@ -100,6 +104,7 @@ impl Guest {
             Backend::Veth => guest.start_veth(setup)?,
             Backend::VnetStream => guest.start_vnet_stream(setup, programs)?,
             Backend::Passt => guest.start_passt(setup, programs)?,
+            Backend::VnetTap => guest.start_vnet_tap(setup, programs)?,
         }
         Ok(guest)
     }
@@ -172,12 +177,8 @@ impl Guest {
     }
 
     fn start_veth(&mut self, setup: GuestSetup) -> Result<()> {
-        // A subnet per pair: the kernel removes a deleted namespace's veth lazily, and
-        // its route must not shadow the next pair's.
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (n, subnet) = next_subnet();
         let host_side = format!("vb{n}");
-        let subnet = (n % 250) as u8;
         self.host_address = Ipv4Addr::new(10, 200, subnet, 1);
         self.forward_address = Ipv4Addr::new(10, 200, subnet, 2);
         let mtu = setup.mtu.to_string();
@@ -186,6 +187,28 @@ impl Guest {
         let host_address = format!("{}/24", self.host_address);
         run(Command::new("ip").args(["addr", "add", &host_address, "dev", &host_side]))?;
         run(Command::new("ip").args(["link", "set", &host_side, "up"]))?;
+        let guest_address = format!("{}/24", self.forward_address);
+        self.configure("eth0", &guest_address, &self.host_address.to_string(), setup.mtu)
+    }
+
+    fn start_vnet_tap(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let (n, subnet) = next_subnet();
+        let tap = format!("vt{n}");
+        self.host_address = Ipv4Addr::new(10, 201, subnet, 1);
+        self.forward_address = Ipv4Addr::new(10, 201, subnet, 2);
+        let attach_netns = format!("netns:{},ifname=eth0", self.netns.path());
+        let attach_tap = format!("tap:{tap}");
+        let mut command = Command::new(&programs.vnet);
+        command.args(["-q", "run", "--no-user", "--attach", &attach_netns, "--attach", &attach_tap]);
+        self.process = Some(Spawned::start("vnet", &mut command)?);
+        self.wait_for_link("eth0")?;
+        wait_until("vnet's tap on the host", READY_DEADLINE, || {
+            Ok(Command::new("ip").args(["link", "show", &tap]).output()?.status.success())
+        })?;
+        let mtu = setup.mtu.to_string();
+        run(Command::new("ip").args(["link", "set", &tap, "mtu", &mtu]))?;
+        run(Command::new("ip").args(["addr", "add", &format!("{}/24", self.host_address), "dev", &tap]))?;
+        run(Command::new("ip").args(["link", "set", &tap, "up"]))?;
         let guest_address = format!("{}/24", self.forward_address);
         self.configure("eth0", &guest_address, &self.host_address.to_string(), setup.mtu)
     }
@@ -243,6 +266,14 @@ impl Guest {
              ip route add default via {gateway}"
         ))
     }
+}
+
+/// A number for a host-side interface, and a /24 of its own: the kernel removes a
+/// deleted namespace's links lazily, and an old route must not shadow the next one's.
+fn next_subnet() -> (usize, u8) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (n, (n % 250) as u8)
 }
 
 /// Whether an interface of `netns` has IPv4 address `address`.

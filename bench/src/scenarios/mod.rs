@@ -11,6 +11,7 @@ mod latency;
 mod scale;
 mod stream;
 mod switch;
+mod tap;
 mod udp;
 
 use std::net::TcpListener;
@@ -49,7 +50,8 @@ impl Settings {
 }
 
 /// A scenario's name on the command line.
-pub const SCENARIOS: [&str; 8] = ["bulk", "latency", "udp", "scale", "stream", "switch", "idle", "guests"];
+pub const SCENARIOS: [&str; 9] =
+    ["bulk", "latency", "udp", "scale", "stream", "switch", "tap", "idle", "guests"];
 
 /// One run of the bench.
 pub struct Bench {
@@ -72,6 +74,7 @@ impl Bench {
             "scale" => scale::run(self),
             "stream" => stream::run(self),
             "switch" => switch::run(self),
+            "tap" => tap::run(self),
             "idle" => idle::run(self),
             "guests" => guests::run(self),
             other => bail!("unknown scenario {other}; the scenarios are {}", SCENARIOS.join(", ")),
