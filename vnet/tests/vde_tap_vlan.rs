@@ -75,8 +75,13 @@ struct VdePlug {
 
 impl VdePlug {
     fn connect(dir: &Path) -> Self {
+        Self::connect_with(&[dir.to_str().unwrap()])
+    }
+
+    /// `vde_plug ARGS...`.
+    fn connect_with(args: &[&str]) -> Self {
         let child = Command::new("vde_plug")
-            .arg(dir)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -182,6 +187,25 @@ fn vde_plug_connects_and_corrupted_handshakes_close_only_their_own_connection() 
     let again = frame(BROADCAST, mac(3), 100, 0xc3);
     second.send(&again);
     assert_eq!(plug.recv(), again, "the first plug still works, and the second joined");
+
+    // A port asked for by number, with the group and mode the client chose for its
+    // sockets (vde_plug -g/-m): the port's socket is the client's to share alike.
+    let url = format!("{}[7]", vde.display());
+    let numbered = VdePlug::connect_with(&["-g", "nogroup", "-m", "0660", &url]);
+    vnet.wait_for_log("port=7");
+    let port_socket = std::fs::read_dir(&vde)
+        .unwrap()
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with("007."))
+        .expect("port 7's socket");
+    use std::os::unix::fs::MetadataExt;
+    let metadata = port_socket.metadata().unwrap();
+    assert_eq!(metadata.mode() & 0o777, 0o660);
+    let nogroup =
+        String::from_utf8(Command::new("getent").args(["group", "nogroup"]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(metadata.gid().to_string(), nogroup.split(':').nth(2).unwrap());
+    drop(numbered);
     drop(plug);
     drop(second);
     drop(client_socket);
