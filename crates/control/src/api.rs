@@ -32,8 +32,10 @@ use crate::views::{self, NetworkInfo};
 
 /// Clients served at once; more get 503.
 const MAX_CLIENTS: usize = 64;
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request, or to take a part of the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The API socket; dropping it removes the socket file.
 pub struct ApiSocket {
@@ -74,8 +76,14 @@ struct Api {
 fn accept_loop(listener: &UnixListener, api: &Arc<Api>) {
     let clients = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else {
-            continue;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                warn!(error = %e, "API accept failed");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
         };
         if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
             clients.fetch_sub(1, Ordering::SeqCst);
@@ -106,7 +114,8 @@ enum Outcome {
 }
 
 fn serve_client(api: &Api, stream: UnixStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     let request = match http::read_request(&mut reader) {
@@ -146,6 +155,7 @@ fn serve_client(api: &Api, stream: UnixStream) -> io::Result<()> {
                 Err(_) => return stopped().write_to(&mut writer),
             }
             writer.set_read_timeout(None)?;
+            writer.set_write_timeout(None)?;
             http::write_open_head(&mut writer, 101, "application/octet-stream")?;
             let connected = api.remote.run(move |network| network.connect_to_guest(guest, writer));
             match connected {
@@ -167,7 +177,7 @@ fn route(api: &Api, request: &Request) -> Outcome {
         ("GET", "/v1/forwards") => snapshot(api, |network, _| json!(views::forwards(network))),
         ("POST", "/v1/forwards") => add_forward(api, request),
         ("DELETE", "/v1/forwards") => remove_forward(api, request),
-        ("POST", "/v1/capture") => return capture_request(api, request),
+        ("POST", "/v1/capture") => return capture_request(request),
         ("POST", "/v1/connect") => return connect_request(request),
         ("GET", "/metrics") => metrics_response(api),
         (_, path) if KNOWN_PATHS.contains(&path) => {
@@ -178,7 +188,7 @@ fn route(api: &Api, request: &Request) -> Outcome {
     Outcome::Respond(result.unwrap_or_else(|error| error))
 }
 
-const KNOWN_PATHS: [&str; 10] = [
+const KNOWN_PATHS: [&str; 9] = [
     "/v1/status",
     "/v1/ports",
     "/v1/macs",
@@ -188,7 +198,6 @@ const KNOWN_PATHS: [&str; 10] = [
     "/v1/capture",
     "/v1/connect",
     "/metrics",
-    "/",
 ];
 
 type Handled = Result<Response, Response>;
@@ -276,7 +285,7 @@ fn remove_forward(api: &Api, request: &Request) -> Handled {
     let removed =
         api.remote.run(move |network| network.remove_forward(protocol, host)).map_err(|_| stopped())?;
     match removed {
-        Some(rule) => Ok(Response::json(200, &json!(views::ForwardView::new(0, &rule)))),
+        Some((id, rule)) => Ok(Response::json(200, &json!(views::ForwardView::new(id, &rule)))),
         None => Err(Response::error(404, format!("no hostfwd rule listens at {text}; see GET /v1/forwards"))),
     }
 }
@@ -288,7 +297,7 @@ struct CaptureBody {
     count: Option<u64>,
 }
 
-fn capture_request(api: &Api, request: &Request) -> Outcome {
+fn capture_request(request: &Request) -> Outcome {
     let parsed = if request.body.iter().all(u8::is_ascii_whitespace) {
         Ok(CaptureBody::default())
     } else {
@@ -302,18 +311,6 @@ fn capture_request(api: &Api, request: &Request) -> Outcome {
         return Outcome::Respond(Response::error(400, "count must be at least 1"));
     }
     let port = body.port.map(PortId);
-    if let Some(port) = port {
-        match api.remote.run(move |network| network.switch().port(port).is_some()) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Outcome::Respond(Response::error(
-                    404,
-                    format!("no port {}; see GET /v1/ports", port.0),
-                ))
-            }
-            Err(_) => return Outcome::Respond(stopped()),
-        }
-    }
     Outcome::Capture { port, count: body.count }
 }
 
@@ -324,14 +321,28 @@ fn stream_capture(
     mut out: UnixStream,
 ) -> io::Result<()> {
     let (sink, writer) = capture::channel(count);
-    let mirror = api.remote.run(move |network| network.add_mirror(port, Box::new(sink)));
-    if mirror.is_err() {
-        return stopped().write_to(&mut out);
+    match api.remote.run(move |network| network.add_mirror(port, Box::new(sink))) {
+        Ok(true) => {}
+        Ok(false) => {
+            let number = port.map_or(0, |port| port.0);
+            return Response::error(404, format!("no port {number}; see GET /v1/ports")).write_to(&mut out);
+        }
+        Err(_) => return stopped().write_to(&mut out),
     }
     http::write_open_head(&mut out, 200, "application/vnd.tcpdump.pcap")?;
-    let summary = writer.run(&mut out)?;
+    let reader = out.try_clone()?;
+    let summary = writer.run(&mut out, || client_is_connected(&reader))?;
     info!(written = summary.written, dropped = summary.dropped, "capture ended");
     out.flush()
+}
+
+/// Whether the client at the other end of `stream` is still there (it sends nothing
+/// during a capture, so end of stream means it hung up).
+fn client_is_connected(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    !matches!(nix::sys::socket::recv(stream.as_raw_fd(), &mut byte, flags), Ok(0))
 }
 
 #[derive(Deserialize)]

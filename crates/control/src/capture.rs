@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,11 +19,13 @@ const CHANNEL_DEPTH: usize = 4096;
 const SNAPLEN: u32 = 262_144;
 /// pcap's link type for Ethernet.
 const LINKTYPE_ETHERNET: u32 = 1;
+/// How often an idle capture asks whether it is still wanted.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One captured frame and when it was seen.
 pub struct Captured {
     time: SystemTime,
-    bytes: Vec<u8>,
+    frame: Frame,
 }
 
 /// The pcap file header.
@@ -40,14 +42,15 @@ pub fn file_header() -> [u8; 24] {
 /// Writes one pcap record.
 fn write_record(out: &mut impl Write, captured: &Captured) -> io::Result<()> {
     let since_epoch = captured.time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let len = u32::try_from(captured.bytes.len()).unwrap_or(u32::MAX);
+    let bytes = captured.frame.as_bytes();
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     let mut header = [0u8; 16];
     header[0..4].copy_from_slice(&(since_epoch.as_secs() as u32).to_le_bytes());
     header[4..8].copy_from_slice(&since_epoch.subsec_micros().to_le_bytes());
     header[8..12].copy_from_slice(&len.to_le_bytes());
     header[12..16].copy_from_slice(&len.to_le_bytes());
     out.write_all(&header)?;
-    out.write_all(&captured.bytes)
+    out.write_all(bytes)
 }
 
 /// The network side of a capture: a mirror sink that hands copies to the writer.
@@ -60,7 +63,7 @@ pub struct CaptureSink {
 
 impl MirrorSink for CaptureSink {
     fn copy(&mut self, _port: PortId, _received: bool, frame: &Frame) -> bool {
-        let captured = Captured { time: SystemTime::now(), bytes: frame.as_bytes().to_vec() };
+        let captured = Captured { time: SystemTime::now(), frame: frame.clone() };
         match self.frames.try_send(captured) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -105,9 +108,11 @@ pub struct CaptureSummary {
 
 impl CaptureWriter {
     /// Writes the file header and then every frame until the capture ends (its count is
-    /// reached or the network stops), flushing whenever it has caught up. Returns early
-    /// with the error if `out` fails, such as a reader that went away.
-    pub fn run(self, out: &mut impl Write) -> io::Result<CaptureSummary> {
+    /// reached, its port goes, or the network stops), flushing whenever it has caught up.
+    /// While no frame comes it asks `wanted` every second whether to go on, so a reader
+    /// that went away is noticed on an idle port too. Returns early with the error if
+    /// `out` fails.
+    pub fn run(self, out: &mut impl Write, wanted: impl Fn() -> bool) -> io::Result<CaptureSummary> {
         out.write_all(&file_header())?;
         out.flush()?;
         let mut written = 0;
@@ -116,8 +121,9 @@ impl CaptureWriter {
                 Ok(captured) => captured,
                 Err(TryRecvError::Empty) => {
                     out.flush()?;
-                    match self.frames.recv() {
+                    match self.frames.recv_timeout(IDLE_CHECK) {
                         Ok(captured) => captured,
+                        Err(RecvTimeoutError::Timeout) if wanted() => continue,
                         Err(_) => break,
                     }
                 }
@@ -147,7 +153,7 @@ mod tests {
         assert!(!sink.copy(PortId(1), true, &frame(2)), "the second copy ends the capture");
         drop(sink);
         let mut file = Vec::new();
-        let summary = writer.run(&mut file).unwrap();
+        let summary = writer.run(&mut file, || true).unwrap();
         assert_eq!(summary, CaptureSummary { written: 2, dropped: 0 });
         assert_eq!(file.len(), 24 + 2 * (16 + 60));
         assert_eq!(&file[0..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
@@ -155,6 +161,13 @@ mod tests {
         assert_eq!(u32::from_le_bytes(file[32..36].try_into().unwrap()), 60, "captured length");
         assert_eq!(file[40], 1);
         assert_eq!(file[24 + 76 + 16], 2);
+    }
+
+    #[test]
+    fn an_idle_capture_ends_when_it_is_no_longer_wanted() {
+        let (_sink, writer) = channel(None);
+        let summary = writer.run(&mut Vec::new(), || false).unwrap();
+        assert_eq!(summary, CaptureSummary { written: 0, dropped: 0 });
     }
 
     #[test]

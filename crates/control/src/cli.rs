@@ -181,7 +181,7 @@ struct NetworkArgs {
     /// No gateway: a plain switch.
     #[arg(long)]
     no_user: bool,
-    /// Seconds a dgram peer may be silent before its port is removed [default: 60].
+    /// Seconds a dgram peer may be silent before its port is removed [default: 3600].
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     dgram_peer_timeout: Option<u64>,
     /// Capture every frame from the start into this pcap file.
@@ -376,9 +376,11 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         None => (None, PortVlans::default()),
     };
     let mut gateway = gateway_config(user.as_deref())?;
-    let resolv_conf = TempResolvConf::new()?;
-    let setup = match &namespace {
-        Some(_) => gateway.as_mut().map(|gateway| namespace_setup(gateway, &resolv_conf)).transpose()?,
+    let resolv_conf = namespace.as_ref().map(|_| TempResolvConf::new()).transpose()?;
+    let setup = match &resolv_conf {
+        Some(resolv_conf) => {
+            gateway.as_mut().map(|gateway| namespace_setup(gateway, resolv_conf)).transpose()?
+        }
         None => None,
     };
     let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_vlans)))?;
@@ -441,7 +443,7 @@ fn capture_from_start(
     network.add_mirror(None, Box::new(sink));
     std::thread::Builder::new()
         .name("vnet-pcap".to_owned())
-        .spawn(move || writer.run(&mut std::io::BufWriter::new(file)))
+        .spawn(move || writer.run(&mut std::io::BufWriter::new(file), || true))
         .context("cannot start the capture thread")
 }
 

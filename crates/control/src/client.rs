@@ -137,9 +137,10 @@ pub fn change_forward(name: &str, rule: &str, add: bool) -> anyhow::Result<()> {
 pub fn connect(name: &str, guest: &str) -> anyhow::Result<()> {
     let client = Client::new(Some(name))?;
     let (_, reader) = client.open("POST", "/v1/connect", Some(&json!({ "guest": guest })))?;
-    if !reader.buffer().is_empty() {
-        bail!("the API sent data before the connection was open");
-    }
+    let mut stdout = io::stdout().lock();
+    // The guest may have spoken already, in the same read as the answer's head.
+    stdout.write_all(reader.buffer())?;
+    stdout.flush()?;
     let stream = reader.into_inner();
     let upstream = stream.try_clone()?;
     std::thread::spawn(move || {
@@ -147,7 +148,6 @@ pub fn connect(name: &str, guest: &str) -> anyhow::Result<()> {
         let _ = io::copy(&mut io::stdin().lock(), &mut upstream);
         let _ = upstream.shutdown(std::net::Shutdown::Write);
     });
-    let mut stdout = io::stdout().lock();
     copy_flushing(&mut &stream, &mut stdout)?;
     Ok(())
 }

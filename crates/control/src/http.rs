@@ -21,7 +21,7 @@ pub enum HttpError {
     #[error("{0}")]
     Malformed(&'static str),
     /// The head is larger than [`MAX_HEAD`].
-    #[error("the request head is larger than {MAX_HEAD} bytes")]
+    #[error("the head is larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
     /// The body is larger than allowed.
     #[error("the body is larger than {MAX_BODY} bytes")]
@@ -246,9 +246,12 @@ pub fn read_response_head(input: &mut impl BufRead) -> Result<ResponseHead, Http
     Ok(ResponseHead { status, headers: parse_headers(header_lines)? })
 }
 
+/// Largest response body the client reads: far more than any table vnet answers with.
+const MAX_RESPONSE_BODY: usize = 256 * 1024 * 1024;
+
 /// Reads the body of a response whose head said how long it is.
 pub fn read_response_body(input: &mut impl BufRead, head: &ResponseHead) -> Result<Vec<u8>, HttpError> {
-    read_body(input, &head.headers, usize::MAX / 2)
+    read_body(input, &head.headers, MAX_RESPONSE_BODY)
 }
 
 fn percent_decode(text: &str) -> String {

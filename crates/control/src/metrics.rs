@@ -46,6 +46,15 @@ pub fn render(status: &StatusView, ports: &[PortView]) -> String {
     Family::new(&mut out, "vnet_ports", "gauge", "Ports open now.").sample(&[], ports.len());
     Family::new(&mut out, "vnet_stations", "gauge", "Stations in the MAC table.")
         .sample(&[], status.stations);
+    let mut events = Family::new(
+        &mut out,
+        "vnet_events_total",
+        "counter",
+        "Events outside the ports: connections accepted, peers refused or cut off for bad input.",
+    );
+    for (event, count) in &status.events {
+        events.sample(&[("event", event)], count);
+    }
     port_counters(&mut out, ports);
     if let Some(gateway) = &status.gateway {
         let mut flows =
@@ -126,6 +135,7 @@ mod tests {
             ports: 1,
             stations: 0,
             gateway: None,
+            events: [("bad_vde_request".to_owned(), 2)].into_iter().collect(),
         };
         let text = render(&status, &[port]);
         assert!(
@@ -134,6 +144,7 @@ mod tests {
         );
         assert!(text.contains(r#"reason="queue_full"} 1"#));
         assert_eq!(text.matches("# TYPE vnet_port_drops_total counter").count(), 1);
+        assert!(text.contains("vnet_events_total{event=\"bad_vde_request\"} 2"));
         assert!(text.ends_with('\n'));
     }
 }

@@ -150,6 +150,9 @@ pub struct StatusView {
     pub stations: usize,
     /// The gateway, unless `--no-user`.
     pub gateway: Option<GatewayView>,
+    /// Events outside the ports: connections accepted, and peers refused or cut off for
+    /// bad input.
+    pub events: BTreeMap<String, u64>,
 }
 
 /// What the network was started with, which the snapshots cannot see in it.
@@ -289,5 +292,21 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
         ports: network.switch().ports().count(),
         stations: network.switch().mac_table().stations(Instant::now()).count(),
         gateway,
+        events: events(network.counters()),
     }
+}
+
+/// The network's own counters by name.
+fn events(counters: &vnet_transport::NetworkCounters) -> BTreeMap<String, u64> {
+    [
+        ("accepted", counters.accepted),
+        ("bad_frame_length", counters.bad_frame_length),
+        ("truncated_frame", counters.truncated_frame),
+        ("unanswerable_datagram", counters.unanswerable_datagram),
+        ("dgram_peer_refused", counters.dgram_peer_refused),
+        ("bad_vde_request", counters.bad_vde_request),
+    ]
+    .into_iter()
+    .map(|(name, count)| (name.to_owned(), count))
+    .collect()
 }

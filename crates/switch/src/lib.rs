@@ -22,7 +22,7 @@ use vnet_wire::vlan::VlanId;
 use vnet_wire::{offload, Frame, FrameError, MacAddress, Offload};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
-pub use mirror::{MirrorId, MirrorSink};
+pub use mirror::MirrorSink;
 pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
 pub use vlan::{PortVlans, Vlan};
 
@@ -117,6 +117,7 @@ impl Switch {
     /// the port so the caller can report its final counters.
     pub fn remove_port(&mut self, id: PortId) -> Option<Port> {
         self.table.forget_port(id);
+        self.mirrors.forget_port(id);
         self.pending.retain(|pending| *pending != id);
         self.ports.remove(&id)
     }
@@ -219,15 +220,11 @@ impl Switch {
     }
 
     /// Copies frames to `sink` from now on: every frame a port sends into the switch, or
-    /// with `port`, only those `port` sends and those it is given. The sink is dropped
-    /// when it says it has had enough, or by [`Switch::remove_mirror`].
-    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> MirrorId {
-        self.mirrors.add(port, sink)
-    }
-
-    /// Stops a mirror; false if it had already ended.
-    pub fn remove_mirror(&mut self, id: MirrorId) -> bool {
-        self.mirrors.remove(id)
+    /// with `port`, only those `port` sends and those it is given, as the switch carries
+    /// them (untagged). The sink is dropped when it says it has had enough, or when its
+    /// port goes away.
+    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) {
+        self.mirrors.add(port, sink);
     }
 
     /// Drops aged MAC table entries; call it now and then to bound memory.
@@ -283,7 +280,7 @@ impl Switch {
         self.mirrors.copy_delivered(to, &frame);
         let tag = port.vlans().egress_tag(vlan);
         let queued = if frame.offload().is_none() || port.takes_offloads() {
-            port.enqueue(with_tag(frame, tag))
+            Self::enqueue_tagged(port, frame, tag)
         } else {
             Self::enqueue_resolved(port, &frame, tag)
         };
@@ -302,18 +299,26 @@ impl Switch {
         let mut queued = false;
         for segment in segments {
             if let Ok(segment) = Frame::new(vnet_wire::Bytes::from(segment)) {
-                queued |= port.enqueue(with_tag(segment, tag));
+                queued |= Self::enqueue_tagged(port, segment, tag);
             }
         }
         queued
     }
-}
 
-/// `frame` with a tag for `tag`'s VLAN, or as it is for None.
-fn with_tag(frame: Frame, tag: Option<VlanId>) -> Frame {
-    match tag {
-        Some(vlan) => vnet_wire::vlan::tag(&frame, vlan),
-        None => frame,
+    /// Queues `frame` with a tag for `tag`'s VLAN (as it is for None); a frame too long
+    /// to take a tag is dropped as oversize.
+    fn enqueue_tagged(port: &mut Port, frame: Frame, tag: Option<VlanId>) -> bool {
+        let frame = match tag {
+            None => frame,
+            Some(vlan) => match vnet_wire::vlan::tag(&frame, vlan) {
+                Some(tagged) => tagged,
+                None => {
+                    port.record_drop(DropReason::Oversize);
+                    return false;
+                }
+            },
+        };
+        port.enqueue(frame)
     }
 }
 

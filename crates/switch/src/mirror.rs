@@ -15,12 +15,7 @@ pub trait MirrorSink: Send {
     fn copy(&mut self, port: PortId, received: bool, frame: &Frame) -> bool;
 }
 
-/// Identifies one mirror of a switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MirrorId(pub u64);
-
 struct Mirror {
-    id: MirrorId,
     /// Only frames to and from this port; every received frame if None.
     port: Option<PortId>,
     sink: Box<dyn MirrorSink>,
@@ -30,7 +25,6 @@ struct Mirror {
 #[derive(Default)]
 pub(crate) struct Mirrors {
     mirrors: Vec<Mirror>,
-    next_id: u64,
 }
 
 impl fmt::Debug for Mirrors {
@@ -40,17 +34,13 @@ impl fmt::Debug for Mirrors {
 }
 
 impl Mirrors {
-    pub(crate) fn add(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> MirrorId {
-        let id = MirrorId(self.next_id);
-        self.next_id += 1;
-        self.mirrors.push(Mirror { id, port, sink });
-        id
+    pub(crate) fn add(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) {
+        self.mirrors.push(Mirror { port, sink });
     }
 
-    pub(crate) fn remove(&mut self, id: MirrorId) -> bool {
-        let before = self.mirrors.len();
-        self.mirrors.retain(|mirror| mirror.id != id);
-        self.mirrors.len() != before
+    /// Ends the mirrors of `port`, which is going away.
+    pub(crate) fn forget_port(&mut self, port: PortId) {
+        self.mirrors.retain(|mirror| mirror.port != Some(port));
     }
 
     /// A frame `from` sent into the switch: every mirror of all ports or of `from` gets it.

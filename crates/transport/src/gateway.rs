@@ -459,13 +459,14 @@ impl GatewayPort {
     }
 
     /// Stops the hostfwd rule of `protocol` listening at `host` and closes its socket;
-    /// connections it made go on. Returns the rule, or None if there is no such rule.
+    /// connections it made go on. Returns the rule and its number, or None if there is no
+    /// such rule.
     pub(crate) fn remove_forward(
         &mut self,
         protocol: ForwardProtocol,
         host: SocketAddr,
         cx: &mut Context<'_>,
-    ) -> Option<HostForward> {
+    ) -> Option<(usize, HostForward)> {
         let (index, _) =
             self.gateway.forwards().find(|(_, rule)| rule.protocol == protocol && rule.host == host)?;
         let rule = self.gateway.remove_forward(index)?;
@@ -478,7 +479,7 @@ impl GatewayPort {
             !of_rule
         });
         info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd removed");
-        Some(rule)
+        Some((index, rule))
     }
 
     /// Opens a TCP connection from the gateway to `guest` whose host side is `stream`

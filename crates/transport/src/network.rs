@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use tracing::{debug, info, warn};
-use vnet_switch::{MirrorId, MirrorSink, PortId, PortVlans, Switch, SwitchConfig};
+use vnet_switch::{MirrorSink, PortId, PortVlans, Switch, SwitchConfig};
 
 use crate::gateway::GatewayPort;
 use crate::TransportError;
@@ -329,12 +329,13 @@ impl Network {
             .unwrap_or(Err(TransportError::NoGateway))
     }
 
-    /// Removes the hostfwd rule of `protocol` at `host`; None if there is none.
+    /// Removes the hostfwd rule of `protocol` at `host` and returns it with its number;
+    /// None if there is none.
     pub fn remove_forward(
         &mut self,
         protocol: vnet_gateway::ForwardProtocol,
         host: std::net::SocketAddr,
-    ) -> Option<vnet_gateway::HostForward> {
+    ) -> Option<(usize, vnet_gateway::HostForward)> {
         self.with_gateway(|gateway, cx| gateway.remove_forward(protocol, host, cx)).flatten()
     }
 
@@ -349,9 +350,14 @@ impl Network {
             .map_err(|e| TransportError::io("cannot connect to the guest", e))
     }
 
-    /// Copies frames to `sink`; see [`Switch::add_mirror`].
-    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> MirrorId {
-        self.switch.add_mirror(port, sink)
+    /// Copies frames to `sink`; see [`Switch::add_mirror`]. With `port`, false (and no
+    /// mirror) if there is no such port.
+    pub fn add_mirror(&mut self, port: Option<PortId>, sink: Box<dyn MirrorSink>) -> bool {
+        if port.is_some_and(|port| self.switch.port(port).is_none()) {
+            return false;
+        }
+        self.switch.add_mirror(port, sink);
+        true
     }
 
     /// Runs the jobs other threads sent through [`Remote`].

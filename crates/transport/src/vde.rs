@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::{UnixDatagram, UnixListener, UnixStream};
@@ -51,6 +51,8 @@ const MAX_PORT: u32 = 1024;
 const FRAMES_PER_BATCH: usize = 32;
 /// How long `--attach vde:` waits for the switch's answer.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request after connecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +78,9 @@ pub enum RequestError {
     /// The port asked for is taken.
     #[error("port {0} is in use")]
     PortInUse(u32),
+    /// Every port is taken.
+    #[error("all {MAX_PORT} ports are in use")]
+    NoFreePort,
     /// The client's address is not a unix socket path.
     #[error("the client's address is not a unix socket path")]
     BadAddress,
@@ -115,7 +120,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<PortRequest, RequestError> {
         (other, _) => return Err(RequestError::BadType(other)),
     };
     let client = sockaddr_un_path(&bytes[12..REQUEST_MIN]).ok_or(RequestError::BadAddress)?;
-    let description = String::from_utf8_lossy(&bytes[REQUEST_MIN..]).trim_end_matches('\0').to_owned();
+    let description: String = String::from_utf8_lossy(&bytes[REQUEST_MIN..])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_owned();
     Ok(PortRequest { port, client, description })
 }
 
@@ -279,6 +289,7 @@ impl Endpoint for VdeListener {
                         dir: Rc::clone(&self.dir),
                         control,
                         active: None,
+                        request_deadline: cx.now + REQUEST_TIMEOUT,
                         ports: Rc::clone(&self.ports),
                         next_socket: Rc::clone(&self.next_socket),
                     }));
@@ -315,6 +326,8 @@ struct GrantedPort {
 struct VdeClient {
     control: UnixStream,
     active: Option<GrantedPort>,
+    /// Until when a connection may stay without sending its request.
+    request_deadline: Instant,
     dir: Rc<SwitchDir>,
     ports: PortsInUse,
     next_socket: Rc<RefCell<u64>>,
@@ -369,7 +382,7 @@ impl VdeClient {
         let number = match wanted {
             Some(number) if ports.contains(&number) => return Err(RequestError::PortInUse(number)),
             Some(number) => number,
-            None => (1..=MAX_PORT).find(|n| !ports.contains(n)).ok_or(RequestError::PortInUse(MAX_PORT))?,
+            None => (1..=MAX_PORT).find(|n| !ports.contains(n)).ok_or(RequestError::NoFreePort)?,
         };
         ports.insert(number);
         Ok(number)
@@ -436,6 +449,20 @@ impl Endpoint for VdeClient {
 
     fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
         self.on_writable(cx)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.active.is_none().then_some(self.request_deadline)
+    }
+
+    /// The connection sent no request in time: shutting it down makes it readable at its
+    /// end, and the read closes it.
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        if self.active.is_none() {
+            cx.counters.bad_vde_request += 1;
+            warn!(dir = %self.dir.path.display(), "a VDE control connection sent no request in time; closing it");
+            let _ = self.control.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn close(&mut self, cx: &mut Context<'_>) {

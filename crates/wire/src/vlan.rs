@@ -48,16 +48,18 @@ pub enum Tag {
     Invalid,
 }
 
-/// Reads the 802.1Q tag of `frame` (at least an Ethernet header long).
+/// Reads the 802.1Q tag of `frame` (at least an Ethernet header long). A tagged frame
+/// too short to hold a whole header after its tag is [`Tag::Invalid`], so untagging
+/// never makes a runt.
 pub fn tag_of(frame: &Frame) -> Tag {
     let bytes = frame.as_bytes();
     if u16::from_be_bytes([bytes[12], bytes[13]]) != TPID {
         return Tag::Untagged;
     }
-    let Some(tci) = bytes.get(14..16) else {
+    if bytes.len() < ETHERNET_HEADER_LEN + TAG_LEN {
         return Tag::Invalid;
-    };
-    let id = u16::from_be_bytes([tci[0], tci[1]]) & 0x0fff;
+    }
+    let id = u16::from_be_bytes([bytes[14], bytes[15]]) & 0x0fff;
     match id {
         0 => Tag::Priority,
         _ => VlanId::new(id).map_or(Tag::Invalid, Tag::Vlan),
@@ -77,21 +79,23 @@ pub fn untag(frame: &Frame) -> Frame {
     Frame::unchecked(Bytes::from(untagged), offload)
 }
 
-/// `frame` (untagged) with a tag for `vlan`. The result may be [`TAG_LEN`] bytes longer
-/// than [`MAX_FRAME_LEN`], as a tagged frame on the wire may be.
-pub fn tag(frame: &Frame, vlan: VlanId) -> Frame {
+/// `frame` (untagged) with a tag for `vlan`, or None if the tag would make it longer than
+/// [`MAX_FRAME_LEN`] or push its partial checksum's start out of range.
+pub fn tag(frame: &Frame, vlan: VlanId) -> Option<Frame> {
     let bytes = frame.as_bytes();
+    if bytes.len() + TAG_LEN > MAX_FRAME_LEN {
+        return None;
+    }
+    let mut offload = frame.offload();
+    if let Some(checksum) = &mut offload.checksum {
+        checksum.start = checksum.start.checked_add(TAG_LEN as u16)?;
+    }
     let mut tagged = Vec::with_capacity(bytes.len() + TAG_LEN);
     tagged.extend_from_slice(&bytes[..12]);
     tagged.extend_from_slice(&TPID.to_be_bytes());
     tagged.extend_from_slice(&vlan.get().to_be_bytes());
     tagged.extend_from_slice(&bytes[12..]);
-    let mut offload = frame.offload();
-    if let Some(checksum) = &mut offload.checksum {
-        checksum.start += TAG_LEN as u16;
-    }
-    debug_assert!(tagged.len() <= MAX_FRAME_LEN + TAG_LEN && tagged.len() >= ETHERNET_HEADER_LEN);
-    Frame::unchecked(Bytes::from(tagged), offload)
+    Some(Frame::unchecked(Bytes::from(tagged), offload))
 }
 
 #[cfg(test)]
@@ -114,7 +118,7 @@ mod tests {
     fn a_tag_goes_on_and_comes_off_with_the_checksum_start_following() {
         let plain = frame([0x08, 0x00], &[1, 2, 3]);
         assert_eq!(tag_of(&plain), Tag::Untagged);
-        let tagged = tag(&plain, VlanId::new(10).unwrap());
+        let tagged = tag(&plain, VlanId::new(10).unwrap()).unwrap();
         assert_eq!(&tagged.as_bytes()[12..18], &[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00]);
         assert_eq!(tag_of(&tagged), Tag::Vlan(VlanId::new(10).unwrap()));
         assert_eq!(tagged.offload().checksum.unwrap().start, 38);
@@ -126,9 +130,23 @@ mod tests {
     #[test]
     fn priority_reserved_and_short_tags_are_told_apart() {
         assert_eq!(tag_of(&frame([0x81, 0x00], &[0xe0, 0x00, 0x08, 0x00])), Tag::Priority);
-        assert_eq!(tag_of(&frame([0x81, 0x00], &[0x0f, 0xff])), Tag::Invalid);
+        assert_eq!(
+            tag_of(&frame([0x81, 0x00], &[0x0f, 0xff, 0x08, 0x00])),
+            Tag::Invalid,
+            "VLAN 4095 is reserved"
+        );
         assert_eq!(tag_of(&frame([0x81, 0x00], &[])), Tag::Invalid);
-        assert_eq!(tag_of(&frame([0x81, 0x00], &[0x20, 0x14])), Tag::Vlan(VlanId::new(20).unwrap()));
+        assert_eq!(
+            tag_of(&frame([0x81, 0x00], &[0x00, 0x0a, 0x08])),
+            Tag::Invalid,
+            "no room for a header after the tag"
+        );
+        let longest = Frame::new(Bytes::from(vec![0u8; MAX_FRAME_LEN])).unwrap();
+        assert!(tag(&longest, VlanId::new(1).unwrap()).is_none(), "too long to tag");
+        assert_eq!(
+            tag_of(&frame([0x81, 0x00], &[0x20, 0x14, 0x08, 0x00])),
+            Tag::Vlan(VlanId::new(20).unwrap())
+        );
         assert_eq!(VlanId::new(0), None);
         assert_eq!(VlanId::new(4095), None);
     }
