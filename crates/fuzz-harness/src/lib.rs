@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 
-use vnet_switch::{ForwardingMode, QueueLimits, Switch, SwitchConfig};
+use vnet_switch::{ForwardingMode, PortVlans, QueueLimits, Switch, SwitchConfig};
 use vnet_transport::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
-use vnet_wire::{Bytes, MAX_FRAME_LEN};
+use vnet_transport::vde;
+use vnet_wire::vlan::VlanId;
+use vnet_wire::{Bytes, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
 
 /// Feeds `data` to the stream decoder in chunks whose sizes come from the first byte,
 /// and checks that the frames (or the error) are exactly those of decoding it whole.
@@ -66,7 +68,10 @@ fn decode_at_once(mut stream: &[u8]) -> (Vec<Bytes>, bool) {
 
 /// Splits `data` into frames received on four ports of a small switch (each record is a
 /// port byte, a one-byte length and the frame), drains some queues, and checks that
-/// every frame is counted once and queues stay within their limits.
+/// every frame is counted once, queues stay within their limits, and every queued frame
+/// (tagged or untagged on the way out) is one vnet may carry. The ports are an ordinary
+/// one, an access port of VLAN 10, a trunk of VLANs 10 and 20, and an access port of
+/// VLAN 20.
 pub fn switch_frames(data: &[u8]) {
     let Some((&mode, mut records)) = data.split_first() else {
         return;
@@ -79,7 +84,17 @@ pub fn switch_frames(data: &[u8]) {
         queue_limits: limits,
     };
     let mut switch = Switch::new(config);
-    let ports: Vec<_> = (0..4).map(|i| switch.add_port(format!("p{i}"))).collect();
+    let vlan = |id| VlanId::new(id).expect("a valid VLAN");
+    let ports = [
+        PortVlans::default(),
+        PortVlans::access(vlan(10)),
+        PortVlans::trunk([vlan(10), vlan(20)]),
+        PortVlans::access(vlan(20)),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, vlans)| switch.add_port_on_vlans(format!("p{i}"), false, vlans))
+    .collect::<Vec<_>>();
     let start = Instant::now();
     let mut received = 0u64;
     let mut step = 0u64;
@@ -100,11 +115,25 @@ pub fn switch_frames(data: &[u8]) {
         for id in &ports {
             let port = switch.port(*id).expect("port exists");
             assert!(port.queued().len() <= limits.frames);
+            for frame in port.queued() {
+                assert!((ETHERNET_HEADER_LEN..=MAX_FRAME_LEN).contains(&frame.len()));
+            }
         }
     }
     let rx: u64 = ports.iter().map(|id| switch.port(*id).unwrap().counters().rx_frames).sum();
     assert_eq!(rx, received, "every frame is counted once on its ingress port");
     assert!(switch.mac_table().len() <= 4, "the MAC table stays within its capacity");
+}
+
+/// Parses `data` as a VDE port request, as a peer on a `--listen vde:` control socket
+/// can send it, and checks what a granted request may hold.
+pub fn vde_request(data: &[u8]) {
+    if let Ok(request) = vde::parse_request(data) {
+        assert!(!request.client.as_os_str().is_empty(), "a client address");
+        assert!(request.client.as_os_str().len() < 108, "a path that fits a sockaddr_un");
+        assert!(request.port.is_none_or(|port| port <= vde::MAX_PORT));
+        assert!(!request.description.chars().any(char::is_control), "no control characters in port names");
+    }
 }
 
 /// A host that accepts everything and has nothing to say, so every frame reaches as
@@ -233,6 +262,11 @@ mod tests {
     #[test]
     fn offload_frames_regressions_pass() {
         replay("offload_frames", super::offload_frames);
+    }
+
+    #[test]
+    fn vde_request_regressions_pass() {
+        replay("vde_request", super::vde_request);
     }
 
     #[test]

@@ -46,7 +46,7 @@ const REQUEST_MIN: usize = 12 + SOCKADDR_UN_LEN;
 /// The longest request: the description is at most 128 bytes.
 const REQUEST_MAX: usize = REQUEST_MIN + 128;
 /// Port numbers a client may ask for, as vde_switch's default `-n 32` would, and more.
-const MAX_PORT: u32 = 1024;
+pub const MAX_PORT: u32 = 1024;
 /// Datagrams read per batch.
 const FRAMES_PER_BATCH: usize = 32;
 /// How long `--attach vde:` waits for the switch's answer.
