@@ -44,7 +44,12 @@ const SETUP_ERROR: u8 = 2;
 /// Virtual networks for virtual machines: one unprivileged process that QEMU guests and
 /// network namespaces plug into.
 #[derive(Debug, Parser)]
-#[command(name = "vnet", version, about, long_about = None)]
+#[command(
+    name = "vnet",
+    version,
+    about = "Virtual networks for virtual machines: one unprivileged process that QEMU guests and network namespaces plug into",
+    long_about = None
+)]
 struct Cli {
     /// More log output: -v for debug, -vv for trace.
     #[arg(short, long, global = true, action = ArgAction::Count)]

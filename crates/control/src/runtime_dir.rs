@@ -72,20 +72,20 @@ pub fn api_socket(name: Option<&str>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Names of networks whose runtime directory has an API socket, sorted.
+/// Names of networks whose API socket answers, sorted. The runtime directory of a vnet
+/// that was killed stays behind with a dead socket, and is not counted.
 pub fn running_networks() -> io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(base())?
         .filter_map(Result::ok)
-        .filter(|entry| has_api_socket(&entry.path()))
+        .filter(|entry| api_answers(&entry.path()))
         .filter_map(|entry| entry.file_name().into_string().ok())
         .collect();
     names.sort();
     Ok(names)
 }
 
-fn has_api_socket(dir: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::symlink_metadata(dir.join(API_SOCKET)).is_ok_and(|meta| meta.file_type().is_socket())
+fn api_answers(dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(dir.join(API_SOCKET)).is_ok()
 }
 
 #[cfg(test)]
