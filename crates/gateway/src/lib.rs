@@ -209,8 +209,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway with `config`, which must have passed [`GatewayConfig::validate`].
-    pub fn new(config: GatewayConfig) -> Self {
+    /// A gateway with `config`, which must have passed [`GatewayConfig::validate`]. Its
+    /// hostfwd rules move into the gateway, which numbers them and adds and removes them
+    /// at runtime ([`Gateway::forwards`]); the config keeps none.
+    pub fn new(mut config: GatewayConfig) -> Self {
+        let forwards = std::mem::take(&mut config.host_forwards).into_iter().map(Some).collect();
         Self {
             dhcp: dhcp::Server::new(&config),
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
@@ -222,7 +225,7 @@ impl Gateway {
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             flow_ids: FlowIds::default(),
-            forwards: config.host_forwards.iter().copied().map(Some).collect(),
+            forwards,
             inbound_awaiting_arp: Vec::new(),
             config,
         }
