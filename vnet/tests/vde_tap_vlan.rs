@@ -180,8 +180,9 @@ fn vde_plug_connects_and_corrupted_handshakes_close_only_their_own_connection() 
     for (index, bytes) in refused.iter().enumerate() {
         assert!(closed_without_answer(&vde, bytes), "request {index} was answered");
     }
-    // A client that connects and says nothing does not stop the others either.
-    let _silent = UnixStream::connect(vde.join("ctl")).unwrap();
+    // A client that connects and says nothing does not stop the others either, and is
+    // closed after a while.
+    let mut silent = UnixStream::connect(vde.join("ctl")).unwrap();
     let mut second = VdePlug::connect(&vde);
     vnet.wait_for_log("port=2");
     let again = frame(BROADCAST, mac(3), 100, 0xc3);
@@ -205,15 +206,23 @@ fn vde_plug_connects_and_corrupted_handshakes_close_only_their_own_connection() 
         String::from_utf8(Command::new("getent").args(["group", "nogroup"]).output().unwrap().stdout)
             .unwrap();
     assert_eq!(metadata.gid().to_string(), nogroup.split(':').nth(2).unwrap());
+    // A second client asking for port 7 is refused, and the first keeps it.
+    let refused_twin =
+        Command::new("timeout").args(["10", "vde_plug", &url]).stdin(Stdio::null()).output().unwrap();
+    assert!(!refused_twin.status.success());
+    vnet.wait_for_log("port 7 is in use");
     drop(numbered);
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(silent.read(&mut [0u8; 8]).unwrap(), 0, "the silent client is closed");
+    vnet.wait_for_log("sent no request in time");
     drop(plug);
     drop(second);
     drop(client_socket);
     std::fs::remove_file(&client).unwrap();
     let (status, log) = vnet.stop();
     assert!(status.success());
-    assert_eq!(log.matches("refused a VDE port request").count(), refused.len(), "{log}");
-    assert!(log.contains("bad_vde_request: 6"), "{log}");
+    assert_eq!(log.matches("refused a VDE port request").count(), refused.len() + 1, "{log}");
+    assert!(log.contains("bad_vde_request: 8"), "{log}");
     let left: Vec<_> =
         std::fs::read_dir(&vde).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(!vde.exists(), "the switch directory is removed on exit; left: {left:?}");
