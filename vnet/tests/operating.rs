@@ -393,3 +393,26 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     assert!(man.starts_with(".ie") || man.contains(".TH vnet"), "{}", &man[..200.min(man.len())]);
     assert!(man.contains("capture"));
 }
+
+#[test]
+fn rust_log_sets_the_log_level_and_a_bad_filter_is_reported() {
+    let run = |filter: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("vnet.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_vnet"))
+            .args(["run", "--no-user", "--listen", &format!("stream:unix:{}", sock.display())])
+            .env("RUST_LOG", filter)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("vnet's socket", DEADLINE, || UnixStream::connect(&sock).is_ok());
+        signal(child.id(), libc::SIGTERM);
+        String::from_utf8(child.wait_with_output().unwrap().stderr).unwrap()
+    };
+    let debug = run("debug");
+    assert!(debug.contains("DEBUG") && debug.contains("endpoint added"), "{debug}");
+    let warn = run("warn");
+    assert!(!warn.contains("INFO"), "{warn}");
+    let bad = run("=nonsense=");
+    assert!(bad.contains("RUST_LOG is not a valid filter") && bad.contains("INFO"), "{bad}");
+}
