@@ -7,15 +7,10 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use support::guest::{assert_pinged, assert_success, GuestLock, GuestSpec, Nic};
+use support::guest::{assert_pinged, assert_success, stream_netdev, GuestLock, GuestSpec, Nic, DHCP};
 use support::*;
-
-fn stream_netdev(sock: &Path) -> String {
-    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
-}
 
 /// Bytes moved each way in the guest transfer test.
 const TRANSFER_BYTES: usize = 100_000_000;
@@ -32,9 +27,6 @@ fn network_in(netns: &NamedNamespace) -> (tempfile::TempDir, std::path::PathBuf,
     wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
     (dir, sock, vnet)
 }
-
-/// busybox udhcpc: up to 20 tries, quit once configured.
-const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
 
 #[test]
 fn dhcp_configures_two_guests_and_the_gateway_answers_ping() {

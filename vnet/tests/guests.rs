@@ -8,13 +8,9 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::guest::{
-    assert_pinged, assert_success, GuestLock, GuestSpec, Nic, BOOT_DEADLINE, SCRIPT_DEADLINE,
+    assert_pinged, assert_success, stream_netdev, GuestLock, GuestSpec, Nic, BOOT_DEADLINE, SCRIPT_DEADLINE,
 };
 use support::*;
-
-fn stream_netdev(sock: &Path) -> String {
-    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
-}
 
 fn unix_listen(sock: &Path) -> String {
     format!("stream:unix:{}", sock.display())

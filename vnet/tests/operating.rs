@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use support::guest::{GuestLock, GuestSpec, Nic, BOOT_DEADLINE};
+use support::guest::{stream_netdev, GuestLock, GuestSpec, Nic, BOOT_DEADLINE, DHCP};
 use support::*;
 
 /// A network name unique to this test process and `what`.
@@ -140,13 +140,15 @@ fn a_guest_is_seen_reached_forwarded_to_and_captured_through_the_api() {
     let from_start = scratch.path().join("from-start.pcap");
     let vnet = named_network(&name, &["--pcap", from_start.to_str().unwrap()]);
     let sock = runtime_dir(&name).join("stream.sock");
-    let script = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1 || exit 1
+    let script = format!(
+        "{DHCP} || exit 1
 mkdir -p /www && echo served-by-the-guest > /www/index.html && httpd -p 7000 -h /www
 ping -i 0.5 -c 600 10.0.2.2 >/dev/null &
 n=0; until netstat -ltn | grep -q ':7000 '; do n=$((n+1)); [ $n -ge 600 ] && exit 1; sleep 0.1; done
-echo SERVERS-UP; report";
-    let netdev = format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display());
-    let guest = GuestSpec::new("api", Nic::VirtioNet, &netdev, script).mac("52:54:00:00:0a:01").boot();
+echo SERVERS-UP; report"
+    );
+    let guest =
+        GuestSpec::new("api", Nic::VirtioNet, &stream_netdev(&sock), &script).mac("52:54:00:00:0a:01").boot();
     guest.wait_for("SERVERS-UP", BOOT_DEADLINE);
 
     // Leases, stations and ports.

@@ -10,15 +10,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use support::guest::{assert_success, GuestLock, GuestSpec, Nic, BOOT_DEADLINE};
+use support::guest::{assert_success, stream_netdev, GuestLock, GuestSpec, Nic, BOOT_DEADLINE, DHCP};
 use support::*;
-
-/// busybox udhcpc: up to 20 tries, quit once configured.
-const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
-
-fn stream_netdev(sock: &Path) -> String {
-    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
-}
 
 fn vde_netdev(dir: &Path) -> String {
     format!("vde,id=n0,sock={}", dir.display())

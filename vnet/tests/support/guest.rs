@@ -36,6 +36,15 @@ wait_ping() { n=0; until ping -c 1 -W 1 "$1" >/dev/null 2>&1; do n=$((n+1)); [ "
 report() { rc=$?; printf '\nVNET-RESULT %s\n' "$rc"; exec sleep 3600; }
 "#;
 
+/// Guest script line: bring eth0 up and take a DHCP lease with busybox udhcpc (up to
+/// 20 tries, quitting once configured).
+pub const DHCP: &str = "ip link set eth0 up && udhcpc -i eth0 -n -q -t 20 -T 2 >/dev/null 2>&1";
+
+/// The `-netdev` value that connects a guest to vnet's stream socket `sock`.
+pub fn stream_netdev(sock: &Path) -> String {
+    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", sock.display())
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
