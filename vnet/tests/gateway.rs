@@ -380,7 +380,7 @@ fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
     });
     let (upload_port, upload) = receive_once(len);
     let (echo_port, echo) = echo_many(1000);
-    let output = Command::new(env!("CARGO_BIN_EXE_vnet"))
+    let output = support::vnet_command()
         .args(["--log-level", "warn", "ns", "--user", "mtu=65520", "--", "python3", "-c", NAMESPACE_CLIENT])
         .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
         .arg(len.to_string())
@@ -526,10 +526,7 @@ fn no_user_gives_a_plain_switch() {
     );
     let (_, log) = vnet.stop();
     assert!(!log.contains("gateway"), "{log}");
-    let status = Command::new(env!("CARGO_BIN_EXE_vnet"))
-        .args(["run", "--no-user", "--user", "mtu=9000"])
-        .output()
-        .unwrap();
+    let status = support::vnet_command().args(["run", "--no-user", "--user", "mtu=9000"]).output().unwrap();
     assert_eq!(status.status.code(), Some(2), "--user and --no-user conflict");
 }
 
@@ -586,7 +583,7 @@ for ttl in (1, 2, 3):
 fn traceroute_sees_the_gateway_and_each_router_and_tcp_gets_their_errors() {
     let route = TwoHopRoute::create();
     let vnet_ns = |command: &[&str]| {
-        let mut args = vec![env!("CARGO_BIN_EXE_vnet"), "--log-level", "warn", "ns", "--"];
+        let mut args = vec![support::vnet_binary(), "--log-level", "warn", "ns", "--"];
         args.extend_from_slice(command);
         run_ok(&mut route.inner.command(&args))
     };
@@ -640,7 +637,7 @@ fn dns_over_tcp_fails_over_past_a_refusing_and_a_silent_upstream() {
     let mut dnsmasq = start_dnsmasq(&netns);
     wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&netns));
     let user = "dns-upstream=127.0.0.1:5399,dns-upstream=203.0.113.77,dns-upstream=127.0.0.1";
-    let vnet = env!("CARGO_BIN_EXE_vnet");
+    let vnet = support::vnet_binary();
     let args = [vnet, "--log-level", "warn", "ns", "--user", user, "--", "python3", "-c", DNS_OVER_TCP_QUERY];
     let output = run_ok(&mut netns.command(&args));
     let _ = dnsmasq.kill();

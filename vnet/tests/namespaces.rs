@@ -10,7 +10,7 @@ use std::process::Command;
 use support::*;
 
 fn vnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vnet"))
+    support::vnet_command()
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
     let ready = dir.path().join("ready");
     let nobody = |args: &[&str]| {
         let mut command = Command::new("setpriv");
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vnet")]);
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", support::vnet_binary()]);
         command.args(args);
         command
     };
@@ -118,7 +118,7 @@ fn unprivileged_namespaces_reach_each_other_through_a_stream_socket() {
 fn attaching_a_namespace_without_permission_is_a_one_line_error() {
     let far = NamedNamespace::create();
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vnet")])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", support::vnet_binary()])
         .args(["run", "--no-user", "--attach", &format!("netns:{}", far.path())])
         .output()
         .unwrap();
@@ -140,7 +140,7 @@ fn an_unprivileged_vnet_attaches_the_namespace_of_an_unprivileged_process() {
     let netns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     wait_until("the holder's own namespace", DEADLINE, || netns_of(pid) != netns_of(std::process::id()));
 
-    let mut vnet = as_nobody(env!("CARGO_BIN_EXE_vnet"))
+    let mut vnet = as_nobody(support::vnet_binary())
         .args(["run", "--no-user", "--attach", &format!("netns:{pid}")])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -31,7 +31,7 @@ fn api_socket(name: &str) -> PathBuf {
 
 /// Runs `vnet ARGS...` to completion.
 fn vnet_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vnet")).args(args).output().expect("vnet runs")
+    support::vnet_command().args(args).output().expect("vnet runs")
 }
 
 /// Runs `vnet ARGS...`, which must succeed, and returns its stdout.
@@ -210,7 +210,7 @@ echo SERVERS-UP; report"
 
     // `vnet connect` reaches the guest's server with no forward declared, and its flow
     // shows while it is open.
-    let mut connect = Command::new(env!("CARGO_BIN_EXE_vnet"))
+    let mut connect = support::vnet_command()
         .args(["connect", &name, "10.0.2.15:7000"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -354,7 +354,7 @@ fn readiness_goes_to_the_ready_fd_and_systemd_and_the_pid_file_lives_as_long_as_
     notify.set_read_timeout(Some(DEADLINE)).unwrap();
     let (ready_reader, ready_writer) = UnixStream::pair().unwrap();
     let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_writer);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vnet"));
+    let mut command = support::vnet_command();
     command
         .args(["-q", "run", "--name", &name, "--listen", "stream", "--ready-fd", "3", "--pidfile"])
         .arg(&pidfile)
@@ -401,7 +401,7 @@ fn rust_log_sets_the_log_level_and_a_bad_filter_is_reported() {
     let run = |filter: &str| {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("vnet.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_vnet"))
+        let child = support::vnet_command()
             .args(["run", "--no-user", "--listen", &format!("stream:unix:{}", sock.display())])
             .env("RUST_LOG", filter)
             .stderr(Stdio::piped())

@@ -58,6 +58,7 @@ struct Image {
 fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
+        super::prerequisites::require();
         let out = repo_root().join("target/test-guest");
         let status = Command::new("bash")
             .arg(repo_root().join("tests/guest/build-guest.sh"))

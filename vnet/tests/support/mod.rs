@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod prerequisites;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -23,6 +24,17 @@ pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> boo
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The `vnet` binary under test, once the machine is known to be ready for it.
+pub fn vnet_binary() -> &'static str {
+    prerequisites::require();
+    env!("CARGO_BIN_EXE_vnet")
+}
+
+/// A command that runs the `vnet` binary under test.
+pub fn vnet_command() -> Command {
+    Command::new(vnet_binary())
 }
 
 /// A running `vnet` process whose stderr goes to a file.
@@ -45,10 +57,10 @@ impl Vnet {
         let mut command = match netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", &netns.name, env!("CARGO_BIN_EXE_vnet")]);
+                command.args(["netns", "exec", &netns.name, vnet_binary()]);
                 command
             }
-            None => Command::new(env!("CARGO_BIN_EXE_vnet")),
+            None => vnet_command(),
         };
         let child = command
             .args(args)
@@ -187,6 +199,7 @@ pub struct NamedNamespace {
 impl NamedNamespace {
     /// Creates a namespace with a unique name; only loopback is in it, and it is up.
     pub fn create() -> Self {
+        prerequisites::require();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("vnet-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run_ok(Command::new("ip").args(["netns", "add", &name]));

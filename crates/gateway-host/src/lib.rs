@@ -1,0 +1,91 @@
+//! The host side of vnet's gateway: [`GatewayPort`] runs the sans-IO gateway core
+//! ([`vnet_gateway::Gateway`]) as an endpoint of the loop, over real non-blocking host
+//! sockets (UDP, ICMP, TCP, and the hostfwd listeners) registered under tokens of their
+//! own. [`GatewayNetwork`] adds the gateway's operations to a
+//! [`vnet_runtime::Network`].
+//!
+//! The protocols are the gateway core's business; this crate only moves frames and
+//! datagrams between it, the switch and the host. Its modules: [`port`] (the endpoint),
+//! `sockets` (the sockets and the core's host interface over them), `error_queue`
+//! (IP_RECVERR and TTLs) and `forwards` (the hostfwd listeners).
+
+mod error_queue;
+mod forwards;
+pub mod port;
+mod sockets;
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::unix::net::UnixStream;
+
+use thiserror::Error;
+use vnet_gateway::{ForwardProtocol, Gateway, GatewayConfig, HostForward};
+use vnet_runtime::{Network, RuntimeError};
+use vnet_switch::PortVlans;
+use vnet_transport::TransportError;
+
+pub use port::GatewayPort;
+
+/// A gateway operation that failed. The messages say what to change.
+#[derive(Debug, Error)]
+pub enum GatewayHostError {
+    /// The network runs without a gateway.
+    #[error("the network has no gateway (it runs with --no-user)")]
+    NoGateway,
+    /// A host socket could not be bound or watched.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The loop could not take the gateway.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The connection to a guest could not be set up.
+    #[error("cannot connect to the guest: {0}")]
+    Connect(io::Error),
+}
+
+/// The gateway's operations on a network that may have one.
+pub trait GatewayNetwork {
+    /// Adds the user-mode gateway as a port of the network, on `vlans`.
+    fn add_gateway(&mut self, config: GatewayConfig, vlans: PortVlans) -> Result<(), GatewayHostError>;
+    /// The gateway, if the network has one.
+    fn gateway(&self) -> Option<&Gateway>;
+    /// Adds a hostfwd rule to the running gateway; see [`GatewayPort::add_forward`].
+    fn add_forward(&mut self, rule: HostForward) -> Result<(usize, HostForward), GatewayHostError>;
+    /// Removes the hostfwd rule of `protocol` at `host` and returns it with its number;
+    /// None if there is none.
+    fn remove_forward(&mut self, protocol: ForwardProtocol, host: SocketAddr)
+        -> Option<(usize, HostForward)>;
+    /// Connects `stream` to TCP port `guest` through the gateway (`vnet connect`).
+    fn connect_to_guest(&mut self, guest: SocketAddrV4, stream: UnixStream) -> Result<(), GatewayHostError>;
+}
+
+impl GatewayNetwork for Network {
+    fn add_gateway(&mut self, config: GatewayConfig, vlans: PortVlans) -> Result<(), GatewayHostError> {
+        self.add_endpoint(Box::new(GatewayPort::new(config)?), vlans)?;
+        Ok(())
+    }
+
+    fn gateway(&self) -> Option<&Gateway> {
+        self.endpoint::<GatewayPort>().map(GatewayPort::gateway)
+    }
+
+    fn add_forward(&mut self, rule: HostForward) -> Result<(usize, HostForward), GatewayHostError> {
+        let added = self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.add_forward(rule, cx));
+        Ok(added.ok_or(GatewayHostError::NoGateway)??)
+    }
+
+    fn remove_forward(
+        &mut self,
+        protocol: ForwardProtocol,
+        host: SocketAddr,
+    ) -> Option<(usize, HostForward)> {
+        self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.remove_forward(protocol, host, cx))
+            .flatten()
+    }
+
+    fn connect_to_guest(&mut self, guest: SocketAddrV4, stream: UnixStream) -> Result<(), GatewayHostError> {
+        self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.connect_to_guest(guest, stream, cx))
+            .ok_or(GatewayHostError::NoGateway)?
+            .map_err(GatewayHostError::Connect)
+    }
+}

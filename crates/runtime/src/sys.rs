@@ -1,0 +1,465 @@
+//! The system calls that safe wrappers cannot express: reading into uninitialised buffer
+//! space, batched datagram I/O, kernel peeks, tap device and interface ioctls, and the
+//! fork and descriptor passing of namespace setup.
+//!
+//! Every `unsafe` block of vnet's datapath lives here, each with the reason it is sound.
+//! Nothing here knows about ports, frames or the switch.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use bytes::BytesMut;
+use socket2::SockAddr;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Reads from `fd` into the spare capacity of `buffer` and extends its length by what was
+/// read. The caller reserves the space first.
+pub fn read_into(fd: BorrowedFd<'_>, buffer: &mut BytesMut) -> io::Result<usize> {
+    let spare = buffer.spare_capacity_mut();
+    let len = spare.len();
+    // SAFETY: `spare` is writable memory owned by `buffer` of at least `len` bytes; the
+    // kernel writes at most `len` bytes into it and nothing else aliases it meanwhile.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised exactly `n <= len` bytes after the current length.
+    unsafe { buffer.set_len(buffer.len() + n) };
+    Ok(n)
+}
+
+/// Buffers for receiving many datagrams with one `recvmmsg` call.
+pub struct DatagramBatch {
+    slots: Vec<Box<[u8]>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<usize>,
+    addr_lens: Vec<libc::socklen_t>,
+}
+
+impl DatagramBatch {
+    /// Room for `count` datagrams of up to `slot_len` bytes each.
+    pub fn new(count: usize, slot_len: usize) -> Self {
+        Self {
+            slots: (0..count).map(|_| vec![0u8; slot_len].into_boxed_slice()).collect(),
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addrs: (0..count).map(|_| unsafe { zeroed() }).collect(),
+            lens: vec![0; count],
+            addr_lens: vec![0; count],
+        }
+    }
+
+    /// Receives up to the batch size without blocking. Returns how many arrived; 0 with
+    /// `WouldBlock` as error means none.
+    pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let count = self.slots.len();
+        let mut iovecs: Vec<libc::iovec> = self
+            .slots
+            .iter_mut()
+            .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: slot.len() })
+            .collect();
+        let addrs = self.addrs.as_mut_ptr();
+        let iovec_base = iovecs.as_mut_ptr();
+        let mut headers: Vec<libc::mmsghdr> = (0..count)
+            .map(|i| {
+                // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+                let mut header: libc::mmsghdr = unsafe { zeroed() };
+                // SAFETY: `i < count`, the length of both `addrs` and `iovecs`.
+                let (addr, iovec) = unsafe { (addrs.add(i), iovec_base.add(i)) };
+                header.msg_hdr.msg_name = addr.cast();
+                header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                header.msg_hdr.msg_iov = iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        // SAFETY: every header points at a live iovec and address buffer owned by `self`
+        // or this frame, sized as declared; the kernel writes within those sizes.
+        let received = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let received = check(received)? as usize;
+        for (i, header) in headers.iter().take(received).enumerate() {
+            self.lens[i] = header.msg_len as usize;
+            self.addr_lens[i] = header.msg_hdr.msg_namelen;
+        }
+        Ok(received)
+    }
+
+    /// Datagram `index` of the last receive: its bytes and sender.
+    pub fn datagram(&self, index: usize) -> (&[u8], SockAddr) {
+        // SAFETY: the kernel filled this storage with an address of `addr_lens[index]`
+        // bytes, which is what SockAddr::new requires.
+        let sender = unsafe { SockAddr::new(self.addrs[index], self.addr_lens[index]) };
+        (&self.slots[index][..self.lens[index]], sender)
+    }
+}
+
+/// Sends each of `datagrams` to `to` with one `sendmmsg` call. Returns how many the
+/// kernel took; the rest were refused (buffer full) or the call failed.
+pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) -> io::Result<usize> {
+    let mut iovecs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+            let mut header: libc::mmsghdr = unsafe { zeroed() };
+            header.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+            header.msg_hdr.msg_namelen = to.len();
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect();
+    // SAFETY: the headers point at the caller's datagrams and address, which outlive the
+    // call; the kernel only reads through them.
+    let sent = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            headers.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    Ok(check(sent)? as usize)
+}
+
+/// The longest interface name Linux accepts, without its NUL.
+pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
+
+/// An ifreq naming interface `name`, everything else zero.
+fn interface_request(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.bytes().any(|b| b == 0 || b == b'/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(request)
+}
+
+/// The tun/tap device every tap is opened through.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Opens [`TUN_DEVICE`] in non-blocking mode, not yet bound to any interface.
+pub fn open_tun_device() -> io::Result<OwnedFd> {
+    let path = CString::new(TUN_DEVICE).expect("no NUL in literal");
+    // SAFETY: `path` is a valid C string; open has no other preconditions.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `device` (from [`open_tun_device`]) a new tap named `name` in the calling
+/// thread's network namespace. Every frame read or written on it comes after a
+/// `virtio_net_hdr` (IFF_VNET_HDR). The device lives as long as the descriptor.
+pub fn create_tap(device: &OwnedFd, name: &str) -> io::Result<()> {
+    bind_tap(device, name, libc::IFF_TUN_EXCL)
+}
+
+/// Makes `device` the tap `name`, creating it if it does not exist (which needs
+/// CAP_NET_ADMIN; a persistent tap made for vnet's user with `ip tuntap add ... user`
+/// does not). Otherwise like [`create_tap`].
+pub fn open_or_create_tap(device: &OwnedFd, name: &str) -> io::Result<()> {
+    bind_tap(device, name, 0)
+}
+
+fn bind_tap(device: &OwnedFd, name: &str, extra_flags: libc::c_int) -> io::Result<()> {
+    let mut request = interface_request(name)?;
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | extra_flags;
+    request.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq, which `request` is.
+    check(unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETIFF, &mut request as *mut libc::ifreq) })
+        .map(drop)
+}
+
+/// Lets a tap hand over and take TCP segments of up to 64 KiB with partial checksums
+/// (TUNSETOFFLOAD with CSUM, TSO4 and TSO6).
+pub fn enable_tap_offloads(tap: BorrowedFd<'_>) -> io::Result<()> {
+    let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    check(unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) }).map(drop)
+}
+
+/// Sets the IFF_UP flag of interface `name` in the calling thread's network namespace.
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let mut request = interface_request(name)?;
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read/write one struct ifreq, which `request`
+    // is; `ifru_flags` is the union member those two requests use.
+    unsafe {
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request as *mut libc::ifreq))?;
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request as *mut libc::ifreq))?;
+    }
+    Ok(())
+}
+
+/// Forks the calling process. The child runs `child` and exits with the code it returns;
+/// the parent gets the child's pid. Call it only while the process has a single thread.
+pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: vnet forks only before its event loop starts, while it has one thread, so
+    // the child inherits no lock held by another thread.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(127);
+        // SAFETY: _exit ends the child without running the parent's atexit handlers or
+        // flushing buffers it shares with the parent.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid)
+}
+
+/// Makes `command` run `hook` in the child between fork and exec. The caller must call
+/// `spawn` only while the process has a single thread.
+pub fn before_exec(
+    command: &mut std::process::Command,
+    hook: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: vnet spawns such commands only before its event loop starts, while it has
+    // one thread, so the hook's allocations and file writes cannot deadlock on a lock
+    // another thread held at fork time.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Sends `payload`, and `fd` if given, over the unix socket `socket`.
+pub fn send_with_fd(socket: BorrowedFd<'_>, payload: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(payload)];
+    let fds: Vec<std::os::fd::RawFd> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives a message of at most `N` bytes and the descriptor that came with it, if any.
+pub fn receive_with_fd<const N: usize>(socket: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut payload = [0u8; N];
+    let mut iov = [io::IoSliceMut::new(&mut payload)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut received = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS installed `raw` as a new descriptor in this process;
+                // nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    let len = message.bytes;
+    Ok((payload[..len].to_vec(), received))
+}
+
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The user namespace that owns the namespace behind `namespace`.
+pub fn owning_user_namespace(namespace: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = check(unsafe { libc::ioctl(namespace.as_raw_fd(), NS_GET_USERNS) })?;
+    // SAFETY: the ioctl returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets where the next `MSG_PEEK` read of a stream socket starts (SO_PEEK_OFF), counted
+/// from the front of the receive queue. Each peek then moves it past what it copied, and
+/// each ordinary read moves it back by what was read.
+pub fn set_peek_offset(fd: BorrowedFd<'_>, offset: usize) -> io::Result<()> {
+    let offset = libc::c_int::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: SO_PEEK_OFF reads one c_int from the pointer given, which `offset` is.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&offset as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Copies received stream bytes from the socket's peek offset on, without consuming them.
+pub fn peek(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Reads and drops up to `len` bytes from the front of a stream socket's receive queue,
+/// using `scratch` as the landing place; returns how many were dropped. (A real read,
+/// not MSG_TRUNC: only reads let the kernel grow the receive buffer as the flow speeds
+/// up.)
+pub fn discard(fd: BorrowedFd<'_>, len: usize, scratch: &mut [u8]) -> io::Result<usize> {
+    let len = len.min(scratch.len());
+    // SAFETY: the kernel writes at most `len <= scratch.len()` bytes into `scratch`.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), scratch.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// How many more bytes a socket's send buffer holds before writes are refused: SO_SNDBUF
+/// less what its queued buffers take (SO_MEMINFO's SNDBUF and WMEM_QUEUED), which counts
+/// the kernel's per-buffer overhead as the write path does.
+pub fn send_buffer_free(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: SO_MEMINFO writes at most `len` bytes into `info` and stores the length
+    // written in `len`.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    let sndbuf = info[libc::SK_MEMINFO_SNDBUF as usize] as usize;
+    let queued = info[libc::SK_MEMINFO_WMEM_QUEUED as usize] as usize;
+    Ok(sndbuf.saturating_sub(queued))
+}
+
+/// An AF_INET `struct sockaddr` holding `ip` (port 0).
+fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+    let inet = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain old data; the kernel
+    // reads this sockaddr as a sockaddr_in because of its family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
+}
+
+/// An AF_INET datagram socket for interface ioctls.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket has no memory preconditions.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just returned by socket and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs one interface ioctl `request` on `name` after `fill` set the request's fields.
+fn interface_ioctl(
+    name: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let mut ifreq = interface_request(name)?;
+    fill(&mut ifreq);
+    // SAFETY: the SIOCSIF* requests used here read one struct ifreq, which `ifreq` is.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut ifreq as *mut libc::ifreq) })?;
+    Ok(())
+}
+
+/// Gives interface `name` the IPv4 address `ip` with a `prefix_len`-bit netmask.
+pub fn set_ipv4_address(name: &str, ip: std::net::Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+    let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0));
+    interface_ioctl(name, libc::SIOCSIFADDR, |r| r.ifr_ifru.ifru_addr = sockaddr_v4(ip))?;
+    interface_ioctl(name, libc::SIOCSIFNETMASK, |r| r.ifr_ifru.ifru_netmask = sockaddr_v4(mask))
+}
+
+/// Sets the MTU of interface `name`.
+pub fn set_mtu(name: &str, mtu: u16) -> io::Result<()> {
+    interface_ioctl(name, libc::SIOCSIFMTU, |r| r.ifr_ifru.ifru_mtu = libc::c_int::from(mtu))
+}
+
+/// Sets the MAC address of interface `name`.
+pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    interface_ioctl(name, libc::SIOCSIFHWADDR, |r| {
+        let mut address = libc::sockaddr { sa_family: libc::ARPHRD_ETHER, sa_data: [0; 14] };
+        for (dst, src) in address.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        r.ifr_ifru.ifru_hwaddr = address;
+    })
+}
+
+/// Linux's `struct rtentry` (glibc does not export it through the libc crate).
+#[repr(C)]
+struct RouteEntry {
+    pad1: libc::c_ulong,
+    dst: libc::sockaddr,
+    gateway: libc::sockaddr,
+    genmask: libc::sockaddr,
+    flags: libc::c_ushort,
+    pad2: libc::c_short,
+    pad3: libc::c_ulong,
+    tos: libc::c_uchar,
+    class: libc::c_uchar,
+    pad4: [libc::c_short; 3],
+    metric: libc::c_short,
+    dev: *mut libc::c_char,
+    mtu: libc::c_ulong,
+    window: libc::c_ulong,
+    irtt: libc::c_ushort,
+}
+
+/// Adds a default route via `gateway`.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = ioctl_socket()?;
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    let mut route = RouteEntry {
+        pad1: 0,
+        dst: sockaddr_v4(any),
+        gateway: sockaddr_v4(gateway),
+        genmask: sockaddr_v4(any),
+        flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+        pad2: 0,
+        pad3: 0,
+        tos: 0,
+        class: 0,
+        pad4: [0; 3],
+        metric: 0,
+        dev: std::ptr::null_mut(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads one struct rtentry, which `route` is laid out as; its
+    // device pointer is null, so the kernel picks the interface from the gateway.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route as *mut RouteEntry) })?;
+    Ok(())
+}

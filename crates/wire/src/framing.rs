@@ -1,0 +1,277 @@
+//! QEMU's stream framing: every frame is preceded by its length as a 4-byte big-endian
+//! integer. Used by `-netdev stream` and the legacy `-netdev socket,connect=|listen=`.
+//!
+//! The decoder is pure: bytes go in, whole frames come out, so it is tested (and fuzzed)
+//! without sockets. It never trusts the peer: a length of zero or above
+//! [`MAX_FRAME_LEN`] is an error that ends the connection, and a frame is handed out only
+//! once all of its bytes have arrived, however the reads were split.
+//!
+//! Bytes are read straight into a pooled buffer, and the frames in it are handed out as
+//! views of that buffer, with no copy. Small frames share a read of up to
+//! [`READ_CHUNK`] bytes; once a large frame's length is known, the decoder asks for
+//! exactly the rest of it, so a large frame never leaves a piece of the next one behind
+//! to be moved. Only the unfinished tail of a read (part of a small frame, or a length
+//! prefix) is moved into the next buffer.
+
+use thiserror::Error;
+
+use crate::{Frame, FrameBuffer, FrameError, Offload, MAX_FRAME_LEN};
+
+/// Size of the length prefix in front of each frame.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// How much the decoder asks to read at once when it is not in the middle of a large
+/// frame. Big enough for dozens of small frames per system call.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Frames longer than this are read to their exact end rather than in chunks.
+const LARGE_FRAME: usize = 4096;
+
+/// A length prefix vnet refuses. Either one ends the connection it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FramingError {
+    /// The peer announced an empty frame.
+    #[error("peer sent a frame length of 0")]
+    ZeroLength,
+    /// The peer announced a frame larger than any Ethernet frame vnet carries.
+    #[error("peer sent a frame length of {0}, above the limit of {MAX_FRAME_LEN}")]
+    TooLong(u32),
+}
+
+/// Reassembles frames from a byte stream.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    /// Bytes received and not yet handed out as frames.
+    buffer: FrameBuffer,
+}
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        Self { buffer: FrameBuffer::large_without_headroom() }
+    }
+}
+
+impl StreamDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The space to read into next: the rest of a large frame in progress exactly, else
+    /// up to [`READ_CHUNK`] bytes. Follow a read with [`StreamDecoder::commit`].
+    pub fn read_buffer(&mut self) -> &mut [u8] {
+        let to_complete = self.bytes_to_complete_frame();
+        let wanted = match self.announced_len() {
+            Ok(Some(len)) if len > LARGE_FRAME => to_complete,
+            _ => to_complete.max(READ_CHUNK),
+        };
+        if self.buffer.is_shared() || self.buffer.spare_len() < wanted {
+            let mut fresh = FrameBuffer::large_without_headroom();
+            fresh.extend_from_slice(self.buffer.data());
+            self.buffer = fresh;
+        }
+        let spare = self.buffer.spare_mut();
+        let len = wanted.min(spare.len());
+        &mut spare[..len]
+    }
+
+    /// Takes `len` bytes read into [`StreamDecoder::read_buffer`].
+    pub fn commit(&mut self, len: usize) {
+        self.buffer.commit(len);
+    }
+
+    /// Appends bytes received from the peer: [`StreamDecoder::read_buffer`] and
+    /// [`StreamDecoder::commit`] in one, for bytes already in memory.
+    pub fn extend(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = self.read_buffer();
+            let len = room.len().min(data.len());
+            room[..len].copy_from_slice(&data[..len]);
+            self.commit(len);
+            data = &data[len..];
+        }
+    }
+
+    /// The next whole frame, if one has fully arrived: a [`Frame`], or the
+    /// [`FrameError`] of one too short to be one (which still leaves the stream in step).
+    #[allow(clippy::type_complexity)]
+    pub fn next_frame(&mut self) -> Result<Option<Result<Frame, FrameError>>, FramingError> {
+        let Some(len) = self.announced_len()? else {
+            return Ok(None);
+        };
+        let end = LENGTH_PREFIX_LEN + len;
+        if self.buffer.len() < end {
+            return Ok(None);
+        }
+        let frame = self.buffer.share(LENGTH_PREFIX_LEN..end, Offload::NONE);
+        self.buffer.advance(end);
+        Ok(Some(frame))
+    }
+
+    /// Bytes held that do not yet make a whole frame. Non-zero at end of stream means the
+    /// peer closed in the middle of a frame.
+    pub fn partial_len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn announced_len(&self) -> Result<Option<usize>, FramingError> {
+        let Some(prefix) = self.buffer.data().get(..LENGTH_PREFIX_LEN) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        match len {
+            0 => Err(FramingError::ZeroLength),
+            len if len as usize > MAX_FRAME_LEN => Err(FramingError::TooLong(len)),
+            len => Ok(Some(len as usize)),
+        }
+    }
+
+    fn bytes_to_complete_frame(&self) -> usize {
+        match self.announced_len() {
+            Ok(Some(len)) => (LENGTH_PREFIX_LEN + len).saturating_sub(self.buffer.len()),
+            _ => LENGTH_PREFIX_LEN.saturating_sub(self.buffer.len()),
+        }
+    }
+}
+
+/// The length prefix to send in front of a frame of `frame_len` bytes.
+pub fn length_prefix(frame_len: usize) -> [u8; LENGTH_PREFIX_LEN] {
+    debug_assert!(frame_len <= MAX_FRAME_LEN);
+    (frame_len as u32).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(frames: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in frames {
+            out.extend_from_slice(&length_prefix(frame.len()));
+            out.extend_from_slice(frame);
+        }
+        out
+    }
+
+    fn drain(decoder: &mut StreamDecoder) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            frames.push(frame.expect("a whole frame").as_bytes().to_vec());
+        }
+        frames
+    }
+
+    #[test]
+    fn many_frames_in_one_read_all_come_out_in_order() {
+        let first = [1u8; 60];
+        let second = [2u8; 1514];
+        let third = [3u8; 14];
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&first, &second, &third]));
+        let frames = drain(&mut decoder);
+        assert_eq!(frames, vec![&first[..], &second[..], &third[..]]);
+        assert_eq!(decoder.partial_len(), 0);
+    }
+
+    #[test]
+    fn a_frame_split_at_every_byte_boundary_is_reassembled() {
+        let frame: Vec<u8> = (0..100u8).collect();
+        let wire = encode(&[&frame, &frame]);
+        for split in 0..wire.len() {
+            let mut decoder = StreamDecoder::new();
+            decoder.extend(&wire[..split]);
+            let mut frames = drain(&mut decoder);
+            decoder.extend(&wire[split..]);
+            frames.extend(drain(&mut decoder));
+            assert_eq!(frames.len(), 2, "split at {split}");
+            assert!(frames.iter().all(|f| f[..] == frame[..]), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn one_byte_at_a_time_works() {
+        let frame = [7u8; 300];
+        let mut decoder = StreamDecoder::new();
+        let mut frames = Vec::new();
+        for byte in encode(&[&frame]) {
+            decoder.extend(&[byte]);
+            frames.extend(drain(&mut decoder));
+        }
+        assert_eq!(frames, vec![&frame[..]]);
+    }
+
+    #[test]
+    fn zero_length_is_an_error() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&[0, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(decoder.next_frame(), Err(FramingError::ZeroLength));
+    }
+
+    #[test]
+    fn lengths_above_the_largest_frame_are_errors_and_the_largest_is_not() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes());
+        assert_eq!(decoder.next_frame(), Err(FramingError::TooLong(65550)));
+
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&u32::MAX.to_be_bytes());
+        assert_eq!(decoder.next_frame(), Err(FramingError::TooLong(u32::MAX)));
+
+        let largest = vec![9u8; MAX_FRAME_LEN];
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&largest]));
+        assert_eq!(decoder.next_frame().unwrap().unwrap().unwrap().len(), MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn a_bad_length_is_reported_even_before_the_body_arrives() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&[0xff, 0xff, 0xff]);
+        assert_eq!(decoder.next_frame(), Ok(None));
+        decoder.extend(&[0xff]);
+        assert!(decoder.next_frame().is_err());
+    }
+
+    #[test]
+    fn a_peer_closing_mid_frame_leaves_a_partial_frame() {
+        let wire = encode(&[&[5u8; 64]]);
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&wire[..30]);
+        assert_eq!(decoder.next_frame(), Ok(None));
+        assert_eq!(decoder.partial_len(), 30);
+    }
+
+    #[test]
+    fn the_read_buffer_makes_room_for_the_whole_frame_in_progress() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&length_prefix(MAX_FRAME_LEN));
+        assert_eq!(decoder.read_buffer().len(), MAX_FRAME_LEN, "exactly the rest of a large frame");
+    }
+
+    #[test]
+    fn small_frames_are_read_in_chunks() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&length_prefix(60));
+        assert!(decoder.read_buffer().len() >= READ_CHUNK);
+    }
+
+    #[test]
+    fn a_frame_shorter_than_a_header_is_a_runt_and_the_stream_stays_in_step() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&[1u8; 5], &[2u8; 60]]));
+        assert_eq!(decoder.next_frame(), Ok(Some(Err(FrameError::Runt(5)))));
+        assert_eq!(decoder.next_frame().unwrap().unwrap().unwrap().as_bytes(), &[2u8; 60][..]);
+    }
+
+    #[test]
+    fn frames_handed_out_keep_their_bytes_while_the_decoder_reads_on() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&[1u8; 60]]));
+        decoder.extend(&length_prefix(60)[..2]);
+        let first = decoder.next_frame().unwrap().unwrap().unwrap();
+        decoder.extend(&[&length_prefix(60)[2..], &[2u8; 60][..]].concat());
+        let second = decoder.next_frame().unwrap().unwrap().unwrap();
+        assert_eq!(first.as_bytes(), &[1u8; 60][..]);
+        assert_eq!(second.as_bytes(), &[2u8; 60][..]);
+    }
+}
