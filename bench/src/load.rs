@@ -75,6 +75,26 @@ pub fn request_response(server: SocketAddr, duration: Duration) -> Result<Latenc
     Ok(Latency { p50_us: percentile(50), p99_us: percentile(99), samples: samples.len() })
 }
 
+/// What a fixed number of round trips did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoundTrips {
+    /// Round trips made.
+    pub count: u64,
+}
+
+/// Client: `count` 1-byte round trips with `server`, as fast as they go.
+pub fn round_trips(server: SocketAddr, count: u64) -> Result<RoundTrips> {
+    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut byte = [0u8; 1];
+    for _ in 0..count {
+        stream.write_all(&byte)?;
+        stream.read_exact(&mut byte)?;
+    }
+    Ok(RoundTrips { count })
+}
+
 /// Server: echoes every byte of each connection, one thread per connection, until the
 /// returned flag is set.
 pub fn serve_echo(listener: TcpListener) -> Arc<AtomicBool> {

@@ -41,6 +41,10 @@ struct Cli {
     /// switch, idle, guests.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Count vnet's own instructions with callgrind on fixed workloads instead (bulk
+    /// TCP each way, 1-byte round trips); needs valgrind.
+    #[arg(long)]
+    profile: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
@@ -68,6 +72,8 @@ enum ToolCommand {
 enum Tool {
     /// 1-byte ping-pong for SECONDS; prints latency percentiles.
     Rr { server: SocketAddr, seconds: u64 },
+    /// COUNT 1-byte round trips as fast as they go; prints the count.
+    RrCount { server: SocketAddr, count: u64 },
     /// Connect, 1 byte each way, close, for SECONDS; prints the rate.
     ConnectRate { server: SocketAddr, seconds: u64 },
     /// SIZE-byte datagrams for SECONDS; prints how many were sent.
@@ -96,6 +102,7 @@ fn run_tool(tool: Tool) -> Result<()> {
     load::raise_file_limit();
     match tool {
         Tool::Rr { server, seconds } => load::print_json(&load::request_response(server, secs(seconds))?),
+        Tool::RrCount { server, count } => load::print_json(&load::round_trips(server, count)?),
         Tool::ConnectRate { server, seconds } => {
             load::print_json(&load::connection_rate(server, secs(seconds))?)
         }
@@ -130,7 +137,9 @@ fn run_bench(cli: &Cli) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the bench makes network namespaces and tap devices: run it as root (scripts/bench does)");
     }
-    let scenarios: Vec<String> = if cli.only.is_empty() {
+    let scenarios: Vec<String> = if cli.profile {
+        vec!["profile".to_owned()]
+    } else if cli.only.is_empty() {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {
         cli.only.clone()

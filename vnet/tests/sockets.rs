@@ -87,7 +87,7 @@ fn tcp_listen_carries_the_largest_frame_and_refuses_a_larger_one() {
     assert_eq!(c.recv().unwrap().len(), 60);
     let (status, log) = vnet.stop();
     assert!(status.success());
-    assert!(log.contains("bad_frame_length: 1"), "{log}");
+    assert!(log.contains("bad_frame_length=1"), "{log}");
 }
 
 #[test]
@@ -111,8 +111,8 @@ fn a_zero_length_or_a_close_mid_frame_ends_only_that_connection() {
     good.send(&frame(BROADCAST, mac(1), 60, 0));
     assert_eq!(source_of(&other.recv().unwrap()), mac(1));
     let (_, log) = vnet.stop();
-    assert!(log.contains("bad_frame_length: 1"), "{log}");
-    assert!(log.contains("truncated_frame: 1"), "{log}");
+    assert!(log.contains("bad_frame_length=1"), "{log}");
+    assert!(log.contains("truncated_frame=1"), "{log}");
 }
 
 #[test]

@@ -215,7 +215,7 @@ fn vde_plug_connects_and_corrupted_handshakes_close_only_their_own_connection() 
     let (status, log) = vnet.stop();
     assert!(status.success());
     assert_eq!(log.matches("refused a VDE port request").count(), refused.len() + 1, "{log}");
-    assert!(log.contains("bad_vde_request: 8"), "{log}");
+    assert!(log.contains("bad_vde_request=8"), "{log}");
     let left: Vec<_> =
         std::fs::read_dir(&vde).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(!vde.exists(), "the switch directory is removed on exit; left: {left:?}");
@@ -322,7 +322,7 @@ fn a_host_tap_lets_the_host_reach_the_guest_and_the_guest_a_host_service() {
 fn creating_a_tap_without_privilege_says_what_is_needed() {
     let output = Command::new("setpriv")
         .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--inh-caps=-all"])
-        .arg(env!("CARGO_BIN_EXE_vnet"))
+        .arg(support::vnet_binary())
         .args(["run", "--no-user", "--attach", "tap:vnetnopriv0"])
         .output()
         .expect("setpriv runs (util-linux)");

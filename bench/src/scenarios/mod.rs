@@ -8,6 +8,7 @@ mod bulk;
 mod guests;
 mod idle;
 mod latency;
+mod profile;
 mod scale;
 mod stream;
 mod switch;
@@ -77,6 +78,7 @@ impl Bench {
             "tap" => tap::run(self),
             "idle" => idle::run(self),
             "guests" => guests::run(self),
+            "profile" => profile::run(self),
             other => bail!("unknown scenario {other}; the scenarios are {}", SCENARIOS.join(", ")),
         }
     }

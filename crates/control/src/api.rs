@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 use vnet_gateway::{ForwardProtocol, HostForward};
+use vnet_gateway_host::{GatewayHostError, GatewayNetwork};
+use vnet_runtime::{Network, Remote};
 use vnet_switch::PortId;
-use vnet_transport::{Network, Remote};
 
 use crate::capture;
 use crate::http::{self, HttpError, Request, Response};
@@ -271,7 +272,7 @@ fn add_forward(api: &Api, request: &Request) -> Handled {
     let added = api.remote.run(move |network| network.add_forward(rule)).map_err(|_| stopped())?;
     match added {
         Ok((id, rule)) => Ok(Response::json(201, &json!(views::ForwardView::new(id, &rule)))),
-        Err(vnet_transport::TransportError::NoGateway) => {
+        Err(GatewayHostError::NoGateway) => {
             Err(Response::error(409, "the network has no gateway (--no-user)"))
         }
         Err(e) => Err(Response::error(409, e.to_string())),

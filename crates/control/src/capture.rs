@@ -22,10 +22,11 @@ const LINKTYPE_ETHERNET: u32 = 1;
 /// How often an idle capture asks whether it is still wanted.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// One captured frame and when it was seen.
+/// A copy of one captured frame and when it was seen. Frames live in the loop thread's
+/// buffer pool, so the writer thread gets the bytes.
 pub struct Captured {
     time: SystemTime,
-    frame: Frame,
+    bytes: Vec<u8>,
 }
 
 /// The pcap file header.
@@ -42,7 +43,7 @@ pub fn file_header() -> [u8; 24] {
 /// Writes one pcap record.
 fn write_record(out: &mut impl Write, captured: &Captured) -> io::Result<()> {
     let since_epoch = captured.time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let bytes = captured.frame.as_bytes();
+    let bytes = &captured.bytes[..];
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     let mut header = [0u8; 16];
     header[0..4].copy_from_slice(&(since_epoch.as_secs() as u32).to_le_bytes());
@@ -63,7 +64,7 @@ pub struct CaptureSink {
 
 impl MirrorSink for CaptureSink {
     fn copy(&mut self, _port: PortId, _received: bool, frame: &Frame) -> bool {
-        let captured = Captured { time: SystemTime::now(), frame: frame.clone() };
+        let captured = Captured { time: SystemTime::now(), bytes: frame.as_bytes().to_vec() };
         match self.frames.try_send(captured) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -140,10 +141,10 @@ impl CaptureWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vnet_wire::Bytes;
+    use vnet_wire::Offload;
 
     fn frame(byte: u8) -> Frame {
-        Frame::new(Bytes::from(vec![byte; 60])).unwrap()
+        Frame::copy_from_slice(&[byte; 60], Offload::NONE).unwrap()
     }
 
     #[test]

@@ -24,13 +24,16 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
 use vnet_gateway::{GatewayConfig, StaticLease};
+use vnet_gateway_host::GatewayNetwork;
+use vnet_runtime::Network;
 use vnet_switch::{ForwardingMode, PortVlans, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
-use vnet_transport::{netns, ListenSpec, Network, NetworkConfig};
+use vnet_transport::netns;
 use vnet_wire::MacAddress;
 
 use crate::client::{self, Inspect};
 use crate::config_file::{self, ConfigFile};
+use crate::endpoints::{self, ListenSpec};
 use crate::qemu_args::{qemu_args, Model, Transport};
 use crate::spec::{describe_with_vlans, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
 use crate::supervisor::Signals;
@@ -400,8 +403,7 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         )?;
         let pid = namespaced.child.id();
         signals.supervise(Pid::from_raw(pid as i32));
-        network
-            .attach_tap(namespaced.tap, format!("ns:pid={pid}"))
+        endpoints::attach_tap(&mut network, namespaced.tap, format!("ns:pid={pid}"))
             .context("cannot relay the namespace's tap")?;
     }
     let api = match (&settings.name, &runtime_dir) {
@@ -545,20 +547,17 @@ fn build_network(
     listen: &[(ListenSpec, PortVlans)],
     gateway: Option<(GatewayConfig, PortVlans)>,
 ) -> anyhow::Result<Network> {
-    let config = NetworkConfig {
-        switch: SwitchConfig {
-            mode: if settings.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
-            aging: settings.mac_aging,
-            ..SwitchConfig::default()
-        },
-        dgram_peer_timeout: settings.dgram_peer_timeout,
+    let config = SwitchConfig {
+        mode: if settings.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
+        aging: settings.mac_aging,
+        ..SwitchConfig::default()
     };
     let mut network = Network::new(config)?;
     for (spec, vlans) in listen {
-        network.listen(spec, vlans.clone())?;
+        endpoints::listen(&mut network, spec, vlans.clone(), settings.dgram_peer_timeout)?;
     }
     for option in &settings.attach {
-        network.attach(&option.spec, option.vlans.clone())?;
+        endpoints::attach(&mut network, &option.spec, option.vlans.clone())?;
     }
     if let Some((config, vlans)) = gateway {
         network.add_gateway(config, vlans)?;

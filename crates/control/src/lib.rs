@@ -1,6 +1,6 @@
 //! vnet's control layer: the command line, logging, signals and the commands themselves.
 //!
-//! It turns what the user typed into a [`vnet_transport::Network`] and runs it. It owns
+//! It turns what the user typed into a [`vnet_runtime::Network`] and runs it. It owns
 //! no frames and no sockets of its own beyond the signalfd; everything below the command
 //! line is the transports' and the switch's business.
 
@@ -9,6 +9,7 @@ mod capture;
 mod cli;
 mod client;
 mod config_file;
+pub mod endpoints;
 mod http;
 mod lifecycle;
 mod metrics;

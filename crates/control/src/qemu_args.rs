@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::bail;
 use clap::ValueEnum;
-use vnet_transport::ListenSpec;
 
+use crate::endpoints::ListenSpec;
 use crate::spec::{parse_listen_arg, ListenArg};
 
 /// The NIC the guest sees.

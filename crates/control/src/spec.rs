@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use thiserror::Error;
 use vnet_switch::PortVlans;
 use vnet_transport::netns::{validate_ifname, DEFAULT_IFNAME};
-use vnet_transport::{AttachSpec, ListenSpec, McastSpec, NamespaceRef, NetnsSpec};
+use vnet_transport::{McastSpec, NamespaceRef, NetnsSpec};
 use vnet_wire::vlan::VlanId;
+
+use crate::endpoints::{AttachSpec, ListenSpec};
 
 /// A `--listen` or `--attach` value that does not parse.
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::info;
-use vnet_transport::Supervisor;
+use vnet_runtime::Supervisor;
 
 /// The signal handling of one vnet process.
 pub struct Signals {

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use vnet_gateway::HostForward;
-use vnet_transport::Network;
+use vnet_gateway_host::GatewayNetwork;
+use vnet_runtime::{EventCounters, Network};
 
 /// One switch port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,21 +293,15 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
         ports: network.switch().ports().count(),
         stations: network.switch().mac_table().stations(Instant::now()).count(),
         gateway,
-        events: events(network.counters()),
+        events: events(network.events()),
     }
 }
 
-/// The network's own counters by name.
-fn events(counters: &vnet_transport::NetworkCounters) -> BTreeMap<String, u64> {
-    [
-        ("accepted", counters.accepted),
-        ("bad_frame_length", counters.bad_frame_length),
-        ("truncated_frame", counters.truncated_frame),
-        ("unanswerable_datagram", counters.unanswerable_datagram),
-        ("dgram_peer_refused", counters.dgram_peer_refused),
-        ("bad_vde_request", counters.bad_vde_request),
-    ]
-    .into_iter()
-    .map(|(name, count)| (name.to_owned(), count))
-    .collect()
+/// The network's own counters by name: every event the transports count, and any other
+/// that was counted.
+fn events(counters: &EventCounters) -> BTreeMap<String, u64> {
+    let mut events: BTreeMap<String, u64> =
+        vnet_transport::EVENTS.iter().map(|name| ((*name).to_owned(), 0)).collect();
+    events.extend(counters.iter().map(|(name, count)| (name.to_owned(), count)));
+    events
 }

@@ -5,17 +5,17 @@
 //! replays every file under `fuzz/regression/<target>/` so `cargo test` keeps old crashes
 //! and interesting inputs fixed. Nothing here does I/O beyond reading that corpus.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 
 use vnet_switch::{ForwardingMode, PortVlans, QueueLimits, Switch, SwitchConfig};
-use vnet_transport::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
-use vnet_transport::vde;
+use vnet_wire::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
+use vnet_wire::vde;
 use vnet_wire::vlan::VlanId;
-use vnet_wire::{Bytes, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
+use vnet_wire::{Frame, Offload, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
 
 /// Feeds `data` to the stream decoder in chunks whose sizes come from the first byte,
 /// and checks that the frames (or the error) are exactly those of decoding it whole.
@@ -34,8 +34,12 @@ pub fn stream_decoder(data: &[u8]) {
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    assert!(!frame.is_empty() && frame.len() <= MAX_FRAME_LEN);
-                    frames.push(frame);
+                    let bytes = match frame {
+                        Ok(frame) => frame.as_bytes().to_vec(),
+                        Err(error) => vec![0; error.len()],
+                    };
+                    assert!(!bytes.is_empty() && bytes.len() <= MAX_FRAME_LEN);
+                    frames.push(bytes);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -50,7 +54,7 @@ pub fn stream_decoder(data: &[u8]) {
 }
 
 /// A plain reading of the framing rules, to compare the decoder against.
-fn decode_at_once(mut stream: &[u8]) -> (Vec<Bytes>, bool) {
+fn decode_at_once(mut stream: &[u8]) -> (Vec<Vec<u8>>, bool) {
     let mut frames = Vec::new();
     while stream.len() >= LENGTH_PREFIX_LEN {
         let len = u32::from_be_bytes([stream[0], stream[1], stream[2], stream[3]]) as usize;
@@ -60,7 +64,9 @@ fn decode_at_once(mut stream: &[u8]) -> (Vec<Bytes>, bool) {
         if stream.len() < LENGTH_PREFIX_LEN + len {
             break;
         }
-        frames.push(Bytes::copy_from_slice(&stream[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len]));
+        let frame = &stream[LENGTH_PREFIX_LEN..LENGTH_PREFIX_LEN + len];
+        // A frame shorter than an Ethernet header comes out as its length alone.
+        frames.push(if len < ETHERNET_HEADER_LEN { vec![0; len] } else { frame.to_vec() });
         stream = &stream[LENGTH_PREFIX_LEN + len..];
     }
     (frames, false)
@@ -105,7 +111,11 @@ pub fn switch_frames(data: &[u8]) {
         records = &body[frame.len()..];
         step += 1;
         let port = ports[usize::from(port_byte & 3)];
-        switch.receive(port, Bytes::copy_from_slice(frame), start + Duration::from_millis(step * 300));
+        switch.receive(
+            port,
+            Frame::copy_from_slice(frame, Offload::NONE),
+            start + Duration::from_millis(step * 300),
+        );
         received += 1;
         if port_byte & 0x80 != 0 {
             let drained = ports[usize::from((port_byte >> 2) & 3)];
@@ -163,12 +173,15 @@ impl HostSockets for AcceptingHost {
     fn tcp_send(&mut self, _: FlowId, data: &[u8]) -> io::Result<usize> {
         Ok(data.len() / 2)
     }
-    fn tcp_peek(&mut self, _: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
+    fn tcp_peek(&mut self, _: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         if offset > 100_000 {
             return Ok(0);
         }
-        let n = buffer.len().min(1000);
-        buffer[..n].fill(0x5a);
+        let Some(first) = buffers.first_mut() else {
+            return Ok(0);
+        };
+        let n = first.len().min(1000);
+        first[..n].fill(0x5a);
         Ok(n)
     }
     fn tcp_consume(&mut self, _: FlowId, _: usize) -> io::Result<()> {
@@ -227,10 +240,17 @@ pub fn offload_frames(data: &[u8]) {
     let Ok(offload) = vnet_wire::Offload::from_virtio_header(header) else {
         return;
     };
-    if let Ok(frames) = vnet_wire::offload::resolve(frame, offload) {
-        for out in frames {
-            assert!(out.len() <= frame.len().max(MAX_FRAME_LEN), "resolved into a {}-byte frame", out.len());
-        }
+    let Ok(frame) = Frame::copy_from_slice(frame, offload) else {
+        return;
+    };
+    let expected = vnet_wire::offload::wire_frames(&frame, offload);
+    let mut count = 0;
+    let resolved = vnet_wire::offload::resolve(&frame, |out| {
+        assert!(out.len() <= MAX_FRAME_LEN, "resolved into a {}-byte frame", out.len());
+        count += 1;
+    });
+    if resolved.is_ok() {
+        assert_eq!(Ok(count), expected, "as many frames as announced");
     }
 }
 

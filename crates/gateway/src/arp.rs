@@ -5,14 +5,15 @@
 //!
 //! This file knows addresses, not flows or sockets.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
 use vnet_wire::MacAddress;
 
-use crate::{packet, DropReason, GatewayConfig};
+use crate::packet::{self, BuiltFrame};
+use crate::{DropReason, GatewayConfig};
 
 /// Most guests remembered; more than any segment of VMs needs, and a bound on what a
 /// guest sending from random addresses can make vnet hold.
@@ -45,7 +46,7 @@ impl Neighbors {
     }
 
     /// An ARP request for `ip`, unless one went out less than a second ago.
-    pub fn request(&mut self, config: &GatewayConfig, ip: Ipv4Addr, now: Instant) -> Option<Vec<u8>> {
+    pub fn request(&mut self, config: &GatewayConfig, ip: Ipv4Addr, now: Instant) -> Option<BuiltFrame> {
         if self.asked.get(&ip).is_some_and(|at| now.saturating_duration_since(*at) < REQUEST_INTERVAL) {
             return None;
         }
@@ -68,7 +69,7 @@ pub fn handle(
     bytes: &[u8],
     config: &GatewayConfig,
     neighbors: &mut Neighbors,
-) -> Result<Option<Vec<u8>>, DropReason> {
+) -> Result<Option<BuiltFrame>, DropReason> {
     let packet = ArpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
     let ArpRepr::EthernetIpv4 {
         operation,

@@ -35,11 +35,14 @@ pub enum DropReason {
     DhcpRefused,
     /// An IPv4 source address outside the network (other than a DHCP client's 0.0.0.0).
     Spoofed,
+    /// A reply too large for one frame (a host datagram above what one IPv4 packet
+    /// carries).
+    TooLarge,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::BadChecksum,
         DropReason::NotForGateway,
@@ -53,6 +56,7 @@ impl DropReason {
         DropReason::UnknownFlow,
         DropReason::DhcpRefused,
         DropReason::Spoofed,
+        DropReason::TooLarge,
     ];
 
     /// A short name for logs and metrics.
@@ -71,6 +75,7 @@ impl DropReason {
             DropReason::UnknownFlow => "unknown_flow",
             DropReason::DhcpRefused => "dhcp_refused",
             DropReason::Spoofed => "spoofed",
+            DropReason::TooLarge => "too_large",
         }
     }
 }

@@ -9,14 +9,15 @@
 //! lease time, server id and the domain search list; `restrict=on` leaves out router and
 //! DNS. This file knows DHCP and addresses, nothing of sockets or NAT.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 use tracing::{info, warn};
 use vnet_wire::MacAddress;
 
-use crate::{packet, DropReason, GatewayConfig, Lease};
+use crate::packet::{self, BuiltFrame};
+use crate::{DropReason, GatewayConfig, Lease};
 
 /// Most addresses one pool hands out, however large the network.
 const MAX_POOL: usize = 4096;
@@ -59,7 +60,7 @@ impl Server {
         mac: MacAddress,
         payload: &[u8],
         config: &GatewayConfig,
-    ) -> Result<Option<Vec<u8>>, DropReason> {
+    ) -> Result<Option<BuiltFrame>, DropReason> {
         let packet = DhcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
         let request = DhcpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?;
         let rapid_commit = packet.options().any(|option| option.kind == OPTION_RAPID_COMMIT);
@@ -153,7 +154,7 @@ impl Server {
         request: &DhcpRepr<'_>,
         config: &GatewayConfig,
         mac: MacAddress,
-    ) -> Result<Option<Vec<u8>>, DropReason> {
+    ) -> Result<Option<BuiltFrame>, DropReason> {
         if self.leases.len() >= self.pool.len() {
             warn!(%client, leases = self.leases.len(), "DHCP pool is full; sending NAK");
         } else {
@@ -190,7 +191,7 @@ fn reply(
     your_ip: Ipv4Addr,
     lease_duration: Option<u32>,
     rapid_commit: bool,
-) -> Vec<u8> {
+) -> BuiltFrame {
     let full = message_type != DhcpMessageType::Nak;
     let mtu = config.mtu.to_be_bytes();
     let dns = config.dns.octets();

@@ -5,12 +5,13 @@
 //! Only the 12-byte header and the question are looked at, to match replies and to build
 //! SERVFAIL; answers are passed through untouched. This file knows nothing of frames.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::timers::Deadlines;
 use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
 
 /// The DNS port.
@@ -27,19 +28,19 @@ struct Pending {
     server: SocketAddrV4,
     query: Vec<u8>,
     upstream: usize,
-    deadline: Instant,
 }
 
 /// Queries in flight, by the flow that carries each to its current upstream.
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     pending: HashMap<FlowId, Pending>,
+    timeouts: Deadlines<FlowId>,
 }
 
 impl Forwarder {
     /// A forwarder to `upstreams`, tried in order.
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        Self { upstreams, pending: HashMap::new() }
+        Self { upstreams, pending: HashMap::new(), timeouts: Deadlines::default() }
     }
 
     /// Forwards a query the guest at `guest` sent to `server` (the gateway's DNS address).
@@ -59,7 +60,7 @@ impl Forwarder {
         if self.pending.len() >= MAX_PENDING {
             return Err(DropReason::FlowLimit);
         }
-        let pending = Pending { guest, server, query: query.to_vec(), upstream: 0, deadline: now };
+        let pending = Pending { guest, server, query: query.to_vec(), upstream: 0 };
         Ok(self.try_upstreams(pending, now, host, flows))
     }
 
@@ -97,7 +98,7 @@ impl Forwarder {
 
     /// The next query timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.values().map(|pending| pending.deadline).min()
+        self.timeouts.next()
     }
 
     /// Moves timed-out queries to their next upstream; returns SERVFAIL answers for
@@ -108,14 +109,8 @@ impl Forwarder {
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
     ) -> Vec<GuestDatagram> {
-        let due: Vec<FlowId> = self
-            .pending
-            .iter()
-            .filter(|(_, pending)| pending.deadline <= now)
-            .map(|(flow, _)| *flow)
-            .collect();
         let mut answers = Vec::new();
-        for flow in due {
+        while let Some((_, flow)) = self.timeouts.pop_due(now) {
             if let Some(mut pending) = self.pending.remove(&flow) {
                 host.datagram_close(flow);
                 pending.upstream += 1;
@@ -139,7 +134,7 @@ impl Forwarder {
             let sent = host.udp_open(flow, upstream).and_then(|()| host.datagram_send(flow, &pending.query));
             match sent {
                 Ok(()) => {
-                    pending.deadline = now + QUERY_TIMEOUT;
+                    self.timeouts.schedule(now + QUERY_TIMEOUT, flow);
                     self.pending.insert(flow, pending);
                     return None;
                 }

@@ -9,7 +9,7 @@
 //! requests are dropped and counted. This file knows the [`HostSockets`] calls,
 //! nothing of real sockets.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ use smoltcp::wire::{
 use tracing::warn;
 use vnet_wire::MacAddress;
 
+use crate::packet::BuiltFrame;
+use crate::timers::Deadlines;
 use crate::{
     packet, DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, GuestPacket, HostSockets,
     IcmpSocketKind,
@@ -52,7 +54,7 @@ pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, DropReason> {
 }
 
 /// The gateway's own answer to an echo request to one of its addresses.
-pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket, echo: &EchoRequest) -> Vec<u8> {
+pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket, echo: &EchoRequest) -> BuiltFrame {
     let reply = Icmpv4Repr::EchoReply { ident: echo.ident, seq_no: echo.seq_no, data: &echo.data };
     packet::icmp(config.mac(), guest.mac, guest.dst, guest.src, &reply)
 }
@@ -73,6 +75,7 @@ struct EchoFlow {
 pub struct EchoFlows {
     by_key: HashMap<(Ipv4Addr, u16, Ipv4Addr), FlowId>,
     flows: HashMap<FlowId, EchoFlow>,
+    idle_checks: Deadlines<FlowId>,
     reported_denied: bool,
 }
 
@@ -135,6 +138,7 @@ impl EchoFlows {
                     last_used: now,
                 };
                 self.flows.insert(flow, entry);
+                self.idle_checks.schedule(now + ECHO_IDLE_TIMEOUT, flow);
                 flow
             }
         };
@@ -152,7 +156,7 @@ impl EchoFlows {
         flow: FlowId,
         bytes: &[u8],
         now: Instant,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<BuiltFrame> {
         let entry = self.flows.get_mut(&flow)?;
         entry.last_used = now;
         let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
@@ -168,24 +172,26 @@ impl EchoFlows {
         Some(packet::icmp(config.mac(), entry.guest_mac, entry.dst, entry.guest, &reply))
     }
 
-    /// The next idle timeout.
+    /// When an echo flow may have been idle too long.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.flows.values().map(|flow| flow.last_used + ECHO_IDLE_TIMEOUT).min()
+        self.idle_checks.next()
     }
 
-    /// Closes idle echo flows.
+    /// Closes idle echo flows; a flow used since it was scheduled is looked at again
+    /// later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
-        let idle: Vec<FlowId> = self
-            .flows
-            .iter()
-            .filter(|(_, flow)| now.saturating_duration_since(flow.last_used) >= ECHO_IDLE_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            if let Some(flow) = self.flows.remove(&id) {
-                self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
-                host.datagram_close(id);
+        while let Some((_, id)) = self.idle_checks.pop_due(now) {
+            let Some(flow) = self.flows.get(&id) else {
+                continue;
+            };
+            let idle_until = flow.last_used + ECHO_IDLE_TIMEOUT;
+            if idle_until > now {
+                self.idle_checks.schedule(idle_until, id);
+                continue;
             }
+            self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
+            self.flows.remove(&id);
+            host.datagram_close(id);
         }
     }
 }
@@ -276,7 +282,7 @@ impl GuestError {
 
 /// The ICMP message that tells the guest at `guest_mac` about `error`, quoting the
 /// packet's IPv4 header and the first eight bytes of its transport header.
-pub fn error_for_guest(config: &GatewayConfig, guest_mac: MacAddress, error: &GuestError) -> Vec<u8> {
+pub fn error_for_guest(config: &GatewayConfig, guest_mac: MacAddress, error: &GuestError) -> BuiltFrame {
     let header = Ipv4Repr {
         src_addr: error.guest,
         dst_addr: error.dst,
@@ -301,7 +307,7 @@ pub fn time_exceeded(
     guest: GuestPacket,
     header: &Ipv4Repr,
     payload: &[u8],
-) -> Vec<u8> {
+) -> BuiltFrame {
     let quoted = &payload[..payload.len().min(8)];
     let header = Ipv4Repr { payload_len: quoted.len(), ..*header };
     let message = Icmpv4Repr::TimeExceeded { reason: Icmpv4TimeExceeded::TtlExpired, header, data: quoted };

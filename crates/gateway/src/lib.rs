@@ -25,57 +25,27 @@ mod dns;
 mod icmp;
 mod inspect;
 mod packet;
+mod route;
 mod tcp;
+mod timers;
 mod udp;
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
-use vnet_wire::{MacAddress, Offload};
+use vnet_wire::{Frame, MacAddress, Offload};
+
+use crate::packet::BuiltFrame;
 
 pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
 pub use counters::{DropReason, GatewayCounters};
 pub use icmp::{HostIcmpError, IcmpErrorKind};
 pub use inspect::{FlowCounts, FlowProtocol, FlowSummary, Lease};
-
-/// The TTL guests and hosts normally send with. A guest packet with a lower TTL (a
-/// traceroute probe, say) leaves the host with that TTL less one; at this or above, the
-/// host's default applies.
-pub const NORMAL_TTL: u8 = 64;
-
-/// The TTL a host socket should send a guest packet of TTL `guest_ttl` with: None for the
-/// host's default.
-fn host_ttl(guest_ttl: u8) -> Option<u8> {
-    (guest_ttl < NORMAL_TTL).then(|| guest_ttl.saturating_sub(1).max(1))
-}
-
-/// A frame for the segment, with the offloads it leaves to the port that carries it (a
-/// partial checksum, a TCP segment larger than the guest's MSS; see [`Offload`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestFrame {
-    /// The Ethernet frame.
-    pub bytes: Vec<u8>,
-    /// What is left to do.
-    pub offload: Offload,
-}
-
-impl From<Vec<u8>> for GuestFrame {
-    fn from(bytes: Vec<u8>) -> Self {
-        Self { bytes, offload: Offload::NONE }
-    }
-}
-
-impl std::ops::Deref for GuestFrame {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
+pub use route::NORMAL_TTL;
 
 /// Identifies one host socket the gateway asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,10 +125,11 @@ pub trait HostSockets {
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()>;
     /// Writes as much of `data` as the socket takes now and returns how much that was.
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize>;
-    /// Copies received bytes starting `offset` bytes into the receive queue without
-    /// consuming them. 0 means the peer closed and nothing lies beyond `offset`;
-    /// `WouldBlock` means nothing more has arrived yet.
-    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize>;
+    /// Copies received bytes starting `offset` bytes into the receive queue into
+    /// `buffers`, in order, without consuming them, and returns how many. 0 means the
+    /// peer closed and nothing lies beyond `offset`; `WouldBlock` means nothing more has
+    /// arrived yet.
+    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
     /// Discards the first `len` received bytes, which the guest has acknowledged.
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()>;
     /// How many more bytes the socket's send buffer takes now.
@@ -198,7 +169,9 @@ pub struct Gateway {
     echo: icmp::EchoFlows,
     tcp: tcp::Nat,
     counters: GatewayCounters,
-    outbox: VecDeque<GuestFrame>,
+    outbox: VecDeque<Frame>,
+    /// Where TCP puts the frames of one guest segment, kept so that its room is reused.
+    tcp_out: Vec<Frame>,
     flow_ids: FlowIds,
     /// hostfwd rules by number; a removed rule leaves its slot empty so the numbers of
     /// the others (which flows refer to) stay as they are.
@@ -224,6 +197,7 @@ impl Gateway {
             neighbors: arp::Neighbors::default(),
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
+            tcp_out: Vec::new(),
             flow_ids: FlowIds::default(),
             forwards,
             inbound_awaiting_arp: Vec::new(),
@@ -241,14 +215,22 @@ impl Gateway {
         &self.counters
     }
 
-    /// The next frame for the segment, if any.
-    pub fn pop_frame(&mut self) -> Option<GuestFrame> {
+    /// The next frame for the segment, if any. Frames may leave offloads to the port
+    /// that carries them (a partial checksum, a TCP segment larger than the guest's
+    /// MSS; see [`Offload`]).
+    pub fn pop_frame(&mut self) -> Option<Frame> {
         self.outbox.pop_front()
     }
 
-    /// Queues frames for the segment.
-    fn queue_frames<F: Into<GuestFrame>>(&mut self, frames: impl IntoIterator<Item = F>) {
-        self.outbox.extend(frames.into_iter().map(Into::into));
+    /// Queues frames the gateway built for the segment; one that could not be built
+    /// (too large for one frame) is counted.
+    fn queue_frames(&mut self, frames: impl IntoIterator<Item = BuiltFrame>) {
+        for frame in frames {
+            match frame {
+                Ok(frame) => self.outbox.push_back(frame),
+                Err(_) => self.counters.record(DropReason::TooLarge),
+            }
+        }
     }
 
     /// Handles one frame from the segment, with the offloads its sender left to do (a
@@ -350,7 +332,7 @@ impl Gateway {
             self.counters.record(DropReason::FlowLimit);
             host.tcp_close(flow, true);
         }
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// hostfwd rule number `index`, unless it was removed.
@@ -425,7 +407,7 @@ impl Gateway {
     pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_connected(&self.config, flow, now, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
@@ -440,21 +422,21 @@ impl Gateway {
     ) {
         let mut out = Vec::new();
         self.tcp.on_host_error(&self.config, flow, error, icmp, now, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// `flow`'s TCP socket has data or an end of stream.
     pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_host_readable(&self.config, flow, now, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// `flow`'s TCP socket can take more data.
     pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_host_writable(&self.config, flow, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// Whether TCP data toward a guest waits for room on the segment; if so, call
@@ -467,7 +449,7 @@ impl Gateway {
     pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn HostSockets) {
         let mut out = Vec::new();
         self.tcp.on_guest_room(&self.config, now, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     /// When [`Gateway::on_deadline`] wants to run next.
@@ -504,7 +486,7 @@ impl Gateway {
         self.echo.expire(now, host);
         let mut out = Vec::new();
         self.tcp.expire(&self.config, now, host, &mut out);
-        self.queue_frames(out);
+        self.outbox.extend(out);
     }
 
     fn dispatch(
@@ -632,10 +614,11 @@ impl Gateway {
                     .map_err(|_| DropReason::HostSocket);
             }
         }
-        let remote = SocketAddr::V4(SocketAddrV4::new(self.host_side_address(*dst.ip())?, dst.port()));
+        let remote =
+            SocketAddr::V4(SocketAddrV4::new(route::host_side_address(&self.config, *dst.ip())?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
         let route = udp::Route { guest: src, dst, remote };
-        let ttl = host_ttl(packet.ttl);
+        let ttl = route::host_ttl(packet.ttl);
         match self.udp.send(route, udp.payload(), ttl, room, now, host, &mut self.flow_ids) {
             Ok(()) => Ok(()),
             Err(udp::SendError::Dropped(reason)) => Err(reason),
@@ -658,7 +641,7 @@ impl Gateway {
             self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
             return Ok(());
         }
-        let remote = self.host_side_address(packet.dst)?;
+        let remote = route::host_side_address(&self.config, packet.dst)?;
         let room = self.flow_count() < self.config.max_flows;
         self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids)
     }
@@ -673,12 +656,11 @@ impl Gateway {
         let ports = bytes.get(..4).ok_or(DropReason::Malformed)?;
         let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
         let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
-        let target = if self.flow_count() >= self.config.max_flows {
-            Err(DropReason::FlowLimit)
-        } else {
-            self.tcp_target(dst, packet.ttl)
-        };
-        let mut out = Vec::new();
+        let full = self.flow_count() >= self.config.max_flows;
+        let config = &self.config;
+        let target =
+            || if full { Err(DropReason::FlowLimit) } else { route::tcp_target(config, dst, packet.ttl) };
+        let mut out = std::mem::take(&mut self.tcp_out);
         let result = self.tcp.on_guest_segment(
             &self.config,
             packet.mac,
@@ -692,59 +674,14 @@ impl Gateway {
             &mut self.flow_ids,
             &mut out,
         );
-        self.queue_frames(out);
+        self.outbox.extend(out.drain(..));
+        self.tcp_out = out;
         result
-    }
-
-    /// Where a guest's TCP connection to `dst`, whose SYN had TTL `guest_ttl`, goes: a
-    /// guestfwd target, the DNS upstreams in order for DNS over TCP, or the mapped
-    /// destination.
-    fn tcp_target(&self, dst: SocketAddrV4, guest_ttl: u8) -> Result<tcp::ConnectTarget, DropReason> {
-        let ttl = host_ttl(guest_ttl);
-        if let Some(forward) = self.config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
-            return Ok(tcp::ConnectTarget { remotes: vec![forward.target], ttl });
-        }
-        if *dst.ip() == self.config.dns && dst.port() == dns::PORT && !self.config.restrict {
-            if self.config.dns_upstreams.is_empty() {
-                return Err(DropReason::HostSocket);
-            }
-            return Ok(tcp::ConnectTarget { remotes: self.config.dns_upstreams.clone(), ttl });
-        }
-        let ip = self.host_side_address(*dst.ip())?;
-        Ok(tcp::ConnectTarget { remotes: vec![SocketAddr::V4(SocketAddrV4::new(ip, dst.port()))], ttl })
     }
 
     /// UDP, ICMP and TCP flows together, which `max-flows` bounds.
     fn flow_count(&self) -> usize {
         self.udp.len() + self.echo.len() + self.tcp.len()
-    }
-
-    /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.
-    fn host_side_address(&self, dst: Ipv4Addr) -> Result<Ipv4Addr, DropReason> {
-        if self.config.restrict {
-            return Err(DropReason::Restricted);
-        }
-        if dst == self.config.host {
-            return if self.config.host_loopback {
-                Ok(Ipv4Addr::LOCALHOST)
-            } else {
-                Err(DropReason::Restricted)
-            };
-        }
-        if self.config.contains(dst) {
-            return Err(DropReason::NotForGateway);
-        }
-        // The host's own loopback is reachable only as the host address (and only with
-        // host-loopback=on); "this network", broadcast and multicast never leave.
-        if dst.is_loopback()
-            || dst.is_unspecified()
-            || dst.octets()[0] == 0
-            || dst.is_broadcast()
-            || dst.is_multicast()
-        {
-            return Err(DropReason::Restricted);
-        }
-        Ok(dst)
     }
 
     fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {

@@ -1,6 +1,7 @@
 //! Building the frames the gateway sends: Ethernet + IPv4 + UDP/TCP/ICMP, and ARP, with
-//! checksums filled in (or, for TCP toward a port that offloads it, left partial). Built
-//! on `smoltcp::wire`'s representations.
+//! checksums filled in (or, for TCP toward a port that offloads it, left partial), in
+//! pooled frame buffers. Built on `smoltcp::wire`'s representations. A packet too large
+//! for one IPv4 packet is refused as [`FrameError::Oversize`].
 //!
 //! This module knows byte layouts only, not what the gateway decides to say.
 
@@ -9,61 +10,83 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
-    ETHERNET_HEADER_LEN,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, ETHERNET_HEADER_LEN,
 };
 use vnet_wire::offload::PartialChecksum;
-use vnet_wire::MacAddress;
+use vnet_wire::{Frame, FrameBuffer, FrameError, MacAddress, Offload};
+
+/// A frame the gateway built, or why it could not be one frame.
+pub type BuiltFrame = Result<Frame, FrameError>;
 
 /// Time to live of every IPv4 packet the gateway originates.
 const HOP_LIMIT: u8 = 64;
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 
-fn ethernet(src: MacAddress, dst: MacAddress, ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
-    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + payload_len];
-    EthernetRepr { src_addr: src, dst_addr: dst, ethertype }
-        .emit(&mut EthernetFrame::new_unchecked(&mut frame));
-    frame
+/// A frame in a pooled buffer: `headers_len` zero bytes (a pooled buffer holds what its
+/// last frame left there), then `data`, with the headers written over the zeros by
+/// `write_headers`.
+fn build(headers_len: usize, data: &[u8], write_headers: impl FnOnce(&mut [u8])) -> BuiltFrame {
+    let mut buffer = FrameBuffer::for_len(headers_len + data.len());
+    if headers_len + data.len() > buffer.spare_len() {
+        return Err(FrameError::Oversize(headers_len + data.len()));
+    }
+    buffer.spare_mut()[..headers_len].fill(0);
+    buffer.commit(headers_len);
+    buffer.extend_from_slice(data);
+    write_headers(buffer.data_mut());
+    buffer.freeze(Offload::NONE)
 }
 
-fn ipv4(
+fn ethernet_header(frame: &mut [u8], src: MacAddress, dst: MacAddress, ethertype: EthernetProtocol) {
+    EthernetRepr { src_addr: src, dst_addr: dst, ethertype }.emit(&mut EthernetFrame::new_unchecked(frame));
+}
+
+/// Who an IPv4 frame is from and to, and what it carries.
+#[derive(Clone, Copy)]
+struct Ipv4Addressing {
     src_mac: MacAddress,
     dst_mac: MacAddress,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     protocol: IpProtocol,
-    payload_len: usize,
-) -> Vec<u8> {
-    ipv4_with_data(src_mac, dst_mac, src, dst, protocol, payload_len, &[])
 }
 
-/// An IPv4 frame whose payload is `header_len` zero bytes, for the caller's protocol
-/// header, followed by `data`. The data is copied once and never zero-filled first,
-/// which matters for 64 KiB TCP segments.
-fn ipv4_with_data(
-    src_mac: MacAddress,
-    dst_mac: MacAddress,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: IpProtocol,
-    header_len: usize,
-    data: &[u8],
-) -> Vec<u8> {
-    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len;
-    let mut frame = Vec::with_capacity(headers_len + data.len());
-    frame.resize(headers_len, 0);
-    frame.extend_from_slice(data);
-    EthernetRepr { src_addr: src_mac, dst_addr: dst_mac, ethertype: EthernetProtocol::Ipv4 }
-        .emit(&mut EthernetFrame::new_unchecked(&mut frame));
-    let payload_len = header_len + data.len();
-    let repr =
-        Ipv4Repr { src_addr: src, dst_addr: dst, next_header: protocol, payload_len, hop_limit: HOP_LIMIT };
+/// Writes the Ethernet and IPv4 headers of `frame`, whose IPv4 payload (the protocol
+/// header and data) is everything after them.
+fn ipv4_headers(frame: &mut [u8], to: Ipv4Addressing) {
+    ethernet_header(frame, to.src_mac, to.dst_mac, EthernetProtocol::Ipv4);
+    let payload_len = frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN;
+    let repr = Ipv4Repr {
+        src_addr: to.src,
+        dst_addr: to.dst,
+        next_header: to.protocol,
+        payload_len,
+        hop_limit: HOP_LIMIT,
+    };
     repr.emit(
         &mut Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]),
         &ChecksumCapabilities::default(),
     );
-    frame
+}
+
+/// An IPv4 frame whose payload is `header_len` bytes of the caller's protocol header,
+/// written by `write_header` (given the IPv4 payload), followed by `data`. The data is
+/// copied once, straight into a pooled buffer.
+fn ipv4_with_data(
+    to: Ipv4Addressing,
+    header_len: usize,
+    data: &[u8],
+    write_header: impl FnOnce(&mut [u8]),
+) -> BuiltFrame {
+    if IPV4_HEADER_LEN + header_len + data.len() > usize::from(u16::MAX) {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len + data.len()));
+    }
+    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len;
+    build(headers_len, data, |frame| {
+        ipv4_headers(frame, to);
+        write_header(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+    })
 }
 
 /// A UDP datagram from `src` to `dst` carrying `payload`.
@@ -73,74 +96,73 @@ pub fn udp(
     src: SocketAddrV4,
     dst: SocketAddrV4,
     payload: &[u8],
-) -> Vec<u8> {
-    let udp_len = UDP_HEADER_LEN + payload.len();
-    let mut frame = ipv4(src_mac, dst_mac, *src.ip(), *dst.ip(), IpProtocol::Udp, udp_len);
-    let repr = UdpRepr { src_port: src.port(), dst_port: dst.port() };
-    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
-    repr.emit(
-        &mut UdpPacket::new_unchecked(&mut frame[offset..]),
-        &(*src.ip()).into(),
-        &(*dst.ip()).into(),
-        payload.len(),
-        |buffer| buffer.copy_from_slice(payload),
-        &ChecksumCapabilities::default(),
-    );
-    frame
+) -> BuiltFrame {
+    let to = Ipv4Addressing { src_mac, dst_mac, src: *src.ip(), dst: *dst.ip(), protocol: IpProtocol::Udp };
+    ipv4_with_data(to, UDP_HEADER_LEN, payload, |udp| {
+        let len = udp.len() as u16;
+        let mut packet = UdpPacket::new_unchecked(udp);
+        packet.set_src_port(src.port());
+        packet.set_dst_port(dst.port());
+        packet.set_len(len);
+        packet.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+    })
 }
 
-/// A TCP segment from `src` to `dst`.
+/// A TCP segment from `src` to `dst`, its payload copied from `repr`.
 pub fn tcp(
     src_mac: MacAddress,
     dst_mac: MacAddress,
     src: SocketAddrV4,
     dst: SocketAddrV4,
     repr: &TcpRepr<'_>,
-) -> Vec<u8> {
-    tcp_frame(src_mac, dst_mac, src, dst, repr, &ChecksumCapabilities::default())
-}
-
-/// A TCP segment from `src` to `dst` whose checksum is left for the port to complete:
-/// the checksum field holds the pseudo-header sum, as a NIC offload expects.
-pub fn tcp_partial_checksum(
-    src_mac: MacAddress,
-    dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    repr: &TcpRepr<'_>,
-) -> Vec<u8> {
-    let mut frame = tcp_frame(src_mac, dst_mac, src, dst, repr, &ChecksumCapabilities::ignored());
-    let mut tcp = TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
-    tcp.set_checksum(pseudo_header_sum(*src.ip(), *dst.ip(), IpProtocol::Tcp, repr.buffer_len()));
-    frame
-}
-
-/// A TCP segment with its checksum computed as `checksums` says.
-fn tcp_frame(
-    src_mac: MacAddress,
-    dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    repr: &TcpRepr<'_>,
-    checksums: &ChecksumCapabilities,
-) -> Vec<u8> {
-    let mut frame = ipv4_with_data(
-        src_mac,
-        dst_mac,
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Tcp,
-        repr.header_len(),
-        repr.payload,
-    );
-    let tcp = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
-    // The payload is in place already: emit only the header (and the checksum over all).
+) -> BuiltFrame {
     let header = TcpRepr { payload: &[], ..*repr };
-    header.emit(tcp, &(*src.ip()).into(), &(*dst.ip()).into(), checksums);
-    frame
+    tcp_around(copied(repr.payload), src_mac, dst_mac, src, dst, &header, false)
 }
 
-/// Where a TCP checksum left partial by [`tcp_partial_checksum`] starts and lies.
+/// `data` in a pooled buffer, with headroom in front for headers.
+fn copied(data: &[u8]) -> FrameBuffer {
+    let mut buffer = FrameBuffer::for_len(data.len());
+    buffer.extend_from_slice(data);
+    buffer
+}
+
+/// A TCP segment from `src` to `dst` around `payload`: a pooled buffer whose data is the
+/// segment's payload, already in place (peeked there from a host socket), with headroom
+/// in front. The headers (from `header`, whose own payload is ignored) are written into
+/// that headroom, so the payload is never copied. With `partial`, the checksum is left
+/// as the pseudo-header sum for the port to complete; else it is computed.
+pub fn tcp_around(
+    mut payload: FrameBuffer,
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    header: &TcpRepr<'_>,
+    partial: bool,
+) -> BuiltFrame {
+    let header = TcpRepr { payload: &[], ..*header };
+    let segment_len = header.header_len() + payload.len();
+    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header.header_len();
+    if IPV4_HEADER_LEN + segment_len > usize::from(u16::MAX) || headers_len > payload.headroom() {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + segment_len));
+    }
+    payload.prepend(headers_len).fill(0);
+    let frame = payload.data_mut();
+    let to = Ipv4Addressing { src_mac, dst_mac, src: *src.ip(), dst: *dst.ip(), protocol: IpProtocol::Tcp };
+    ipv4_headers(frame, to);
+    let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+    let checksums = if partial { ChecksumCapabilities::ignored() } else { ChecksumCapabilities::default() };
+    // The payload is in place already: emit only the header (and, unless partial, the
+    // checksum over all of it).
+    header.emit(packet, &(*src.ip()).into(), &(*dst.ip()).into(), &checksums);
+    if partial {
+        packet.set_checksum(pseudo_header_sum(*src.ip(), *dst.ip(), IpProtocol::Tcp, segment_len));
+    }
+    payload.freeze(Offload::NONE)
+}
+
+/// Where a TCP checksum left partial by [`tcp_around`] starts and lies.
 pub const TCP_PARTIAL_CHECKSUM: PartialChecksum =
     PartialChecksum { start: (ETHERNET_HEADER_LEN + IPV4_HEADER_LEN) as u16, offset: 16 };
 
@@ -164,11 +186,20 @@ pub fn icmp(
     src: Ipv4Addr,
     dst: Ipv4Addr,
     message: &Icmpv4Repr<'_>,
-) -> Vec<u8> {
-    let mut frame = ipv4(src_mac, dst_mac, src, dst, IpProtocol::Icmp, message.buffer_len());
-    let offset = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
-    message.emit(&mut Icmpv4Packet::new_unchecked(&mut frame[offset..]), &ChecksumCapabilities::default());
-    frame
+) -> BuiltFrame {
+    let len = message.buffer_len();
+    let to = Ipv4Addressing { src_mac, dst_mac, src, dst, protocol: IpProtocol::Icmp };
+    ipv4_with_data(to, len, &[], |icmp| {
+        message.emit(&mut Icmpv4Packet::new_unchecked(icmp), &ChecksumCapabilities::default());
+    })
+}
+
+/// An ARP message from `mac` to `dst_mac`.
+fn arp(mac: MacAddress, dst_mac: MacAddress, repr: &ArpRepr) -> BuiltFrame {
+    build(ETHERNET_HEADER_LEN + repr.buffer_len(), &[], |frame| {
+        ethernet_header(frame, mac, dst_mac, EthernetProtocol::Arp);
+        repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
+    })
 }
 
 /// An ARP reply telling `requester` that `ip` is at `mac`.
@@ -177,7 +208,7 @@ pub fn arp_reply(
     ip: Ipv4Addr,
     requester_mac: MacAddress,
     requester_ip: Ipv4Addr,
-) -> Vec<u8> {
+) -> BuiltFrame {
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,
         source_hardware_addr: mac,
@@ -185,13 +216,11 @@ pub fn arp_reply(
         target_hardware_addr: requester_mac,
         target_protocol_addr: requester_ip,
     };
-    let mut frame = ethernet(mac, requester_mac, EthernetProtocol::Arp, repr.buffer_len());
-    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
-    frame
+    arp(mac, requester_mac, &repr)
 }
 
 /// A broadcast ARP request from `mac` at `ip` asking where `target` is.
-pub fn arp_request(mac: MacAddress, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+pub fn arp_request(mac: MacAddress, ip: Ipv4Addr, target: Ipv4Addr) -> BuiltFrame {
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
         source_hardware_addr: mac,
@@ -199,7 +228,5 @@ pub fn arp_request(mac: MacAddress, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
         target_hardware_addr: MacAddress([0; 6]),
         target_protocol_addr: target,
     };
-    let mut frame = ethernet(mac, MacAddress::BROADCAST, EthernetProtocol::Arp, repr.buffer_len());
-    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]));
-    frame
+    arp(mac, MacAddress::BROADCAST, &repr)
 }

@@ -5,9 +5,11 @@
 //! guest's ACK covers only what the socket took; the window offered to the guest is the
 //! socket's free send space. Host to guest: data stays in the socket's receive queue; it
 //! is peeked at the offset of the first unsent byte, cut into segments of the guest's MSS
-//! within its window, and consumed only once the guest acknowledges it. A timeout sends
-//! again from the last acknowledged byte, peeking again. vnet therefore holds no payload
-//! beyond transient scratch buffers.
+//! within its window, and consumed only once the guest acknowledges it. A peek lands
+//! straight in the payload room of the pooled frames that carry the data, with the
+//! headers written in front afterwards, so the bytes are copied once, by the kernel. A
+//! timeout sends again from the last acknowledged byte, peeking again. vnet therefore
+//! holds no payload beyond the frames in flight.
 //!
 //! Connections from the guest are connected on the host first; the SYN-ACK goes to the
 //! guest only when the host's connect completes. A refusal becomes RST; an unreachable
@@ -17,9 +19,9 @@
 //! `shutdown(SHUT_WR)` and RST to an abortive close, both ways. This file knows TCP and
 //! the [`HostSockets`] calls, nothing of epoll or the switch.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::{BuildHasher, RandomState};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -27,12 +29,13 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpProtocol, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 use tracing::{debug, info};
 use vnet_wire::offload::{SegmentKind, Segmentation};
-use vnet_wire::{MacAddress, Offload};
+use vnet_wire::{Frame, FrameBuffer, MacAddress, Offload};
 
 use crate::icmp::{self, GuestError, HostIcmpError};
+use crate::packet::BuiltFrame;
+use crate::timers::Deadlines;
 use crate::{
-    packet, DropReason, EgressRoom, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, GuestFrame,
-    HostSockets,
+    packet, DropReason, EgressRoom, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, HostSockets,
 };
 
 /// Window scale vnet offers: windows up to 8 MiB.
@@ -61,6 +64,8 @@ const DUPLICATE_ACKS: usize = 3;
 const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most frames filled by one peek of a host socket.
+const MAX_FRAMES_PER_PEEK: usize = 64;
 
 /// Where the host side of a new guest connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +150,9 @@ struct Connection {
     closing_since: Option<Instant>,
     /// Timeouts in a row without progress.
     retransmits: u32,
+    /// The time the connection is in the timer heap for; a deadline that moves earlier
+    /// is added again, one that moves later is found when the earlier one comes out.
+    timer_armed: Option<Instant>,
     /// The host socket failed; the guest has been reset and the flow must go.
     failed: bool,
 }
@@ -198,6 +206,7 @@ impl Connection {
             retransmit_at: None,
             closing_since: None,
             retransmits: 0,
+            timer_armed: None,
             failed: false,
         }
     }
@@ -212,6 +221,7 @@ fn seq_lt(a: u32, b: u32) -> bool {
 pub struct Nat {
     by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     connections: HashMap<FlowId, Connection>,
+    timers: Deadlines<FlowId>,
     sender: Sender,
     /// A per-gateway random key, so initial sequence numbers cannot be guessed.
     isn_key: RandomState,
@@ -219,10 +229,11 @@ pub struct Nat {
     next_inbound_port: u16,
 }
 
-/// What sending to guests needs besides the connection: a place to peek into, and the
-/// connections whose data waits for room on the segment.
+/// What sending to guests needs besides the connection: the frames being peeked into
+/// (kept so that the list's room is reused), and the connections whose data waits for
+/// room on the segment.
 struct Sender {
-    scratch: Vec<u8>,
+    buffers: Vec<FrameBuffer>,
     blocked: HashSet<FlowId>,
 }
 
@@ -242,7 +253,8 @@ impl Nat {
         Self {
             by_tuple: HashMap::new(),
             connections: HashMap::new(),
-            sender: Sender { scratch: vec![0; 65536], blocked: HashSet::new() },
+            timers: Deadlines::default(),
+            sender: Sender { buffers: Vec::new(), blocked: HashSet::new() },
             isn_key: RandomState::new(),
             connections_made: 0,
             next_inbound_port: 0,
@@ -282,11 +294,45 @@ impl Nat {
         dst: SocketAddrV4,
         bytes: &[u8],
         checksum_offloaded: bool,
-        target: Result<ConnectTarget, DropReason>,
+        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
+    ) -> Result<(), DropReason> {
+        let result = self.guest_segment(
+            config,
+            guest_mac,
+            guest,
+            dst,
+            bytes,
+            checksum_offloaded,
+            target,
+            now,
+            host,
+            flows,
+            out,
+        );
+        if let Some(&flow) = self.by_tuple.get(&(guest, dst)) {
+            self.arm(flow);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn guest_segment(
+        &mut self,
+        config: &GatewayConfig,
+        guest_mac: MacAddress,
+        guest: SocketAddrV4,
+        dst: SocketAddrV4,
+        bytes: &[u8],
+        checksum_offloaded: bool,
+        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
+        now: Instant,
+        host: &mut dyn HostSockets,
+        flows: &mut FlowIds,
+        out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
         let packet = TcpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
         let checksums = if checksum_offloaded {
@@ -324,11 +370,11 @@ impl Nat {
                     Self::on_syn_ack(config, connection, &repr, flow, now, host, &mut self.sender, out)?
                 }
                 // The guest did not get our SYN-ACK: send it again.
-                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host).into()),
+                State::SynAckSent => out.extend(Self::syn_ack(config, connection, flow, host)),
                 // Our ACK of its SYN-ACK was lost: acknowledge again.
                 State::Established => {
                     let window = Self::window_for_guest(connection, flow, host);
-                    out.push(Self::ack(config, connection, window).into());
+                    out.extend(Self::ack(config, connection, window));
                 }
                 // A retransmitted SYN while the host connect is under way.
                 State::Connecting => {}
@@ -366,7 +412,7 @@ impl Nat {
                 host,
             );
             let window = Self::window_for_guest(connection, flow, host);
-            out.push(Self::ack(config, connection, window).into());
+            out.extend(Self::ack(config, connection, window));
         }
         Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
         self.settle(flow, host);
@@ -379,31 +425,31 @@ impl Nat {
         config: &GatewayConfig,
         new: NewConnection,
         repr: &TcpRepr<'_>,
-        target: Result<ConnectTarget, DropReason>,
+        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
         let NewConnection { guest_mac, guest, dst } = new;
         if repr.control == TcpControl::Rst {
             return Ok(());
         }
         if repr.control != TcpControl::Syn || repr.ack_number.is_some() {
-            out.push(reset_for(config, guest_mac, guest, dst, repr).into());
+            out.extend(reset_for(config, guest_mac, guest, dst, repr));
             return Err(DropReason::UnknownFlow);
         }
-        let target = match target {
+        let target = match target() {
             Ok(target) => target,
             Err(reason) => {
-                out.push(reset_for(config, guest_mac, guest, dst, repr).into());
+                out.extend(reset_for(config, guest_mac, guest, dst, repr));
                 return Err(reason);
             }
         };
         let flow = flows.next();
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(host, flow, &mut candidates, target.ttl) else {
-            out.push(reset_for(config, guest_mac, guest, dst, repr).into());
+            out.extend(reset_for(config, guest_mac, guest, dst, repr));
             return Err(DropReason::HostSocket);
         };
         let isn = self.next_isn(guest, dst);
@@ -436,7 +482,7 @@ impl Nat {
         guest: SocketAddrV4,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) -> bool {
         let Some(apparent) = self.free_apparent_address(config, guest) else {
             return false;
@@ -447,9 +493,10 @@ impl Nat {
             retransmit_at: Some(now + INITIAL_RTO),
             ..Connection::new(guest_mac, guest, apparent, State::SynSent, isn, usize::from(config.mtu) - 40)
         };
-        out.push(Self::syn(config, &connection, flow, host).into());
+        out.extend(Self::syn(config, &connection, flow, host));
         self.by_tuple.insert((guest, apparent), flow);
         self.connections.insert(flow, connection);
+        self.arm(flow);
         true
     }
 
@@ -480,7 +527,7 @@ impl Nat {
         connection: &Connection,
         flow: FlowId,
         host: &mut dyn HostSockets,
-    ) -> Vec<u8> {
+    ) -> BuiltFrame {
         let syn = Outgoing {
             control: TcpControl::Syn,
             seq: connection.snd_una,
@@ -502,7 +549,7 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         sender: &mut Sender,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
         if repr.ack_number.map(|ack| ack.0 as u32) != Some(connection.snd_nxt) {
             return Err(DropReason::Malformed);
@@ -519,7 +566,7 @@ impl Nat {
         connection.retransmit_at = None;
         connection.rto = INITIAL_RTO;
         let window = Self::window_for_guest(connection, flow, host);
-        out.push(Self::ack(config, connection, window).into());
+        out.extend(Self::ack(config, connection, window));
         Self::send_pending(config, connection, flow, now, host, sender, out);
         Ok(())
     }
@@ -531,7 +578,7 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
@@ -543,7 +590,8 @@ impl Nat {
         connection.state = State::SynAckSent;
         connection.snd_nxt = connection.snd_una.wrapping_add(1);
         connection.retransmit_at = Some(now + connection.rto);
-        out.push(Self::syn_ack(config, connection, flow, host).into());
+        out.extend(Self::syn_ack(config, connection, flow, host));
+        self.arm(flow);
     }
 
     /// The SYN-ACK answering the guest's SYN.
@@ -552,7 +600,7 @@ impl Nat {
         connection: &mut Connection,
         flow: FlowId,
         host: &mut dyn HostSockets,
-    ) -> Vec<u8> {
+    ) -> BuiltFrame {
         let window = Self::window_for_guest(connection, flow, host);
         let syn_ack = Outgoing {
             control: TcpControl::Syn,
@@ -577,17 +625,17 @@ impl Nat {
         icmp: Option<HostIcmpError>,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
         };
         if connection.state == State::Connecting && Self::fail_over(connection, flow, now, host) {
-            return;
+            return self.arm(flow);
         }
         info!(guest = %connection.guest, remote = %connection.remote, %error, reason = "host side failed", "connection dropped");
         match Self::connect_error(connection, icmp, error) {
-            Some(report) => out.push(icmp::error_for_guest(config, connection.guest_mac, &report).into()),
+            Some(report) => out.extend(icmp::error_for_guest(config, connection.guest_mac, &report)),
             None => Self::reset(config, connection, out),
         }
         host.tcp_close(flow, true);
@@ -651,7 +699,7 @@ impl Nat {
         flow: FlowId,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
             connection.host_unpeeked = true;
@@ -668,7 +716,7 @@ impl Nat {
         config: &GatewayConfig,
         flow: FlowId,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
@@ -680,8 +728,9 @@ impl Nat {
                 // The first ACK updates the window; three duplicates of it make the guest
                 // retransmit what was refused at once (fast retransmit).
                 let copies = if connection.guest_data_refused { 1 + DUPLICATE_ACKS } else { 1 };
-                let ack = Self::ack(config, connection, window);
-                out.extend(std::iter::repeat_n(GuestFrame::from(ack), copies));
+                if let Ok(ack) = Self::ack(config, connection, window) {
+                    out.extend(std::iter::repeat_n(ack, copies));
+                }
                 connection.guest_data_refused = false;
             }
         }
@@ -698,7 +747,7 @@ impl Nat {
         config: &GatewayConfig,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         let blocked: Vec<FlowId> = self.sender.blocked.drain().collect();
         for flow in blocked {
@@ -709,13 +758,32 @@ impl Nat {
         }
     }
 
-    /// The next retransmission or closing timeout.
+    /// When a connection may want a retransmission, a connect fail-over or to be given
+    /// up while closing.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.connections
-            .values()
-            .flat_map(|c| [c.retransmit_at, c.closing_since.map(|since| since + CLOSING_TIMEOUT)])
+        self.timers.next()
+    }
+
+    /// When `connection` wants its timer next.
+    fn deadline(connection: &Connection) -> Option<Instant> {
+        [connection.retransmit_at, connection.closing_since.map(|since| since + CLOSING_TIMEOUT)]
+            .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Makes sure `flow` comes out of the timer heap no later than its deadline.
+    fn arm(&mut self, flow: FlowId) {
+        let Some(connection) = self.connections.get_mut(&flow) else {
+            return;
+        };
+        let Some(deadline) = Self::deadline(connection) else {
+            return;
+        };
+        if connection.timer_armed.is_none_or(|armed| deadline < armed) {
+            connection.timer_armed = Some(deadline);
+            self.timers.schedule(deadline, flow);
+        }
     }
 
     /// Retransmits from the last acknowledged byte where the guest has been silent too
@@ -725,28 +793,25 @@ impl Nat {
         config: &GatewayConfig,
         now: Instant,
         host: &mut dyn HostSockets,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
-        let stuck: Vec<FlowId> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.closing_since.is_some_and(|since| now >= since + CLOSING_TIMEOUT))
-            .map(|(flow, _)| *flow)
-            .collect();
-        for flow in stuck {
-            host.tcp_close(flow, true);
-            self.remove(flow);
-        }
-        let due: Vec<FlowId> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.retransmit_at.is_some_and(|at| at <= now))
-            .map(|(flow, _)| *flow)
-            .collect();
-        for flow in due {
+        while let Some((armed, flow)) = self.timers.pop_due(now) {
             let Some(connection) = self.connections.get_mut(&flow) else {
                 continue;
             };
+            if connection.timer_armed != Some(armed) {
+                continue; // an entry the connection moved away from
+            }
+            connection.timer_armed = None;
+            if connection.closing_since.is_some_and(|since| now >= since + CLOSING_TIMEOUT) {
+                host.tcp_close(flow, true);
+                self.remove(flow);
+                continue;
+            }
+            if connection.retransmit_at.is_none_or(|at| at > now) {
+                self.arm(flow);
+                continue;
+            }
             if connection.state == State::Connecting {
                 // Only a connect with candidates left has a deadline: it took too long.
                 if !Self::fail_over(connection, flow, now, host) {
@@ -767,8 +832,8 @@ impl Nat {
             connection.rto = (connection.rto * 2).min(MAX_RTO);
             connection.retransmit_at = Some(now + connection.rto);
             match connection.state {
-                State::SynSent => out.push(Self::syn(config, connection, flow, host).into()),
-                State::SynAckSent => out.push(Self::syn_ack(config, connection, flow, host).into()),
+                State::SynSent => out.extend(Self::syn(config, connection, flow, host)),
+                State::SynAckSent => out.extend(Self::syn_ack(config, connection, flow, host)),
                 State::Established => {
                     connection.snd_nxt = connection.snd_una;
                     connection.host_unpeeked = true;
@@ -792,6 +857,8 @@ impl Nat {
         } else if Self::finished(connection) {
             host.tcp_close(flow, false);
             self.remove(flow);
+        } else {
+            self.arm(flow);
         }
     }
 
@@ -901,7 +968,7 @@ impl Nat {
         now: Instant,
         host: &mut dyn HostSockets,
         sender: &mut Sender,
-        out: &mut Vec<GuestFrame>,
+        out: &mut Vec<Frame>,
     ) {
         if connection.state != State::Established {
             return;
@@ -924,10 +991,23 @@ impl Nat {
                 sender.blocked.insert(flow);
                 break;
             }
-            // Whole frames per peek: a scratch-full would leave a runt frame behind.
-            let whole_frames = sender.scratch.len() / frame_payload * frame_payload;
-            let want = room.min(affordable).min(whole_frames);
-            let got = match host.tcp_peek(flow, in_flight, &mut sender.scratch[..want]) {
+            // Whole frames per peek, straight into the payload room of pooled frames.
+            let want = room.min(affordable).min(frame_payload * MAX_FRAMES_PER_PEEK);
+            let frames = want.div_ceil(frame_payload);
+            sender.buffers.clear();
+            sender.buffers.extend((0..frames).map(|_| FrameBuffer::for_len(frame_payload)));
+            let peeked = {
+                let mut slices: [IoSliceMut<'_>; MAX_FRAMES_PER_PEEK] =
+                    std::array::from_fn(|_| IoSliceMut::new(&mut []));
+                let mut left = want;
+                for (slice, buffer) in slices.iter_mut().zip(sender.buffers.iter_mut()) {
+                    let len = left.min(frame_payload);
+                    *slice = IoSliceMut::new(&mut buffer.spare_mut()[..len]);
+                    left -= len;
+                }
+                host.tcp_peek(flow, in_flight, &mut slices[..frames])
+            };
+            let got = match peeked {
                 Ok(0) => {
                     connection.host_eof = true;
                     break;
@@ -944,24 +1024,29 @@ impl Nat {
                 }
             };
             let window = Self::window_for_guest(connection, flow, host);
-            for chunk in sender.scratch[..got].chunks(frame_payload.max(1)) {
-                let data = Outgoing {
+            for (index, mut payload) in sender.buffers.drain(..).enumerate() {
+                let len = got.saturating_sub(index * frame_payload).min(frame_payload);
+                if len == 0 {
+                    break;
+                }
+                payload.commit(len);
+                let header = Outgoing {
                     control: TcpControl::Psh,
                     seq: connection.snd_nxt,
                     ack: Some(connection.rcv_nxt),
                     window,
                     syn_options: false,
-                    payload: chunk,
+                    payload: &[],
                 };
-                let segment = if egress.takes_offloads {
-                    Self::offloaded_segment(config, connection, &data)
-                } else {
-                    Self::segment(config, connection, &data).into()
+                let Ok(segment) =
+                    Self::data_segment(config, connection, &header, payload, egress.takes_offloads)
+                else {
+                    break;
                 };
                 egress.frames = egress.frames.saturating_sub(1);
                 egress.bytes = egress.bytes.saturating_sub(segment.len());
                 out.push(segment);
-                connection.snd_nxt = connection.snd_nxt.wrapping_add(chunk.len() as u32);
+                connection.snd_nxt = connection.snd_nxt.wrapping_add(len as u32);
             }
             connection.retransmit_at.get_or_insert(now + connection.rto);
             if got < want {
@@ -977,7 +1062,7 @@ impl Nat {
                 syn_options: false,
                 payload: &[],
             };
-            out.push(Self::segment(config, connection, &fin).into());
+            out.extend(Self::segment(config, connection, &fin));
             connection.snd_nxt = connection.snd_nxt.wrapping_add(1);
             connection.fin_sent = true;
             connection.retransmit_at.get_or_insert(now + connection.rto);
@@ -1000,7 +1085,7 @@ impl Nat {
     }
 
     /// Resets the guest's side of `connection`.
-    fn reset(config: &GatewayConfig, connection: &Connection, out: &mut Vec<GuestFrame>) {
+    fn reset(config: &GatewayConfig, connection: &Connection, out: &mut Vec<Frame>) {
         let seq = if connection.state == State::Connecting { 0 } else { connection.snd_nxt };
         let reset = Outgoing {
             control: TcpControl::Rst,
@@ -1010,11 +1095,11 @@ impl Nat {
             syn_options: false,
             payload: &[],
         };
-        out.push(Self::segment(config, connection, &reset).into());
+        out.extend(Self::segment(config, connection, &reset));
     }
 
     /// A segment that only acknowledges and offers `window`.
-    fn ack(config: &GatewayConfig, connection: &Connection, window: usize) -> Vec<u8> {
+    fn ack(config: &GatewayConfig, connection: &Connection, window: usize) -> BuiltFrame {
         let ack = Outgoing {
             control: TcpControl::None,
             seq: connection.snd_nxt,
@@ -1026,7 +1111,7 @@ impl Nat {
         Self::segment(config, connection, &ack)
     }
 
-    fn segment(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'_>) -> Vec<u8> {
+    fn segment(config: &GatewayConfig, connection: &Connection, outgoing: &Outgoing<'_>) -> BuiltFrame {
         let repr = Self::repr(config, connection, outgoing);
         packet::tcp(config.mac(), connection.guest_mac, connection.remote, connection.guest, &repr)
     }
@@ -1051,24 +1136,26 @@ impl Nat {
         }
     }
 
-    /// A data segment for a port that offloads: checksum left partial, and cut at the
-    /// guest's MSS by the port if it is longer.
-    fn offloaded_segment(
+    /// A data segment around `payload` (peeked into a pooled buffer). For a port that
+    /// offloads, its checksum is left partial and it is cut at the guest's MSS by the port
+    /// if it is longer; for others it is whole and at most one MSS long.
+    fn data_segment(
         config: &GatewayConfig,
         connection: &Connection,
-        outgoing: &Outgoing<'_>,
-    ) -> GuestFrame {
-        let repr = Self::repr(config, connection, outgoing);
-        let bytes = packet::tcp_partial_checksum(
-            config.mac(),
-            connection.guest_mac,
-            connection.remote,
-            connection.guest,
-            &repr,
-        );
-        let segmentation = (outgoing.payload.len() > connection.mss)
+        header: &Outgoing<'_>,
+        payload: FrameBuffer,
+        offloaded: bool,
+    ) -> BuiltFrame {
+        let repr = Self::repr(config, connection, header);
+        let payload_len = payload.len();
+        let (guest_mac, remote, guest) = (connection.guest_mac, connection.remote, connection.guest);
+        let frame = packet::tcp_around(payload, config.mac(), guest_mac, remote, guest, &repr, offloaded)?;
+        if !offloaded {
+            return Ok(frame);
+        }
+        let segmentation = (payload_len > connection.mss)
             .then_some(Segmentation { kind: SegmentKind::TcpV4, size: connection.mss as u16 });
-        GuestFrame { bytes, offload: Offload { checksum: Some(packet::TCP_PARTIAL_CHECKSUM), segmentation } }
+        Ok(frame.with_offload(Offload { checksum: Some(packet::TCP_PARTIAL_CHECKSUM), segmentation }))
     }
 
     fn remove(&mut self, flow: FlowId) {
@@ -1081,8 +1168,8 @@ impl Nat {
 
 /// What is left of `room` toward `guest` once the frames for it already in `out` are
 /// counted.
-fn egress_left(room: EgressRoom, guest: MacAddress, out: &[GuestFrame]) -> EgressRoom {
-    out.iter().filter(|frame| frame.get(..6) == Some(&guest.0[..])).fold(room, |left, frame| EgressRoom {
+fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Frame]) -> EgressRoom {
+    out.iter().filter(|frame| frame.destination() == guest).fold(room, |left, frame| EgressRoom {
         frames: left.frames.saturating_sub(1),
         bytes: left.bytes.saturating_sub(frame.len()),
         ..left
@@ -1119,7 +1206,7 @@ fn reset_for(
     guest: SocketAddrV4,
     dst: SocketAddrV4,
     repr: &TcpRepr<'_>,
-) -> Vec<u8> {
+) -> BuiltFrame {
     let (seq, ack) = match repr.ack_number {
         Some(ack) => (ack, None),
         None => (TcpSeqNumber(0), Some(repr.seq_number + repr.segment_len())),

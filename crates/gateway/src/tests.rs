@@ -1,7 +1,7 @@
 //! The gateway driven frame by frame, with a fake host that records what it was asked.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -70,14 +70,24 @@ impl HostSockets for FakeHost {
         self.sent.push((flow, data[..taken].to_vec()));
         Ok(taken)
     }
-    fn tcp_peek(&mut self, _flow: FlowId, offset: usize, buffer: &mut [u8]) -> io::Result<usize> {
-        let available = self.tcp_incoming.get(offset..).unwrap_or(&[]);
+    fn tcp_peek(
+        &mut self,
+        _flow: FlowId,
+        offset: usize,
+        buffers: &mut [IoSliceMut<'_>],
+    ) -> io::Result<usize> {
+        let mut available = self.tcp_incoming.get(offset..).unwrap_or(&[]);
         if available.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = available.len().min(buffer.len());
-        buffer[..n].copy_from_slice(&available[..n]);
-        Ok(n)
+        let mut peeked = 0;
+        for buffer in buffers {
+            let n = available.len().min(buffer.len());
+            buffer[..n].copy_from_slice(&available[..n]);
+            available = &available[n..];
+            peeked += n;
+        }
+        Ok(peeked)
     }
     fn tcp_consume(&mut self, _flow: FlowId, len: usize) -> io::Result<()> {
         self.tcp_incoming.drain(..len);
@@ -140,6 +150,8 @@ fn dhcp_message(
         SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
         &payload,
     )
+    .unwrap()
+    .to_vec()
 }
 
 /// The UDP payload of a frame the gateway sent, and its addresses.
@@ -341,6 +353,8 @@ fn guest_udp(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
         dst,
         payload,
     )
+    .unwrap()
+    .to_vec()
 }
 
 #[test]
@@ -348,7 +362,9 @@ fn ping_to_the_gateway_is_answered_locally() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let request = Icmpv4Repr::EchoRequest { ident: 7, seq_no: 3, data: b"hello" };
     let frame =
-        packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), &request);
+        packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), &request)
+            .unwrap()
+            .to_vec();
     gateway.receive(&frame, Offload::NONE, now, &mut host);
     let reply = gateway.pop_frame().expect("an echo reply");
     let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
@@ -458,7 +474,9 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
             SocketAddrV4::new(GUEST_IP, 1),
             SocketAddrV4::new(dst, 9),
             b"x",
-        );
+        )
+        .unwrap()
+        .to_vec();
         gateway.receive(&frame, Offload::NONE, now, &mut host);
     }
     assert!(host.sent.is_empty(), "broadcast and multicast never leak out");
@@ -553,6 +571,8 @@ fn guest_tcp_from(
         dst,
         &repr,
     )
+    .unwrap()
+    .to_vec()
 }
 
 /// The TCP header fields of a frame the gateway sent.
@@ -691,7 +711,7 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
     let (from, to, payload) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
     assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
-    let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to, from, b"answer");
+    let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to, from, b"answer").unwrap().to_vec();
     gateway.receive(&reply, Offload::NONE, now, &mut host);
     assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
 }
@@ -724,7 +744,8 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let outside = Ipv4Addr::new(192, 0, 2, 9);
     let request = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: 1, data: b"abc" };
-    let frame = packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, outside, &request);
+    let frame =
+        packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, outside, &request).unwrap().to_vec();
     gateway.receive(&frame, Offload::NONE, now, &mut host);
     let (flow, sent) = host.sent.last().cloned().expect("sent through the host");
     assert_eq!(host.open[&flow], SocketAddr::from((outside, 0)));

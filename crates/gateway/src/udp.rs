@@ -7,7 +7,7 @@
 //! Which destinations are allowed and where the host address maps is decided by the
 //! caller; this file only keeps flows. It knows nothing of frames.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::IpProtocol;
 
 use crate::icmp::{GuestError, HostIcmpError};
+use crate::timers::Deadlines;
 use crate::{DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GuestDatagram, HostSockets};
 
 /// How long a UDP flow lives without traffic in either direction.
@@ -75,6 +76,7 @@ struct Flow {
 pub struct Nat {
     by_route: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
     flows: HashMap<FlowId, Flow>,
+    idle_checks: Deadlines<FlowId>,
 }
 
 impl Nat {
@@ -108,7 +110,7 @@ impl Nat {
 
     /// Sends `payload` along `route`, opening its host socket first if needed and if
     /// `room_for_new` (the flow table is not full). `ttl` is what the host socket should
-    /// send with (see [`crate::host_ttl`]).
+    /// send with (see [`crate::route::host_ttl`]).
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
@@ -131,6 +133,7 @@ impl Nat {
                 host.udp_open(flow, route.remote).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
                 self.by_route.insert(key, flow);
                 self.flows.insert(flow, Flow { route, ttl: None, last_used: now });
+                self.idle_checks.schedule(now + IDLE_TIMEOUT, flow);
                 flow
             }
         };
@@ -168,24 +171,25 @@ impl Nat {
         guest_error(&entry.route, 0, icmp, error)
     }
 
-    /// When the quietest flow will have been idle too long.
+    /// When a flow may have been idle too long.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.flows.values().map(|flow| flow.last_used + IDLE_TIMEOUT).min()
+        self.idle_checks.next()
     }
 
-    /// Closes idle flows.
+    /// Closes idle flows; a flow used since it was scheduled is looked at again later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
-        let idle: Vec<FlowId> = self
-            .flows
-            .iter()
-            .filter(|(_, flow)| now.saturating_duration_since(flow.last_used) >= IDLE_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            if let Some(flow) = self.flows.remove(&id) {
-                self.by_route.remove(&(flow.route.guest, flow.route.dst));
-                host.datagram_close(id);
+        while let Some((_, id)) = self.idle_checks.pop_due(now) {
+            let Some(flow) = self.flows.get(&id) else {
+                continue;
+            };
+            let idle_until = flow.last_used + IDLE_TIMEOUT;
+            if idle_until > now {
+                self.idle_checks.schedule(idle_until, id);
+                continue;
             }
+            self.by_route.remove(&(flow.route.guest, flow.route.dst));
+            self.flows.remove(&id);
+            host.datagram_close(id);
         }
     }
 }

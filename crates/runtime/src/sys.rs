@@ -306,17 +306,18 @@ pub fn set_peek_offset(fd: BorrowedFd<'_>, offset: usize) -> io::Result<()> {
     .map(drop)
 }
 
-/// Copies received stream bytes from the socket's peek offset on, without consuming them.
-pub fn peek(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+/// Copies received stream bytes from the socket's peek offset on into `buffers`, in
+/// order, without consuming them; one system call however many buffers.
+pub fn peek(fd: BorrowedFd<'_>, buffers: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { zeroed() };
+    // IoSliceMut is ABI-compatible with struct iovec on Unix.
+    header.msg_iov = buffers.as_mut_ptr().cast();
+    header.msg_iovlen = buffers.len();
+    // SAFETY: the header points at `buffers.len()` live iovecs, each describing writable
+    // memory of its stated length that nothing else touches meanwhile; the kernel writes
+    // within them and into nothing else (no name, no control buffer).
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use vnet_wire::vlan::VlanId;
-use vnet_wire::{offload, Frame, FrameError, MacAddress, Offload};
+use vnet_wire::{offload, Frame, FrameError, MacAddress};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
@@ -67,6 +67,8 @@ pub struct Switch {
     table: MacTable,
     next_port: u32,
     pending: Vec<PortId>,
+    /// Where [`Switch::flood`] lists its targets, kept so that its room is reused.
+    flood_targets: Vec<PortId>,
     /// Set once a full MAC table has been reported, so a flood of new addresses logs
     /// one warning rather than one per frame.
     reported_table_full: bool,
@@ -82,6 +84,7 @@ impl Switch {
             table: MacTable::new(config.aging, config.mac_capacity),
             next_port: 1,
             pending: Vec::new(),
+            flood_targets: Vec::new(),
             reported_table_full: false,
             mirrors: mirror::Mirrors::default(),
         }
@@ -142,28 +145,26 @@ impl Switch {
         &self.table
     }
 
-    /// Switches one frame received on port `from`. Invalid frames are counted as drops
-    /// on `from`; a full destination queue is counted on the destination.
-    pub fn receive(&mut self, from: PortId, bytes: vnet_wire::Bytes, now: Instant) {
-        self.receive_with_offload(from, bytes, Offload::NONE, now);
-    }
-
-    /// Like [`Switch::receive`], for a frame that still needs `offload` done.
-    pub fn receive_with_offload(
-        &mut self,
-        from: PortId,
-        bytes: vnet_wire::Bytes,
-        offload: Offload,
-        now: Instant,
-    ) {
+    /// Switches one frame received on port `from`: a [`Frame`], or the
+    /// [`FrameError`] of bytes too short or too long to be one, which is counted as a
+    /// drop on `from`. A full destination queue is counted on the destination.
+    pub fn receive(&mut self, from: PortId, frame: Result<Frame, FrameError>, now: Instant) {
         let Some(port) = self.ports.get_mut(&from) else {
             return;
         };
-        port.record_received(bytes.len());
-        let frame = match Frame::with_offload(bytes, offload) {
-            Ok(frame) => frame,
-            Err(FrameError::Runt) => return port.record_drop(DropReason::Runt),
-            Err(FrameError::Oversize) => return port.record_drop(DropReason::Oversize),
+        let frame = match frame {
+            Ok(frame) => {
+                port.record_received(frame.len());
+                frame
+            }
+            Err(error) => {
+                port.record_received(error.len());
+                let reason = match error {
+                    FrameError::Runt(_) => DropReason::Runt,
+                    FrameError::Oversize(_) => DropReason::Oversize,
+                };
+                return port.record_drop(reason);
+            }
         };
         if frame.source().is_multicast() {
             return port.record_drop(DropReason::MulticastSource);
@@ -208,15 +209,16 @@ impl Switch {
         }
     }
 
-    /// Ports that were given frames since the last call, each once.
-    pub fn take_pending(&mut self) -> Vec<PortId> {
-        let pending = std::mem::take(&mut self.pending);
-        for id in &pending {
+    /// Puts into `into` (emptied first) the ports that were given frames since the last
+    /// call, each once. Passing the same vector each time reuses its room.
+    pub fn take_pending(&mut self, into: &mut Vec<PortId>) {
+        into.clear();
+        std::mem::swap(&mut self.pending, into);
+        for id in into.iter() {
             if let Some(port) = self.ports.get_mut(id) {
                 port.pending = false;
             }
         }
-        pending
     }
 
     /// Copies frames to `sink` from now on: every frame a port sends into the switch, or
@@ -256,15 +258,18 @@ impl Switch {
 
     /// Sends `frame` to every other port on `vlan`.
     fn flood(&mut self, from: PortId, frame: Frame, vlan: Vlan) {
-        let targets: Vec<PortId> = self
-            .ports
-            .iter()
-            .filter(|(id, port)| **id != from && port.vlans().carries(vlan))
-            .map(|(id, _)| *id)
-            .collect();
-        for to in targets {
+        let mut targets = std::mem::take(&mut self.flood_targets);
+        targets.clear();
+        targets.extend(
+            self.ports
+                .iter()
+                .filter(|(id, port)| **id != from && port.vlans().carries(vlan))
+                .map(|(id, _)| *id),
+        );
+        for &to in &targets {
             self.deliver(to, frame.clone(), vlan);
         }
+        self.flood_targets = targets;
     }
 
     /// Queues `frame` of `vlan` for port `to`, tagged if the port carries that VLAN
@@ -290,17 +295,23 @@ impl Switch {
         }
     }
 
-    /// Queues `frame` with its offloads done in software, for a peer that cannot do them.
+    /// Queues `frame` with its offloads done in software, for a peer that cannot do
+    /// them. The queue's room is checked before anything is cut, so a segment that would
+    /// not fit whole is dropped as one, and an absurd segment size is refused.
     fn enqueue_resolved(port: &mut Port, frame: &Frame, tag: Option<VlanId>) -> bool {
-        let Ok(segments) = offload::resolve(frame.as_bytes(), frame.offload()) else {
+        let Ok(count) = offload::wire_frames(frame.as_bytes(), frame.offload()) else {
             port.record_drop(DropReason::BadOffload);
             return false;
         };
+        let room = port.room();
+        if count > room.frames || (!port.is_idle() && frame.len() > room.bytes) {
+            port.record_drop(DropReason::QueueFull);
+            return false;
+        }
         let mut queued = false;
-        for segment in segments {
-            if let Ok(segment) = Frame::new(vnet_wire::Bytes::from(segment)) {
-                queued |= Self::enqueue_tagged(port, segment, tag);
-            }
+        let resolved = offload::resolve(frame, |segment| queued |= Self::enqueue_tagged(port, segment, tag));
+        if resolved.is_err() {
+            port.record_drop(DropReason::BadOffload);
         }
         queued
     }

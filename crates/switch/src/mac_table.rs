@@ -4,7 +4,7 @@
 //! It knows addresses, ports and time, nothing about frames or queues. Time is passed in,
 //! so aging is tested without sleeping.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use vnet_wire::MacAddress;

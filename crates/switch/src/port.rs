@@ -173,6 +173,8 @@ pub struct Port {
     /// header, the gateway); other peers get them done in software first.
     takes_offloads: bool,
     vlans: PortVlans,
+    /// Whatever drains the port, as a number its owner chose (the runtime's endpoint).
+    owner: usize,
     pub(crate) pending: bool,
 }
 
@@ -186,8 +188,19 @@ impl Port {
             counters: PortCounters::default(),
             takes_offloads,
             vlans,
+            owner: 0,
             pending: false,
         }
+    }
+
+    /// The number of whatever drains the port, as set with [`Port::set_owner`].
+    pub fn owner(&self) -> usize {
+        self.owner
+    }
+
+    /// Records who drains the port; the switch only keeps the number.
+    pub fn set_owner(&mut self, owner: usize) {
+        self.owner = owner;
     }
 
     /// Whether the peer takes frames with offloads left to do.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use vnet_wire::Bytes;
+use vnet_wire::{FrameError, Offload};
 
 use super::*;
 use vnet_wire::vlan::VlanId;
@@ -13,13 +13,28 @@ const C: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0xc];
 const BROADCAST: [u8; 6] = [0xff; 6];
 const IPV6_MULTICAST: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
-fn frame(dst: [u8; 6], src: [u8; 6]) -> Bytes {
+/// Bytes as a transport hands them to the switch.
+fn received(bytes: &[u8], offload: Offload) -> Result<Frame, FrameError> {
+    Frame::copy_from_slice(bytes, offload)
+}
+
+fn frame_bytes(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     let mut v = Vec::with_capacity(60);
     v.extend_from_slice(&dst);
     v.extend_from_slice(&src);
     v.extend_from_slice(&[0x08, 0x00]);
     v.resize(60, 0);
-    Bytes::from(v)
+    v
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6]) -> Result<Frame, FrameError> {
+    received(&frame_bytes(dst, src), Offload::NONE)
+}
+
+fn pending(switch: &mut Switch) -> Vec<PortId> {
+    let mut ports = Vec::new();
+    switch.take_pending(&mut ports);
+    ports
 }
 
 fn queued(switch: &Switch, port: PortId) -> usize {
@@ -49,9 +64,9 @@ fn known_unicast_goes_to_one_port_only() {
     let now = Instant::now();
     let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
     switch.receive(pb, frame(BROADCAST, B), now);
-    switch.take_pending();
+    pending(&mut switch);
     switch.receive(pa, frame(B, A), now);
-    assert_eq!(switch.take_pending(), vec![pb]);
+    assert_eq!(pending(&mut switch), vec![pb]);
     assert_eq!(queued(&switch, pb), 1);
     assert_eq!(queued(&switch, pc), 1, "only the earlier broadcast");
 }
@@ -85,9 +100,9 @@ fn a_station_move_redirects_its_traffic() {
     let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
     switch.receive(pb, frame(BROADCAST, B), now);
     switch.receive(pc, frame(BROADCAST, B), now);
-    switch.take_pending();
+    pending(&mut switch);
     switch.receive(pa, frame(B, A), now);
-    assert_eq!(switch.take_pending(), vec![pc]);
+    assert_eq!(pending(&mut switch), vec![pc]);
 }
 
 #[test]
@@ -107,7 +122,7 @@ fn removing_a_port_forgets_its_stations_and_pending_state() {
     let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
     switch.receive(pb, frame(BROADCAST, B), now);
     switch.remove_port(pb);
-    assert!(!switch.take_pending().contains(&pb));
+    assert!(!pending(&mut switch).contains(&pb));
     switch.receive(pa, frame(B, A), now);
     assert_eq!(queued(&switch, pc), 2, "B unknown again: flooded");
 }
@@ -137,9 +152,9 @@ fn the_byte_limit_applies_but_one_large_frame_always_fits() {
     let limits = QueueLimits { frames: 100, bytes: 100 };
     let config = SwitchConfig { queue_limits: limits, ..SwitchConfig::default() };
     let (mut switch, [pa, pb, _]) = three_ports(config);
-    let mut big = frame(BROADCAST, A).to_vec();
+    let mut big = frame_bytes(BROADCAST, A);
     big.resize(1000, 0);
-    switch.receive(pa, Bytes::from(big), now);
+    switch.receive(pa, received(&big, Offload::NONE), now);
     switch.receive(pa, frame(BROADCAST, A), now);
     assert_eq!(queued(&switch, pb), 1);
     assert_eq!(switch.port(pb).unwrap().counters().tx_dropped, 1);
@@ -149,9 +164,9 @@ fn the_byte_limit_applies_but_one_large_frame_always_fits() {
 fn invalid_frames_are_counted_on_the_ingress_port() {
     let now = Instant::now();
     let (mut switch, [pa, pb, _]) = three_ports(SwitchConfig::default());
-    switch.receive(pa, Bytes::from_static(&[0; 10]), now);
+    switch.receive(pa, received(&[0; 10], Offload::NONE), now);
     switch.receive(pa, frame(BROADCAST, IPV6_MULTICAST), now);
-    switch.receive(pa, Bytes::from(vec![0xff; vnet_wire::MAX_FRAME_LEN + 1]), now);
+    switch.receive(pa, received(&vec![0xff; vnet_wire::MAX_FRAME_LEN + 1], Offload::NONE), now);
     let a = switch.port(pa).unwrap().counters();
     assert_eq!((a.rx_frames, a.rx_dropped), (3, 3));
     assert_eq!(a.drops(DropReason::Runt), 1);
@@ -167,8 +182,8 @@ fn pending_lists_each_port_once() {
     for _ in 0..5 {
         switch.receive(pa, frame(BROADCAST, A), now);
     }
-    assert_eq!(switch.take_pending(), vec![pb, pc]);
-    assert!(switch.take_pending().is_empty());
+    assert_eq!(pending(&mut switch), vec![pb, pc]);
+    assert!(pending(&mut switch).is_empty());
 }
 
 #[test]
@@ -202,7 +217,7 @@ fn tcp_frame(payload_len: usize) -> Vec<u8> {
         timestamp: None,
         payload: &payload,
     };
-    let mut bytes = frame(B, A).to_vec();
+    let mut bytes = frame_bytes(B, A);
     bytes.resize(14 + 20 + tcp.buffer_len(), 0);
     let mut ip = Ipv4Packet::new_unchecked(&mut bytes[14..]);
     ip.set_version(4);
@@ -228,7 +243,7 @@ fn offloaded_frames_reach_offloading_ports_whole_and_others_cut_to_size() {
     let stream = switch.add_port("stream");
     let offload =
         Offload { checksum: None, segmentation: Some(Segmentation { kind: SegmentKind::TcpV4, size: 1000 }) };
-    switch.receive_with_offload(tap_in, Bytes::from(tcp_frame(4500)), offload, now);
+    switch.receive(tap_in, received(&tcp_frame(4500), offload), now);
     let whole: Vec<&Frame> = switch.port(tap_out).unwrap().queued().collect();
     assert_eq!(
         (whole.len(), whole[0].offload()),
@@ -243,7 +258,7 @@ fn offloaded_frames_reach_offloading_ports_whole_and_others_cut_to_size() {
         checksum: Some(vnet_wire::offload::PartialChecksum { start: 9000, offset: 16 }),
         segmentation: None,
     };
-    switch.receive_with_offload(tap_in, Bytes::from(tcp_frame(10)), bogus, now);
+    switch.receive(tap_in, received(&tcp_frame(10), bogus), now);
     assert_eq!(switch.port(stream).unwrap().counters().drops(DropReason::BadOffload), 1);
 }
 
@@ -323,9 +338,8 @@ fn vlan(id: u16) -> VlanId {
 }
 
 /// A frame from `src` to `dst` tagged for VLAN `id`.
-fn tagged_frame(dst: [u8; 6], src: [u8; 6], id: u16) -> Bytes {
-    let plain = vnet_wire::Frame::new(frame(dst, src)).unwrap();
-    Bytes::copy_from_slice(vnet_wire::vlan::tag(&plain, vlan(id)).unwrap().as_bytes())
+fn tagged_frame(dst: [u8; 6], src: [u8; 6], id: u16) -> Result<Frame, FrameError> {
+    Ok(vnet_wire::vlan::tag(&frame(dst, src).unwrap(), vlan(id)).unwrap())
 }
 
 fn queued_tag(switch: &Switch, port: PortId) -> Vec<vnet_wire::vlan::Tag> {
@@ -376,9 +390,9 @@ fn the_mac_table_is_per_vlan_and_bad_tags_are_dropped() {
     switch.receive(a20, frame(BROADCAST, A), now);
     let stations: Vec<Station> = switch.mac_table().stations(now).collect();
     assert_eq!(stations.len(), 2);
-    switch.take_pending();
+    pending(&mut switch);
     switch.receive(trunk, tagged_frame(A, B, 20), now);
-    assert_eq!(switch.take_pending(), vec![a20], "unicast to A on VLAN 20 goes to A's VLAN-20 port");
+    assert_eq!(pending(&mut switch), vec![a20], "unicast to A on VLAN 20 goes to A's VLAN-20 port");
     // A tag for a VLAN the port does not carry, on an access or a trunk port.
     switch.receive(a10, tagged_frame(BROADCAST, A, 20), now);
     switch.receive(trunk, tagged_frame(BROADCAST, B, 30), now);

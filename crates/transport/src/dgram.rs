@@ -8,26 +8,25 @@
 //! queued across writes: a peer that cannot take a frame right now loses it, counted on
 //! its port, as a real Ethernet link would. This module does not look inside frames.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{debug, info};
 use vnet_switch::PortId;
-use vnet_wire::MAX_FRAME_LEN;
+use vnet_wire::{Frame, FrameError, Offload, MAX_FRAME_LEN};
 
-use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
 use crate::stream::{inet_bind_error, resolve};
-use crate::sys::{self, DatagramBatch};
 use crate::unix_path::{bind_error, BoundPath, SocketKind};
 use crate::TransportError;
+use vnet_runtime::sys::{self, DatagramBatch};
+use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
 
 /// How long a datagram peer may stay silent before its port is removed, unless configured.
 pub const DEFAULT_PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -197,7 +196,7 @@ impl DgramListener {
 
     fn port_for(&mut self, sender: &SockAddr, cx: &mut Context<'_>) -> Option<PortId> {
         let Some(addr) = PeerAddr::from_sockaddr(sender) else {
-            cx.counters.unanswerable_datagram += 1;
+            cx.count("unanswerable_datagram");
             debug!(listen = %self.description, "datagram from an unnamed socket dropped; bind the sender to a path");
             return None;
         };
@@ -205,7 +204,7 @@ impl DgramListener {
             return Some(port);
         }
         if self.peers.len() >= MAX_PEERS {
-            cx.counters.dgram_peer_refused += 1;
+            cx.count("dgram_peer_refused");
             debug!(listen = %self.description, "datagram peer refused: {MAX_PEERS} peers already");
             return None;
         }
@@ -253,7 +252,7 @@ pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch
 pub(crate) fn receive_batch(
     batch: &mut DatagramBatch,
     socket: &Socket,
-    mut deliver: impl FnMut(Bytes, SockAddr),
+    mut deliver: impl FnMut(Result<Frame, FrameError>, SockAddr),
 ) -> ReadOutcome {
     let received = match batch.receive(socket.as_fd()) {
         Ok(received) => received,
@@ -265,7 +264,7 @@ pub(crate) fn receive_batch(
     };
     for index in 0..received {
         let (data, sender) = batch.datagram(index);
-        deliver(Bytes::copy_from_slice(data), sender);
+        deliver(Frame::copy_from_slice(data, Offload::NONE), sender);
     }
     if received == BATCH {
         ReadOutcome::More

@@ -19,9 +19,9 @@ use vnet_switch::PortId;
 use vnet_wire::MAX_FRAME_LEN;
 
 use crate::dgram::{receive_batch, send_queued, BATCH};
-use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
-use crate::sys::DatagramBatch;
 use crate::{McastSpec, TransportError};
+use vnet_runtime::sys::DatagramBatch;
+use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
 
 /// Membership of one multicast segment.
 pub struct McastSegment {

@@ -23,7 +23,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpid, getppid, Gid, Pid, Uid};
 
-use crate::{sys, NamespaceRef, TransportError};
+use vnet_runtime::sys;
+
+use crate::{NamespaceRef, TransportError};
 
 /// The name of the tap vnet creates in a namespace unless told otherwise.
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -53,6 +55,7 @@ enum Step {
     CreateTap = 4,
     LinkUp = 5,
     Configure = 6,
+    OpenTunDevice = 7,
 }
 
 impl Step {
@@ -65,6 +68,7 @@ impl Step {
             Step::CreateTap,
             Step::LinkUp,
             Step::Configure,
+            Step::OpenTunDevice,
         ]
         .into_iter()
         .find(|step| *step as u8 == byte)
@@ -92,7 +96,8 @@ fn report(socket: &UnixStream, outcome: &Result<OwnedFd, (Step, io::Error)>) -> 
 /// Creates the tap `ifname` in the current namespace, with MAC address `mac` if given,
 /// and brings it (and loopback) up.
 fn create_tap_here(ifname: &str, mac: Option<[u8; 6]>) -> Result<OwnedFd, (Step, io::Error)> {
-    let tap = at(Step::CreateTap, sys::create_tap(ifname))?;
+    let tap = at(Step::OpenTunDevice, sys::open_tun_device())?;
+    at(Step::CreateTap, sys::create_tap(&tap, ifname))?;
     if let Some(mac) = mac {
         at(Step::Configure, sys::set_mac(ifname, mac))?;
     }
@@ -120,6 +125,25 @@ fn receive_tap(socket: &UnixStream, what: &str, ifname: &str) -> Result<OwnedFd,
     }
 }
 
+/// The error for a [`sys::TUN_DEVICE`] that cannot be opened, saying how to fix it.
+pub(crate) fn tun_device_error(error: io::Error) -> TransportError {
+    let device = sys::TUN_DEVICE;
+    match error.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => {
+            let mode = std::fs::metadata(device)
+                .map(|meta| format!("{:o}", std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777))
+                .unwrap_or_else(|_| "unknown".to_owned());
+            TransportError::TunDevice(format!(
+                "cannot open {device}: permission denied (its mode is {mode}); make it 0666 as Debian's udev rules do (`chmod 0666 {device}` as root; opening it grants nothing by itself), or run vnet as root"
+            ))
+        }
+        Some(libc::ENOENT | libc::ENODEV | libc::ENXIO) => TransportError::TunDevice(format!(
+            "{device} is missing; load the tun module (`modprobe tun`) or create the device (`mknod {device} c 10 200`)"
+        )),
+        _ => TransportError::io(format!("cannot open {device}"), error),
+    }
+}
+
 fn explain(step: Step, error: io::Error, what: &str, ifname: &str) -> TransportError {
     let denied = error.raw_os_error() == Some(libc::EPERM) || error.raw_os_error() == Some(libc::EACCES);
     let message = match step {
@@ -132,9 +156,7 @@ fn explain(step: Step, error: io::Error, what: &str, ifname: &str) -> TransportE
         Step::CreateTap if matches!(error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINVAL)) => format!(
             "an interface named {ifname} already exists in {what}; choose another name (netns:...,ifname=NAME or vnet ns --ifname NAME)"
         ),
-        Step::CreateTap if error.kind() == io::ErrorKind::NotFound => {
-            "/dev/net/tun is missing; load the tun module (modprobe tun)".to_owned()
-        }
+        Step::OpenTunDevice => return tun_device_error(error),
         _ => format!("cannot set up a tap in {what} ({step:?}): {error}"),
     };
     TransportError::Namespace(message)

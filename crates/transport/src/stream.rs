@@ -4,9 +4,9 @@
 //! [`Listener`] accepts QEMUs that connect (`server=off`); every connection becomes a
 //! [`Connection`] with a port of its own. [`Dialer`] connects to a QEMU that listens
 //! (`server=on`) and reconnects whenever it goes away. The bytes on the wire are
-//! [`crate::framing`]'s business; this module only moves them.
+//! [`vnet_wire::framing`]'s business; this module only moves them.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -18,11 +18,10 @@ use nix::sys::socket::{getsockopt, setsockopt, sockopt, sockopt::PeerCredentials
 use tracing::{info, warn};
 use vnet_switch::PortId;
 
-use crate::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREFIX_LEN};
-use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
-use crate::sys;
 use crate::unix_path::{bind_error, BoundPath, SocketKind};
 use crate::TransportError;
+use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
+use vnet_wire::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREFIX_LEN};
 
 /// Most frames handed to one `writev`.
 const FRAMES_PER_WRITE: usize = 64;
@@ -45,8 +44,15 @@ pub enum StreamSocket {
     Tcp(TcpStream),
 }
 
+impl AsFd for StreamSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
 impl StreamSocket {
-    fn source(&mut self) -> &mut dyn mio::event::Source {
+    /// The socket, to register with the loop.
+    pub fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             StreamSocket::Unix(s) => s,
             StreamSocket::Tcp(s) => s,
@@ -54,6 +60,13 @@ impl StreamSocket {
     }
 
     fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            StreamSocket::Unix(s) => s,
+            StreamSocket::Tcp(s) => s,
+        }
+    }
+
+    fn reader(&mut self) -> &mut dyn Read {
         match self {
             StreamSocket::Unix(s) => s,
             StreamSocket::Tcp(s) => s,
@@ -95,7 +108,7 @@ fn unix_peer_name(listen_path: &Path, stream: &UnixStream) -> String {
 }
 
 /// Resolves `HOST:PORT` to its first address.
-pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, TransportError> {
+pub fn resolve(host_port: &str) -> Result<SocketAddr, TransportError> {
     host_port
         .to_socket_addrs()
         .map_err(|e| TransportError::Resolve(host_port.to_owned(), e))?
@@ -104,7 +117,7 @@ pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, TransportError> {
 }
 
 /// Maps a bind error on an inet address to a message that says how to fix it.
-pub(crate) fn inet_bind_error(addr: &str, e: io::Error) -> TransportError {
+pub fn inet_bind_error(addr: &str, e: io::Error) -> TransportError {
     match e.kind() {
         io::ErrorKind::AddrInUse => TransportError::AddressInUse(addr.to_owned()),
         _ => TransportError::io(format!("cannot bind {addr}"), e),
@@ -187,7 +200,7 @@ impl Endpoint for Listener {
         for _ in 0..ACCEPTS_PER_BATCH {
             match self.accept() {
                 Ok((socket, name)) => {
-                    cx.counters.accepted += 1;
+                    cx.count("accepted");
                     cx.spawn(Box::new(Connection::new(socket, name)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
@@ -249,18 +262,18 @@ impl Connection {
         let Some(port) = self.port else {
             return ReadOutcome::Closed;
         };
-        let read = sys::read_into(self.socket.fd(), self.decoder.read_buffer());
+        let read = self.socket.reader().read(self.decoder.read_buffer());
         match read {
             Ok(0) => {
                 if self.decoder.partial_len() > 0 {
-                    cx.counters.truncated_frame += 1;
+                    cx.count("truncated_frame");
                     warn!(port = %self.name, bytes = self.decoder.partial_len(), "peer closed in the middle of a frame");
                 } else {
                     info!(port = %self.name, "peer closed the connection");
                 }
                 return ReadOutcome::Closed;
             }
-            Ok(_) => {}
+            Ok(len) => self.decoder.commit(len),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::More,
             Err(e) => {
@@ -278,7 +291,7 @@ impl Connection {
     }
 
     fn refuse(&self, error: FramingError, cx: &mut Context<'_>) -> ReadOutcome {
-        cx.counters.bad_frame_length += 1;
+        cx.count("bad_frame_length");
         warn!(port = %self.name, %error, "closing connection: bad frame length");
         ReadOutcome::Closed
     }
@@ -295,15 +308,20 @@ impl Connection {
                 return Liveness::Open;
             }
             let result = {
-                let prefixes: Vec<[u8; LENGTH_PREFIX_LEN]> =
-                    port.queued().take(FRAMES_PER_WRITE).map(|frame| length_prefix(frame.len())).collect();
-                let mut slices = Vec::with_capacity(prefixes.len() * 2);
-                for (prefix, frame) in prefixes.iter().zip(port.queued()) {
-                    slices.push(IoSlice::new(prefix));
-                    slices.push(IoSlice::new(frame.as_bytes()));
+                let mut prefixes = [[0u8; LENGTH_PREFIX_LEN]; FRAMES_PER_WRITE];
+                for (prefix, frame) in prefixes.iter_mut().zip(port.queued()) {
+                    *prefix = length_prefix(frame.len());
                 }
-                skip_written(&mut slices, self.head_written);
-                self.socket.writer().write_vectored(&slices)
+                let mut slices: [IoSlice<'_>; 2 * FRAMES_PER_WRITE] =
+                    std::array::from_fn(|_| IoSlice::new(&[]));
+                let mut count = 0;
+                for (prefix, frame) in prefixes.iter().zip(port.queued()) {
+                    slices[count] = IoSlice::new(prefix);
+                    slices[count + 1] = IoSlice::new(frame.as_bytes());
+                    count += 2;
+                }
+                let first = skip_written(&mut slices[..count], self.head_written);
+                self.socket.writer().write_vectored(&slices[first..count])
             };
             let written = match result {
                 Ok(written) => written,
@@ -338,20 +356,21 @@ impl Connection {
     }
 }
 
-/// Drops the first `skip` bytes from a list of slices.
-fn skip_written(slices: &mut Vec<IoSlice<'_>>, skip: usize) {
+/// Skips the first `skip` bytes of a list of slices: returns the index of the first
+/// slice with bytes left, which is advanced past those already written.
+fn skip_written(slices: &mut [IoSlice<'_>], skip: usize) -> usize {
     let mut skip = skip;
     let mut first = 0;
     while skip > 0 && first < slices.len() && slices[first].len() <= skip {
         skip -= slices[first].len();
         first += 1;
     }
-    slices.drain(..first);
     if skip > 0 {
-        if let Some(head) = slices.first_mut() {
+        if let Some(head) = slices.get_mut(first) {
             IoSlice::advance(head, skip);
         }
     }
+    first
 }
 
 impl Endpoint for Connection {
@@ -539,20 +558,20 @@ mod tests {
         let a = [1u8; 4];
         let b = [2u8; 10];
         let c = [3u8; 4];
-        let mut slices = vec![IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
-        skip_written(&mut slices, 6);
-        let lens: Vec<usize> = slices.iter().map(|s| s.len()).collect();
+        let mut slices = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
+        let first = skip_written(&mut slices, 6);
+        let lens: Vec<usize> = slices[first..].iter().map(|s| s.len()).collect();
         assert_eq!(lens, vec![8, 4]);
-        assert_eq!(slices[0][0], 2);
+        assert_eq!(slices[first][0], 2);
     }
 
     #[test]
     fn skipping_a_whole_slice_removes_it() {
         let a = [1u8; 4];
         let b = [2u8; 10];
-        let mut slices = vec![IoSlice::new(&a), IoSlice::new(&b)];
-        skip_written(&mut slices, 4);
-        assert_eq!(slices.len(), 1);
-        assert_eq!(slices[0].len(), 10);
+        let mut slices = [IoSlice::new(&a), IoSlice::new(&b)];
+        let first = skip_written(&mut slices, 4);
+        assert_eq!(slices[first..].len(), 1);
+        assert_eq!(slices[first].len(), 10);
     }
 }

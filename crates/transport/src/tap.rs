@@ -8,26 +8,27 @@
 //! its [`Offload`]. This module only relays frames between the descriptor and the port.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::Interest;
 use tracing::{debug, info, warn};
 use vnet_switch::{DropReason, PortId};
+use vnet_wire::frame::{HEADROOM, SMALL_BUFFER};
 use vnet_wire::offload::VIRTIO_NET_HDR_LEN;
-use vnet_wire::{Offload, MAX_FRAME_LEN};
+use vnet_wire::{Frame, FrameBuffer, Offload};
 
-use crate::network::{Context, Endpoint, Liveness, ReadOutcome};
-use crate::sys;
 use crate::TransportError;
+use vnet_runtime::sys;
+use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
 
 /// Opens the host's tap `name` (`--attach tap:NAME`), creating it if absent, and brings
 /// it up where vnet may.
 pub fn open_host_tap(name: &str) -> Result<OwnedFd, TransportError> {
     crate::netns::validate_ifname(name).map_err(TransportError::Namespace)?;
-    let tap = sys::open_or_create_tap(name).map_err(|e| match e.raw_os_error() {
+    let tap = sys::open_tun_device().map_err(crate::netns::tun_device_error)?;
+    sys::open_or_create_tap(&tap, name).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => TransportError::TapPermission(name.to_owned()),
         Some(libc::EBUSY) => TransportError::io(format!("tap {name} is in use by another process"), e),
         Some(libc::EINVAL) => TransportError::io(
@@ -44,15 +45,20 @@ pub fn open_host_tap(name: &str) -> Result<OwnedFd, TransportError> {
 
 /// Frames read per batch.
 const FRAMES_PER_BATCH: usize = 32;
+/// Frames up to this long are copied into a small buffer.
+const SMALL_FRAME: usize = SMALL_BUFFER - HEADROOM;
 
 /// A tap device's descriptor, relayed to one port.
 pub struct TapPort {
     device: File,
     name: String,
     port: Option<PortId>,
-    /// Reused for every read (header, then frame); each frame is copied out at its own
-    /// size.
-    buffer: Box<[u8]>,
+    /// The virtio-net header of the frame being read.
+    header: [u8; VIRTIO_NET_HDR_LEN],
+    /// The pooled buffer the next frame is read into. A large frame leaves with it (and
+    /// a fresh one takes its place); a small one is copied into a small buffer, so a
+    /// queued small frame never holds a large buffer.
+    buffer: FrameBuffer,
 }
 
 impl TapPort {
@@ -66,23 +72,36 @@ impl TapPort {
             device: File::from(device),
             name,
             port: None,
-            buffer: vec![0; VIRTIO_NET_HDR_LEN + MAX_FRAME_LEN + 1].into_boxed_slice(),
+            header: [0; VIRTIO_NET_HDR_LEN],
+            buffer: FrameBuffer::large(),
         }
     }
 }
 
 impl TapPort {
+    /// Reads the next frame and its header; the frame's bytes stay in the buffer's
+    /// free room.
+    fn read(&mut self) -> io::Result<usize> {
+        let mut slices = [IoSliceMut::new(&mut self.header), IoSliceMut::new(self.buffer.spare_mut())];
+        (&self.device).read_vectored(&mut slices)
+    }
+
     /// Hands the `len` bytes just read (header and frame) to the switch.
-    fn receive(&self, port: PortId, len: usize, cx: &mut Context<'_>) {
-        let Some((header, frame)) = self.buffer[..len].split_first_chunk::<VIRTIO_NET_HDR_LEN>() else {
+    fn receive(&mut self, port: PortId, len: usize, cx: &mut Context<'_>) {
+        let Some(frame_len) = len.checked_sub(VIRTIO_NET_HDR_LEN) else {
             return cx.switch.record_drop(port, DropReason::Runt);
         };
-        match Offload::from_virtio_header(header) {
-            Ok(offload) => {
-                cx.switch.receive_with_offload(port, Bytes::copy_from_slice(frame), offload, cx.now)
-            }
-            Err(_) => cx.switch.record_drop(port, DropReason::BadOffload),
-        }
+        let Ok(offload) = Offload::from_virtio_header(&self.header) else {
+            return cx.switch.record_drop(port, DropReason::BadOffload);
+        };
+        let frame = if frame_len <= SMALL_FRAME {
+            Frame::copy_from_slice(&self.buffer.spare_mut()[..frame_len], offload)
+        } else {
+            let mut full = std::mem::replace(&mut self.buffer, FrameBuffer::large());
+            full.commit(frame_len);
+            full.freeze(offload)
+        };
+        cx.switch.receive(port, frame, cx.now);
     }
 }
 
@@ -102,7 +121,7 @@ impl Endpoint for TapPort {
             return ReadOutcome::Closed;
         };
         for _ in 0..FRAMES_PER_BATCH {
-            match (&self.device).read(&mut self.buffer) {
+            match self.read() {
                 Ok(0) => return ReadOutcome::Closed,
                 Ok(len) => self.receive(port, len, cx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,

@@ -13,7 +13,7 @@
 
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket};
 
-use crate::ETHERNET_HEADER_LEN;
+use crate::{Frame, FrameBuffer, ETHERNET_HEADER_LEN};
 
 /// Length of the `virtio_net_hdr` a tap with `IFF_VNET_HDR` puts before each frame.
 pub const VIRTIO_NET_HDR_LEN: usize = 10;
@@ -122,17 +122,37 @@ impl Offload {
     }
 }
 
-/// `frame` as the wire carries it: its partial checksum completed, and cut into
-/// segments if it asks for segmentation. A frame without offloads comes back as is.
-pub fn resolve(frame: &[u8], offload: Offload) -> Result<Vec<Vec<u8>>, OffloadError> {
+/// The smallest segment size vnet cuts to. A peer asking for less (down to 1 byte per
+/// segment) would turn one 64 KiB frame into tens of thousands; no real MSS is smaller.
+pub const MIN_SEGMENT_SIZE: u16 = 64;
+
+/// How many frames `frame` becomes on the wire: the segments it is cut into, or 1.
+pub fn wire_frames(frame: &[u8], offload: Offload) -> Result<usize, OffloadError> {
+    let Some(segmentation) = offload.segmentation else {
+        return Ok(1);
+    };
+    if segmentation.size < MIN_SEGMENT_SIZE {
+        return Err(OffloadError::Malformed);
+    }
+    let headers = headers_len(frame, segmentation.kind).ok_or(OffloadError::Malformed)?;
+    Ok((frame.len() - headers).div_ceil(usize::from(segmentation.size)).max(1))
+}
+
+/// `frame` as the wire carries it, handed to `emit` frame by frame: its partial checksum
+/// completed, and cut into segments if it asks for segmentation (see [`wire_frames`] for
+/// how many). A frame without offloads comes out as it is.
+pub fn resolve(frame: &Frame, mut emit: impl FnMut(Frame)) -> Result<(), OffloadError> {
+    let offload = frame.offload();
     match offload.segmentation {
-        Some(segmentation) => segment(frame, segmentation),
+        Some(segmentation) => segment(frame.as_bytes(), segmentation, emit),
         None => {
-            let mut whole = frame.to_vec();
+            let mut whole = FrameBuffer::for_len(frame.len());
+            whole.extend_from_slice(frame.as_bytes());
             if let Some(checksum) = offload.checksum {
-                complete_checksum(&mut whole, checksum)?;
+                complete_checksum(whole.data_mut(), checksum)?;
             }
-            Ok(vec![whole])
+            emit(whole.freeze(Offload::NONE).map_err(|_| OffloadError::Malformed)?);
+            Ok(())
         }
     }
 }
@@ -180,8 +200,16 @@ fn headers_len(frame: &[u8], kind: SegmentKind) -> Option<usize> {
 }
 
 /// Cuts a TCP super-segment into segments of `segmentation.size` payload bytes, each
-/// with its own IP length, IPv4 id, sequence number, flags and checksums.
-fn segment(frame: &[u8], segmentation: Segmentation) -> Result<Vec<Vec<u8>>, OffloadError> {
+/// with its own IP length, IPv4 id, sequence number, flags and checksums, built in pooled
+/// buffers and handed to `emit`.
+fn segment(
+    frame: &[u8],
+    segmentation: Segmentation,
+    mut emit: impl FnMut(Frame),
+) -> Result<(), OffloadError> {
+    if segmentation.size < MIN_SEGMENT_SIZE {
+        return Err(OffloadError::Malformed);
+    }
     let headers = headers_len(frame, segmentation.kind).ok_or(OffloadError::Malformed)?;
     let ip_start = ETHERNET_HEADER_LEN;
     let tcp_start = match segmentation.kind {
@@ -190,31 +218,30 @@ fn segment(frame: &[u8], segmentation: Segmentation) -> Result<Vec<Vec<u8>>, Off
         }
         SegmentKind::TcpV6 => ip_start + 40,
     };
-    let size = usize::from(segmentation.size.max(1));
+    let size = usize::from(segmentation.size);
     let payload = &frame[headers..];
     let first = TcpPacket::new_unchecked(&frame[tcp_start..]);
     let (seq, fin, psh) = (first.seq_number(), first.fin(), first.psh());
-    let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&[][..]] } else { payload.chunks(size).collect() };
-    let last = chunks.len() - 1;
-    let mut segments = Vec::with_capacity(chunks.len());
-    let mut offset = 0;
-    for (index, chunk) in chunks.into_iter().enumerate() {
-        let mut out = Vec::with_capacity(headers + chunk.len());
+    let count = payload.len().div_ceil(size).max(1);
+    for index in 0..count {
+        let chunk = &payload[(index * size).min(payload.len())..((index + 1) * size).min(payload.len())];
+        let mut out = FrameBuffer::for_len(headers + chunk.len());
         out.extend_from_slice(&frame[..headers]);
         out.extend_from_slice(chunk);
-        let (src, dst) = fix_ip_header(&mut out, segmentation.kind, tcp_start, index)?;
-        let mut tcp = TcpPacket::new_unchecked(&mut out[tcp_start..]);
-        tcp.set_seq_number(seq + offset);
-        tcp.set_fin(fin && index == last);
-        tcp.set_psh(psh && index == last);
+        let segment = out.data_mut();
+        let (src, dst) = fix_ip_header(segment, segmentation.kind, tcp_start, index)?;
+        let last = index == count - 1;
+        let mut tcp = TcpPacket::new_unchecked(&mut segment[tcp_start..]);
+        tcp.set_seq_number(seq + index * size);
+        tcp.set_fin(fin && last);
+        tcp.set_psh(psh && last);
         if index > 0 {
             tcp.set_cwr(false);
         }
         tcp.fill_checksum(&src, &dst);
-        offset += chunk.len();
-        segments.push(out);
+        emit(out.freeze(Offload::NONE).map_err(|_| OffloadError::Malformed)?);
     }
-    Ok(segments)
+    Ok(())
 }
 
 /// Sets one cut segment's IP length (and IPv4 id and checksum); returns its addresses.
@@ -319,7 +346,7 @@ mod tests {
         let mut partial = whole.clone();
         let checksum = make_partial(&mut partial);
         assert!(!tcp_checksum_ok(&partial));
-        let resolved = resolve(&partial, Offload { checksum: Some(checksum), segmentation: None }).unwrap();
+        let resolved = resolved(&partial, Offload { checksum: Some(checksum), segmentation: None }).unwrap();
         assert_eq!(resolved, vec![whole]);
     }
 
@@ -330,7 +357,7 @@ mod tests {
         let checksum = make_partial(&mut frame);
         let segmentation = Segmentation { kind: SegmentKind::TcpV4, size: 1460 };
         let segments =
-            resolve(&frame, Offload { checksum: Some(checksum), segmentation: Some(segmentation) }).unwrap();
+            resolved(&frame, Offload { checksum: Some(checksum), segmentation: Some(segmentation) }).unwrap();
         assert_eq!(segments.len(), 7);
         let mut joined = Vec::new();
         for (index, segment) in segments.iter().enumerate() {
@@ -362,11 +389,36 @@ mod tests {
         bad[0] = FLAG_NEEDS_CSUM;
         bad[6..8].copy_from_slice(&60_000u16.to_ne_bytes());
         let offload = Offload::from_virtio_header(&bad).unwrap();
-        assert_eq!(resolve(&frame, offload), Err(OffloadError::Malformed));
+        assert_eq!(resolved(&frame, offload), Err(OffloadError::Malformed));
         assert_eq!(
-            resolve(&[0u8; 20], Offload { checksum: None, segmentation: offload_gso() }),
+            resolved(&[0u8; 20], Offload { checksum: None, segmentation: offload_gso() }),
             Err(OffloadError::Malformed)
         );
+    }
+
+    /// What `resolve` makes of `bytes` with `offload`, as plain bytes.
+    fn resolved(bytes: &[u8], offload: Offload) -> Result<Vec<Vec<u8>>, OffloadError> {
+        let frame = Frame::copy_from_slice(bytes, offload).map_err(|_| OffloadError::Malformed)?;
+        let mut out = Vec::new();
+        resolve(&frame, |segment| out.push(segment.as_bytes().to_vec()))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn absurd_segment_sizes_are_refused_before_anything_is_cut() {
+        let frame = tcp_frame(&[0u8; 60_000], false);
+        let tiny = Offload {
+            checksum: None,
+            segmentation: Some(Segmentation { kind: SegmentKind::TcpV4, size: MIN_SEGMENT_SIZE - 1 }),
+        };
+        assert_eq!(wire_frames(&frame, tiny), Err(OffloadError::Malformed));
+        assert_eq!(resolved(&frame, tiny), Err(OffloadError::Malformed));
+        let smallest = Offload {
+            checksum: None,
+            segmentation: Some(Segmentation { kind: SegmentKind::TcpV4, size: MIN_SEGMENT_SIZE }),
+        };
+        assert_eq!(wire_frames(&frame, smallest), Ok(60_000usize.div_ceil(64)));
+        assert_eq!(wire_frames(&frame, Offload::NONE), Ok(1));
     }
 
     fn offload_gso() -> Option<Segmentation> {

@@ -4,9 +4,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
-
-use crate::{Frame, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
+use crate::{Frame, FrameBuffer, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
 
 /// The EtherType that marks an 802.1Q tag.
 pub const TPID: u16 = 0x8100;
@@ -69,14 +67,14 @@ pub fn tag_of(frame: &Frame) -> Tag {
 /// `frame` without its tag (which the caller has read with [`tag_of`]).
 pub fn untag(frame: &Frame) -> Frame {
     let bytes = frame.as_bytes();
-    let mut untagged = Vec::with_capacity(bytes.len() - TAG_LEN);
+    let mut untagged = FrameBuffer::for_len(bytes.len() - TAG_LEN);
     untagged.extend_from_slice(&bytes[..12]);
     untagged.extend_from_slice(&bytes[12 + TAG_LEN..]);
     let mut offload = frame.offload();
     if let Some(checksum) = &mut offload.checksum {
         checksum.start = checksum.start.saturating_sub(TAG_LEN as u16);
     }
-    Frame::unchecked(Bytes::from(untagged), offload)
+    untagged.freeze(offload).expect("tag_of keeps a whole header after the tag")
 }
 
 /// `frame` (untagged) with a tag for `vlan`, or None if the tag would make it longer than
@@ -90,12 +88,12 @@ pub fn tag(frame: &Frame, vlan: VlanId) -> Option<Frame> {
     if let Some(checksum) = &mut offload.checksum {
         checksum.start = checksum.start.checked_add(TAG_LEN as u16)?;
     }
-    let mut tagged = Vec::with_capacity(bytes.len() + TAG_LEN);
+    let mut tagged = FrameBuffer::for_len(bytes.len() + TAG_LEN);
     tagged.extend_from_slice(&bytes[..12]);
     tagged.extend_from_slice(&TPID.to_be_bytes());
     tagged.extend_from_slice(&vlan.get().to_be_bytes());
     tagged.extend_from_slice(&bytes[12..]);
-    Some(Frame::unchecked(Bytes::from(tagged), offload))
+    tagged.freeze(offload).ok()
 }
 
 #[cfg(test)]
@@ -111,7 +109,7 @@ mod tests {
         bytes.extend_from_slice(rest);
         let offload =
             Offload { checksum: Some(PartialChecksum { start: 34, offset: 16 }), segmentation: None };
-        Frame::with_offload(Bytes::from(bytes), offload).unwrap()
+        Frame::copy_from_slice(&bytes, offload).unwrap()
     }
 
     #[test]
@@ -141,7 +139,7 @@ mod tests {
             Tag::Invalid,
             "no room for a header after the tag"
         );
-        let longest = Frame::new(Bytes::from(vec![0u8; MAX_FRAME_LEN])).unwrap();
+        let longest = Frame::copy_from_slice(&vec![0u8; MAX_FRAME_LEN], Offload::NONE).unwrap();
         assert!(tag(&longest, VlanId::new(1).unwrap()).is_none(), "too long to tag");
         assert_eq!(
             tag_of(&frame([0x81, 0x00], &[0x20, 0x14, 0x08, 0x00])),

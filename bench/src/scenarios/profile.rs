@@ -1,0 +1,152 @@
+//! `--profile`: vnet's own instructions on fixed workloads, counted by callgrind, which
+//! the noise of a shared machine does not move. vnet runs under
+//! `valgrind --tool=callgrind`; after a warm-up, `callgrind_control --zero` starts the
+//! count and `--dump` ends it, so start-up and setup are not in it. Only vnet's own
+//! instructions are counted, not the kernel's.
+//!
+//! Workloads (one namespace behind vnet's gateway, MTU 65520 and 1500):
+//! - bulk TCP from the namespace to the host's loopback and back: a fixed number of bytes
+//!   with iperf3 (`-n`), reported as instructions per byte;
+//! - 1-byte round trips over one TCP connection: a fixed count, reported as instructions
+//!   per round trip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{tool_result, Bench, Iperf3Server};
+use crate::backend::{Backend, Guest, GuestSetup, Programs};
+use crate::load::{self, RoundTrips};
+use crate::process::{self, ScratchDir, Spawned};
+use crate::report::{Better, Metric};
+
+const SCENARIO: &str = "Profile (callgrind, vnet's own instructions)";
+/// Bytes each bulk workload moves.
+const BULK_BYTES: &str = "256M";
+/// Round trips the latency workload makes.
+const ROUND_TRIPS: u64 = 20_000;
+
+fn per_byte(name: &'static str) -> Metric<'static> {
+    Metric { scenario: SCENARIO, name, unit: "instructions/byte", better: Better::Lower }
+}
+
+const PER_ROUND_TRIP: Metric = Metric {
+    scenario: SCENARIO,
+    name: "1-byte round trip, MTU 65520",
+    unit: "instructions",
+    better: Better::Lower,
+};
+
+pub fn run(bench: &mut Bench) -> Result<()> {
+    let dir = ScratchDir::create()?;
+    let profiled =
+        Programs { vnet: callgrind_wrapper(dir.path(), &bench.programs.vnet)?, ..bench.programs.clone() };
+    let server = Iperf3Server::start()?;
+    for (mtu, upload, download) in [
+        (65520, per_byte("ns → host, MTU 65520"), per_byte("host → ns, MTU 65520")),
+        (1500, per_byte("ns → host, MTU 1500"), per_byte("host → ns, MTU 1500")),
+    ] {
+        let guest = Guest::start(Backend::Vnet, GuestSetup { mtu, tcp_forward: None }, &profiled)?;
+        let pid = guest.backend_pid().context("vnet's process")?;
+        for (metric, reverse) in [(upload, false), (download, true)] {
+            server.transfer(&guest, "16M", reverse)?;
+            zero(pid)?;
+            let bytes = server.transfer(&guest, BULK_BYTES, reverse)?;
+            let instructions = dump(pid, dir.path())?;
+            bench.record(metric, "vnet", Ok(instructions as f64 / bytes as f64));
+        }
+        if mtu == 65520 {
+            bench.record(PER_ROUND_TRIP, "vnet", round_trip_instructions(bench, &guest, pid, dir.path()));
+        }
+    }
+    Ok(())
+}
+
+/// A script that runs `vnet` under callgrind, writing its counts into `dir`.
+fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
+    let wrapper = dir.join("vnet-under-callgrind");
+    let out = dir.join("callgrind.out");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={} {} \"$@\"\n",
+            out.display(),
+            vnet.display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(wrapper)
+}
+
+/// Round trips from `guest` to an echo server on the host, counted from their start.
+fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path) -> Result<f64> {
+    let echo = load::listen_any()?;
+    let server = format!("{}:{}", guest.host_address, echo.local_addr()?.port());
+    let _stop_echo = load::serve_echo(echo);
+    let count = ROUND_TRIPS.to_string();
+    let _: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, "200"]), DEADLINE)?;
+    zero(pid)?;
+    let done: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, &count]), DEADLINE)?;
+    let instructions = dump(pid, dir)?;
+    Ok(instructions as f64 / done.count as f64)
+}
+
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Sets callgrind's counters of process `pid` to zero.
+fn zero(pid: u32) -> Result<()> {
+    callgrind_control(&["--zero", &pid.to_string()])
+}
+
+/// Dumps the counts of process `pid` since the last zero and returns its instructions.
+fn dump(pid: u32, dir: &Path) -> Result<u64> {
+    let before = dumps(dir)?;
+    callgrind_control(&["--dump", &pid.to_string()])?;
+    let newest =
+        dumps(dir)?.into_iter().find(|path| !before.contains(path)).context("callgrind wrote no dump")?;
+    let text = std::fs::read_to_string(&newest)?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("summary:").or_else(|| line.strip_prefix("totals:")))
+        .and_then(|total| total.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no instruction total in {}", newest.display()))
+}
+
+/// The callgrind dumps in `dir`.
+fn dumps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("callgrind.out")) {
+            paths.push(path);
+        }
+    }
+    Ok(paths)
+}
+
+fn callgrind_control(args: &[&str]) -> Result<()> {
+    process::run(Command::new("callgrind_control").args(args).stdout(Stdio::null())).map(drop)
+}
+
+impl Iperf3Server {
+    /// Moves `amount` (iperf3's `-n`) from `guest` to this server (`reverse`: the other
+    /// way) and returns the bytes the receiver counted.
+    fn transfer(&self, guest: &Guest, amount: &str, reverse: bool) -> Result<u64> {
+        let (host, port) = (guest.host_address.to_string(), self.port.to_string());
+        let mut args =
+            vec!["iperf3", "-c", &host, "-p", &port, "-n", amount, "-J", "--connect-timeout", "20000"];
+        if reverse {
+            args.push("-R");
+        }
+        let mut command = guest.command(&args);
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
+        let output = Spawned::start("iperf3 -c", &mut command)?.wait_output(DEADLINE)?;
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("iperf3's JSON")?;
+        if let Some(error) = report["error"].as_str() {
+            bail!("iperf3: {error}");
+        }
+        report["end"]["sum_received"]["bytes"].as_u64().context("no byte count")
+    }
+}

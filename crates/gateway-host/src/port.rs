@@ -1,0 +1,345 @@
+//! [`GatewayPort`]: the gateway core run as an endpoint of the loop. Frames queued for
+//! its switch port go into the gateway, what it answers goes back into the switch, and
+//! readiness of its host sockets becomes calls into the gateway.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use mio::net::UnixStream;
+use mio::Interest;
+use nix::sys::socket::{self as nix_socket, sockopt};
+use socket2::SockRef;
+use tracing::{debug, info};
+use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
+use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
+use vnet_switch::PortId;
+use vnet_transport::stream::StreamSocket;
+use vnet_transport::TransportError;
+
+use crate::error_queue::{ipv4_header_len, take_icmp_error};
+use crate::forwards::ForwardSocket;
+use crate::sockets::{Host, HostStream, Sockets, Source};
+
+/// Datagrams read from one host socket per batch.
+const DATAGRAMS_PER_BATCH: usize = 32;
+/// Largest datagram read from a host socket.
+const MAX_DATAGRAM: usize = 65536;
+
+/// What the events of hostfwd number `index`'s socket stand for.
+fn forward_source(socket: &ForwardSocket, index: usize) -> Source {
+    match socket {
+        ForwardSocket::Tcp(_) => Source::TcpForward(index),
+        ForwardSocket::Udp(_) => Source::UdpForward(index),
+    }
+}
+
+/// The gateway as a switch port.
+pub struct GatewayPort {
+    gateway: Gateway,
+    sockets: Sockets,
+    port: Option<PortId>,
+    buffer: Box<[u8]>,
+}
+
+impl GatewayPort {
+    /// A gateway with `config`, its hostfwd ports bound.
+    pub fn new(config: GatewayConfig) -> Result<Self, TransportError> {
+        let mut sockets = Sockets { discard_buffer: vec![0; MAX_DATAGRAM], ..Sockets::default() };
+        for rule in &config.host_forwards {
+            sockets.forwards.push(Some(ForwardSocket::bind(rule)?));
+        }
+        Ok(Self {
+            gateway: Gateway::new(config),
+            sockets,
+            port: None,
+            buffer: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+        })
+    }
+
+    /// Accepts every waiting client of TCP hostfwd number `forward`.
+    fn accept_inbound(&mut self, forward: usize, cx: &mut Context<'_>) {
+        loop {
+            let Some(ForwardSocket::Tcp(listener)) = self.sockets.forward(forward) else {
+                return;
+            };
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "hostfwd accept failed");
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(flow) = self.adopt_stream(StreamSocket::Tcp(stream), cx) else {
+                continue;
+            };
+            let now = cx.now;
+            let mut host = Host { sockets: &mut self.sockets, cx };
+            self.gateway.on_inbound_tcp(forward, flow, now, &mut host);
+        }
+    }
+
+    /// Registers an already connected host stream as a new flow's host side.
+    fn adopt_stream(&mut self, mut stream: StreamSocket, cx: &mut Context<'_>) -> Option<FlowId> {
+        let flow = self.gateway.allocate_flow();
+        let token = cx.register_source(stream.source(), Interest::READABLE | Interest::WRITABLE).ok()?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        let inbound = HostStream { stream, token, connecting: false, icmp_errors: false, peek_offset: None };
+        self.sockets.streams.insert(flow, inbound);
+        Some(flow)
+    }
+
+    /// Reads datagrams from host clients of UDP hostfwd number `forward`.
+    fn receive_inbound(&mut self, forward: usize, cx: &mut Context<'_>) -> ReadOutcome {
+        for _ in 0..DATAGRAMS_PER_BATCH {
+            let Some(ForwardSocket::Udp(socket)) = self.sockets.forward(forward) else {
+                return ReadOutcome::Drained;
+            };
+            match socket.recv_from(&mut self.buffer) {
+                Ok((len, client)) => {
+                    self.gateway.on_inbound_udp(forward, client, &self.buffer[..len], cx.now)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) => debug!(error = %e, "hostfwd receive failed"),
+            }
+        }
+        ReadOutcome::More
+    }
+
+    /// Hands what the gateway has to say to the switch.
+    fn emit(&mut self, cx: &mut Context<'_>) {
+        let Some(port) = self.port else {
+            return;
+        };
+        while let Some(frame) = self.gateway.pop_frame() {
+            cx.switch.receive(port, Ok(frame), cx.now);
+        }
+    }
+
+    fn read_host_socket(&mut self, flow: FlowId, cx: &mut Context<'_>) -> ReadOutcome {
+        for _ in 0..DATAGRAMS_PER_BATCH {
+            let Some(host_socket) = self.sockets.by_flow.get(&flow) else {
+                return ReadOutcome::Drained;
+            };
+            match host_socket.socket.recv(&mut self.buffer) {
+                Ok(len) => {
+                    let header = if host_socket.raw_icmp { ipv4_header_len(&self.buffer[..len]) } else { 0 };
+                    let now = cx.now;
+                    let mut host = Host { sockets: &mut self.sockets, cx };
+                    self.gateway.on_udp_datagram(flow, &self.buffer[header..len], now, &mut host);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) => {
+                    let icmp = take_icmp_error(host_socket.socket.as_fd());
+                    debug!(?flow, error = %e, ?icmp, "host socket error");
+                    let now = cx.now;
+                    let mut host = Host { sockets: &mut self.sockets, cx };
+                    self.gateway.on_udp_error(flow, &e, icmp, now, &mut host);
+                }
+            }
+        }
+        ReadOutcome::More
+    }
+}
+
+/// What an operator can see and change in a running gateway.
+impl GatewayPort {
+    /// The gateway, for inspection.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Binds and starts hostfwd `rule` and returns it as it is now in force (a guest
+    /// address of 0.0.0.0 becomes the first DHCP address) with its number.
+    pub fn add_forward(
+        &mut self,
+        rule: HostForward,
+        cx: &mut Context<'_>,
+    ) -> Result<(usize, HostForward), TransportError> {
+        let mut socket = ForwardSocket::bind(&rule)?;
+        let index = self.sockets.forwards.len();
+        let token =
+            socket.register(cx).map_err(|e| TransportError::io("cannot watch the hostfwd socket", e))?;
+        self.sockets.sources.insert(token, forward_source(&socket, index));
+        self.sockets.forwards.push(Some(socket));
+        let added = self.gateway.add_forward(rule);
+        debug_assert_eq!(added, index, "the gateway and its sockets number rules alike");
+        let rule = self.gateway.forward(index).unwrap_or(rule);
+        info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd added");
+        Ok((index, rule))
+    }
+
+    /// Stops the hostfwd rule of `protocol` listening at `host` and closes its socket;
+    /// connections it made go on. Returns the rule and its number, or None if there is no
+    /// such rule.
+    pub fn remove_forward(
+        &mut self,
+        protocol: ForwardProtocol,
+        host: SocketAddr,
+        cx: &mut Context<'_>,
+    ) -> Option<(usize, HostForward)> {
+        let (index, _) =
+            self.gateway.forwards().find(|(_, rule)| rule.protocol == protocol && rule.host == host)?;
+        let rule = self.gateway.remove_forward(index)?;
+        self.sockets.forwards[index] = None;
+        let of_rule = |source| matches!(source, Source::TcpForward(i) | Source::UdpForward(i) if i == index);
+        for token in self.sockets.sources.remove_where(of_rule) {
+            cx.forget_source(token);
+        }
+        info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd removed");
+        Some((index, rule))
+    }
+
+    /// Opens a TCP connection from the gateway to `guest` whose host side is `stream`
+    /// (`vnet connect`): what one sends, the other gets.
+    pub fn connect_to_guest(
+        &mut self,
+        guest: SocketAddrV4,
+        stream: std::os::unix::net::UnixStream,
+        cx: &mut Context<'_>,
+    ) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let stream = StreamSocket::Unix(UnixStream::from_std(stream));
+        let flow =
+            self.adopt_stream(stream, cx).ok_or_else(|| io::Error::other("cannot watch the connection"))?;
+        info!(%guest, "connection to a guest opened for a host user");
+        let now = cx.now;
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        self.gateway.connect_to_guest(guest, flow, now, &mut host);
+        self.emit(cx);
+        Ok(())
+    }
+}
+
+impl GatewayPort {
+    /// A host stream has data, an end of stream or an error. Only a connecting stream's
+    /// error is looked for here; an established one's shows in the next peek or send.
+    fn stream_readable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let error = self.sockets.streams.get(&flow).filter(|s| s.connecting).and_then(HostStream::take_error);
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        match error {
+            Some((error, icmp)) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
+            None => self.gateway.on_tcp_readable(flow, now, &mut host),
+        }
+    }
+
+    /// A host stream finished connecting, failed to, or has send space again.
+    fn stream_writable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
+            return;
+        };
+        let was_connecting = host_stream.connecting;
+        let error = if was_connecting { host_stream.take_error() } else { None };
+        let connected =
+            was_connecting && error.is_none() && SockRef::from(&host_stream.stream).peer_addr().is_ok();
+        if connected {
+            host_stream.connecting = false;
+            if host_stream.icmp_errors {
+                host_stream.icmp_errors = false;
+                let _ = nix_socket::setsockopt(&host_stream.stream, sockopt::Ipv4RecvErr, &false);
+            }
+        }
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        match (error, was_connecting, connected) {
+            (Some((error, icmp)), _, _) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
+            (None, true, true) => self.gateway.on_tcp_connected(flow, now, &mut host),
+            (None, true, false) => {}
+            (None, false, _) => self.gateway.on_tcp_writable(flow, &mut host),
+        }
+    }
+}
+
+impl Endpoint for GatewayPort {
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let config = self.gateway.config();
+        info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
+        self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
+        self.sockets.port = self.port;
+        for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
+            if let Some(forward) = forward {
+                let token = forward.register(cx)?;
+                self.sockets.sources.insert(token, forward_source(forward, index));
+            }
+        }
+        for (_, rule) in self.gateway.forwards() {
+            info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd");
+        }
+        Ok(())
+    }
+
+    fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        let outcome = match self.sockets.sources.get(cx.ready) {
+            Some(Source::Flow(flow)) if self.sockets.streams.contains_key(&flow) => {
+                self.stream_readable(flow, cx);
+                ReadOutcome::Drained
+            }
+            Some(Source::Flow(flow)) => self.read_host_socket(flow, cx),
+            Some(Source::TcpForward(forward)) => {
+                self.accept_inbound(forward, cx);
+                ReadOutcome::Drained
+            }
+            Some(Source::UdpForward(forward)) => self.receive_inbound(forward, cx),
+            None => ReadOutcome::Drained,
+        };
+        self.emit(cx);
+        outcome
+    }
+
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        if let Some(Source::Flow(flow)) = self.sockets.sources.get(cx.ready) {
+            self.stream_writable(flow, cx);
+            self.emit(cx);
+        }
+        Liveness::Open
+    }
+
+    fn flush(&mut self, port: PortId, cx: &mut Context<'_>) -> Liveness {
+        let now: Instant = cx.now;
+        while let Some(frame) = cx.switch.port_mut(port).and_then(|p| p.pop_sent()) {
+            let mut host = Host { sockets: &mut self.sockets, cx };
+            self.gateway.receive(frame.as_bytes(), frame.offload(), now, &mut host);
+        }
+        self.emit(cx);
+        Liveness::Open
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.gateway.next_deadline()
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        self.gateway.on_deadline(now, &mut host);
+        self.emit(cx);
+    }
+
+    fn waits_for_room(&self) -> bool {
+        self.gateway.waits_for_guest_room()
+    }
+
+    fn on_room(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now;
+        let mut host = Host { sockets: &mut self.sockets, cx };
+        self.gateway.on_guest_room(now, &mut host);
+        self.emit(cx);
+    }
+
+    fn close(&mut self, cx: &mut Context<'_>) {
+        for token in self.sockets.sources.remove_where(|_| true) {
+            cx.forget_source(token);
+        }
+        self.sockets.by_flow.clear();
+        self.sockets.streams.clear();
+        self.sockets.forwards.clear();
+        info!(drops = %self.gateway.counters(), "gateway stopped");
+        if let Some(port) = self.port.take() {
+            cx.remove_port(port);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The gateway's host sockets, by flow and by event token, and [`Host`]: the
+//! [`HostSockets`] adapter the gateway core calls for the length of one call into it.
+//! Each call maps to a system call or two on a real non-blocking socket; what the
+//! protocols do with the results is the gateway core's business.
+
+use foldhash::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Token};
+use nix::sys::socket::{self as nix_socket, sockopt};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use vnet_gateway::{EgressRoom, FlowId, HostIcmpError, HostSockets, IcmpSocketKind};
+use vnet_runtime::{sys, Context};
+use vnet_switch::PortId;
+use vnet_transport::stream::StreamSocket;
+use vnet_wire::MacAddress;
+
+use crate::error_queue::{connect_with_ttl, take_icmp_error};
+use crate::forwards::ForwardSocket;
+
+/// The share of a host socket's free send buffer not offered to the guest (1/N), for
+/// the kernel's per-buffer overhead.
+const SEND_SPACE_MARGIN: usize = 8;
+pub(crate) struct HostSocket {
+    pub socket: UdpSocket,
+    pub token: Token,
+    /// A raw ICMP socket, whose messages arrive behind an IPv4 header.
+    pub raw_icmp: bool,
+}
+
+/// The host side of a gateway TCP connection: a TCP socket, or for `vnet connect` the
+/// unix stream of the host user who asked for a connection to a guest.
+pub(crate) struct HostStream {
+    pub stream: StreamSocket,
+    pub token: Token,
+    pub connecting: bool,
+    /// IP_RECVERR is on: set for a connect with a guest's low TTL, so the ICMP error
+    /// that fails it can be read; turned off once connected, where it would make soft
+    /// errors fatal.
+    pub icmp_errors: bool,
+    /// Where the kernel's next peek starts (SO_PEEK_OFF), if known: set only when a peek
+    /// wants to start elsewhere, which happens only on retransmission.
+    pub peek_offset: Option<usize>,
+}
+
+/// What an event token of the gateway stands for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source {
+    /// A UDP or TCP socket the gateway asked for.
+    Flow(FlowId),
+    /// The listener of TCP hostfwd number N.
+    TcpForward(usize),
+    /// The socket of UDP hostfwd number N.
+    UdpForward(usize),
+}
+
+/// What each event token of the gateway stands for. Tokens are the loop's small slab
+/// indices, so they index a vector here instead of being hashed.
+#[derive(Default)]
+pub(crate) struct Sources {
+    by_token: Vec<Option<Source>>,
+}
+
+impl Sources {
+    /// Records what `token`'s events stand for.
+    pub fn insert(&mut self, token: Token, source: Source) {
+        if self.by_token.len() <= token.0 {
+            self.by_token.resize(token.0 + 1, None);
+        }
+        self.by_token[token.0] = Some(source);
+    }
+
+    /// What `token`'s events stand for, if it is the gateway's.
+    pub fn get(&self, token: Token) -> Option<Source> {
+        self.by_token.get(token.0).copied().flatten()
+    }
+
+    /// Forgets `token`.
+    pub fn remove(&mut self, token: Token) {
+        if let Some(slot) = self.by_token.get_mut(token.0) {
+            *slot = None;
+        }
+    }
+
+    /// Forgets every token whose source `forget` says to, and returns those tokens.
+    pub fn remove_where(&mut self, forget: impl Fn(Source) -> bool) -> Vec<Token> {
+        let mut removed = Vec::new();
+        for (index, slot) in self.by_token.iter_mut().enumerate() {
+            if slot.is_some_and(&forget) {
+                *slot = None;
+                removed.push(Token(index));
+            }
+        }
+        removed
+    }
+}
+
+/// The host sockets of one gateway, by flow and by event token.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    pub by_flow: HashMap<FlowId, HostSocket>,
+    pub streams: HashMap<FlowId, HostStream>,
+    /// By hostfwd number, as the gateway numbers its rules; None once removed.
+    pub forwards: Vec<Option<ForwardSocket>>,
+    pub sources: Sources,
+    /// Where acknowledged stream bytes are read to before they are dropped.
+    pub discard_buffer: Vec<u8>,
+    /// The gateway's own switch port, once started.
+    pub port: Option<PortId>,
+}
+
+impl HostStream {
+    /// The socket's pending error, if any, with the ICMP error behind it if IP_RECVERR
+    /// is on and one was queued.
+    pub fn take_error(&self) -> Option<(io::Error, Option<HostIcmpError>)> {
+        let error = SockRef::from(&self.stream).take_error().ok().flatten()?;
+        let icmp = if self.icmp_errors { take_icmp_error(self.stream.as_fd()) } else { None };
+        Some((error, icmp))
+    }
+}
+
+impl Sockets {
+    pub fn forward(&self, index: usize) -> Option<&ForwardSocket> {
+        self.forwards.get(index)?.as_ref()
+    }
+
+    pub fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
+        self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
+}
+
+/// [`HostSockets`] over real sockets, for the duration of one call into the gateway.
+pub(crate) struct Host<'s, 'c, 'cx> {
+    pub sockets: &'s mut Sockets,
+    pub cx: &'c mut Context<'cx>,
+}
+
+impl HostSockets for Host<'_, '_, '_> {
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()> {
+        let local: SocketAddr =
+            if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        let mut socket = UdpSocket::bind(local)?;
+        nix_socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
+        socket.connect(remote)?;
+        let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        self.sockets.by_flow.insert(flow, HostSocket { socket, token, raw_icmp: false });
+        Ok(())
+    }
+
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
+        let icmp =
+            |kind: Type| Socket::new(Domain::IPV4, kind.nonblocking().cloexec(), Some(Protocol::ICMPV4));
+        let (socket, kind) = match icmp(Type::DGRAM) {
+            Ok(socket) => (socket, IcmpSocketKind::Ping),
+            Err(_) => (icmp(Type::RAW)?, IcmpSocketKind::Raw),
+        };
+        socket.connect(&SocketAddr::from((remote, 0)).into())?;
+        let mut socket = UdpSocket::from_std(std::net::UdpSocket::from(socket));
+        let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        let raw_icmp = kind == IcmpSocketKind::Raw;
+        self.sockets.by_flow.insert(flow, HostSocket { socket, token, raw_icmp });
+        Ok(kind)
+    }
+
+    fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
+        let ttl = ttl.map_or(-1, libc::c_int::from);
+        if let Some(socket) = self.sockets.by_flow.get(&flow) {
+            return Ok(nix_socket::setsockopt(&socket.socket, sockopt::Ipv4Ttl, &ttl)?);
+        }
+        Ok(nix_socket::setsockopt(&self.sockets.stream(flow)?.stream, sockopt::Ipv4Ttl, &ttl)?)
+    }
+
+    fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
+        let socket = self.sockets.by_flow.get(&flow).ok_or(io::ErrorKind::NotFound)?;
+        socket.socket.send(payload).map(|_| ()).inspect_err(|_| {
+            // The error was the pending one of an ICMP message; its details are stale.
+            take_icmp_error(socket.socket.as_fd());
+        })
+    }
+
+    fn datagram_close(&mut self, flow: FlowId) {
+        if let Some(closed) = self.sockets.by_flow.remove(&flow) {
+            self.sockets.sources.remove(closed.token);
+            self.cx.forget_source(closed.token);
+        }
+    }
+
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()> {
+        let mut stream = match ttl {
+            None => TcpStream::connect(remote)?,
+            Some(ttl) => connect_with_ttl(remote, ttl)?,
+        };
+        let _ = stream.set_nodelay(true);
+        let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        let icmp_errors = ttl.is_some();
+        let stream = StreamSocket::Tcp(stream);
+        let connecting = HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None };
+        self.sockets.streams.insert(flow, connecting);
+        Ok(())
+    }
+
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
+        match SockRef::from(&self.sockets.stream(flow)?.stream).send(data) {
+            Ok(written) => Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
+        if host_stream.peek_offset != Some(offset) {
+            host_stream.peek_offset = None;
+            sys::set_peek_offset(fd, offset)?;
+            host_stream.peek_offset = Some(offset);
+        }
+        let peeked = sys::peek(fd, buffers)?;
+        host_stream.peek_offset = Some(offset + peeked);
+        Ok(peeked)
+    }
+
+    fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
+        let Sockets { streams, discard_buffer, .. } = &mut *self.sockets;
+        let host_stream = streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
+        let mut left = len;
+        while left > 0 {
+            match sys::discard(fd, left, discard_buffer) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // Each read moves the kernel's peek offset back by what it took.
+                Ok(discarded) => {
+                    left -= discarded.min(left);
+                    host_stream.peek_offset = host_stream.peek_offset.map(|at| at.saturating_sub(discarded));
+                }
+                Err(e) => {
+                    host_stream.peek_offset = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tcp_send_space(&mut self, flow: FlowId) -> usize {
+        let Ok(host_stream) = self.sockets.stream(flow) else {
+            return 0;
+        };
+        // A write takes at least what is free, less the overhead of the buffers it
+        // fills; promising a little less keeps guest data from being refused.
+        let free = sys::send_buffer_free(host_stream.stream.as_fd()).unwrap_or(0);
+        free - free / SEND_SPACE_MARGIN
+    }
+
+    fn tcp_shutdown_write(&mut self, flow: FlowId) {
+        if let Ok(host_stream) = self.sockets.stream(flow) {
+            let _ = SockRef::from(&host_stream.stream).shutdown(Shutdown::Write);
+        }
+    }
+
+    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        match self.sockets.forward(forward) {
+            Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn guest_room(&mut self, guest: MacAddress) -> EgressRoom {
+        let Some(port) = self.sockets.port else {
+            return EgressRoom::UNLIMITED;
+        };
+        match self.cx.switch.room_toward(port, guest, self.cx.now) {
+            Some((room, takes_offloads)) => {
+                EgressRoom { frames: room.frames, bytes: room.bytes, takes_offloads }
+            }
+            None => EgressRoom::UNLIMITED,
+        }
+    }
+
+    fn tcp_close(&mut self, flow: FlowId, reset: bool) {
+        if let Some(closed) = self.sockets.streams.remove(&flow) {
+            if reset {
+                let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
+            }
+            self.sockets.sources.remove(closed.token);
+            self.cx.forget_source(closed.token);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Where a guest's packet goes on the host: the address it maps to (the host's loopback
+//! for the gateway's address, nothing for addresses that must never leave), the target of
+//! a TCP connection (a guestfwd, the DNS upstreams, or the mapped address), and the TTL
+//! its host socket sends with. Decisions only; no sockets.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::config::GatewayConfig;
+use crate::counters::DropReason;
+use crate::dns;
+use crate::tcp::ConnectTarget;
+
+/// The TTL guests and hosts normally send with. A guest packet with a lower TTL (a
+/// traceroute probe, say) leaves the host with that TTL less one; at this or above, the
+/// host's default applies.
+pub const NORMAL_TTL: u8 = 64;
+
+/// The TTL a host socket should send a guest packet of TTL `guest_ttl` with: None for the
+/// host's default.
+pub fn host_ttl(guest_ttl: u8) -> Option<u8> {
+    (guest_ttl < NORMAL_TTL).then(|| guest_ttl.saturating_sub(1).max(1))
+}
+
+/// Where a guest's TCP connection to `dst`, whose SYN had TTL `guest_ttl`, goes: a
+/// guestfwd target, the DNS upstreams in order for DNS over TCP, or the mapped
+/// destination.
+pub fn tcp_target(
+    config: &GatewayConfig,
+    dst: SocketAddrV4,
+    guest_ttl: u8,
+) -> Result<ConnectTarget, DropReason> {
+    let ttl = host_ttl(guest_ttl);
+    if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
+        return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
+    }
+    if *dst.ip() == config.dns && dst.port() == dns::PORT && !config.restrict {
+        if config.dns_upstreams.is_empty() {
+            return Err(DropReason::HostSocket);
+        }
+        return Ok(ConnectTarget { remotes: config.dns_upstreams.clone(), ttl });
+    }
+    let ip = host_side_address(config, *dst.ip())?;
+    Ok(ConnectTarget { remotes: vec![SocketAddr::V4(SocketAddrV4::new(ip, dst.port()))], ttl })
+}
+
+/// Where a guest's packet to `dst` goes on the host, if it may go anywhere.
+pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, DropReason> {
+    if config.restrict {
+        return Err(DropReason::Restricted);
+    }
+    if dst == config.host {
+        return if config.host_loopback { Ok(Ipv4Addr::LOCALHOST) } else { Err(DropReason::Restricted) };
+    }
+    if config.contains(dst) {
+        return Err(DropReason::NotForGateway);
+    }
+    // The host's own loopback is reachable only as the host address (and only with
+    // host-loopback=on); "this network", broadcast and multicast never leave.
+    if dst.is_loopback()
+        || dst.is_unspecified()
+        || dst.octets()[0] == 0
+        || dst.is_broadcast()
+        || dst.is_multicast()
+    {
+        return Err(DropReason::Restricted);
+    }
+    Ok(dst)
+}

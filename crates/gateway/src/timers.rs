@@ -1,0 +1,68 @@
+//! When flows want attention next, in a heap, so that a timer wake-up costs what
+//! expires rather than the number of flows.
+//!
+//! A flow table schedules a flow when it gains a deadline and pops it when that time
+//! comes; it then looks at the flow itself to see whether anything is really due (an idle
+//! flow may have been used since) and schedules it again if not. Entries of flows that
+//! are gone are dropped as they come out. Nothing here knows what a flow is.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// Deadlines of flows keyed by `K`, earliest first.
+#[derive(Debug)]
+pub(crate) struct Deadlines<K> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
+}
+
+impl<K: Ord + Copy> Default for Deadlines<K> {
+    fn default() -> Self {
+        Self { heap: BinaryHeap::new() }
+    }
+}
+
+impl<K: Ord + Copy> Deadlines<K> {
+    /// Asks for `key` to come out of [`Deadlines::pop_due`] at `at`.
+    pub fn schedule(&mut self, at: Instant, key: K) {
+        self.heap.push(Reverse((at, key)));
+    }
+
+    /// The earliest scheduled time. It may belong to a flow that has gone or moved on,
+    /// which costs one early wake-up.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns a key scheduled at or before `now`, with the time it was
+    /// scheduled for.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
+        if self.next()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(entry)| entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn keys_come_out_when_due_earliest_first() {
+        let start = Instant::now();
+        let mut deadlines = Deadlines::default();
+        deadlines.schedule(start + Duration::from_secs(3), 'c');
+        deadlines.schedule(start + Duration::from_secs(1), 'a');
+        deadlines.schedule(start + Duration::from_secs(2), 'b');
+        assert_eq!(deadlines.next(), Some(start + Duration::from_secs(1)));
+        assert_eq!(deadlines.pop_due(start), None);
+        let now = start + Duration::from_secs(2);
+        assert_eq!(deadlines.pop_due(now), Some((start + Duration::from_secs(1), 'a')));
+        assert_eq!(deadlines.pop_due(now), Some((start + Duration::from_secs(2), 'b')));
+        assert_eq!(deadlines.pop_due(now), None);
+        assert_eq!(deadlines.next(), Some(start + Duration::from_secs(3)));
+    }
+}

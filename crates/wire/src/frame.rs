@@ -1,0 +1,448 @@
+//! The one frame type every layer passes ([`Frame`]), and the pooled buffers frames live
+//! in ([`FrameBuffer`]).
+//!
+//! A buffer comes from a per-thread pool, is filled by one writer (a read from a socket
+//! or tap, a peek from a host socket, a header built in front of a payload) and is then
+//! frozen into one or more frames that share it. Cloning a frame (flooding it to many
+//! ports) counts a reference; when the last frame of a buffer is dropped, the buffer goes
+//! back to the pool. Steady traffic therefore allocates nothing per frame. Buffers come
+//! in two sizes: small ones for frames up to a standard MTU, large ones for 64 KiB
+//! segments and stream reads. This file knows lengths and Ethernet addresses, nothing
+//! about ports or sockets.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::ops::Range;
+use std::rc::Rc;
+
+use smoltcp::wire::EthernetFrame;
+
+use crate::{MacAddress, Offload, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
+
+/// Room kept free in front of a frame's first byte in a fresh buffer, for headers
+/// written in front of a payload (or a tag) without moving it.
+pub const HEADROOM: usize = 128;
+/// Size of a small buffer: a 1518-byte frame and its headroom, rounded up.
+pub const SMALL_BUFFER: usize = 2048;
+/// Size of a large buffer: the largest frame and its headroom.
+pub const LARGE_BUFFER: usize = HEADROOM + MAX_FRAME_LEN;
+/// Free buffers each pool keeps for reuse; beyond these, returned buffers are freed.
+const POOLED_SMALL: usize = 4096;
+const POOLED_LARGE: usize = 256;
+
+/// Why bytes are not a frame vnet will switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Shorter than an Ethernet header: this many bytes.
+    Runt(usize),
+    /// Longer than [`MAX_FRAME_LEN`]: this many bytes.
+    Oversize(usize),
+}
+
+impl FrameError {
+    /// How long the refused bytes were.
+    pub fn len(self) -> usize {
+        match self {
+            FrameError::Runt(len) | FrameError::Oversize(len) => len,
+        }
+    }
+
+    /// Always false: kept beside [`FrameError::len`] for the usual pair.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+}
+
+/// Checks that `len` bytes can be a frame.
+fn check_len(len: usize) -> Result<(), FrameError> {
+    if len < ETHERNET_HEADER_LEN {
+        return Err(FrameError::Runt(len));
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::Oversize(len));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { small: Vec::new(), large: Vec::new() }) };
+}
+
+/// Free buffers of this thread, by size.
+struct Pool {
+    small: Vec<Rc<[u8]>>,
+    large: Vec<Rc<[u8]>>,
+}
+
+/// How many buffers this thread's pool holds free now, small and large.
+pub fn pooled_buffers() -> (usize, usize) {
+    POOL.with(|pool| {
+        let pool = pool.borrow();
+        (pool.small.len(), pool.large.len())
+    })
+}
+
+/// A buffer of `size` bytes, reused from the pool if one is free.
+fn take_storage(size: usize) -> Rc<[u8]> {
+    let reused = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if size == SMALL_BUFFER {
+            pool.small.pop()
+        } else {
+            pool.large.pop()
+        }
+    });
+    reused.unwrap_or_else(|| std::iter::repeat_n(0u8, size).collect())
+}
+
+/// Shared ownership of one buffer; the last owner gives it back to the pool.
+struct Storage(Rc<[u8]>);
+
+impl Clone for Storage {
+    fn clone(&self) -> Self {
+        Storage(Rc::clone(&self.0))
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) != 1 {
+            return;
+        }
+        let buffer = Rc::clone(&self.0);
+        // A thread that is ending has no pool left; the buffer is then simply freed.
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let (free, limit) = match buffer.len() {
+                SMALL_BUFFER => (&mut pool.small, POOLED_SMALL),
+                _ => (&mut pool.large, POOLED_LARGE),
+            };
+            if free.len() < limit {
+                free.push(buffer);
+            }
+        });
+    }
+}
+
+/// A pooled buffer being filled by one writer: `data` is what has been written, with
+/// free room before it (for headers) and after it (for more data).
+pub struct FrameBuffer {
+    storage: Storage,
+    start: usize,
+    end: usize,
+}
+
+impl FrameBuffer {
+    /// A small buffer (frames up to [`SMALL_BUFFER`] less [`HEADROOM`]), empty, with
+    /// [`HEADROOM`] in front.
+    pub fn small() -> Self {
+        Self::of_size(SMALL_BUFFER, HEADROOM)
+    }
+
+    /// A large buffer (any frame), empty, with [`HEADROOM`] in front.
+    pub fn large() -> Self {
+        Self::of_size(LARGE_BUFFER, HEADROOM)
+    }
+
+    /// A large buffer, empty, with no headroom: for stream reads, where frames are cut
+    /// out of what was read.
+    pub fn large_without_headroom() -> Self {
+        Self::of_size(LARGE_BUFFER, 0)
+    }
+
+    /// The smallest buffer that holds `len` bytes after [`HEADROOM`].
+    pub fn for_len(len: usize) -> Self {
+        if HEADROOM + len <= SMALL_BUFFER {
+            Self::small()
+        } else {
+            Self::large()
+        }
+    }
+
+    fn of_size(size: usize, start: usize) -> Self {
+        Self { storage: Storage(take_storage(size)), start, end: start }
+    }
+
+    /// The whole buffer, to write into; frames cut from it with
+    /// [`FrameBuffer::share`] must all be gone, which is checked.
+    fn storage_mut(&mut self) -> &mut [u8] {
+        if Rc::get_mut(&mut self.storage.0).is_none() {
+            // Frames still share this buffer: carry on in a fresh copy of it.
+            let mut fresh = take_storage(self.storage.0.len());
+            Rc::get_mut(&mut fresh).expect("a pooled buffer has one owner").copy_from_slice(&self.storage.0);
+            self.storage = Storage(fresh);
+        }
+        Rc::get_mut(&mut self.storage.0).expect("checked or replaced above")
+    }
+
+    /// What has been written.
+    pub fn data(&self) -> &[u8] {
+        &self.storage.0[self.start..self.end]
+    }
+
+    /// What has been written, to change in place.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let (start, end) = (self.start, self.end);
+        &mut self.storage_mut()[start..end]
+    }
+
+    /// How many bytes have been written.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// The free room after the data, to write into before [`FrameBuffer::commit`].
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let end = self.end;
+        &mut self.storage_mut()[end..]
+    }
+
+    /// Whether frames cut from this buffer with [`FrameBuffer::share`] still exist, so
+    /// that writing into it would first move it.
+    pub fn is_shared(&self) -> bool {
+        Rc::strong_count(&self.storage.0) > 1
+    }
+
+    /// How much room is free after the data.
+    pub fn spare_len(&self) -> usize {
+        self.storage.0.len() - self.end
+    }
+
+    /// How much room is free before the data.
+    pub fn headroom(&self) -> usize {
+        self.start
+    }
+
+    /// Takes `len` bytes written into [`FrameBuffer::spare_mut`] as data.
+    pub fn commit(&mut self, len: usize) {
+        self.end = (self.end + len).min(self.storage.0.len());
+    }
+
+    /// Appends `bytes` after the data; what does not fit is cut off.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let spare = self.spare_mut();
+        let len = bytes.len().min(spare.len());
+        spare[..len].copy_from_slice(&bytes[..len]);
+        self.commit(len);
+    }
+
+    /// Makes `len` bytes of headroom part of the data, in front, and returns them to
+    /// write a header into. Panics if there is not that much headroom.
+    pub fn prepend(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= self.start, "{len} bytes of header do not fit into {} of headroom", self.start);
+        self.start -= len;
+        let (start, end) = (self.start, self.start + len);
+        &mut self.storage_mut()[start..end]
+    }
+
+    /// Drops the first `len` bytes of data (they become headroom).
+    pub fn advance(&mut self, len: usize) {
+        self.start = (self.start + len).min(self.end);
+    }
+
+    /// Empties the buffer, keeping `headroom` in front.
+    pub fn clear(&mut self, headroom: usize) {
+        self.start = headroom.min(self.storage.0.len());
+        self.end = self.start;
+    }
+
+    /// The data as a frame that still needs `offload` done.
+    pub fn freeze(self, offload: Offload) -> Result<Frame, FrameError> {
+        check_len(self.len())?;
+        Ok(Frame { storage: self.storage.clone(), start: self.start as u32, len: self.len() as u32, offload })
+    }
+
+    /// `range` of the data as a frame sharing this buffer. Writing into the buffer
+    /// afterwards first moves it to a fresh one, so the frame never changes.
+    pub fn share(&self, range: Range<usize>, offload: Offload) -> Result<Frame, FrameError> {
+        let len = range.len();
+        check_len(len)?;
+        let start = self.start + range.start;
+        assert!(start + len <= self.end, "a shared frame lies within the data");
+        Ok(Frame { storage: self.storage.clone(), start: start as u32, len: len as u32, offload })
+    }
+}
+
+impl fmt::Debug for FrameBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameBuffer").field("start", &self.start).field("len", &self.len()).finish()
+    }
+}
+
+/// One Ethernet frame without FCS, as every QEMU backend hands it over, with what it
+/// still needs done before it is what the wire carries ([`Offload`]).
+///
+/// Construction checks the length once; the address accessors can then never fail.
+#[derive(Clone)]
+pub struct Frame {
+    storage: Storage,
+    start: u32,
+    len: u32,
+    offload: Offload,
+}
+
+impl Frame {
+    /// A frame holding a copy of `bytes`, in a pooled buffer, that still needs
+    /// `offload` done.
+    pub fn copy_from_slice(bytes: &[u8], offload: Offload) -> Result<Self, FrameError> {
+        check_len(bytes.len())?;
+        let mut buffer = FrameBuffer::for_len(bytes.len());
+        buffer.extend_from_slice(bytes);
+        buffer.freeze(offload)
+    }
+
+    /// The same bytes, with `offload` still to do.
+    pub fn with_offload(self, offload: Offload) -> Self {
+        Self { offload, ..self }
+    }
+
+    /// What the frame still needs done before it is what the wire carries.
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    /// The destination MAC address.
+    pub fn destination(&self) -> MacAddress {
+        self.header().dst_addr()
+    }
+
+    /// The source MAC address.
+    pub fn source(&self) -> MacAddress {
+        self.header().src_addr()
+    }
+
+    /// The whole frame, header included.
+    pub fn as_bytes(&self) -> &[u8] {
+        let start = self.start as usize;
+        &self.storage.0[start..start + self.len as usize]
+    }
+
+    /// The frame's length in bytes, header included.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Always false: a [`Frame`] holds at least an Ethernet header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn header(&self) -> EthernetFrame<&[u8]> {
+        EthernetFrame::new_unchecked(self.as_bytes())
+    }
+}
+
+/// A frame reads as its bytes, as [`Frame::as_bytes`] gives them.
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.offload == other.offload && self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Frame {}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("destination", &self.destination())
+            .field("source", &self.source())
+            .field("len", &self.len())
+            .field("offload", &self.offload)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_bytes(dst: [u8; 6], src: [u8; 6], payload_len: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&dst);
+        v.extend_from_slice(&src);
+        v.extend_from_slice(&[0x08, 0x00]);
+        v.resize(ETHERNET_HEADER_LEN + payload_len, 0xab);
+        v
+    }
+
+    #[test]
+    fn addresses_are_read_from_the_header() {
+        let dst = [0xff; 6];
+        let src = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let frame = Frame::copy_from_slice(&frame_bytes(dst, src, 46), Offload::NONE).unwrap();
+        assert_eq!(frame.destination(), MacAddress(dst));
+        assert_eq!(frame.source(), MacAddress(src));
+        assert_eq!(frame.len(), 60);
+    }
+
+    #[test]
+    fn runts_and_giants_are_refused() {
+        assert_eq!(Frame::copy_from_slice(&[0; 13], Offload::NONE), Err(FrameError::Runt(13)));
+        let giant = frame_bytes([1; 6], [2; 6], MAX_FRAME_LEN - ETHERNET_HEADER_LEN + 1);
+        assert_eq!(
+            Frame::copy_from_slice(&giant, Offload::NONE),
+            Err(FrameError::Oversize(MAX_FRAME_LEN + 1))
+        );
+        let largest = frame_bytes([1; 6], [2; 6], MAX_FRAME_LEN - ETHERNET_HEADER_LEN);
+        assert_eq!(Frame::copy_from_slice(&largest, Offload::NONE).unwrap().len(), MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn a_buffer_goes_back_to_the_pool_when_its_last_frame_is_dropped() {
+        let bytes = frame_bytes([1; 6], [2; 6], 100);
+        // Warm the pool, so the buffer below is a reused one.
+        drop(Frame::copy_from_slice(&bytes, Offload::NONE).unwrap());
+        let (small_before, _) = pooled_buffers();
+        let frame = Frame::copy_from_slice(&bytes, Offload::NONE).unwrap();
+        let flooded = frame.clone();
+        assert_eq!(pooled_buffers().0, small_before - 1);
+        drop(frame);
+        assert_eq!(pooled_buffers().0, small_before - 1, "a clone still holds the buffer");
+        drop(flooded);
+        assert_eq!(pooled_buffers().0, small_before);
+    }
+
+    #[test]
+    fn frames_shared_from_a_buffer_do_not_change_when_it_is_written_again() {
+        let mut buffer = FrameBuffer::large_without_headroom();
+        buffer.extend_from_slice(&frame_bytes([1; 6], [2; 6], 10));
+        buffer.extend_from_slice(&frame_bytes([3; 6], [4; 6], 10));
+        let first = buffer.share(0..24, Offload::NONE).unwrap();
+        let second = buffer.share(24..48, Offload::NONE).unwrap();
+        buffer.advance(48);
+        buffer.data_mut();
+        buffer.extend_from_slice(&[0xee; 30]);
+        assert_eq!(first.destination(), MacAddress([1; 6]));
+        assert_eq!(second.source(), MacAddress([4; 6]));
+        assert_eq!(buffer.data(), &[0xee; 30][..]);
+    }
+
+    #[test]
+    fn headers_go_in_front_of_a_payload_without_moving_it() {
+        let mut buffer = FrameBuffer::small();
+        buffer.extend_from_slice(b"payload");
+        buffer.prepend(ETHERNET_HEADER_LEN).copy_from_slice(&frame_bytes([5; 6], [6; 6], 0));
+        let frame = buffer.freeze(Offload::NONE).unwrap();
+        assert_eq!(frame.destination(), MacAddress([5; 6]));
+        assert_eq!(&frame.as_bytes()[ETHERNET_HEADER_LEN..], b"payload");
+    }
+}
