@@ -164,9 +164,6 @@ impl HostSockets for AcceptingHost {
         Ok(())
     }
     fn datagram_close(&mut self, _: FlowId) {}
-    fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
-        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true }
-    }
     fn tcp_connect(&mut self, _: FlowId, _: SocketAddr, _: Option<u8>) -> io::Result<()> {
         Ok(())
     }
@@ -194,6 +191,12 @@ impl HostSockets for AcceptingHost {
     fn tcp_close(&mut self, _: FlowId, _: bool) {}
     fn udp_forward_reply(&mut self, _: usize, _: SocketAddr, _: &[u8]) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl vnet_gateway::GuestEgress for AcceptingHost {
+    fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
+        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true }
     }
 }
 

@@ -13,7 +13,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use vnet_gateway::{EgressRoom, FlowId, HostIcmpError, HostSockets, IcmpSocketKind};
+use vnet_gateway::{EgressRoom, FlowId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind};
 use vnet_runtime::{sys, Context};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
@@ -272,6 +272,18 @@ impl HostSockets for Host<'_, '_, '_> {
         }
     }
 
+    fn tcp_close(&mut self, flow: FlowId, reset: bool) {
+        if let Some(closed) = self.sockets.streams.remove(&flow) {
+            if reset {
+                let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
+            }
+            self.sockets.sources.remove(closed.token);
+            self.cx.forget_source(closed.token);
+        }
+    }
+}
+
+impl GuestEgress for Host<'_, '_, '_> {
     fn guest_room(&mut self, guest: MacAddress) -> EgressRoom {
         let Some(port) = self.sockets.port else {
             return EgressRoom::UNLIMITED;
@@ -281,16 +293,6 @@ impl HostSockets for Host<'_, '_, '_> {
                 EgressRoom { frames: room.frames, bytes: room.bytes, takes_offloads }
             }
             None => EgressRoom::UNLIMITED,
-        }
-    }
-
-    fn tcp_close(&mut self, flow: FlowId, reset: bool) {
-        if let Some(closed) = self.sockets.streams.remove(&flow) {
-            if reset {
-                let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
-            }
-            self.sockets.sources.remove(closed.token);
-            self.cx.forget_source(closed.token);
         }
     }
 }

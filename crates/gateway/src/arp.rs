@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
 use vnet_wire::MacAddress;
 
+use crate::config::GatewayConfig;
+use crate::counters::DropReason;
 use crate::packet::{self, BuiltFrame};
-use crate::{DropReason, GatewayConfig};
 
 /// Most guests remembered; more than any segment of VMs needs, and a bound on what a
 /// guest sending from random addresses can make vnet hold.

@@ -16,8 +16,10 @@ use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 use tracing::{info, warn};
 use vnet_wire::MacAddress;
 
+use crate::config::GatewayConfig;
+use crate::counters::DropReason;
+use crate::inspect::Lease;
 use crate::packet::{self, BuiltFrame};
-use crate::{DropReason, GatewayConfig, Lease};
 
 /// Most addresses one pool hands out, however large the network.
 const MAX_POOL: usize = 4096;

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::counters::DropReason;
+use crate::guest::GuestDatagram;
+use crate::host::{FlowId, FlowIds, HostSockets};
 use crate::timers::Deadlines;
-use crate::{DropReason, FlowId, FlowIds, GuestDatagram, HostSockets};
 
 /// The DNS port.
 pub const PORT: u16 = 53;

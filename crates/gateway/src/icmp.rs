@@ -21,12 +21,14 @@ use smoltcp::wire::{
 use tracing::warn;
 use vnet_wire::MacAddress;
 
+use crate::config::GatewayConfig;
+use crate::counters::DropReason;
+use crate::guest::GuestPacket;
+use crate::host::{FlowId, FlowIds, HostSockets, IcmpSocketKind};
+use crate::inspect::{FlowProtocol, FlowSummary};
+use crate::packet;
 use crate::packet::BuiltFrame;
 use crate::timers::Deadlines;
-use crate::{
-    packet, DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, GuestPacket, HostSockets,
-    IcmpSocketKind,
-};
 
 /// How long an echo flow lives without requests or replies.
 const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

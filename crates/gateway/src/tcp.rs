@@ -31,12 +31,15 @@ use tracing::{debug, info};
 use vnet_wire::offload::{SegmentKind, Segmentation};
 use vnet_wire::{Frame, FrameBuffer, MacAddress, Offload};
 
+use crate::config::GatewayConfig;
+use crate::counters::DropReason;
+use crate::egress::{EgressRoom, GatewayIo};
+use crate::host::{FlowId, FlowIds};
 use crate::icmp::{self, GuestError, HostIcmpError};
+use crate::inspect::{FlowProtocol, FlowSummary};
+use crate::packet;
 use crate::packet::BuiltFrame;
 use crate::timers::Deadlines;
-use crate::{
-    packet, DropReason, EgressRoom, FlowId, FlowIds, FlowProtocol, FlowSummary, GatewayConfig, HostSockets,
-};
 
 /// Window scale vnet offers: windows up to 8 MiB.
 const OUR_WINDOW_SCALE: u8 = 7;
@@ -296,7 +299,7 @@ impl Nat {
         checksum_offloaded: bool,
         target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
@@ -330,7 +333,7 @@ impl Nat {
         checksum_offloaded: bool,
         target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
@@ -427,7 +430,7 @@ impl Nat {
         repr: &TcpRepr<'_>,
         target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
@@ -481,7 +484,7 @@ impl Nat {
         guest_mac: MacAddress,
         guest: SocketAddrV4,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) -> bool {
         let Some(apparent) = self.free_apparent_address(config, guest) else {
@@ -526,7 +529,7 @@ impl Nat {
         config: &GatewayConfig,
         connection: &Connection,
         flow: FlowId,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
     ) -> BuiltFrame {
         let syn = Outgoing {
             control: TcpControl::Syn,
@@ -547,7 +550,7 @@ impl Nat {
         repr: &TcpRepr<'_>,
         flow: FlowId,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         sender: &mut Sender,
         out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
@@ -577,7 +580,7 @@ impl Nat {
         config: &GatewayConfig,
         flow: FlowId,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
@@ -599,7 +602,7 @@ impl Nat {
         config: &GatewayConfig,
         connection: &mut Connection,
         flow: FlowId,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
     ) -> BuiltFrame {
         let window = Self::window_for_guest(connection, flow, host);
         let syn_ack = Outgoing {
@@ -624,7 +627,7 @@ impl Nat {
         error: &io::Error,
         icmp: Option<HostIcmpError>,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
@@ -670,12 +673,7 @@ impl Nat {
 
     /// Moves `connection`'s host connect on to its next candidate. False if there is
     /// none, or none would start; the connection is then lost.
-    fn fail_over(
-        connection: &mut Connection,
-        flow: FlowId,
-        now: Instant,
-        host: &mut dyn HostSockets,
-    ) -> bool {
+    fn fail_over(connection: &mut Connection, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) -> bool {
         let Some(connect) = connection.host_connect.as_mut() else {
             return false;
         };
@@ -698,7 +696,7 @@ impl Nat {
         config: &GatewayConfig,
         flow: FlowId,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         if let Some(connection) = self.connections.get_mut(&flow) {
@@ -715,7 +713,7 @@ impl Nat {
         &mut self,
         config: &GatewayConfig,
         flow: FlowId,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
@@ -746,7 +744,7 @@ impl Nat {
         &mut self,
         config: &GatewayConfig,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         let blocked: Vec<FlowId> = self.sender.blocked.drain().collect();
@@ -792,7 +790,7 @@ impl Nat {
         &mut self,
         config: &GatewayConfig,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         while let Some((armed, flow)) = self.timers.pop_due(now) {
@@ -847,7 +845,7 @@ impl Nat {
     }
 
     /// Closes and forgets `flow` if it failed (abortively) or both sides finished.
-    fn settle(&mut self, flow: FlowId, host: &mut dyn HostSockets) {
+    fn settle(&mut self, flow: FlowId, host: &mut dyn GatewayIo) {
         let Some(connection) = self.connections.get(&flow) else {
             return;
         };
@@ -873,7 +871,7 @@ impl Nat {
         carries_data: bool,
         now: Instant,
         flow: FlowId,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
     ) -> Result<(), DropReason> {
         if connection.state == State::SynAckSent {
             if ack != connection.snd_nxt {
@@ -924,7 +922,7 @@ impl Nat {
         fin: bool,
         now: Instant,
         flow: FlowId,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
     ) {
         if connection.guest_fin {
             return;
@@ -966,7 +964,7 @@ impl Nat {
         connection: &mut Connection,
         flow: FlowId,
         now: Instant,
-        host: &mut dyn HostSockets,
+        host: &mut dyn GatewayIo,
         sender: &mut Sender,
         out: &mut Vec<Frame>,
     ) {
@@ -1078,7 +1076,7 @@ impl Nat {
     }
 
     /// The window to offer the guest: the host socket's free send space.
-    fn window_for_guest(connection: &mut Connection, flow: FlowId, host: &mut dyn HostSockets) -> usize {
+    fn window_for_guest(connection: &mut Connection, flow: FlowId, host: &mut dyn GatewayIo) -> usize {
         let space = host.tcp_send_space(flow);
         connection.advertised_zero = space >> connection.our_window_scale == 0;
         space
@@ -1185,7 +1183,7 @@ fn payload_room(room: EgressRoom, frame_payload: usize) -> usize {
 /// Starts a host connect for `flow` to the first of `candidates` that takes one, and
 /// returns where to.
 fn connect_first(
-    host: &mut dyn HostSockets,
+    host: &mut dyn GatewayIo,
     flow: FlowId,
     candidates: &mut std::vec::IntoIter<SocketAddr>,
     ttl: Option<u8>,

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::IpProtocol;
 
+use crate::counters::DropReason;
+use crate::guest::GuestDatagram;
+use crate::host::{FlowId, FlowIds, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
+use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::timers::Deadlines;
-use crate::{DropReason, FlowId, FlowIds, FlowProtocol, FlowSummary, GuestDatagram, HostSockets};
 
 /// How long a UDP flow lives without traffic in either direction.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,0 +1,194 @@
+//! Taking a guest's frame apart: Ethernet, then ARP or IPv4, then UDP, TCP or ICMP, each
+//! handed to its protocol's file; and the checks every packet passes first (checksums,
+//! fragments, spoofed sources, the TTL that ends at the gateway). Drops come back as
+//! their [`DropReason`].
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
+use vnet_wire::{MacAddress, Offload};
+
+use crate::counters::DropReason;
+use crate::egress::GatewayIo;
+use crate::gateway::Gateway;
+use crate::guest::GuestPacket;
+use crate::{arp, dhcp, dns, icmp, route, udp};
+
+impl Gateway {
+    pub(crate) fn dispatch(
+        &mut self,
+        frame: &[u8],
+        offload: Offload,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), DropReason> {
+        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+        let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
+        if !to_us {
+            return Err(DropReason::NotForGateway);
+        }
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => {
+                let reply = arp::handle(ethernet.payload(), &self.config, &mut self.neighbors)?;
+                self.queue_frames(reply);
+                Ok(())
+            }
+            EthernetProtocol::Ipv4 => {
+                let checksum_offloaded = offload.checksum.is_some();
+                self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), checksum_offloaded, now, host)
+            }
+            _ => Err(DropReason::Unsupported),
+        }
+    }
+
+    fn dispatch_ipv4(
+        &mut self,
+        mac: MacAddress,
+        bytes: &[u8],
+        checksum_offloaded: bool,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), DropReason> {
+        let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        if !ip.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return Err(DropReason::Fragment);
+        }
+        let repr =
+            Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).map_err(|_| DropReason::Malformed)?;
+        let packet = GuestPacket {
+            mac,
+            src: repr.src_addr,
+            dst: repr.dst_addr,
+            ttl: repr.hop_limit,
+            checksum_offloaded,
+        };
+        if self.config.contains(packet.src) {
+            self.neighbors.learn(packet.src, mac);
+        } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
+            // Only a DHCP client may speak before it has an address of the network.
+            return Err(DropReason::Spoofed);
+        }
+        if repr.hop_limit <= 1 && !self.config.contains(packet.dst) {
+            // The gateway is the first router on the way out: the hop ends here.
+            self.queue_frames([icmp::time_exceeded(&self.config, packet, &repr, ip.payload())]);
+            return Ok(());
+        }
+        match repr.next_header {
+            IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
+            IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
+            IpProtocol::Icmp => self.dispatch_icmp(packet, ip.payload(), now, host),
+            _ => Err(DropReason::Unsupported),
+        }
+    }
+
+    fn dispatch_udp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), DropReason> {
+        let udp = UdpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+        let checked = udp.checksum() != 0 && !packet.checksum_offloaded;
+        if checked && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
+            return Err(DropReason::BadChecksum);
+        }
+        let src = SocketAddrV4::new(packet.src, udp.src_port());
+        let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
+        if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
+            let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
+            self.queue_frames(reply);
+            if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
+                self.neighbors.learn(ip, packet.mac);
+            }
+            return Ok(());
+        }
+        if dst.ip().is_broadcast() || dst.ip().is_multicast() || *dst.ip() == self.config.broadcast() {
+            return Err(DropReason::Broadcast);
+        }
+        if *dst.ip() == self.config.dns && dst.port() == dns::PORT {
+            if self.config.restrict {
+                return Err(DropReason::Restricted);
+            }
+            if let Some(answer) = self.dns.forward(src, dst, udp.payload(), now, host, &mut self.flow_ids)? {
+                self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
+            }
+            return Ok(());
+        }
+        if *dst.ip() == self.config.host {
+            if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
+                return host
+                    .udp_forward_reply(inbound.forward, inbound.client, udp.payload())
+                    .map_err(|_| DropReason::HostSocket);
+            }
+        }
+        let remote =
+            SocketAddr::V4(SocketAddrV4::new(route::host_side_address(&self.config, *dst.ip())?, dst.port()));
+        let room = self.flow_count() < self.config.max_flows;
+        let route = udp::Route { guest: src, dst, remote };
+        let ttl = route::host_ttl(packet.ttl);
+        match self.udp.send(route, udp.payload(), ttl, room, now, host, &mut self.flow_ids) {
+            Ok(()) => Ok(()),
+            Err(udp::SendError::Dropped(reason)) => Err(reason),
+            Err(udp::SendError::Unreachable(report)) => {
+                self.send_guest_error(report);
+                Err(DropReason::HostSocket)
+            }
+        }
+    }
+
+    fn dispatch_icmp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), DropReason> {
+        let echo = icmp::parse_echo_request(bytes)?;
+        if packet.dst == self.config.host || packet.dst == self.config.dns {
+            self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
+            return Ok(());
+        }
+        let remote = route::host_side_address(&self.config, packet.dst)?;
+        let room = self.flow_count() < self.config.max_flows;
+        self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids)
+    }
+
+    fn dispatch_tcp(
+        &mut self,
+        packet: GuestPacket,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), DropReason> {
+        let ports = bytes.get(..4).ok_or(DropReason::Malformed)?;
+        let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
+        let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
+        let full = self.flow_count() >= self.config.max_flows;
+        let config = &self.config;
+        let target =
+            || if full { Err(DropReason::FlowLimit) } else { route::tcp_target(config, dst, packet.ttl) };
+        let mut out = std::mem::take(&mut self.tcp_out);
+        let result = self.tcp.on_guest_segment(
+            &self.config,
+            packet.mac,
+            src,
+            dst,
+            bytes,
+            packet.checksum_offloaded,
+            target,
+            now,
+            host,
+            &mut self.flow_ids,
+            &mut out,
+        );
+        self.outbox.extend(out.drain(..));
+        self.tcp_out = out;
+        result
+    }
+}

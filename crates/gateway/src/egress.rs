@@ -1,0 +1,40 @@
+//! Room on the segment toward a guest: how much TCP may send it before its port's queue
+//! is full ([`GuestEgress`]), answered by whoever runs the gateway on a switch. The host
+//! sockets are [`crate::HostSockets`]' business; [`GatewayIo`] is both together, as the
+//! gateway core's calls take them.
+
+use vnet_wire::MacAddress;
+
+use crate::host::HostSockets;
+
+/// How much more the segment takes toward one guest now, and in what form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressRoom {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes, headers included.
+    pub bytes: usize,
+    /// Whether the guest's port takes frames with offloads left to do, so TCP can send it
+    /// 64 KiB segments with partial checksums.
+    pub takes_offloads: bool,
+}
+
+impl EgressRoom {
+    /// No limit known (the guest's port is not known, so its frames are flooded), and
+    /// frames ready for any wire.
+    pub const UNLIMITED: EgressRoom =
+        EgressRoom { frames: usize::MAX, bytes: usize::MAX, takes_offloads: false };
+}
+
+/// Room toward guests on the segment.
+pub trait GuestEgress {
+    /// How much more the segment takes toward the guest at `guest` now. TCP sends the
+    /// guest no more than this, leaving the rest in the host socket, and goes on when
+    /// [`crate::Gateway::on_guest_room`] is called.
+    fn guest_room(&mut self, guest: MacAddress) -> EgressRoom;
+}
+
+/// Everything the gateway core calls out to: host sockets and room on the segment.
+pub trait GatewayIo: HostSockets + GuestEgress {}
+
+impl<T: HostSockets + GuestEgress> GatewayIo for T {}

@@ -1,0 +1,381 @@
+//! [`Gateway`]: the state of one network's gateway and its public calls. Frames from the
+//! segment go in with [`Gateway::receive`] and are taken apart by the dispatch
+//! (`dispatch.rs`); what host sockets deliver comes in through the `on_*` calls; frames
+//! for the segment come out of [`Gateway::pop_frame`]. Each protocol's state is its own
+//! file's; this one only routes between them, the host and the outbox.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use vnet_wire::{Frame, Offload};
+
+use crate::config::{GatewayConfig, HostForward};
+use crate::counters::{DropReason, GatewayCounters};
+use crate::egress::GatewayIo;
+use crate::host::{FlowId, FlowIds};
+use crate::icmp::{self, HostIcmpError};
+use crate::inspect::{FlowCounts, FlowSummary, Lease};
+use crate::packet::{self, BuiltFrame};
+use crate::{arp, dhcp, dns, tcp, udp};
+
+/// The gateway of one network.
+pub struct Gateway {
+    pub(crate) config: GatewayConfig,
+    pub(crate) neighbors: arp::Neighbors,
+    pub(crate) dhcp: dhcp::Server,
+    pub(crate) dns: dns::Forwarder,
+    pub(crate) udp: udp::Nat,
+    pub(crate) udp_inbound: udp::Inbound,
+    pub(crate) echo: icmp::EchoFlows,
+    pub(crate) tcp: tcp::Nat,
+    pub(crate) counters: GatewayCounters,
+    pub(crate) outbox: VecDeque<Frame>,
+    /// Where TCP puts the frames of one guest segment, kept so that its room is reused.
+    pub(crate) tcp_out: Vec<Frame>,
+    pub(crate) flow_ids: FlowIds,
+    /// hostfwd rules by number; a removed rule leaves its slot empty so the numbers of
+    /// the others (which flows refer to) stay as they are.
+    pub(crate) forwards: Vec<Option<HostForward>>,
+    /// Connections to guests waiting for the guest to answer ARP: where to, the host
+    /// side's flow, since when.
+    pub(crate) inbound_awaiting_arp: Vec<(SocketAddrV4, FlowId, Instant)>,
+}
+
+impl Gateway {
+    /// A gateway with `config`, which must have passed [`GatewayConfig::validate`]. Its
+    /// hostfwd rules move into the gateway, which numbers them and adds and removes them
+    /// at runtime ([`Gateway::forwards`]); the config keeps none.
+    pub fn new(mut config: GatewayConfig) -> Self {
+        let forwards = std::mem::take(&mut config.host_forwards).into_iter().map(Some).collect();
+        Self {
+            dhcp: dhcp::Server::new(&config),
+            dns: dns::Forwarder::new(config.dns_upstreams.clone()),
+            udp: udp::Nat::new(),
+            udp_inbound: udp::Inbound::default(),
+            echo: icmp::EchoFlows::default(),
+            tcp: tcp::Nat::new(),
+            neighbors: arp::Neighbors::default(),
+            counters: GatewayCounters::default(),
+            outbox: VecDeque::new(),
+            tcp_out: Vec::new(),
+            flow_ids: FlowIds::default(),
+            forwards,
+            inbound_awaiting_arp: Vec::new(),
+            config,
+        }
+    }
+
+    /// The gateway's settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// What the gateway dropped, by reason.
+    pub fn counters(&self) -> &GatewayCounters {
+        &self.counters
+    }
+
+    /// The next frame for the segment, if any. Frames may leave offloads to the port
+    /// that carries them (a partial checksum, a TCP segment larger than the guest's
+    /// MSS; see [`Offload`]).
+    pub fn pop_frame(&mut self) -> Option<Frame> {
+        self.outbox.pop_front()
+    }
+
+    /// Queues frames the gateway built for the segment; one that could not be built
+    /// (too large for one frame) is counted.
+    pub(crate) fn queue_frames(&mut self, frames: impl IntoIterator<Item = BuiltFrame>) {
+        for frame in frames {
+            match frame {
+                Ok(frame) => self.outbox.push_back(frame),
+                Err(_) => self.counters.record(DropReason::TooLarge),
+            }
+        }
+    }
+
+    /// Handles one frame from the segment, with the offloads its sender left to do (a
+    /// partial checksum, a TCP segment larger than the MTU), which the gateway takes as
+    /// they are.
+    pub fn receive(&mut self, frame: &[u8], offload: Offload, now: Instant, host: &mut dyn GatewayIo) {
+        if let Err(reason) = self.dispatch(frame, offload, now, host) {
+            self.counters.record(reason);
+        }
+        self.resume_inbound_awaiting_arp(now, host);
+    }
+
+    /// A datagram arrived on `flow`'s host socket.
+    pub fn on_udp_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant, host: &mut dyn GatewayIo) {
+        let reply = match self.dns.on_upstream_reply(flow, payload) {
+            Some(answer) => {
+                host.datagram_close(flow);
+                Some(answer)
+            }
+            None => self.udp.on_host_datagram(flow, payload, now),
+        };
+        if reply.is_none() {
+            if let Some(frame) = self.echo.on_reply(&self.config, flow, payload, now) {
+                self.queue_frames([frame]);
+                return;
+            }
+        }
+        match reply {
+            Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),
+            None => self.counters.record(DropReason::UnknownFlow),
+        }
+    }
+
+    /// `flow`'s host socket reported an error (for example ECONNREFUSED after an ICMP
+    /// port unreachable), with the ICMP error behind it if the host read one.
+    pub fn on_udp_error(
+        &mut self,
+        flow: FlowId,
+        error: &io::Error,
+        icmp: Option<HostIcmpError>,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) {
+        if let Some(answers) = self.dns.on_upstream_error(flow, now, host, &mut self.flow_ids) {
+            for datagram in answers {
+                self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
+            }
+            return;
+        }
+        if let Some(report) = self.udp.on_host_error(flow, icmp, error) {
+            self.send_guest_error(report);
+        }
+    }
+
+    /// A fresh flow id, for a socket the caller opens itself (an accepted hostfwd
+    /// connection).
+    pub fn allocate_flow(&mut self) -> FlowId {
+        self.flow_ids.next()
+    }
+
+    /// A host client connected to TCP hostfwd number `forward`; its socket is `flow`.
+    /// See [`Gateway::connect_to_guest`].
+    pub fn on_inbound_tcp(&mut self, forward: usize, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
+        match self.forward(forward) {
+            Some(rule) => self.connect_to_guest(rule.guest, flow, now, host),
+            None => host.tcp_close(flow, true),
+        }
+    }
+
+    /// Opens a TCP connection from the gateway's address to `guest`, whose host side is
+    /// the socket of `flow` (a hostfwd client, or a host user's `vnet connect`). The
+    /// gateway asks for the guest by ARP first if it has not spoken yet, and closes
+    /// `flow` if it cannot connect (no answer, flow table full).
+    pub fn connect_to_guest(
+        &mut self,
+        guest: SocketAddrV4,
+        flow: FlowId,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) {
+        if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
+            self.counters.record(DropReason::FlowLimit);
+            return host.tcp_close(flow, true);
+        }
+        let Some(guest_mac) = self.neighbors.lookup(*guest.ip()) else {
+            let request = self.neighbors.request(&self.config, *guest.ip(), now);
+            self.queue_frames(request);
+            self.inbound_awaiting_arp.push((guest, flow, now));
+            return;
+        };
+        let mut out = Vec::new();
+        if !self.tcp.on_inbound(&self.config, flow, guest_mac, guest, now, host, &mut out) {
+            self.counters.record(DropReason::FlowLimit);
+            host.tcp_close(flow, true);
+        }
+        self.outbox.extend(out);
+    }
+
+    /// hostfwd rule number `index`, unless it was removed.
+    pub fn forward(&self, index: usize) -> Option<HostForward> {
+        self.forwards.get(index).copied().flatten()
+    }
+
+    /// The hostfwd rules in force, with their numbers.
+    pub fn forwards(&self) -> impl Iterator<Item = (usize, HostForward)> + '_ {
+        self.forwards.iter().enumerate().filter_map(|(index, rule)| rule.map(|rule| (index, rule)))
+    }
+
+    /// Adds a hostfwd rule and returns its number. A guest address of 0.0.0.0 means the
+    /// first DHCP address, as in QEMU.
+    pub fn add_forward(&mut self, mut rule: HostForward) -> usize {
+        if rule.guest.ip().is_unspecified() {
+            rule.guest.set_ip(self.config.dhcp_start);
+        }
+        self.forwards.push(Some(rule));
+        self.forwards.len() - 1
+    }
+
+    /// Removes hostfwd rule number `index`. Connections it made go on; UDP clients lose
+    /// their mapping.
+    pub fn remove_forward(&mut self, index: usize) -> Option<HostForward> {
+        let rule = self.forwards.get_mut(index)?.take()?;
+        self.udp_inbound.forget_forward(index);
+        Some(rule)
+    }
+
+    /// The DHCP leases handed out, and the static ones.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.dhcp.leases(&self.config)
+    }
+
+    /// Every flow through the gateway: TCP connections, UDP flows, pings and DNS queries
+    /// in flight.
+    pub fn flows(&self, now: Instant) -> Vec<FlowSummary> {
+        let mut flows = self.tcp.summaries();
+        flows.extend(self.udp.summaries(now));
+        flows.extend(self.echo.summaries(now));
+        flows
+    }
+
+    /// How many flows of each kind exist.
+    pub fn flow_counts(&self) -> FlowCounts {
+        FlowCounts { tcp: self.tcp.len(), udp: self.udp.len(), icmp: self.echo.len(), dns: self.dns.len() }
+    }
+
+    /// A host client of UDP hostfwd number `forward` sent `payload`.
+    pub fn on_inbound_udp(&mut self, forward: usize, client: SocketAddr, payload: &[u8], now: Instant) {
+        let Some(target) = self.forward(forward).map(|f| f.guest) else {
+            return;
+        };
+        let udp = &self.udp;
+        let host_ip = self.config.host;
+        let Some(port) =
+            self.udp_inbound.port_for(forward, client, now, |port| udp.uses_guest_port(host_ip, port))
+        else {
+            return self.counters.record(DropReason::FlowLimit);
+        };
+        if self.neighbors.lookup(*target.ip()).is_none() {
+            // The guest has not spoken yet: ask where it is; the client's next datagram
+            // gets through.
+            let request = self.neighbors.request(&self.config, *target.ip(), now);
+            self.queue_frames(request);
+        }
+        self.send_udp_to_guest(SocketAddrV4::new(self.config.host, port), target, payload);
+    }
+
+    /// `flow`'s TCP connect completed.
+    pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
+        let mut out = Vec::new();
+        self.tcp.on_connected(&self.config, flow, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
+    /// ICMP error behind it if the host read one), or the connection was reset.
+    pub fn on_tcp_error(
+        &mut self,
+        flow: FlowId,
+        error: &io::Error,
+        icmp: Option<HostIcmpError>,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) {
+        let mut out = Vec::new();
+        self.tcp.on_host_error(&self.config, flow, error, icmp, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket has data or an end of stream.
+    pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
+        let mut out = Vec::new();
+        self.tcp.on_host_readable(&self.config, flow, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// `flow`'s TCP socket can take more data.
+    pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn GatewayIo) {
+        let mut out = Vec::new();
+        self.tcp.on_host_writable(&self.config, flow, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// Whether TCP data toward a guest waits for room on the segment; if so, call
+    /// [`Gateway::on_guest_room`] once frames toward guests have been delivered.
+    pub fn waits_for_guest_room(&self) -> bool {
+        self.tcp.waits_for_guest_room()
+    }
+
+    /// Frames toward guests have been delivered: send what was waiting for room.
+    pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn GatewayIo) {
+        let mut out = Vec::new();
+        self.tcp.on_guest_room(&self.config, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// When [`Gateway::on_deadline`] wants to run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let arp = self.inbound_awaiting_arp.iter().map(|(_, _, since)| *since + arp::RESOLVE_TIMEOUT).min();
+        [
+            arp,
+            self.dns.next_deadline(),
+            self.udp.next_deadline(),
+            self.echo.next_deadline(),
+            self.tcp.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Timer work: DNS fail-over, idle flows, and hostfwd connections whose guest never
+    /// answered ARP.
+    pub fn on_deadline(&mut self, now: Instant, host: &mut dyn GatewayIo) {
+        let (expired, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
+            .into_iter()
+            .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
+        self.inbound_awaiting_arp = waiting;
+        for (_, flow, _) in expired {
+            self.counters.record(DropReason::UnknownGuest);
+            host.tcp_close(flow, true);
+        }
+        for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
+            self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
+        }
+        self.udp.expire(now, host);
+        self.udp_inbound.expire(now);
+        self.echo.expire(now, host);
+        let mut out = Vec::new();
+        self.tcp.expire(&self.config, now, host, &mut out);
+        self.outbox.extend(out);
+    }
+
+    /// Connects the connections to guests whose guest is now known.
+    fn resume_inbound_awaiting_arp(&mut self, now: Instant, host: &mut dyn GatewayIo) {
+        if self.inbound_awaiting_arp.is_empty() {
+            return;
+        }
+        let neighbors = &self.neighbors;
+        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp).into_iter().partition(
+            |(guest, _, _): &(SocketAddrV4, FlowId, Instant)| neighbors.lookup(*guest.ip()).is_some(),
+        );
+        self.inbound_awaiting_arp = waiting;
+        for (guest, flow, _) in resolved {
+            self.connect_to_guest(guest, flow, now, host);
+        }
+    }
+
+    /// UDP, ICMP and TCP flows together, which `max-flows` bounds.
+    pub(crate) fn flow_count(&self) -> usize {
+        self.udp.len() + self.echo.len() + self.tcp.len()
+    }
+
+    pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        match self.neighbors.lookup(*to.ip()) {
+            Some(mac) => self.queue_frames([packet::udp(self.config.mac(), mac, from, to, payload)]),
+            None => self.counters.record(DropReason::UnknownGuest),
+        }
+    }
+
+    pub(crate) fn send_guest_error(&mut self, report: icmp::GuestError) {
+        match self.neighbors.lookup(report.guest) {
+            Some(mac) => self.queue_frames([icmp::error_for_guest(&self.config, mac, &report)]),
+            None => self.counters.record(DropReason::UnknownGuest),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! What a frame from a guest is, once its IPv4 header is read ([`GuestPacket`]), and a
+//! UDP datagram for a guest ([`GuestDatagram`]): the shapes the protocol files pass
+//! between them. No parsing here.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use vnet_wire::MacAddress;
+
+/// Addressing of one frame from a guest, as the protocol handlers need it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GuestPacket {
+    pub mac: MacAddress,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    /// The guest left its UDP or TCP checksum for the NIC to fill (a partial checksum
+    /// offload): there is nothing to verify.
+    pub checksum_offloaded: bool,
+}
+
+/// A UDP datagram for a guest, with the addresses it appears to come from and go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GuestDatagram {
+    pub from: SocketAddrV4,
+    pub to: SocketAddrV4,
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,74 @@
+//! What the gateway core asks of the host: sockets by flow ([`HostSockets`]), named by
+//! [`FlowId`]s it hands out. Implemented over real sockets by the gateway's host side
+//! (the `vnet-gateway-host` crate) and by fakes in tests. Nothing here knows the switch.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// Identifies one host socket the gateway asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// Hands out flow ids, never the same twice.
+#[derive(Debug, Default)]
+pub(crate) struct FlowIds {
+    last: u64,
+}
+
+impl FlowIds {
+    pub fn next(&mut self) -> FlowId {
+        self.last += 1;
+        FlowId(self.last)
+    }
+}
+
+/// Which kind of ICMP socket the host opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSocketKind {
+    /// An unprivileged ping socket: the kernel picks the echo identifier and hands
+    /// back only replies to it.
+    Ping,
+    /// A raw socket (CAP_NET_RAW): echo requests go out as the guest wrote them, and
+    /// every ICMP message from the remote comes back.
+    Raw,
+}
+
+/// The host sockets behind the gateway. Implemented over real sockets by the transport
+/// that runs the gateway, and by fakes in tests.
+pub trait HostSockets {
+    /// Opens a UDP socket connected to `remote` for `flow`. ICMP errors about what it
+    /// sends come back through [`crate::Gateway::on_udp_error`].
+    fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
+    /// Sets the TTL `flow`'s socket sends with; None restores the host's default.
+    fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()>;
+    /// Opens an ICMP socket connected to `remote` for `flow`: an unprivileged ping socket
+    /// if the host allows one, else a raw ICMP socket. What is sent on it is an echo
+    /// request; what is received is an ICMP message without IP header.
+    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind>;
+    /// Sends one datagram (or echo request) on `flow`'s UDP or ICMP socket.
+    fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
+    /// Closes `flow`'s UDP or ICMP socket.
+    fn datagram_close(&mut self, flow: FlowId);
+    /// Starts a non-blocking TCP connect to `remote` for `flow`, its SYN sent with `ttl`
+    /// (None: the host's default); completion comes back through
+    /// [`crate::Gateway::on_tcp_connected`] or [`crate::Gateway::on_tcp_error`], the latter with the
+    /// ICMP error that failed the connect if the host read one.
+    fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()>;
+    /// Writes as much of `data` as the socket takes now and returns how much that was.
+    fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Copies received bytes starting `offset` bytes into the receive queue into
+    /// `buffers`, in order, without consuming them, and returns how many. 0 means the
+    /// peer closed and nothing lies beyond `offset`; `WouldBlock` means nothing more has
+    /// arrived yet.
+    fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
+    /// Discards the first `len` received bytes, which the guest has acknowledged.
+    fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()>;
+    /// How many more bytes the socket's send buffer takes now.
+    fn tcp_send_space(&mut self, flow: FlowId) -> usize;
+    /// Shuts down the sending direction (the guest sent FIN).
+    fn tcp_shutdown_write(&mut self, flow: FlowId);
+    /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
+    fn tcp_close(&mut self, flow: FlowId, reset: bool);
+    /// Sends a guest's reply to `client` from the socket of UDP hostfwd number `forward`.
+    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()>;
+}

@@ -1,0 +1,321 @@
+//! TCP NAT: handshakes, data both ways, refusals, hostfwd, resets, timers, fail-over, room toward guests, and flows kept apart.
+
+use super::*;
+
+#[test]
+fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 1000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    let flow = *host.open.keys().next().expect("a host connect");
+    assert_eq!(host.open[&flow], "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert!(gateway.pop_frame().is_none(), "no SYN-ACK before the host connect completes");
+
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let (control, isn, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
+    assert_eq!((control, ack), (TcpControl::Syn, Some(101)));
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+
+    // 1500 bytes arrive; the host takes 1000, so only 1000 are acknowledged.
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    assert_eq!(host.sent.last().unwrap().1.len(), 1000);
+    let (_, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("an ACK"));
+    assert_eq!(ack, Some(1101));
+
+    // Host data goes out in segments and is consumed only once acknowledged.
+    host.tcp_incoming.insert(flow, vec![9u8; 3000]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 3000);
+    assert_eq!(host.tcp_consumed.get(&flow), None, "nothing consumed before the guest's ACK");
+    gateway.receive(
+        &guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    assert_eq!(host.tcp_consumed[&flow], 2000);
+}
+
+#[test]
+fn tcp_refusals_reach_the_guest_as_rst() {
+    use smoltcp::wire::TcpControl;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
+    // The host refuses the connect.
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
+    let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+    assert_eq!((control, ack), (TcpControl::Rst, Some(6)));
+    assert_eq!(host.closed, vec![(flow, true)]);
+    // restrict=on and a full flow table refuse at once.
+    for config in [
+        GatewayConfig { restrict: true, ..GatewayConfig::default() },
+        GatewayConfig { max_flows: 1, ..GatewayConfig::default() },
+    ] {
+        let limited = config.max_flows == 1;
+        let (mut gateway, mut host, now) = gateway_with(config);
+        if limited {
+            gateway.receive(
+                &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1), TcpControl::Syn, 1, None, &[]),
+                Offload::NONE,
+                now,
+                &mut host,
+            );
+        }
+        gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
+        let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
+        assert_eq!(control, TcpControl::Rst);
+        let reason = if limited { DropReason::FlowLimit } else { DropReason::Restricted };
+        assert_eq!(gateway.counters().drops(reason), 1);
+    }
+}
+
+#[test]
+fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
+    use smoltcp::wire::TcpControl;
+    let virtual_addr = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 80);
+    let config = GatewayConfig {
+        restrict: false,
+        dns_upstreams: vec!["127.0.0.1:5353".parse().unwrap()],
+        guest_forwards: vec![GuestForward { virtual_addr, target: "127.0.0.1:8080".parse().unwrap() }],
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    gateway.receive(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(
+        &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), TcpControl::Syn, 1, None, &[]),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    let mut targets: Vec<SocketAddr> = host.open.values().copied().collect();
+    targets.sort();
+    assert_eq!(targets, vec!["127.0.0.1:5353".parse().unwrap(), "127.0.0.1:8080".parse().unwrap()]);
+}
+
+#[test]
+fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) =
+        gateway_forwarding(ForwardProtocol::Tcp, "127.0.0.1:2222", SocketAddrV4::new(GUEST_IP, 22));
+    lease(&mut gateway, &mut host, GUEST_MAC, now);
+    host.tcp_accept = 65536;
+    let flow = gateway.allocate_flow();
+    gateway.on_inbound_tcp(0, flow, now, &mut host);
+    let frame = gateway.pop_frame().expect("a SYN to the guest");
+    let (control, isn, ack, _, _) = tcp_of(&frame);
+    assert_eq!((control, ack), (TcpControl::Syn, None));
+    let (from, _, _) = {
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
+        (SocketAddrV4::new(ip.src_addr(), tcp.src_port()), (), ())
+    };
+    // The guest's port is closed: it answers RST, and the client's socket is closed.
+    let reset = guest_tcp_from(22, from, TcpControl::Rst, 0, Some(isn.wrapping_add(1)), &[]);
+    gateway.receive(&reset, Offload::NONE, now, &mut host);
+    assert_eq!(host.closed, vec![(flow, true)]);
+}
+
+#[test]
+fn a_reset_counts_only_at_the_expected_sequence_number() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 1000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, _) = established(&mut gateway, &mut host, now, dst);
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), Offload::NONE, now, &mut host);
+    assert!(host.closed.is_empty(), "a blind reset is ignored");
+    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), Offload::NONE, now, &mut host);
+    assert_eq!(host.closed, vec![(flow, true)]);
+}
+
+#[test]
+fn a_lost_syn_ack_is_sent_again_and_a_silent_guest_is_given_up() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_connected(flow, now, &mut host);
+    assert_eq!(tcp_of(&gateway.pop_frame().unwrap()).0, TcpControl::Syn);
+    // The guest retransmits its SYN: the SYN-ACK goes out again.
+    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    assert_eq!(tcp_of(&gateway.pop_frame().expect("SYN-ACK again")).0, TcpControl::Syn);
+    // Timeouts resend it too, until the guest is given up.
+    let mut at = now;
+    let mut resent = 0;
+    while host.closed.is_empty() && resent < 20 {
+        at += Duration::from_secs(120);
+        gateway.on_deadline(at, &mut host);
+        while let Some(frame) = gateway.pop_frame() {
+            if tcp_of(&frame).0 == TcpControl::Syn {
+                resent += 1;
+            }
+        }
+    }
+    assert_eq!(host.closed, vec![(flow, true)], "given up after {resent} resends");
+    assert!(resent >= 3);
+}
+
+#[test]
+fn a_half_closed_connection_keeps_carrying_data() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 65536;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), Offload::NONE, now, &mut host);
+    while gateway.pop_frame().is_some() {}
+    // Long after the guest's FIN, the host still sends and the guest still acknowledges.
+    let later = now + Duration::from_secs(600);
+    gateway.on_deadline(later, &mut host);
+    host.tcp_incoming.insert(flow, vec![1u8; 100]);
+    gateway.on_tcp_readable(flow, later, &mut host);
+    let (_, _, _, _, payload) = tcp_of(&gateway.pop_frame().expect("data after the guest's FIN"));
+    assert_eq!(payload.len(), 100);
+    assert!(host.closed.is_empty());
+}
+
+#[test]
+fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 80);
+    gateway.receive(
+        &with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2),
+        Offload::NONE,
+        now,
+        &mut host,
+    );
+    let flow = *host.open.keys().next().unwrap();
+    assert_eq!(host.ttls, vec![(flow, Some(1))], "the SYN leaves with the guest's TTL less one");
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    let icmp = HostIcmpError::from_message(router, 11, 0);
+    gateway.on_tcp_error(flow, &io::ErrorKind::HostUnreachable.into(), icmp, now, &mut host);
+    let (from, icmp_type, _, quoted_dst, quoted) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, quoted_dst), (router, 11, *far.ip()));
+    assert_eq!(&quoted[4..8], &500u32.to_be_bytes(), "the SYN's sequence number is quoted");
+    assert!(gateway.pop_frame().is_none(), "no RST besides");
+    assert_eq!(host.closed, vec![(flow, true)]);
+
+    // Without an ICMP report, an unreachable errno still says so, from the destination.
+    gateway.receive(&guest_tcp(far, TcpControl::Syn, 900, None, &[]), Offload::NONE, now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_error(flow, &io::ErrorKind::NetworkUnreachable.into(), None, now, &mut host);
+    let (from, icmp_type, code, _, _) = icmp_error_of(&gateway.pop_frame().unwrap());
+    assert_eq!((from, icmp_type, code), (*far.ip(), 3, 0));
+}
+
+#[test]
+fn dns_over_tcp_fails_over_to_the_next_upstream() {
+    use smoltcp::wire::TcpControl;
+    let upstreams: Vec<SocketAddr> =
+        ["127.0.0.1:5301", "127.0.0.1:5302", "127.0.0.1:5303"].iter().map(|a| a.parse().unwrap()).collect();
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { dns_upstreams: upstreams.clone(), ..GatewayConfig::default() });
+    let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
+    gateway.receive(&guest_tcp(dns, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    assert_eq!(host.open[&flow], upstreams[0]);
+
+    gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
+    assert_eq!(host.open[&flow], upstreams[1], "a refused upstream gives way to the next");
+    assert!(gateway.pop_frame().is_none(), "the guest is not reset meanwhile");
+
+    let later = now + Duration::from_secs(3);
+    assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
+    gateway.on_deadline(later, &mut host);
+    assert_eq!(host.open[&flow], upstreams[2], "a silent upstream gives way too");
+    assert_eq!(gateway.next_deadline(), None, "the last candidate gets the kernel's own timeout");
+
+    gateway.on_tcp_connected(flow, later, &mut host);
+    let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
+    assert_eq!((control, ack), (TcpControl::Syn, Some(2)));
+}
+
+#[test]
+fn host_data_of_one_connection_never_reaches_another() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let to_a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let to_b = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8081);
+    let (flow_a, _) = established(&mut gateway, &mut host, now, to_a);
+    let (flow_b, _) = established(&mut gateway, &mut host, now, to_b);
+    assert_ne!(flow_a, flow_b);
+    host.tcp_incoming.insert(flow_a, vec![0xaa; 500]);
+    gateway.on_tcp_readable(flow_b, now, &mut host);
+    assert!(gateway.pop_frame().is_none(), "flow B has nothing to send");
+    gateway.on_tcp_readable(flow_a, now, &mut host);
+    let frame = gateway.pop_frame().expect("flow A's data");
+    let src_port = smoltcp::wire::TcpPacket::new_checked(&frame[34..]).unwrap().src_port();
+    assert_eq!((src_port, tcp_of(&frame).4), (8080, vec![0xaa; 500]), "from A's remote, with A's bytes");
+}
+
+#[test]
+fn host_data_waits_in_the_socket_while_the_guests_port_is_full() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, _) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_incoming.insert(flow, vec![3u8; 10_000]);
+    // Room for two full segments (MSS 1460) and no more.
+    host.guest_room = Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54), takes_offloads: false });
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 2 * 1460, "only what fits in the port's queue");
+    assert!(gateway.waits_for_guest_room());
+
+    host.guest_room = None;
+    gateway.on_guest_room(now, &mut host);
+    let mut rest = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        rest += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent + rest, 10_000, "the rest follows once the port drained");
+    assert!(!gateway.waits_for_guest_room());
+}
+
+#[test]
+fn three_duplicate_acks_send_the_missing_data_again_at_once() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_accept = 65536;
+    host.tcp_incoming.insert(flow, vec![5u8; 4 * 1460]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut sent = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        sent += tcp_of(&frame).4.len();
+    }
+    assert_eq!(sent, 4 * 1460);
+    // The first segment was lost: the guest acknowledges only the handshake again, once
+    // for each later segment.
+    let ack_nothing = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]);
+    for _ in 0..2 {
+        gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+        let extra = gateway.pop_frame().map(|f| tcp_of(&f));
+        assert!(extra.is_none(), "no resend before the third duplicate: {extra:?}");
+    }
+    gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+    let (_, seq, _, _, payload) = tcp_of(&gateway.pop_frame().expect("the lost data again"));
+    assert_eq!((seq, payload.len()), (isn + 1, 1460), "from the first unacknowledged byte");
+}
