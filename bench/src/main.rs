@@ -144,7 +144,7 @@ fn run_bench(cli: &Cli) -> Result<()> {
     } else {
         cli.only.clone()
     };
-    if let Some(unknown) = scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+    if let Some(unknown) = cli.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
         bail!("unknown scenario {unknown}; the scenarios are {}", SCENARIOS.join(", "));
     }
     load::raise_file_limit();

@@ -2,7 +2,8 @@
 //! the noise of a shared machine does not move. vnet runs under
 //! `valgrind --tool=callgrind`; after a warm-up, `callgrind_control --zero` starts the
 //! count and `--dump` ends it, so start-up and setup are not in it. Only vnet's own
-//! instructions are counted, not the kernel's.
+//! instructions are counted, not the kernel's. Each workload's dump is kept in
+//! `target/bench/callgrind/` for `callgrind_annotate`.
 //!
 //! Workloads (one namespace behind vnet's gateway, MTU 65520 and 1500):
 //! - bulk TCP from the namespace to the host's loopback and back: a fixed number of bytes
@@ -54,7 +55,7 @@ pub fn run(bench: &mut Bench) -> Result<()> {
             server.transfer(&guest, "16M", reverse)?;
             zero(pid)?;
             let bytes = server.transfer(&guest, BULK_BYTES, reverse)?;
-            let instructions = dump(pid, dir.path())?;
+            let instructions = dump(pid, dir.path(), &dump_name(metric.name))?;
             bench.record(metric, "vnet", Ok(instructions as f64 / bytes as f64));
         }
         if mtu == 65520 {
@@ -64,10 +65,21 @@ pub fn run(bench: &mut Bench) -> Result<()> {
     Ok(())
 }
 
+/// A file name for a metric's dump: "ns → host, MTU 1500" is ns-to-host-mtu-1500.
+fn dump_name(metric: &str) -> String {
+    let words: Vec<String> = metric
+        .replace('→', "to")
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    words.join("-")
+}
+
 /// A script that runs `vnet` under callgrind, writing its counts into `dir`.
 fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
     let wrapper = dir.join("vnet-under-callgrind");
-    let out = dir.join("callgrind.out");
+    let out = dir.join("callgrind.out.%p");
     std::fs::write(
         &wrapper,
         format!(
@@ -90,23 +102,31 @@ fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path) -
     let _: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, "200"]), DEADLINE)?;
     zero(pid)?;
     let done: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, &count]), DEADLINE)?;
-    let instructions = dump(pid, dir)?;
+    let instructions = dump(pid, dir, "round-trip")?;
     Ok(instructions as f64 / done.count as f64)
 }
 
 const DEADLINE: Duration = Duration::from_secs(600);
+/// Where the dumps of each workload are kept.
+const KEPT_DUMPS: &str = "target/bench/callgrind";
 
 /// Sets callgrind's counters of process `pid` to zero.
 fn zero(pid: u32) -> Result<()> {
     callgrind_control(&["--zero", &pid.to_string()])
 }
 
-/// Dumps the counts of process `pid` since the last zero and returns its instructions.
-fn dump(pid: u32, dir: &Path) -> Result<u64> {
-    let before = dumps(dir)?;
+/// Dumps the counts of process `pid` since the last zero, keeps the dump as
+/// `target/bench/callgrind/NAME.out` for `callgrind_annotate`, and returns its
+/// instructions.
+fn dump(pid: u32, dir: &Path, name: &str) -> Result<u64> {
+    let before = dumps(dir, pid)?;
     callgrind_control(&["--dump", &pid.to_string()])?;
-    let newest =
-        dumps(dir)?.into_iter().find(|path| !before.contains(path)).context("callgrind wrote no dump")?;
+    let newest = dumps(dir, pid)?
+        .into_iter()
+        .find(|path| !before.contains(path))
+        .context("callgrind wrote no dump")?;
+    std::fs::create_dir_all(KEPT_DUMPS)?;
+    std::fs::copy(&newest, Path::new(KEPT_DUMPS).join(format!("{name}.out")))?;
     let text = std::fs::read_to_string(&newest)?;
     text.lines()
         .find_map(|line| line.strip_prefix("summary:").or_else(|| line.strip_prefix("totals:")))
@@ -114,12 +134,13 @@ fn dump(pid: u32, dir: &Path) -> Result<u64> {
         .with_context(|| format!("no instruction total in {}", newest.display()))
 }
 
-/// The callgrind dumps in `dir`.
-fn dumps(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The callgrind dumps of process `pid` in `dir`.
+fn dumps(dir: &Path, pid: u32) -> Result<Vec<PathBuf>> {
+    let prefix = format!("callgrind.out.{pid}");
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("callgrind.out")) {
+        if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&prefix)) {
             paths.push(path);
         }
     }

@@ -249,7 +249,7 @@ impl GatewayPort {
             (Some((error, icmp)), _, _) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
             (None, true, true) => self.gateway.on_tcp_connected(flow, now, &mut host),
             (None, true, false) => {}
-            (None, false, _) => self.gateway.on_tcp_writable(flow, &mut host),
+            (None, false, _) => self.gateway.on_tcp_writable(flow, now, &mut host),
         }
     }
 }

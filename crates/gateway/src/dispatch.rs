@@ -187,6 +187,7 @@ impl Gateway {
             &mut self.flow_ids,
             &mut out,
         );
+        self.tcp.arm_connection(src, dst, now);
         self.outbox.extend(out.drain(..));
         self.tcp_out = out;
         result

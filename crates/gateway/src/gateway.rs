@@ -84,6 +84,15 @@ impl Gateway {
         self.outbox.pop_front()
     }
 
+    /// Runs `f` with the TCP table and a list for the frames it sends (kept, so that its
+    /// room is reused), then queues those frames.
+    fn tcp_sends(&mut self, f: impl FnOnce(&mut tcp::Nat, &GatewayConfig, &mut Vec<Frame>)) {
+        let mut out = std::mem::take(&mut self.tcp_out);
+        f(&mut self.tcp, &self.config, &mut out);
+        self.outbox.extend(out.drain(..));
+        self.tcp_out = out;
+    }
+
     /// Queues frames the gateway built for the segment; one that could not be built
     /// (too large for one frame) is counted.
     pub(crate) fn queue_frames(&mut self, frames: impl IntoIterator<Item = BuiltFrame>) {
@@ -261,9 +270,7 @@ impl Gateway {
 
     /// `flow`'s TCP connect completed.
     pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        let mut out = Vec::new();
-        self.tcp.on_connected(&self.config, flow, now, host, &mut out);
-        self.outbox.extend(out);
+        self.tcp_sends(|tcp, config, out| tcp.on_connected(config, flow, now, host, out));
     }
 
     /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
@@ -276,23 +283,17 @@ impl Gateway {
         now: Instant,
         host: &mut dyn GatewayIo,
     ) {
-        let mut out = Vec::new();
-        self.tcp.on_host_error(&self.config, flow, error, icmp, now, host, &mut out);
-        self.outbox.extend(out);
+        self.tcp_sends(|tcp, config, out| tcp.on_host_error(config, flow, error, icmp, now, host, out));
     }
 
     /// `flow`'s TCP socket has data or an end of stream.
     pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        let mut out = Vec::new();
-        self.tcp.on_host_readable(&self.config, flow, now, host, &mut out);
-        self.outbox.extend(out);
+        self.tcp_sends(|tcp, config, out| tcp.on_host_readable(config, flow, now, host, out));
     }
 
     /// `flow`'s TCP socket can take more data.
-    pub fn on_tcp_writable(&mut self, flow: FlowId, host: &mut dyn GatewayIo) {
-        let mut out = Vec::new();
-        self.tcp.on_host_writable(&self.config, flow, host, &mut out);
-        self.outbox.extend(out);
+    pub fn on_tcp_writable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
+        self.tcp_sends(|tcp, config, out| tcp.on_host_writable(config, flow, now, host, out));
     }
 
     /// Whether TCP data toward a guest waits for room on the segment; if so, call
@@ -303,9 +304,7 @@ impl Gateway {
 
     /// Frames toward guests have been delivered: send what was waiting for room.
     pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn GatewayIo) {
-        let mut out = Vec::new();
-        self.tcp.on_guest_room(&self.config, now, host, &mut out);
-        self.outbox.extend(out);
+        self.tcp_sends(|tcp, config, out| tcp.on_guest_room(config, now, host, out));
     }
 
     /// When [`Gateway::on_deadline`] wants to run next.
@@ -340,9 +339,7 @@ impl Gateway {
         self.udp.expire(now, host);
         self.udp_inbound.expire(now);
         self.echo.expire(now, host);
-        let mut out = Vec::new();
-        self.tcp.expire(&self.config, now, host, &mut out);
-        self.outbox.extend(out);
+        self.tcp_sends(|tcp, config, out| tcp.expire(config, now, host, out));
     }
 
     /// Connects the connections to guests whose guest is now known.

@@ -182,18 +182,14 @@ impl EchoFlows {
     /// Closes idle echo flows; a flow used since it was scheduled is looked at again
     /// later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
-        while let Some((_, id)) = self.idle_checks.pop_due(now) {
-            let Some(flow) = self.flows.get(&id) else {
-                continue;
-            };
-            let idle_until = flow.last_used + ECHO_IDLE_TIMEOUT;
-            if idle_until > now {
-                self.idle_checks.schedule(idle_until, id);
-                continue;
+        let flows = &mut self.flows;
+        while let Some(id) =
+            self.idle_checks.pop_idle(now, ECHO_IDLE_TIMEOUT, |id| flows.get(&id).map(|f| f.last_used))
+        {
+            if let Some(flow) = flows.remove(&id) {
+                self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
+                host.datagram_close(id);
             }
-            self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
-            self.flows.remove(&id);
-            host.datagram_close(id);
         }
     }
 }

@@ -67,6 +67,8 @@ const DUPLICATE_ACKS: usize = 3;
 const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon a closed window toward the guest is looked at again.
+const ZERO_WINDOW_RECHECK: Duration = Duration::from_millis(1);
 /// Most frames filled by one peek of a host socket.
 const MAX_FRAMES_PER_PEEK: usize = 64;
 
@@ -153,6 +155,10 @@ struct Connection {
     closing_since: Option<Instant>,
     /// Timeouts in a row without progress.
     retransmits: u32,
+    /// When to look again whether the host socket has room, while the guest was told the
+    /// window is closed: the socket signals writability only after a write it refused,
+    /// and a closed window means no write was tried.
+    window_check_at: Option<Instant>,
     /// The time the connection is in the timer heap for; a deadline that moves earlier
     /// is added again, one that moves later is found when the earlier one comes out.
     timer_armed: Option<Instant>,
@@ -209,6 +215,7 @@ impl Connection {
             retransmit_at: None,
             closing_since: None,
             retransmits: 0,
+            window_check_at: None,
             timer_armed: None,
             failed: false,
         }
@@ -303,40 +310,6 @@ impl Nat {
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
     ) -> Result<(), DropReason> {
-        let result = self.guest_segment(
-            config,
-            guest_mac,
-            guest,
-            dst,
-            bytes,
-            checksum_offloaded,
-            target,
-            now,
-            host,
-            flows,
-            out,
-        );
-        if let Some(&flow) = self.by_tuple.get(&(guest, dst)) {
-            self.arm(flow);
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn guest_segment(
-        &mut self,
-        config: &GatewayConfig,
-        guest_mac: MacAddress,
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
-        bytes: &[u8],
-        checksum_offloaded: bool,
-        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
-        now: Instant,
-        host: &mut dyn GatewayIo,
-        flows: &mut FlowIds,
-        out: &mut Vec<Frame>,
-    ) -> Result<(), DropReason> {
         let packet = TcpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
         let checksums = if checksum_offloaded {
             ChecksumCapabilities::ignored()
@@ -418,7 +391,7 @@ impl Nat {
             out.extend(Self::ack(config, connection, window));
         }
         Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
-        self.settle(flow, host);
+        self.settle(flow, now, host);
         Ok(())
     }
 
@@ -499,7 +472,7 @@ impl Nat {
         out.extend(Self::syn(config, &connection, flow, host));
         self.by_tuple.insert((guest, apparent), flow);
         self.connections.insert(flow, connection);
-        self.arm(flow);
+        self.arm(flow, now);
         true
     }
 
@@ -594,7 +567,7 @@ impl Nat {
         connection.snd_nxt = connection.snd_una.wrapping_add(1);
         connection.retransmit_at = Some(now + connection.rto);
         out.extend(Self::syn_ack(config, connection, flow, host));
-        self.arm(flow);
+        self.arm(flow, now);
     }
 
     /// The SYN-ACK answering the guest's SYN.
@@ -634,7 +607,7 @@ impl Nat {
             return;
         };
         if connection.state == State::Connecting && Self::fail_over(connection, flow, now, host) {
-            return self.arm(flow);
+            return self.arm(flow, now);
         }
         info!(guest = %connection.guest, remote = %connection.remote, %error, reason = "host side failed", "connection dropped");
         match Self::connect_error(connection, icmp, error) {
@@ -702,7 +675,7 @@ impl Nat {
         if let Some(connection) = self.connections.get_mut(&flow) {
             connection.host_unpeeked = true;
             Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
-            self.settle(flow, host);
+            self.settle(flow, now, host);
         }
     }
 
@@ -713,12 +686,26 @@ impl Nat {
         &mut self,
         config: &GatewayConfig,
         flow: FlowId,
+        now: Instant,
         host: &mut dyn GatewayIo,
         out: &mut Vec<Frame>,
     ) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
         };
+        Self::reopen_window(config, connection, flow, host, out);
+        self.arm(flow, now);
+    }
+
+    /// If the guest was told the window is closed, or part of its data was refused, and
+    /// the host socket has room now: tell it, and ask for what was refused at once.
+    fn reopen_window(
+        config: &GatewayConfig,
+        connection: &mut Connection,
+        flow: FlowId,
+        host: &mut dyn GatewayIo,
+        out: &mut Vec<Frame>,
+    ) {
         let stalled = connection.advertised_zero || connection.guest_data_refused;
         if stalled && connection.state == State::Established {
             let window = Self::window_for_guest(connection, flow, host);
@@ -751,7 +738,7 @@ impl Nat {
         for flow in blocked {
             if let Some(connection) = self.connections.get_mut(&flow) {
                 Self::send_pending(config, connection, flow, now, host, &mut self.sender, out);
-                self.settle(flow, host);
+                self.settle(flow, now, host);
             }
         }
     }
@@ -764,17 +751,33 @@ impl Nat {
 
     /// When `connection` wants its timer next.
     fn deadline(connection: &Connection) -> Option<Instant> {
-        [connection.retransmit_at, connection.closing_since.map(|since| since + CLOSING_TIMEOUT)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            connection.retransmit_at,
+            connection.closing_since.map(|since| since + CLOSING_TIMEOUT),
+            connection.window_check_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Makes sure `flow` comes out of the timer heap no later than its deadline.
-    fn arm(&mut self, flow: FlowId) {
+    /// Arms the timer of the connection between `guest` and `dst`, if there is one, after
+    /// [`Nat::on_guest_segment`] (which may have created, changed or removed it).
+    pub fn arm_connection(&mut self, guest: SocketAddrV4, dst: SocketAddrV4, now: Instant) {
+        if let Some(&flow) = self.by_tuple.get(&(guest, dst)) {
+            self.arm(flow, now);
+        }
+    }
+
+    /// Makes sure `flow` comes out of the timer heap no later than its deadline, and that
+    /// a window told closed is looked at again soon.
+    fn arm(&mut self, flow: FlowId, now: Instant) {
         let Some(connection) = self.connections.get_mut(&flow) else {
             return;
         };
+        let window_closed = connection.advertised_zero && connection.state == State::Established;
+        connection.window_check_at =
+            window_closed.then(|| connection.window_check_at.unwrap_or(now + ZERO_WINDOW_RECHECK));
         let Some(deadline) = Self::deadline(connection) else {
             return;
         };
@@ -806,8 +809,12 @@ impl Nat {
                 self.remove(flow);
                 continue;
             }
+            if connection.window_check_at.is_some_and(|at| at <= now) {
+                connection.window_check_at = None;
+                Self::reopen_window(config, connection, flow, host, out);
+            }
             if connection.retransmit_at.is_none_or(|at| at > now) {
-                self.arm(flow);
+                self.arm(flow, now);
                 continue;
             }
             if connection.state == State::Connecting {
@@ -840,12 +847,12 @@ impl Nat {
                 }
                 State::Connecting => {}
             }
-            self.settle(flow, host);
+            self.settle(flow, now, host);
         }
     }
 
     /// Closes and forgets `flow` if it failed (abortively) or both sides finished.
-    fn settle(&mut self, flow: FlowId, host: &mut dyn GatewayIo) {
+    fn settle(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
         let Some(connection) = self.connections.get(&flow) else {
             return;
         };
@@ -856,7 +863,7 @@ impl Nat {
             host.tcp_close(flow, false);
             self.remove(flow);
         } else {
-            self.arm(flow);
+            self.arm(flow, now);
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Deadlines of flows keyed by `K`, earliest first.
 #[derive(Debug)]
@@ -34,6 +34,28 @@ impl<K: Ord + Copy> Deadlines<K> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Removes and returns the next key whose flow has been idle for `timeout` by `now`,
+    /// as `last_used` tells (None for a flow that is gone, whose key is dropped). A flow
+    /// used since it was scheduled is scheduled again for when it will have been idle
+    /// that long.
+    pub fn pop_idle(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        last_used: impl Fn(K) -> Option<Instant>,
+    ) -> Option<K> {
+        while let Some((_, key)) = self.pop_due(now) {
+            let Some(last_used) = last_used(key) else {
+                continue;
+            };
+            if last_used + timeout <= now {
+                return Some(key);
+            }
+            self.schedule(last_used + timeout, key);
+        }
+        None
+    }
+
     /// Removes and returns a key scheduled at or before `now`, with the time it was
     /// scheduled for.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
@@ -46,8 +68,6 @@ impl<K: Ord + Copy> Deadlines<K> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -64,5 +84,25 @@ mod tests {
         assert_eq!(deadlines.pop_due(now), Some((start + Duration::from_secs(2), 'b')));
         assert_eq!(deadlines.pop_due(now), None);
         assert_eq!(deadlines.next(), Some(start + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn only_flows_idle_for_the_timeout_come_out_and_used_ones_wait_again() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut deadlines = Deadlines::default();
+        for key in [1, 2, 3] {
+            deadlines.schedule(start + timeout, key);
+        }
+        // Flow 2 was used 5 s in; flow 3 is gone.
+        let last_used = |key: u32| match key {
+            1 => Some(start),
+            2 => Some(start + Duration::from_secs(5)),
+            _ => None,
+        };
+        let now = start + timeout;
+        assert_eq!(deadlines.pop_idle(now, timeout, last_used), Some(1));
+        assert_eq!(deadlines.pop_idle(now, timeout, last_used), None);
+        assert_eq!(deadlines.next(), Some(start + Duration::from_secs(15)), "flow 2 waits again");
     }
 }

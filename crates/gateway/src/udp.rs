@@ -181,18 +181,14 @@ impl Nat {
 
     /// Closes idle flows; a flow used since it was scheduled is looked at again later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
-        while let Some((_, id)) = self.idle_checks.pop_due(now) {
-            let Some(flow) = self.flows.get(&id) else {
-                continue;
-            };
-            let idle_until = flow.last_used + IDLE_TIMEOUT;
-            if idle_until > now {
-                self.idle_checks.schedule(idle_until, id);
-                continue;
+        let flows = &mut self.flows;
+        while let Some(id) =
+            self.idle_checks.pop_idle(now, IDLE_TIMEOUT, |id| flows.get(&id).map(|f| f.last_used))
+        {
+            if let Some(flow) = flows.remove(&id) {
+                self.by_route.remove(&(flow.route.guest, flow.route.dst));
+                host.datagram_close(id);
             }
-            self.by_route.remove(&(flow.route.guest, flow.route.dst));
-            self.flows.remove(&id);
-            host.datagram_close(id);
         }
     }
 }
