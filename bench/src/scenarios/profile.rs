@@ -83,7 +83,7 @@ fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={} {} \"$@\"\n",
+            "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --callgrind-out-file={} {} \"$@\"\n",
             out.display(),
             vnet.display()
         ),

@@ -68,7 +68,7 @@ pub fn render(status: &StatusView, ports: &[PortView]) -> String {
             "counter",
             "Packets the gateway dropped, by reason.",
         );
-        for reason in vnet_gateway::DropReason::ALL {
+        for reason in vnet_gateway::GatewayDropReason::ALL {
             drops
                 .sample(&[("reason", reason.name())], gateway.drops.get(reason.name()).copied().unwrap_or(0));
         }
@@ -97,7 +97,7 @@ fn port_counters(out: &mut String, ports: &[PortView]) {
     let mut drops =
         Family::new(out, "vnet_port_drops_total", "counter", "Frames dropped at a port, by reason.");
     for port in ports {
-        for reason in vnet_switch::DropReason::ALL {
+        for reason in vnet_switch::PortDropReason::ALL {
             let count = port.drops.get(reason.name()).copied().unwrap_or(0);
             drops.sample(
                 &[("port", &port.id.to_string()), ("name", &port.name), ("reason", reason.name())],

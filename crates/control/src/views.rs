@@ -181,7 +181,7 @@ pub fn ports(network: &Network) -> Vec<PortView> {
         .ports()
         .map(|(id, port)| {
             let counters = port.counters();
-            let drops = vnet_switch::DropReason::ALL
+            let drops = vnet_switch::PortDropReason::ALL
                 .into_iter()
                 .filter(|reason| counters.drops(*reason) > 0)
                 .map(|reason| (reason.name().to_owned(), counters.drops(reason)))
@@ -276,7 +276,7 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
                 .map(|(name, count)| (name.to_owned(), count))
                 .collect(),
             forwards: gateway.forwards().count(),
-            drops: vnet_gateway::DropReason::ALL
+            drops: vnet_gateway::GatewayDropReason::ALL
                 .into_iter()
                 .filter(|reason| counters.drops(*reason) > 0)
                 .map(|reason| (reason.name().to_owned(), counters.drops(reason)))

@@ -13,7 +13,7 @@ use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr};
 use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::packet::{self, BuiltFrame};
 
 /// Most guests remembered; more than any segment of VMs needs, and a bound on what a
@@ -70,17 +70,17 @@ pub fn handle(
     bytes: &[u8],
     config: &GatewayConfig,
     neighbors: &mut Neighbors,
-) -> Result<Option<BuiltFrame>, DropReason> {
-    let packet = ArpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+) -> Result<Option<BuiltFrame>, GatewayDropReason> {
+    let packet = ArpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
     let ArpRepr::EthernetIpv4 {
         operation,
         source_hardware_addr,
         source_protocol_addr,
         target_protocol_addr,
         ..
-    } = ArpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?
+    } = ArpRepr::parse(&packet).map_err(|_| GatewayDropReason::Malformed)?
     else {
-        return Err(DropReason::Unsupported);
+        return Err(GatewayDropReason::Unsupported);
     };
     if config.contains(source_protocol_addr) {
         neighbors.learn(source_protocol_addr, source_hardware_addr);
@@ -93,6 +93,6 @@ pub fn handle(
             packet::arp_reply(config.mac(), target_protocol_addr, source_hardware_addr, source_protocol_addr),
         )),
         ArpOperation::Request | ArpOperation::Reply => Ok(None),
-        _ => Err(DropReason::Unsupported),
+        _ => Err(GatewayDropReason::Unsupported),
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 
 /// Why the gateway did not act on a frame or a host datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum GatewayDropReason {
     /// Truncated header, wrong length field, or an option running past the packet.
     Malformed,
     /// An IPv4, UDP or ICMP checksum did not match.
@@ -40,42 +40,42 @@ pub enum DropReason {
     TooLarge,
 }
 
-impl DropReason {
+impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
-        DropReason::Malformed,
-        DropReason::BadChecksum,
-        DropReason::NotForGateway,
-        DropReason::Fragment,
-        DropReason::Unsupported,
-        DropReason::Broadcast,
-        DropReason::Restricted,
-        DropReason::FlowLimit,
-        DropReason::HostSocket,
-        DropReason::UnknownGuest,
-        DropReason::UnknownFlow,
-        DropReason::DhcpRefused,
-        DropReason::Spoofed,
-        DropReason::TooLarge,
+    pub const ALL: [GatewayDropReason; 14] = [
+        GatewayDropReason::Malformed,
+        GatewayDropReason::BadChecksum,
+        GatewayDropReason::NotForGateway,
+        GatewayDropReason::Fragment,
+        GatewayDropReason::Unsupported,
+        GatewayDropReason::Broadcast,
+        GatewayDropReason::Restricted,
+        GatewayDropReason::FlowLimit,
+        GatewayDropReason::HostSocket,
+        GatewayDropReason::UnknownGuest,
+        GatewayDropReason::UnknownFlow,
+        GatewayDropReason::DhcpRefused,
+        GatewayDropReason::Spoofed,
+        GatewayDropReason::TooLarge,
     ];
 
     /// A short name for logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
-            DropReason::Malformed => "malformed",
-            DropReason::BadChecksum => "bad_checksum",
-            DropReason::NotForGateway => "not_for_gateway",
-            DropReason::Fragment => "fragment",
-            DropReason::Unsupported => "unsupported",
-            DropReason::Broadcast => "broadcast",
-            DropReason::Restricted => "restricted",
-            DropReason::FlowLimit => "flow_limit",
-            DropReason::HostSocket => "host_socket",
-            DropReason::UnknownGuest => "unknown_guest",
-            DropReason::UnknownFlow => "unknown_flow",
-            DropReason::DhcpRefused => "dhcp_refused",
-            DropReason::Spoofed => "spoofed",
-            DropReason::TooLarge => "too_large",
+            GatewayDropReason::Malformed => "malformed",
+            GatewayDropReason::BadChecksum => "bad_checksum",
+            GatewayDropReason::NotForGateway => "not_for_gateway",
+            GatewayDropReason::Fragment => "fragment",
+            GatewayDropReason::Unsupported => "unsupported",
+            GatewayDropReason::Broadcast => "broadcast",
+            GatewayDropReason::Restricted => "restricted",
+            GatewayDropReason::FlowLimit => "flow_limit",
+            GatewayDropReason::HostSocket => "host_socket",
+            GatewayDropReason::UnknownGuest => "unknown_guest",
+            GatewayDropReason::UnknownFlow => "unknown_flow",
+            GatewayDropReason::DhcpRefused => "dhcp_refused",
+            GatewayDropReason::Spoofed => "spoofed",
+            GatewayDropReason::TooLarge => "too_large",
         }
     }
 }
@@ -83,16 +83,16 @@ impl DropReason {
 /// Drops by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayCounters {
-    drops: [u64; DropReason::ALL.len()],
+    drops: [u64; GatewayDropReason::ALL.len()],
 }
 
 impl GatewayCounters {
     /// How many drops had `reason`.
-    pub fn drops(&self, reason: DropReason) -> u64 {
+    pub fn drops(&self, reason: GatewayDropReason) -> u64 {
         self.drops[reason as usize]
     }
 
-    pub(crate) fn record(&mut self, reason: DropReason) {
+    pub(crate) fn record(&mut self, reason: GatewayDropReason) {
         self.drops[reason as usize] += 1;
     }
 }
@@ -100,7 +100,7 @@ impl GatewayCounters {
 impl fmt::Display for GatewayCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for reason in DropReason::ALL {
+        for reason in GatewayDropReason::ALL {
             let count = self.drops(reason);
             if count > 0 {
                 write!(f, "{}drop.{}={count}", if first { "" } else { " " }, reason.name())?;

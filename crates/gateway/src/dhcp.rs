@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::inspect::Lease;
 use crate::packet::{self, BuiltFrame};
 
@@ -62,13 +62,13 @@ impl Server {
         mac: MacAddress,
         payload: &[u8],
         config: &GatewayConfig,
-    ) -> Result<Option<BuiltFrame>, DropReason> {
-        let packet = DhcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
-        let request = DhcpRepr::parse(&packet).map_err(|_| DropReason::Malformed)?;
+    ) -> Result<Option<BuiltFrame>, GatewayDropReason> {
+        let packet = DhcpPacket::new_checked(payload).map_err(|_| GatewayDropReason::Malformed)?;
+        let request = DhcpRepr::parse(&packet).map_err(|_| GatewayDropReason::Malformed)?;
         let rapid_commit = packet.options().any(|option| option.kind == OPTION_RAPID_COMMIT);
         let client = request.client_hardware_address;
         if client != mac {
-            return Err(DropReason::DhcpRefused);
+            return Err(GatewayDropReason::DhcpRefused);
         }
         let (message_type, your_ip) = match request.message_type {
             DhcpMessageType::Discover => match self.lease_for(client, request.requested_ip, config) {
@@ -78,7 +78,7 @@ impl Server {
             },
             DhcpMessageType::Request => {
                 if request.server_identifier.is_some_and(|id| id != config.host) {
-                    return Err(DropReason::NotForGateway);
+                    return Err(GatewayDropReason::NotForGateway);
                 }
                 let wanted = request.requested_ip.unwrap_or(request.client_ip);
                 match self.lease_for(client, Some(wanted), config) {
@@ -98,7 +98,7 @@ impl Server {
                 }
                 return Ok(None);
             }
-            _ => return Err(DropReason::Unsupported),
+            _ => return Err(GatewayDropReason::Unsupported),
         };
         let lease = (message_type != DhcpMessageType::Ack || your_ip != Ipv4Addr::UNSPECIFIED)
             .then_some(config.lease_time.as_secs().min(u64::from(u32::MAX)) as u32);
@@ -156,7 +156,7 @@ impl Server {
         request: &DhcpRepr<'_>,
         config: &GatewayConfig,
         mac: MacAddress,
-    ) -> Result<Option<BuiltFrame>, DropReason> {
+    ) -> Result<Option<BuiltFrame>, GatewayDropReason> {
         if self.leases.len() >= self.pool.len() {
             warn!(%client, leases = self.leases.len(), "DHCP pool is full; sending NAK");
         } else {

@@ -1,7 +1,7 @@
 //! Taking a guest's frame apart: Ethernet, then ARP or IPv4, then UDP, TCP or ICMP, each
 //! handed to its protocol's file; and the checks every packet passes first (checksums,
 //! fragments, spoofed sources, the TTL that ends at the gateway). Drops come back as
-//! their [`DropReason`].
+//! their [`GatewayDropReason`].
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
@@ -10,7 +10,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
 use vnet_wire::{MacAddress, Offload};
 
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
 use crate::gateway::Gateway;
 use crate::guest::GuestPacket;
@@ -23,11 +23,11 @@ impl Gateway {
         offload: Offload,
         now: Instant,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
-        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+    ) -> Result<(), GatewayDropReason> {
+        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| GatewayDropReason::Malformed)?;
         let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
         if !to_us {
-            return Err(DropReason::NotForGateway);
+            return Err(GatewayDropReason::NotForGateway);
         }
         match ethernet.ethertype() {
             EthernetProtocol::Arp => {
@@ -39,7 +39,7 @@ impl Gateway {
                 let checksum_offloaded = offload.checksum.is_some();
                 self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), checksum_offloaded, now, host)
             }
-            _ => Err(DropReason::Unsupported),
+            _ => Err(GatewayDropReason::Unsupported),
         }
     }
 
@@ -50,16 +50,16 @@ impl Gateway {
         checksum_offloaded: bool,
         now: Instant,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
-        let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+    ) -> Result<(), GatewayDropReason> {
+        let ip = Ipv4Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         if !ip.verify_checksum() {
-            return Err(DropReason::BadChecksum);
+            return Err(GatewayDropReason::BadChecksum);
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
-            return Err(DropReason::Fragment);
+            return Err(GatewayDropReason::Fragment);
         }
-        let repr =
-            Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).map_err(|_| DropReason::Malformed)?;
+        let repr = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default())
+            .map_err(|_| GatewayDropReason::Malformed)?;
         let packet = GuestPacket {
             mac,
             src: repr.src_addr,
@@ -71,7 +71,7 @@ impl Gateway {
             self.neighbors.learn(packet.src, mac);
         } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
             // Only a DHCP client may speak before it has an address of the network.
-            return Err(DropReason::Spoofed);
+            return Err(GatewayDropReason::Spoofed);
         }
         if repr.hop_limit <= 1 && !self.config.contains(packet.dst) {
             // The gateway is the first router on the way out: the hop ends here.
@@ -82,7 +82,7 @@ impl Gateway {
             IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
             IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
             IpProtocol::Icmp => self.dispatch_icmp(packet, ip.payload(), now, host),
-            _ => Err(DropReason::Unsupported),
+            _ => Err(GatewayDropReason::Unsupported),
         }
     }
 
@@ -92,11 +92,11 @@ impl Gateway {
         bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
-        let udp = UdpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+    ) -> Result<(), GatewayDropReason> {
+        let udp = UdpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         let checked = udp.checksum() != 0 && !packet.checksum_offloaded;
         if checked && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
-            return Err(DropReason::BadChecksum);
+            return Err(GatewayDropReason::BadChecksum);
         }
         let src = SocketAddrV4::new(packet.src, udp.src_port());
         let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
@@ -109,11 +109,11 @@ impl Gateway {
             return Ok(());
         }
         if dst.ip().is_broadcast() || dst.ip().is_multicast() || *dst.ip() == self.config.broadcast() {
-            return Err(DropReason::Broadcast);
+            return Err(GatewayDropReason::Broadcast);
         }
         if *dst.ip() == self.config.dns && dst.port() == dns::PORT {
             if self.config.restrict {
-                return Err(DropReason::Restricted);
+                return Err(GatewayDropReason::Restricted);
             }
             if let Some(answer) = self.dns.forward(src, dst, udp.payload(), now, host, &mut self.flow_ids)? {
                 self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
@@ -124,7 +124,7 @@ impl Gateway {
             if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
                 return host
                     .udp_forward_reply(inbound.forward, inbound.client, udp.payload())
-                    .map_err(|_| DropReason::HostSocket);
+                    .map_err(|_| GatewayDropReason::HostSocket);
             }
         }
         let remote =
@@ -137,7 +137,7 @@ impl Gateway {
             Err(udp::SendError::Dropped(reason)) => Err(reason),
             Err(udp::SendError::Unreachable(report)) => {
                 self.send_guest_error(report);
-                Err(DropReason::HostSocket)
+                Err(GatewayDropReason::HostSocket)
             }
         }
     }
@@ -148,7 +148,7 @@ impl Gateway {
         bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), GatewayDropReason> {
         let echo = icmp::parse_echo_request(bytes)?;
         if packet.dst == self.config.host || packet.dst == self.config.dns {
             self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
@@ -165,14 +165,19 @@ impl Gateway {
         bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
-        let ports = bytes.get(..4).ok_or(DropReason::Malformed)?;
+    ) -> Result<(), GatewayDropReason> {
+        let ports = bytes.get(..4).ok_or(GatewayDropReason::Malformed)?;
         let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
         let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
         let full = self.flow_count() >= self.config.max_flows;
         let config = &self.config;
-        let target =
-            || if full { Err(DropReason::FlowLimit) } else { route::tcp_target(config, dst, packet.ttl) };
+        let target = || {
+            if full {
+                Err(GatewayDropReason::FlowLimit)
+            } else {
+                route::tcp_target(config, dst, packet.ttl)
+            }
+        };
         let mut out = std::mem::take(&mut self.tcp_out);
         let result = self.tcp.on_guest_segment(
             &self.config,

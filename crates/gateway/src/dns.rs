@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::guest::GuestDatagram;
 use crate::host::{FlowId, FlowIds, HostSockets};
 use crate::timers::Deadlines;
@@ -55,12 +55,12 @@ impl Forwarder {
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-    ) -> Result<Option<GuestDatagram>, DropReason> {
+    ) -> Result<Option<GuestDatagram>, GatewayDropReason> {
         if query.len() < HEADER_LEN || query[2] & 0x80 != 0 {
-            return Err(DropReason::Malformed);
+            return Err(GatewayDropReason::Malformed);
         }
         if self.pending.len() >= MAX_PENDING {
-            return Err(DropReason::FlowLimit);
+            return Err(GatewayDropReason::FlowLimit);
         }
         let pending = Pending { guest, server, query: query.to_vec(), upstream: 0 };
         Ok(self.try_upstreams(pending, now, host, flows))

@@ -12,7 +12,7 @@ use std::time::Instant;
 use vnet_wire::{Frame, Offload};
 
 use crate::config::{GatewayConfig, HostForward};
-use crate::counters::{DropReason, GatewayCounters};
+use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
 use crate::host::{FlowId, FlowIds};
 use crate::icmp::{self, HostIcmpError};
@@ -99,7 +99,7 @@ impl Gateway {
         for frame in frames {
             match frame {
                 Ok(frame) => self.outbox.push_back(frame),
-                Err(_) => self.counters.record(DropReason::TooLarge),
+                Err(_) => self.counters.record(GatewayDropReason::TooLarge),
             }
         }
     }
@@ -131,7 +131,7 @@ impl Gateway {
         }
         match reply {
             Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),
-            None => self.counters.record(DropReason::UnknownFlow),
+            None => self.counters.record(GatewayDropReason::UnknownFlow),
         }
     }
 
@@ -183,7 +183,7 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) {
         if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
-            self.counters.record(DropReason::FlowLimit);
+            self.counters.record(GatewayDropReason::FlowLimit);
             return host.tcp_close(flow, true);
         }
         let Some(guest_mac) = self.neighbors.lookup(*guest.ip()) else {
@@ -194,7 +194,7 @@ impl Gateway {
         };
         let mut out = Vec::new();
         if !self.tcp.on_inbound(&self.config, flow, guest_mac, guest, now, host, &mut out) {
-            self.counters.record(DropReason::FlowLimit);
+            self.counters.record(GatewayDropReason::FlowLimit);
             host.tcp_close(flow, true);
         }
         self.outbox.extend(out);
@@ -257,7 +257,7 @@ impl Gateway {
         let Some(port) =
             self.udp_inbound.port_for(forward, client, now, |port| udp.uses_guest_port(host_ip, port))
         else {
-            return self.counters.record(DropReason::FlowLimit);
+            return self.counters.record(GatewayDropReason::FlowLimit);
         };
         if self.neighbors.lookup(*target.ip()).is_none() {
             // The guest has not spoken yet: ask where it is; the client's next datagram
@@ -330,7 +330,7 @@ impl Gateway {
             .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
         self.inbound_awaiting_arp = waiting;
         for (_, flow, _) in expired {
-            self.counters.record(DropReason::UnknownGuest);
+            self.counters.record(GatewayDropReason::UnknownGuest);
             host.tcp_close(flow, true);
         }
         for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
@@ -365,14 +365,14 @@ impl Gateway {
     pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
         match self.neighbors.lookup(*to.ip()) {
             Some(mac) => self.queue_frames([packet::udp(self.config.mac(), mac, from, to, payload)]),
-            None => self.counters.record(DropReason::UnknownGuest),
+            None => self.counters.record(GatewayDropReason::UnknownGuest),
         }
     }
 
     pub(crate) fn send_guest_error(&mut self, report: icmp::GuestError) {
         match self.neighbors.lookup(report.guest) {
             Some(mac) => self.queue_frames([icmp::error_for_guest(&self.config, mac, &report)]),
-            None => self.counters.record(DropReason::UnknownGuest),
+            None => self.counters.record(GatewayDropReason::UnknownGuest),
         }
     }
 }

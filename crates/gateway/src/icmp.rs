@@ -22,7 +22,7 @@ use tracing::warn;
 use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::guest::GuestPacket;
 use crate::host::{FlowId, FlowIds, HostSockets, IcmpSocketKind};
 use crate::inspect::{FlowProtocol, FlowSummary};
@@ -42,16 +42,18 @@ pub struct EchoRequest {
 }
 
 /// Parses an ICMP message from a guest, which must be a well-formed echo request.
-pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, DropReason> {
-    let icmp = Icmpv4Packet::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, GatewayDropReason> {
+    let icmp = Icmpv4Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
     if !icmp.verify_checksum() {
-        return Err(DropReason::BadChecksum);
+        return Err(GatewayDropReason::BadChecksum);
     }
-    match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()).map_err(|_| DropReason::Unsupported)? {
+    match Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default())
+        .map_err(|_| GatewayDropReason::Unsupported)?
+    {
         Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
             Ok(EchoRequest { ident, seq_no, data: data.to_vec() })
         }
-        _ => Err(DropReason::Unsupported),
+        _ => Err(GatewayDropReason::Unsupported),
     }
 }
 
@@ -111,13 +113,13 @@ impl EchoFlows {
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), GatewayDropReason> {
         let key = (guest.src, echo.ident, guest.dst);
         let flow = match self.by_key.get(&key) {
             Some(flow) => *flow,
             None => {
                 if !room_for_new {
-                    return Err(DropReason::FlowLimit);
+                    return Err(GatewayDropReason::FlowLimit);
                 }
                 let flow = flows.next();
                 let kind = match host.icmp_open(flow, remote) {
@@ -127,7 +129,7 @@ impl EchoFlows {
                             self.reported_denied = true;
                             warn!(error = %e, "neither a ping socket nor a raw socket can be opened; guests' pings beyond the gateway are dropped (see net.ipv4.ping_group_range)");
                         }
-                        return Err(DropReason::HostSocket);
+                        return Err(GatewayDropReason::HostSocket);
                     }
                 };
                 self.by_key.insert(key, flow);
@@ -147,7 +149,7 @@ impl EchoFlows {
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.last_used = now;
         }
-        host.datagram_send(flow, bytes).map_err(|_| DropReason::HostSocket)
+        host.datagram_send(flow, bytes).map_err(|_| GatewayDropReason::HostSocket)
     }
 
     /// An echo reply arrived on `flow`'s ping socket: the frame for the guest, with the

@@ -36,7 +36,7 @@ mod timers;
 mod udp;
 
 pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
-pub use counters::{DropReason, GatewayCounters};
+pub use counters::{GatewayCounters, GatewayDropReason};
 pub use egress::{EgressRoom, GatewayIo, GuestEgress};
 pub use gateway::Gateway;
 pub use host::{FlowId, HostSockets, IcmpSocketKind};

@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::config::GatewayConfig;
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::dns;
 use crate::tcp::ConnectTarget;
 
@@ -28,14 +28,14 @@ pub fn tcp_target(
     config: &GatewayConfig,
     dst: SocketAddrV4,
     guest_ttl: u8,
-) -> Result<ConnectTarget, DropReason> {
+) -> Result<ConnectTarget, GatewayDropReason> {
     let ttl = host_ttl(guest_ttl);
     if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
         return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
     }
     if *dst.ip() == config.dns && dst.port() == dns::PORT && !config.restrict {
         if config.dns_upstreams.is_empty() {
-            return Err(DropReason::HostSocket);
+            return Err(GatewayDropReason::HostSocket);
         }
         return Ok(ConnectTarget { remotes: config.dns_upstreams.clone(), ttl });
     }
@@ -44,15 +44,19 @@ pub fn tcp_target(
 }
 
 /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.
-pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, DropReason> {
+pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, GatewayDropReason> {
     if config.restrict {
-        return Err(DropReason::Restricted);
+        return Err(GatewayDropReason::Restricted);
     }
     if dst == config.host {
-        return if config.host_loopback { Ok(Ipv4Addr::LOCALHOST) } else { Err(DropReason::Restricted) };
+        return if config.host_loopback {
+            Ok(Ipv4Addr::LOCALHOST)
+        } else {
+            Err(GatewayDropReason::Restricted)
+        };
     }
     if config.contains(dst) {
-        return Err(DropReason::NotForGateway);
+        return Err(GatewayDropReason::NotForGateway);
     }
     // The host's own loopback is reachable only as the host address (and only with
     // host-loopback=on); "this network", broadcast and multicast never leave.
@@ -62,7 +66,7 @@ pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Ad
         || dst.is_broadcast()
         || dst.is_multicast()
     {
-        return Err(DropReason::Restricted);
+        return Err(GatewayDropReason::Restricted);
     }
     Ok(dst)
 }

@@ -32,7 +32,7 @@ use vnet_wire::offload::{SegmentKind, Segmentation};
 use vnet_wire::{Frame, FrameBuffer, MacAddress, Offload};
 
 use crate::config::GatewayConfig;
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::egress::{EgressRoom, GatewayIo};
 use crate::host::{FlowId, FlowIds};
 use crate::icmp::{self, GuestError, HostIcmpError};
@@ -71,6 +71,8 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
 const ZERO_WINDOW_RECHECK: Duration = Duration::from_millis(1);
 /// Most frames filled by one peek of a host socket.
 const MAX_FRAMES_PER_PEEK: usize = 64;
+/// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
+const FIRST_PEEK_BATCH: usize = 2;
 
 /// Where the host side of a new guest connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,8 @@ struct Connection {
     closing_since: Option<Instant>,
     /// Timeouts in a row without progress.
     retransmits: u32,
+    /// How many frames the next peek of the host socket fills at most.
+    peek_batch: usize,
     /// When to look again whether the host socket has room, while the guest was told the
     /// window is closed: the socket signals writability only after a write it refused,
     /// and a closed window means no write was tried.
@@ -215,6 +219,7 @@ impl Connection {
             retransmit_at: None,
             closing_since: None,
             retransmits: 0,
+            peek_batch: FIRST_PEEK_BATCH,
             window_check_at: None,
             timer_armed: None,
             failed: false,
@@ -304,33 +309,33 @@ impl Nat {
         dst: SocketAddrV4,
         bytes: &[u8],
         checksum_offloaded: bool,
-        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
+        target: impl FnOnce() -> Result<ConnectTarget, GatewayDropReason>,
         now: Instant,
         host: &mut dyn GatewayIo,
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
-    ) -> Result<(), DropReason> {
-        let packet = TcpPacket::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
+    ) -> Result<(), GatewayDropReason> {
+        let packet = TcpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         let checksums = if checksum_offloaded {
             ChecksumCapabilities::ignored()
         } else {
             ChecksumCapabilities::default()
         };
         let repr = TcpRepr::parse(&packet, &(*guest.ip()).into(), &(*dst.ip()).into(), &checksums)
-            .map_err(|_| DropReason::Malformed)?;
+            .map_err(|_| GatewayDropReason::Malformed)?;
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
             let new = NewConnection { guest_mac, guest, dst };
             return self.on_new_segment(config, new, &repr, target, now, host, flows, out);
         };
         let Some(connection) = self.connections.get_mut(&flow) else {
-            return Err(DropReason::UnknownFlow);
+            return Err(GatewayDropReason::UnknownFlow);
         };
         if repr.control == TcpControl::Rst {
             // Only a reset at the expected sequence number counts (RFC 5961), so a
             // guest cannot kill another's connection by guessing its ports.
             let in_handshake = matches!(connection.state, State::SynSent | State::Connecting);
             if !in_handshake && repr.seq_number.0 as u32 != connection.rcv_nxt {
-                return Err(DropReason::Malformed);
+                return Err(GatewayDropReason::Malformed);
             }
             info!(%guest, remote = %dst, reason = "guest reset", "connection dropped");
             host.tcp_close(flow, true);
@@ -401,19 +406,19 @@ impl Nat {
         config: &GatewayConfig,
         new: NewConnection,
         repr: &TcpRepr<'_>,
-        target: impl FnOnce() -> Result<ConnectTarget, DropReason>,
+        target: impl FnOnce() -> Result<ConnectTarget, GatewayDropReason>,
         now: Instant,
         host: &mut dyn GatewayIo,
         flows: &mut FlowIds,
         out: &mut Vec<Frame>,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), GatewayDropReason> {
         let NewConnection { guest_mac, guest, dst } = new;
         if repr.control == TcpControl::Rst {
             return Ok(());
         }
         if repr.control != TcpControl::Syn || repr.ack_number.is_some() {
             out.extend(reset_for(config, guest_mac, guest, dst, repr));
-            return Err(DropReason::UnknownFlow);
+            return Err(GatewayDropReason::UnknownFlow);
         }
         let target = match target() {
             Ok(target) => target,
@@ -426,7 +431,7 @@ impl Nat {
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(host, flow, &mut candidates, target.ttl) else {
             out.extend(reset_for(config, guest_mac, guest, dst, repr));
-            return Err(DropReason::HostSocket);
+            return Err(GatewayDropReason::HostSocket);
         };
         let isn = self.next_isn(guest, dst);
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(536));
@@ -526,9 +531,9 @@ impl Nat {
         host: &mut dyn GatewayIo,
         sender: &mut Sender,
         out: &mut Vec<Frame>,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), GatewayDropReason> {
         if repr.ack_number.map(|ack| ack.0 as u32) != Some(connection.snd_nxt) {
-            return Err(DropReason::Malformed);
+            return Err(GatewayDropReason::Malformed);
         }
         connection.state = State::Established;
         connection.snd_una = connection.snd_nxt;
@@ -879,10 +884,10 @@ impl Nat {
         now: Instant,
         flow: FlowId,
         host: &mut dyn GatewayIo,
-    ) -> Result<(), DropReason> {
+    ) -> Result<(), GatewayDropReason> {
         if connection.state == State::SynAckSent {
             if ack != connection.snd_nxt {
-                return Err(DropReason::Malformed);
+                return Err(GatewayDropReason::Malformed);
             }
             connection.state = State::Established;
             connection.snd_una = ack;
@@ -911,7 +916,7 @@ impl Nat {
                 acked -= 1; // the FIN takes a sequence number but no byte
             }
             if acked > 0 && host.tcp_consume(flow, acked).is_err() {
-                return Err(DropReason::HostSocket);
+                return Err(GatewayDropReason::HostSocket);
             }
             connection.snd_una = ack;
             connection.rto = INITIAL_RTO;
@@ -996,8 +1001,11 @@ impl Nat {
                 sender.blocked.insert(flow);
                 break;
             }
-            // Whole frames per peek, straight into the payload room of pooled frames.
-            let want = room.min(affordable).min(frame_payload * MAX_FRAMES_PER_PEEK);
+            // Whole frames per peek, straight into the payload room of pooled frames: as
+            // many as the last peek filled (twice that if it filled all it asked for), so
+            // a trickle takes few buffers and a stream soon takes many.
+            let batch = connection.peek_batch;
+            let want = room.min(affordable).min(frame_payload * batch);
             let frames = want.div_ceil(frame_payload);
             sender.buffers.clear();
             sender.buffers.extend((0..frames).map(|_| FrameBuffer::for_len(frame_payload)));
@@ -1013,11 +1021,18 @@ impl Nat {
                 host.tcp_peek(flow, in_flight, &mut slices[..frames])
             };
             let got = match peeked {
+                Ok(got) if got == want => {
+                    connection.peek_batch = (batch * 2).min(MAX_FRAMES_PER_PEEK);
+                    got
+                }
                 Ok(0) => {
                     connection.host_eof = true;
                     break;
                 }
-                Ok(got) => got,
+                Ok(got) => {
+                    connection.peek_batch = got.div_ceil(frame_payload).max(FIRST_PEEK_BATCH);
+                    got
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     connection.host_unpeeked = false;
                     break;

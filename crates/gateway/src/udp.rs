@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::IpProtocol;
 
-use crate::counters::DropReason;
+use crate::counters::GatewayDropReason;
 use crate::guest::GuestDatagram;
 use crate::host::{FlowId, FlowIds, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
@@ -39,7 +39,7 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
     /// Dropped and counted.
-    Dropped(DropReason),
+    Dropped(GatewayDropReason),
     /// The host said the destination is unreachable; the guest is told.
     Unreachable(GuestError),
 }
@@ -130,10 +130,11 @@ impl Nat {
             Some(flow) => *flow,
             None => {
                 if !room_for_new {
-                    return Err(SendError::Dropped(DropReason::FlowLimit));
+                    return Err(SendError::Dropped(GatewayDropReason::FlowLimit));
                 }
                 let flow = flows.next();
-                host.udp_open(flow, route.remote).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
+                host.udp_open(flow, route.remote)
+                    .map_err(|_| SendError::Dropped(GatewayDropReason::HostSocket))?;
                 self.by_route.insert(key, flow);
                 self.flows.insert(flow, Flow { route, ttl: None, last_used: now });
                 self.idle_checks.schedule(now + IDLE_TIMEOUT, flow);
@@ -143,14 +144,14 @@ impl Nat {
         if let Some(entry) = self.flows.get_mut(&flow) {
             entry.last_used = now;
             if entry.ttl != ttl {
-                host.set_ttl(flow, ttl).map_err(|_| SendError::Dropped(DropReason::HostSocket))?;
+                host.set_ttl(flow, ttl).map_err(|_| SendError::Dropped(GatewayDropReason::HostSocket))?;
                 entry.ttl = ttl;
             }
         }
         host.datagram_send(flow, payload).map_err(|error| {
             match guest_error(&route, payload.len(), None, &error) {
                 Some(report) => SendError::Unreachable(report),
-                None => SendError::Dropped(DropReason::HostSocket),
+                None => SendError::Dropped(GatewayDropReason::HostSocket),
             }
         })
     }

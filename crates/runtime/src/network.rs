@@ -78,6 +78,9 @@ pub struct Network {
     pending: Vec<PortId>,
     events: EventCounters,
     next_housekeeping: Instant,
+    /// The time of this turn of the loop, read once after each wake-up and given to
+    /// every endpoint that runs in the turn.
+    now: Instant,
     jobs: mpsc::Receiver<Job<Network>>,
     remote: Remote,
 }
@@ -101,6 +104,7 @@ impl Network {
             pending: Vec::new(),
             events: EventCounters::default(),
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+            now: Instant::now(),
             jobs,
             remote,
         })
@@ -127,6 +131,7 @@ impl Network {
         endpoint: Box<dyn Endpoint>,
         vlans: PortVlans,
     ) -> Result<EndpointId, RuntimeError> {
+        self.now = Instant::now();
         let id = self
             .install(endpoint, vlans)
             .map_err(|source| RuntimeError { context: "cannot start endpoint", source })?;
@@ -191,6 +196,7 @@ impl Network {
                 }
                 return Err(RuntimeError { context: "epoll_wait failed", source });
             }
+            self.now = Instant::now();
             let mut stop = None;
             turn.clear();
             turn.append(&mut again);
@@ -231,6 +237,7 @@ impl Network {
     /// Runs the jobs other threads sent through [`Remote`].
     fn run_jobs(&mut self) {
         while let Ok(job) = self.jobs.try_recv() {
+            self.now = Instant::now();
             job(self);
         }
     }
@@ -271,7 +278,7 @@ impl Network {
         let mut cx = Context {
             switch: &mut self.switch,
             registry: self.poll.registry(),
-            now: Instant::now(),
+            now: self.now,
             token: slot.token,
             ready: ready.unwrap_or(slot.token),
             endpoint: key,
@@ -385,7 +392,7 @@ impl Network {
     }
 
     fn run_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         if now >= self.next_housekeeping {
             self.switch.expire(now);
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;

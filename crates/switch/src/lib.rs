@@ -23,7 +23,7 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
-pub use port::{DropReason, Port, PortCounters, PortId, QueueLimits, QueueRoom};
+pub use port::{Port, PortCounters, PortDropReason, PortId, QueueLimits, QueueRoom};
 pub use vlan::{PortVlans, Vlan};
 
 /// How the switch forwards frames.
@@ -160,14 +160,14 @@ impl Switch {
             Err(error) => {
                 port.record_received(error.len());
                 let reason = match error {
-                    FrameError::Runt(_) => DropReason::Runt,
-                    FrameError::Oversize(_) => DropReason::Oversize,
+                    FrameError::Runt(_) => PortDropReason::Runt,
+                    FrameError::Oversize(_) => PortDropReason::Oversize,
                 };
                 return port.record_drop(reason);
             }
         };
         if frame.source().is_multicast() {
-            return port.record_drop(DropReason::MulticastSource);
+            return port.record_drop(PortDropReason::MulticastSource);
         }
         let (frame, vlan) = match port.vlans().ingress(frame) {
             Ok(classified) => classified,
@@ -203,7 +203,7 @@ impl Switch {
 
     /// Counts a frame port `port` received and its transport dropped before the switch
     /// saw it.
-    pub fn record_drop(&mut self, port: PortId, reason: DropReason) {
+    pub fn record_drop(&mut self, port: PortId, reason: PortDropReason) {
         if let Some(port) = self.ports.get_mut(&port) {
             port.record_drop(reason);
         }
@@ -300,18 +300,18 @@ impl Switch {
     /// not fit whole is dropped as one, and an absurd segment size is refused.
     fn enqueue_resolved(port: &mut Port, frame: &Frame, tag: Option<VlanId>) -> bool {
         let Ok(count) = offload::wire_frames(frame.as_bytes(), frame.offload()) else {
-            port.record_drop(DropReason::BadOffload);
+            port.record_drop(PortDropReason::BadOffload);
             return false;
         };
         let room = port.room();
         if count > room.frames || (!port.is_idle() && frame.len() > room.bytes) {
-            port.record_drop(DropReason::QueueFull);
+            port.record_drop(PortDropReason::QueueFull);
             return false;
         }
         let mut queued = false;
         let resolved = offload::resolve(frame, |segment| queued |= Self::enqueue_tagged(port, segment, tag));
         if resolved.is_err() {
-            port.record_drop(DropReason::BadOffload);
+            port.record_drop(PortDropReason::BadOffload);
         }
         queued
     }
@@ -324,7 +324,7 @@ impl Switch {
             Some(vlan) => match vnet_wire::vlan::tag(&frame, vlan) {
                 Some(tagged) => tagged,
                 None => {
-                    port.record_drop(DropReason::Oversize);
+                    port.record_drop(PortDropReason::Oversize);
                     return false;
                 }
             },

@@ -24,7 +24,7 @@ impl fmt::Display for PortId {
 
 /// Why a frame was not delivered. Every drop is counted under exactly one reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub enum PortDropReason {
     /// Received: shorter than an Ethernet header.
     Runt,
     /// Received: longer than the largest frame vnet carries.
@@ -42,40 +42,40 @@ pub enum DropReason {
     VlanNotAllowed,
 }
 
-impl DropReason {
+impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
-        DropReason::Runt,
-        DropReason::Oversize,
-        DropReason::MulticastSource,
-        DropReason::QueueFull,
-        DropReason::SendFailed,
-        DropReason::BadOffload,
-        DropReason::VlanNotAllowed,
+    pub const ALL: [PortDropReason; 7] = [
+        PortDropReason::Runt,
+        PortDropReason::Oversize,
+        PortDropReason::MulticastSource,
+        PortDropReason::QueueFull,
+        PortDropReason::SendFailed,
+        PortDropReason::BadOffload,
+        PortDropReason::VlanNotAllowed,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
     pub fn is_receive(self) -> bool {
         matches!(
             self,
-            DropReason::Runt
-                | DropReason::Oversize
-                | DropReason::MulticastSource
-                | DropReason::BadOffload
-                | DropReason::VlanNotAllowed
+            PortDropReason::Runt
+                | PortDropReason::Oversize
+                | PortDropReason::MulticastSource
+                | PortDropReason::BadOffload
+                | PortDropReason::VlanNotAllowed
         )
     }
 
     /// A short name for logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
-            DropReason::Runt => "runt",
-            DropReason::Oversize => "oversize",
-            DropReason::MulticastSource => "multicast_source",
-            DropReason::QueueFull => "queue_full",
-            DropReason::SendFailed => "send_failed",
-            DropReason::BadOffload => "bad_offload",
-            DropReason::VlanNotAllowed => "vlan_not_allowed",
+            PortDropReason::Runt => "runt",
+            PortDropReason::Oversize => "oversize",
+            PortDropReason::MulticastSource => "multicast_source",
+            PortDropReason::QueueFull => "queue_full",
+            PortDropReason::SendFailed => "send_failed",
+            PortDropReason::BadOffload => "bad_offload",
+            PortDropReason::VlanNotAllowed => "vlan_not_allowed",
         }
     }
 
@@ -100,16 +100,16 @@ pub struct PortCounters {
     pub tx_bytes: u64,
     /// Frames meant for the peer that were dropped.
     pub tx_dropped: u64,
-    drops_by_reason: [u64; DropReason::ALL.len()],
+    drops_by_reason: [u64; PortDropReason::ALL.len()],
 }
 
 impl PortCounters {
     /// How many frames were dropped for `reason`.
-    pub fn drops(&self, reason: DropReason) -> u64 {
+    pub fn drops(&self, reason: PortDropReason) -> u64 {
         self.drops_by_reason[reason.index()]
     }
 
-    fn record_drop(&mut self, reason: DropReason) {
+    fn record_drop(&mut self, reason: PortDropReason) {
         self.drops_by_reason[reason.index()] += 1;
         if reason.is_receive() {
             self.rx_dropped += 1;
@@ -126,7 +126,7 @@ impl fmt::Display for PortCounters {
             "rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_dropped={}",
             self.rx_frames, self.rx_bytes, self.rx_dropped, self.tx_frames, self.tx_bytes, self.tx_dropped
         )?;
-        for reason in DropReason::ALL {
+        for reason in PortDropReason::ALL {
             let count = self.drops(reason);
             if count > 0 {
                 write!(f, " drop.{}={count}", reason.name())?;
@@ -252,7 +252,7 @@ impl Port {
     /// Removes the oldest queued frame because the transport could not deliver it.
     pub fn pop_dropped(&mut self) -> Option<Frame> {
         let frame = self.pop()?;
-        self.counters.record_drop(DropReason::SendFailed);
+        self.counters.record_drop(PortDropReason::SendFailed);
         Some(frame)
     }
 
@@ -261,7 +261,7 @@ impl Port {
         self.counters.rx_bytes += len as u64;
     }
 
-    pub(crate) fn record_drop(&mut self, reason: DropReason) {
+    pub(crate) fn record_drop(&mut self, reason: PortDropReason) {
         self.counters.record_drop(reason);
     }
 
@@ -270,7 +270,7 @@ impl Port {
         let over_frames = self.queue.len() >= self.limits.frames;
         let over_bytes = !self.queue.is_empty() && self.queued_bytes + frame.len() > self.limits.bytes;
         if over_frames || over_bytes {
-            self.counters.record_drop(DropReason::QueueFull);
+            self.counters.record_drop(PortDropReason::QueueFull);
             return false;
         }
         self.queued_bytes += frame.len();

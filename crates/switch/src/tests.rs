@@ -143,7 +143,7 @@ fn a_full_queue_drops_for_that_port_only() {
     assert_eq!((b.tx_frames, b.tx_dropped), (10, 0));
     assert_eq!(queued(&switch, pc), 4);
     assert_eq!(c.tx_dropped, 6);
-    assert_eq!(c.drops(DropReason::QueueFull), 6);
+    assert_eq!(c.drops(PortDropReason::QueueFull), 6);
 }
 
 #[test]
@@ -169,9 +169,9 @@ fn invalid_frames_are_counted_on_the_ingress_port() {
     switch.receive(pa, received(&vec![0xff; vnet_wire::MAX_FRAME_LEN + 1], Offload::NONE), now);
     let a = switch.port(pa).unwrap().counters();
     assert_eq!((a.rx_frames, a.rx_dropped), (3, 3));
-    assert_eq!(a.drops(DropReason::Runt), 1);
-    assert_eq!(a.drops(DropReason::MulticastSource), 1);
-    assert_eq!(a.drops(DropReason::Oversize), 1);
+    assert_eq!(a.drops(PortDropReason::Runt), 1);
+    assert_eq!(a.drops(PortDropReason::MulticastSource), 1);
+    assert_eq!(a.drops(PortDropReason::Oversize), 1);
     assert_eq!(queued(&switch, pb), 0);
 }
 
@@ -259,7 +259,7 @@ fn offloaded_frames_reach_offloading_ports_whole_and_others_cut_to_size() {
         segmentation: None,
     };
     switch.receive(tap_in, received(&tcp_frame(10), bogus), now);
-    assert_eq!(switch.port(stream).unwrap().counters().drops(DropReason::BadOffload), 1);
+    assert_eq!(switch.port(stream).unwrap().counters().drops(PortDropReason::BadOffload), 1);
 }
 
 /// What a [`Recorder`] saw: (port, received) per copy.
@@ -396,8 +396,8 @@ fn the_mac_table_is_per_vlan_and_bad_tags_are_dropped() {
     // A tag for a VLAN the port does not carry, on an access or a trunk port.
     switch.receive(a10, tagged_frame(BROADCAST, A, 20), now);
     switch.receive(trunk, tagged_frame(BROADCAST, B, 30), now);
-    assert_eq!(switch.port(a10).unwrap().counters().drops(DropReason::VlanNotAllowed), 1);
-    assert_eq!(switch.port(trunk).unwrap().counters().drops(DropReason::VlanNotAllowed), 1);
+    assert_eq!(switch.port(a10).unwrap().counters().drops(PortDropReason::VlanNotAllowed), 1);
+    assert_eq!(switch.port(trunk).unwrap().counters().drops(PortDropReason::VlanNotAllowed), 1);
     // An access port's peer may tag frames with its own VLAN.
     switch.receive(a10, tagged_frame(BROADCAST, A, 10), now);
     assert_eq!(switch.port(a10).unwrap().counters().rx_dropped, 1);

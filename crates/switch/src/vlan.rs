@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use vnet_wire::vlan::{self, Tag, VlanId};
 use vnet_wire::Frame;
 
-use crate::DropReason;
+use crate::PortDropReason;
 
 /// The VLAN a frame belongs to inside the switch: None is the default VLAN, which
 /// untagged frames of ordinary ports are on.
@@ -46,14 +46,14 @@ impl PortVlans {
     /// The VLAN of a frame the peer sent, and the frame as the switch carries it
     /// (untagged), or why it is refused: a tag for a VLAN the port does not carry, or
     /// a malformed one.
-    pub(crate) fn ingress(&self, frame: Frame) -> Result<(Frame, Vlan), DropReason> {
+    pub(crate) fn ingress(&self, frame: Frame) -> Result<(Frame, Vlan), PortDropReason> {
         match vlan::tag_of(&frame) {
             Tag::Untagged => Ok((frame, self.untagged)),
             Tag::Priority => Ok((vlan::untag(&frame), self.untagged)),
             Tag::Vlan(id) if self.tagged.contains(&id) || self.untagged == Some(id) => {
                 Ok((vlan::untag(&frame), Some(id)))
             }
-            Tag::Vlan(_) | Tag::Invalid => Err(DropReason::VlanNotAllowed),
+            Tag::Vlan(_) | Tag::Invalid => Err(PortDropReason::VlanNotAllowed),
         }
     }
 

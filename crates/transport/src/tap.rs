@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use mio::unix::SourceFd;
 use mio::Interest;
 use tracing::{debug, info, warn};
-use vnet_switch::{DropReason, PortId};
+use vnet_switch::{PortDropReason, PortId};
 use vnet_wire::frame::{HEADROOM, SMALL_BUFFER};
 use vnet_wire::offload::VIRTIO_NET_HDR_LEN;
 use vnet_wire::{Frame, FrameBuffer, Offload};
@@ -89,10 +89,10 @@ impl TapPort {
     /// Hands the `len` bytes just read (header and frame) to the switch.
     fn receive(&mut self, port: PortId, len: usize, cx: &mut Context<'_>) {
         let Some(frame_len) = len.checked_sub(VIRTIO_NET_HDR_LEN) else {
-            return cx.switch.record_drop(port, DropReason::Runt);
+            return cx.switch.record_drop(port, PortDropReason::Runt);
         };
         let Ok(offload) = Offload::from_virtio_header(&self.header) else {
-            return cx.switch.record_drop(port, DropReason::BadOffload);
+            return cx.switch.record_drop(port, PortDropReason::BadOffload);
         };
         let frame = if frame_len <= SMALL_FRAME {
             Frame::copy_from_slice(&self.buffer.spare_mut()[..frame_len], offload)

@@ -15,7 +15,7 @@ fn the_flow_table_is_bounded() {
         );
     }
     assert_eq!(host.open.len(), 2);
-    assert_eq!(gateway.counters().drops(DropReason::FlowLimit), 1);
+    assert_eq!(gateway.counters().drops(GatewayDropReason::FlowLimit), 1);
 }
 
 #[test]
@@ -43,9 +43,9 @@ fn bad_frames_are_counted_by_reason() {
     other_mac[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     gateway.receive(&other_mac, Offload::NONE, now, &mut host);
     let counters = gateway.counters();
-    assert_eq!(counters.drops(DropReason::Malformed), 1);
-    assert_eq!(counters.drops(DropReason::BadChecksum), 2);
-    assert_eq!(counters.drops(DropReason::Fragment), 1);
-    assert_eq!(counters.drops(DropReason::NotForGateway), 1);
+    assert_eq!(counters.drops(GatewayDropReason::Malformed), 1);
+    assert_eq!(counters.drops(GatewayDropReason::BadChecksum), 2);
+    assert_eq!(counters.drops(GatewayDropReason::Fragment), 1);
+    assert_eq!(counters.drops(GatewayDropReason::NotForGateway), 1);
     assert!(host.sent.is_empty());
 }

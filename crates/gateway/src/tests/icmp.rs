@@ -48,7 +48,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
         gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
     restricted.receive(&frame, Offload::NONE, now, &mut host);
     assert!(host.sent.is_empty(), "restrict=on keeps pings in");
-    assert_eq!(restricted.counters().drops(DropReason::Restricted), 1);
+    assert_eq!(restricted.counters().drops(GatewayDropReason::Restricted), 1);
 }
 
 #[test]

@@ -82,7 +82,7 @@ fn tcp_refusals_reach_the_guest_as_rst() {
         gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
         let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
         assert_eq!(control, TcpControl::Rst);
-        let reason = if limited { DropReason::FlowLimit } else { DropReason::Restricted };
+        let reason = if limited { GatewayDropReason::FlowLimit } else { GatewayDropReason::Restricted };
         assert_eq!(gateway.counters().drops(reason), 1);
     }
 }

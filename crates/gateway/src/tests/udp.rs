@@ -35,7 +35,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
         let (mut gateway, mut host, now) = gateway_with(config);
         gateway.receive(&guest_udp(dst, b"x"), Offload::NONE, now, &mut host);
         assert!(host.sent.is_empty());
-        assert_eq!(gateway.counters().drops(DropReason::Restricted), 1);
+        assert_eq!(gateway.counters().drops(GatewayDropReason::Restricted), 1);
     }
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(10, 0, 2, 255), Ipv4Addr::new(239, 1, 2, 3)] {
@@ -83,5 +83,5 @@ fn the_hosts_loopback_is_reachable_only_as_the_host_address() {
         );
     }
     assert!(host.open.is_empty(), "nothing reached the host: {:?}", host.open);
-    assert_eq!(gateway.counters().drops(DropReason::Restricted), 6);
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Restricted), 6);
 }
