@@ -50,11 +50,18 @@ pub struct Latency {
     pub samples: usize,
 }
 
+/// A connection to `server` for 1-byte round trips: no Nagle, and a read that gives up
+/// after `patience`.
+fn round_trip_connection(server: SocketAddr, patience: Duration) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(patience))?;
+    Ok(stream)
+}
+
 /// Client: 1-byte ping-pong with `server` for `duration` (after a short warm-up).
 pub fn request_response(server: SocketAddr, duration: Duration) -> Result<Latency> {
-    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut stream = round_trip_connection(server, Duration::from_secs(5))?;
     let mut byte = [0u8; 1];
     let mut round_trip = || -> Result<Duration> {
         let start = Instant::now();
@@ -84,9 +91,7 @@ pub struct RoundTrips {
 
 /// Client: `count` 1-byte round trips with `server`, as fast as they go.
 pub fn round_trips(server: SocketAddr, count: u64) -> Result<RoundTrips> {
-    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut stream = round_trip_connection(server, Duration::from_secs(30))?;
     let mut byte = [0u8; 1];
     for _ in 0..count {
         stream.write_all(&byte)?;

@@ -6,15 +6,18 @@
 //! [`MAX_FRAME_LEN`] is an error that ends the connection, and a frame is handed out only
 //! once all of its bytes have arrived, however the reads were split.
 //!
-//! Bytes are read straight into a pooled buffer, and the frames in it are handed out as
-//! views of that buffer, with no copy. Small frames share a read of up to
-//! [`READ_CHUNK`] bytes; once a large frame's length is known, the decoder asks for
-//! exactly the rest of it, so a large frame never leaves a piece of the next one behind
-//! to be moved. Only the unfinished tail of a read (part of a small frame, or a length
-//! prefix) is moved into the next buffer.
+//! Bytes are read straight into a pooled buffer. A large frame is handed out as a view of
+//! that buffer, with no copy: once its length is known, the decoder asks for exactly the
+//! rest of it, so it never leaves a piece of the next frame behind to be moved. Small
+//! frames share a read of up to [`READ_CHUNK`] bytes and are each copied into a small
+//! pooled buffer, so that a queued small frame never holds a whole read buffer (a peer
+//! sending tiny frames toward a slow port would otherwise pin 64 KiB per frame). Only the
+//! unfinished tail of a read (part of a frame, or a length prefix) is moved into the next
+//! buffer.
 
 use thiserror::Error;
 
+use crate::frame::{HEADROOM, SMALL_BUFFER};
 use crate::{Frame, FrameBuffer, FrameError, Offload, MAX_FRAME_LEN};
 
 /// Size of the length prefix in front of each frame.
@@ -26,6 +29,8 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Frames longer than this are read to their exact end rather than in chunks.
 const LARGE_FRAME: usize = 4096;
+/// Frames up to this long are copied into a small buffer of their own.
+const SMALL_FRAME: usize = SMALL_BUFFER - HEADROOM;
 
 /// A length prefix vnet refuses. Either one ends the connection it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -61,8 +66,9 @@ impl StreamDecoder {
     /// up to [`READ_CHUNK`] bytes. Follow a read with [`StreamDecoder::commit`].
     pub fn read_buffer(&mut self) -> &mut [u8] {
         let to_complete = self.bytes_to_complete_frame();
+        // Never an empty space: a read into one would look like the end of the stream.
         let wanted = match self.announced_len() {
-            Ok(Some(len)) if len > LARGE_FRAME => to_complete,
+            Ok(Some(len)) if len > LARGE_FRAME && to_complete > 0 => to_complete,
             _ => to_complete.max(READ_CHUNK),
         };
         if self.buffer.is_shared() || self.buffer.spare_len() < wanted {
@@ -103,7 +109,13 @@ impl StreamDecoder {
         if self.buffer.len() < end {
             return Ok(None);
         }
-        let frame = self.buffer.share(LENGTH_PREFIX_LEN..end, Offload::NONE);
+        // A small frame gets a small buffer of its own, so that a queued small frame never
+        // holds a whole read buffer; a large one is handed out where it was read.
+        let frame = if len <= SMALL_FRAME {
+            Frame::copy_from_slice(&self.buffer.data()[LENGTH_PREFIX_LEN..end], Offload::NONE)
+        } else {
+            self.buffer.share(LENGTH_PREFIX_LEN..end, Offload::NONE)
+        };
         self.buffer.advance(end);
         Ok(Some(frame))
     }
@@ -249,6 +261,13 @@ mod tests {
     }
 
     #[test]
+    fn the_read_space_is_never_empty_even_with_a_whole_large_frame_waiting() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&[1u8; 5000]]));
+        assert!(!decoder.read_buffer().is_empty(), "an empty read would look like the end of the stream");
+    }
+
+    #[test]
     fn small_frames_are_read_in_chunks() {
         let mut decoder = StreamDecoder::new();
         decoder.extend(&length_prefix(60));
@@ -264,14 +283,24 @@ mod tests {
     }
 
     #[test]
-    fn frames_handed_out_keep_their_bytes_while_the_decoder_reads_on() {
+    fn large_frames_handed_out_keep_their_bytes_while_the_decoder_reads_on() {
         let mut decoder = StreamDecoder::new();
-        decoder.extend(&encode(&[&[1u8; 60]]));
-        decoder.extend(&length_prefix(60)[..2]);
+        decoder.extend(&encode(&[&[1u8; 5000]]));
+        decoder.extend(&length_prefix(5000)[..2]);
         let first = decoder.next_frame().unwrap().unwrap().unwrap();
-        decoder.extend(&[&length_prefix(60)[2..], &[2u8; 60][..]].concat());
+        assert!(decoder.buffer.is_shared(), "a large frame is a view of the read buffer");
+        decoder.extend(&[&length_prefix(5000)[2..], &[2u8; 5000][..]].concat());
         let second = decoder.next_frame().unwrap().unwrap().unwrap();
+        assert_eq!(first.as_bytes(), &[1u8; 5000][..]);
+        assert_eq!(second.as_bytes(), &[2u8; 5000][..]);
+    }
+
+    #[test]
+    fn a_small_frame_does_not_hold_the_read_buffer() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&[1u8; 60], &[2u8; 60]]));
+        let first = decoder.next_frame().unwrap().unwrap().unwrap();
+        assert!(!decoder.buffer.is_shared(), "a small frame has a buffer of its own");
         assert_eq!(first.as_bytes(), &[1u8; 60][..]);
-        assert_eq!(second.as_bytes(), &[2u8; 60][..]);
     }
 }
