@@ -323,3 +323,18 @@ fn isolate(uid: Uid, gid: Gid) -> Result<(), (Step, io::Error)> {
     at(Step::MapUser, std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")))?;
     at(Step::MapUser, std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tun_device_vnet_may_not_open_is_named_with_its_mode_and_the_fix() {
+        let message = tun_device_error(io::Error::from_raw_os_error(libc::EACCES)).to_string();
+        assert!(message.contains("/dev/net/tun"), "{message}");
+        assert!(message.contains("its mode is "), "{message}");
+        assert!(message.contains("chmod 0666 /dev/net/tun"), "{message}");
+        let missing = tun_device_error(io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(missing.contains("modprobe tun"), "{missing}");
+    }
+}
