@@ -58,11 +58,10 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
     config.host = host.unwrap_or(offset(2));
     config.dns = dns.unwrap_or(offset(3));
     config.dhcp_start = dhcp_start.unwrap_or(offset(15));
-    for forward in &mut config.host_forwards {
-        if forward.guest.ip().is_unspecified() {
-            forward.guest.set_ip(config.dhcp_start);
-        }
-    }
+    config.host_forwards = std::mem::take(&mut config.host_forwards)
+        .into_iter()
+        .map(|forward| config.resolve_forward(forward))
+        .collect();
     if config.dns_upstreams.is_empty() {
         config.dns_upstreams = resolv_conf_nameservers(resolv_conf);
     }

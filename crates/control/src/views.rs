@@ -93,14 +93,14 @@ pub struct ForwardView {
 }
 
 impl ForwardView {
-    /// The view of rule number `id`.
-    pub fn new(id: usize, rule: &HostForward) -> Self {
+    /// The view of rule `id`.
+    pub fn new(id: vnet_gateway::ForwardId, rule: &HostForward) -> Self {
         let protocol = match rule.protocol {
             vnet_gateway::ForwardProtocol::Tcp => "tcp",
             vnet_gateway::ForwardProtocol::Udp => "udp",
         };
         Self {
-            id,
+            id: id.0,
             protocol: protocol.to_owned(),
             host: rule.host.to_string(),
             guest: rule.guest.to_string(),
@@ -253,10 +253,7 @@ pub fn flows(network: &Network) -> Vec<FlowView> {
 
 /// The hostfwd rules in force; empty without a gateway.
 pub fn forwards(network: &Network) -> Vec<ForwardView> {
-    let Some(gateway) = network.gateway() else {
-        return Vec::new();
-    };
-    gateway.forwards().map(|(id, rule)| ForwardView::new(id, &rule)).collect()
+    network.forwards().iter().map(|(id, rule)| ForwardView::new(*id, rule)).collect()
 }
 
 /// The network at a glance.
@@ -275,7 +272,7 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
                 .into_iter()
                 .map(|(name, count)| (name.to_owned(), count))
                 .collect(),
-            forwards: gateway.forwards().count(),
+            forwards: network.forwards().len(),
             drops: vnet_gateway::GatewayDropReason::ALL
                 .into_iter()
                 .filter(|reason| counters.drops(*reason) > 0)

@@ -189,7 +189,7 @@ impl HostSockets for AcceptingHost {
     }
     fn tcp_shutdown_write(&mut self, _: FlowId) {}
     fn tcp_close(&mut self, _: FlowId, _: bool) {}
-    fn udp_forward_reply(&mut self, _: usize, _: SocketAddr, _: &[u8]) -> io::Result<()> {
+    fn udp_forward_reply(&mut self, _: vnet_gateway::ForwardId, _: SocketAddr, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
 }

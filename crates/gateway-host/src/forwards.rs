@@ -1,12 +1,14 @@
-//! The hostfwd listeners: the host socket of each `hostfwd=` rule, bound when the rule
-//! is added and registered with the loop. What a client's connection or datagram means
-//! is the gateway's business.
+//! The hostfwd rules in force and their listeners, in one table indexed by
+//! [`ForwardId`]: each rule's host socket is bound when the rule is added and registered
+//! with the loop. What a client's connection or datagram means is the gateway's
+//! business.
 
 use std::io;
+use std::net::SocketAddr;
 
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Interest, Token};
-use vnet_gateway::{ForwardProtocol, HostForward};
+use vnet_gateway::{ForwardId, ForwardProtocol, HostForward};
 use vnet_runtime::Context;
 use vnet_transport::stream::inet_bind_error;
 use vnet_transport::TransportError;
@@ -33,5 +35,58 @@ impl ForwardSocket {
             ForwardSocket::Tcp(listener) => cx.register_source(listener, Interest::READABLE),
             ForwardSocket::Udp(socket) => cx.register_source(socket, Interest::READABLE),
         }
+    }
+}
+
+/// One hostfwd rule in force, and its socket.
+pub(crate) struct Forward {
+    pub rule: HostForward,
+    pub socket: ForwardSocket,
+}
+
+/// The hostfwd rules in force. A removed rule's slot stays empty, so the ids of the
+/// others (which UDP clients refer to) stay as they are.
+#[derive(Default)]
+pub(crate) struct Forwards {
+    slots: Vec<Option<Forward>>,
+}
+
+impl Forwards {
+    /// Adds `rule`, bound to `socket`, and returns its id.
+    pub fn insert(&mut self, rule: HostForward, socket: ForwardSocket) -> ForwardId {
+        self.slots.push(Some(Forward { rule, socket }));
+        ForwardId(self.slots.len() - 1)
+    }
+
+    /// Rule `id`, unless it was removed.
+    pub fn get(&self, id: ForwardId) -> Option<&Forward> {
+        self.slots.get(id.0)?.as_ref()
+    }
+
+    /// Rule `id`, unless it was removed, to change.
+    pub fn get_mut(&mut self, id: ForwardId) -> Option<&mut Forward> {
+        self.slots.get_mut(id.0)?.as_mut()
+    }
+
+    /// The id of the rule of `protocol` listening at `host`.
+    pub fn find(&self, protocol: ForwardProtocol, host: SocketAddr) -> Option<ForwardId> {
+        self.iter()
+            .find(|(_, forward)| forward.rule.protocol == protocol && forward.rule.host == host)
+            .map(|(id, _)| id)
+    }
+
+    /// Takes rule `id` out of the table.
+    pub fn remove(&mut self, id: ForwardId) -> Option<Forward> {
+        self.slots.get_mut(id.0)?.take()
+    }
+
+    /// The rules in force, with their ids.
+    pub fn iter(&self) -> impl Iterator<Item = (ForwardId, &Forward)> {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| Some((ForwardId(index), slot.as_ref()?)))
+    }
+
+    /// Closes every rule's socket.
+    pub fn clear(&mut self) {
+        self.slots.clear();
     }
 }

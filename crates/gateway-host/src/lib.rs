@@ -19,7 +19,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
-use vnet_gateway::{ForwardProtocol, Gateway, GatewayConfig, HostForward};
+use vnet_gateway::{ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
 use vnet_runtime::{Network, RuntimeError};
 use vnet_switch::PortVlans;
 use vnet_transport::TransportError;
@@ -49,12 +49,17 @@ pub trait GatewayNetwork {
     fn add_gateway(&mut self, config: GatewayConfig, vlans: PortVlans) -> Result<(), GatewayHostError>;
     /// The gateway, if the network has one.
     fn gateway(&self) -> Option<&Gateway>;
+    /// The hostfwd rules in force, with their ids; empty without a gateway.
+    fn forwards(&self) -> Vec<(ForwardId, HostForward)>;
     /// Adds a hostfwd rule to the running gateway; see [`GatewayPort::add_forward`].
-    fn add_forward(&mut self, rule: HostForward) -> Result<(usize, HostForward), GatewayHostError>;
-    /// Removes the hostfwd rule of `protocol` at `host` and returns it with its number;
-    /// None if there is none.
-    fn remove_forward(&mut self, protocol: ForwardProtocol, host: SocketAddr)
-        -> Option<(usize, HostForward)>;
+    fn add_forward(&mut self, rule: HostForward) -> Result<(ForwardId, HostForward), GatewayHostError>;
+    /// Removes the hostfwd rule of `protocol` at `host` and returns it with its id; None
+    /// if there is none.
+    fn remove_forward(
+        &mut self,
+        protocol: ForwardProtocol,
+        host: SocketAddr,
+    ) -> Option<(ForwardId, HostForward)>;
     /// Connects `stream` to TCP port `guest` through the gateway (`vnet connect`).
     fn connect_to_guest(&mut self, guest: SocketAddrV4, stream: UnixStream) -> Result<(), GatewayHostError>;
 }
@@ -69,7 +74,11 @@ impl GatewayNetwork for Network {
         self.endpoint::<GatewayPort>().map(GatewayPort::gateway)
     }
 
-    fn add_forward(&mut self, rule: HostForward) -> Result<(usize, HostForward), GatewayHostError> {
+    fn forwards(&self) -> Vec<(ForwardId, HostForward)> {
+        self.endpoint::<GatewayPort>().map(|gateway| gateway.forwards().collect()).unwrap_or_default()
+    }
+
+    fn add_forward(&mut self, rule: HostForward) -> Result<(ForwardId, HostForward), GatewayHostError> {
         let added = self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.add_forward(rule, cx));
         Ok(added.ok_or(GatewayHostError::NoGateway)??)
     }
@@ -78,7 +87,7 @@ impl GatewayNetwork for Network {
         &mut self,
         protocol: ForwardProtocol,
         host: SocketAddr,
-    ) -> Option<(usize, HostForward)> {
+    ) -> Option<(ForwardId, HostForward)> {
         self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.remove_forward(protocol, host, cx))
             .flatten()
     }

@@ -12,14 +12,14 @@ use mio::Interest;
 use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::SockRef;
 use tracing::{debug, info};
-use vnet_gateway::{FlowId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
+use vnet_gateway::{FlowId, ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
 use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
 use vnet_transport::TransportError;
 
 use crate::error_queue::{ipv4_header_len, take_icmp_error};
-use crate::forwards::ForwardSocket;
+use crate::forwards::{Forward, ForwardSocket};
 use crate::sockets::{Host, HostStream, Sockets, Source};
 
 /// Datagrams read from one host socket per batch.
@@ -27,11 +27,11 @@ const DATAGRAMS_PER_BATCH: usize = 32;
 /// Largest datagram read from a host socket.
 const MAX_DATAGRAM: usize = 65536;
 
-/// What the events of hostfwd number `index`'s socket stand for.
-fn forward_source(socket: &ForwardSocket, index: usize) -> Source {
+/// What the events of hostfwd `id`'s socket stand for.
+fn forward_source(socket: &ForwardSocket, id: ForwardId) -> Source {
     match socket {
-        ForwardSocket::Tcp(_) => Source::TcpForward(index),
-        ForwardSocket::Udp(_) => Source::UdpForward(index),
+        ForwardSocket::Tcp(_) => Source::TcpForward(id),
+        ForwardSocket::Udp(_) => Source::UdpForward(id),
     }
 }
 
@@ -45,10 +45,11 @@ pub struct GatewayPort {
 
 impl GatewayPort {
     /// A gateway with `config`, its hostfwd ports bound.
-    pub fn new(config: GatewayConfig) -> Result<Self, TransportError> {
+    pub fn new(mut config: GatewayConfig) -> Result<Self, TransportError> {
         let mut sockets = Sockets { discard_buffer: vec![0; MAX_DATAGRAM], ..Sockets::default() };
-        for rule in &config.host_forwards {
-            sockets.forwards.push(Some(ForwardSocket::bind(rule)?));
+        for rule in std::mem::take(&mut config.host_forwards) {
+            let rule = config.resolve_forward(rule);
+            sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);
         }
         Ok(Self {
             gateway: Gateway::new(config),
@@ -58,12 +59,15 @@ impl GatewayPort {
         })
     }
 
-    /// Accepts every waiting client of TCP hostfwd number `forward`.
-    fn accept_inbound(&mut self, forward: usize, cx: &mut Context<'_>) {
+    /// Accepts every waiting client of TCP hostfwd `forward`.
+    fn accept_inbound(&mut self, forward: ForwardId, cx: &mut Context<'_>) {
         loop {
-            let Some(ForwardSocket::Tcp(listener)) = self.sockets.forward(forward) else {
+            let Some(Forward { rule, socket: ForwardSocket::Tcp(listener) }) =
+                self.sockets.forwards.get(forward)
+            else {
                 return;
             };
+            let guest = rule.guest;
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -78,8 +82,18 @@ impl GatewayPort {
             };
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
-            self.gateway.on_inbound_tcp(forward, flow, now, &mut host);
+            self.gateway.connect_to_guest(guest, flow, now, &mut host);
         }
+    }
+
+    /// Registers hostfwd `id`'s socket with the loop.
+    fn watch_forward(&mut self, id: ForwardId, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(forward) = self.sockets.forwards.get_mut(id) else {
+            return Ok(());
+        };
+        let token = forward.socket.register(cx)?;
+        self.sockets.sources.insert(token, forward_source(&forward.socket, id));
+        Ok(())
     }
 
     /// Registers an already connected host stream as a new flow's host side.
@@ -92,15 +106,17 @@ impl GatewayPort {
         Some(flow)
     }
 
-    /// Reads datagrams from host clients of UDP hostfwd number `forward`.
-    fn receive_inbound(&mut self, forward: usize, cx: &mut Context<'_>) -> ReadOutcome {
+    /// Reads datagrams from host clients of UDP hostfwd `forward`.
+    fn receive_inbound(&mut self, forward: ForwardId, cx: &mut Context<'_>) -> ReadOutcome {
         for _ in 0..DATAGRAMS_PER_BATCH {
-            let Some(ForwardSocket::Udp(socket)) = self.sockets.forward(forward) else {
+            let Some(Forward { rule, socket: ForwardSocket::Udp(socket) }) =
+                self.sockets.forwards.get(forward)
+            else {
                 return ReadOutcome::Drained;
             };
             match socket.recv_from(&mut self.buffer) {
                 Ok((len, client)) => {
-                    self.gateway.on_inbound_udp(forward, client, &self.buffer[..len], cx.now)
+                    self.gateway.on_inbound_udp(forward, rule.guest, client, &self.buffer[..len], cx.now)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) => debug!(error = %e, "hostfwd receive failed"),
@@ -152,24 +168,26 @@ impl GatewayPort {
         &self.gateway
     }
 
+    /// The hostfwd rules in force, with their ids.
+    pub fn forwards(&self) -> impl Iterator<Item = (ForwardId, HostForward)> + '_ {
+        self.sockets.forwards.iter().map(|(id, forward)| (id, forward.rule))
+    }
+
     /// Binds and starts hostfwd `rule` and returns it as it is now in force (a guest
-    /// address of 0.0.0.0 becomes the first DHCP address) with its number.
+    /// address of 0.0.0.0 becomes the first DHCP address) with its id.
     pub fn add_forward(
         &mut self,
         rule: HostForward,
         cx: &mut Context<'_>,
-    ) -> Result<(usize, HostForward), TransportError> {
-        let mut socket = ForwardSocket::bind(&rule)?;
-        let index = self.sockets.forwards.len();
-        let token =
-            socket.register(cx).map_err(|e| TransportError::io("cannot watch the hostfwd socket", e))?;
-        self.sockets.sources.insert(token, forward_source(&socket, index));
-        self.sockets.forwards.push(Some(socket));
-        let added = self.gateway.add_forward(rule);
-        debug_assert_eq!(added, index, "the gateway and its sockets number rules alike");
-        let rule = self.gateway.forward(index).unwrap_or(rule);
+    ) -> Result<(ForwardId, HostForward), TransportError> {
+        let rule = self.gateway.config().resolve_forward(rule);
+        let id = self.sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);
+        if let Err(e) = self.watch_forward(id, cx) {
+            self.sockets.forwards.remove(id);
+            return Err(TransportError::io("cannot watch the hostfwd socket", e));
+        }
         info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd added");
-        Ok((index, rule))
+        Ok((id, rule))
     }
 
     /// Stops the hostfwd rule of `protocol` listening at `host` and closes its socket;
@@ -180,17 +198,16 @@ impl GatewayPort {
         protocol: ForwardProtocol,
         host: SocketAddr,
         cx: &mut Context<'_>,
-    ) -> Option<(usize, HostForward)> {
-        let (index, _) =
-            self.gateway.forwards().find(|(_, rule)| rule.protocol == protocol && rule.host == host)?;
-        let rule = self.gateway.remove_forward(index)?;
-        self.sockets.forwards[index] = None;
-        let of_rule = |source| matches!(source, Source::TcpForward(i) | Source::UdpForward(i) if i == index);
+    ) -> Option<(ForwardId, HostForward)> {
+        let id = self.sockets.forwards.find(protocol, host)?;
+        let rule = self.sockets.forwards.remove(id)?.rule;
+        self.gateway.forget_forward(id);
+        let of_rule = |source| matches!(source, Source::TcpForward(of) | Source::UdpForward(of) if of == id);
         for token in self.sockets.sources.remove_where(of_rule) {
             cx.forget_source(token);
         }
         info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd removed");
-        Some((index, rule))
+        Some((id, rule))
     }
 
     /// Opens a TCP connection from the gateway to `guest` whose host side is `stream`
@@ -260,13 +277,8 @@ impl Endpoint for GatewayPort {
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
         self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
         self.sockets.port = self.port;
-        for (index, forward) in self.sockets.forwards.iter_mut().enumerate() {
-            if let Some(forward) = forward {
-                let token = forward.register(cx)?;
-                self.sockets.sources.insert(token, forward_source(forward, index));
-            }
-        }
-        for (_, rule) in self.gateway.forwards() {
+        for (id, rule) in self.forwards().collect::<Vec<_>>() {
+            self.watch_forward(id, cx)?;
             info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd");
         }
         Ok(())

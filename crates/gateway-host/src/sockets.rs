@@ -13,14 +13,14 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use vnet_gateway::{EgressRoom, FlowId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind};
+use vnet_gateway::{EgressRoom, FlowId, ForwardId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind};
 use vnet_runtime::{sys, Context};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
 use vnet_wire::MacAddress;
 
 use crate::error_queue::{connect_with_ttl, take_icmp_error};
-use crate::forwards::ForwardSocket;
+use crate::forwards::{ForwardSocket, Forwards};
 
 /// The share of a host socket's free send buffer not offered to the guest (1/N), for
 /// the kernel's per-buffer overhead.
@@ -52,10 +52,10 @@ pub(crate) struct HostStream {
 pub(crate) enum Source {
     /// A UDP or TCP socket the gateway asked for.
     Flow(FlowId),
-    /// The listener of TCP hostfwd number N.
-    TcpForward(usize),
-    /// The socket of UDP hostfwd number N.
-    UdpForward(usize),
+    /// The listener of a TCP hostfwd.
+    TcpForward(ForwardId),
+    /// The socket of a UDP hostfwd.
+    UdpForward(ForwardId),
 }
 
 /// What each event token of the gateway stands for. Tokens are the loop's small slab
@@ -104,8 +104,8 @@ impl Sources {
 pub(crate) struct Sockets {
     pub by_flow: HashMap<FlowId, HostSocket>,
     pub streams: HashMap<FlowId, HostStream>,
-    /// By hostfwd number, as the gateway numbers its rules; None once removed.
-    pub forwards: Vec<Option<ForwardSocket>>,
+    /// The hostfwd rules in force and their sockets.
+    pub forwards: Forwards,
     pub sources: Sources,
     /// Where acknowledged stream bytes are read to before they are dropped.
     pub discard_buffer: Vec<u8>,
@@ -124,10 +124,6 @@ impl HostStream {
 }
 
 impl Sockets {
-    pub fn forward(&self, index: usize) -> Option<&ForwardSocket> {
-        self.forwards.get(index)?.as_ref()
-    }
-
     pub fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
         self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
     }
@@ -265,8 +261,13 @@ impl HostSockets for Host<'_, '_, '_> {
         }
     }
 
-    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
-        match self.sockets.forward(forward) {
+    fn udp_forward_reply(
+        &mut self,
+        forward: ForwardId,
+        client: SocketAddr,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        match self.sockets.forwards.get(forward).map(|forward| &forward.socket) {
             Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
             _ => Err(io::ErrorKind::NotFound.into()),
         }

@@ -79,7 +79,7 @@ pub struct GatewayConfig {
     pub max_flows: usize,
     /// DHCP lease time.
     pub lease_time: Duration,
-    /// Inbound forwards (`hostfwd=`).
+    /// Inbound forwards (`hostfwd=`), which the host side binds and keeps.
     pub host_forwards: Vec<HostForward>,
     /// Forwards from a virtual address to the host (`guestfwd=`).
     pub guest_forwards: Vec<GuestForward>,
@@ -110,6 +110,15 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// `rule` as it is in force: a guest address of 0.0.0.0 means the first DHCP
+    /// address, as in QEMU.
+    pub fn resolve_forward(&self, mut rule: HostForward) -> HostForward {
+        if rule.guest.ip().is_unspecified() {
+            rule.guest.set_ip(self.dhcp_start);
+        }
+        rule
+    }
+
     /// The gateway's MAC address: 52:55 followed by the host address, as libslirp does.
     pub fn mac(&self) -> MacAddress {
         let [a, b, c, d] = self.host.octets();

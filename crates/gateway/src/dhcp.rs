@@ -10,7 +10,7 @@
 //! DNS. This file knows DHCP and addresses, nothing of sockets or NAT.
 
 use foldhash::{HashMap, HashMapExt};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 use tracing::{info, warn};
@@ -246,8 +246,8 @@ fn reply(
     };
     let mut payload = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).expect("buffer sized by buffer_len");
-    let from = SocketAddrV4::new(config.host, SERVER_PORT);
-    let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT);
+    let from = SocketAddr::from((config.host, SERVER_PORT));
+    let to = SocketAddr::from((Ipv4Addr::BROADCAST, CLIENT_PORT));
     packet::udp(config.mac(), mac, from, to, &payload)
 }
 

@@ -98,9 +98,9 @@ impl Gateway {
         if checked && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
             return Err(GatewayDropReason::BadChecksum);
         }
-        let src = SocketAddrV4::new(packet.src, udp.src_port());
-        let dst = SocketAddrV4::new(packet.dst, udp.dst_port());
-        if dst.port() == dhcp::SERVER_PORT && (dst.ip().is_broadcast() || *dst.ip() == self.config.host) {
+        let src = SocketAddr::from((packet.src, udp.src_port()));
+        let dst = SocketAddr::from((packet.dst, udp.dst_port()));
+        if dst.port() == dhcp::SERVER_PORT && (packet.dst.is_broadcast() || packet.dst == self.config.host) {
             let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
             self.queue_frames(reply);
             if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
@@ -108,10 +108,10 @@ impl Gateway {
             }
             return Ok(());
         }
-        if dst.ip().is_broadcast() || dst.ip().is_multicast() || *dst.ip() == self.config.broadcast() {
+        if packet.dst.is_broadcast() || packet.dst.is_multicast() || packet.dst == self.config.broadcast() {
             return Err(GatewayDropReason::Broadcast);
         }
-        if *dst.ip() == self.config.dns && dst.port() == dns::PORT {
+        if packet.dst == self.config.dns && dst.port() == dns::PORT {
             if self.config.restrict {
                 return Err(GatewayDropReason::Restricted);
             }
@@ -120,15 +120,14 @@ impl Gateway {
             }
             return Ok(());
         }
-        if *dst.ip() == self.config.host {
+        if packet.dst == self.config.host {
             if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
                 return host
                     .udp_forward_reply(inbound.forward, inbound.client, udp.payload())
                     .map_err(|_| GatewayDropReason::HostSocket);
             }
         }
-        let remote =
-            SocketAddr::V4(SocketAddrV4::new(route::host_side_address(&self.config, *dst.ip())?, dst.port()));
+        let remote = SocketAddr::from((route::host_side_address(&self.config, packet.dst)?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
         let route = udp::Route { guest: src, dst, remote };
         let ttl = route::host_ttl(packet.ttl);
@@ -167,34 +166,18 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
         let ports = bytes.get(..4).ok_or(GatewayDropReason::Malformed)?;
-        let src = SocketAddrV4::new(packet.src, u16::from_be_bytes([ports[0], ports[1]]));
         let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
         let full = self.flow_count() >= self.config.max_flows;
-        let config = &self.config;
-        let target = || {
-            if full {
-                Err(GatewayDropReason::FlowLimit)
-            } else {
-                route::tcp_target(config, dst, packet.ttl)
-            }
-        };
-        let mut out = std::mem::take(&mut self.tcp_out);
-        let result = self.tcp.on_guest_segment(
-            &self.config,
-            packet.mac,
-            src,
-            dst,
-            bytes,
-            packet.checksum_offloaded,
-            target,
-            now,
-            host,
-            &mut self.flow_ids,
-            &mut out,
-        );
-        self.tcp.arm_connection(src, dst, now);
-        self.outbox.extend(out.drain(..));
-        self.tcp_out = out;
-        result
+        self.tcp_sends(now, host, |tcp, cx, flows| {
+            let config = cx.config;
+            let target = || {
+                if full {
+                    Err(GatewayDropReason::FlowLimit)
+                } else {
+                    route::tcp_target(config, dst, packet.ttl)
+                }
+            };
+            tcp.on_guest_segment(cx, &packet, bytes, target, flows)
+        })
     }
 }

@@ -6,7 +6,7 @@
 //! SERVFAIL; answers are passed through untouched. This file knows nothing of frames.
 
 use foldhash::{HashMap, HashMapExt};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -26,8 +26,8 @@ const HEADER_LEN: usize = 12;
 const RCODE_SERVFAIL: u8 = 2;
 
 struct Pending {
-    guest: SocketAddrV4,
-    server: SocketAddrV4,
+    guest: SocketAddr,
+    server: SocketAddr,
     query: Vec<u8>,
     upstream: usize,
 }
@@ -49,8 +49,8 @@ impl Forwarder {
     /// Returns the SERVFAIL answer at once when no upstream can be reached.
     pub fn forward(
         &mut self,
-        guest: SocketAddrV4,
-        server: SocketAddrV4,
+        guest: SocketAddr,
+        server: SocketAddr,
         query: &[u8],
         now: Instant,
         host: &mut dyn HostSockets,

@@ -6,15 +6,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use vnet_wire::{Frame, Offload};
 
-use crate::config::{GatewayConfig, HostForward};
+use crate::config::GatewayConfig;
 use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
-use crate::host::{FlowId, FlowIds};
+use crate::host::{FlowId, FlowIds, ForwardId};
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::packet::{self, BuiltFrame};
@@ -35,9 +35,6 @@ pub struct Gateway {
     /// Where TCP puts the frames of one guest segment, kept so that its room is reused.
     pub(crate) tcp_out: Vec<Frame>,
     pub(crate) flow_ids: FlowIds,
-    /// hostfwd rules by number; a removed rule leaves its slot empty so the numbers of
-    /// the others (which flows refer to) stay as they are.
-    pub(crate) forwards: Vec<Option<HostForward>>,
     /// Connections to guests waiting for the guest to answer ARP: where to, the host
     /// side's flow, since when.
     pub(crate) inbound_awaiting_arp: Vec<(SocketAddrV4, FlowId, Instant)>,
@@ -45,10 +42,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway with `config`, which must have passed [`GatewayConfig::validate`]. Its
-    /// hostfwd rules move into the gateway, which numbers them and adds and removes them
-    /// at runtime ([`Gateway::forwards`]); the config keeps none.
-    pub fn new(mut config: GatewayConfig) -> Self {
-        let forwards = std::mem::take(&mut config.host_forwards).into_iter().map(Some).collect();
+    /// hostfwd rules are the host side's to bind; the core hears of their clients.
+    pub fn new(config: GatewayConfig) -> Self {
         Self {
             dhcp: dhcp::Server::new(&config),
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
@@ -61,7 +56,6 @@ impl Gateway {
             outbox: VecDeque::new(),
             tcp_out: Vec::new(),
             flow_ids: FlowIds::default(),
-            forwards,
             inbound_awaiting_arp: Vec::new(),
             config,
         }
@@ -86,11 +80,18 @@ impl Gateway {
 
     /// Runs `f` with the TCP table and a list for the frames it sends (kept, so that its
     /// room is reused), then queues those frames.
-    fn tcp_sends(&mut self, f: impl FnOnce(&mut tcp::Nat, &GatewayConfig, &mut Vec<Frame>)) {
+    pub(crate) fn tcp_sends<T>(
+        &mut self,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+        f: impl FnOnce(&mut tcp::Nat, &mut tcp::Context<'_>, &mut FlowIds) -> T,
+    ) -> T {
         let mut out = std::mem::take(&mut self.tcp_out);
-        f(&mut self.tcp, &self.config, &mut out);
+        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out };
+        let result = f(&mut self.tcp, &mut cx, &mut self.flow_ids);
         self.outbox.extend(out.drain(..));
         self.tcp_out = out;
+        result
     }
 
     /// Queues frames the gateway built for the segment; one that could not be built
@@ -162,15 +163,6 @@ impl Gateway {
         self.flow_ids.next()
     }
 
-    /// A host client connected to TCP hostfwd number `forward`; its socket is `flow`.
-    /// See [`Gateway::connect_to_guest`].
-    pub fn on_inbound_tcp(&mut self, forward: usize, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        match self.forward(forward) {
-            Some(rule) => self.connect_to_guest(rule.guest, flow, now, host),
-            None => host.tcp_close(flow, true),
-        }
-    }
-
     /// Opens a TCP connection from the gateway's address to `guest`, whose host side is
     /// the socket of `flow` (a hostfwd client, or a host user's `vnet connect`). The
     /// gateway asks for the guest by ARP first if it has not spoken yet, and closes
@@ -192,40 +184,17 @@ impl Gateway {
             self.inbound_awaiting_arp.push((guest, flow, now));
             return;
         };
-        let mut out = Vec::new();
-        if !self.tcp.on_inbound(&self.config, flow, guest_mac, guest, now, host, &mut out) {
+        let guest = SocketAddr::V4(guest);
+        if !self.tcp_sends(now, host, |tcp, cx, _| tcp.on_inbound(cx, flow, guest_mac, guest)) {
             self.counters.record(GatewayDropReason::FlowLimit);
             host.tcp_close(flow, true);
         }
-        self.outbox.extend(out);
     }
 
-    /// hostfwd rule number `index`, unless it was removed.
-    pub fn forward(&self, index: usize) -> Option<HostForward> {
-        self.forwards.get(index).copied().flatten()
-    }
-
-    /// The hostfwd rules in force, with their numbers.
-    pub fn forwards(&self) -> impl Iterator<Item = (usize, HostForward)> + '_ {
-        self.forwards.iter().enumerate().filter_map(|(index, rule)| rule.map(|rule| (index, rule)))
-    }
-
-    /// Adds a hostfwd rule and returns its number. A guest address of 0.0.0.0 means the
-    /// first DHCP address, as in QEMU.
-    pub fn add_forward(&mut self, mut rule: HostForward) -> usize {
-        if rule.guest.ip().is_unspecified() {
-            rule.guest.set_ip(self.config.dhcp_start);
-        }
-        self.forwards.push(Some(rule));
-        self.forwards.len() - 1
-    }
-
-    /// Removes hostfwd rule number `index`. Connections it made go on; UDP clients lose
-    /// their mapping.
-    pub fn remove_forward(&mut self, index: usize) -> Option<HostForward> {
-        let rule = self.forwards.get_mut(index)?.take()?;
-        self.udp_inbound.forget_forward(index);
-        Some(rule)
+    /// hostfwd `forward` was removed: its UDP clients lose their mapping. Connections it
+    /// made go on.
+    pub fn forget_forward(&mut self, forward: ForwardId) {
+        self.udp_inbound.forget_forward(forward);
     }
 
     /// The DHCP leases handed out, and the static ones.
@@ -247,13 +216,18 @@ impl Gateway {
         FlowCounts { tcp: self.tcp.len(), udp: self.udp.len(), icmp: self.echo.len(), dns: self.dns.len() }
     }
 
-    /// A host client of UDP hostfwd number `forward` sent `payload`.
-    pub fn on_inbound_udp(&mut self, forward: usize, client: SocketAddr, payload: &[u8], now: Instant) {
-        let Some(target) = self.forward(forward).map(|f| f.guest) else {
-            return;
-        };
+    /// A host client of UDP hostfwd `forward`, which leads to `target` on the guest
+    /// side, sent `payload`.
+    pub fn on_inbound_udp(
+        &mut self,
+        forward: ForwardId,
+        target: SocketAddrV4,
+        client: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let udp = &self.udp;
-        let host_ip = self.config.host;
+        let host_ip = IpAddr::V4(self.config.host);
         let Some(port) =
             self.udp_inbound.port_for(forward, client, now, |port| udp.uses_guest_port(host_ip, port))
         else {
@@ -265,12 +239,12 @@ impl Gateway {
             let request = self.neighbors.request(&self.config, *target.ip(), now);
             self.queue_frames(request);
         }
-        self.send_udp_to_guest(SocketAddrV4::new(self.config.host, port), target, payload);
+        self.send_udp_to_guest(SocketAddr::from((self.config.host, port)), SocketAddr::V4(target), payload);
     }
 
     /// `flow`'s TCP connect completed.
     pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(|tcp, config, out| tcp.on_connected(config, flow, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_connected(cx, flow));
     }
 
     /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
@@ -283,17 +257,17 @@ impl Gateway {
         now: Instant,
         host: &mut dyn GatewayIo,
     ) {
-        self.tcp_sends(|tcp, config, out| tcp.on_host_error(config, flow, error, icmp, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_error(cx, flow, error, icmp));
     }
 
     /// `flow`'s TCP socket has data or an end of stream.
     pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(|tcp, config, out| tcp.on_host_readable(config, flow, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_readable(cx, flow));
     }
 
     /// `flow`'s TCP socket can take more data.
     pub fn on_tcp_writable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(|tcp, config, out| tcp.on_host_writable(config, flow, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_writable(cx, flow));
     }
 
     /// Whether TCP data toward a guest waits for room on the segment; if so, call
@@ -304,7 +278,7 @@ impl Gateway {
 
     /// Frames toward guests have been delivered: send what was waiting for room.
     pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(|tcp, config, out| tcp.on_guest_room(config, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_guest_room(cx));
     }
 
     /// When [`Gateway::on_deadline`] wants to run next.
@@ -339,7 +313,7 @@ impl Gateway {
         self.udp.expire(now, host);
         self.udp_inbound.expire(now);
         self.echo.expire(now, host);
-        self.tcp_sends(|tcp, config, out| tcp.expire(config, now, host, out));
+        self.tcp_sends(now, host, |tcp, cx, _| tcp.expire(cx));
     }
 
     /// Connects the connections to guests whose guest is now known.
@@ -362,8 +336,11 @@ impl Gateway {
         self.udp.len() + self.echo.len() + self.tcp.len()
     }
 
-    pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
-        match self.neighbors.lookup(*to.ip()) {
+    pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
+        let IpAddr::V4(guest) = to.ip() else {
+            return self.counters.record(GatewayDropReason::UnknownGuest); // no IPv6 neighbours yet
+        };
+        match self.neighbors.lookup(guest) {
             Some(mac) => self.queue_frames([packet::udp(self.config.mac(), mac, from, to, payload)]),
             None => self.counters.record(GatewayDropReason::UnknownGuest),
         }

@@ -2,7 +2,7 @@
 //! UDP datagram for a guest ([`GuestDatagram`]): the shapes the protocol files pass
 //! between them. No parsing here.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use vnet_wire::MacAddress;
 
@@ -21,7 +21,7 @@ pub(crate) struct GuestPacket {
 /// A UDP datagram for a guest, with the addresses it appears to come from and go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GuestDatagram {
-    pub from: SocketAddrV4,
-    pub to: SocketAddrV4,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
     pub payload: Vec<u8>,
 }

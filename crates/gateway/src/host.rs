@@ -9,6 +9,18 @@ use std::net::{Ipv4Addr, SocketAddr};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowId(pub u64);
 
+/// Identifies one hostfwd rule. The rules and their listening sockets are kept by the
+/// host side, in one table indexed by this id; the gateway core learns a rule's guest
+/// address with each client it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForwardId(pub usize);
+
+impl std::fmt::Display for ForwardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Hands out flow ids, never the same twice.
 #[derive(Debug, Default)]
 pub(crate) struct FlowIds {
@@ -69,6 +81,7 @@ pub trait HostSockets {
     fn tcp_shutdown_write(&mut self, flow: FlowId);
     /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
     fn tcp_close(&mut self, flow: FlowId, reset: bool);
-    /// Sends a guest's reply to `client` from the socket of UDP hostfwd number `forward`.
-    fn udp_forward_reply(&mut self, forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()>;
+    /// Sends a guest's reply to `client` from the socket of UDP hostfwd `forward`.
+    fn udp_forward_reply(&mut self, forward: ForwardId, client: SocketAddr, payload: &[u8])
+        -> io::Result<()>;
 }

@@ -39,7 +39,7 @@ pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, Stat
 pub use counters::{GatewayCounters, GatewayDropReason};
 pub use egress::{EgressRoom, GatewayIo, GuestEgress};
 pub use gateway::Gateway;
-pub use host::{FlowId, HostSockets, IcmpSocketKind};
+pub use host::{FlowId, ForwardId, HostSockets, IcmpSocketKind};
 pub use icmp::{HostIcmpError, IcmpErrorKind};
 pub use inspect::{FlowCounts, FlowProtocol, FlowSummary, Lease};
 pub use route::NORMAL_TTL;

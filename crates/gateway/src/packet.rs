@@ -1,16 +1,18 @@
-//! Building the frames the gateway sends: Ethernet + IPv4 + UDP/TCP/ICMP, and ARP, with
+//! Building the frames the gateway sends: Ethernet + IPv4 or IPv6 + UDP/TCP, Ethernet +
+//! IPv4 + ICMP, and ARP, with
 //! checksums filled in (or, for TCP toward a port that offloads it, left partial), in
 //! pooled frame buffers. Built on `smoltcp::wire`'s representations. A packet too large
-//! for one IPv4 packet is refused as [`FrameError::Oversize`].
+//! for one IP packet is refused as [`FrameError::Oversize`].
 //!
 //! This module knows byte layouts only, not what the gateway decides to say.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, ETHERNET_HEADER_LEN,
+    Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, TcpRepr,
+    UdpPacket, ETHERNET_HEADER_LEN,
 };
 use vnet_wire::offload::PartialChecksum;
 use vnet_wire::{Frame, FrameBuffer, FrameError, MacAddress, Offload};
@@ -21,6 +23,7 @@ pub type BuiltFrame = Result<Frame, FrameError>;
 /// Time to live of every IPv4 packet the gateway originates.
 const HOP_LIMIT: u8 = 64;
 const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
 
 /// A frame in a pooled buffer: `headers_len` zero bytes (a pooled buffer holds what its
@@ -42,50 +45,141 @@ fn ethernet_header(frame: &mut [u8], src: MacAddress, dst: MacAddress, ethertype
     EthernetRepr { src_addr: src, dst_addr: dst, ethertype }.emit(&mut EthernetFrame::new_unchecked(frame));
 }
 
-/// Who an IPv4 frame is from and to, and what it carries.
+/// The source and destination of an IP packet, of one family. A pair of mixed families
+/// is carried as IPv6, the IPv4 address mapped into it, as dual-stack sockets do.
 #[derive(Clone, Copy)]
-struct Ipv4Addressing {
+enum IpPair {
+    V4 { src: Ipv4Addr, dst: Ipv4Addr },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr },
+}
+
+impl IpPair {
+    fn new(src: IpAddr, dst: IpAddr) -> Self {
+        let v6 = |ip: IpAddr| match ip {
+            IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+            IpAddr::V6(ip) => ip,
+        };
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => IpPair::V4 { src, dst },
+            _ => IpPair::V6 { src: v6(src), dst: v6(dst) },
+        }
+    }
+
+    /// The length of the IP header (no extension headers).
+    fn header_len(self) -> usize {
+        match self {
+            IpPair::V4 { .. } => IPV4_HEADER_LEN,
+            IpPair::V6 { .. } => IPV6_HEADER_LEN,
+        }
+    }
+
+    /// The largest payload one packet of this family carries.
+    fn max_payload(self) -> usize {
+        match self {
+            IpPair::V4 { .. } => usize::from(u16::MAX) - IPV4_HEADER_LEN,
+            IpPair::V6 { .. } => usize::from(u16::MAX),
+        }
+    }
+
+    fn src(self) -> IpAddress {
+        match self {
+            IpPair::V4 { src, .. } => src.into(),
+            IpPair::V6 { src, .. } => src.into(),
+        }
+    }
+
+    fn dst(self) -> IpAddress {
+        match self {
+            IpPair::V4 { dst, .. } => dst.into(),
+            IpPair::V6 { dst, .. } => dst.into(),
+        }
+    }
+
+    /// The folded (not complemented) one's-complement sum of the pseudo-header of a
+    /// `length`-byte `protocol` payload.
+    fn pseudo_header_sum(self, protocol: IpProtocol, length: usize) -> u16 {
+        let mut sum: u32 = 0;
+        let mut add = |octets: &[u8]| {
+            for pair in octets.chunks_exact(2) {
+                sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+            }
+        };
+        match self {
+            IpPair::V4 { src, dst } => {
+                add(&src.octets());
+                add(&dst.octets());
+            }
+            IpPair::V6 { src, dst } => {
+                add(&src.octets());
+                add(&dst.octets());
+            }
+        }
+        sum += u32::from(u8::from(protocol)) + length as u32;
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+}
+
+/// Who an IP frame is from and to, and what it carries.
+#[derive(Clone, Copy)]
+struct IpAddressing {
     src_mac: MacAddress,
     dst_mac: MacAddress,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    ips: IpPair,
     protocol: IpProtocol,
 }
 
-/// Writes the Ethernet and IPv4 headers of `frame`, whose IPv4 payload (the protocol
-/// header and data) is everything after them.
-fn ipv4_headers(frame: &mut [u8], to: Ipv4Addressing) {
-    ethernet_header(frame, to.src_mac, to.dst_mac, EthernetProtocol::Ipv4);
-    let payload_len = frame.len() - ETHERNET_HEADER_LEN - IPV4_HEADER_LEN;
-    let repr = Ipv4Repr {
-        src_addr: to.src,
-        dst_addr: to.dst,
-        next_header: to.protocol,
-        payload_len,
-        hop_limit: HOP_LIMIT,
+/// Writes the Ethernet and IP headers of `frame`, whose IP payload (the protocol header
+/// and data) is everything after them.
+fn ip_headers(frame: &mut [u8], to: IpAddressing) {
+    let payload_len = frame.len() - ETHERNET_HEADER_LEN - to.ips.header_len();
+    let packet = &mut frame[ETHERNET_HEADER_LEN..];
+    let ethertype = match to.ips {
+        IpPair::V4 { src, dst } => {
+            let repr = Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: to.protocol,
+                payload_len,
+                hop_limit: HOP_LIMIT,
+            };
+            repr.emit(&mut Ipv4Packet::new_unchecked(packet), &ChecksumCapabilities::default());
+            EthernetProtocol::Ipv4
+        }
+        IpPair::V6 { src, dst } => {
+            let repr = Ipv6Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: to.protocol,
+                payload_len,
+                hop_limit: HOP_LIMIT,
+            };
+            repr.emit(&mut Ipv6Packet::new_unchecked(packet));
+            EthernetProtocol::Ipv6
+        }
     };
-    repr.emit(
-        &mut Ipv4Packet::new_unchecked(&mut frame[ETHERNET_HEADER_LEN..]),
-        &ChecksumCapabilities::default(),
-    );
+    ethernet_header(frame, to.src_mac, to.dst_mac, ethertype);
 }
 
-/// An IPv4 frame whose payload is `header_len` bytes of the caller's protocol header,
-/// written by `write_header` (given the IPv4 payload), followed by `data`. The data is
+/// An IP frame whose payload is `header_len` bytes of the caller's protocol header,
+/// written by `write_header` (given the IP payload), followed by `data`. The data is
 /// copied once, straight into a pooled buffer.
-fn ipv4_with_data(
-    to: Ipv4Addressing,
+fn ip_with_data(
+    to: IpAddressing,
     header_len: usize,
     data: &[u8],
     write_header: impl FnOnce(&mut [u8]),
 ) -> BuiltFrame {
-    if IPV4_HEADER_LEN + header_len + data.len() > usize::from(u16::MAX) {
-        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len + data.len()));
+    let ip_header_len = to.ips.header_len();
+    if header_len + data.len() > to.ips.max_payload() {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + ip_header_len + header_len + data.len()));
     }
-    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header_len;
+    let headers_len = ETHERNET_HEADER_LEN + ip_header_len + header_len;
     build(headers_len, data, |frame| {
-        ipv4_headers(frame, to);
-        write_header(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+        ip_headers(frame, to);
+        write_header(&mut frame[ETHERNET_HEADER_LEN + ip_header_len..]);
     })
 }
 
@@ -93,18 +187,19 @@ fn ipv4_with_data(
 pub fn udp(
     src_mac: MacAddress,
     dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     payload: &[u8],
 ) -> BuiltFrame {
-    let to = Ipv4Addressing { src_mac, dst_mac, src: *src.ip(), dst: *dst.ip(), protocol: IpProtocol::Udp };
-    ipv4_with_data(to, UDP_HEADER_LEN, payload, |udp| {
+    let ips = IpPair::new(src.ip(), dst.ip());
+    let to = IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Udp };
+    ip_with_data(to, UDP_HEADER_LEN, payload, |udp| {
         let len = udp.len() as u16;
         let mut packet = UdpPacket::new_unchecked(udp);
         packet.set_src_port(src.port());
         packet.set_dst_port(dst.port());
         packet.set_len(len);
-        packet.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+        packet.fill_checksum(&ips.src(), &ips.dst());
     })
 }
 
@@ -112,8 +207,8 @@ pub fn udp(
 pub fn tcp(
     src_mac: MacAddress,
     dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     repr: &TcpRepr<'_>,
 ) -> BuiltFrame {
     let header = TcpRepr { payload: &[], ..*repr };
@@ -131,52 +226,44 @@ fn copied(data: &[u8]) -> FrameBuffer {
 /// segment's payload, already in place (peeked there from a host socket), with headroom
 /// in front. The headers (from `header`, whose own payload is ignored) are written into
 /// that headroom, so the payload is never copied. With `partial`, the checksum is left
-/// as the pseudo-header sum for the port to complete; else it is computed.
+/// as the pseudo-header sum for the port to complete (at [`tcp_partial_checksum`]); else
+/// it is computed.
 pub fn tcp_around(
     mut payload: FrameBuffer,
     src_mac: MacAddress,
     dst_mac: MacAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     header: &TcpRepr<'_>,
     partial: bool,
 ) -> BuiltFrame {
+    let ips = IpPair::new(src.ip(), dst.ip());
     let header = TcpRepr { payload: &[], ..*header };
     let segment_len = header.header_len() + payload.len();
-    let headers_len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + header.header_len();
-    if IPV4_HEADER_LEN + segment_len > usize::from(u16::MAX) || headers_len > payload.headroom() {
-        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + segment_len));
+    let ip_header_len = ips.header_len();
+    let headers_len = ETHERNET_HEADER_LEN + ip_header_len + header.header_len();
+    if segment_len > ips.max_payload() || headers_len > payload.headroom() {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + ip_header_len + segment_len));
     }
     payload.prepend(headers_len).fill(0);
     let frame = payload.data_mut();
-    let to = Ipv4Addressing { src_mac, dst_mac, src: *src.ip(), dst: *dst.ip(), protocol: IpProtocol::Tcp };
-    ipv4_headers(frame, to);
-    let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + IPV4_HEADER_LEN..]);
+    ip_headers(frame, IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp });
+    let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ip_header_len..]);
     let checksums = if partial { ChecksumCapabilities::ignored() } else { ChecksumCapabilities::default() };
     // The payload is in place already: emit only the header (and, unless partial, the
     // checksum over all of it).
-    header.emit(packet, &(*src.ip()).into(), &(*dst.ip()).into(), &checksums);
+    header.emit(packet, &ips.src(), &ips.dst(), &checksums);
     if partial {
-        packet.set_checksum(pseudo_header_sum(*src.ip(), *dst.ip(), IpProtocol::Tcp, segment_len));
+        packet.set_checksum(ips.pseudo_header_sum(IpProtocol::Tcp, segment_len));
     }
     payload.freeze(Offload::NONE)
 }
 
-/// Where a TCP checksum left partial by [`tcp_around`] starts and lies.
-pub const TCP_PARTIAL_CHECKSUM: PartialChecksum =
-    PartialChecksum { start: (ETHERNET_HEADER_LEN + IPV4_HEADER_LEN) as u16, offset: 16 };
-
-/// The folded (not complemented) one's-complement sum of an IPv4 pseudo-header.
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: IpProtocol, length: usize) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in [src.octets(), dst.octets()].concat().chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    sum += u32::from(u8::from(protocol)) + length as u32;
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+/// Where a TCP checksum left partial by [`tcp_around`] starts and lies, in a segment to
+/// or from `ip`'s family.
+pub fn tcp_partial_checksum(ip: IpAddr) -> PartialChecksum {
+    let ip_header_len = if ip.is_ipv4() { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
+    PartialChecksum { start: (ETHERNET_HEADER_LEN + ip_header_len) as u16, offset: 16 }
 }
 
 /// An ICMP message from `src` to `dst`.
@@ -188,8 +275,8 @@ pub fn icmp(
     message: &Icmpv4Repr<'_>,
 ) -> BuiltFrame {
     let len = message.buffer_len();
-    let to = Ipv4Addressing { src_mac, dst_mac, src, dst, protocol: IpProtocol::Icmp };
-    ipv4_with_data(to, len, &[], |icmp| {
+    let to = IpAddressing { src_mac, dst_mac, ips: IpPair::V4 { src, dst }, protocol: IpProtocol::Icmp };
+    ip_with_data(to, len, &[], |icmp| {
         message.emit(&mut Icmpv4Packet::new_unchecked(icmp), &ChecksumCapabilities::default());
     })
 }

@@ -9,14 +9,14 @@
 
 use foldhash::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::IpProtocol;
 
 use crate::counters::GatewayDropReason;
 use crate::guest::GuestDatagram;
-use crate::host::{FlowId, FlowIds, HostSockets};
+use crate::host::{FlowId, FlowIds, ForwardId, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::timers::Deadlines;
@@ -28,9 +28,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     /// The guest's address and port.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// The address and port the guest sent to.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// The host-side address the datagram really goes to.
     pub remote: SocketAddr,
 }
@@ -51,20 +51,15 @@ fn guest_error(
     icmp: Option<HostIcmpError>,
     error: &io::Error,
 ) -> Option<GuestError> {
+    let (IpAddr::V4(guest), IpAddr::V4(dst)) = (route.guest.ip(), route.dst.ip()) else {
+        return None; // ICMP errors are IPv4's only
+    };
     let mut header = [0u8; 8];
     header[..2].copy_from_slice(&route.guest.port().to_be_bytes());
     header[2..4].copy_from_slice(&route.dst.port().to_be_bytes());
     let udp_len = u16::try_from(payload_len + 8).unwrap_or(u16::MAX);
     header[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    GuestError::from_host(
-        *route.guest.ip(),
-        *route.dst.ip(),
-        route.remote.ip(),
-        IpProtocol::Udp,
-        header,
-        icmp,
-        error,
-    )
+    GuestError::from_host(guest, dst, route.remote.ip(), IpProtocol::Udp, header, icmp, error)
 }
 
 struct Flow {
@@ -77,7 +72,7 @@ struct Flow {
 /// The UDP flows of one gateway.
 #[derive(Default)]
 pub struct Nat {
-    by_route: HashMap<(SocketAddrV4, SocketAddrV4), FlowId>,
+    by_route: HashMap<(SocketAddr, SocketAddr), FlowId>,
     flows: HashMap<FlowId, Flow>,
     idle_checks: Deadlines<FlowId>,
 }
@@ -97,8 +92,8 @@ impl Nat {
     pub fn summaries(&self, now: Instant) -> impl Iterator<Item = FlowSummary> + '_ {
         self.flows.values().map(move |flow| FlowSummary {
             protocol: FlowProtocol::Udp,
-            guest: SocketAddr::V4(flow.route.guest),
-            destination: SocketAddr::V4(flow.route.dst),
+            guest: flow.route.guest,
+            destination: flow.route.dst,
             host_side: Some(flow.route.remote),
             state: "open",
             idle: Some(now.saturating_duration_since(flow.last_used)),
@@ -107,8 +102,8 @@ impl Nat {
 
     /// Whether a guest flow already talks to `ip:port`, which an inbound client must
     /// then not be given.
-    pub fn uses_guest_port(&self, ip: std::net::Ipv4Addr, port: u16) -> bool {
-        self.by_route.keys().any(|(_, dst)| *dst.ip() == ip && dst.port() == port)
+    pub fn uses_guest_port(&self, ip: IpAddr, port: u16) -> bool {
+        self.by_route.keys().any(|(_, dst)| dst.ip() == ip && dst.port() == port)
     }
 
     /// Sends `payload` along `route`, opening its host socket first if needed and if
@@ -198,7 +193,7 @@ impl Nat {
 /// gateway's address, which the guest's replies go back to.
 #[derive(Default)]
 pub struct Inbound {
-    by_client: HashMap<(usize, SocketAddr), u16>,
+    by_client: HashMap<(ForwardId, SocketAddr), u16>,
     by_port: HashMap<u16, InboundClient>,
     next_port: u16,
 }
@@ -207,7 +202,7 @@ pub struct Inbound {
 #[derive(Debug, Clone, Copy)]
 pub struct InboundClient {
     /// Which `hostfwd=` it came through.
-    pub forward: usize,
+    pub forward: ForwardId,
     /// The client's address on the host.
     pub client: SocketAddr,
     last_used: Instant,
@@ -218,7 +213,7 @@ impl Inbound {
     /// among ports `taken` does not claim.
     pub fn port_for(
         &mut self,
-        forward: usize,
+        forward: ForwardId,
         client: SocketAddr,
         now: Instant,
         taken: impl Fn(u16) -> bool,
@@ -250,7 +245,7 @@ impl Inbound {
     }
 
     /// Forgets every client of `forward`, a rule that was removed.
-    pub fn forget_forward(&mut self, forward: usize) {
+    pub fn forget_forward(&mut self, forward: ForwardId) {
         self.by_client.retain(|(of, _), _| *of != forward);
         self.by_port.retain(|_, entry| entry.forward != forward);
     }

@@ -116,7 +116,12 @@ impl HostSockets for FakeHost {
         self.open.remove(&flow);
         self.closed.push((flow, reset));
     }
-    fn udp_forward_reply(&mut self, _forward: usize, client: SocketAddr, payload: &[u8]) -> io::Result<()> {
+    fn udp_forward_reply(
+        &mut self,
+        _forward: ForwardId,
+        client: SocketAddr,
+        payload: &[u8],
+    ) -> io::Result<()> {
         self.replies.push((client, payload.to_vec()));
         Ok(())
     }
@@ -163,8 +168,8 @@ fn dhcp_message(
     packet::udp(
         mac,
         MacAddress::BROADCAST,
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
-        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)),
+        SocketAddr::from((Ipv4Addr::BROADCAST, 67)),
         &payload,
     )
     .unwrap()
@@ -197,16 +202,6 @@ fn dhcp_reply(gateway: &mut Gateway) -> (DhcpMessageType, Ipv4Addr, Vec<(u8, Vec
     (repr.message_type, repr.your_ip, options, repr)
 }
 
-/// A gateway with one hostfwd: `protocol` from host address `host` to `guest`.
-fn gateway_forwarding(
-    protocol: ForwardProtocol,
-    host: &str,
-    guest: SocketAddrV4,
-) -> (Gateway, FakeHost, Instant) {
-    let forward = HostForward { protocol, host: host.parse().unwrap(), guest };
-    gateway_with(GatewayConfig { host_forwards: vec![forward], ..GatewayConfig::default() })
-}
-
 fn gateway_with(config: GatewayConfig) -> (Gateway, FakeHost, Instant) {
     config.validate().unwrap();
     (Gateway::new(config), FakeHost::default(), Instant::now())
@@ -232,8 +227,8 @@ fn guest_udp(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     packet::udp(
         GUEST_MAC,
         MacAddress([0x52, 0x55, 10, 0, 2, 2]),
-        SocketAddrV4::new(GUEST_IP, 40000),
-        dst,
+        SocketAddr::from((GUEST_IP, 40000)),
+        dst.into(),
         payload,
     )
     .unwrap()
@@ -284,8 +279,8 @@ fn guest_tcp_from(
     packet::tcp(
         GUEST_MAC,
         MacAddress([0x52, 0x55, 10, 0, 2, 2]),
-        SocketAddrV4::new(GUEST_IP, src_port),
-        dst,
+        SocketAddr::from((GUEST_IP, src_port)),
+        dst.into(),
         &repr,
     )
     .unwrap()

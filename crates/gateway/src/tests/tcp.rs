@@ -113,12 +113,11 @@ fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
 #[test]
 fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     use smoltcp::wire::TcpControl;
-    let (mut gateway, mut host, now) =
-        gateway_forwarding(ForwardProtocol::Tcp, "127.0.0.1:2222", SocketAddrV4::new(GUEST_IP, 22));
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     host.tcp_accept = 65536;
     let flow = gateway.allocate_flow();
-    gateway.on_inbound_tcp(0, flow, now, &mut host);
+    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22), flow, now, &mut host);
     let frame = gateway.pop_frame().expect("a SYN to the guest");
     let (control, isn, ack, _, _) = tcp_of(&frame);
     assert_eq!((control, ack), (TcpControl::Syn, None));
@@ -318,4 +317,49 @@ fn three_duplicate_acks_send_the_missing_data_again_at_once() {
     gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
     let (_, seq, _, _, payload) = tcp_of(&gateway.pop_frame().expect("the lost data again"));
     assert_eq!((seq, payload.len()), (isn + 1, 1460), "from the first unacknowledged byte");
+}
+
+#[test]
+fn segments_for_an_ipv6_guest_carry_an_ipv6_header_and_a_checksum_over_its_pseudo_header() {
+    use smoltcp::wire::{IpAddress, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    let guest: SocketAddr = "[fd00::15]:40000".parse().unwrap();
+    let remote: SocketAddr = "[fd00::2]:80".parse().unwrap();
+    let repr = TcpRepr {
+        src_port: remote.port(),
+        dst_port: guest.port(),
+        control: TcpControl::Psh,
+        seq_number: TcpSeqNumber(7),
+        ack_number: Some(TcpSeqNumber(9)),
+        window_len: 100,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: b"hello",
+    };
+    let frame = packet::tcp(MacAddress([2; 6]), GUEST_MAC, remote, guest, &repr).unwrap();
+    let ethernet = EthernetFrame::new_checked(&frame[..]).unwrap();
+    assert_eq!(ethernet.ethertype(), smoltcp::wire::EthernetProtocol::Ipv6);
+    let ip = Ipv6Packet::new_checked(ethernet.payload()).unwrap();
+    let ip_repr = Ipv6Repr::parse(&ip).unwrap();
+    assert_eq!(
+        (ip_repr.src_addr.to_string(), ip_repr.dst_addr.to_string()),
+        ("fd00::2".into(), "fd00::15".into())
+    );
+    let (src, dst) = (IpAddress::Ipv6(ip_repr.src_addr), IpAddress::Ipv6(ip_repr.dst_addr));
+    let segment = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(segment.verify_checksum(&src, &dst), "the checksum covers the IPv6 pseudo-header");
+    let parsed = TcpRepr::parse(&segment, &src, &dst, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!((parsed.dst_port, parsed.payload), (40000, &b"hello"[..]));
+    assert_eq!(packet::tcp_partial_checksum(guest.ip()).start, 14 + 40);
+
+    let mixed =
+        packet::tcp(MacAddress([2; 6]), GUEST_MAC, "10.0.2.2:80".parse().unwrap(), guest, &repr).unwrap();
+    let ip = Ipv6Packet::new_checked(&mixed[14..]).unwrap();
+    assert_eq!(
+        Ipv6Repr::parse(&ip).unwrap().src_addr.to_string(),
+        "::ffff:10.0.2.2",
+        "a v4 peer of a v6 guest is mapped"
+    );
 }

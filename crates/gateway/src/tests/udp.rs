@@ -42,8 +42,8 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
         let frame = packet::udp(
             GUEST_MAC,
             MacAddress::BROADCAST,
-            SocketAddrV4::new(GUEST_IP, 1),
-            SocketAddrV4::new(dst, 9),
+            SocketAddr::from((GUEST_IP, 1)),
+            SocketAddr::from((dst, 9)),
             b"x",
         )
         .unwrap()
@@ -55,15 +55,15 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
 
 #[test]
 fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
-    let (mut gateway, mut host, now) =
-        gateway_forwarding(ForwardProtocol::Udp, "127.0.0.1:5353", SocketAddrV4::new(GUEST_IP, 53));
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     let client: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-    gateway.on_inbound_udp(0, client, b"question", now);
+    gateway.on_inbound_udp(ForwardId(0), SocketAddrV4::new(GUEST_IP, 53), client, b"question", now);
     let (from, to, payload) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
     assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
-    let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to, from, b"answer").unwrap().to_vec();
+    let reply =
+        packet::udp(GUEST_MAC, gateway.config().mac(), to.into(), from.into(), b"answer").unwrap().to_vec();
     gateway.receive(&reply, Offload::NONE, now, &mut host);
     assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
 }

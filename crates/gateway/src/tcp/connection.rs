@@ -1,0 +1,296 @@
+//! One TCP connection between a guest and a host socket ([`Connection`]), and what the
+//! guest's ACKs and data do to it. Building segments, sending toward the guest and
+//! opening connections are the sibling files' business; the table of connections is
+//! `mod.rs`'s.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::{TcpControl, TcpRepr};
+use tracing::info;
+use vnet_wire::MacAddress;
+
+use super::connect::HostConnect;
+use super::Context;
+use crate::counters::GatewayDropReason;
+use crate::egress::GatewayIo;
+use crate::host::FlowId;
+
+/// Window scale vnet offers: windows up to 8 MiB.
+pub(super) const OUR_WINDOW_SCALE: u8 = 7;
+/// First retransmission timeout, doubled on each timeout up to [`MAX_RTO`].
+pub(super) const INITIAL_RTO: Duration = Duration::from_millis(1000);
+pub(super) const MAX_RTO: Duration = Duration::from_secs(60);
+/// Timeouts in a row (SYN, SYN-ACK or data) before a connection is given up.
+pub(super) const MAX_RETRANSMITS: u32 = 8;
+/// The smallest MSS vnet uses, whatever the guest says.
+pub(super) const MIN_MSS: usize = 64;
+/// How long a connection may linger once both sides sent FIN, before it is dropped.
+pub(super) const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
+/// ACKs for one sequence number that make a sender retransmit at once (RFC 5681).
+pub(super) const DUPLICATE_ACKS: usize = 3;
+/// How soon a closed window toward the guest is looked at again.
+const ZERO_WINDOW_RECHECK: Duration = Duration::from_millis(1);
+/// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
+pub(super) const FIRST_PEEK_BATCH: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Guest sent SYN; the host connect is in progress.
+    Connecting,
+    /// A host client connected to a hostfwd port; SYN sent to the guest.
+    SynSent,
+    /// SYN-ACK sent to the guest, waiting for its ACK.
+    SynAckSent,
+    /// Data flows both ways (until FINs).
+    Established,
+}
+
+/// One guest TCP connection and its host socket.
+#[derive(Debug)]
+pub(super) struct Connection {
+    /// The host socket.
+    pub flow: FlowId,
+    pub guest_mac: MacAddress,
+    pub guest: SocketAddr,
+    /// The address the guest sees the connection go to (or, inbound, come from).
+    pub remote: SocketAddr,
+    /// The host connect under way, while the state is [`State::Connecting`].
+    pub host_connect: Option<HostConnect>,
+    pub state: State,
+    /// Next byte expected from the guest.
+    pub rcv_nxt: u32,
+    /// Oldest byte sent to the guest and not yet acknowledged.
+    pub snd_una: u32,
+    /// Next byte to send to the guest.
+    pub snd_nxt: u32,
+    /// The guest's receive window, in bytes.
+    pub guest_window: usize,
+    pub guest_window_scale: u8,
+    /// The scale of the windows vnet advertises: [`OUR_WINDOW_SCALE`] if the guest
+    /// offered scaling in its SYN, else 0 (scaling is used only if both offer it).
+    pub our_window_scale: u8,
+    /// The largest segment payload to send.
+    pub mss: usize,
+    /// The host closed its side and every byte before the FIN has been peeked.
+    pub host_eof: bool,
+    /// The host socket may hold bytes not yet peeked: false once a peek found nothing
+    /// more, true again when the host says it is readable.
+    pub host_unpeeked: bool,
+    pub fin_sent: bool,
+    pub guest_fin: bool,
+    /// Window last advertised to the guest; a zero one needs an update later.
+    pub advertised_zero: bool,
+    /// ACKs in a row that acknowledged nothing new; at [`DUPLICATE_ACKS`] the data since
+    /// the last acknowledged byte is sent again.
+    pub duplicate_acks: u32,
+    /// The host socket took only part of a guest segment: once it has room again, the
+    /// guest is asked to send the rest at once (duplicate ACKs) instead of after its
+    /// retransmission timeout.
+    pub guest_data_refused: bool,
+    pub rto: Duration,
+    pub retransmit_at: Option<Instant>,
+    pub closing_since: Option<Instant>,
+    /// Timeouts in a row without progress.
+    pub retransmits: u32,
+    /// How many frames the next peek of the host socket fills at most.
+    pub peek_batch: usize,
+    /// When to look again whether the host socket has room, while the guest was told the
+    /// window is closed: the socket signals writability only after a write it refused,
+    /// and a closed window means no write was tried.
+    pub window_check_at: Option<Instant>,
+    /// The time the connection is in the timer heap for; a deadline that moves earlier
+    /// is added again, one that moves later is found when the earlier one comes out.
+    pub timer_armed: Option<Instant>,
+    /// The host socket failed or the connection was given up: the flow must go, its host
+    /// socket closed abortively.
+    pub failed: bool,
+}
+
+/// Whether `a` is before `b` in sequence space.
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl Connection {
+    /// A connection of host socket `flow` between `guest` and `remote` (the address the
+    /// guest sees) in `state`, with our initial sequence number `isn` and segments of up
+    /// to `mss` bytes, before anything was sent or received.
+    pub fn new(
+        flow: FlowId,
+        guest_mac: MacAddress,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        state: State,
+        isn: u32,
+        mss: usize,
+    ) -> Self {
+        Self {
+            flow,
+            guest_mac,
+            guest,
+            remote,
+            host_connect: None,
+            state,
+            rcv_nxt: 0,
+            snd_una: isn,
+            snd_nxt: isn,
+            guest_window: 0,
+            guest_window_scale: 0,
+            our_window_scale: OUR_WINDOW_SCALE,
+            mss,
+            host_eof: false,
+            host_unpeeked: true,
+            fin_sent: false,
+            guest_fin: false,
+            advertised_zero: false,
+            guest_data_refused: false,
+            duplicate_acks: 0,
+            rto: INITIAL_RTO,
+            retransmit_at: None,
+            closing_since: None,
+            retransmits: 0,
+            peek_batch: FIRST_PEEK_BATCH,
+            window_check_at: None,
+            timer_armed: None,
+            failed: false,
+        }
+    }
+
+    /// The state for an operator: the handshake step, or which side has closed.
+    pub fn state_name(&self) -> &'static str {
+        match (self.state, self.fin_sent, self.guest_fin) {
+            (State::Connecting, ..) => "connecting",
+            (State::SynSent, ..) => "syn-sent",
+            (State::SynAckSent, ..) => "syn-received",
+            (State::Established, false, false) => "established",
+            (State::Established, true, false) => "host-closed",
+            (State::Established, false, true) => "guest-closed",
+            (State::Established, true, true) => "closing",
+        }
+    }
+
+    /// Both sides closed and the guest acknowledged our FIN.
+    pub fn finished(&self) -> bool {
+        self.guest_fin && self.fin_sent && self.snd_una == self.snd_nxt
+    }
+
+    /// The window to offer the guest: the host socket's free send space.
+    pub fn window_for_guest(&mut self, host: &mut dyn GatewayIo) -> usize {
+        let space = host.tcp_send_space(self.flow);
+        self.advertised_zero = space >> self.our_window_scale == 0;
+        space
+    }
+
+    /// Sends again from the first byte the guest has not acknowledged.
+    pub fn rewind(&mut self) {
+        self.snd_nxt = self.snd_una;
+        self.fin_sent = false;
+        self.host_unpeeked = true;
+    }
+
+    /// When the connection wants its timer next.
+    fn deadline(&self) -> Option<Instant> {
+        [self.retransmit_at, self.closing_since.map(|since| since + CLOSING_TIMEOUT), self.window_check_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Notes when a window told closed is to be looked at again, and returns the time the
+    /// connection must be put in the timer heap for, if it is not there early enough.
+    pub fn arm(&mut self, now: Instant) -> Option<Instant> {
+        let window_closed = self.advertised_zero && self.state == State::Established;
+        self.window_check_at =
+            window_closed.then(|| self.window_check_at.unwrap_or(now + ZERO_WINDOW_RECHECK));
+        let deadline = self.deadline()?;
+        if self.timer_armed.is_some_and(|armed| armed <= deadline) {
+            return None;
+        }
+        self.timer_armed = Some(deadline);
+        Some(deadline)
+    }
+
+    /// Takes the guest's ACK in `repr`: consumes what it acknowledges from the host
+    /// socket and keeps the retransmission timer running while anything is still
+    /// unacknowledged. An error means the connection must be reset.
+    pub fn on_ack(&mut self, cx: &mut Context<'_>, repr: &TcpRepr<'_>) -> Result<(), GatewayDropReason> {
+        let Some(ack) = repr.ack_number.map(|ack| ack.0 as u32) else {
+            return Ok(());
+        };
+        if self.state == State::SynAckSent {
+            if ack != self.snd_nxt {
+                return Err(GatewayDropReason::Malformed);
+            }
+            self.state = State::Established;
+            self.snd_una = ack;
+            self.retransmit_at = None;
+        }
+        let window = usize::from(repr.window_len) << self.guest_window_scale;
+        let duplicate = ack == self.snd_una
+            && self.snd_nxt != self.snd_una
+            && repr.payload.is_empty()
+            && window == self.guest_window;
+        self.guest_window = window;
+        if duplicate {
+            self.duplicate_acks += 1;
+            if self.duplicate_acks == DUPLICATE_ACKS as u32 {
+                // The guest lost a segment (a full tap queue, say): send again from the
+                // first byte it lacks now rather than after the retransmission timeout.
+                self.rewind();
+            }
+        }
+        if seq_lt(self.snd_una, ack) && !seq_lt(self.snd_nxt, ack) {
+            self.duplicate_acks = 0;
+            let mut acked = ack.wrapping_sub(self.snd_una) as usize;
+            if self.fin_sent && ack == self.snd_nxt {
+                acked -= 1; // the FIN takes a sequence number but no byte
+            }
+            if acked > 0 && cx.host.tcp_consume(self.flow, acked).is_err() {
+                return Err(GatewayDropReason::HostSocket);
+            }
+            self.snd_una = ack;
+            self.rto = INITIAL_RTO;
+            self.retransmits = 0;
+            self.retransmit_at = (self.snd_una != self.snd_nxt).then(|| cx.now + self.rto);
+        }
+        Ok(())
+    }
+
+    /// Writes the guest's data in `repr` to the host socket, as much as it takes, and
+    /// passes a FIN on once everything before it was taken.
+    pub fn on_guest_data(&mut self, cx: &mut Context<'_>, repr: &TcpRepr<'_>) {
+        if self.guest_fin {
+            return;
+        }
+        let seq = repr.seq_number.0 as u32;
+        // A retransmission that overlaps what was taken: keep only the new bytes.
+        let already = self.rcv_nxt.wrapping_sub(seq) as usize;
+        if seq_lt(self.rcv_nxt, seq) || already > repr.payload.len() {
+            return; // out of order or wholly old: the ACK we send says where we are
+        }
+        let payload = &repr.payload[already..];
+        let taken = if payload.is_empty() {
+            0
+        } else {
+            match cx.host.tcp_send(self.flow, payload) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    info!(error = %e, reason = "host write failed", "connection dropped");
+                    self.failed = true;
+                    return;
+                }
+            }
+        };
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(taken as u32);
+        self.guest_data_refused |= taken < payload.len();
+        if repr.control == TcpControl::Fin && taken == payload.len() {
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+            self.guest_fin = true;
+            cx.host.tcp_shutdown_write(self.flow);
+            if self.fin_sent {
+                self.closing_since.get_or_insert(cx.now);
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Sending toward the guest: host data peeked straight into pooled frames within the
+//! guest's window and the room on its port, the FIN after it, and window updates once
+//! the host socket has room again. [`Sender`] keeps what that needs across connections.
+
+use foldhash::HashSet;
+use std::io::{self, IoSliceMut};
+
+use smoltcp::wire::{TcpControl, ETHERNET_HEADER_LEN};
+use tracing::info;
+use vnet_wire::{Frame, FrameBuffer, MacAddress};
+
+use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
+use super::segment::{ip_tcp_headers_len, Outgoing};
+use super::Context;
+use crate::egress::EgressRoom;
+use crate::host::FlowId;
+
+/// The largest amount sent to the guest in one go before waiting for ACKs.
+const MAX_IN_FLIGHT: usize = 4 << 20;
+/// Most segments in flight towards a guest, whatever its MSS.
+const MAX_SEGMENTS_IN_FLIGHT: usize = 1024;
+/// The most payload one offloaded segment carries: an IPv4 packet's worth less the IPv4
+/// and TCP headers (an IPv6 packet holds more).
+const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
+/// Most frames filled by one peek of a host socket.
+const MAX_FRAMES_PER_PEEK: usize = 64;
+
+/// What sending to guests needs besides the connection: the frames being peeked into
+/// (kept so that the list's room is reused), and the connections whose data waits for
+/// room on the segment.
+#[derive(Default)]
+pub(super) struct Sender {
+    buffers: Vec<FrameBuffer>,
+    blocked: HashSet<FlowId>,
+}
+
+impl Sender {
+    /// Whether some connection's data waits for room toward its guest.
+    pub fn waits_for_room(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    /// The connections whose data waited for room, which no longer count as waiting.
+    pub fn take_blocked(&mut self) -> Vec<FlowId> {
+        self.blocked.drain().collect()
+    }
+
+    /// Forgets `flow`, which is gone.
+    pub fn forget(&mut self, flow: FlowId) {
+        self.blocked.remove(&flow);
+    }
+}
+
+/// What one peek of the host socket gave.
+enum Peeked {
+    /// This many bytes, in the sender's buffers.
+    Data(usize),
+    /// Nothing more now, or the connection ended or failed: stop sending.
+    Stop,
+}
+
+impl Connection {
+    /// Peeks what the host has beyond what was sent and sends it within the guest's
+    /// window; sends FIN once the host closed and everything before it went out.
+    pub fn send_pending(&mut self, cx: &mut Context<'_>, sender: &mut Sender) {
+        if self.state != State::Established {
+            return;
+        }
+        let mut egress = egress_left(cx.host.guest_room(self.guest_mac), self.guest_mac, cx.out);
+        loop {
+            let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+            let limit = MAX_IN_FLIGHT.min(self.mss * MAX_SEGMENTS_IN_FLIGHT);
+            let room = self.guest_window.min(limit).saturating_sub(in_flight);
+            if room == 0 || self.fin_sent || !self.host_unpeeked {
+                break;
+            }
+            // Toward a port that offloads, one frame carries as much as an IPv4 packet
+            // holds and the port (or the guest's kernel) cuts it at the MSS.
+            let frame_payload = if egress.takes_offloads { MAX_OFFLOADED_PAYLOAD } else { self.mss };
+            let affordable =
+                payload_room(egress, frame_payload, ETHERNET_HEADER_LEN + ip_tcp_headers_len(self.guest));
+            if affordable == 0 {
+                // The guest's port is full: the data stays in the host socket until the
+                // port drains.
+                sender.blocked.insert(self.flow);
+                break;
+            }
+            let want = room.min(affordable).min(frame_payload * self.peek_batch);
+            let Peeked::Data(got) = self.peek(cx, sender, want, frame_payload) else {
+                break;
+            };
+            self.send_peeked(cx, sender, got, frame_payload, &mut egress);
+            if got < want {
+                break;
+            }
+        }
+        self.send_fin(cx);
+    }
+
+    /// Peeks up to `want` bytes beyond what was sent into whole frames of
+    /// `frame_payload` bytes, straight into the payload room of pooled frames: as many
+    /// frames as the last peek filled (twice that if it filled all it asked for), so a
+    /// trickle takes few buffers and a stream soon takes many.
+    fn peek(
+        &mut self,
+        cx: &mut Context<'_>,
+        sender: &mut Sender,
+        want: usize,
+        frame_payload: usize,
+    ) -> Peeked {
+        let frames = want.div_ceil(frame_payload);
+        sender.buffers.clear();
+        sender.buffers.extend((0..frames).map(|_| FrameBuffer::for_len(frame_payload)));
+        let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        let peeked = {
+            let mut slices: [IoSliceMut<'_>; MAX_FRAMES_PER_PEEK] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            let mut left = want;
+            for (slice, buffer) in slices.iter_mut().zip(sender.buffers.iter_mut()) {
+                let len = left.min(frame_payload);
+                *slice = IoSliceMut::new(&mut buffer.spare_mut()[..len]);
+                left -= len;
+            }
+            cx.host.tcp_peek(self.flow, in_flight, &mut slices[..frames])
+        };
+        match peeked {
+            Ok(0) => {
+                self.host_eof = true;
+                Peeked::Stop
+            }
+            Ok(got) => {
+                self.peek_batch = if got == want {
+                    (self.peek_batch * 2).min(MAX_FRAMES_PER_PEEK)
+                } else {
+                    got.div_ceil(frame_payload).max(FIRST_PEEK_BATCH)
+                };
+                Peeked::Data(got)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.host_unpeeked = false;
+                Peeked::Stop
+            }
+            Err(e) => {
+                info!(error = %e, reason = "host read failed", "connection dropped");
+                self.failed = true;
+                Peeked::Stop
+            }
+        }
+    }
+
+    /// Sends the `got` bytes the last peek put into the sender's buffers, a segment per
+    /// buffer, and counts them against `egress`.
+    fn send_peeked(
+        &mut self,
+        cx: &mut Context<'_>,
+        sender: &mut Sender,
+        got: usize,
+        frame_payload: usize,
+        egress: &mut EgressRoom,
+    ) {
+        let window = self.window_for_guest(cx.host);
+        for (index, mut payload) in sender.buffers.drain(..).enumerate() {
+            let len = got.saturating_sub(index * frame_payload).min(frame_payload);
+            if len == 0 {
+                break;
+            }
+            payload.commit(len);
+            let header = Outgoing {
+                control: TcpControl::Psh,
+                seq: self.snd_nxt,
+                ack: Some(self.rcv_nxt),
+                window,
+                syn_options: false,
+                payload: &[],
+            };
+            let Ok(segment) = self.data_segment(cx.config, &header, payload, egress.takes_offloads) else {
+                break;
+            };
+            egress.frames = egress.frames.saturating_sub(1);
+            egress.bytes = egress.bytes.saturating_sub(segment.len());
+            cx.out.push(segment);
+            self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
+        }
+        self.retransmit_at.get_or_insert(cx.now + self.rto);
+    }
+
+    /// Sends FIN once the host closed, everything before it went out and the guest has a
+    /// window for it.
+    fn send_fin(&mut self, cx: &mut Context<'_>) {
+        if !self.host_eof || self.fin_sent || self.guest_window == 0 {
+            return;
+        }
+        let fin = Outgoing {
+            control: TcpControl::Fin,
+            seq: self.snd_nxt,
+            ack: Some(self.rcv_nxt),
+            window: self.window_for_guest(cx.host),
+            syn_options: false,
+            payload: &[],
+        };
+        cx.out.extend(self.segment(cx.config, &fin));
+        self.snd_nxt = self.snd_nxt.wrapping_add(1);
+        self.fin_sent = true;
+        self.retransmit_at.get_or_insert(cx.now + self.rto);
+        if self.guest_fin {
+            self.closing_since.get_or_insert(cx.now);
+        }
+    }
+
+    /// If the guest was told the window is closed, or part of its data was refused, and
+    /// the host socket has room now: tell it, and ask for what was refused at once.
+    pub fn reopen_window(&mut self, cx: &mut Context<'_>) {
+        let stalled = self.advertised_zero || self.guest_data_refused;
+        if !stalled || self.state != State::Established {
+            return;
+        }
+        let window = self.window_for_guest(cx.host);
+        if window == 0 {
+            return;
+        }
+        // The first ACK updates the window; three duplicates of it make the guest
+        // retransmit what was refused at once (fast retransmit).
+        let copies = if self.guest_data_refused { 1 + DUPLICATE_ACKS } else { 1 };
+        if let Ok(ack) = self.ack(cx.config, window) {
+            cx.out.extend(std::iter::repeat_n(ack, copies));
+        }
+        self.guest_data_refused = false;
+    }
+}
+
+/// What is left of `room` toward `guest` once the frames for it already in `out` are
+/// counted.
+fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Frame]) -> EgressRoom {
+    out.iter().filter(|frame| frame.destination() == guest).fold(room, |left, frame| EgressRoom {
+        frames: left.frames.saturating_sub(1),
+        bytes: left.bytes.saturating_sub(frame.len()),
+        ..left
+    })
+}
+
+/// How many payload bytes fit into `room` as whole frames of `frame_payload` bytes behind
+/// `headers_len` bytes of headers.
+fn payload_room(room: EgressRoom, frame_payload: usize, headers_len: usize) -> usize {
+    let frames = room.frames.min(room.bytes / (frame_payload + headers_len));
+    frames.saturating_mul(frame_payload)
+}
