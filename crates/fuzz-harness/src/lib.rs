@@ -224,7 +224,7 @@ pub fn gateway_frames(data: &[u8]) {
         gateway.receive(frame, vnet_wire::Offload::NONE, now, &mut host);
         for flow in 1..=step.min(8) {
             gateway.on_tcp_connected(FlowId(flow), now, &mut host);
-            gateway.on_udp_datagram(FlowId(flow), frame, now, &mut host);
+            gateway.on_udp_datagram(FlowId(flow), vnet_wire::FrameBuffer::copy_of(frame), now, &mut host);
         }
         gateway.on_deadline(now, &mut host);
         while let Some(out) = gateway.pop_frame() {

@@ -7,8 +7,10 @@
 //! The protocols are the gateway core's business; this crate only moves frames and
 //! datagrams between it, the switch and the host. Its modules: [`port`] (the endpoint),
 //! `sockets` (the sockets and the core's host interface over them), `error_queue`
-//! (IP_RECVERR and TTLs) and `forwards` (the hostfwd listeners).
+//! (IP_RECVERR and TTLs), `datagrams` (host datagrams received into pooled frames) and
+//! `forwards` (the hostfwd rules and their listeners).
 
+mod datagrams;
 mod error_queue;
 mod forwards;
 pub mod port;

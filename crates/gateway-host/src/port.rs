@@ -18,9 +18,10 @@ use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
 use vnet_transport::TransportError;
 
+use crate::datagrams::DatagramReceiver;
 use crate::error_queue::{ipv4_header_len, take_icmp_error};
 use crate::forwards::{Forward, ForwardSocket};
-use crate::sockets::{Host, HostStream, Sockets, Source};
+use crate::sockets::{Host, HostStream, SendSpace, Sockets, Source};
 
 /// Datagrams read from one host socket per batch.
 const DATAGRAMS_PER_BATCH: usize = 32;
@@ -40,7 +41,9 @@ pub struct GatewayPort {
     gateway: Gateway,
     sockets: Sockets,
     port: Option<PortId>,
+    /// Where datagrams from hostfwd clients are read.
     buffer: Box<[u8]>,
+    datagrams: DatagramReceiver,
 }
 
 impl GatewayPort {
@@ -56,6 +59,7 @@ impl GatewayPort {
             sockets,
             port: None,
             buffer: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            datagrams: DatagramReceiver::default(),
         })
     }
 
@@ -101,7 +105,14 @@ impl GatewayPort {
         let flow = self.gateway.allocate_flow();
         let token = cx.register_source(stream.source(), Interest::READABLE | Interest::WRITABLE).ok()?;
         self.sockets.sources.insert(token, Source::Flow(flow));
-        let inbound = HostStream { stream, token, connecting: false, icmp_errors: false, peek_offset: None };
+        let inbound = HostStream {
+            stream,
+            token,
+            connecting: false,
+            icmp_errors: false,
+            peek_offset: None,
+            send_space: SendSpace::default(),
+        };
         self.sockets.streams.insert(flow, inbound);
         Some(flow)
     }
@@ -140,12 +151,14 @@ impl GatewayPort {
             let Some(host_socket) = self.sockets.by_flow.get(&flow) else {
                 return ReadOutcome::Drained;
             };
-            match host_socket.socket.recv(&mut self.buffer) {
-                Ok(len) => {
-                    let header = if host_socket.raw_icmp { ipv4_header_len(&self.buffer[..len]) } else { 0 };
+            match self.datagrams.receive(host_socket.socket.as_fd()) {
+                Ok(mut datagram) => {
+                    if host_socket.raw_icmp {
+                        datagram.advance(ipv4_header_len(datagram.data()));
+                    }
                     let now = cx.now;
                     let mut host = Host { sockets: &mut self.sockets, cx };
-                    self.gateway.on_udp_datagram(flow, &self.buffer[header..len], now, &mut host);
+                    self.gateway.on_udp_datagram(flow, datagram, now, &mut host);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) => {
@@ -250,6 +263,7 @@ impl GatewayPort {
         let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return;
         };
+        host_stream.send_space.forget();
         let was_connecting = host_stream.connecting;
         let error = if was_connecting { host_stream.take_error() } else { None };
         let connected =

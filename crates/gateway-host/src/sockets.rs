@@ -45,6 +45,41 @@ pub(crate) struct HostStream {
     /// Where the kernel's next peek starts (SO_PEEK_OFF), if known: set only when a peek
     /// wants to start elsewhere, which happens only on retransmission.
     pub peek_offset: Option<usize>,
+    /// What the send buffer takes, as last measured, less what was written since. The
+    /// kernel frees room as the peer acknowledges, so this only underestimates; it is
+    /// measured again once it falls below half of the last measurement, so the window
+    /// offered to a guest costs a system call per half buffer, not per segment.
+    pub send_space: SendSpace,
+}
+
+/// The free send space of a host stream, measured now and then and counted down by
+/// writes in between.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SendSpace {
+    measured: usize,
+    left: usize,
+}
+
+impl SendSpace {
+    /// Whether the estimate is too low to trust: measure again.
+    fn stale(self) -> bool {
+        self.left <= self.measured / 2
+    }
+
+    /// A fresh measurement.
+    fn measure(&mut self, free: usize) {
+        *self = SendSpace { measured: free, left: free };
+    }
+
+    /// `written` bytes went into the buffer.
+    fn wrote(&mut self, written: usize) {
+        self.left = self.left.saturating_sub(written);
+    }
+
+    /// The buffer refused a write or signalled room: the estimate is worth nothing.
+    pub fn forget(&mut self) {
+        *self = SendSpace::default();
+    }
 }
 
 /// What an event token of the gateway stands for.
@@ -197,17 +232,31 @@ impl HostSockets for Host<'_, '_, '_> {
         self.sockets.sources.insert(token, Source::Flow(flow));
         let icmp_errors = ttl.is_some();
         let stream = StreamSocket::Tcp(stream);
-        let connecting = HostStream { stream, token, connecting: true, icmp_errors, peek_offset: None };
+        let connecting = HostStream {
+            stream,
+            token,
+            connecting: true,
+            icmp_errors,
+            peek_offset: None,
+            send_space: SendSpace::default(),
+        };
         self.sockets.streams.insert(flow, connecting);
         Ok(())
     }
 
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
-        match SockRef::from(&self.sockets.stream(flow)?.stream).send(data) {
-            Ok(written) => Ok(written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e),
+        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let written = match SockRef::from(&host_stream.stream).send(data) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < data.len() {
+            host_stream.send_space.forget();
+        } else {
+            host_stream.send_space.wrote(written);
         }
+        Ok(written)
     }
 
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
@@ -246,13 +295,16 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_send_space(&mut self, flow: FlowId) -> usize {
-        let Ok(host_stream) = self.sockets.stream(flow) else {
+        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
             return 0;
         };
-        // A write takes at least what is free, less the overhead of the buffers it
-        // fills; promising a little less keeps guest data from being refused.
-        let free = sys::send_buffer_free(host_stream.stream.as_fd()).unwrap_or(0);
-        free - free / SEND_SPACE_MARGIN
+        if host_stream.send_space.stale() {
+            // A write takes at least what is free, less the overhead of the buffers it
+            // fills; promising a little less keeps guest data from being refused.
+            let free = sys::send_buffer_free(host_stream.stream.as_fd()).unwrap_or(0);
+            host_stream.send_space.measure(free - free / SEND_SPACE_MARGIN);
+        }
+        host_stream.send_space.left
     }
 
     fn tcp_shutdown_write(&mut self, flow: FlowId) {
@@ -295,5 +347,25 @@ impl GuestEgress for Host<'_, '_, '_> {
             }
             None => EgressRoom::UNLIMITED,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SendSpace;
+
+    #[test]
+    fn send_space_is_counted_down_by_writes_and_measured_again_below_half() {
+        let mut space = SendSpace::default();
+        assert!(space.stale(), "nothing measured yet");
+        space.measure(1000);
+        space.wrote(400);
+        assert!(!space.stale());
+        assert_eq!(space.left, 600);
+        space.wrote(100);
+        assert!(space.stale(), "at half of the measurement, measure again");
+        space.measure(1000);
+        space.forget();
+        assert!(space.stale(), "a refused write or a writable event forgets the estimate");
     }
 }

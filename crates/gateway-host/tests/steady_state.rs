@@ -1,7 +1,9 @@
 //! Steady traffic allocates nothing per frame. A counting global allocator counts every
 //! allocation made on the network's loop thread while real traffic flows on two paths:
 //! - a QEMU stream peer's TCP segments through the gateway to a host socket (and the
-//!   gateway's ACKs back), and
+//!   gateway's ACKs back),
+//! - a QEMU stream peer's UDP datagrams through the gateway to a host UDP socket that
+//!   echoes them, the echoes received straight into frames for the peer, and
 //! - ping and bulk TCP between two network namespaces whose taps are ports of the
 //!   switch (tap → switch → tap), with TCP segments of up to 64 KiB.
 //!
@@ -11,7 +13,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +23,7 @@ use std::time::Duration;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 use vnet_gateway::GatewayConfig;
 use vnet_gateway_host::GatewayNetwork;
@@ -276,6 +278,90 @@ fn a_stream_guests_tcp_to_a_host_socket_allocates_nothing_per_frame() {
         "stream guest to host socket: {allocations} allocations on the loop thread for {frames} frames"
     );
     assert_eq!(received, payload, "the host socket got the guest's bytes");
+    assert!(frames >= 6000, "{frames} frames crossed the switch");
+    assert!(allocations * 1000 < frames, "{allocations} allocations on the loop thread for {frames} frames");
+}
+
+/// A UDP datagram from the guest's port 40000 to `remote`.
+fn guest_udp(gateway_mac: EthernetAddress, remote: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let udp = UdpRepr { src_port: 40000, dst_port: remote.port() };
+    let udp_len = 8 + payload.len();
+    let ip = Ipv4Repr {
+        src_addr: GUEST_IP,
+        dst_addr: *remote.ip(),
+        next_header: IpProtocol::Udp,
+        payload_len: udp_len,
+        hop_limit: 64,
+    };
+    let mut frame = vec![0u8; 14 + 20 + udp_len];
+    EthernetRepr { src_addr: GUEST_MAC, dst_addr: gateway_mac, ethertype: EthernetProtocol::Ipv4 }
+        .emit(&mut EthernetFrame::new_unchecked(&mut frame));
+    let checksums = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &checksums);
+    udp.emit(
+        &mut UdpPacket::new_unchecked(&mut frame[34..]),
+        &GUEST_IP.into(),
+        &(*remote.ip()).into(),
+        payload.len(),
+        |buffer| buffer.copy_from_slice(payload),
+        &checksums,
+    );
+    frame
+}
+
+/// The UDP payload of a frame from the gateway, if it carries one.
+fn udp_payload_of(frame: &[u8]) -> Option<Vec<u8>> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Udp {
+        return None;
+    }
+    Some(UdpPacket::new_checked(ip.payload()).ok()?.payload().to_vec())
+}
+
+#[test]
+fn a_stream_guests_udp_echoed_by_a_host_socket_allocates_nothing_per_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("vnet.sock");
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    echo.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let config =
+        GatewayConfig { dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()], ..GatewayConfig::default() };
+    let gateway_mac = config.mac();
+    let remote = SocketAddrV4::new(config.host, echo.local_addr().unwrap().port());
+    let path = socket_path.clone();
+    let network = RunningNetwork::start(move |network| {
+        network
+            .add_endpoint(Box::new(stream::Listener::bind_unix(&path).unwrap()), PortVlans::default())
+            .unwrap();
+        network.add_gateway(config, PortVlans::default()).unwrap();
+    });
+    let socket = UnixStream::connect(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut guest = StreamGuest { socket, gateway_mac, remote, seq: 0, ack: 0 };
+
+    let mut echoed = [0u8; 2048];
+    let mut round_trip = |guest: &mut StreamGuest, payload: &[u8]| {
+        guest.send_frame(&guest_udp(gateway_mac, remote, payload));
+        let (len, from) = echo.recv_from(&mut echoed).unwrap();
+        echo.send_to(&echoed[..len], from).unwrap();
+        loop {
+            if let Some(reply) = udp_payload_of(&guest.recv_frame()) {
+                return reply;
+            }
+        }
+    };
+    let payload = [0x3c; 1000];
+    for _ in 0..300 {
+        round_trip(&mut guest, &payload);
+    }
+    let (frames_before, allocations_before) = (network.frames_received(), network.allocations());
+    for _ in 0..3000 {
+        assert_eq!(round_trip(&mut guest, &payload), payload, "the guest gets the echo whole");
+    }
+    let frames = network.frames_received() - frames_before;
+    let allocations = network.allocations() - allocations_before;
+    eprintln!("stream guest's UDP echoed by a host socket: {allocations} allocations on the loop thread for {frames} frames");
     assert!(frames >= 6000, "{frames} frames crossed the switch");
     assert!(allocations * 1000 < frames, "{allocations} allocations on the loop thread for {frames} frames");
 }

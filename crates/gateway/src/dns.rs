@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::counters::GatewayDropReason;
-use crate::guest::GuestDatagram;
+use crate::guest::{GuestDatagram, RelayedDatagram};
 use crate::host::{FlowId, FlowIds, HostSockets};
 use crate::timers::Deadlines;
 
@@ -66,15 +66,15 @@ impl Forwarder {
         Ok(self.try_upstreams(pending, now, host, flows))
     }
 
-    /// A reply on `flow`, if it carries a query: the datagram for the guest.
-    pub fn on_upstream_reply(&mut self, flow: FlowId, reply: &[u8]) -> Option<GuestDatagram> {
+    /// A reply on `flow`, if it answers the query the flow carries: where it goes.
+    pub fn on_upstream_reply(&mut self, flow: FlowId, reply: &[u8]) -> Option<RelayedDatagram> {
         let pending = self.pending.get(&flow)?;
         if reply.len() < HEADER_LEN || reply[..2] != pending.query[..2] {
             debug!("DNS reply with a foreign id ignored");
             return None;
         }
         let pending = self.pending.remove(&flow)?;
-        Some(GuestDatagram { from: pending.server, to: pending.guest, payload: reply.to_vec() })
+        Some(RelayedDatagram { from: pending.server, to: pending.guest })
     }
 
     /// `flow`'s upstream refused: try the next one. Returns None if `flow` is not a

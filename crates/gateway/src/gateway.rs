@@ -9,11 +9,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use vnet_wire::{Frame, Offload};
+use vnet_wire::{Frame, FrameBuffer, Offload};
 
 use crate::config::GatewayConfig;
 use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
+use crate::guest::RelayedDatagram;
 use crate::host::{FlowId, FlowIds, ForwardId};
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
@@ -116,22 +117,25 @@ impl Gateway {
     }
 
     /// A datagram arrived on `flow`'s host socket.
-    pub fn on_udp_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant, host: &mut dyn GatewayIo) {
-        let reply = match self.dns.on_upstream_reply(flow, payload) {
+    pub fn on_udp_datagram(
+        &mut self,
+        flow: FlowId,
+        payload: FrameBuffer,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) {
+        let relayed = match self.dns.on_upstream_reply(flow, payload.data()) {
             Some(answer) => {
                 host.datagram_close(flow);
                 Some(answer)
             }
-            None => self.udp.on_host_datagram(flow, payload, now),
+            None => self.udp.on_host_datagram(flow, now),
         };
-        if reply.is_none() {
-            if let Some(frame) = self.echo.on_reply(&self.config, flow, payload, now) {
-                self.queue_frames([frame]);
-                return;
-            }
+        if let Some(relayed) = relayed {
+            return self.relay_udp_to_guest(relayed, payload);
         }
-        match reply {
-            Some(datagram) => self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload),
+        match self.echo.on_reply(&self.config, flow, payload.data(), now) {
+            Some(frame) => self.queue_frames([frame]),
             None => self.counters.record(GatewayDropReason::UnknownFlow),
         }
     }
@@ -337,11 +341,20 @@ impl Gateway {
     }
 
     pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {
-        let IpAddr::V4(guest) = to.ip() else {
+        self.relay_udp_to_guest(RelayedDatagram { from, to }, FrameBuffer::copy_of(payload));
+    }
+
+    /// Sends `payload`, a datagram in a pooled buffer with headroom, to the guest along
+    /// `relayed`, the headers written in front of it.
+    fn relay_udp_to_guest(&mut self, relayed: RelayedDatagram, payload: FrameBuffer) {
+        let IpAddr::V4(guest) = relayed.to.ip() else {
             return self.counters.record(GatewayDropReason::UnknownGuest); // no IPv6 neighbours yet
         };
         match self.neighbors.lookup(guest) {
-            Some(mac) => self.queue_frames([packet::udp(self.config.mac(), mac, from, to, payload)]),
+            Some(mac) => {
+                let frame = packet::udp_around(payload, self.config.mac(), mac, relayed.from, relayed.to);
+                self.queue_frames([frame]);
+            }
             None => self.counters.record(GatewayDropReason::UnknownGuest),
         }
     }

@@ -1,6 +1,7 @@
-//! What a frame from a guest is, once its IPv4 header is read ([`GuestPacket`]), and a
-//! UDP datagram for a guest ([`GuestDatagram`]): the shapes the protocol files pass
-//! between them. No parsing here.
+//! What a frame from a guest is, once its IPv4 header is read ([`GuestPacket`]), a UDP
+//! datagram the gateway wrote for a guest ([`GuestDatagram`]) and the addresses of one it
+//! relays ([`RelayedDatagram`]): the shapes the protocol files pass between them. No
+//! parsing here.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -18,7 +19,16 @@ pub(crate) struct GuestPacket {
     pub checksum_offloaded: bool,
 }
 
-/// A UDP datagram for a guest, with the addresses it appears to come from and go to.
+/// Where a datagram from the host goes on the segment: the address it appears to come
+/// from, and the guest it is for. Its payload stays where the host socket put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelayedDatagram {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+}
+
+/// A UDP datagram the gateway wrote for a guest, with the addresses it appears to come
+/// from and go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GuestDatagram {
     pub from: SocketAddr,

@@ -191,16 +191,34 @@ pub fn udp(
     dst: SocketAddr,
     payload: &[u8],
 ) -> BuiltFrame {
+    udp_around(FrameBuffer::copy_of(payload), src_mac, dst_mac, src, dst)
+}
+
+/// A UDP datagram from `src` to `dst` around `payload`: a pooled buffer whose data is the
+/// datagram's payload, already in place (received there from a host socket), with the
+/// headers written into its headroom, so the payload is never copied.
+pub fn udp_around(
+    mut payload: FrameBuffer,
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> BuiltFrame {
     let ips = IpPair::new(src.ip(), dst.ip());
-    let to = IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Udp };
-    ip_with_data(to, UDP_HEADER_LEN, payload, |udp| {
-        let len = udp.len() as u16;
-        let mut packet = UdpPacket::new_unchecked(udp);
-        packet.set_src_port(src.port());
-        packet.set_dst_port(dst.port());
-        packet.set_len(len);
-        packet.fill_checksum(&ips.src(), &ips.dst());
-    })
+    let udp_len = UDP_HEADER_LEN + payload.len();
+    let headers_len = ETHERNET_HEADER_LEN + ips.header_len() + UDP_HEADER_LEN;
+    if udp_len > ips.max_payload() || headers_len > payload.headroom() {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + ips.header_len() + udp_len));
+    }
+    payload.prepend(headers_len).fill(0);
+    let frame = payload.data_mut();
+    ip_headers(frame, IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Udp });
+    let mut packet = UdpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ips.header_len()..]);
+    packet.set_src_port(src.port());
+    packet.set_dst_port(dst.port());
+    packet.set_len(udp_len as u16);
+    packet.fill_checksum(&ips.src(), &ips.dst());
+    payload.freeze(Offload::NONE)
 }
 
 /// A TCP segment from `src` to `dst`, its payload copied from `repr`.
@@ -212,14 +230,7 @@ pub fn tcp(
     repr: &TcpRepr<'_>,
 ) -> BuiltFrame {
     let header = TcpRepr { payload: &[], ..*repr };
-    tcp_around(copied(repr.payload), src_mac, dst_mac, src, dst, &header, false)
-}
-
-/// `data` in a pooled buffer, with headroom in front for headers.
-fn copied(data: &[u8]) -> FrameBuffer {
-    let mut buffer = FrameBuffer::for_len(data.len());
-    buffer.extend_from_slice(data);
-    buffer
+    tcp_around(FrameBuffer::copy_of(repr.payload), src_mac, dst_mac, src, dst, &header, false)
 }
 
 /// A TCP segment from `src` to `dst` around `payload`: a pooled buffer whose data is the

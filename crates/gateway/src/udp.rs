@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::IpProtocol;
 
 use crate::counters::GatewayDropReason;
-use crate::guest::GuestDatagram;
+use crate::guest::RelayedDatagram;
 use crate::host::{FlowId, FlowIds, ForwardId, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
 use crate::inspect::{FlowProtocol, FlowSummary};
@@ -151,11 +151,11 @@ impl Nat {
         })
     }
 
-    /// A datagram from the host on `flow`: the datagram for the guest.
-    pub fn on_host_datagram(&mut self, flow: FlowId, payload: &[u8], now: Instant) -> Option<GuestDatagram> {
+    /// A datagram from the host on `flow`: where it goes on the segment.
+    pub fn on_host_datagram(&mut self, flow: FlowId, now: Instant) -> Option<RelayedDatagram> {
         let entry = self.flows.get_mut(&flow)?;
         entry.last_used = now;
-        Some(GuestDatagram { from: entry.route.dst, to: entry.route.guest, payload: payload.to_vec() })
+        Some(RelayedDatagram { from: entry.route.dst, to: entry.route.guest })
     }
 
     /// An error on `flow`'s socket, with the ICMP error behind it if the host read one:

@@ -309,6 +309,21 @@ pub fn set_peek_offset(fd: BorrowedFd<'_>, offset: usize) -> io::Result<()> {
 /// Copies received stream bytes from the socket's peek offset on into `buffers`, in
 /// order, without consuming them; one system call however many buffers.
 pub fn peek(fd: BorrowedFd<'_>, buffers: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+    receive_into(fd, buffers, libc::MSG_PEEK)
+}
+
+/// Receives one datagram into `buffers`, filled in order, and returns its length; a
+/// datagram longer than all of them together is cut short.
+pub fn receive_datagram(fd: BorrowedFd<'_>, buffers: &mut [std::io::IoSliceMut<'_>]) -> io::Result<usize> {
+    receive_into(fd, buffers, 0)
+}
+
+/// One non-blocking `recvmsg` into `buffers` with `flags`.
+fn receive_into(
+    fd: BorrowedFd<'_>,
+    buffers: &mut [std::io::IoSliceMut<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
     let mut header: libc::msghdr = unsafe { zeroed() };
     // IoSliceMut is ABI-compatible with struct iovec on Unix.
@@ -317,7 +332,7 @@ pub fn peek(fd: BorrowedFd<'_>, buffers: &mut [std::io::IoSliceMut<'_>]) -> io::
     // SAFETY: the header points at `buffers.len()` live iovecs, each describing writable
     // memory of its stated length that nothing else touches meanwhile; the kernel writes
     // within them and into nothing else (no name, no control buffer).
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, flags | libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

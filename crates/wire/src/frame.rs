@@ -159,6 +159,14 @@ impl FrameBuffer {
         }
     }
 
+    /// The smallest buffer that holds `bytes` after [`HEADROOM`], with them as its data;
+    /// what is longer than a large buffer holds is cut off.
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        let mut buffer = Self::for_len(bytes.len());
+        buffer.extend_from_slice(bytes);
+        buffer
+    }
+
     fn of_size(size: usize, start: usize) -> Self {
         Self { storage: Storage(take_storage(size)), start, end: start }
     }

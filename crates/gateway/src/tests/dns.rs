@@ -18,7 +18,7 @@ fn dns_is_forwarded_and_the_answer_returns_from_the_dns_address() {
     assert_eq!(sent, dns_query(9));
     let mut answer = dns_query(9);
     answer[2] |= 0x80;
-    gateway.on_udp_datagram(flow, &answer, now, &mut host);
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(&answer), now, &mut host);
     assert!(host.open.is_empty(), "the query's socket is closed once answered");
     let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
     assert_eq!(from, SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53));

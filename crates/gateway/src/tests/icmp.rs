@@ -36,7 +36,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
     let mut reply = vec![0u8; 11];
     let repr = Icmpv4Repr::EchoReply { ident: 0x0101, seq_no: 1, data: b"abc" };
     repr.emit(&mut Icmpv4Packet::new_unchecked(&mut reply[..]), &ChecksumCapabilities::default());
-    gateway.on_udp_datagram(flow, &reply, now, &mut host);
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(&reply), now, &mut host);
     let back = gateway.pop_frame().expect("a reply for the guest");
     let ip = Ipv4Packet::new_checked(&back[14..]).unwrap();
     assert_eq!((ip.src_addr(), ip.dst_addr()), (outside, GUEST_IP));

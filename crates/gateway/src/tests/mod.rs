@@ -20,7 +20,7 @@ use smoltcp::wire::{
     Icmpv4Packet, Icmpv4Repr, Ipv4Packet, UdpPacket,
 };
 
-use vnet_wire::{MacAddress, Offload};
+use vnet_wire::{FrameBuffer, MacAddress, Offload};
 
 use super::*;
 

@@ -12,7 +12,7 @@ fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
     let (flow, sent) = host.sent.last().cloned().unwrap();
     assert_eq!(host.open[&flow], "127.0.0.1:7777".parse::<SocketAddr>().unwrap());
     assert_eq!(sent, b"ping");
-    gateway.on_udp_datagram(flow, b"pong", now, &mut host);
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(b"pong"), now, &mut host);
     let (from, to, payload) = udp_of(&gateway.pop_frame().unwrap());
     assert_eq!((from, to, payload), (dst, SocketAddrV4::new(GUEST_IP, 40000), b"pong".to_vec()));
 
