@@ -15,8 +15,10 @@ mod switch;
 mod tap;
 mod udp;
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -37,17 +39,31 @@ pub struct Settings {
     pub connections: usize,
     /// Length of the idle measurement.
     pub idle_seconds: u64,
+    /// Idle connections vnet holds while its round trips are measured again.
+    pub idle_flows: usize,
     /// Whether to boot real guests.
     pub guests: bool,
 }
 
 impl Settings {
     /// The full run.
-    pub const FULL: Settings =
-        Settings { rounds: 3, seconds: 4, connections: 10_000, idle_seconds: 10, guests: true };
+    pub const FULL: Settings = Settings {
+        rounds: 3,
+        seconds: 4,
+        connections: 10_000,
+        idle_seconds: 10,
+        idle_flows: 60_000,
+        guests: true,
+    };
     /// `--quick`: one short round, fewer connections, no real guests; under 3 minutes.
-    pub const QUICK: Settings =
-        Settings { rounds: 1, seconds: 2, connections: 2_000, idle_seconds: 3, guests: false };
+    pub const QUICK: Settings = Settings {
+        rounds: 1,
+        seconds: 2,
+        connections: 2_000,
+        idle_seconds: 3,
+        idle_flows: 5_000,
+        guests: false,
+    };
 }
 
 /// A scenario's name on the command line.
@@ -214,4 +230,20 @@ fn iperf3_both_ways(bench: &mut Bench, scenario: &'static str, backends: &[Backe
 /// A TCP port nobody on the bench host listens on now.
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("0.0.0.0:0")?.local_addr()?.port())
+}
+
+/// The first line `process` prints, within `timeout`.
+pub(super) fn first_line(process: &mut Spawned, timeout: Duration) -> Result<String> {
+    let stdout = process.child_mut().stdout.take().context("the tool's stdout")?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    match receiver.recv_timeout(timeout) {
+        Ok(line) if !line.is_empty() => Ok(line),
+        Ok(_) => bail!("the tool ended without a result"),
+        Err(_) => bail!("the tool gave no result within {timeout:?}"),
+    }
 }

@@ -4,15 +4,14 @@
 //! counts once the far server's first byte reached the client. The backend's RSS is read
 //! before and while the connections are held.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::{free_port, Bench};
+use super::{first_line, free_port, Bench};
 use crate::backend::{Backend, Guest, GuestSetup};
 use crate::load::{self, Held};
 use crate::process::{rss_kib, Spawned};
@@ -128,20 +127,4 @@ fn inbound(bench: &Bench, guest: &Guest, port: u16) -> Result<Outcome> {
     let (_connections, held) = load::hold_connections(target, bench.settings.connections)?;
     let during = guest.backend_pid().map(rss_kib).transpose()?;
     Ok(Outcome { held, rss: before.zip(during) })
-}
-
-/// The first line `process` prints, within `timeout`.
-fn first_line(process: &mut Spawned, timeout: Duration) -> Result<String> {
-    let stdout = process.child_mut().stdout.take().context("the tool's stdout")?;
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = sender.send(line);
-    });
-    match receiver.recv_timeout(timeout) {
-        Ok(line) if !line.is_empty() => Ok(line),
-        Ok(_) => bail!("the tool ended without a result"),
-        Err(_) => bail!("the tool gave no result within {timeout:?}"),
-    }
 }

@@ -47,10 +47,15 @@ pub(crate) struct HostStream {
     pub peek_offset: Option<usize>,
     /// What the send buffer takes, as last measured, less what was written since. The
     /// kernel frees room as the peer acknowledges, so this only underestimates; it is
-    /// measured again once it falls below half of the last measurement, so the window
-    /// offered to a guest costs a system call per half buffer, not per segment.
+    /// measured again once it falls below half of the last measurement or below
+    /// [`TRUSTED_SEND_SPACE`], so the window offered to a guest costs a system call per
+    /// half buffer, not per segment, and a small window is always looked at afresh.
     pub send_space: SendSpace,
 }
+
+/// Send space below which the estimate is not trusted: a window this small may hold the
+/// guest back, so it is measured each time.
+const TRUSTED_SEND_SPACE: usize = 64 << 10;
 
 /// The free send space of a host stream, measured now and then and counted down by
 /// writes in between.
@@ -63,7 +68,7 @@ pub(crate) struct SendSpace {
 impl SendSpace {
     /// Whether the estimate is too low to trust: measure again.
     fn stale(self) -> bool {
-        self.left <= self.measured / 2
+        self.left <= self.measured / 2 || self.left < TRUSTED_SEND_SPACE
     }
 
     /// A fresh measurement.
@@ -358,13 +363,15 @@ mod tests {
     fn send_space_is_counted_down_by_writes_and_measured_again_below_half() {
         let mut space = SendSpace::default();
         assert!(space.stale(), "nothing measured yet");
-        space.measure(1000);
-        space.wrote(400);
+        space.measure(1 << 20);
+        space.wrote(400 << 10);
         assert!(!space.stale());
-        assert_eq!(space.left, 600);
-        space.wrote(100);
+        assert_eq!(space.left, 624 << 10);
+        space.wrote(120 << 10);
         assert!(space.stale(), "at half of the measurement, measure again");
         space.measure(1000);
+        assert!(space.stale(), "a small window is always measured afresh");
+        space.measure(1 << 20);
         space.forget();
         assert!(space.stale(), "a refused write or a writable event forgets the estimate");
     }

@@ -29,8 +29,13 @@ pub(super) const MIN_MSS: usize = 64;
 pub(super) const CLOSING_TIMEOUT: Duration = Duration::from_secs(60);
 /// ACKs for one sequence number that make a sender retransmit at once (RFC 5681).
 pub(super) const DUPLICATE_ACKS: usize = 3;
-/// How soon a closed window toward the guest is looked at again.
-const ZERO_WINDOW_RECHECK: Duration = Duration::from_millis(1);
+/// How soon a window too small for the guest is looked at again, at first; each look
+/// that finds it still too small doubles the wait, up to [`MAX_WINDOW_RECHECK`], so a
+/// host peer that stopped reading costs a few wake-ups a second, not a thousand.
+const FIRST_WINDOW_RECHECK: Duration = Duration::from_millis(1);
+/// The longest wait between looks at a window too small: well below the 200 ms after
+/// which a Linux guest probes the window itself.
+const MAX_WINDOW_RECHECK: Duration = Duration::from_millis(64);
 /// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
 pub(super) const FIRST_PEEK_BATCH: usize = 2;
 
@@ -79,8 +84,16 @@ pub(super) struct Connection {
     pub host_unpeeked: bool,
     pub fin_sent: bool,
     pub guest_fin: bool,
-    /// Window last advertised to the guest; a zero one needs an update later.
-    pub advertised_zero: bool,
+    /// The window last advertised to the guest was too small for a segment (zero, or
+    /// less than one MSS): a Linux sender then sends nothing until its persist timer
+    /// (200 ms or more), so an update must follow as soon as the host socket has room.
+    pub window_unusable: bool,
+    /// The largest window offered so far. A Linux sender cuts its segments to half of
+    /// the largest window it has seen, so a window is too small for it only below that
+    /// or the MSS, whichever is less.
+    pub max_window: usize,
+    /// How long to wait before the next look at a window too small.
+    pub window_recheck: Duration,
     /// ACKs in a row that acknowledged nothing new; at [`DUPLICATE_ACKS`] the data since
     /// the last acknowledged byte is sent again.
     pub duplicate_acks: u32,
@@ -143,7 +156,9 @@ impl Connection {
             host_unpeeked: true,
             fin_sent: false,
             guest_fin: false,
-            advertised_zero: false,
+            window_unusable: false,
+            max_window: 0,
+            window_recheck: FIRST_WINDOW_RECHECK,
             guest_data_refused: false,
             duplicate_acks: 0,
             rto: INITIAL_RTO,
@@ -178,8 +193,20 @@ impl Connection {
     /// The window to offer the guest: the host socket's free send space.
     pub fn window_for_guest(&mut self, host: &mut dyn GatewayIo) -> usize {
         let space = host.tcp_send_space(self.flow);
-        self.advertised_zero = space >> self.our_window_scale == 0;
+        self.max_window = self.max_window.max(space);
+        let smallest_segment = self.mss.min(self.max_window / 2);
+        self.window_unusable = space >> self.our_window_scale == 0 || space < smallest_segment;
+        if !self.window_unusable {
+            self.window_recheck = FIRST_WINDOW_RECHECK;
+        }
         space
+    }
+
+    /// A look at a window too small found it still too small: wait longer next time.
+    pub fn back_off_window_recheck(&mut self) {
+        if self.window_unusable {
+            self.window_recheck = (self.window_recheck * 2).min(MAX_WINDOW_RECHECK);
+        }
     }
 
     /// Sends again from the first byte the guest has not acknowledged.
@@ -200,9 +227,9 @@ impl Connection {
     /// Notes when a window told closed is to be looked at again, and returns the time the
     /// connection must be put in the timer heap for, if it is not there early enough.
     pub fn arm(&mut self, now: Instant) -> Option<Instant> {
-        let window_closed = self.advertised_zero && self.state == State::Established;
+        let window_closed = self.window_unusable && self.state == State::Established;
         self.window_check_at =
-            window_closed.then(|| self.window_check_at.unwrap_or(now + ZERO_WINDOW_RECHECK));
+            window_closed.then(|| self.window_check_at.unwrap_or(now + self.window_recheck));
         let deadline = self.deadline()?;
         if self.timer_armed.is_some_and(|armed| armed <= deadline) {
             return None;
@@ -255,6 +282,14 @@ impl Connection {
             self.retransmit_at = (self.snd_una != self.snd_nxt).then(|| cx.now + self.rto);
         }
         Ok(())
+    }
+
+    /// Whether `repr` carries nothing new: an empty segment from before what was taken
+    /// (a keepalive or a window probe), which an ACK answers (RFC 9293, 3.10.7.4).
+    pub fn is_probe(&self, repr: &TcpRepr<'_>) -> bool {
+        repr.payload.is_empty()
+            && repr.control == TcpControl::None
+            && seq_lt(repr.seq_number.0 as u32, self.rcv_nxt)
     }
 
     /// Writes the guest's data in `repr` to the host socket, as much as it takes, and

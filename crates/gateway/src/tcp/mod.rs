@@ -178,7 +178,10 @@ impl Nat {
                 return Err(reason);
             }
         }
-        if !repr.payload.is_empty() || repr.control == TcpControl::Fin {
+        if connection.is_probe(repr) {
+            let window = connection.window_for_guest(cx.host);
+            cx.out.extend(connection.ack(cx.config, window));
+        } else if !repr.payload.is_empty() || repr.control == TcpControl::Fin {
             connection.on_guest_data(cx, repr);
             let window = connection.window_for_guest(cx.host);
             cx.out.extend(connection.ack(cx.config, window));
@@ -266,6 +269,7 @@ impl Nat {
         if connection.window_check_at.is_some_and(|at| at <= now) {
             connection.window_check_at = None;
             connection.reopen_window(cx);
+            connection.back_off_window_recheck();
         }
         if connection.retransmit_at.is_none_or(|at| at > now) {
             return;

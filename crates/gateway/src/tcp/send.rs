@@ -207,15 +207,18 @@ impl Connection {
         }
     }
 
-    /// If the guest was told the window is closed, or part of its data was refused, and
-    /// the host socket has room now: tell it, and ask for what was refused at once.
+    /// If the guest was told a window too small for a segment, or part of its data was
+    /// refused, and the host socket has room now: tell it, and ask for what was refused
+    /// at once. An update that would still be too small is not sent, so that rechecks do
+    /// not send the guest duplicate ACKs.
     pub fn reopen_window(&mut self, cx: &mut Context<'_>) {
-        let stalled = self.advertised_zero || self.guest_data_refused;
+        let stalled = self.window_unusable || self.guest_data_refused;
         if !stalled || self.state != State::Established {
             return;
         }
         let window = self.window_for_guest(cx.host);
-        if window == 0 {
+        let usable = if self.guest_data_refused { window > 0 } else { !self.window_unusable };
+        if !usable {
             return;
         }
         // The first ACK updates the window; three duplicates of it make the guest

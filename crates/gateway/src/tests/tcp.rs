@@ -363,3 +363,36 @@ fn segments_for_an_ipv6_guest_carry_an_ipv6_header_and_a_checksum_over_its_pseud
         "a v4 peer of a v6 guest is mapped"
     );
 }
+
+#[test]
+fn a_window_too_small_for_a_segment_is_updated_once_the_host_has_room_and_looked_at_less_often_while_not() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 100_000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (_, isn) = established(&mut gateway, &mut host, now, dst);
+    while gateway.pop_frame().is_some() {}
+
+    // The host socket has room for 256 bytes, less than one 1460-byte segment. The
+    // guest's window probe (an empty segment from before what was taken) is answered.
+    host.tcp_accept = 256;
+    let probe = guest_tcp(dst, TcpControl::None, 100, Some(isn + 1), &[]);
+    gateway.receive(&probe, Offload::NONE, now, &mut host);
+    let (_, _, _, window, _) = tcp_of(&gateway.pop_frame().expect("the probe is answered"));
+    assert_eq!(window << 7, 256, "the small window is what the guest is told");
+    let ms = Duration::from_millis(1);
+    assert_eq!(gateway.next_deadline(), Some(now + ms), "a window too small is looked at again in 1 ms");
+
+    // Still too small: nothing is sent, and the next look waits twice as long.
+    gateway.on_deadline(now + ms, &mut host);
+    assert!(gateway.pop_frame().is_none(), "no update while the window is still too small");
+    assert_eq!(gateway.next_deadline(), Some(now + 3 * ms));
+
+    // The host socket drained: one update, with a window the guest can send into.
+    host.tcp_accept = 100_000;
+    gateway.on_deadline(now + 3 * ms, &mut host);
+    let (control, _, ack, window, _) = tcp_of(&gateway.pop_frame().expect("a window update"));
+    assert_eq!((control, ack), (TcpControl::None, Some(101)));
+    assert!(window << 7 >= 1460, "a window of {} bytes", window << 7);
+    assert!(gateway.pop_frame().is_none(), "exactly one update, not duplicate ACKs");
+}
