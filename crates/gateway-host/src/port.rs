@@ -49,7 +49,7 @@ pub struct GatewayPort {
 impl GatewayPort {
     /// A gateway with `config`, its hostfwd ports bound.
     pub fn new(mut config: GatewayConfig) -> Result<Self, TransportError> {
-        let mut sockets = Sockets { discard_buffer: vec![0; MAX_DATAGRAM], ..Sockets::default() };
+        let mut sockets = Sockets::default();
         for rule in std::mem::take(&mut config.host_forwards) {
             let rule = config.resolve_forward(rule);
             sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);

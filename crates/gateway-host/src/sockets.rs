@@ -4,7 +4,7 @@
 //! protocols do with the results is the gateway core's business.
 
 use foldhash::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Read};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -22,6 +22,8 @@ use vnet_wire::MacAddress;
 use crate::error_queue::{connect_with_ttl, take_icmp_error};
 use crate::forwards::{ForwardSocket, Forwards};
 
+/// Bytes read at a time to drop acknowledged bytes from a unix stream (`vnet connect`).
+const UNIX_DISCARD_CHUNK: usize = 16 << 10;
 /// The share of a host socket's free send buffer not offered to the guest (1/N), for
 /// the kernel's per-buffer overhead.
 const SEND_SPACE_MARGIN: usize = 8;
@@ -147,8 +149,6 @@ pub(crate) struct Sockets {
     /// The hostfwd rules in force and their sockets.
     pub forwards: Forwards,
     pub sources: Sources,
-    /// Where acknowledged stream bytes are read to before they are dropped.
-    pub discard_buffer: Vec<u8>,
     /// The gateway's own switch port, once started.
     pub port: Option<PortId>,
 }
@@ -278,12 +278,16 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
-        let Sockets { streams, discard_buffer, .. } = &mut *self.sockets;
-        let host_stream = streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
-        let fd = host_stream.stream.as_fd();
+        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let mut scratch = [0u8; UNIX_DISCARD_CHUNK];
         let mut left = len;
         while left > 0 {
-            match sys::discard(fd, left, discard_buffer) {
+            let discarded = match &host_stream.stream {
+                StreamSocket::Tcp(stream) => sys::discard(stream.as_fd(), left),
+                // MSG_TRUNC drops nothing from a unix stream: read the bytes instead.
+                StreamSocket::Unix(stream) => (&*stream).read(&mut scratch[..left.min(UNIX_DISCARD_CHUNK)]),
+            };
+            match discarded {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 // Each read moves the kernel's peek offset back by what it took.
                 Ok(discarded) => {

@@ -339,14 +339,16 @@ fn receive_into(
     Ok(n as usize)
 }
 
-/// Reads and drops up to `len` bytes from the front of a stream socket's receive queue,
-/// using `scratch` as the landing place; returns how many were dropped. (A real read,
-/// not MSG_TRUNC: only reads let the kernel grow the receive buffer as the flow speeds
-/// up.)
-pub fn discard(fd: BorrowedFd<'_>, len: usize, scratch: &mut [u8]) -> io::Result<usize> {
-    let len = len.min(scratch.len());
-    // SAFETY: the kernel writes at most `len <= scratch.len()` bytes into `scratch`.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), scratch.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+/// Drops up to `len` bytes from the front of a TCP socket's receive queue without
+/// copying them (MSG_TRUNC) and returns how many were dropped. Linux's TCP advances the
+/// socket's read position and runs its receive-buffer autotuning exactly as for a read
+/// that copies.
+pub fn discard(fd: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: with MSG_TRUNC on a TCP socket the kernel writes nothing to the buffer, so
+    // a null one of any length is never touched.
+    let n = unsafe {
+        libc::recv(fd.as_raw_fd(), std::ptr::null_mut(), len, libc::MSG_DONTWAIT | libc::MSG_TRUNC)
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
