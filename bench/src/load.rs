@@ -40,6 +40,12 @@ pub fn raise_file_limit() {
     }
 }
 
+/// How many files this process may open.
+pub fn file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
+}
+
 /// A TCP listener on every address of the bench host, port chosen by the kernel, with a
 /// backlog deep enough for connection storms.
 pub fn listen_any() -> Result<TcpListener> {

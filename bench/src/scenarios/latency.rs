@@ -1,20 +1,14 @@
 //! Scenario 2, latency and connection rate: 1-byte request/response round trips (p50 and
 //! p99) and connect / 1 byte each way / close cycles per second, from the guest namespace
 //! to servers on the host's loopback, at MTU 65520. vnet's round trips are measured once
-//! more while it holds many idle connections (60,000 in a full run), which a wake-up must
-//! not pay for.
+//! more while it holds many idle connections (60,000 in a full run, or as many as the
+//! file limit allows: each is a descriptor in vnet), which a wake-up must not pay for.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use anyhow::Result;
 
-use anyhow::{bail, Context, Result};
-
-use super::{first_line, tool_result, Bench};
+use super::{tool_result, Bench, IdleConnections};
 use crate::backend::{Backend, Guest, GuestSetup};
-use crate::load::{self, ConnectionRate, Held, Latency};
-use crate::process::Spawned;
+use crate::load::{self, ConnectionRate, Latency};
 use crate::report::{Better, Metric};
 
 const SCENARIO: &str = "Latency and connection rate";
@@ -30,10 +24,9 @@ const P50_IDLE_FLOWS: Metric = Metric {
     unit: "µs",
     better: Better::Lower,
 };
-/// Idle connections per server: fewer than the guest's ephemeral ports toward one address.
-const IDLE_FLOWS_PER_SERVER: usize = 30_000;
-/// How long setting up one server's idle connections may take.
-const HOLD_TIMEOUT: Duration = Duration::from_secs(240);
+/// Files kept free for everything but the idle connections, in each process that holds
+/// one end of them (the bench, the hold tool and vnet).
+const FILES_FOR_THE_REST: u64 = 1_000;
 const BACKENDS: [Backend; 4] = [Backend::Vnet, Backend::Slirp4netns, Backend::Pasta, Backend::Veth];
 
 pub fn run(bench: &mut Bench) -> Result<()> {
@@ -77,39 +70,14 @@ fn round_trips(bench: &Bench, guest: &Guest, port: u16) -> Result<Latency> {
     )
 }
 
-/// Round trips while the guest holds `idle_flows` idle connections through the backend,
-/// to servers on the host that hold them too.
+/// Round trips while vnet holds as many idle connections as the settings ask for, or as
+/// the file limit allows.
 fn round_trips_with_idle_flows(bench: &Bench, guest: &Guest, echo_port: u16) -> Result<Latency> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_servers = StopOnDrop(stop.clone());
-    let mut holders = Vec::new();
-    let mut left = bench.settings.idle_flows;
-    while left > 0 {
-        let count = left.min(IDLE_FLOWS_PER_SERVER);
-        left -= count;
-        let listener = load::listen_any()?;
-        let server = SocketAddr::from((guest.host_address, listener.local_addr()?.port()));
-        load::serve_and_hold(listener, stop.clone())?;
-        let args = ["hold", &server.to_string(), &count.to_string()];
-        let mut holder = Spawned::start_piped("the hold tool", &mut bench.tool(guest, &args))?;
-        let held: Held = serde_json::from_str(&first_line(&mut holder, HOLD_TIMEOUT)?)
-            .context("the hold tool's result")?;
-        if held.connected < count {
-            bail!("only {} of {count} idle connections were set up", held.connected);
-        }
-        holders.push(holder);
-    }
+    let allowed = load::file_limit().saturating_sub(FILES_FOR_THE_REST) as usize;
+    let count = bench.settings.idle_flows.min(allowed);
+    eprintln!("   holding {count} idle connections through vnet (file limit {})", load::file_limit());
+    let _held = IdleConnections::hold(bench, guest, count)?;
     round_trips(bench, guest, echo_port)
-}
-
-/// Sets its flag when dropped: the hold servers stop with the measurement, whatever way
-/// it ends.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 fn connection_rate(bench: &Bench, guest: &Guest, port: u16) -> Result<ConnectionRate> {

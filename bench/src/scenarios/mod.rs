@@ -16,15 +16,18 @@ mod tap;
 mod udp;
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::net::TcpListener;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, Guest, GuestSetup, Programs};
+use crate::load::{self, Held};
 use crate::process::{wait_until, Spawned, READY_DEADLINE};
 use crate::report::{Metric, Report};
 
@@ -245,5 +248,50 @@ pub(super) fn first_line(process: &mut Spawned, timeout: Duration) -> Result<Str
         Ok(line) if !line.is_empty() => Ok(line),
         Ok(_) => bail!("the tool ended without a result"),
         Err(_) => bail!("the tool gave no result within {timeout:?}"),
+    }
+}
+
+/// Idle connections held from a guest through its backend to servers on the host, until
+/// dropped.
+pub(super) struct IdleConnections {
+    stop: Arc<AtomicBool>,
+    _holders: Vec<Spawned>,
+}
+
+impl IdleConnections {
+    /// Idle connections per server: fewer than the guest's ephemeral ports toward one
+    /// address.
+    const PER_SERVER: usize = 25_000;
+    /// How long setting up one server's connections may take.
+    const SETUP_TIMEOUT: Duration = Duration::from_secs(240);
+
+    /// Opens `count` connections from `guest` and holds them; fails unless all of them
+    /// got through.
+    pub(super) fn hold(bench: &Bench, guest: &Guest, count: usize) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut held = Self { stop: stop.clone(), _holders: Vec::new() };
+        let mut left = count;
+        while left > 0 {
+            let batch = left.min(Self::PER_SERVER);
+            left -= batch;
+            let listener = load::listen_any()?;
+            let server = SocketAddr::from((guest.host_address, listener.local_addr()?.port()));
+            load::serve_and_hold(listener, stop.clone())?;
+            let args = ["hold", &server.to_string(), &batch.to_string()];
+            let mut holder = Spawned::start_piped("the hold tool", &mut bench.tool(guest, &args))?;
+            let tally: Held = serde_json::from_str(&first_line(&mut holder, Self::SETUP_TIMEOUT)?)
+                .context("the hold tool's result")?;
+            if tally.connected < batch {
+                bail!("only {} of {batch} idle connections were set up", tally.connected);
+            }
+            held._holders.push(holder);
+        }
+        Ok(held)
+    }
+}
+
+impl Drop for IdleConnections {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

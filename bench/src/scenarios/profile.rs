@@ -9,7 +9,8 @@
 //! - bulk TCP from the namespace to the host's loopback and back: a fixed number of bytes
 //!   with iperf3 (`-n`), reported as instructions per byte;
 //! - 1-byte round trips over one TCP connection: a fixed count, reported as instructions
-//!   per round trip.
+//!   per round trip, once as they are and once while vnet holds 10,000 idle connections
+//!   (what a wake-up costs must not grow with the flows that sleep).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{tool_result, Bench, Iperf3Server};
+use super::{tool_result, Bench, IdleConnections, Iperf3Server};
 use crate::backend::{Backend, Guest, GuestSetup, Programs};
 use crate::load::{self, RoundTrips};
 use crate::process::{self, ScratchDir, Spawned};
@@ -28,6 +29,8 @@ const SCENARIO: &str = "Profile (callgrind, vnet's own instructions)";
 const BULK_BYTES: &str = "256M";
 /// Round trips the latency workload makes.
 const ROUND_TRIPS: u64 = 20_000;
+/// Idle connections held for the second round-trip count.
+const IDLE_CONNECTIONS: usize = 10_000;
 
 fn per_byte(name: &'static str) -> Metric<'static> {
     Metric { scenario: SCENARIO, name, unit: "instructions/byte", better: Better::Lower }
@@ -36,6 +39,12 @@ fn per_byte(name: &'static str) -> Metric<'static> {
 const PER_ROUND_TRIP: Metric = Metric {
     scenario: SCENARIO,
     name: "1-byte round trip, MTU 65520",
+    unit: "instructions",
+    better: Better::Lower,
+};
+const PER_ROUND_TRIP_IDLE_FLOWS: Metric = Metric {
+    scenario: SCENARIO,
+    name: "1-byte round trip, 10,000 idle connections held",
     unit: "instructions",
     better: Better::Lower,
 };
@@ -59,7 +68,12 @@ pub fn run(bench: &mut Bench) -> Result<()> {
             bench.record(metric, "vnet", Ok(instructions as f64 / bytes as f64));
         }
         if mtu == 65520 {
-            bench.record(PER_ROUND_TRIP, "vnet", round_trip_instructions(bench, &guest, pid, dir.path()));
+            let plain = round_trip_instructions(bench, &guest, pid, dir.path(), "round-trip");
+            bench.record(PER_ROUND_TRIP, "vnet", plain);
+            let with_idle_flows = IdleConnections::hold(bench, &guest, IDLE_CONNECTIONS).and_then(|_held| {
+                round_trip_instructions(bench, &guest, pid, dir.path(), "round-trip-idle-connections")
+            });
+            bench.record(PER_ROUND_TRIP_IDLE_FLOWS, "vnet", with_idle_flows);
         }
     }
     Ok(())
@@ -93,8 +107,9 @@ fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
     Ok(wrapper)
 }
 
-/// Round trips from `guest` to an echo server on the host, counted from their start.
-fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path) -> Result<f64> {
+/// Round trips from `guest` to an echo server on the host, counted from their start; the
+/// dump is kept as `NAME.out`.
+fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path, name: &str) -> Result<f64> {
     let echo = load::listen_any()?;
     let server = format!("{}:{}", guest.host_address, echo.local_addr()?.port());
     let _stop_echo = load::serve_echo(echo);
@@ -102,7 +117,7 @@ fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path) -
     let _: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, "200"]), DEADLINE)?;
     zero(pid)?;
     let done: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, &count]), DEADLINE)?;
-    let instructions = dump(pid, dir, "round-trip")?;
+    let instructions = dump(pid, dir, name)?;
     Ok(instructions as f64 / done.count as f64)
 }
 
