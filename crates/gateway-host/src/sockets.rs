@@ -149,6 +149,9 @@ pub(crate) struct Sockets {
     /// The hostfwd rules in force and their sockets.
     pub forwards: Forwards,
     pub sources: Sources,
+    /// Where acknowledged bytes of unix streams (`vnet connect`) are read to be dropped;
+    /// empty until one needs it.
+    pub unix_discard: Vec<u8>,
     /// The gateway's own switch port, once started.
     pub port: Option<PortId>,
 }
@@ -278,14 +281,17 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
-        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
-        let mut scratch = [0u8; UNIX_DISCARD_CHUNK];
+        let Sockets { streams, unix_discard, .. } = &mut *self.sockets;
+        let host_stream = streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
         let mut left = len;
         while left > 0 {
             let discarded = match &host_stream.stream {
                 StreamSocket::Tcp(stream) => sys::discard(stream.as_fd(), left),
                 // MSG_TRUNC drops nothing from a unix stream: read the bytes instead.
-                StreamSocket::Unix(stream) => (&*stream).read(&mut scratch[..left.min(UNIX_DISCARD_CHUNK)]),
+                StreamSocket::Unix(stream) => {
+                    unix_discard.resize(UNIX_DISCARD_CHUNK, 0);
+                    (&*stream).read(&mut unix_discard[..left.min(UNIX_DISCARD_CHUNK)])
+                }
             };
             match discarded {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),

@@ -12,7 +12,7 @@ use vnet_wire::{Frame, FrameBuffer, MacAddress};
 use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
 use super::segment::{ip_tcp_headers_len, Outgoing};
 use super::Context;
-use crate::egress::EgressRoom;
+use crate::egress::{EgressRoom, GatewayIo};
 use crate::host::FlowId;
 
 /// The largest amount sent to the guest in one go before waiting for ACKs.
@@ -24,6 +24,8 @@ const MAX_SEGMENTS_IN_FLIGHT: usize = 1024;
 const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
 /// Most frames filled by one peek of a host socket.
 const MAX_FRAMES_PER_PEEK: usize = 64;
+/// Peeks of up to this many frames use a short list of slices.
+const FEW_FRAMES: usize = 4;
 
 /// What sending to guests needs besides the connection: the frames being peeked into
 /// (kept so that the list's room is reused), and the connections whose data waits for
@@ -112,16 +114,12 @@ impl Connection {
         sender.buffers.clear();
         sender.buffers.extend((0..frames).map(|_| FrameBuffer::for_len(frame_payload)));
         let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
-        let peeked = {
-            let mut slices: [IoSliceMut<'_>; MAX_FRAMES_PER_PEEK] =
-                std::array::from_fn(|_| IoSliceMut::new(&mut []));
-            let mut left = want;
-            for (slice, buffer) in slices.iter_mut().zip(sender.buffers.iter_mut()) {
-                let len = left.min(frame_payload);
-                *slice = IoSliceMut::new(&mut buffer.spare_mut()[..len]);
-                left -= len;
-            }
-            cx.host.tcp_peek(self.flow, in_flight, &mut slices[..frames])
+        let buffers = &mut sender.buffers[..];
+        // Most peeks of a trickle fill a frame or two: their list of slices is short.
+        let peeked = if frames <= FEW_FRAMES {
+            peek_into::<FEW_FRAMES>(cx.host, self.flow, in_flight, buffers, want, frame_payload)
+        } else {
+            peek_into::<MAX_FRAMES_PER_PEEK>(cx.host, self.flow, in_flight, buffers, want, frame_payload)
         };
         match peeked {
             Ok(0) => {
@@ -229,6 +227,28 @@ impl Connection {
         }
         self.guest_data_refused = false;
     }
+}
+
+/// Peeks `want` bytes of `flow` from `offset` on into `buffers` (at most `N` of them),
+/// `frame_payload` bytes into each but the last.
+fn peek_into<const N: usize>(
+    host: &mut dyn GatewayIo,
+    flow: FlowId,
+    offset: usize,
+    buffers: &mut [FrameBuffer],
+    want: usize,
+    frame_payload: usize,
+) -> io::Result<usize> {
+    let mut slices: [IoSliceMut<'_>; N] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+    let mut left = want;
+    let mut used = 0;
+    for (slice, buffer) in slices.iter_mut().zip(buffers.iter_mut()) {
+        let len = left.min(frame_payload);
+        *slice = IoSliceMut::new(&mut buffer.spare_mut()[..len]);
+        left -= len;
+        used += 1;
+    }
+    host.tcp_peek(flow, offset, &mut slices[..used])
 }
 
 /// What is left of `room` toward `guest` once the frames for it already in `out` are
