@@ -208,10 +208,7 @@ impl Connection {
             // The guest did not get our SYN-ACK: send it again.
             State::SynAckSent => cx.out.extend(self.syn_ack(cx.config, cx.host)),
             // Our ACK of its SYN-ACK was lost: acknowledge again.
-            State::Established => {
-                let window = self.window_for_guest(cx.host);
-                cx.out.extend(self.ack(cx.config, window));
-            }
+            State::Established => self.send_ack(cx),
             // A retransmitted SYN while the host connect is under way.
             State::Connecting => {}
         }
@@ -239,8 +236,7 @@ impl Connection {
         self.mss = self.mss.min(usize::from(repr.max_seg_size.unwrap_or(DEFAULT_MSS))).max(MIN_MSS);
         self.retransmit_at = None;
         self.rto = INITIAL_RTO;
-        let window = self.window_for_guest(cx.host);
-        cx.out.extend(self.ack(cx.config, window));
+        self.send_ack(cx);
         self.send_pending(cx, sender);
         Ok(())
     }

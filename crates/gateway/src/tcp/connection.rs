@@ -36,6 +36,11 @@ const FIRST_WINDOW_RECHECK: Duration = Duration::from_millis(1);
 /// The longest wait between looks at a window too small: well below the 200 ms after
 /// which a Linux guest probes the window itself.
 const MAX_WINDOW_RECHECK: Duration = Duration::from_millis(64);
+/// How long an ACK of a guest's request may wait for the host's answer to carry it, on a
+/// connection that goes back and forth (request, answer). Shorter than any guest's own
+/// delayed ACK, so a guest that waits for the ACK (Nagle) waits no longer than it would
+/// for a Linux peer.
+const DELAYED_ACK: Duration = Duration::from_millis(1);
 /// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
 pub(super) const FIRST_PEEK_BATCH: usize = 2;
 
@@ -94,6 +99,14 @@ pub(super) struct Connection {
     pub max_window: usize,
     /// How long to wait before the next look at a window too small.
     pub window_recheck: Duration,
+    /// The connection goes back and forth: the host answered the guest's last data
+    /// within [`DELAYED_ACK`]. The ACK of a short segment then waits for the answer to
+    /// carry it, one frame instead of two.
+    pub interactive: bool,
+    /// When the last guest data that the host may answer arrived.
+    pub guest_data_at: Option<Instant>,
+    /// An ACK the guest is owed, and when it must go if no segment carries it first.
+    pub ack_due: Option<Instant>,
     /// ACKs in a row that acknowledged nothing new; at [`DUPLICATE_ACKS`] the data since
     /// the last acknowledged byte is sent again.
     pub duplicate_acks: u32,
@@ -159,6 +172,9 @@ impl Connection {
             window_unusable: false,
             max_window: 0,
             window_recheck: FIRST_WINDOW_RECHECK,
+            interactive: false,
+            guest_data_at: None,
+            ack_due: None,
             guest_data_refused: false,
             duplicate_acks: 0,
             rto: INITIAL_RTO,
@@ -209,6 +225,47 @@ impl Connection {
         }
     }
 
+    /// Sends the guest an ACK with the current window now.
+    pub fn send_ack(&mut self, cx: &mut Context<'_>) {
+        let window = self.window_for_guest(cx.host);
+        cx.out.extend(self.ack(cx.config, window));
+        self.ack_due = None;
+    }
+
+    /// Acknowledges the guest's data in `repr`, just taken: at once, or, on an
+    /// interactive connection and for a short segment, with the host's answer if it comes
+    /// within [`DELAYED_ACK`].
+    pub fn acknowledge_guest_data(&mut self, cx: &mut Context<'_>, repr: &TcpRepr<'_>) {
+        let short = !repr.payload.is_empty() && repr.payload.len() < self.mss;
+        let plain = repr.control != TcpControl::Fin && !self.guest_data_refused && !self.window_unusable;
+        if short {
+            self.guest_data_at = Some(cx.now);
+        }
+        if self.interactive && short && plain {
+            self.ack_due.get_or_insert(cx.now + DELAYED_ACK);
+        } else {
+            self.send_ack(cx);
+        }
+    }
+
+    /// A segment carrying data went to the guest: it carries the ACK owed too, and if it
+    /// answers guest data that came just before, the connection is interactive.
+    pub fn sent_data(&mut self, now: Instant) {
+        self.ack_due = None;
+        if let Some(at) = self.guest_data_at.take() {
+            self.interactive = now < at + DELAYED_ACK;
+        }
+    }
+
+    /// The ACK owed went unanswered for [`DELAYED_ACK`]: send it, and ACK at once from now
+    /// on until the host answers quickly again.
+    pub fn on_delayed_ack(&mut self, cx: &mut Context<'_>) {
+        if self.ack_due.is_some_and(|due| due <= cx.now) {
+            self.interactive = false;
+            self.send_ack(cx);
+        }
+    }
+
     /// Sends again from the first byte the guest has not acknowledged.
     pub fn rewind(&mut self) {
         self.snd_nxt = self.snd_una;
@@ -218,10 +275,8 @@ impl Connection {
 
     /// When the connection wants its timer next.
     fn deadline(&self) -> Option<Instant> {
-        [self.retransmit_at, self.closing_since.map(|since| since + CLOSING_TIMEOUT), self.window_check_at]
-            .into_iter()
-            .flatten()
-            .min()
+        let closing_timeout = self.closing_since.map(|since| since + CLOSING_TIMEOUT);
+        [self.retransmit_at, closing_timeout, self.window_check_at, self.ack_due].into_iter().flatten().min()
     }
 
     /// Notes when a window told closed is to be looked at again, and returns the time the

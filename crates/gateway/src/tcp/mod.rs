@@ -179,12 +179,10 @@ impl Nat {
             }
         }
         if connection.is_probe(repr) {
-            let window = connection.window_for_guest(cx.host);
-            cx.out.extend(connection.ack(cx.config, window));
+            connection.send_ack(cx);
         } else if !repr.payload.is_empty() || repr.control == TcpControl::Fin {
             connection.on_guest_data(cx, repr);
-            let window = connection.window_for_guest(cx.host);
-            cx.out.extend(connection.ack(cx.config, window));
+            connection.acknowledge_guest_data(cx, repr);
         }
         connection.send_pending(cx, &mut self.sender);
         Ok(())
@@ -266,6 +264,7 @@ impl Nat {
             connection.failed = true;
             return;
         }
+        connection.on_delayed_ack(cx);
         if connection.window_check_at.is_some_and(|at| at <= now) {
             connection.window_check_at = None;
             connection.reopen_window(cx);

@@ -178,6 +178,7 @@ impl Connection {
             egress.bytes = egress.bytes.saturating_sub(segment.len());
             cx.out.push(segment);
             self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
+            self.sent_data(cx.now);
         }
         self.retransmit_at.get_or_insert(cx.now + self.rto);
     }
@@ -197,6 +198,7 @@ impl Connection {
             payload: &[],
         };
         cx.out.extend(self.segment(cx.config, &fin));
+        self.ack_due = None;
         self.snd_nxt = self.snd_nxt.wrapping_add(1);
         self.fin_sent = true;
         self.retransmit_at.get_or_insert(cx.now + self.rto);
@@ -224,6 +226,7 @@ impl Connection {
         let copies = if self.guest_data_refused { 1 + DUPLICATE_ACKS } else { 1 };
         if let Ok(ack) = self.ack(cx.config, window) {
             cx.out.extend(std::iter::repeat_n(ack, copies));
+            self.ack_due = None;
         }
         self.guest_data_refused = false;
     }

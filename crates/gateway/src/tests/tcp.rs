@@ -396,3 +396,54 @@ fn a_window_too_small_for_a_segment_is_updated_once_the_host_has_room_and_looked
     assert!(window << 7 >= 1460, "a window of {} bytes", window << 7);
     assert!(gateway.pop_frame().is_none(), "exactly one update, not duplicate ACKs");
 }
+
+#[test]
+fn on_a_connection_that_goes_back_and_forth_the_answer_carries_the_ack_of_the_request() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    host.tcp_accept = 100_000;
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    while gateway.pop_frame().is_some() {}
+    let mut guest_seq = 101;
+    let mut our_seq = isn + 1;
+    let mut request = |gateway: &mut Gateway, host: &mut FakeHost, at: Instant, our_seq: u32| {
+        let frame = guest_tcp(dst, TcpControl::Psh, guest_seq, Some(our_seq), b"q");
+        gateway.receive(&frame, Offload::NONE, at, host);
+        guest_seq += 1;
+    };
+
+    // The first request is acknowledged at once: nothing says yet that answers follow.
+    request(&mut gateway, &mut host, now, our_seq);
+    let (control, _, ack, _, payload) = tcp_of(&gateway.pop_frame().expect("an ACK"));
+    assert_eq!((control, ack, payload.len()), (TcpControl::None, Some(102), 0));
+    host.tcp_incoming.insert(flow, b"a".to_vec());
+    gateway.on_tcp_readable(flow, now, &mut host);
+    assert_eq!(tcp_of(&gateway.pop_frame().expect("the answer")).4, b"a");
+    our_seq += 1;
+
+    // The host answered at once: the next request's ACK waits for the answer, which
+    // carries it, so a round trip is one frame each way.
+    let later = now + Duration::from_micros(100);
+    request(&mut gateway, &mut host, later, our_seq);
+    assert!(gateway.pop_frame().is_none(), "no ACK of its own for an interactive request");
+    host.tcp_incoming.insert(flow, b"b".to_vec());
+    gateway.on_tcp_readable(flow, later, &mut host);
+    let (_, _, ack, _, payload) = tcp_of(&gateway.pop_frame().expect("the answer"));
+    assert_eq!((ack, payload.as_slice()), (Some(103), &b"b"[..]), "the answer carries the ACK");
+    assert!(gateway.pop_frame().is_none());
+    our_seq += 1;
+
+    // A request the host does not answer in time is acknowledged after the delay, and
+    // the next one at once.
+    let quiet = later + Duration::from_millis(10);
+    request(&mut gateway, &mut host, quiet, our_seq);
+    assert!(gateway.pop_frame().is_none());
+    let due = quiet + Duration::from_millis(1);
+    assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= due), "a deadline for the ACK");
+    gateway.on_deadline(due, &mut host);
+    let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("the delayed ACK"));
+    assert_eq!((control, ack), (TcpControl::None, Some(104)));
+    request(&mut gateway, &mut host, due, our_seq);
+    assert_eq!(tcp_of(&gateway.pop_frame().expect("an ACK at once")).2, Some(105));
+}
