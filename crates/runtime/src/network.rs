@@ -198,6 +198,7 @@ impl Network {
             }
             self.now = Instant::now();
             let mut stop = None;
+            let mut jobs_sent = false;
             turn.clear();
             turn.append(&mut again);
             for event in events.iter() {
@@ -207,6 +208,7 @@ impl Network {
                     continue;
                 }
                 if token == JOBS {
+                    jobs_sent = true;
                     continue;
                 }
                 if event.is_writable() {
@@ -223,7 +225,9 @@ impl Network {
                     again.push(token);
                 }
             }
-            self.run_jobs();
+            if jobs_sent {
+                self.run_jobs();
+            }
             self.run_timers();
             self.resume_waiting_for_room();
             if let Some(code) = stop {

@@ -42,7 +42,7 @@ const MAX_WINDOW_RECHECK: Duration = Duration::from_millis(64);
 /// for a Linux peer.
 const DELAYED_ACK: Duration = Duration::from_millis(1);
 /// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
-pub(super) const FIRST_PEEK_BATCH: usize = 2;
+pub(super) const FIRST_PEEK_BATCH: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
