@@ -229,15 +229,16 @@ impl StreamGuest {
     }
 }
 
-#[test]
-fn a_stream_guests_tcp_to_a_host_socket_allocates_nothing_per_frame() {
+/// A network with a stream listener and the gateway, and a QEMU stream peer connected to
+/// it that talks to port `port` of the gateway's address (the host's loopback). The
+/// directory holds the listener's socket.
+fn stream_guest_of_a_gateway(port: u16) -> (RunningNetwork, StreamGuest, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("vnet.sock");
-    let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let config =
         GatewayConfig { dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()], ..GatewayConfig::default() };
     let gateway_mac = config.mac();
-    let remote = SocketAddrV4::new(config.host, host.local_addr().unwrap().port());
+    let remote = SocketAddrV4::new(config.host, port);
     let path = socket_path.clone();
     let network = RunningNetwork::start(move |network| {
         network
@@ -245,10 +246,16 @@ fn a_stream_guests_tcp_to_a_host_socket_allocates_nothing_per_frame() {
             .unwrap();
         network.add_gateway(config, PortVlans::default()).unwrap();
     });
-
     let socket = UnixStream::connect(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut guest = StreamGuest { socket, gateway_mac, remote, seq: 1000, ack: 0 };
+    (network, StreamGuest { socket, gateway_mac, remote, seq: 0, ack: 0 }, dir)
+}
+
+#[test]
+fn a_stream_guests_tcp_to_a_host_socket_allocates_nothing_per_frame() {
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (network, mut guest, _dir) = stream_guest_of_a_gateway(host.local_addr().unwrap().port());
+    guest.seq = 1000;
     let before_connection = network.allocations();
     let syn = guest.segment(TcpControl::Syn, &[]);
     guest.send_frame(&syn);
@@ -321,24 +328,10 @@ fn udp_payload_of(frame: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn a_stream_guests_udp_echoed_by_a_host_socket_allocates_nothing_per_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("vnet.sock");
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
     echo.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let config =
-        GatewayConfig { dns_upstreams: vec!["127.0.0.1:9".parse().unwrap()], ..GatewayConfig::default() };
-    let gateway_mac = config.mac();
-    let remote = SocketAddrV4::new(config.host, echo.local_addr().unwrap().port());
-    let path = socket_path.clone();
-    let network = RunningNetwork::start(move |network| {
-        network
-            .add_endpoint(Box::new(stream::Listener::bind_unix(&path).unwrap()), PortVlans::default())
-            .unwrap();
-        network.add_gateway(config, PortVlans::default()).unwrap();
-    });
-    let socket = UnixStream::connect(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut guest = StreamGuest { socket, gateway_mac, remote, seq: 0, ack: 0 };
+    let (network, mut guest, _dir) = stream_guest_of_a_gateway(echo.local_addr().unwrap().port());
+    let (gateway_mac, remote) = (guest.gateway_mac, guest.remote);
 
     let mut echoed = [0u8; 2048];
     let mut round_trip = |guest: &mut StreamGuest, payload: &[u8]| {

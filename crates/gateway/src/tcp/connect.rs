@@ -2,9 +2,9 @@
 //! candidate of a [`ConnectTarget`] in turn) and is answered with SYN-ACK once the host
 //! side is up, or with the RST or ICMP error behind its failure; a host client on a
 //! hostfwd port gets a connection to the guest from the gateway's address and a port of
-//! its own.
+//! its own. The table the connections go into is `mod.rs`'s, which this file does not
+//! know.
 
-use std::hash::BuildHasher;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -13,17 +13,17 @@ use smoltcp::wire::{IpProtocol, TcpControl, TcpRepr};
 use tracing::{debug, info};
 use vnet_wire::MacAddress;
 
-use super::connection::{Connection, State, INITIAL_RTO, MIN_MSS, OUR_WINDOW_SCALE};
-use super::segment::mss_for_mtu;
+use super::connection::{Connection, HostConnect, State, INITIAL_RTO, MIN_MSS, OUR_WINDOW_SCALE};
+use super::context::Context;
+use super::segment::{mss_for_mtu, reset_for};
 use super::send::Sender;
-use super::{Context, Nat};
+use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
 use crate::host::{FlowId, FlowIds};
 use crate::icmp::{self, GuestError, HostIcmpError};
+use crate::packet::BuiltFrame;
 
-/// Ports of the gateway's address that inbound (hostfwd) connections come from.
-const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The MSS a guest's SYN without the option stands for (RFC 9293).
@@ -38,17 +38,6 @@ pub struct ConnectTarget {
     pub ttl: Option<u8>,
 }
 
-/// A host connect under way for a guest's SYN.
-#[derive(Debug)]
-pub(super) struct HostConnect {
-    /// Where the host socket is connecting to.
-    pub remote: SocketAddr,
-    /// Candidates still to try if that connect fails.
-    fallbacks: std::vec::IntoIter<SocketAddr>,
-    /// The TTL the host's SYN carries.
-    ttl: Option<u8>,
-}
-
 /// Who a guest's first segment on a new connection is from and to.
 pub(super) struct NewConnection {
     pub guest_mac: MacAddress,
@@ -56,68 +45,71 @@ pub(super) struct NewConnection {
     pub dst: SocketAddr,
 }
 
-impl Nat {
-    /// The first segment of a connection the table does not have: a SYN opens one (its
-    /// host connect starts now); anything else is answered with RST.
-    pub(super) fn on_new_segment(
-        &mut self,
+impl NewConnection {
+    /// The connection a guest's first segment `repr` opens, its host connect started,
+    /// with our initial sequence number `isn`. A SYN opens one; a RST is let go (None);
+    /// anything else, or a SYN that `target` refuses or no host socket takes, is
+    /// answered with RST.
+    pub fn open(
+        &self,
         cx: &mut Context<'_>,
-        new: NewConnection,
         repr: &TcpRepr<'_>,
         target: impl FnOnce() -> Result<ConnectTarget, GatewayDropReason>,
         flows: &mut FlowIds,
-    ) -> Result<(), GatewayDropReason> {
+        isn: u32,
+    ) -> Result<Option<Connection>, GatewayDropReason> {
         if repr.control == TcpControl::Rst {
-            return Ok(());
+            return Ok(None);
         }
         if repr.control != TcpControl::Syn || repr.ack_number.is_some() {
-            cx.out.extend(new.reset(cx.config, repr));
+            cx.out.extend(self.reset(cx.config, repr));
             return Err(GatewayDropReason::UnknownFlow);
         }
         let target = match target() {
             Ok(target) => target,
             Err(reason) => {
-                cx.out.extend(new.reset(cx.config, repr));
+                cx.out.extend(self.reset(cx.config, repr));
                 return Err(reason);
             }
         };
         let flow = flows.next();
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(cx.host, flow, &mut candidates, target.ttl) else {
-            cx.out.extend(new.reset(cx.config, repr));
+            cx.out.extend(self.reset(cx.config, repr));
             return Err(GatewayDropReason::HostSocket);
         };
-        let isn = self.next_isn(new.guest, new.dst);
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(DEFAULT_MSS));
         let failover_at = (candidates.len() > 0).then(|| cx.now + FAILOVER_TIMEOUT);
-        let mss = guest_mss.clamp(MIN_MSS, mss_for_mtu(cx.config.mtu, new.guest));
-        let connection = Connection {
+        let mss = guest_mss.clamp(MIN_MSS, mss_for_mtu(cx.config.mtu, self.guest));
+        Ok(Some(Connection {
             host_connect: Some(HostConnect { remote: host_remote, fallbacks: candidates, ttl: target.ttl }),
             rcv_nxt: (repr.seq_number.0 as u32).wrapping_add(1),
             guest_window: usize::from(repr.window_len),
             guest_window_scale: repr.window_scale.unwrap_or(0),
             our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
             retransmit_at: failover_at,
-            ..Connection::new(flow, new.guest_mac, new.guest, new.dst, State::Connecting, isn, mss)
-        };
-        self.insert(connection, cx.now);
-        Ok(())
+            ..Connection::new(flow, self.guest_mac, self.guest, self.dst, State::Connecting, isn, mss)
+        }))
     }
 
-    /// A host client connected to a hostfwd port, and its socket is `flow`: connect to
-    /// `guest` from the gateway's address and a port of its own. False if no port is
-    /// free for that guest.
-    pub fn on_inbound(
-        &mut self,
+    /// A RST answering `repr`, the guest's first segment, which has no connection.
+    fn reset(&self, config: &GatewayConfig, repr: &TcpRepr<'_>) -> BuiltFrame {
+        reset_for(config, self.guest_mac, self.guest, self.dst, repr)
+    }
+}
+
+impl Connection {
+    /// A connection to `guest` from `apparent` (an address and port of the gateway) for a
+    /// host client on a hostfwd port whose socket is `flow`, with our initial sequence
+    /// number `isn`; its SYN is sent.
+    pub fn inbound(
         cx: &mut Context<'_>,
         flow: FlowId,
         guest_mac: MacAddress,
         guest: SocketAddr,
-    ) -> bool {
-        let Some(apparent) = self.free_apparent_address(IpAddr::V4(cx.config.host), guest) else {
-            return false;
-        };
-        let isn = self.next_isn(guest, apparent);
+        apparent: SocketAddr,
+        isn: u32,
+    ) -> Self {
         let mss = mss_for_mtu(cx.config.mtu, guest);
         let connection = Connection {
             snd_nxt: isn.wrapping_add(1),
@@ -125,76 +117,36 @@ impl Nat {
             ..Connection::new(flow, guest_mac, guest, apparent, State::SynSent, isn, mss)
         };
         cx.out.extend(connection.syn(cx.config, cx.host));
-        self.insert(connection, cx.now);
-        true
+        connection
     }
 
-    /// The host connect of `flow` completed: answer the guest's SYN.
-    pub fn on_connected(&mut self, cx: &mut Context<'_>, flow: FlowId) {
-        let Some(connection) = self.connections.get_mut(&flow) else {
-            return;
-        };
-        if connection.state != State::Connecting {
+    /// The host connect completed: answer the guest's SYN.
+    pub fn on_connected(&mut self, cx: &mut Context<'_>) {
+        if self.state != State::Connecting {
             return;
         }
-        connection.host_connect = None;
-        connection.state = State::SynAckSent;
-        connection.snd_nxt = connection.snd_una.wrapping_add(1);
-        connection.retransmit_at = Some(cx.now + connection.rto);
-        cx.out.extend(connection.syn_ack(cx.config, cx.host));
-        self.arm(flow, cx.now);
+        self.host_connect = None;
+        self.state = State::SynAckSent;
+        self.snd_nxt = self.snd_una.wrapping_add(1);
+        self.retransmit_at = Some(cx.now + self.rto);
+        cx.out.extend(self.syn_ack(cx.config, cx.host));
     }
 
-    /// `flow`'s host socket failed (connect refused, unreachable or timed out; reset).
-    /// A failed connect moves on to the next candidate if there is one; else the guest
-    /// gets the ICMP error behind the failure, or RST, and the socket is closed.
-    pub fn on_host_error(
-        &mut self,
-        cx: &mut Context<'_>,
-        flow: FlowId,
-        error: &io::Error,
-        icmp: Option<HostIcmpError>,
-    ) {
-        let Some(connection) = self.connections.get_mut(&flow) else {
+    /// The host socket failed (connect refused, unreachable or timed out; reset). A
+    /// failed connect moves on to the next candidate if there is one; else the guest
+    /// gets the ICMP error behind the failure, or RST, and the connection has failed.
+    pub fn on_host_error(&mut self, cx: &mut Context<'_>, error: &io::Error, icmp: Option<HostIcmpError>) {
+        if self.state == State::Connecting && self.fail_over(cx) {
             return;
-        };
-        if connection.state == State::Connecting && connection.fail_over(cx) {
-            return self.arm(flow, cx.now);
         }
-        info!(guest = %connection.guest, remote = %connection.remote, %error, reason = "host side failed", "connection dropped");
-        match connection.connect_error(icmp, error) {
-            Some(report) => cx.out.extend(icmp::error_for_guest(cx.config, connection.guest_mac, &report)),
-            None => cx.out.extend(connection.reset(cx.config)),
+        info!(guest = %self.guest, remote = %self.remote, %error, reason = "host side failed", "connection dropped");
+        match self.connect_error(icmp, error) {
+            Some(report) => cx.out.extend(icmp::error_for_guest(cx.config, self.guest_mac, &report)),
+            None => cx.out.extend(self.reset(cx.config)),
         }
-        connection.failed = true;
-        self.settle(flow, cx);
+        self.failed = true;
     }
 
-    /// An initial sequence number for a connection between `guest` and `remote`.
-    fn next_isn(&mut self, guest: SocketAddr, remote: SocketAddr) -> u32 {
-        self.connections_made += 1;
-        self.isn_key.hash_one((guest, remote, self.connections_made)) as u32
-    }
-
-    /// An address of the gateway at `gateway_ip` with a port that no connection to
-    /// `guest` uses, from the ephemeral range.
-    fn free_apparent_address(&mut self, gateway_ip: IpAddr, guest: SocketAddr) -> Option<SocketAddr> {
-        for _ in INBOUND_PORTS {
-            let (first, last) = (*INBOUND_PORTS.start(), *INBOUND_PORTS.end());
-            self.next_inbound_port = match self.next_inbound_port {
-                port if port >= first && port < last => port + 1,
-                _ => first,
-            };
-            let apparent = SocketAddr::new(gateway_ip, self.next_inbound_port);
-            if !self.by_tuple.contains_key(&(guest, apparent)) {
-                return Some(apparent);
-            }
-        }
-        None
-    }
-}
-
-impl Connection {
     /// A SYN from the guest on a connection that exists: its answer to our SYN (inbound),
     /// or a retransmission of its own.
     pub fn on_syn(

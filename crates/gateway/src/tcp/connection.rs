@@ -10,8 +10,7 @@ use smoltcp::wire::{TcpControl, TcpRepr};
 use tracing::info;
 use vnet_wire::MacAddress;
 
-use super::connect::HostConnect;
-use super::Context;
+use super::context::Context;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
 use crate::host::FlowId;
@@ -43,6 +42,17 @@ const MAX_WINDOW_RECHECK: Duration = Duration::from_millis(64);
 const DELAYED_ACK: Duration = Duration::from_millis(1);
 /// Frames the first peek of a connection fills at most, and the fewest any peek asks for.
 pub(super) const FIRST_PEEK_BATCH: usize = 1;
+
+/// A host connect under way for a guest's SYN.
+#[derive(Debug)]
+pub(super) struct HostConnect {
+    /// Where the host socket is connecting to.
+    pub remote: SocketAddr,
+    /// Candidates still to try if that connect fails.
+    pub fallbacks: std::vec::IntoIter<SocketAddr>,
+    /// The TTL the host's SYN carries.
+    pub ttl: Option<u8>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {

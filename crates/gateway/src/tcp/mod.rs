@@ -21,46 +21,43 @@
 //! This file holds the table of connections, its timers and the calls the gateway makes;
 //! one connection's state and what the guest's segments do to it are in `connection.rs`,
 //! sending toward the guest in `send.rs`, building segments in `segment.rs`, and opening
-//! connections both ways in `connect.rs`. Every handler works with one [`Context`]. The
-//! module knows TCP and the [`crate::HostSockets`] calls, nothing of epoll or the switch;
-//! addresses are of either IP family.
+//! connections both ways in `connect.rs`. Every handler works with one [`Context`]
+//! (`context.rs`). The files below this one import only files below them, never this
+//! one. The module knows TCP and the [`crate::HostSockets`] calls, nothing of epoll or
+//! the switch; addresses are of either IP family.
 
 mod connect;
 mod connection;
+mod context;
 mod segment;
 mod send;
 
 use foldhash::{HashMap, HashMapExt};
-use std::hash::RandomState;
+use std::hash::{BuildHasher, RandomState};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr};
 use tracing::info;
-use vnet_wire::Frame;
+use vnet_wire::MacAddress;
 
-use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
-use crate::egress::GatewayIo;
 use crate::guest::GuestPacket;
 use crate::host::{FlowId, FlowIds};
+use crate::icmp::HostIcmpError;
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::timers::Deadlines;
 
 pub use connect::ConnectTarget;
 use connect::NewConnection;
 use connection::{Connection, State, CLOSING_TIMEOUT, MAX_RETRANSMITS, MAX_RTO};
+pub(crate) use context::Context;
 use send::Sender;
 
-/// What every TCP handler works with besides the connection: the gateway's settings, its
-/// host side, the time, and the list the frames it sends go to.
-pub(crate) struct Context<'a> {
-    pub config: &'a GatewayConfig,
-    pub host: &'a mut dyn GatewayIo,
-    pub now: Instant,
-    pub out: &'a mut Vec<Frame>,
-}
+/// Ports of the gateway's address that inbound (hostfwd) connections come from.
+const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;
 
 /// The TCP connections of one gateway.
 pub struct Nat {
@@ -134,7 +131,11 @@ impl Nat {
         let dst = SocketAddr::new(dst, repr.dst_port);
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
             let new = NewConnection { guest_mac: packet.mac, guest, dst };
-            return self.on_new_segment(cx, new, &repr, target, flows);
+            let isn = self.next_isn(guest, dst);
+            if let Some(connection) = new.open(cx, &repr, target, flows, isn)? {
+                self.insert(connection, cx.now);
+            }
+            return Ok(());
         };
         let result = self.on_connection_segment(cx, flow, &repr);
         self.settle(flow, cx);
@@ -186,6 +187,48 @@ impl Nat {
         }
         connection.send_pending(cx, &mut self.sender);
         Ok(())
+    }
+
+    /// A host client connected to a hostfwd port, and its socket is `flow`: connect to
+    /// `guest` from the gateway's address and a port of its own. False if no port is
+    /// free for that guest.
+    pub fn on_inbound(
+        &mut self,
+        cx: &mut Context<'_>,
+        flow: FlowId,
+        guest_mac: MacAddress,
+        guest: SocketAddr,
+    ) -> bool {
+        let Some(apparent) = self.free_apparent_address(IpAddr::V4(cx.config.host), guest) else {
+            return false;
+        };
+        let isn = self.next_isn(guest, apparent);
+        let connection = Connection::inbound(cx, flow, guest_mac, guest, apparent, isn);
+        self.insert(connection, cx.now);
+        true
+    }
+
+    /// The host connect of `flow` completed: answer the guest's SYN.
+    pub fn on_connected(&mut self, cx: &mut Context<'_>, flow: FlowId) {
+        if let Some(connection) = self.connections.get_mut(&flow) {
+            connection.on_connected(cx);
+            self.arm(flow, cx.now);
+        }
+    }
+
+    /// `flow`'s host socket failed (connect refused, unreachable or timed out; reset):
+    /// a connect moves on to its next candidate, or the guest learns and the flow goes.
+    pub fn on_host_error(
+        &mut self,
+        cx: &mut Context<'_>,
+        flow: FlowId,
+        error: &io::Error,
+        icmp: Option<HostIcmpError>,
+    ) {
+        if let Some(connection) = self.connections.get_mut(&flow) {
+            connection.on_host_error(cx, error, icmp);
+            self.settle(flow, cx);
+        }
     }
 
     /// `flow`'s host socket has data (or EOF): send what the guest's window allows.
@@ -324,6 +367,29 @@ impl Nat {
         self.by_tuple.insert((connection.guest, connection.remote), flow);
         self.connections.insert(flow, connection);
         self.arm(flow, now);
+    }
+
+    /// An initial sequence number for a connection between `guest` and `remote`.
+    fn next_isn(&mut self, guest: SocketAddr, remote: SocketAddr) -> u32 {
+        self.connections_made += 1;
+        self.isn_key.hash_one((guest, remote, self.connections_made)) as u32
+    }
+
+    /// An address of the gateway at `gateway_ip` with a port that no connection to
+    /// `guest` uses, from the ephemeral range.
+    fn free_apparent_address(&mut self, gateway_ip: IpAddr, guest: SocketAddr) -> Option<SocketAddr> {
+        for _ in INBOUND_PORTS {
+            let (first, last) = (*INBOUND_PORTS.start(), *INBOUND_PORTS.end());
+            self.next_inbound_port = match self.next_inbound_port {
+                port if port >= first && port < last => port + 1,
+                _ => first,
+            };
+            let apparent = SocketAddr::new(gateway_ip, self.next_inbound_port);
+            if !self.by_tuple.contains_key(&(guest, apparent)) {
+                return Some(apparent);
+            }
+        }
+        None
     }
 
     fn remove(&mut self, flow: FlowId) {

@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 
 use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 use vnet_wire::offload::{SegmentKind, Segmentation};
-use vnet_wire::{FrameBuffer, Offload};
+use vnet_wire::{FrameBuffer, MacAddress, Offload};
 
-use super::connect::NewConnection;
 use super::connection::{Connection, State, OUR_WINDOW_SCALE};
 use crate::config::GatewayConfig;
 use crate::egress::GatewayIo;
@@ -150,27 +149,32 @@ pub(super) fn mss_for_mtu(mtu: u16, guest: SocketAddr) -> usize {
     usize::from(mtu).saturating_sub(ip_tcp_headers_len(guest))
 }
 
-impl NewConnection {
-    /// A RST answering `repr`, the guest's first segment, which has no connection.
-    pub fn reset(&self, config: &GatewayConfig, repr: &TcpRepr<'_>) -> BuiltFrame {
-        let (seq, ack) = match repr.ack_number {
-            Some(ack) => (ack, None),
-            None => (TcpSeqNumber(0), Some(repr.seq_number + repr.segment_len())),
-        };
-        let reset = TcpRepr {
-            src_port: self.dst.port(),
-            dst_port: self.guest.port(),
-            control: TcpControl::Rst,
-            seq_number: seq,
-            ack_number: ack,
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &[],
-        };
-        packet::tcp(config.mac(), self.guest_mac, self.dst, self.guest, &reset)
-    }
+/// A RST from `dst` to the guest at `guest_mac`/`guest`, answering `repr`, a segment
+/// that has no connection.
+pub(super) fn reset_for(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    guest: SocketAddr,
+    dst: SocketAddr,
+    repr: &TcpRepr<'_>,
+) -> BuiltFrame {
+    let (seq, ack) = match repr.ack_number {
+        Some(ack) => (ack, None),
+        None => (TcpSeqNumber(0), Some(repr.seq_number + repr.segment_len())),
+    };
+    let reset = TcpRepr {
+        src_port: dst.port(),
+        dst_port: guest.port(),
+        control: TcpControl::Rst,
+        seq_number: seq,
+        ack_number: ack,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    packet::tcp(config.mac(), guest_mac, dst, guest, &reset)
 }

@@ -10,8 +10,8 @@ use tracing::info;
 use vnet_wire::{Frame, FrameBuffer, MacAddress};
 
 use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
+use super::context::Context;
 use super::segment::{ip_tcp_headers_len, Outgoing};
-use super::Context;
 use crate::egress::{EgressRoom, GatewayIo};
 use crate::host::FlowId;
 
