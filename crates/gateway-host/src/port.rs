@@ -102,8 +102,8 @@ impl GatewayPort {
 
     /// Registers an already connected host stream as a new flow's host side.
     fn adopt_stream(&mut self, mut stream: StreamSocket, cx: &mut Context<'_>) -> Option<FlowId> {
-        let flow = self.gateway.allocate_flow();
         let token = cx.register_source(stream.source(), Interest::READABLE | Interest::WRITABLE).ok()?;
+        let flow = self.gateway.allocate_flow();
         self.sockets.sources.insert(token, Source::Flow(flow));
         let inbound = HostStream {
             stream,
@@ -148,7 +148,7 @@ impl GatewayPort {
 
     fn read_host_socket(&mut self, flow: FlowId, cx: &mut Context<'_>) -> ReadOutcome {
         for _ in 0..DATAGRAMS_PER_BATCH {
-            let Some(host_socket) = self.sockets.by_flow.get(&flow) else {
+            let Some(host_socket) = self.sockets.by_flow.get(flow) else {
                 return ReadOutcome::Drained;
             };
             match self.datagrams.receive(host_socket.socket.as_fd()) {
@@ -249,7 +249,7 @@ impl GatewayPort {
     /// error is looked for here; an established one's shows in the next peek or send.
     fn stream_readable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
         let now = cx.now;
-        let error = self.sockets.streams.get(&flow).filter(|s| s.connecting).and_then(HostStream::take_error);
+        let error = self.sockets.streams.get(flow).filter(|s| s.connecting).and_then(HostStream::take_error);
         let mut host = Host { sockets: &mut self.sockets, cx };
         match error {
             Some((error, icmp)) => self.gateway.on_tcp_error(flow, &error, icmp, now, &mut host),
@@ -260,7 +260,7 @@ impl GatewayPort {
     /// A host stream finished connecting, failed to, or has send space again.
     fn stream_writable(&mut self, flow: FlowId, cx: &mut Context<'_>) {
         let now = cx.now;
-        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
+        let Some(host_stream) = self.sockets.streams.get_mut(flow) else {
             return;
         };
         host_stream.send_space.forget();
@@ -300,7 +300,7 @@ impl Endpoint for GatewayPort {
 
     fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
         let outcome = match self.sockets.sources.get(cx.ready) {
-            Some(Source::Flow(flow)) if self.sockets.streams.contains_key(&flow) => {
+            Some(Source::Flow(flow)) if self.sockets.streams.contains(flow) => {
                 self.stream_readable(flow, cx);
                 ReadOutcome::Drained
             }

@@ -3,7 +3,6 @@
 //! Each call maps to a system call or two on a real non-blocking socket; what the
 //! protocols do with the results is the gateway core's business.
 
-use foldhash::HashMap;
 use std::io::{self, IoSliceMut, Read};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
@@ -13,7 +12,9 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use vnet_gateway::{EgressRoom, FlowId, ForwardId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind};
+use vnet_gateway::{
+    EgressRoom, FlowId, FlowMap, ForwardId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind,
+};
 use vnet_runtime::{sys, Context};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
@@ -144,8 +145,8 @@ impl Sources {
 /// The host sockets of one gateway, by flow and by event token.
 #[derive(Default)]
 pub(crate) struct Sockets {
-    pub by_flow: HashMap<FlowId, HostSocket>,
-    pub streams: HashMap<FlowId, HostStream>,
+    pub by_flow: FlowMap<HostSocket>,
+    pub streams: FlowMap<HostStream>,
     /// The hostfwd rules in force and their sockets.
     pub forwards: Forwards,
     pub sources: Sources,
@@ -168,7 +169,7 @@ impl HostStream {
 
 impl Sockets {
     pub fn stream(&self, flow: FlowId) -> io::Result<&HostStream> {
-        self.streams.get(&flow).ok_or_else(|| io::ErrorKind::NotFound.into())
+        self.streams.get(flow).ok_or_else(|| io::ErrorKind::NotFound.into())
     }
 }
 
@@ -209,14 +210,14 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
         let ttl = ttl.map_or(-1, libc::c_int::from);
-        if let Some(socket) = self.sockets.by_flow.get(&flow) {
+        if let Some(socket) = self.sockets.by_flow.get(flow) {
             return Ok(nix_socket::setsockopt(&socket.socket, sockopt::Ipv4Ttl, &ttl)?);
         }
         Ok(nix_socket::setsockopt(&self.sockets.stream(flow)?.stream, sockopt::Ipv4Ttl, &ttl)?)
     }
 
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {
-        let socket = self.sockets.by_flow.get(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let socket = self.sockets.by_flow.get(flow).ok_or(io::ErrorKind::NotFound)?;
         socket.socket.send(payload).map(|_| ()).inspect_err(|_| {
             // The error was the pending one of an ICMP message; its details are stale.
             take_icmp_error(socket.socket.as_fd());
@@ -224,7 +225,7 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn datagram_close(&mut self, flow: FlowId) {
-        if let Some(closed) = self.sockets.by_flow.remove(&flow) {
+        if let Some(closed) = self.sockets.by_flow.remove(flow) {
             self.sockets.sources.remove(closed.token);
             self.cx.forget_source(closed.token);
         }
@@ -253,7 +254,7 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
-        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
         let written = match SockRef::from(&host_stream.stream).send(data) {
             Ok(written) => written,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -268,7 +269,7 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        let host_stream = self.sockets.streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
         let fd = host_stream.stream.as_fd();
         if host_stream.peek_offset != Some(offset) {
             host_stream.peek_offset = None;
@@ -282,7 +283,7 @@ impl HostSockets for Host<'_, '_, '_> {
 
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
         let Sockets { streams, unix_discard, .. } = &mut *self.sockets;
-        let host_stream = streams.get_mut(&flow).ok_or(io::ErrorKind::NotFound)?;
+        let host_stream = streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
         let mut left = len;
         while left > 0 {
             let discarded = match &host_stream.stream {
@@ -310,7 +311,7 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_send_space(&mut self, flow: FlowId) -> usize {
-        let Some(host_stream) = self.sockets.streams.get_mut(&flow) else {
+        let Some(host_stream) = self.sockets.streams.get_mut(flow) else {
             return 0;
         };
         if host_stream.send_space.stale() {
@@ -341,7 +342,7 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_close(&mut self, flow: FlowId, reset: bool) {
-        if let Some(closed) = self.sockets.streams.remove(&flow) {
+        if let Some(closed) = self.sockets.streams.remove(flow) {
             if reset {
                 let _ = SockRef::from(&closed.stream).set_linger(Some(Duration::ZERO));
             }

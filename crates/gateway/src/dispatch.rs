@@ -168,7 +168,7 @@ impl Gateway {
         let ports = bytes.get(..4).ok_or(GatewayDropReason::Malformed)?;
         let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
         let full = self.flow_count() >= self.config.max_flows;
-        self.tcp_sends(now, host, |tcp, cx, flows| {
+        self.tcp_sends(now, host, |tcp, cx| {
             let config = cx.config;
             let target = || {
                 if full {
@@ -177,7 +177,7 @@ impl Gateway {
                     route::tcp_target(config, dst, packet.ttl)
                 }
             };
-            tcp.on_guest_segment(cx, &packet, bytes, target, flows)
+            tcp.on_guest_segment(cx, &packet, bytes, target)
         })
     }
 }

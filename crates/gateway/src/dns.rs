@@ -5,15 +5,15 @@
 //! Only the 12-byte header and the question are looked at, to match replies and to build
 //! SERVFAIL; answers are passed through untouched. This file knows nothing of frames.
 
-use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use crate::counters::GatewayDropReason;
+use crate::flows::{FlowId, FlowIds, FlowMap};
 use crate::guest::{GuestDatagram, RelayedDatagram};
-use crate::host::{FlowId, FlowIds, HostSockets};
+use crate::host::HostSockets;
 use crate::timers::Deadlines;
 
 /// The DNS port.
@@ -35,14 +35,14 @@ struct Pending {
 /// Queries in flight, by the flow that carries each to its current upstream.
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
-    pending: HashMap<FlowId, Pending>,
+    pending: FlowMap<Pending>,
     timeouts: Deadlines<FlowId>,
 }
 
 impl Forwarder {
     /// A forwarder to `upstreams`, tried in order.
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
-        Self { upstreams, pending: HashMap::new(), timeouts: Deadlines::default() }
+        Self { upstreams, pending: FlowMap::default(), timeouts: Deadlines::default() }
     }
 
     /// Forwards a query the guest at `guest` sent to `server` (the gateway's DNS address).
@@ -66,14 +66,15 @@ impl Forwarder {
         Ok(self.try_upstreams(pending, now, host, flows))
     }
 
-    /// A reply on `flow`, if it answers the query the flow carries: where it goes.
+    /// A reply on `flow`, if it answers the query the flow carries: where it goes. The
+    /// flow is done then; its socket is the caller's to close.
     pub fn on_upstream_reply(&mut self, flow: FlowId, reply: &[u8]) -> Option<RelayedDatagram> {
-        let pending = self.pending.get(&flow)?;
+        let pending = self.pending.get(flow)?;
         if reply.len() < HEADER_LEN || reply[..2] != pending.query[..2] {
             debug!("DNS reply with a foreign id ignored");
             return None;
         }
-        let pending = self.pending.remove(&flow)?;
+        let pending = self.pending.remove(flow)?;
         Some(RelayedDatagram { from: pending.server, to: pending.guest })
     }
 
@@ -87,8 +88,9 @@ impl Forwarder {
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
     ) -> Option<Vec<GuestDatagram>> {
-        let mut pending = self.pending.remove(&flow)?;
+        let mut pending = self.pending.remove(flow)?;
         host.datagram_close(flow);
+        flows.release(flow);
         pending.upstream += 1;
         Some(self.try_upstreams(pending, now, host, flows).into_iter().collect())
     }
@@ -113,8 +115,9 @@ impl Forwarder {
     ) -> Vec<GuestDatagram> {
         let mut answers = Vec::new();
         while let Some((_, flow)) = self.timeouts.pop_due(now) {
-            if let Some(mut pending) = self.pending.remove(&flow) {
+            if let Some(mut pending) = self.pending.remove(flow) {
                 host.datagram_close(flow);
+                flows.release(flow);
                 pending.upstream += 1;
                 answers.extend(self.try_upstreams(pending, now, host, flows));
             }
@@ -143,6 +146,7 @@ impl Forwarder {
                 Err(e) => {
                     debug!(%upstream, error = %e, "DNS upstream unusable");
                     host.datagram_close(flow);
+                    flows.release(flow);
                     pending.upstream += 1;
                 }
             }

@@ -14,8 +14,9 @@ use vnet_wire::{Frame, FrameBuffer, Offload};
 use crate::config::GatewayConfig;
 use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
+use crate::flows::{FlowId, FlowIds};
 use crate::guest::RelayedDatagram;
-use crate::host::{FlowId, FlowIds, ForwardId};
+use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::packet::{self, BuiltFrame};
@@ -85,11 +86,12 @@ impl Gateway {
         &mut self,
         now: Instant,
         host: &mut dyn GatewayIo,
-        f: impl FnOnce(&mut tcp::Nat, &mut tcp::Context<'_>, &mut FlowIds) -> T,
+        f: impl FnOnce(&mut tcp::Nat, &mut tcp::Context<'_>) -> T,
     ) -> T {
         let mut out = std::mem::take(&mut self.tcp_out);
-        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out };
-        let result = f(&mut self.tcp, &mut cx, &mut self.flow_ids);
+        let flows = &mut self.flow_ids;
+        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out, flows };
+        let result = f(&mut self.tcp, &mut cx);
         self.outbox.extend(out.drain(..));
         self.tcp_out = out;
         result
@@ -127,6 +129,7 @@ impl Gateway {
         let relayed = match self.dns.on_upstream_reply(flow, payload.data()) {
             Some(answer) => {
                 host.datagram_close(flow);
+                self.flow_ids.release(flow);
                 Some(answer)
             }
             None => self.udp.on_host_datagram(flow, now),
@@ -179,8 +182,7 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) {
         if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
-            self.counters.record(GatewayDropReason::FlowLimit);
-            return host.tcp_close(flow, true);
+            return self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
         }
         let Some(guest_mac) = self.neighbors.lookup(*guest.ip()) else {
             let request = self.neighbors.request(&self.config, *guest.ip(), now);
@@ -189,9 +191,8 @@ impl Gateway {
             return;
         };
         let guest = SocketAddr::V4(guest);
-        if !self.tcp_sends(now, host, |tcp, cx, _| tcp.on_inbound(cx, flow, guest_mac, guest)) {
-            self.counters.record(GatewayDropReason::FlowLimit);
-            host.tcp_close(flow, true);
+        if !self.tcp_sends(now, host, |tcp, cx| tcp.on_inbound(cx, flow, guest_mac, guest)) {
+            self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
         }
     }
 
@@ -248,7 +249,7 @@ impl Gateway {
 
     /// `flow`'s TCP connect completed.
     pub fn on_tcp_connected(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_connected(cx, flow));
+        self.tcp_sends(now, host, |tcp, cx| tcp.on_connected(cx, flow));
     }
 
     /// `flow`'s TCP socket failed: the connect was refused or timed out (`icmp` is the
@@ -261,17 +262,17 @@ impl Gateway {
         now: Instant,
         host: &mut dyn GatewayIo,
     ) {
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_error(cx, flow, error, icmp));
+        self.tcp_sends(now, host, |tcp, cx| tcp.on_host_error(cx, flow, error, icmp));
     }
 
     /// `flow`'s TCP socket has data or an end of stream.
     pub fn on_tcp_readable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_readable(cx, flow));
+        self.tcp_sends(now, host, |tcp, cx| tcp.on_host_readable(cx, flow));
     }
 
     /// `flow`'s TCP socket can take more data.
     pub fn on_tcp_writable(&mut self, flow: FlowId, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_host_writable(cx, flow));
+        self.tcp_sends(now, host, |tcp, cx| tcp.on_host_writable(cx, flow));
     }
 
     /// Whether TCP data toward a guest waits for room on the segment; if so, call
@@ -282,7 +283,7 @@ impl Gateway {
 
     /// Frames toward guests have been delivered: send what was waiting for room.
     pub fn on_guest_room(&mut self, now: Instant, host: &mut dyn GatewayIo) {
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.on_guest_room(cx));
+        self.tcp_sends(now, host, |tcp, cx| tcp.on_guest_room(cx));
     }
 
     /// When [`Gateway::on_deadline`] wants to run next.
@@ -308,16 +309,15 @@ impl Gateway {
             .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
         self.inbound_awaiting_arp = waiting;
         for (_, flow, _) in expired {
-            self.counters.record(GatewayDropReason::UnknownGuest);
-            host.tcp_close(flow, true);
+            self.refuse_inbound(flow, GatewayDropReason::UnknownGuest, host);
         }
         for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
             self.send_udp_to_guest(datagram.from, datagram.to, &datagram.payload);
         }
-        self.udp.expire(now, host);
+        self.udp.expire(now, host, &mut self.flow_ids);
         self.udp_inbound.expire(now);
-        self.echo.expire(now, host);
-        self.tcp_sends(now, host, |tcp, cx, _| tcp.expire(cx));
+        self.echo.expire(now, host, &mut self.flow_ids);
+        self.tcp_sends(now, host, |tcp, cx| tcp.expire(cx));
     }
 
     /// Connects the connections to guests whose guest is now known.
@@ -333,6 +333,14 @@ impl Gateway {
         for (guest, flow, _) in resolved {
             self.connect_to_guest(guest, flow, now, host);
         }
+    }
+
+    /// Closes `flow`, the host side of a connection to a guest that cannot be made, and
+    /// counts why.
+    fn refuse_inbound(&mut self, flow: FlowId, reason: GatewayDropReason, host: &mut dyn GatewayIo) {
+        self.counters.record(reason);
+        host.tcp_close(flow, true);
+        self.flow_ids.release(flow);
     }
 
     /// UDP, ICMP and TCP flows together, which `max-flows` bounds.

@@ -1,13 +1,11 @@
 //! What the gateway core asks of the host: sockets by flow ([`HostSockets`]), named by
-//! [`FlowId`]s it hands out. Implemented over real sockets by the gateway's host side
+//! the [`FlowId`]s it hands out. Implemented over real sockets by the gateway's host side
 //! (the `vnet-gateway-host` crate) and by fakes in tests. Nothing here knows the switch.
 
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
 
-/// Identifies one host socket the gateway asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowId(pub u64);
+use crate::flows::FlowId;
 
 /// Identifies one hostfwd rule. The rules and their listening sockets are kept by the
 /// host side, in one table indexed by this id; the gateway core learns a rule's guest
@@ -18,19 +16,6 @@ pub struct ForwardId(pub usize);
 impl std::fmt::Display for ForwardId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// Hands out flow ids, never the same twice.
-#[derive(Debug, Default)]
-pub(crate) struct FlowIds {
-    last: u64,
-}
-
-impl FlowIds {
-    pub fn next(&mut self) -> FlowId {
-        self.last += 1;
-        FlowId(self.last)
     }
 }
 

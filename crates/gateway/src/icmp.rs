@@ -23,8 +23,9 @@ use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
+use crate::flows::{FlowId, FlowIds, FlowMap};
 use crate::guest::GuestPacket;
-use crate::host::{FlowId, FlowIds, HostSockets, IcmpSocketKind};
+use crate::host::{HostSockets, IcmpSocketKind};
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::packet;
 use crate::packet::BuiltFrame;
@@ -78,7 +79,7 @@ struct EchoFlow {
 #[derive(Debug, Default)]
 pub struct EchoFlows {
     by_key: HashMap<(Ipv4Addr, u16, Ipv4Addr), FlowId>,
-    flows: HashMap<FlowId, EchoFlow>,
+    flows: FlowMap<EchoFlow>,
     idle_checks: Deadlines<FlowId>,
     reported_denied: bool,
 }
@@ -125,6 +126,7 @@ impl EchoFlows {
                 let kind = match host.icmp_open(flow, remote) {
                     Ok(kind) => kind,
                     Err(e) => {
+                        flows.release(flow);
                         if !self.reported_denied {
                             self.reported_denied = true;
                             warn!(error = %e, "neither a ping socket nor a raw socket can be opened; guests' pings beyond the gateway are dropped (see net.ipv4.ping_group_range)");
@@ -146,7 +148,7 @@ impl EchoFlows {
                 flow
             }
         };
-        if let Some(entry) = self.flows.get_mut(&flow) {
+        if let Some(entry) = self.flows.get_mut(flow) {
             entry.last_used = now;
         }
         host.datagram_send(flow, bytes).map_err(|_| GatewayDropReason::HostSocket)
@@ -161,7 +163,7 @@ impl EchoFlows {
         bytes: &[u8],
         now: Instant,
     ) -> Option<BuiltFrame> {
-        let entry = self.flows.get_mut(&flow)?;
+        let entry = self.flows.get_mut(flow)?;
         entry.last_used = now;
         let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
         let Icmpv4Repr::EchoReply { ident, seq_no, data } =
@@ -183,14 +185,15 @@ impl EchoFlows {
 
     /// Closes idle echo flows; a flow used since it was scheduled is looked at again
     /// later.
-    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
+    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets, ids: &mut FlowIds) {
         let flows = &mut self.flows;
         while let Some(id) =
-            self.idle_checks.pop_idle(now, ECHO_IDLE_TIMEOUT, |id| flows.get(&id).map(|f| f.last_used))
+            self.idle_checks.pop_idle(now, ECHO_IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
         {
-            if let Some(flow) = flows.remove(&id) {
+            if let Some(flow) = flows.remove(id) {
                 self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
                 host.datagram_close(id);
+                ids.release(id);
             }
         }
     }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::IpProtocol;
 
 use crate::counters::GatewayDropReason;
+use crate::flows::{FlowId, FlowIds, FlowMap};
 use crate::guest::RelayedDatagram;
-use crate::host::{FlowId, FlowIds, ForwardId, HostSockets};
+use crate::host::{ForwardId, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::timers::Deadlines;
@@ -73,7 +74,7 @@ struct Flow {
 #[derive(Default)]
 pub struct Nat {
     by_route: HashMap<(SocketAddr, SocketAddr), FlowId>,
-    flows: HashMap<FlowId, Flow>,
+    flows: FlowMap<Flow>,
     idle_checks: Deadlines<FlowId>,
 }
 
@@ -128,15 +129,17 @@ impl Nat {
                     return Err(SendError::Dropped(GatewayDropReason::FlowLimit));
                 }
                 let flow = flows.next();
-                host.udp_open(flow, route.remote)
-                    .map_err(|_| SendError::Dropped(GatewayDropReason::HostSocket))?;
+                if host.udp_open(flow, route.remote).is_err() {
+                    flows.release(flow);
+                    return Err(SendError::Dropped(GatewayDropReason::HostSocket));
+                }
                 self.by_route.insert(key, flow);
                 self.flows.insert(flow, Flow { route, ttl: None, last_used: now });
                 self.idle_checks.schedule(now + IDLE_TIMEOUT, flow);
                 flow
             }
         };
-        if let Some(entry) = self.flows.get_mut(&flow) {
+        if let Some(entry) = self.flows.get_mut(flow) {
             entry.last_used = now;
             if entry.ttl != ttl {
                 host.set_ttl(flow, ttl).map_err(|_| SendError::Dropped(GatewayDropReason::HostSocket))?;
@@ -153,7 +156,7 @@ impl Nat {
 
     /// A datagram from the host on `flow`: where it goes on the segment.
     pub fn on_host_datagram(&mut self, flow: FlowId, now: Instant) -> Option<RelayedDatagram> {
-        let entry = self.flows.get_mut(&flow)?;
+        let entry = self.flows.get_mut(flow)?;
         entry.last_used = now;
         Some(RelayedDatagram { from: entry.route.dst, to: entry.route.guest })
     }
@@ -166,7 +169,7 @@ impl Nat {
         icmp: Option<HostIcmpError>,
         error: &io::Error,
     ) -> Option<GuestError> {
-        let entry = self.flows.get(&flow)?;
+        let entry = self.flows.get(flow)?;
         guest_error(&entry.route, 0, icmp, error)
     }
 
@@ -176,14 +179,15 @@ impl Nat {
     }
 
     /// Closes idle flows; a flow used since it was scheduled is looked at again later.
-    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets) {
+    pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets, ids: &mut FlowIds) {
         let flows = &mut self.flows;
         while let Some(id) =
-            self.idle_checks.pop_idle(now, IDLE_TIMEOUT, |id| flows.get(&id).map(|f| f.last_used))
+            self.idle_checks.pop_idle(now, IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
         {
-            if let Some(flow) = flows.remove(&id) {
+            if let Some(flow) = flows.remove(id) {
                 self.by_route.remove(&(flow.route.guest, flow.route.dst));
                 host.datagram_close(id);
+                ids.release(id);
             }
         }
     }

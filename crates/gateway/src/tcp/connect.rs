@@ -20,7 +20,7 @@ use super::send::Sender;
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
-use crate::host::{FlowId, FlowIds};
+use crate::flows::FlowId;
 use crate::icmp::{self, GuestError, HostIcmpError};
 use crate::packet::BuiltFrame;
 
@@ -55,7 +55,6 @@ impl NewConnection {
         cx: &mut Context<'_>,
         repr: &TcpRepr<'_>,
         target: impl FnOnce() -> Result<ConnectTarget, GatewayDropReason>,
-        flows: &mut FlowIds,
         isn: u32,
     ) -> Result<Option<Connection>, GatewayDropReason> {
         if repr.control == TcpControl::Rst {
@@ -72,9 +71,10 @@ impl NewConnection {
                 return Err(reason);
             }
         };
-        let flow = flows.next();
+        let flow = cx.flows.next();
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(cx.host, flow, &mut candidates, target.ttl) else {
+            cx.flows.release(flow);
             cx.out.extend(self.reset(cx.config, repr));
             return Err(GatewayDropReason::HostSocket);
         };

@@ -13,7 +13,7 @@ use vnet_wire::MacAddress;
 use super::context::Context;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
-use crate::host::FlowId;
+use crate::flows::FlowId;
 
 /// Window scale vnet offers: windows up to 8 MiB.
 pub(super) const OUR_WINDOW_SCALE: u8 = 7;
@@ -117,6 +117,9 @@ pub(super) struct Connection {
     pub guest_data_at: Option<Instant>,
     /// An ACK the guest is owed, and when it must go if no segment carries it first.
     pub ack_due: Option<Instant>,
+    /// Data waits for room on the guest's port, and the connection is on the sender's
+    /// list of those.
+    pub waits_for_room: bool,
     /// ACKs in a row that acknowledged nothing new; at [`DUPLICATE_ACKS`] the data since
     /// the last acknowledged byte is sent again.
     pub duplicate_acks: u32,
@@ -185,6 +188,7 @@ impl Connection {
             interactive: false,
             guest_data_at: None,
             ack_due: None,
+            waits_for_room: false,
             guest_data_refused: false,
             duplicate_acks: 0,
             rto: INITIAL_RTO,

@@ -7,12 +7,14 @@ use vnet_wire::Frame;
 
 use crate::config::GatewayConfig;
 use crate::egress::GatewayIo;
+use crate::flows::FlowIds;
 
-/// The gateway's settings, its host side, the time, and the list the frames a handler
-/// sends go to.
+/// The gateway's settings, its host side, the time, the list the frames a handler sends
+/// go to, and the flow ids that new connections take and closed ones give back.
 pub(crate) struct Context<'a> {
     pub config: &'a GatewayConfig,
     pub host: &'a mut dyn GatewayIo,
     pub now: Instant,
     pub out: &'a mut Vec<Frame>,
+    pub flows: &'a mut FlowIds,
 }

@@ -44,8 +44,8 @@ use tracing::info;
 use vnet_wire::MacAddress;
 
 use crate::counters::GatewayDropReason;
+use crate::flows::{FlowId, FlowMap};
 use crate::guest::GuestPacket;
-use crate::host::{FlowId, FlowIds};
 use crate::icmp::HostIcmpError;
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::timers::Deadlines;
@@ -62,7 +62,7 @@ const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65534;
 /// The TCP connections of one gateway.
 pub struct Nat {
     by_tuple: HashMap<(SocketAddr, SocketAddr), FlowId>,
-    connections: HashMap<FlowId, Connection>,
+    connections: FlowMap<Box<Connection>>,
     timers: Deadlines<FlowId>,
     sender: Sender,
     /// A per-gateway random key, so initial sequence numbers cannot be guessed.
@@ -76,7 +76,7 @@ impl Nat {
     pub fn new() -> Self {
         Self {
             by_tuple: HashMap::new(),
-            connections: HashMap::new(),
+            connections: FlowMap::default(),
             timers: Deadlines::default(),
             sender: Sender::default(),
             isn_key: RandomState::new(),
@@ -116,7 +116,6 @@ impl Nat {
         packet: &GuestPacket,
         bytes: &[u8],
         target: impl FnOnce() -> Result<ConnectTarget, GatewayDropReason>,
-        flows: &mut FlowIds,
     ) -> Result<(), GatewayDropReason> {
         let segment = TcpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         let checksums = if packet.checksum_offloaded {
@@ -132,7 +131,7 @@ impl Nat {
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
             let new = NewConnection { guest_mac: packet.mac, guest, dst };
             let isn = self.next_isn(guest, dst);
-            if let Some(connection) = new.open(cx, &repr, target, flows, isn)? {
+            if let Some(connection) = new.open(cx, &repr, target, isn)? {
                 self.insert(connection, cx.now);
             }
             return Ok(());
@@ -149,7 +148,7 @@ impl Nat {
         flow: FlowId,
         repr: &TcpRepr<'_>,
     ) -> Result<(), GatewayDropReason> {
-        let Some(connection) = self.connections.get_mut(&flow) else {
+        let Some(connection) = self.connections.get_mut(flow) else {
             return Err(GatewayDropReason::UnknownFlow);
         };
         if repr.control == TcpControl::Rst {
@@ -210,7 +209,7 @@ impl Nat {
 
     /// The host connect of `flow` completed: answer the guest's SYN.
     pub fn on_connected(&mut self, cx: &mut Context<'_>, flow: FlowId) {
-        if let Some(connection) = self.connections.get_mut(&flow) {
+        if let Some(connection) = self.connections.get_mut(flow) {
             connection.on_connected(cx);
             self.arm(flow, cx.now);
         }
@@ -225,7 +224,7 @@ impl Nat {
         error: &io::Error,
         icmp: Option<HostIcmpError>,
     ) {
-        if let Some(connection) = self.connections.get_mut(&flow) {
+        if let Some(connection) = self.connections.get_mut(flow) {
             connection.on_host_error(cx, error, icmp);
             self.settle(flow, cx);
         }
@@ -233,7 +232,7 @@ impl Nat {
 
     /// `flow`'s host socket has data (or EOF): send what the guest's window allows.
     pub fn on_host_readable(&mut self, cx: &mut Context<'_>, flow: FlowId) {
-        if let Some(connection) = self.connections.get_mut(&flow) {
+        if let Some(connection) = self.connections.get_mut(flow) {
             connection.host_unpeeked = true;
             connection.send_pending(cx, &mut self.sender);
             self.settle(flow, cx);
@@ -244,7 +243,7 @@ impl Nat {
     /// closed, tell it that it opened; if the socket refused part of a segment, ask the
     /// guest for it again.
     pub fn on_host_writable(&mut self, cx: &mut Context<'_>, flow: FlowId) {
-        let Some(connection) = self.connections.get_mut(&flow) else {
+        let Some(connection) = self.connections.get_mut(flow) else {
             return;
         };
         connection.reopen_window(cx);
@@ -259,7 +258,8 @@ impl Nat {
     /// Frames toward guests were delivered: go on sending what waited for room.
     pub fn on_guest_room(&mut self, cx: &mut Context<'_>) {
         for flow in self.sender.take_blocked() {
-            if let Some(connection) = self.connections.get_mut(&flow) {
+            if let Some(connection) = self.connections.get_mut(flow) {
+                connection.waits_for_room = false;
                 connection.send_pending(cx, &mut self.sender);
                 self.settle(flow, cx);
             }
@@ -275,7 +275,7 @@ impl Nat {
     /// Makes sure `flow` comes out of the timer heap no later than its deadline, and that
     /// a window told closed is looked at again soon.
     fn arm(&mut self, flow: FlowId, now: Instant) {
-        let Some(connection) = self.connections.get_mut(&flow) else {
+        let Some(connection) = self.connections.get_mut(flow) else {
             return;
         };
         if let Some(deadline) = connection.arm(now) {
@@ -287,7 +287,7 @@ impl Nat {
     /// long, and drops connections stuck closing.
     pub fn expire(&mut self, cx: &mut Context<'_>) {
         while let Some((armed, flow)) = self.timers.pop_due(cx.now) {
-            let Some(connection) = self.connections.get_mut(&flow) else {
+            let Some(connection) = self.connections.get_mut(flow) else {
                 continue;
             };
             if connection.timer_armed != Some(armed) {
@@ -347,15 +347,13 @@ impl Nat {
     /// Closes and forgets `flow` if it failed (abortively) or both sides finished; arms
     /// its timer otherwise.
     fn settle(&mut self, flow: FlowId, cx: &mut Context<'_>) {
-        let Some(connection) = self.connections.get(&flow) else {
+        let Some(connection) = self.connections.get(flow) else {
             return;
         };
-        if connection.failed {
-            cx.host.tcp_close(flow, true);
+        if connection.failed || connection.finished() {
+            cx.host.tcp_close(flow, connection.failed);
             self.remove(flow);
-        } else if connection.finished() {
-            cx.host.tcp_close(flow, false);
-            self.remove(flow);
+            cx.flows.release(flow);
         } else {
             self.arm(flow, cx.now);
         }
@@ -365,7 +363,7 @@ impl Nat {
     fn insert(&mut self, connection: Connection, now: Instant) {
         let flow = connection.flow;
         self.by_tuple.insert((connection.guest, connection.remote), flow);
-        self.connections.insert(flow, connection);
+        self.connections.insert(flow, Box::new(connection));
         self.arm(flow, now);
     }
 
@@ -392,9 +390,9 @@ impl Nat {
         None
     }
 
+    /// Forgets `flow`, whose host socket is closed.
     fn remove(&mut self, flow: FlowId) {
-        self.sender.forget(flow);
-        if let Some(connection) = self.connections.remove(&flow) {
+        if let Some(connection) = self.connections.remove(flow) {
             self.by_tuple.remove(&(connection.guest, connection.remote));
         }
     }

@@ -2,7 +2,6 @@
 //! guest's window and the room on its port, the FIN after it, and window updates once
 //! the host socket has room again. [`Sender`] keeps what that needs across connections.
 
-use foldhash::HashSet;
 use std::io::{self, IoSliceMut};
 
 use smoltcp::wire::{TcpControl, ETHERNET_HEADER_LEN};
@@ -13,7 +12,7 @@ use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
 use super::context::Context;
 use super::segment::{ip_tcp_headers_len, Outgoing};
 use crate::egress::{EgressRoom, GatewayIo};
-use crate::host::FlowId;
+use crate::flows::FlowId;
 
 /// The largest amount sent to the guest in one go before waiting for ACKs.
 const MAX_IN_FLIGHT: usize = 4 << 20;
@@ -29,11 +28,11 @@ const FEW_FRAMES: usize = 4;
 
 /// What sending to guests needs besides the connection: the frames being peeked into
 /// (kept so that the list's room is reused), and the connections whose data waits for
-/// room on the segment.
+/// room on the segment (each once: a connection knows whether it is listed).
 #[derive(Default)]
 pub(super) struct Sender {
     buffers: Vec<FrameBuffer>,
-    blocked: HashSet<FlowId>,
+    blocked: Vec<FlowId>,
 }
 
 impl Sender {
@@ -42,14 +41,10 @@ impl Sender {
         !self.blocked.is_empty()
     }
 
-    /// The connections whose data waited for room, which no longer count as waiting.
+    /// The connections whose data waited for room (some may be gone since), which no
+    /// longer count as waiting.
     pub fn take_blocked(&mut self) -> Vec<FlowId> {
-        self.blocked.drain().collect()
-    }
-
-    /// Forgets `flow`, which is gone.
-    pub fn forget(&mut self, flow: FlowId) {
-        self.blocked.remove(&flow);
+        std::mem::take(&mut self.blocked)
     }
 }
 
@@ -84,7 +79,10 @@ impl Connection {
             if affordable == 0 {
                 // The guest's port is full: the data stays in the host socket until the
                 // port drains.
-                sender.blocked.insert(self.flow);
+                if !self.waits_for_room {
+                    self.waits_for_room = true;
+                    sender.blocked.push(self.flow);
+                }
                 break;
             }
             let want = room.min(affordable).min(frame_payload * self.peek_batch);

@@ -5,6 +5,7 @@ mod arp;
 mod dhcp;
 mod dispatch;
 mod dns;
+mod flows;
 mod icmp;
 mod tcp;
 mod udp;
