@@ -29,9 +29,20 @@ impl<K: Ord + Copy> Deadlines<K> {
     }
 
     /// The earliest scheduled time. It may belong to a flow that has gone or moved on,
-    /// which costs one early wake-up.
+    /// which costs one early wake-up unless [`Deadlines::drop_stale`] took it out.
     pub fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Takes entries off the front that `live` says no longer stand (their flow is gone
+    /// or wants another time), so that the earliest time is one a flow wants.
+    pub fn drop_stale(&mut self, live: impl Fn(Instant, K) -> bool) {
+        while let Some(Reverse((at, key))) = self.heap.peek() {
+            if live(*at, *key) {
+                return;
+            }
+            self.heap.pop();
+        }
     }
 
     /// Removes and returns the next key whose flow has been idle for `timeout` by `now`,

@@ -138,8 +138,8 @@ pub(super) struct Connection {
     /// window is closed: the socket signals writability only after a write it refused,
     /// and a closed window means no write was tried.
     pub window_check_at: Option<Instant>,
-    /// The time the connection is in the timer heap for; a deadline that moves earlier
-    /// is added again, one that moves later is found when the earlier one comes out.
+    /// The time the connection is in the timer heap for; when its deadline moves, it is
+    /// added again for the new one, and the old entry is stale.
     pub timer_armed: Option<Instant>,
     /// The host socket failed or the connection was given up: the flow must go, its host
     /// socket closed abortively.
@@ -294,17 +294,18 @@ impl Connection {
     }
 
     /// Notes when a window told closed is to be looked at again, and returns the time the
-    /// connection must be put in the timer heap for, if it is not there early enough.
+    /// connection must be put in the timer heap for, if it is not there for that time
+    /// yet. The entry for any other time is stale from then on.
     pub fn arm(&mut self, now: Instant) -> Option<Instant> {
         let window_closed = self.window_unusable && self.state == State::Established;
         self.window_check_at =
             window_closed.then(|| self.window_check_at.unwrap_or(now + self.window_recheck));
-        let deadline = self.deadline()?;
-        if self.timer_armed.is_some_and(|armed| armed <= deadline) {
+        let deadline = self.deadline();
+        if self.timer_armed == deadline {
             return None;
         }
-        self.timer_armed = Some(deadline);
-        Some(deadline)
+        self.timer_armed = deadline;
+        deadline
     }
 
     /// Takes the guest's ACK in `repr`: consumes what it acknowledges from the host

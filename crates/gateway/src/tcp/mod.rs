@@ -281,6 +281,10 @@ impl Nat {
         if let Some(deadline) = connection.arm(now) {
             self.timers.schedule(deadline, flow);
         }
+        // An entry the connection moved away from (an ACK that an answer carried, a
+        // retransmission timer pushed back) would wake the loop for nothing.
+        let connections = &self.connections;
+        self.timers.drop_stale(|at, flow| connections.get(flow).is_some_and(|c| c.timer_armed == Some(at)));
     }
 
     /// Retransmits from the last acknowledged byte where the guest has been silent too

@@ -432,6 +432,8 @@ fn on_a_connection_that_goes_back_and_forth_the_answer_carries_the_ack_of_the_re
     let (_, _, ack, _, payload) = tcp_of(&gateway.pop_frame().expect("the answer"));
     assert_eq!((ack, payload.as_slice()), (Some(103), &b"b"[..]), "the answer carries the ACK");
     assert!(gateway.pop_frame().is_none());
+    let next = gateway.next_deadline().expect("the answer's retransmission timer");
+    assert!(next >= later + Duration::from_millis(500), "no wake-up is left for the ACK the answer carried");
     our_seq += 1;
 
     // A request the host does not answer in time is acknowledged after the delay, and
