@@ -40,11 +40,14 @@ pub enum PortDropReason {
     BadOffload,
     /// Received: an 802.1Q tag for a VLAN the port does not carry, or a malformed tag.
     VlanNotAllowed,
+    /// Received: a VLAN tag (802.1Q or 802.1ad) behind the one the port takes off, or
+    /// any 802.1ad tag: stacked VLANs, which could carry a frame into another VLAN.
+    StackedVlanTag,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 7] = [
+    pub const ALL: [PortDropReason; 8] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -52,6 +55,7 @@ impl PortDropReason {
         PortDropReason::SendFailed,
         PortDropReason::BadOffload,
         PortDropReason::VlanNotAllowed,
+        PortDropReason::StackedVlanTag,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -63,6 +67,7 @@ impl PortDropReason {
                 | PortDropReason::MulticastSource
                 | PortDropReason::BadOffload
                 | PortDropReason::VlanNotAllowed
+                | PortDropReason::StackedVlanTag
         )
     }
 
@@ -76,6 +81,7 @@ impl PortDropReason {
             PortDropReason::SendFailed => "send_failed",
             PortDropReason::BadOffload => "bad_offload",
             PortDropReason::VlanNotAllowed => "vlan_not_allowed",
+            PortDropReason::StackedVlanTag => "stacked_vlan_tag",
         }
     }
 

@@ -402,3 +402,28 @@ fn the_mac_table_is_per_vlan_and_bad_tags_are_dropped() {
     switch.receive(a10, tagged_frame(BROADCAST, A, 10), now);
     assert_eq!(switch.port(a10).unwrap().counters().rx_dropped, 1);
 }
+
+#[test]
+fn a_second_vlan_tag_behind_the_first_is_dropped_so_no_frame_hops_vlans() {
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let plain = switch.add_port("plain");
+    let trunk = switch.add_port_on_vlans("trunk", false, PortVlans::trunk([vlan(5)]));
+    // Outer tag VLAN 0 (priority only), inner tag VLAN 5, from an untagged port.
+    let inner = vnet_wire::vlan::tag(&frame(BROADCAST, A).unwrap(), vlan(5)).unwrap();
+    let mut double = inner.as_bytes().to_vec();
+    double.splice(12..12, [0x81, 0x00, 0x00, 0x00]);
+    switch.receive(plain, received(&double, Offload::NONE), now);
+    // An 802.1ad outer tag naming VLAN 5.
+    let mut service = frame_bytes(BROADCAST, A);
+    service.splice(12..12, [0x88, 0xa8, 0x00, 0x05]);
+    switch.receive(plain, received(&service, Offload::NONE), now);
+    // The same through the trunk: an inner tag behind its own VLAN 5 tag.
+    let mut behind = tagged_frame(BROADCAST, B, 5).unwrap().as_bytes().to_vec();
+    behind.splice(16..16, [0x81, 0x00, 0x00, 0x07]);
+    switch.receive(trunk, received(&behind, Offload::NONE), now);
+    assert_eq!(queued(&switch, trunk), 0, "nothing reaches VLAN 5 from the untagged port");
+    assert_eq!(queued(&switch, plain), 0);
+    assert_eq!(switch.port(plain).unwrap().counters().drops(PortDropReason::StackedVlanTag), 2);
+    assert_eq!(switch.port(trunk).unwrap().counters().drops(PortDropReason::StackedVlanTag), 1);
+}

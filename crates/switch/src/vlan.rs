@@ -44,17 +44,22 @@ impl PortVlans {
     }
 
     /// The VLAN of a frame the peer sent, and the frame as the switch carries it
-    /// (untagged), or why it is refused: a tag for a VLAN the port does not carry, or
-    /// a malformed one.
+    /// (untagged), or why it is refused: a tag for a VLAN the port does not carry, a
+    /// malformed one, or a second tag behind the first (stacked VLANs, which vnet does
+    /// not carry and which would let a frame hop into the VLAN of its inner tag).
     pub(crate) fn ingress(&self, frame: Frame) -> Result<(Frame, Vlan), PortDropReason> {
-        match vlan::tag_of(&frame) {
-            Tag::Untagged => Ok((frame, self.untagged)),
-            Tag::Priority => Ok((vlan::untag(&frame), self.untagged)),
+        let (frame, vlan) = match vlan::tag_of(&frame) {
+            Tag::Untagged => (frame, self.untagged),
+            Tag::Priority => (vlan::untag(&frame), self.untagged),
             Tag::Vlan(id) if self.tagged.contains(&id) || self.untagged == Some(id) => {
-                Ok((vlan::untag(&frame), Some(id)))
+                (vlan::untag(&frame), Some(id))
             }
-            Tag::Vlan(_) | Tag::Invalid => Err(PortDropReason::VlanNotAllowed),
+            Tag::Vlan(_) | Tag::Invalid => return Err(PortDropReason::VlanNotAllowed),
+        };
+        if vlan::is_tagged(&frame) {
+            return Err(PortDropReason::StackedVlanTag);
         }
+        Ok((frame, vlan))
     }
 
     /// The tag a frame of `vlan` gets toward the peer, None to send it untagged. The

@@ -126,18 +126,15 @@ pub struct VdeListener {
 }
 
 impl VdeListener {
-    /// Creates DIR (mode 0700) if needed and binds `DIR/ctl`.
+    /// Creates DIR with mode 0700, whatever the umask, if it does not exist (one that
+    /// does keeps its mode), and binds `DIR/ctl`.
     pub fn bind(dir: &Path) -> Result<Self, TransportError> {
         let created = !dir.exists();
-        std::fs::create_dir_all(dir).map_err(|e| {
-            TransportError::io(format!("cannot create the VDE directory {}", dir.display()), e)
-        })?;
-        if let Ok(metadata) = std::fs::metadata(dir) {
-            if metadata.uid() == nix::unistd::geteuid().as_raw()
-                && metadata.permissions().mode() & 0o077 == 0o022
-            {
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-            }
+        let cannot_create =
+            |e| TransportError::io(format!("cannot create the VDE directory {}", dir.display()), e);
+        std::fs::create_dir_all(dir).map_err(cannot_create)?;
+        if created {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(cannot_create)?;
         }
         let ctl = dir.join("ctl");
         BoundPath::prepare(&ctl, SocketKind::Stream)?;
@@ -457,5 +454,28 @@ impl Endpoint for VdeAttachment {
             data.forget(cx);
             cx.remove_port(port);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::VdeListener;
+
+    #[test]
+    fn a_vde_directory_vnet_creates_is_private_whatever_the_umask_and_an_existing_one_keeps_its_mode() {
+        let scratch = tempfile::tempdir().unwrap();
+        let created = scratch.path().join("switch");
+        let _listener = VdeListener::bind(&created).unwrap();
+        let mode = std::fs::metadata(&created).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "a new VDE directory is the user's alone");
+
+        let shared = scratch.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let _other = VdeListener::bind(&shared).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o770, "a directory the user made keeps the mode they chose");
     }
 }

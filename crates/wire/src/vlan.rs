@@ -8,6 +8,9 @@ use crate::{Frame, FrameBuffer, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
 
 /// The EtherType that marks an 802.1Q tag.
 pub const TPID: u16 = 0x8100;
+/// The EtherTypes of outer tags in stacked VLANs: 802.1ad's service tag, and the
+/// pre-standard one still seen on the wire.
+const STACKED_TPIDS: [u16; 2] = [0x88a8, 0x9100];
 /// Bytes a tag adds: TPID and the tag control information.
 pub const TAG_LEN: usize = 4;
 
@@ -62,6 +65,14 @@ pub fn tag_of(frame: &Frame) -> Tag {
         0 => Tag::Priority,
         _ => VlanId::new(id).map_or(Tag::Invalid, Tag::Vlan),
     }
+}
+
+/// Whether `frame` (at least an Ethernet header long) carries a VLAN tag of any kind
+/// next: 802.1Q, 802.1ad or the pre-standard stacked tag.
+pub fn is_tagged(frame: &Frame) -> bool {
+    let bytes = frame.as_bytes();
+    let ethertype = u16::from_be_bytes([bytes[12], bytes[13]]);
+    ethertype == TPID || STACKED_TPIDS.contains(&ethertype)
 }
 
 /// `frame` without its tag (which the caller has read with [`tag_of`]).
