@@ -289,7 +289,10 @@ impl Endpoint for GatewayPort {
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let config = self.gateway.config();
         info!(host = %config.host, dns = %config.dns, net = %format!("{}/{}", config.network, config.prefix_len), "gateway up");
-        self.port = Some(cx.add_port_taking_offloads(format!("gateway {}", config.host), true));
+        let port = cx.add_port_taking_offloads(format!("gateway {}", config.host), true);
+        // No guest may send as the gateway and so draw the other guests' traffic to it.
+        cx.switch.pin_station(config.mac(), port);
+        self.port = Some(port);
         self.sockets.port = self.port;
         for (id, rule) in self.forwards().collect::<Vec<_>>() {
             self.watch_forward(id, cx)?;

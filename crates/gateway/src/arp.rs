@@ -64,13 +64,16 @@ impl Neighbors {
     }
 }
 
-/// Handles one ARP packet: learns the sender and, for a request for one of the
-/// gateway's addresses, returns the reply frame.
-pub fn handle(
-    bytes: &[u8],
-    config: &GatewayConfig,
-    neighbors: &mut Neighbors,
-) -> Result<Option<BuiltFrame>, GatewayDropReason> {
+/// An ARP packet taken apart: who sent it (to be learned if the network's), and the reply
+/// it asks for, if any.
+pub struct Handled {
+    pub sender: (Ipv4Addr, MacAddress),
+    pub reply: Option<BuiltFrame>,
+}
+
+/// Handles one ARP packet: for a request for one of the gateway's addresses, builds the
+/// reply. Learning the sender is the caller's, which checks it against the leases.
+pub fn handle(bytes: &[u8], config: &GatewayConfig) -> Result<Handled, GatewayDropReason> {
     let packet = ArpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
     let ArpRepr::EthernetIpv4 {
         operation,
@@ -82,17 +85,21 @@ pub fn handle(
     else {
         return Err(GatewayDropReason::Unsupported);
     };
-    if config.contains(source_protocol_addr) {
-        neighbors.learn(source_protocol_addr, source_hardware_addr);
-    }
+    let sender = (source_protocol_addr, source_hardware_addr);
     let ours = target_protocol_addr == config.host
         || target_protocol_addr == config.dns
         || config.guest_forwards.iter().any(|forward| *forward.virtual_addr.ip() == target_protocol_addr);
     match operation {
-        ArpOperation::Request if ours && source_protocol_addr != target_protocol_addr => Ok(Some(
-            packet::arp_reply(config.mac(), target_protocol_addr, source_hardware_addr, source_protocol_addr),
-        )),
-        ArpOperation::Request | ArpOperation::Reply => Ok(None),
+        ArpOperation::Request if ours && source_protocol_addr != target_protocol_addr => Ok(Handled {
+            sender,
+            reply: Some(packet::arp_reply(
+                config.mac(),
+                target_protocol_addr,
+                source_hardware_addr,
+                source_protocol_addr,
+            )),
+        }),
+        ArpOperation::Request | ArpOperation::Reply => Ok(Handled { sender, reply: None }),
         _ => Err(GatewayDropReason::Unsupported),
     }
 }

@@ -39,6 +39,9 @@ const OPTION_DOMAIN_SEARCH: u8 = 119;
 #[derive(Debug)]
 pub struct Server {
     leases: HashMap<MacAddress, Ipv4Addr>,
+    /// Who holds each leased address, pooled and static alike: the same leases by
+    /// address, for checking where frames from an address may come from.
+    holders: HashMap<Ipv4Addr, MacAddress>,
     pool: Vec<Ipv4Addr>,
 }
 
@@ -52,7 +55,13 @@ impl Server {
             .filter(|ip| !reserved.contains(ip))
             .take(MAX_POOL)
             .collect();
-        Self { leases: HashMap::new(), pool }
+        let holders = config.static_leases.iter().map(|lease| (lease.ip, lease.mac)).collect();
+        Self { leases: HashMap::new(), holders, pool }
+    }
+
+    /// The station that holds a lease of `ip`, if any.
+    pub fn holder_of(&self, ip: Ipv4Addr) -> Option<MacAddress> {
+        self.holders.get(&ip).copied()
     }
 
     /// Handles one DHCP message from `mac`'s port and returns the reply frame, if the
@@ -93,6 +102,7 @@ impl Server {
             }
             DhcpMessageType::Decline => {
                 if let Some(ip) = self.leases.remove(&client) {
+                    self.holders.remove(&ip);
                     warn!(%client, %ip, "DHCP decline: another station uses the address; taking it out of the pool");
                     self.pool.retain(|free| *free != ip);
                 }
@@ -147,6 +157,7 @@ impl Server {
         let free = |ip: &Ipv4Addr| self.pool.contains(ip) && !taken.contains(ip);
         let ip = wanted.filter(free).or_else(|| self.pool.iter().copied().find(|ip| free(ip)))?;
         self.leases.insert(client, ip);
+        self.holders.insert(ip, client);
         Some(ip)
     }
 

@@ -3,7 +3,7 @@
 //! fragments, spoofed sources, the TTL that ends at the gateway). Drops come back as
 //! their [`GatewayDropReason`].
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -31,8 +31,12 @@ impl Gateway {
         }
         match ethernet.ethertype() {
             EthernetProtocol::Arp => {
-                let reply = arp::handle(ethernet.payload(), &self.config, &mut self.neighbors)?;
-                self.queue_frames(reply);
+                let handled = arp::handle(ethernet.payload(), &self.config)?;
+                let (ip, mac) = handled.sender;
+                if self.config.contains(ip) {
+                    self.learn_neighbor(ip, mac)?;
+                }
+                self.queue_frames(handled.reply);
                 Ok(())
             }
             EthernetProtocol::Ipv4 => {
@@ -68,7 +72,7 @@ impl Gateway {
             checksum_offloaded,
         };
         if self.config.contains(packet.src) {
-            self.neighbors.learn(packet.src, mac);
+            self.learn_neighbor(packet.src, mac)?;
         } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
             // Only a DHCP client may speak before it has an address of the network.
             return Err(GatewayDropReason::Spoofed);
@@ -179,5 +183,19 @@ impl Gateway {
             };
             tcp.on_guest_segment(cx, &packet, bytes, target)
         })
+    }
+
+    /// Learns that `ip` is at `mac`, unless `ip` is one of the gateway's own addresses,
+    /// or is leased (by DHCP or statically) to another station: a guest can take over
+    /// neither the gateway's addresses nor another guest's.
+    fn learn_neighbor(&mut self, ip: Ipv4Addr, mac: MacAddress) -> Result<(), GatewayDropReason> {
+        if ip == self.config.host || ip == self.config.dns {
+            return Err(GatewayDropReason::Spoofed);
+        }
+        if self.dhcp.holder_of(ip).is_some_and(|holder| holder != mac) {
+            return Err(GatewayDropReason::Spoofed);
+        }
+        self.neighbors.learn(ip, mac);
+        Ok(())
     }
 }

@@ -73,6 +73,8 @@ pub struct Switch {
     /// one warning rather than one per frame.
     reported_table_full: bool,
     mirrors: mirror::Mirrors,
+    /// Stations that only their own port may send as (the gateway), with that port.
+    pinned: Vec<(MacAddress, PortId)>,
 }
 
 impl Switch {
@@ -87,6 +89,7 @@ impl Switch {
             flood_targets: Vec::new(),
             reported_table_full: false,
             mirrors: mirror::Mirrors::default(),
+            pinned: Vec::new(),
         }
     }
 
@@ -116,9 +119,18 @@ impl Switch {
         id
     }
 
+    /// Pins station `mac` to `port`: frames from any other port with `mac` as their
+    /// source are dropped and counted, so no peer can take over that station's traffic
+    /// (a guest claiming the gateway's MAC). The pin goes with the port.
+    pub fn pin_station(&mut self, mac: MacAddress, port: PortId) {
+        self.pinned.retain(|(pinned, _)| *pinned != mac);
+        self.pinned.push((mac, port));
+    }
+
     /// Removes a port, forgets its stations and discards what was queued for it. Returns
     /// the port so the caller can report its final counters.
     pub fn remove_port(&mut self, id: PortId) -> Option<Port> {
+        self.pinned.retain(|(_, port)| *port != id);
         self.table.forget_port(id);
         self.mirrors.forget_port(id);
         self.pending.retain(|pending| *pending != id);
@@ -168,6 +180,10 @@ impl Switch {
         };
         if frame.source().is_multicast() {
             return port.record_drop(PortDropReason::MulticastSource);
+        }
+        let source = frame.source();
+        if self.pinned.iter().any(|(pinned, owner)| *pinned == source && *owner != from) {
+            return port.record_drop(PortDropReason::PinnedSource);
         }
         let (frame, vlan) = match port.vlans().ingress(frame) {
             Ok(classified) => classified,

@@ -43,11 +43,14 @@ pub enum PortDropReason {
     /// Received: a VLAN tag (802.1Q or 802.1ad) behind the one the port takes off, or
     /// any 802.1ad tag: stacked VLANs, which could carry a frame into another VLAN.
     StackedVlanTag,
+    /// Received: a source address pinned to another port (the gateway's), which no
+    /// peer of this port may send from.
+    PinnedSource,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 8] = [
+    pub const ALL: [PortDropReason; 9] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -56,6 +59,7 @@ impl PortDropReason {
         PortDropReason::BadOffload,
         PortDropReason::VlanNotAllowed,
         PortDropReason::StackedVlanTag,
+        PortDropReason::PinnedSource,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -68,6 +72,7 @@ impl PortDropReason {
                 | PortDropReason::BadOffload
                 | PortDropReason::VlanNotAllowed
                 | PortDropReason::StackedVlanTag
+                | PortDropReason::PinnedSource
         )
     }
 
@@ -82,6 +87,7 @@ impl PortDropReason {
             PortDropReason::BadOffload => "bad_offload",
             PortDropReason::VlanNotAllowed => "vlan_not_allowed",
             PortDropReason::StackedVlanTag => "stacked_vlan_tag",
+            PortDropReason::PinnedSource => "pinned_source",
         }
     }
 

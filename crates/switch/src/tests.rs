@@ -427,3 +427,25 @@ fn a_second_vlan_tag_behind_the_first_is_dropped_so_no_frame_hops_vlans() {
     assert_eq!(switch.port(plain).unwrap().counters().drops(PortDropReason::StackedVlanTag), 2);
     assert_eq!(switch.port(trunk).unwrap().counters().drops(PortDropReason::StackedVlanTag), 1);
 }
+
+#[test]
+fn a_pinned_station_cannot_be_taken_over_from_another_port() {
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let gateway = switch.add_port("gateway");
+    let guest = switch.add_port("guest");
+    let attacker = switch.add_port("attacker");
+    switch.pin_station(MacAddress(A), gateway);
+    switch.receive(gateway, frame(BROADCAST, A), now);
+    pending(&mut switch);
+    // The attacker sends as the gateway: dropped, and the gateway stays where it is.
+    switch.receive(attacker, frame(BROADCAST, A), now);
+    assert_eq!(switch.port(attacker).unwrap().counters().drops(PortDropReason::PinnedSource), 1);
+    assert_eq!(pending(&mut switch), Vec::<PortId>::new(), "the spoofed frame went nowhere");
+    switch.receive(guest, frame(A, B), now);
+    assert_eq!(pending(&mut switch), vec![gateway], "frames for the gateway still reach its port");
+    // Once the gateway's port is gone, the address is free again.
+    switch.remove_port(gateway);
+    switch.receive(attacker, frame(BROADCAST, A), now);
+    assert_eq!(switch.port(attacker).unwrap().counters().drops(PortDropReason::PinnedSource), 1);
+}

@@ -1,4 +1,5 @@
-//! ARP: answers for the gateway's addresses, and asking for a guest that has not spoken.
+//! ARP: answers for the gateway's addresses, asking for a guest that has not spoken, and
+//! neighbours that no guest can take over.
 
 use super::*;
 
@@ -80,4 +81,48 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
     assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
     gateway.on_deadline(later, &mut host);
     assert_eq!(host.closed, vec![(other, true)]);
+}
+
+/// An ARP request from `mac` claiming `ip`, for the gateway's address.
+fn arp_claim(mac: MacAddress, ip: Ipv4Addr) -> Vec<u8> {
+    let request = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: MacAddress([0; 6]),
+        target_protocol_addr: Ipv4Addr::new(10, 0, 2, 2),
+    };
+    let mut frame = vec![0u8; 14 + request.buffer_len()];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&mac.0);
+    frame[12..14].copy_from_slice(&[0x08, 0x06]);
+    request.emit(&mut ArpPacket::new_checked(&mut frame[14..]).unwrap());
+    frame
+}
+
+#[test]
+fn no_guest_can_take_over_a_leased_address_or_the_gateways_own() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let victim = lease(&mut gateway, &mut host, GUEST_MAC, now);
+    let attacker = MacAddress([0x52, 0x54, 0, 0x66, 0x66, 0x66]);
+    let before = gateway.counters().drops(GatewayDropReason::Spoofed);
+    // ARP claiming the victim's leased address, and the gateway's own two.
+    for claimed in [victim, Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
+        gateway.receive(&arp_claim(attacker, claimed), Offload::NONE, now, &mut host);
+        assert!(gateway.pop_frame().is_none(), "a spoofed claim is not answered");
+    }
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 3);
+    assert_eq!(gateway.neighbors.lookup(victim), Some(GUEST_MAC), "the victim's entry follows its lease");
+    // An IPv4 packet from the victim's address on the attacker's MAC is dropped too.
+    let mut spoofed = guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9), b"x");
+    spoofed[6..12].copy_from_slice(&attacker.0);
+    gateway.receive(&spoofed, Offload::NONE, now, &mut host);
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 4);
+    assert!(host.sent.is_empty(), "nothing of the spoofed packet left for the host");
+    // The holder's own claim is taken, and an address nobody leased is learned as before.
+    gateway.receive(&arp_claim(GUEST_MAC, victim), Offload::NONE, now, &mut host);
+    let unleased = Ipv4Addr::new(10, 0, 2, 200);
+    gateway.receive(&arp_claim(attacker, unleased), Offload::NONE, now, &mut host);
+    assert_eq!(gateway.neighbors.lookup(unleased), Some(attacker));
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 4);
 }
