@@ -368,7 +368,7 @@ fn or_file<T>(flags: Vec<T>, file: Vec<T>) -> Vec<T> {
 
 /// Runs a network (and for `vnet ns`, its command) until it stops.
 fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow::Result<i32> {
-    raise_file_limit();
+    let files = raise_file_limit();
     let settings = Settings::merge(args)?;
     let ready_fd = settings.ready_fd.map(lifecycle::take_ready_fd).transpose()?;
     let mut signals = Signals::install().context("cannot set up signal handling")?;
@@ -384,6 +384,9 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         None => (None, PortVlans::default()),
     };
     let mut gateway = gateway_config(user.as_deref())?;
+    if let Some(lowered) = gateway.as_mut().and_then(|gateway| gateway.fit_descriptors(files)) {
+        info!(max_flows = lowered, files, "max-flows lowered so that every flow fits the file limit");
+    }
     let resolv_conf = namespace.as_ref().map(|_| TempResolvConf::new()).transpose()?;
     let setup = match &resolv_conf {
         Some(resolv_conf) => {
@@ -454,15 +457,17 @@ fn capture_from_start(
         .context("cannot start the capture thread")
 }
 
-/// Raises the soft limit on open files to the hard one: each NAT flow holds a host
-/// socket.
-fn raise_file_limit() {
+/// Raises the soft limit on open files to the hard one (each NAT flow holds a host
+/// socket) and returns the limit in force.
+fn raise_file_limit() -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return usize::MAX;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return usize::try_from(hard).unwrap_or(usize::MAX);
     }
+    usize::try_from(soft).unwrap_or(usize::MAX)
 }
 
 /// The gateway's settings from `--user` (upstreams from /etc/resolv.conf unless given),

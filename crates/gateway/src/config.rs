@@ -172,11 +172,38 @@ impl GatewayConfig {
         }
         Ok(())
     }
+
+    /// Lowers `max_flows` so that every flow and every DNS query in flight can have its
+    /// host socket within a limit of `files` open files, with
+    /// [`RESERVED_DESCRIPTORS`] kept back that flows can never take (listeners, the API,
+    /// new ports). Returns the new limit if it was lowered.
+    pub fn fit_descriptors(&mut self, files: usize) -> Option<usize> {
+        let for_flows = files.saturating_sub(RESERVED_DESCRIPTORS + crate::dns::MAX_PENDING).max(1);
+        (self.max_flows > for_flows).then(|| {
+            self.max_flows = for_flows;
+            for_flows
+        })
+    }
 }
+
+/// Open files the gateway leaves to everything but its flows: listeners, the API, new
+/// ports, the log and capture files.
+pub(crate) const RESERVED_DESCRIPTORS: usize = 256;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flows_are_held_to_what_the_file_limit_leaves_after_the_reserve_and_dns() {
+        let mut config = GatewayConfig::default();
+        assert_eq!(config.fit_descriptors(20_000), Some(20_000 - 256 - 1024));
+        assert_eq!(config.max_flows, 18_720);
+        assert_eq!(config.fit_descriptors(1_048_576), None, "a roomy limit leaves the setting alone");
+        let mut small = GatewayConfig { max_flows: 100, ..GatewayConfig::default() };
+        assert_eq!(small.fit_descriptors(20_000), None, "a smaller max-flows= is kept");
+        assert_eq!(small.fit_descriptors(1_024), Some(1), "never none at all");
+    }
 
     #[test]
     fn qemu_defaults_are_consistent() {

@@ -21,7 +21,7 @@ pub const PORT: u16 = 53;
 /// How long one upstream gets to answer before the next is tried.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most queries in flight at once; each holds one host socket.
-const MAX_PENDING: usize = 1024;
+pub const MAX_PENDING: usize = 1024;
 const HEADER_LEN: usize = 12;
 const RCODE_SERVFAIL: u8 = 2;
 

@@ -118,6 +118,9 @@ impl Drop for Storage {
                 _ => (&mut pool.large, POOLED_LARGE),
             };
             if free.len() < limit {
+                // The list takes its full size at once, so that it never grows while
+                // traffic flows.
+                free.reserve_exact(limit - free.len());
                 free.push(buffer);
             }
         });
