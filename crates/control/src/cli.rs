@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 use nix::unistd::Pid;
 use tracing::level_filters::LevelFilter;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -385,7 +385,7 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     };
     let mut gateway = gateway_config(user.as_deref())?;
     if let Some(lowered) = gateway.as_mut().and_then(|gateway| gateway.fit_descriptors(files)) {
-        info!(max_flows = lowered, files, "max-flows lowered so that every flow fits the file limit");
+        debug!(max_flows = lowered, files, "max-flows lowered so that every flow fits the file limit");
     }
     let resolv_conf = namespace.as_ref().map(|_| TempResolvConf::new()).transpose()?;
     let setup = match &resolv_conf {
