@@ -24,6 +24,18 @@ pub type BuiltFrame = Result<Frame, FrameError>;
 const HOP_LIMIT: u8 = 64;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
+/// A TCP header without options.
+pub const TCP_HEADER_LEN: usize = 20;
+
+/// The length of the IP header (no options or extension headers) of a packet of `ip`'s
+/// family.
+pub fn ip_header_len(ip: IpAddr) -> usize {
+    if ip.is_ipv4() {
+        IPV4_HEADER_LEN
+    } else {
+        IPV6_HEADER_LEN
+    }
+}
 const UDP_HEADER_LEN: usize = 8;
 
 /// A frame in a pooled buffer: `headers_len` zero bytes (a pooled buffer holds what its
@@ -273,8 +285,7 @@ pub fn tcp_around(
 /// Where a TCP checksum left partial by [`tcp_around`] starts and lies, in a segment to
 /// or from `ip`'s family.
 pub fn tcp_partial_checksum(ip: IpAddr) -> PartialChecksum {
-    let ip_header_len = if ip.is_ipv4() { IPV4_HEADER_LEN } else { IPV6_HEADER_LEN };
-    PartialChecksum { start: (ETHERNET_HEADER_LEN + ip_header_len) as u16, offset: 16 }
+    PartialChecksum { start: (ETHERNET_HEADER_LEN + ip_header_len(ip)) as u16, offset: 16 }
 }
 
 /// An ICMP message from `src` to `dst`.

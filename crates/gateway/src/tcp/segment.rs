@@ -137,11 +137,7 @@ impl Connection {
 
 /// The IP and TCP headers (without options) of a segment to or from `guest`.
 pub(super) fn ip_tcp_headers_len(guest: SocketAddr) -> usize {
-    if guest.is_ipv4() {
-        20 + 20
-    } else {
-        40 + 20
-    }
+    packet::ip_header_len(guest.ip()) + packet::TCP_HEADER_LEN
 }
 
 /// The largest TCP payload in a packet of `mtu` bytes to or from `guest`.
