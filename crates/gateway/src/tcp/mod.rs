@@ -257,13 +257,15 @@ impl Nat {
 
     /// Frames toward guests were delivered: go on sending what waited for room.
     pub fn on_guest_room(&mut self, cx: &mut Context<'_>) {
-        for flow in self.sender.take_blocked() {
+        let mut resuming = self.sender.take_blocked();
+        for flow in resuming.drain(..) {
             if let Some(connection) = self.connections.get_mut(flow) {
                 connection.waits_for_room = false;
                 connection.send_pending(cx, &mut self.sender);
                 self.settle(flow, cx);
             }
         }
+        self.sender.give_back(resuming);
     }
 
     /// When a connection may want a retransmission, a connect fail-over or to be given

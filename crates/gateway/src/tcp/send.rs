@@ -28,11 +28,13 @@ const FEW_FRAMES: usize = 4;
 
 /// What sending to guests needs besides the connection: the frames being peeked into
 /// (kept so that the list's room is reused), and the connections whose data waits for
-/// room on the segment (each once: a connection knows whether it is listed).
+/// room on the segment (each once: a connection knows whether it is listed), with a
+/// second list that the waiting ones move to while they are resumed, kept likewise.
 #[derive(Default)]
 pub(super) struct Sender {
     buffers: Vec<FrameBuffer>,
     blocked: Vec<FlowId>,
+    resuming: Vec<FlowId>,
 }
 
 impl Sender {
@@ -42,9 +44,15 @@ impl Sender {
     }
 
     /// The connections whose data waited for room (some may be gone since), which no
-    /// longer count as waiting.
+    /// longer count as waiting; hand the list back with [`Sender::give_back`].
     pub fn take_blocked(&mut self) -> Vec<FlowId> {
-        std::mem::take(&mut self.blocked)
+        let spare = std::mem::take(&mut self.resuming);
+        std::mem::replace(&mut self.blocked, spare)
+    }
+
+    /// Keeps the (emptied) list [`Sender::take_blocked`] gave out, for its room.
+    pub fn give_back(&mut self, resuming: Vec<FlowId>) {
+        self.resuming = resuming;
     }
 }
 
