@@ -38,7 +38,7 @@ fn dhcp_configures_two_guests_and_the_gateway_answers_ping() {
         &[
             "run",
             "--user",
-            "mtu=1400,domainname=vnet.test",
+            "mtu=1400,domainname=vnet.test,dns-upstream=127.0.0.1:9",
             "--listen",
             &format!("stream:unix:{}", sock.display()),
         ],
@@ -211,7 +211,7 @@ fn hostfwd_and_guestfwd_reach_guest_and_host_services() {
     let (web_port, closed_port, iperf_port) = (free_port(false), free_port(false), free_port(false));
     let host_web = serve_http_once(b"through guestfwd".to_vec());
     let user = format!(
-        "hostfwd=tcp:127.0.0.1:{web_port}-:7000,hostfwd=tcp:127.0.0.1:{closed_port}-:7001,\
+        "dns-upstream=127.0.0.1:9,hostfwd=tcp:127.0.0.1:{web_port}-:7000,hostfwd=tcp:127.0.0.1:{closed_port}-:7001,\
          hostfwd=tcp:127.0.0.1:{iperf_port}-:5201,hostfwd=udp:127.0.0.1:{iperf_port}-:5201,\
          guestfwd=tcp:10.0.2.100:80-127.0.0.1:{host_web}"
     );
@@ -486,7 +486,7 @@ fn restrict_on_keeps_the_guest_in_and_hostfwd_working() {
     let host_port = host_server.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let user = format!("restrict=on,hostfwd=tcp:127.0.0.1:{web_port}-:7000");
+    let user = format!("dns-upstream=127.0.0.1:9,restrict=on,hostfwd=tcp:127.0.0.1:{web_port}-:7000");
     let _vnet = Vnet::listening_on(
         &sock,
         &["run", "--user", &user, "--listen", &format!("stream:unix:{}", sock.display())],

@@ -369,7 +369,7 @@ fn two_guests_on_vlan_10_see_each_other_and_not_the_one_on_vlan_20() {
     let vnet = Vnet::spawn(&[
         "run",
         "--user",
-        "vlan=10",
+        "vlan=10,dns-upstream=127.0.0.1:9",
         "--attach",
         &attach(&a, ",vlan=10"),
         "--attach",
