@@ -183,7 +183,9 @@ struct NetworkArgs {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     mac_aging: Option<u64>,
     /// The gateway's options, in QEMU's `-netdev user` syntax plus vnet's own
-    /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=, vlan=).
+    /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=, vlan=, and the
+    /// per-guest limits guest-max-tcp=, guest-max-udp=, guest-max-icmp=, guest-max-dns=,
+    /// guest-max-half-open=, port-max-flows=).
     #[arg(long, value_name = "OPTS", conflicts_with = "no_user")]
     user: Option<String>,
     /// No gateway: a plain switch.

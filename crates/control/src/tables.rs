@@ -65,6 +65,14 @@ pub fn status(status: &StatusView) -> String {
                     gateway.drops.iter().map(|(reason, count)| format!("{reason} {count}")).collect();
                 out.push_str(&format!("drops    {}\n", drops.join(", ")));
             }
+            let budgets: Vec<String> =
+                gateway.budgets.iter().map(|(kind, limit)| format!("{kind} {limit}")).collect();
+            out.push_str(&format!("budgets  {} (per guest; port: all its guests)\n", budgets.join(", ")));
+            for guest in &gateway.refused {
+                let refused: Vec<String> =
+                    guest.refused.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+                out.push_str(&format!("refused  {} {}: {}\n", guest.port, guest.mac, refused.join(", ")));
+            }
         }
     }
     out

@@ -46,6 +46,12 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "host-loopback" => config.host_loopback = switch(value).map_err(bad)?,
             "mtu" => config.mtu = value.parse().map_err(|_| bad("the MTU must be a number"))?,
             "max-flows" => config.max_flows = value.parse().map_err(|_| bad("max-flows must be a number"))?,
+            "guest-max-tcp" => config.guest_limits.tcp = Some(count(value).map_err(bad)?),
+            "guest-max-udp" => config.guest_limits.udp = Some(count(value).map_err(bad)?),
+            "guest-max-icmp" => config.guest_limits.icmp = Some(count(value).map_err(bad)?),
+            "guest-max-dns" => config.guest_limits.dns = Some(count(value).map_err(bad)?),
+            "guest-max-half-open" => config.guest_limits.half_open = Some(count(value).map_err(bad)?),
+            "port-max-flows" => config.guest_limits.port_flows = Some(count(value).map_err(bad)?),
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
             "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
             "hostfwd" => config.host_forwards.push(parse_host_forward(value).map_err(bad)?),
@@ -67,6 +73,10 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
     }
     config.validate().map_err(|problem| refuse(text, problem))?;
     Ok(config)
+}
+
+fn count(value: &str) -> Result<usize, &'static str> {
+    value.parse().map_err(|_| "expected a whole number")
 }
 
 fn ipv4(value: &str) -> Result<Ipv4Addr, &'static str> {
@@ -246,6 +256,21 @@ mod tests {
         assert!(!config.host_loopback);
         assert_eq!(config.static_leases[0].ip, Ipv4Addr::new(10, 0, 2, 50));
         assert_eq!(config.max_flows, 100);
+    }
+
+    #[test]
+    fn per_guest_limits_parse_and_a_bad_one_is_named() {
+        let text = "guest-max-tcp=10,guest-max-udp=11,guest-max-icmp=12,guest-max-dns=13,\
+                    guest-max-half-open=14,port-max-flows=15,dns-upstream=127.0.0.1:9";
+        let budgets = parse_user_options(text, "").unwrap().budgets();
+        assert_eq!(
+            (budgets.tcp, budgets.udp, budgets.icmp, budgets.dns, budgets.half_open, budgets.port_flows),
+            (10, 11, 12, 13, 14, 15)
+        );
+        let error = parse_user_options("guest-max-tcp=many", "").unwrap_err().to_string();
+        assert!(error.contains("guest-max-tcp=many") && error.contains("whole number"), "{error}");
+        let error = parse_user_options("port-max-flows=0", "").unwrap_err().to_string();
+        assert!(error.contains("port-max-flows=0"), "{error}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use vnet_gateway::HostForward;
+use vnet_gateway::{FlowKind, HostForward};
 use vnet_gateway_host::GatewayNetwork;
 use vnet_runtime::{EventCounters, Network};
+use vnet_switch::PortId;
 
 /// One switch port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +129,25 @@ pub struct GatewayView {
     pub forwards: usize,
     /// Drops by reason (only reasons that happened).
     pub drops: BTreeMap<String, u64>,
+    /// What one guest may hold of each kind of flow, and one port's guests together
+    /// (`port`).
+    pub budgets: BTreeMap<String, usize>,
+    /// Guests that hold flows and were refused some, by port and MAC.
+    pub refused: Vec<RefusedGuestView>,
+}
+
+/// A guest the gateway refused new flows to, because its budget (or its port's) was
+/// spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedGuestView {
+    /// The name of the port it sends from.
+    pub port: String,
+    /// Its MAC address.
+    pub mac: String,
+    /// Flows it holds, by kind.
+    pub held: BTreeMap<String, usize>,
+    /// Flows it was refused, by kind.
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// The whole network at a glance.
@@ -278,6 +298,8 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
                 .filter(|reason| counters.drops(*reason) > 0)
                 .map(|reason| (reason.name().to_owned(), counters.drops(reason)))
                 .collect(),
+            budgets: budgets(gateway.budgets()),
+            refused: refused_guests(network, gateway),
         }
     });
     StatusView {
@@ -292,6 +314,40 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
         gateway,
         events: events(network.events()),
     }
+}
+
+/// The limits of one guest by kind of flow, and of one port (`port`).
+fn budgets(budgets: vnet_gateway::Budgets) -> BTreeMap<String, usize> {
+    let mut by_name: BTreeMap<String, usize> =
+        FlowKind::ALL.into_iter().map(|kind| (kind.name().to_owned(), budgets.of(kind))).collect();
+    by_name.insert("half_open".to_owned(), budgets.half_open);
+    by_name.insert("port".to_owned(), budgets.port_flows);
+    by_name
+}
+
+/// The guests holding flows that were refused some, in port order.
+fn refused_guests(network: &Network, gateway: &vnet_gateway::Gateway) -> Vec<RefusedGuestView> {
+    let mut refused: Vec<_> =
+        gateway.guests().filter(|(_, usage)| usage.refused.iter().any(|count| *count > 0)).collect();
+    refused.sort_by_key(|(guest, _)| *guest);
+    refused
+        .into_iter()
+        .map(|(guest, usage)| {
+            let port = network.switch().port(PortId(guest.port)).map_or("gone", |port| port.name());
+            let by_kind = |kinds: [FlowKind; 4]| kinds.into_iter().zip(0..);
+            RefusedGuestView {
+                port: port.to_owned(),
+                mac: guest.mac.to_string(),
+                held: by_kind(FlowKind::ALL)
+                    .map(|(kind, i)| (kind.name().to_owned(), usage.held[i]))
+                    .collect(),
+                refused: by_kind(FlowKind::ALL)
+                    .map(|(kind, i)| (kind.name().to_owned(), usage.refused[i]))
+                    .filter(|(_, count)| *count > 0)
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// The network's own counters by name: every event the transports count, and any other

@@ -221,7 +221,10 @@ pub fn gateway_frames(data: &[u8]) {
         rest = &rest[2 + frame.len()..];
         step += 1;
         let now = start + Duration::from_millis(step * 700);
-        gateway.receive(frame, vnet_wire::Offload::NONE, now, &mut host);
+        if let Ok(frame) = vnet_wire::Frame::copy_from_slice(frame, vnet_wire::Offload::NONE) {
+            // Three ports take turns, so per-port and per-guest budgets are driven too.
+            gateway.receive(&frame.with_ingress_port(1 + (step % 3) as u32), now, &mut host);
+        }
         for flow in 1..=step.min(8) {
             gateway.on_tcp_connected(FlowId(flow), now, &mut host);
             gateway.on_udp_datagram(FlowId(flow), vnet_wire::FrameBuffer::copy_of(frame), now, &mut host);

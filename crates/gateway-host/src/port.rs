@@ -331,7 +331,7 @@ impl Endpoint for GatewayPort {
         let now: Instant = cx.now;
         while let Some(frame) = cx.switch.port_mut(port).and_then(|p| p.pop_sent()) {
             let mut host = Host { sockets: &mut self.sockets, cx };
-            self.gateway.receive(frame.as_bytes(), frame.offload(), now, &mut host);
+            self.gateway.receive(&frame, now, &mut host);
         }
         self.emit(cx);
         Liveness::Open

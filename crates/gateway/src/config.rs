@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use vnet_wire::MacAddress;
 
+use crate::budget::Budgets;
+
 /// A fixed address for one MAC (`dhcp-host=MAC=IP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaticLease {
@@ -46,6 +48,24 @@ pub struct GuestForward {
     pub target: SocketAddr,
 }
 
+/// Per-guest limits the user set (`guest-max-tcp=` and the like); each one left unset
+/// follows from `max-flows` (see [`GatewayConfig::budgets`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// `guest-max-tcp=`.
+    pub tcp: Option<usize>,
+    /// `guest-max-udp=`.
+    pub udp: Option<usize>,
+    /// `guest-max-icmp=`.
+    pub icmp: Option<usize>,
+    /// `guest-max-dns=`.
+    pub dns: Option<usize>,
+    /// `guest-max-half-open=`.
+    pub half_open: Option<usize>,
+    /// `port-max-flows=`.
+    pub port_flows: Option<usize>,
+}
+
 /// Everything the gateway needs to know about its network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -77,6 +97,8 @@ pub struct GatewayConfig {
     pub static_leases: Vec<StaticLease>,
     /// Most NAT flows at once (`max-flows=`).
     pub max_flows: usize,
+    /// What one guest, and one port's guests together, may hold.
+    pub guest_limits: GuestLimits,
     /// DHCP lease time.
     pub lease_time: Duration,
     /// Inbound forwards (`hostfwd=`), which the host side binds and keeps.
@@ -102,6 +124,7 @@ impl Default for GatewayConfig {
             dns_upstreams: Vec::new(),
             static_leases: Vec::new(),
             max_flows: 65536,
+            guest_limits: GuestLimits::default(),
             lease_time: Duration::from_secs(24 * 3600),
             host_forwards: Vec::new(),
             guest_forwards: Vec::new(),
@@ -170,7 +193,38 @@ impl GatewayConfig {
         if self.max_flows == 0 {
             return Err("max-flows=0 would refuse every flow; give a positive number".to_owned());
         }
+        let limits = self.guest_limits;
+        for (name, limit) in [
+            ("guest-max-tcp", limits.tcp),
+            ("guest-max-udp", limits.udp),
+            ("guest-max-icmp", limits.icmp),
+            ("guest-max-dns", limits.dns),
+            ("guest-max-half-open", limits.half_open),
+            ("port-max-flows", limits.port_flows),
+        ] {
+            if limit == Some(0) {
+                return Err(format!("{name}=0 would refuse every such flow; give a positive number"));
+            }
+        }
         Ok(())
+    }
+
+    /// The limits in force: those the user set, and for the rest an eighth of
+    /// `max-flows` for each kind of flow a guest holds (at most 1,024 ping flows, 256
+    /// handshakes and an eighth of the DNS queries that may be in flight), and a quarter
+    /// of `max-flows` for one port's guests together. One guest, or one port however
+    /// many MAC addresses it makes up, thus never holds the whole table.
+    pub fn budgets(&self) -> Budgets {
+        let share = (self.max_flows / 8).max(1);
+        let limits = self.guest_limits;
+        Budgets {
+            tcp: limits.tcp.unwrap_or(share),
+            udp: limits.udp.unwrap_or(share),
+            icmp: limits.icmp.unwrap_or(share.min(1024)),
+            dns: limits.dns.unwrap_or(crate::dns::MAX_PENDING / 8),
+            half_open: limits.half_open.unwrap_or(share.min(256)),
+            port_flows: limits.port_flows.unwrap_or((self.max_flows / 4).max(1)),
+        }
     }
 
     /// Lowers `max_flows` so that every flow and every DNS query in flight can have its
@@ -203,6 +257,20 @@ mod tests {
         let mut small = GatewayConfig { max_flows: 100, ..GatewayConfig::default() };
         assert_eq!(small.fit_descriptors(20_000), None, "a smaller max-flows= is kept");
         assert_eq!(small.fit_descriptors(1_024), Some(1), "never none at all");
+    }
+
+    #[test]
+    fn budgets_follow_max_flows_unless_set() {
+        let config = GatewayConfig { max_flows: 2_000, ..GatewayConfig::default() };
+        let budgets = config.budgets();
+        assert_eq!((budgets.tcp, budgets.udp, budgets.icmp, budgets.port_flows), (250, 250, 250, 500));
+        assert_eq!((budgets.dns, budgets.half_open), (128, 250));
+        let set = GuestLimits { tcp: Some(7), half_open: Some(3), ..GuestLimits::default() };
+        let config = GatewayConfig { guest_limits: set, ..config };
+        assert_eq!((config.budgets().tcp, config.budgets().half_open, config.budgets().udp), (7, 3, 250));
+        let zero = GuestLimits { dns: Some(0), ..GuestLimits::default() };
+        let config = GatewayConfig { guest_limits: zero, ..config };
+        assert!(config.validate().unwrap_err().contains("guest-max-dns=0"));
     }
 
     #[test]

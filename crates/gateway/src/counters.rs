@@ -24,6 +24,9 @@ pub enum GatewayDropReason {
     Restricted,
     /// The flow table is full (`max-flows`).
     FlowLimit,
+    /// The guest, or its port, holds as many flows of the kind as its budget allows
+    /// (`guest-max-*`, `port-max-flows`); it was refused with RST, ICMP or SERVFAIL.
+    GuestBudget,
     /// A host socket could not be opened or written.
     HostSocket,
     /// A reply for a guest whose MAC address is not known.
@@ -42,7 +45,7 @@ pub enum GatewayDropReason {
 
 impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [GatewayDropReason; 14] = [
+    pub const ALL: [GatewayDropReason; 15] = [
         GatewayDropReason::Malformed,
         GatewayDropReason::BadChecksum,
         GatewayDropReason::NotForGateway,
@@ -51,6 +54,7 @@ impl GatewayDropReason {
         GatewayDropReason::Broadcast,
         GatewayDropReason::Restricted,
         GatewayDropReason::FlowLimit,
+        GatewayDropReason::GuestBudget,
         GatewayDropReason::HostSocket,
         GatewayDropReason::UnknownGuest,
         GatewayDropReason::UnknownFlow,
@@ -70,6 +74,7 @@ impl GatewayDropReason {
             GatewayDropReason::Broadcast => "broadcast",
             GatewayDropReason::Restricted => "restricted",
             GatewayDropReason::FlowLimit => "flow_limit",
+            GatewayDropReason::GuestBudget => "guest_budget",
             GatewayDropReason::HostSocket => "host_socket",
             GatewayDropReason::UnknownGuest => "unknown_guest",
             GatewayDropReason::UnknownFlow => "unknown_flow",

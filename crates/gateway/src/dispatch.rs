@@ -8,23 +8,23 @@ use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
-use vnet_wire::{MacAddress, Offload};
+use vnet_wire::{Frame, MacAddress};
 
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
 use crate::gateway::Gateway;
-use crate::guest::GuestPacket;
+use crate::guest::{Guest, GuestPacket};
 use crate::{arp, dhcp, dns, icmp, route, udp};
 
 impl Gateway {
     pub(crate) fn dispatch(
         &mut self,
-        frame: &[u8],
-        offload: Offload,
+        frame: &Frame,
         now: Instant,
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
-        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| GatewayDropReason::Malformed)?;
+        let ethernet =
+            EthernetFrame::new_checked(frame.as_bytes()).map_err(|_| GatewayDropReason::Malformed)?;
         let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
         if !to_us {
             return Err(GatewayDropReason::NotForGateway);
@@ -40,8 +40,9 @@ impl Gateway {
                 Ok(())
             }
             EthernetProtocol::Ipv4 => {
-                let checksum_offloaded = offload.checksum.is_some();
-                self.dispatch_ipv4(ethernet.src_addr(), ethernet.payload(), checksum_offloaded, now, host)
+                let guest = Guest { port: frame.ingress_port(), mac: ethernet.src_addr() };
+                let checksum_offloaded = frame.offload().checksum.is_some();
+                self.dispatch_ipv4(guest, ethernet.payload(), checksum_offloaded, now, host)
             }
             _ => Err(GatewayDropReason::Unsupported),
         }
@@ -49,7 +50,7 @@ impl Gateway {
 
     fn dispatch_ipv4(
         &mut self,
-        mac: MacAddress,
+        guest: Guest,
         bytes: &[u8],
         checksum_offloaded: bool,
         now: Instant,
@@ -64,8 +65,10 @@ impl Gateway {
         }
         let repr = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default())
             .map_err(|_| GatewayDropReason::Malformed)?;
+        let mac = guest.mac;
         let packet = GuestPacket {
             mac,
+            port: guest.port,
             src: repr.src_addr,
             dst: repr.dst_addr,
             ttl: repr.hop_limit,
@@ -119,10 +122,21 @@ impl Gateway {
             if self.config.restrict {
                 return Err(GatewayDropReason::Restricted);
             }
-            if let Some(answer) = self.dns.forward(src, dst, udp.payload(), now, host, &mut self.flow_ids)? {
-                self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
-            }
-            return Ok(());
+            let forwarded =
+                self.dns.forward(packet.guest(), src, dst, udp.payload(), now, host, &mut self.flow_ids);
+            return match forwarded {
+                Ok(answer) => {
+                    if let Some(answer) = answer {
+                        self.send_udp_to_guest(answer.from, answer.to, &answer.payload);
+                    }
+                    Ok(())
+                }
+                Err(GatewayDropReason::GuestBudget) => {
+                    self.send_udp_to_guest(dst, src, &dns::servfail(udp.payload()));
+                    Err(GatewayDropReason::GuestBudget)
+                }
+                Err(reason) => Err(reason),
+            };
         }
         if packet.dst == self.config.host {
             if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
@@ -133,7 +147,7 @@ impl Gateway {
         }
         let remote = SocketAddr::from((route::host_side_address(&self.config, packet.dst)?, dst.port()));
         let room = self.flow_count() < self.config.max_flows;
-        let route = udp::Route { guest: src, dst, remote };
+        let route = udp::Route { sender: packet.guest(), guest: src, dst, remote };
         let ttl = route::host_ttl(packet.ttl);
         match self.udp.send(route, udp.payload(), ttl, room, now, host, &mut self.flow_ids) {
             Ok(()) => Ok(()),
@@ -141,6 +155,10 @@ impl Gateway {
             Err(udp::SendError::Unreachable(report)) => {
                 self.send_guest_error(report);
                 Err(GatewayDropReason::HostSocket)
+            }
+            Err(udp::SendError::Refused) => {
+                self.send_prohibited(packet, IpProtocol::Udp, bytes);
+                Err(GatewayDropReason::GuestBudget)
             }
         }
     }
@@ -159,7 +177,20 @@ impl Gateway {
         }
         let remote = route::host_side_address(&self.config, packet.dst)?;
         let room = self.flow_count() < self.config.max_flows;
-        self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids)
+        let sent = self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids);
+        if sent == Err(GatewayDropReason::GuestBudget) {
+            self.send_prohibited(packet, IpProtocol::Icmp, bytes);
+        }
+        sent
+    }
+
+    /// Tells the guest that sent `packet` (carrying `transport`, of `protocol`) that the
+    /// gateway refused it: its budget has no room for another flow.
+    fn send_prohibited(&mut self, packet: GuestPacket, protocol: IpProtocol, transport: &[u8]) {
+        let gateway = self.config.host;
+        self.send_guest_error(icmp::GuestError::prohibited(
+            gateway, packet.src, packet.dst, protocol, transport,
+        ));
     }
 
     fn dispatch_tcp(

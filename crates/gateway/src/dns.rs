@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::budget::FlowKind;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
-use crate::guest::{GuestDatagram, RelayedDatagram};
+use crate::guest::{Guest, GuestDatagram, RelayedDatagram};
 use crate::host::HostSockets;
 use crate::timers::Deadlines;
 
@@ -26,6 +27,8 @@ const HEADER_LEN: usize = 12;
 const RCODE_SERVFAIL: u8 = 2;
 
 struct Pending {
+    /// The guest whose budget the query is charged to.
+    sender: Guest,
     guest: SocketAddr,
     server: SocketAddr,
     query: Vec<u8>,
@@ -45,10 +48,13 @@ impl Forwarder {
         Self { upstreams, pending: FlowMap::default(), timeouts: Deadlines::default() }
     }
 
-    /// Forwards a query the guest at `guest` sent to `server` (the gateway's DNS address).
-    /// Returns the SERVFAIL answer at once when no upstream can be reached.
+    /// Forwards a query that `sender`, at `guest`, sent to `server` (the gateway's DNS
+    /// address). Returns the SERVFAIL answer at once when no upstream can be reached; a
+    /// guest with as many queries in flight as its budget allows is refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
+        sender: Guest,
         guest: SocketAddr,
         server: SocketAddr,
         query: &[u8],
@@ -62,8 +68,9 @@ impl Forwarder {
         if self.pending.len() >= MAX_PENDING {
             return Err(GatewayDropReason::FlowLimit);
         }
-        let pending = Pending { guest, server, query: query.to_vec(), upstream: 0 };
-        Ok(self.try_upstreams(pending, now, host, flows))
+        let flow = flows.open(sender, FlowKind::Dns).map_err(|_| GatewayDropReason::GuestBudget)?;
+        let pending = Pending { sender, guest, server, query: query.to_vec(), upstream: 0 };
+        Ok(self.try_upstreams(pending, Some(flow), now, host, flows))
     }
 
     /// A reply on `flow`, if it answers the query the flow carries: where it goes. The
@@ -92,7 +99,7 @@ impl Forwarder {
         host.datagram_close(flow);
         flows.release(flow);
         pending.upstream += 1;
-        Some(self.try_upstreams(pending, now, host, flows).into_iter().collect())
+        Some(self.try_upstreams(pending, None, now, host, flows).into_iter().collect())
     }
 
     /// Queries waiting for an upstream's answer.
@@ -119,23 +126,27 @@ impl Forwarder {
                 host.datagram_close(flow);
                 flows.release(flow);
                 pending.upstream += 1;
-                answers.extend(self.try_upstreams(pending, now, host, flows));
+                answers.extend(self.try_upstreams(pending, None, now, host, flows));
             }
         }
         answers
     }
 
-    /// Sends `pending` to its current upstream or the next that accepts it. Returns the
-    /// SERVFAIL answer when none is left.
+    /// Sends `pending` to its current upstream or the next that accepts it, on `flow` if
+    /// given, else on a flow opened for it. Returns the SERVFAIL answer when no upstream
+    /// is left, or its guest's budget has no room for the next attempt.
     fn try_upstreams(
         &mut self,
         mut pending: Pending,
+        mut flow: Option<FlowId>,
         now: Instant,
         host: &mut dyn HostSockets,
         flows: &mut FlowIds,
     ) -> Option<GuestDatagram> {
         while let Some(upstream) = self.upstreams.get(pending.upstream).copied() {
-            let flow = flows.next();
+            let Some(flow) = flow.take().or_else(|| flows.open(pending.sender, FlowKind::Dns).ok()) else {
+                break;
+            };
             let sent = host.udp_open(flow, upstream).and_then(|()| host.datagram_send(flow, &pending.query));
             match sent {
                 Ok(()) => {
@@ -150,6 +161,9 @@ impl Forwarder {
                     pending.upstream += 1;
                 }
             }
+        }
+        if let Some(unused) = flow {
+            flows.release(unused);
         }
         warn!(guest = %pending.guest, "no DNS upstream answered; replying SERVFAIL");
         Some(GuestDatagram { from: pending.server, to: pending.guest, payload: servfail(&pending.query) })

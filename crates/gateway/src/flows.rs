@@ -2,7 +2,11 @@
 //! of that slot's use: [`FlowIds`] hands out the lowest free slots again once their flows
 //! are released, and a [`FlowMap`] finds a flow's value by index, never by hashing,
 //! while the generation keeps a late event of a closed flow from reaching the flow that
-//! took its slot. Nothing here knows what a flow carries.
+//! took its slot. Each flow a guest opens is charged to that guest's budget
+//! (`budget.rs`) until it is released. Nothing here knows what a flow carries.
+
+use crate::budget::{Budgets, FlowKind, Ledger, Refusal};
+use crate::guest::Guest;
 
 /// Identifies one host socket the gateway asked for: a slot (the low 32 bits) and the
 /// generation of its use (the high 32 bits).
@@ -25,16 +29,43 @@ impl FlowId {
 }
 
 /// Hands out flow ids: a free slot in a new generation, so an id is never handed out
-/// twice while slots are reused.
-#[derive(Debug, Default)]
+/// twice while slots are reused. Ids that guests open are charged to their budgets.
+#[derive(Debug)]
 pub(crate) struct FlowIds {
     /// The generation each slot is in now.
     generations: Vec<u32>,
     free: Vec<u32>,
+    ledger: Ledger,
 }
 
 impl FlowIds {
-    /// A fresh id.
+    /// No ids handed out yet; guests' flows are held to `budgets`.
+    pub fn new(budgets: Budgets) -> Self {
+        Self { generations: Vec::new(), free: Vec::new(), ledger: Ledger::new(budgets) }
+    }
+
+    /// A fresh id for a flow of `kind` that `guest` opens, if its budget allows one more.
+    pub fn open(&mut self, guest: Guest, kind: FlowKind) -> Result<FlowId, Refusal> {
+        self.ledger.admit(guest, kind)?;
+        let id = self.next();
+        self.ledger.charge(id.index(), guest, kind);
+        Ok(id)
+    }
+
+    /// The TCP connection `id` finished its handshake: it no longer counts as half-open.
+    pub fn handshake_done(&mut self, id: FlowId) {
+        if self.is_current(id) {
+            self.ledger.handshake_done(id.index());
+        }
+    }
+
+    /// The budgets, and what each guest holds.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// A fresh id for a flow no guest opened (a host client of a forward), charged to
+    /// no budget.
     pub fn next(&mut self) -> FlowId {
         match self.free.pop() {
             Some(index) => FlowId::new(index, self.generations[index as usize]),
@@ -55,7 +86,13 @@ impl FlowIds {
         if *generation == id.generation() {
             *generation = generation.wrapping_add(1);
             self.free.push(id.index() as u32);
+            self.ledger.discharge(id.index());
         }
+    }
+
+    /// Whether `id` is the live use of its slot.
+    fn is_current(&self, id: FlowId) -> bool {
+        self.generations.get(id.index()) == Some(&id.generation())
     }
 
     /// Slots ever handed out: what the flow tables may grow to.
@@ -149,11 +186,17 @@ impl<T> FlowMap<T> {
 
 #[cfg(test)]
 mod tests {
+    use vnet_wire::MacAddress;
+
     use super::{FlowIds, FlowMap};
+    use crate::budget::{Budgets, FlowKind, Refusal};
+    use crate::guest::Guest;
+
+    const BUDGETS: Budgets = Budgets { tcp: 1, udp: 1, icmp: 1, dns: 1, half_open: 1, port_flows: 8 };
 
     #[test]
     fn slots_are_reused_in_a_new_generation_and_a_stale_id_finds_nothing() {
-        let mut ids = FlowIds::default();
+        let mut ids = FlowIds::new(BUDGETS);
         let mut map = FlowMap::default();
         let first = ids.next();
         map.insert(first, "first");
@@ -170,5 +213,23 @@ mod tests {
         assert_eq!((map.get(second), map.len()), (Some(&"second"), 1));
         assert_ne!(ids.next(), second, "a released id was pushed once, not twice");
         assert_eq!(ids.slots(), 2);
+    }
+
+    #[test]
+    fn a_released_id_gives_its_guest_the_charge_back_once() {
+        let mut ids = FlowIds::new(BUDGETS);
+        let guest = Guest { port: 1, mac: MacAddress([0x52, 0x54, 0, 0, 0, 1]) };
+        let first = ids.open(guest, FlowKind::Udp).unwrap();
+        assert_eq!(ids.open(guest, FlowKind::Udp), Err(Refusal::OverGuestBudget(FlowKind::Udp)));
+        ids.release(first);
+        let second = ids.open(guest, FlowKind::Udp).unwrap();
+        ids.release(first);
+        assert_eq!(
+            ids.open(guest, FlowKind::Udp),
+            Err(Refusal::OverGuestBudget(FlowKind::Udp)),
+            "a stale release does not discharge its slot's new flow"
+        );
+        ids.release(second);
+        assert_eq!(ids.ledger().guests().count(), 0);
     }
 }

@@ -9,13 +9,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use vnet_wire::{Frame, FrameBuffer, Offload};
+use vnet_wire::{Frame, FrameBuffer};
 
+use crate::budget::{Budgets, GuestUsage};
 use crate::config::GatewayConfig;
 use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
 use crate::flows::{FlowId, FlowIds};
-use crate::guest::RelayedDatagram;
+use crate::guest::{Guest, RelayedDatagram};
 use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
@@ -57,7 +58,7 @@ impl Gateway {
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             tcp_out: Vec::new(),
-            flow_ids: FlowIds::default(),
+            flow_ids: FlowIds::new(config.budgets()),
             inbound_awaiting_arp: Vec::new(),
             config,
         }
@@ -75,7 +76,7 @@ impl Gateway {
 
     /// The next frame for the segment, if any. Frames may leave offloads to the port
     /// that carries them (a partial checksum, a TCP segment larger than the guest's
-    /// MSS; see [`Offload`]).
+    /// MSS; see [`vnet_wire::Offload`]).
     pub fn pop_frame(&mut self) -> Option<Frame> {
         self.outbox.pop_front()
     }
@@ -110,9 +111,9 @@ impl Gateway {
 
     /// Handles one frame from the segment, with the offloads its sender left to do (a
     /// partial checksum, a TCP segment larger than the MTU), which the gateway takes as
-    /// they are.
-    pub fn receive(&mut self, frame: &[u8], offload: Offload, now: Instant, host: &mut dyn GatewayIo) {
-        if let Err(reason) = self.dispatch(frame, offload, now, host) {
+    /// they are. The frame's ingress port and source MAC say which guest sent it.
+    pub fn receive(&mut self, frame: &Frame, now: Instant, host: &mut dyn GatewayIo) {
+        if let Err(reason) = self.dispatch(frame, now, host) {
             self.counters.record(reason);
         }
         self.resume_inbound_awaiting_arp(now, host);
@@ -219,6 +220,16 @@ impl Gateway {
     /// How many flows of each kind exist.
     pub fn flow_counts(&self) -> FlowCounts {
         FlowCounts { tcp: self.tcp.len(), udp: self.udp.len(), icmp: self.echo.len(), dns: self.dns.len() }
+    }
+
+    /// Every guest that holds a flow, with what it holds and how often it was refused.
+    pub fn guests(&self) -> impl Iterator<Item = (Guest, &GuestUsage)> {
+        self.flow_ids.ledger().guests()
+    }
+
+    /// The limits each guest and port is held to.
+    pub fn budgets(&self) -> Budgets {
+        self.flow_ids.ledger().budgets()
     }
 
     /// A host client of UDP hostfwd `forward`, which leads to `target` on the guest

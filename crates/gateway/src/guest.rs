@@ -1,4 +1,5 @@
-//! What a frame from a guest is, once its IPv4 header is read ([`GuestPacket`]), a UDP
+//! Who a guest is ([`Guest`]), what a frame from it is once its IPv4 header is read
+//! ([`GuestPacket`]), a UDP
 //! datagram the gateway wrote for a guest ([`GuestDatagram`]) and the addresses of one it
 //! relays ([`RelayedDatagram`]): the shapes the protocol files pass between them. No
 //! parsing here.
@@ -7,16 +8,36 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use vnet_wire::MacAddress;
 
+/// A guest as the gateway tells guests apart: the switch port its frames enter by, and
+/// its MAC address on that port. A guest cannot pass for another guest on another port
+/// by claiming its MAC, so budgets and leases are kept per guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Guest {
+    /// The number of the switch port (see `vnet_wire::Frame::ingress_port`).
+    pub port: u32,
+    /// The frame's source address.
+    pub mac: MacAddress,
+}
+
 /// Addressing of one frame from a guest, as the protocol handlers need it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GuestPacket {
     pub mac: MacAddress,
+    /// The switch port the frame entered by.
+    pub port: u32,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub ttl: u8,
     /// The guest left its UDP or TCP checksum for the NIC to fill (a partial checksum
     /// offload): there is nothing to verify.
     pub checksum_offloaded: bool,
+}
+
+impl GuestPacket {
+    /// The guest that sent the packet.
+    pub fn guest(&self) -> Guest {
+        Guest { port: self.port, mac: self.mac }
+    }
 }
 
 /// Where a datagram from the host goes on the segment: the address it appears to come

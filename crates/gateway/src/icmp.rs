@@ -21,6 +21,7 @@ use smoltcp::wire::{
 use tracing::warn;
 use vnet_wire::MacAddress;
 
+use crate::budget::FlowKind;
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
@@ -122,7 +123,8 @@ impl EchoFlows {
                 if !room_for_new {
                     return Err(GatewayDropReason::FlowLimit);
                 }
-                let flow = flows.next();
+                let flow =
+                    flows.open(guest.guest(), FlowKind::Icmp).map_err(|_| GatewayDropReason::GuestBudget)?;
                 let kind = match host.icmp_open(flow, remote) {
                     Ok(kind) => kind,
                     Err(e) => {
@@ -280,6 +282,23 @@ impl GuestError {
             None => (dst, unreachable_from_errno(errno)?),
         };
         Some(Self { guest, dst, protocol, transport_header, from, kind })
+    }
+
+    /// The gateway's refusal of a guest's packet from `guest` to `dst` that would open a
+    /// flow its budget has no room for: communication administratively prohibited, from
+    /// the gateway at `gateway`, quoting the first eight bytes of `transport`.
+    pub fn prohibited(
+        gateway: Ipv4Addr,
+        guest: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        transport: &[u8],
+    ) -> Self {
+        let mut transport_header = [0u8; 8];
+        let quoted = transport.len().min(transport_header.len());
+        transport_header[..quoted].copy_from_slice(&transport[..quoted]);
+        let kind = IcmpErrorKind::Unreachable(Icmpv4DstUnreachable::CommProhibited);
+        Self { guest, dst, protocol, transport_header, from: gateway, kind }
     }
 }
 

@@ -18,6 +18,7 @@
 //! and IPv6.
 
 mod arp;
+mod budget;
 mod config;
 mod counters;
 mod dhcp;
@@ -36,11 +37,13 @@ mod tcp;
 mod timers;
 mod udp;
 
-pub use config::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
+pub use budget::{Budgets, FlowKind, GuestUsage};
+pub use config::{ForwardProtocol, GatewayConfig, GuestForward, GuestLimits, HostForward, StaticLease};
 pub use counters::{GatewayCounters, GatewayDropReason};
 pub use egress::{EgressRoom, GatewayIo, GuestEgress};
 pub use flows::{FlowId, FlowMap};
 pub use gateway::Gateway;
+pub use guest::Guest;
 pub use host::{ForwardId, HostSockets, IcmpSocketKind};
 pub use icmp::{HostIcmpError, IcmpErrorKind};
 pub use inspect::{FlowCounts, FlowProtocol, FlowSummary, Lease};

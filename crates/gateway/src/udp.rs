@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::IpProtocol;
 
+use crate::budget::FlowKind;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
+use crate::guest::Guest;
 use crate::guest::RelayedDatagram;
 use crate::host::{ForwardId, HostSockets};
 use crate::icmp::{GuestError, HostIcmpError};
@@ -28,6 +30,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where one guest datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
+    /// The guest that sent the datagram.
+    pub sender: Guest,
     /// The guest's address and port.
     pub guest: SocketAddr,
     /// The address and port the guest sent to.
@@ -43,6 +47,8 @@ pub enum SendError {
     Dropped(GatewayDropReason),
     /// The host said the destination is unreachable; the guest is told.
     Unreachable(GuestError),
+    /// The guest's budget has no room for another flow; the guest is told.
+    Refused,
 }
 
 /// The ICMP error for the guest about a datagram of `payload_len` bytes along `route`.
@@ -128,7 +134,7 @@ impl Nat {
                 if !room_for_new {
                     return Err(SendError::Dropped(GatewayDropReason::FlowLimit));
                 }
-                let flow = flows.next();
+                let flow = flows.open(route.sender, FlowKind::Udp).map_err(|_| SendError::Refused)?;
                 if host.udp_open(flow, route.remote).is_err() {
                     flows.release(flow);
                     return Err(SendError::Dropped(GatewayDropReason::HostSocket));

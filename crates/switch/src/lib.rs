@@ -196,7 +196,7 @@ impl Switch {
                 self.learn(vlan, frame.source(), from, now);
                 match self.unicast_destination(vlan, frame.destination(), now) {
                     Some(to) if to == from => {}
-                    Some(to) => self.deliver(to, frame, vlan),
+                    Some(to) => self.deliver(from, to, frame, vlan),
                     None => self.flood(from, frame, vlan),
                 }
             }
@@ -283,15 +283,16 @@ impl Switch {
                 .map(|(id, _)| *id),
         );
         for &to in &targets {
-            self.deliver(to, frame.clone(), vlan);
+            self.deliver(from, to, frame.clone(), vlan);
         }
         self.flood_targets = targets;
     }
 
-    /// Queues `frame` of `vlan` for port `to`, tagged if the port carries that VLAN
-    /// tagged, and with its offloads done if the peer cannot do them. A port that does
-    /// not carry `vlan` never gets the frame.
-    fn deliver(&mut self, to: PortId, frame: Frame, vlan: Vlan) {
+    /// Queues `frame` of `vlan`, which entered by port `from`, for port `to`: tagged if
+    /// the port carries that VLAN tagged, with its offloads done if the peer cannot do
+    /// them, and marked with `from`. A port that does not carry `vlan` never gets the
+    /// frame.
+    fn deliver(&mut self, from: PortId, to: PortId, frame: Frame, vlan: Vlan) {
         let Some(port) = self.ports.get_mut(&to) else {
             return;
         };
@@ -301,9 +302,9 @@ impl Switch {
         self.mirrors.copy_delivered(to, &frame);
         let tag = port.vlans().egress_tag(vlan);
         let queued = if frame.offload().is_none() || port.takes_offloads() {
-            Self::enqueue_tagged(port, frame, tag)
+            Self::enqueue_tagged(port, frame, tag, from)
         } else {
-            Self::enqueue_resolved(port, &frame, tag)
+            Self::enqueue_resolved(port, &frame, tag, from)
         };
         if queued && !port.pending {
             port.pending = true;
@@ -314,7 +315,7 @@ impl Switch {
     /// Queues `frame` with its offloads done in software, for a peer that cannot do
     /// them. The queue's room is checked before anything is cut, so a segment that would
     /// not fit whole is dropped as one, and an absurd segment size is refused.
-    fn enqueue_resolved(port: &mut Port, frame: &Frame, tag: Option<VlanId>) -> bool {
+    fn enqueue_resolved(port: &mut Port, frame: &Frame, tag: Option<VlanId>, from: PortId) -> bool {
         let Ok(count) = offload::wire_frames(frame.as_bytes(), frame.offload()) else {
             port.record_drop(PortDropReason::BadOffload);
             return false;
@@ -325,16 +326,17 @@ impl Switch {
             return false;
         }
         let mut queued = false;
-        let resolved = offload::resolve(frame, |segment| queued |= Self::enqueue_tagged(port, segment, tag));
+        let resolved =
+            offload::resolve(frame, |segment| queued |= Self::enqueue_tagged(port, segment, tag, from));
         if resolved.is_err() {
             port.record_drop(PortDropReason::BadOffload);
         }
         queued
     }
 
-    /// Queues `frame` with a tag for `tag`'s VLAN (as it is for None); a frame too long
-    /// to take a tag is dropped as oversize.
-    fn enqueue_tagged(port: &mut Port, frame: Frame, tag: Option<VlanId>) -> bool {
+    /// Queues `frame`, marked as having entered by `from`, with a tag for `tag`'s VLAN
+    /// (as it is for None); a frame too long to take a tag is dropped as oversize.
+    fn enqueue_tagged(port: &mut Port, frame: Frame, tag: Option<VlanId>, from: PortId) -> bool {
         let frame = match tag {
             None => frame,
             Some(vlan) => match vnet_wire::vlan::tag(&frame, vlan) {
@@ -345,7 +347,7 @@ impl Switch {
                 }
             },
         };
-        port.enqueue(frame)
+        port.enqueue(frame.with_ingress_port(from.0))
     }
 }
 

@@ -449,3 +449,17 @@ fn a_pinned_station_cannot_be_taken_over_from_another_port() {
     switch.receive(attacker, frame(BROADCAST, A), now);
     assert_eq!(switch.port(attacker).unwrap().counters().drops(PortDropReason::PinnedSource), 1);
 }
+
+#[test]
+fn every_delivered_copy_names_the_port_it_entered_by() {
+    let now = Instant::now();
+    let (mut switch, [pa, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.receive(pa, frame(BROADCAST, A), now);
+    switch.receive(pb, frame(A, B), now);
+    let ingress = |switch: &Switch, port| -> Vec<u32> {
+        switch.port(port).unwrap().queued().map(|frame| frame.ingress_port()).collect()
+    };
+    assert_eq!(ingress(&switch, pb), vec![pa.0]);
+    assert_eq!(ingress(&switch, pc), vec![pa.0]);
+    assert_eq!(ingress(&switch, pa), vec![pb.0], "a unicast copy is marked as a flooded one is");
+}

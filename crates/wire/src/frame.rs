@@ -265,7 +265,13 @@ impl FrameBuffer {
     /// The data as a frame that still needs `offload` done.
     pub fn freeze(self, offload: Offload) -> Result<Frame, FrameError> {
         check_len(self.len())?;
-        Ok(Frame { storage: self.storage.clone(), start: self.start as u32, len: self.len() as u32, offload })
+        Ok(Frame {
+            storage: self.storage.clone(),
+            start: self.start as u32,
+            len: self.len() as u32,
+            offload,
+            ingress_port: 0,
+        })
     }
 
     /// `range` of the data as a frame sharing this buffer. Writing into the buffer
@@ -275,7 +281,13 @@ impl FrameBuffer {
         check_len(len)?;
         let start = self.start + range.start;
         assert!(start + len <= self.end, "a shared frame lies within the data");
-        Ok(Frame { storage: self.storage.clone(), start: start as u32, len: len as u32, offload })
+        Ok(Frame {
+            storage: self.storage.clone(),
+            start: start as u32,
+            len: len as u32,
+            offload,
+            ingress_port: 0,
+        })
     }
 }
 
@@ -289,12 +301,17 @@ impl fmt::Debug for FrameBuffer {
 /// still needs done before it is what the wire carries ([`Offload`]).
 ///
 /// Construction checks the length once; the address accessors can then never fail.
+///
+/// A frame also remembers the number of the switch port it entered by
+/// ([`Frame::ingress_port`]), so that whoever receives it can tell its senders apart
+/// by where they are, not only by the addresses they claim.
 #[derive(Clone)]
 pub struct Frame {
     storage: Storage,
     start: u32,
     len: u32,
     offload: Offload,
+    ingress_port: u32,
 }
 
 impl Frame {
@@ -310,6 +327,17 @@ impl Frame {
     /// The same bytes, with `offload` still to do.
     pub fn with_offload(self, offload: Offload) -> Self {
         Self { offload, ..self }
+    }
+
+    /// The same bytes, marked as having entered the switch by port number `port`.
+    pub fn with_ingress_port(self, port: u32) -> Self {
+        Self { ingress_port: port, ..self }
+    }
+
+    /// The number of the switch port the frame entered by; 0 for a frame no switch has
+    /// carried yet.
+    pub fn ingress_port(&self) -> u32 {
+        self.ingress_port
     }
 
     /// What the frame still needs done before it is what the wire carries.

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smoltcp::wire::{IpProtocol, TcpControl, TcpRepr};
 use tracing::{debug, info};
@@ -17,15 +17,21 @@ use super::connection::{Connection, HostConnect, State, INITIAL_RTO, MIN_MSS, OU
 use super::context::Context;
 use super::segment::{mss_for_mtu, reset_for};
 use super::send::Sender;
+use crate::budget::FlowKind;
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
 use crate::flows::FlowId;
+use crate::guest::Guest;
 use crate::icmp::{self, GuestError, HostIcmpError};
 use crate::packet::BuiltFrame;
 
 /// How long a connect may take before the next candidate is tried, where there is one.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the connect to the last (or only) candidate may take before the guest gets
+/// RST. A handshake holds a host socket and counts against its guest's half-open
+/// budget, so it must not last the two minutes the kernel would give it.
+const LAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The MSS a guest's SYN without the option stands for (RFC 9293).
 const DEFAULT_MSS: u16 = 536;
 
@@ -40,6 +46,8 @@ pub struct ConnectTarget {
 
 /// Who a guest's first segment on a new connection is from and to.
 pub(super) struct NewConnection {
+    /// The guest whose budget the connection is charged to.
+    pub sender: Guest,
     pub guest_mac: MacAddress,
     pub guest: SocketAddr,
     pub dst: SocketAddr,
@@ -71,7 +79,13 @@ impl NewConnection {
                 return Err(reason);
             }
         };
-        let flow = cx.flows.next();
+        let flow = match cx.flows.open(self.sender, FlowKind::Tcp) {
+            Ok(flow) => flow,
+            Err(_) => {
+                cx.out.extend(self.reset(cx.config, repr));
+                return Err(GatewayDropReason::GuestBudget);
+            }
+        };
         let mut candidates = target.remotes.into_iter();
         let Some(host_remote) = connect_first(cx.host, flow, &mut candidates, target.ttl) else {
             cx.flows.release(flow);
@@ -79,7 +93,7 @@ impl NewConnection {
             return Err(GatewayDropReason::HostSocket);
         };
         let guest_mss = usize::from(repr.max_seg_size.unwrap_or(DEFAULT_MSS));
-        let failover_at = (candidates.len() > 0).then(|| cx.now + FAILOVER_TIMEOUT);
+        let connect_deadline = connect_deadline(cx.now, &candidates);
         let mss = guest_mss.clamp(MIN_MSS, mss_for_mtu(cx.config.mtu, self.guest));
         Ok(Some(Connection {
             host_connect: Some(HostConnect { remote: host_remote, fallbacks: candidates, ttl: target.ttl }),
@@ -87,7 +101,7 @@ impl NewConnection {
             guest_window: usize::from(repr.window_len),
             guest_window_scale: repr.window_scale.unwrap_or(0),
             our_window_scale: if repr.window_scale.is_some() { OUR_WINDOW_SCALE } else { 0 },
-            retransmit_at: failover_at,
+            retransmit_at: Some(connect_deadline),
             ..Connection::new(flow, self.guest_mac, self.guest, self.dst, State::Connecting, isn, mss)
         }))
     }
@@ -178,6 +192,7 @@ impl Connection {
             return Err(GatewayDropReason::Malformed);
         }
         self.state = State::Established;
+        cx.flows.handshake_done(self.flow);
         self.snd_una = self.snd_nxt;
         self.rcv_nxt = (repr.seq_number.0 as u32).wrapping_add(1);
         self.guest_window_scale = repr.window_scale.unwrap_or(0);
@@ -225,9 +240,15 @@ impl Connection {
         };
         debug!(failed = %connect.remote, next = %remote, "connect failed; trying the next candidate");
         connect.remote = remote;
-        self.retransmit_at = (connect.fallbacks.len() > 0).then(|| cx.now + FAILOVER_TIMEOUT);
+        self.retransmit_at = Some(connect_deadline(cx.now, &connect.fallbacks));
         true
     }
+}
+
+/// When a host connect started `now` is given up: moved on to the next of `fallbacks`,
+/// or, with none left, failed.
+fn connect_deadline(now: Instant, fallbacks: &std::vec::IntoIter<SocketAddr>) -> Instant {
+    now + if fallbacks.len() > 0 { FAILOVER_TIMEOUT } else { LAST_CONNECT_TIMEOUT }
 }
 
 /// Starts a host connect for `flow` to the first of `candidates` that takes one, and

@@ -22,6 +22,9 @@ pub(super) const INITIAL_RTO: Duration = Duration::from_millis(1000);
 pub(super) const MAX_RTO: Duration = Duration::from_secs(60);
 /// Timeouts in a row (SYN, SYN-ACK or data) before a connection is given up.
 pub(super) const MAX_RETRANSMITS: u32 = 8;
+/// Retransmissions of a SYN or SYN-ACK before the handshake is given up: about 15 s, as
+/// a guest that never answers must not hold a host socket for long.
+pub(super) const MAX_HANDSHAKE_RETRANSMITS: u32 = 3;
 /// The smallest MSS vnet uses, whatever the guest says.
 pub(super) const MIN_MSS: usize = 64;
 /// How long a connection may linger once both sides sent FIN, before it is dropped.
@@ -320,6 +323,7 @@ impl Connection {
                 return Err(GatewayDropReason::Malformed);
             }
             self.state = State::Established;
+            cx.flows.handshake_done(self.flow);
             self.snd_una = ack;
             self.retransmit_at = None;
         }

@@ -52,7 +52,7 @@ use crate::timers::Deadlines;
 
 pub use connect::ConnectTarget;
 use connect::NewConnection;
-use connection::{Connection, State, CLOSING_TIMEOUT, MAX_RETRANSMITS, MAX_RTO};
+use connection::{Connection, State, CLOSING_TIMEOUT, MAX_HANDSHAKE_RETRANSMITS, MAX_RETRANSMITS, MAX_RTO};
 pub(crate) use context::Context;
 use send::Sender;
 
@@ -129,7 +129,7 @@ impl Nat {
         let guest = SocketAddr::new(src, repr.src_port);
         let dst = SocketAddr::new(dst, repr.dst_port);
         let Some(&flow) = self.by_tuple.get(&(guest, dst)) else {
-            let new = NewConnection { guest_mac: packet.mac, guest, dst };
+            let new = NewConnection { sender: packet.guest(), guest_mac: packet.mac, guest, dst };
             let isn = self.next_isn(guest, dst);
             if let Some(connection) = new.open(cx, &repr, target, isn)? {
                 self.insert(connection, cx.now);
@@ -331,7 +331,9 @@ impl Nat {
             return;
         }
         connection.retransmits += 1;
-        if connection.retransmits > MAX_RETRANSMITS {
+        let handshake = matches!(connection.state, State::SynSent | State::SynAckSent);
+        let most = if handshake { MAX_HANDSHAKE_RETRANSMITS } else { MAX_RETRANSMITS };
+        if connection.retransmits > most {
             info!(guest = %connection.guest, remote = %connection.remote, reason = "guest stopped answering", "connection dropped");
             cx.out.extend(connection.reset(cx.config));
             connection.failed = true;

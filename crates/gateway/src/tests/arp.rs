@@ -19,7 +19,7 @@ fn arp_requests_for_the_host_and_dns_addresses_are_answered() {
         frame[6..12].copy_from_slice(&GUEST_MAC.0);
         frame[12..14].copy_from_slice(&[0x08, 0x06]);
         request.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
-        gateway.receive(&frame, Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&frame), now, &mut host);
         let reply = gateway.pop_frame().expect("an ARP reply");
         let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
         let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, .. } =
@@ -69,7 +69,7 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
         ethernet.set_ethertype(smoltcp::wire::EthernetProtocol::Arp);
     }
     reply.emit(&mut ArpPacket::new_unchecked(&mut frame[14..]));
-    gateway.receive(&frame, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&frame), now, &mut host);
     let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().expect("the SYN, once the guest is known"));
     assert_eq!(control, TcpControl::Syn);
 
@@ -108,7 +108,7 @@ fn no_guest_can_take_over_a_leased_address_or_the_gateways_own() {
     let before = gateway.counters().drops(GatewayDropReason::Spoofed);
     // ARP claiming the victim's leased address, and the gateway's own two.
     for claimed in [victim, Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)] {
-        gateway.receive(&arp_claim(attacker, claimed), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&arp_claim(attacker, claimed)), now, &mut host);
         assert!(gateway.pop_frame().is_none(), "a spoofed claim is not answered");
     }
     assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 3);
@@ -116,13 +116,13 @@ fn no_guest_can_take_over_a_leased_address_or_the_gateways_own() {
     // An IPv4 packet from the victim's address on the attacker's MAC is dropped too.
     let mut spoofed = guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9), b"x");
     spoofed[6..12].copy_from_slice(&attacker.0);
-    gateway.receive(&spoofed, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&spoofed), now, &mut host);
     assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 4);
     assert!(host.sent.is_empty(), "nothing of the spoofed packet left for the host");
     // The holder's own claim is taken, and an address nobody leased is learned as before.
-    gateway.receive(&arp_claim(GUEST_MAC, victim), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&arp_claim(GUEST_MAC, victim)), now, &mut host);
     let unleased = Ipv4Addr::new(10, 0, 2, 200);
-    gateway.receive(&arp_claim(attacker, unleased), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&arp_claim(attacker, unleased)), now, &mut host);
     assert_eq!(gateway.neighbors.lookup(unleased), Some(attacker));
     assert_eq!(gateway.counters().drops(GatewayDropReason::Spoofed) - before, 4);
 }

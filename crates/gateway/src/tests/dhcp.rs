@@ -14,8 +14,7 @@ fn dhcp_hands_out_addresses_from_dhcpstart_with_every_option() {
     let (mut gateway, mut host, now) = gateway_with(config);
     assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), GUEST_IP);
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false)),
         now,
         &mut host,
     );
@@ -59,8 +58,7 @@ fn a_full_pool_gets_a_nak_and_rapid_commit_gets_an_ack() {
     let config = GatewayConfig { dhcp_start: Ipv4Addr::new(10, 0, 2, 253), ..GatewayConfig::default() };
     let (mut gateway, mut host, now) = gateway_with(config);
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, true),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, true)),
         now,
         &mut host,
     );
@@ -69,8 +67,7 @@ fn a_full_pool_gets_a_nak_and_rapid_commit_gets_an_ack() {
     assert!(options.iter().any(|(k, _)| *k == 80), "rapid commit acknowledged");
     lease(&mut gateway, &mut host, MacAddress([2, 0, 0, 0, 0, 2]), now);
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Discover, MacAddress([2, 0, 0, 0, 0, 3]), None, false),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Discover, MacAddress([2, 0, 0, 0, 0, 3]), None, false)),
         now,
         &mut host,
     );
@@ -83,8 +80,7 @@ fn a_request_for_someone_elses_address_is_refused() {
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     let other = MacAddress([2, 0, 0, 0, 0, 7]);
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Request, other, Some(GUEST_IP), false),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Request, other, Some(GUEST_IP), false)),
         now,
         &mut host,
     );
@@ -96,8 +92,7 @@ fn restrict_leaves_router_and_dns_out_of_dhcp() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Discover, GUEST_MAC, None, false)),
         now,
         &mut host,
     );

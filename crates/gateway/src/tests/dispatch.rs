@@ -4,12 +4,14 @@ use super::*;
 
 #[test]
 fn the_flow_table_is_bounded() {
-    let (mut gateway, mut host, now) =
-        gateway_with(GatewayConfig { max_flows: 2, ..GatewayConfig::default() });
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig {
+        max_flows: 2,
+        guest_limits: roomy_limits(),
+        ..GatewayConfig::default()
+    });
     for port in 1..=3 {
         gateway.receive(
-            &guest_udp(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port), b"x"),
-            Offload::NONE,
+            &from_guest(&guest_udp(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port), b"x")),
             now,
             &mut host,
         );
@@ -22,14 +24,14 @@ fn the_flow_table_is_bounded() {
 fn bad_frames_are_counted_by_reason() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let good = guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7), b"data");
-    gateway.receive(&good[..20], Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&good[..20]), now, &mut host);
     let mut bad_ip_checksum = good.clone();
     bad_ip_checksum[24] ^= 0xff;
-    gateway.receive(&bad_ip_checksum, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&bad_ip_checksum), now, &mut host);
     let mut bad_udp_checksum = good.clone();
     let last = bad_udp_checksum.len() - 1;
     bad_udp_checksum[last] ^= 0xff;
-    gateway.receive(&bad_udp_checksum, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&bad_udp_checksum), now, &mut host);
     let mut fragment = good.clone();
     fragment[20] = 0x20; // more fragments
     let checksum = {
@@ -38,10 +40,10 @@ fn bad_frames_are_counted_by_reason() {
         ip.checksum()
     };
     assert_ne!(checksum, 0);
-    gateway.receive(&fragment, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&fragment), now, &mut host);
     let mut other_mac = good.clone();
     other_mac[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    gateway.receive(&other_mac, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&other_mac), now, &mut host);
     let counters = gateway.counters();
     assert_eq!(counters.drops(GatewayDropReason::Malformed), 1);
     assert_eq!(counters.drops(GatewayDropReason::BadChecksum), 2);

@@ -8,8 +8,7 @@ fn dns_is_forwarded_and_the_answer_returns_from_the_dns_address() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { dns_upstreams: vec![upstream], ..GatewayConfig::default() });
     gateway.receive(
-        &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(9)),
-        Offload::NONE,
+        &from_guest(&guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(9))),
         now,
         &mut host,
     );
@@ -33,8 +32,7 @@ fn dns_fails_over_and_answers_servfail_when_every_upstream_fails() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { dns_upstreams: vec![first, second], ..GatewayConfig::default() });
     gateway.receive(
-        &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(5)),
-        Offload::NONE,
+        &from_guest(&guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(5))),
         now,
         &mut host,
     );

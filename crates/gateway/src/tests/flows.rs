@@ -13,11 +13,10 @@ fn every_way_a_flow_ends_gives_its_slot_back() {
     for round in 0..50u16 {
         // A UDP flow, closed when idle.
         let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1000 + round);
-        gateway.receive(&guest_udp(remote, b"x"), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_udp(remote, b"x")), now, &mut host);
         // A DNS query, done when answered.
         gateway.receive(
-            &guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(round)),
-            Offload::NONE,
+            &from_guest(&guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(round))),
             now,
             &mut host,
         );
@@ -29,7 +28,7 @@ fn every_way_a_flow_ends_gives_its_slot_back() {
         // A TCP connection, reset by the guest.
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 2000 + round);
         let (_, _) = established(&mut gateway, &mut host, now, dst);
-        gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Rst, 101, None, &[])), now, &mut host);
         // A host client for a guest that never answers ARP.
         let inbound = gateway.allocate_flow();
         gateway.connect_to_guest(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22), inbound, now, &mut host);

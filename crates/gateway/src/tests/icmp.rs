@@ -10,7 +10,7 @@ fn ping_to_the_gateway_is_answered_locally() {
         packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, Ipv4Addr::new(10, 0, 2, 2), &request)
             .unwrap()
             .to_vec();
-    gateway.receive(&frame, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&frame), now, &mut host);
     let reply = gateway.pop_frame().expect("an echo reply");
     let ethernet = EthernetFrame::new_checked(&reply[..]).unwrap();
     let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
@@ -27,7 +27,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
     let request = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: 1, data: b"abc" };
     let frame =
         packet::icmp(GUEST_MAC, gateway.config().mac(), GUEST_IP, outside, &request).unwrap().to_vec();
-    gateway.receive(&frame, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&frame), now, &mut host);
     let (flow, sent) = host.sent.last().cloned().expect("sent through the host");
     assert_eq!(host.open[&flow], SocketAddr::from((outside, 0)));
     assert_eq!(sent, frame[34..].to_vec(), "the echo request as the guest sent it");
@@ -46,7 +46,7 @@ fn pings_beyond_the_gateway_go_through_a_ping_socket_with_the_ident_restored() {
 
     let (mut restricted, mut host, now) =
         gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
-    restricted.receive(&frame, Offload::NONE, now, &mut host);
+    restricted.receive(&from_guest(&frame), now, &mut host);
     assert!(host.sent.is_empty(), "restrict=on keeps pings in");
     assert_eq!(restricted.counters().drops(GatewayDropReason::Restricted), 1);
 }
@@ -62,7 +62,7 @@ fn host_unreachable_errors_reach_the_guest_as_icmp() {
     ] {
         let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
         host.send_error = Some(errno);
-        gateway.receive(&guest_udp(dst, b"x"), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_udp(dst, b"x")), now, &mut host);
         let frame = gateway.pop_frame().expect("an ICMP error for the guest");
         let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
         let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
@@ -84,7 +84,7 @@ fn a_packet_whose_ttl_ends_at_the_gateway_gets_time_exceeded() {
         ip.set_hop_limit(1);
         ip.fill_checksum();
     }
-    gateway.receive(&frame, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&frame), now, &mut host);
     assert!(host.sent.is_empty(), "the probe does not go out");
     let reply = gateway.pop_frame().expect("time exceeded");
     let ip = Ipv4Packet::new_checked(&reply[14..]).unwrap();
@@ -99,31 +99,23 @@ fn a_low_guest_ttl_reaches_the_host_socket_less_one_hop() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = Ipv4Addr::new(192, 0, 2, 9);
     gateway.receive(
-        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"a"), 3),
-        Offload::NONE,
+        &from_guest(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"a"), 3)),
         now,
         &mut host,
     );
     gateway.receive(
-        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"b"), 3),
-        Offload::NONE,
+        &from_guest(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"b"), 3)),
         now,
         &mut host,
     );
     gateway.receive(
-        &with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"c"), 64),
-        Offload::NONE,
+        &from_guest(&with_ttl(guest_udp(SocketAddrV4::new(far, 33434), b"c"), 64)),
         now,
         &mut host,
     );
     let flow = host.sent[0].0;
     assert_eq!(host.ttls, vec![(flow, Some(2)), (flow, None)], "set on change only, default at 64");
-    gateway.receive(
-        &with_ttl(guest_udp(SocketAddrV4::new(far, 7), b"d"), 128),
-        Offload::NONE,
-        now,
-        &mut host,
-    );
+    gateway.receive(&from_guest(&with_ttl(guest_udp(SocketAddrV4::new(far, 7), b"d"), 128)), now, &mut host);
     assert_eq!(host.ttls.len(), 2, "a new flow at a normal TTL keeps the host's default");
 }
 
@@ -131,7 +123,7 @@ fn a_low_guest_ttl_reaches_the_host_socket_less_one_hop() {
 fn time_exceeded_from_a_router_reaches_the_guest_from_that_router() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 33435);
-    gateway.receive(&with_ttl(guest_udp(far, b"probe"), 2), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&with_ttl(guest_udp(far, b"probe"), 2)), now, &mut host);
     let flow = host.sent[0].0;
     let router = Ipv4Addr::new(198, 51, 100, 1);
     let icmp = HostIcmpError::from_message(router, 11, 0);
@@ -143,7 +135,7 @@ fn time_exceeded_from_a_router_reaches_the_guest_from_that_router() {
     // The destination's own port unreachable comes from the address the guest used,
     // also when that address stood for host loopback.
     let host_address = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 33436);
-    gateway.receive(&with_ttl(guest_udp(host_address, b"probe"), 5), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&with_ttl(guest_udp(host_address, b"probe"), 5)), now, &mut host);
     let flow = host.sent.last().unwrap().0;
     let icmp = HostIcmpError::from_message(Ipv4Addr::LOCALHOST, 3, 3);
     gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), icmp, now, &mut host);

@@ -2,6 +2,7 @@
 //! keyed by flow; the tests themselves are split by protocol, one file each.
 
 mod arp;
+mod budget;
 mod dhcp;
 mod dispatch;
 mod dns;
@@ -29,6 +30,26 @@ use crate::packet;
 
 const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// The switch port the tests' guests send from.
+const GUEST_PORT: u32 = 1;
+
+/// `bytes` as a frame that entered the switch by [`GUEST_PORT`].
+fn from_guest(bytes: &[u8]) -> vnet_wire::Frame {
+    from_port(GUEST_PORT, bytes)
+}
+
+/// Per-guest limits high enough that only `max-flows` binds.
+fn roomy_limits() -> GuestLimits {
+    let roomy = Some(1 << 20);
+    GuestLimits { tcp: roomy, udp: roomy, icmp: roomy, dns: roomy, half_open: roomy, port_flows: roomy }
+}
+
+/// `bytes` as a frame that entered the switch by `port`.
+fn from_port(port: u32, bytes: &[u8]) -> vnet_wire::Frame {
+    vnet_wire::Frame::copy_from_slice(bytes, Offload::NONE)
+        .expect("a test frame has a frame's length")
+        .with_ingress_port(port)
+}
 
 /// A host that records opens and sends, and refuses what it is told to (`send_error`
 /// makes every datagram send fail with that OS error). TCP sockets take at most
@@ -209,12 +230,11 @@ fn gateway_with(config: GatewayConfig) -> (Gateway, FakeHost, Instant) {
 }
 
 fn lease(gateway: &mut Gateway, host: &mut FakeHost, mac: MacAddress, now: Instant) -> Ipv4Addr {
-    gateway.receive(&dhcp_message(DhcpMessageType::Discover, mac, None, false), Offload::NONE, now, host);
+    gateway.receive(&from_guest(&dhcp_message(DhcpMessageType::Discover, mac, None, false)), now, host);
     let (kind, offered, _, _) = dhcp_reply(gateway);
     assert_eq!(kind, DhcpMessageType::Offer);
     gateway.receive(
-        &dhcp_message(DhcpMessageType::Request, mac, Some(offered), false),
-        Offload::NONE,
+        &from_guest(&dhcp_message(DhcpMessageType::Request, mac, Some(offered), false)),
         now,
         host,
     );
@@ -310,7 +330,7 @@ fn tcp_of(frame: &[u8]) -> (smoltcp::wire::TcpControl, u32, Option<u32>, usize, 
 /// gateway's initial sequence number.
 fn established(gateway: &mut Gateway, host: &mut FakeHost, now: Instant, dst: SocketAddrV4) -> (FlowId, u32) {
     use smoltcp::wire::TcpControl;
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 100, None, &[])), now, host);
     let flow = host
         .open
         .iter()
@@ -319,7 +339,7 @@ fn established(gateway: &mut Gateway, host: &mut FakeHost, now: Instant, dst: So
         .expect("a host connect");
     gateway.on_tcp_connected(flow, now, host);
     let (_, isn, _, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
-    gateway.receive(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]), Offload::NONE, now, host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[])), now, host);
     (flow, isn)
 }
 

@@ -8,7 +8,7 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     host.tcp_accept = 1000;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 100, None, &[])), now, &mut host);
     let flow = *host.open.keys().next().expect("a host connect");
     assert_eq!(host.open[&flow], "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(gateway.pop_frame().is_none(), "no SYN-ACK before the host connect completes");
@@ -16,17 +16,11 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     gateway.on_tcp_connected(flow, now, &mut host);
     let (control, isn, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     assert_eq!((control, ack), (TcpControl::Syn, Some(101)));
-    gateway.receive(
-        &guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]),
-        Offload::NONE,
-        now,
-        &mut host,
-    );
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[])), now, &mut host);
 
     // 1500 bytes arrive; the host takes 1000, so only 1000 are acknowledged.
     gateway.receive(
-        &guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500]),
-        Offload::NONE,
+        &from_guest(&guest_tcp(dst, TcpControl::Psh, 101, Some(isn + 1), &[7u8; 1500])),
         now,
         &mut host,
     );
@@ -44,8 +38,7 @@ fn tcp_syn_ack_waits_for_the_host_connect_and_data_is_acked_as_the_host_takes_it
     assert_eq!(sent, 3000);
     assert_eq!(host.tcp_consumed.get(&flow), None, "nothing consumed before the guest's ACK");
     gateway.receive(
-        &guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[]),
-        Offload::NONE,
+        &from_guest(&guest_tcp(dst, TcpControl::None, 1101, Some(isn + 1 + 2000), &[])),
         now,
         &mut host,
     );
@@ -58,7 +51,7 @@ fn tcp_refusals_reach_the_guest_as_rst() {
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
     // The host refuses the connect.
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 5, None, &[])), now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
     let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().unwrap());
@@ -73,13 +66,18 @@ fn tcp_refusals_reach_the_guest_as_rst() {
         let (mut gateway, mut host, now) = gateway_with(config);
         if limited {
             gateway.receive(
-                &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1), TcpControl::Syn, 1, None, &[]),
-                Offload::NONE,
+                &from_guest(&guest_tcp(
+                    SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 1),
+                    TcpControl::Syn,
+                    1,
+                    None,
+                    &[],
+                )),
                 now,
                 &mut host,
             );
         }
-        gateway.receive(&guest_tcp(dst, TcpControl::Syn, 5, None, &[]), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 5, None, &[])), now, &mut host);
         let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().unwrap());
         assert_eq!(control, TcpControl::Rst);
         let reason = if limited { GatewayDropReason::FlowLimit } else { GatewayDropReason::Restricted };
@@ -98,10 +96,15 @@ fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
         ..GatewayConfig::default()
     };
     let (mut gateway, mut host, now) = gateway_with(config);
-    gateway.receive(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(virtual_addr, TcpControl::Syn, 1, None, &[])), now, &mut host);
     gateway.receive(
-        &guest_tcp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), TcpControl::Syn, 1, None, &[]),
-        Offload::NONE,
+        &from_guest(&guest_tcp(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53),
+            TcpControl::Syn,
+            1,
+            None,
+            &[],
+        )),
         now,
         &mut host,
     );
@@ -128,7 +131,7 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     };
     // The guest's port is closed: it answers RST, and the client's socket is closed.
     let reset = guest_tcp_from(22, from, TcpControl::Rst, 0, Some(isn.wrapping_add(1)), &[]);
-    gateway.receive(&reset, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&reset), now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
 }
 
@@ -139,9 +142,9 @@ fn a_reset_counts_only_at_the_expected_sequence_number() {
     host.tcp_accept = 1000;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
     let (flow, _) = established(&mut gateway, &mut host, now, dst);
-    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Rst, 5000, None, &[])), now, &mut host);
     assert!(host.closed.is_empty(), "a blind reset is ignored");
-    gateway.receive(&guest_tcp(dst, TcpControl::Rst, 101, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Rst, 101, None, &[])), now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
 }
 
@@ -150,12 +153,12 @@ fn a_lost_syn_ack_is_sent_again_and_a_silent_guest_is_given_up() {
     use smoltcp::wire::TcpControl;
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 100, None, &[])), now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_connected(flow, now, &mut host);
     assert_eq!(tcp_of(&gateway.pop_frame().unwrap()).0, TcpControl::Syn);
     // The guest retransmits its SYN: the SYN-ACK goes out again.
-    gateway.receive(&guest_tcp(dst, TcpControl::Syn, 100, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 100, None, &[])), now, &mut host);
     assert_eq!(tcp_of(&gateway.pop_frame().expect("SYN-ACK again")).0, TcpControl::Syn);
     // Timeouts resend it too, until the guest is given up.
     let mut at = now;
@@ -180,7 +183,7 @@ fn a_half_closed_connection_keeps_carrying_data() {
     host.tcp_accept = 65536;
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
     let (flow, isn) = established(&mut gateway, &mut host, now, dst);
-    gateway.receive(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Fin, 101, Some(isn + 1), &[])), now, &mut host);
     while gateway.pop_frame().is_some() {}
     // Long after the guest's FIN, the host still sends and the guest still acknowledges.
     let later = now + Duration::from_secs(600);
@@ -198,8 +201,7 @@ fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let far = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 80);
     gateway.receive(
-        &with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2),
-        Offload::NONE,
+        &from_guest(&with_ttl(guest_tcp(far, TcpControl::Syn, 500, None, &[]), 2)),
         now,
         &mut host,
     );
@@ -215,7 +217,7 @@ fn a_tcp_connect_failed_by_icmp_reaches_the_guest_as_that_icmp_error() {
     assert_eq!(host.closed, vec![(flow, true)]);
 
     // Without an ICMP report, an unreachable errno still says so, from the destination.
-    gateway.receive(&guest_tcp(far, TcpControl::Syn, 900, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(far, TcpControl::Syn, 900, None, &[])), now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     gateway.on_tcp_error(flow, &io::ErrorKind::NetworkUnreachable.into(), None, now, &mut host);
     let (from, icmp_type, code, _, _) = icmp_error_of(&gateway.pop_frame().unwrap());
@@ -230,7 +232,7 @@ fn dns_over_tcp_fails_over_to_the_next_upstream() {
     let (mut gateway, mut host, now) =
         gateway_with(GatewayConfig { dns_upstreams: upstreams.clone(), ..GatewayConfig::default() });
     let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
-    gateway.receive(&guest_tcp(dns, TcpControl::Syn, 1, None, &[]), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp(dns, TcpControl::Syn, 1, None, &[])), now, &mut host);
     let flow = *host.open.keys().next().unwrap();
     assert_eq!(host.open[&flow], upstreams[0]);
 
@@ -242,11 +244,49 @@ fn dns_over_tcp_fails_over_to_the_next_upstream() {
     assert!(gateway.next_deadline().is_some_and(|deadline| deadline <= later));
     gateway.on_deadline(later, &mut host);
     assert_eq!(host.open[&flow], upstreams[2], "a silent upstream gives way too");
-    assert_eq!(gateway.next_deadline(), None, "the last candidate gets the kernel's own timeout");
+    assert_eq!(
+        gateway.next_deadline(),
+        Some(later + Duration::from_secs(10)),
+        "the last candidate gets a short timeout of its own, not the kernel's two minutes"
+    );
 
     gateway.on_tcp_connected(flow, later, &mut host);
     let (control, _, ack, _, _) = tcp_of(&gateway.pop_frame().expect("SYN-ACK"));
     assert_eq!((control, ack), (TcpControl::Syn, Some(2)));
+}
+
+#[test]
+fn a_connect_that_never_completes_is_reset_after_ten_seconds() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 1, None, &[])), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_deadline(now + Duration::from_secs(9), &mut host);
+    assert!(gateway.pop_frame().is_none() && host.closed.is_empty(), "not before its time");
+    gateway.on_deadline(now + Duration::from_secs(10), &mut host);
+    let (control, ..) = tcp_of(&gateway.pop_frame().expect("RST"));
+    assert_eq!(control, TcpControl::Rst);
+    assert_eq!(host.closed, vec![(flow, true)]);
+    assert_eq!(gateway.flow_counts().tcp, 0);
+}
+
+#[test]
+fn a_guest_that_never_acknowledges_the_syn_ack_is_given_up_within_twenty_seconds() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 9);
+    gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 1, None, &[])), now, &mut host);
+    let flow = *host.open.keys().next().unwrap();
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let mut at = now;
+    while let Some(deadline) = gateway.next_deadline() {
+        assert!(deadline <= now + Duration::from_secs(20), "a handshake ends within 20 s");
+        at = deadline;
+        gateway.on_deadline(at, &mut host);
+    }
+    assert_eq!(host.closed, vec![(flow, true)]);
+    assert!(at >= now + Duration::from_secs(7), "three SYN-ACK retransmissions first");
 }
 
 #[test]
@@ -310,11 +350,11 @@ fn three_duplicate_acks_send_the_missing_data_again_at_once() {
     // for each later segment.
     let ack_nothing = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1), &[]);
     for _ in 0..2 {
-        gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&ack_nothing), now, &mut host);
         let extra = gateway.pop_frame().map(|f| tcp_of(&f));
         assert!(extra.is_none(), "no resend before the third duplicate: {extra:?}");
     }
-    gateway.receive(&ack_nothing, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&ack_nothing), now, &mut host);
     let (_, seq, _, _, payload) = tcp_of(&gateway.pop_frame().expect("the lost data again"));
     assert_eq!((seq, payload.len()), (isn + 1, 1460), "from the first unacknowledged byte");
 }
@@ -377,7 +417,7 @@ fn a_window_too_small_for_a_segment_is_updated_once_the_host_has_room_and_looked
     // guest's window probe (an empty segment from before what was taken) is answered.
     host.tcp_accept = 256;
     let probe = guest_tcp(dst, TcpControl::None, 100, Some(isn + 1), &[]);
-    gateway.receive(&probe, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&probe), now, &mut host);
     let (_, _, _, window, _) = tcp_of(&gateway.pop_frame().expect("the probe is answered"));
     assert_eq!(window << 7, 256, "the small window is what the guest is told");
     let ms = Duration::from_millis(1);
@@ -409,7 +449,7 @@ fn on_a_connection_that_goes_back_and_forth_the_answer_carries_the_ack_of_the_re
     let mut our_seq = isn + 1;
     let mut request = |gateway: &mut Gateway, host: &mut FakeHost, at: Instant, our_seq: u32| {
         let frame = guest_tcp(dst, TcpControl::Psh, guest_seq, Some(our_seq), b"q");
-        gateway.receive(&frame, Offload::NONE, at, host);
+        gateway.receive(&from_guest(&frame), at, host);
         guest_seq += 1;
     };
 

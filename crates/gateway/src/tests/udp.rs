@@ -8,7 +8,7 @@ use super::*;
 fn udp_to_the_host_address_goes_to_host_loopback_and_replies_come_back() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7777);
-    gateway.receive(&guest_udp(dst, b"ping"), Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&guest_udp(dst, b"ping")), now, &mut host);
     let (flow, sent) = host.sent.last().cloned().unwrap();
     assert_eq!(host.open[&flow], "127.0.0.1:7777".parse::<SocketAddr>().unwrap());
     assert_eq!(sent, b"ping");
@@ -33,7 +33,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
         GatewayConfig { host_loopback: false, ..GatewayConfig::default() },
     ] {
         let (mut gateway, mut host, now) = gateway_with(config);
-        gateway.receive(&guest_udp(dst, b"x"), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_udp(dst, b"x")), now, &mut host);
         assert!(host.sent.is_empty());
         assert_eq!(gateway.counters().drops(GatewayDropReason::Restricted), 1);
     }
@@ -48,7 +48,7 @@ fn restrict_broadcast_and_host_loopback_off_keep_udp_in() {
         )
         .unwrap()
         .to_vec();
-        gateway.receive(&frame, Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&frame), now, &mut host);
     }
     assert!(host.sent.is_empty(), "broadcast and multicast never leak out");
 }
@@ -64,7 +64,7 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
     let reply =
         packet::udp(GUEST_MAC, gateway.config().mac(), to.into(), from.into(), b"answer").unwrap().to_vec();
-    gateway.receive(&reply, Offload::NONE, now, &mut host);
+    gateway.receive(&from_guest(&reply), now, &mut host);
     assert_eq!(host.replies, vec![(client, b"answer".to_vec())]);
 }
 
@@ -74,10 +74,9 @@ fn the_hosts_loopback_is_reachable_only_as_the_host_address() {
     let config = GatewayConfig { host_loopback: false, ..GatewayConfig::default() };
     let (mut gateway, mut host, now) = gateway_with(config);
     for dst in [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(0, 1, 2, 3), Ipv4Addr::new(10, 0, 2, 2)] {
-        gateway.receive(&guest_udp(SocketAddrV4::new(dst, 22), b"x"), Offload::NONE, now, &mut host);
+        gateway.receive(&from_guest(&guest_udp(SocketAddrV4::new(dst, 22), b"x")), now, &mut host);
         gateway.receive(
-            &guest_tcp(SocketAddrV4::new(dst, 22), TcpControl::Syn, 1, None, &[]),
-            Offload::NONE,
+            &from_guest(&guest_tcp(SocketAddrV4::new(dst, 22), TcpControl::Syn, 1, None, &[])),
             now,
             &mut host,
         );
