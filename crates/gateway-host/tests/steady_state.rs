@@ -38,6 +38,11 @@ use vnet_wire::frame::{LARGE_BUFFER, SMALL_BUFFER};
 /// amount of traffic can pass.
 const POOL_GROWTH_BOUND: u64 = 256;
 
+/// Other allocations a measured phase may still make: a burst larger than any before
+/// grows a queue or a batch list to a new high-water mark, once per doubling. An
+/// allocation per frame would make thousands.
+const HIGH_WATER_ALLOCATIONS: u64 = 32;
+
 /// Counts allocations made on threads that asked to be counted, each network's loop
 /// thread into a counter of its own (tests run side by side).
 struct CountingAllocator;
@@ -308,7 +313,10 @@ fn a_stream_guests_tcp_to_a_host_socket_allocates_nothing_per_frame() {
     );
     assert_eq!(received, payload, "the host socket got the guest's bytes");
     assert!(frames >= 6000, "{frames} frames crossed the switch");
-    assert!(allocations * 1000 < frames, "{allocations} allocations on the loop thread for {frames} frames");
+    assert!(
+        allocations <= HIGH_WATER_ALLOCATIONS,
+        "{allocations} allocations on the loop thread for {frames} frames"
+    );
 }
 
 /// A UDP datagram from the guest's port 40000 to `remote`.
@@ -378,7 +386,10 @@ fn a_stream_guests_udp_echoed_by_a_host_socket_allocates_nothing_per_frame() {
     let allocations = network.allocations() - allocations_before;
     eprintln!("stream guest's UDP echoed by a host socket: {allocations} allocations on the loop thread for {frames} frames");
     assert!(frames >= 6000, "{frames} frames crossed the switch");
-    assert!(allocations * 1000 < frames, "{allocations} allocations on the loop thread for {frames} frames");
+    assert!(
+        allocations <= HIGH_WATER_ALLOCATIONS,
+        "{allocations} allocations on the loop thread for {frames} frames"
+    );
 }
 
 /// A network namespace made for this test, with loopback up; deleted on drop.
@@ -464,7 +475,10 @@ fn ping_and_bulk_tcp_between_two_taps_allocate_nothing_per_frame() {
         "tap to tap: {allocations} allocations and {new_buffers} new pooled buffers for {frames} frames"
     );
     assert!(frames >= 4000, "{frames} frames crossed the switch");
-    assert!(allocations * 1000 < frames, "{allocations} allocations on the loop thread for {frames} frames");
+    assert!(
+        allocations <= HIGH_WATER_ALLOCATIONS,
+        "{allocations} allocations on the loop thread for {frames} frames"
+    );
     assert!(new_buffers <= POOL_GROWTH_BOUND, "the pools grew by {new_buffers} buffers");
 }
 
