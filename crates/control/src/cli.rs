@@ -185,7 +185,7 @@ struct NetworkArgs {
     /// The gateway's options, in QEMU's `-netdev user` syntax plus vnet's own
     /// (mtu=, dns-upstream=, host-loopback=, dhcp-host=, max-flows=, vlan=, and the
     /// per-guest limits guest-max-tcp=, guest-max-udp=, guest-max-icmp=, guest-max-dns=,
-    /// guest-max-half-open=, port-max-flows=).
+    /// guest-max-half-open=, port-max-flows=, port-max-leases=).
     #[arg(long, value_name = "OPTS", conflicts_with = "no_user")]
     user: Option<String>,
     /// No gateway: a plain switch.

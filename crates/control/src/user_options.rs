@@ -52,6 +52,7 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "guest-max-dns" => config.guest_limits.dns = Some(count(value).map_err(bad)?),
             "guest-max-half-open" => config.guest_limits.half_open = Some(count(value).map_err(bad)?),
             "port-max-flows" => config.guest_limits.port_flows = Some(count(value).map_err(bad)?),
+            "port-max-leases" => config.port_max_leases = count(value).map_err(bad)?,
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
             "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
             "hostfwd" => config.host_forwards.push(parse_host_forward(value).map_err(bad)?),
@@ -261,8 +262,10 @@ mod tests {
     #[test]
     fn per_guest_limits_parse_and_a_bad_one_is_named() {
         let text = "guest-max-tcp=10,guest-max-udp=11,guest-max-icmp=12,guest-max-dns=13,\
-                    guest-max-half-open=14,port-max-flows=15,dns-upstream=127.0.0.1:9";
-        let budgets = parse_user_options(text, "").unwrap().budgets();
+                    guest-max-half-open=14,port-max-flows=15,port-max-leases=3,dns-upstream=127.0.0.1:9";
+        let config = parse_user_options(text, "").unwrap();
+        assert_eq!(config.port_max_leases, 3);
+        let budgets = config.budgets();
         assert_eq!(
             (budgets.tcp, budgets.udp, budgets.icmp, budgets.dns, budgets.half_open, budgets.port_flows),
             (10, 11, 12, 13, 14, 15)

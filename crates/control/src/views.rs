@@ -245,7 +245,7 @@ pub fn leases(network: &Network) -> Vec<LeaseView> {
         return Vec::new();
     };
     gateway
-        .leases()
+        .leases(Instant::now())
         .into_iter()
         .map(|lease| LeaseView { mac: colon_mac(lease.mac), ip: lease.ip.to_string(), fixed: lease.fixed })
         .collect()
@@ -287,7 +287,7 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
             host: config.host.to_string(),
             dns: config.dns.to_string(),
             mtu: config.mtu,
-            leases: gateway.leases().iter().filter(|lease| !lease.fixed).count(),
+            leases: gateway.leases(Instant::now()).iter().filter(|lease| !lease.fixed).count(),
             flows: [("tcp", counts.tcp), ("udp", counts.udp), ("icmp", counts.icmp), ("dns", counts.dns)]
                 .into_iter()
                 .map(|(name, count)| (name.to_owned(), count))

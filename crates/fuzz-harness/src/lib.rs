@@ -198,6 +198,11 @@ impl vnet_gateway::GuestEgress for AcceptingHost {
     fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
         vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true }
     }
+
+    /// Port 1 is gone, so leases also move between ports.
+    fn port_exists(&self, port: u32) -> bool {
+        port != 1
+    }
 }
 
 /// Splits `data` into frames (a two-byte length before each) from guests and feeds them

@@ -364,6 +364,10 @@ impl GuestEgress for Host<'_, '_, '_> {
             None => EgressRoom::UNLIMITED,
         }
     }
+
+    fn port_exists(&self, port: u32) -> bool {
+        self.cx.switch.port(PortId(port)).is_some()
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,9 @@ pub struct GatewayConfig {
     pub max_flows: usize,
     /// What one guest, and one port's guests together, may hold.
     pub guest_limits: GuestLimits,
+    /// Most addresses the guests of one port hold at once, offers included
+    /// (`port-max-leases=`).
+    pub port_max_leases: usize,
     /// DHCP lease time.
     pub lease_time: Duration,
     /// Inbound forwards (`hostfwd=`), which the host side binds and keeps.
@@ -125,6 +128,7 @@ impl Default for GatewayConfig {
             static_leases: Vec::new(),
             max_flows: 65536,
             guest_limits: GuestLimits::default(),
+            port_max_leases: 16,
             lease_time: Duration::from_secs(24 * 3600),
             host_forwards: Vec::new(),
             guest_forwards: Vec::new(),
@@ -205,6 +209,9 @@ impl GatewayConfig {
             if limit == Some(0) {
                 return Err(format!("{name}=0 would refuse every such flow; give a positive number"));
             }
+        }
+        if self.port_max_leases == 0 {
+            return Err("port-max-leases=0 would give no guest an address; give a positive number".to_owned());
         }
         Ok(())
     }

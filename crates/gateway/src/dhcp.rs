@@ -3,14 +3,22 @@
 //!
 //! Addresses are handed out from `dhcpstart` up to the end of the subnet (at most
 //! [`MAX_POOL`] of them), only to a client whose hardware address is the frame's source.
-//! A MAC keeps its
-//! address for the life of the gateway, across reconnects and releases, and static leases
-//! (`dhcp-host=`) always win. Replies carry subnet, router, DNS, host name, domain, MTU,
-//! lease time, server id and the domain search list; `restrict=on` leaves out router and
-//! DNS. This file knows DHCP and addresses, nothing of sockets or NAT.
+//! A lease belongs to a [`Guest`]: the port and MAC it was asked from. An offer holds its
+//! address for [`OFFER_HOLD`] only, a refused request holds nothing, and a lease ends
+//! after the lease time unless renewed; an address whose hold ended is free again, and
+//! goes back to the same MAC while nobody else took it. One port holds at most
+//! `port-max-leases` addresses (offers and declined addresses included), so no port can
+//! empty the pool. RELEASE and DECLINE count only from the guest that holds the lease.
+//! A lease moves to another port only once its port is gone (a guest that reconnected).
+//! Static leases (`dhcp-host=`) always win.
+//!
+//! Replies carry subnet, router, DNS, host name, domain, MTU, lease time, server id and
+//! the domain search list; `restrict=on` leaves out router and DNS. This file knows DHCP
+//! and addresses, nothing of sockets or NAT.
 
 use foldhash::{HashMap, HashMapExt};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 use tracing::{info, warn};
@@ -18,11 +26,17 @@ use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
+use crate::egress::GuestEgress;
+use crate::guest::Guest;
 use crate::inspect::Lease;
 use crate::packet::{self, BuiltFrame};
 
 /// Most addresses one pool hands out, however large the network.
 const MAX_POOL: usize = 4096;
+/// How long an offer holds its address for a REQUEST.
+pub const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long an address a guest declined (another station uses it) stays out of the pool.
+const DECLINE_HOLD: Duration = Duration::from_secs(600);
 
 /// The port a DHCP server listens on.
 pub const SERVER_PORT: u16 = 67;
@@ -35,13 +49,38 @@ const OPTION_DNS_SERVERS: u8 = 6;
 const OPTION_RAPID_COMMIT: u8 = 80;
 const OPTION_DOMAIN_SEARCH: u8 = 119;
 
+/// What holds a pool address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Offered, waiting for the REQUEST.
+    Offered,
+    /// Leased.
+    Bound,
+    /// Declined by its guest: another station uses it.
+    Declined,
+}
+
+/// One pool address in use, by whom, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    holder: Guest,
+    hold: Hold,
+    until: Instant,
+}
+
+impl Binding {
+    fn is_live(&self, now: Instant) -> bool {
+        self.until > now
+    }
+}
+
 /// The leases of one network.
 #[derive(Debug)]
 pub struct Server {
-    leases: HashMap<MacAddress, Ipv4Addr>,
-    /// Who holds each leased address, pooled and static alike: the same leases by
-    /// address, for checking where frames from an address may come from.
-    holders: HashMap<Ipv4Addr, MacAddress>,
+    /// Pool addresses held now or before, by address; one whose hold ended is free.
+    bindings: HashMap<Ipv4Addr, Binding>,
+    /// The address each MAC was last given, while its binding is there.
+    by_mac: HashMap<MacAddress, Ipv4Addr>,
     pool: Vec<Ipv4Addr>,
 }
 
@@ -55,57 +94,83 @@ impl Server {
             .filter(|ip| !reserved.contains(ip))
             .take(MAX_POOL)
             .collect();
-        let holders = config.static_leases.iter().map(|lease| (lease.ip, lease.mac)).collect();
-        Self { leases: HashMap::new(), holders, pool }
+        Self { bindings: HashMap::new(), by_mac: HashMap::new(), pool }
     }
 
-    /// The station that holds a lease of `ip`, if any.
-    pub fn holder_of(&self, ip: Ipv4Addr) -> Option<MacAddress> {
-        self.holders.get(&ip).copied()
+    /// Whether `guest` may send from `ip`: an address leased (statically, or from the
+    /// pool) to another guest is not its to use. A lease whose port is gone passes to
+    /// the guest with its MAC on a new port.
+    pub fn may_use(
+        &mut self,
+        ip: Ipv4Addr,
+        guest: Guest,
+        config: &GatewayConfig,
+        now: Instant,
+        segment: &dyn GuestEgress,
+    ) -> bool {
+        if let Some(fixed) = config.static_leases.iter().find(|lease| lease.ip == ip) {
+            return fixed.mac == guest.mac;
+        }
+        match self.bindings.get_mut(&ip) {
+            Some(binding) if binding.is_live(now) && binding.hold == Hold::Bound => {
+                let moved = binding.holder.mac == guest.mac && !segment.port_exists(binding.holder.port);
+                if moved {
+                    binding.holder = guest;
+                }
+                binding.holder == guest
+            }
+            _ => true,
+        }
     }
 
-    /// Handles one DHCP message from `mac`'s port and returns the reply frame, if the
-    /// message asks for one (RELEASE and DECLINE do not).
+    /// Handles one DHCP message from `guest` and returns the reply frame, if the message
+    /// asks for one (RELEASE and DECLINE do not).
     pub fn handle(
         &mut self,
-        mac: MacAddress,
+        guest: Guest,
         payload: &[u8],
         config: &GatewayConfig,
+        now: Instant,
+        segment: &dyn GuestEgress,
     ) -> Result<Option<BuiltFrame>, GatewayDropReason> {
         let packet = DhcpPacket::new_checked(payload).map_err(|_| GatewayDropReason::Malformed)?;
         let request = DhcpRepr::parse(&packet).map_err(|_| GatewayDropReason::Malformed)?;
         let rapid_commit = packet.options().any(|option| option.kind == OPTION_RAPID_COMMIT);
-        let client = request.client_hardware_address;
-        if client != mac {
+        if request.client_hardware_address != guest.mac {
             return Err(GatewayDropReason::DhcpRefused);
         }
         let (message_type, your_ip) = match request.message_type {
-            DhcpMessageType::Discover => match self.lease_for(client, request.requested_ip, config) {
-                Some(ip) if rapid_commit => (DhcpMessageType::Ack, ip),
-                Some(ip) => (DhcpMessageType::Offer, ip),
-                None => return self.refuse(client, &request, config, mac),
-            },
+            DhcpMessageType::Discover => {
+                let hold = if rapid_commit { Hold::Bound } else { Hold::Offered };
+                match self.address_for(guest, request.requested_ip, config, now, segment)? {
+                    Some(ip) => {
+                        self.hold(ip, guest, hold, config, now);
+                        let reply = if rapid_commit { DhcpMessageType::Ack } else { DhcpMessageType::Offer };
+                        (reply, ip)
+                    }
+                    None => return Ok(Some(self.refuse(guest, &request, config))),
+                }
+            }
             DhcpMessageType::Request => {
                 if request.server_identifier.is_some_and(|id| id != config.host) {
                     return Err(GatewayDropReason::NotForGateway);
                 }
                 let wanted = request.requested_ip.unwrap_or(request.client_ip);
-                match self.lease_for(client, Some(wanted), config) {
-                    Some(ip) if ip == wanted => (DhcpMessageType::Ack, ip),
-                    _ => return self.refuse(client, &request, config, mac),
+                match self.address_for(guest, Some(wanted), config, now, segment)? {
+                    Some(ip) if ip == wanted => {
+                        self.hold(ip, guest, Hold::Bound, config, now);
+                        (DhcpMessageType::Ack, ip)
+                    }
+                    _ => return Ok(Some(self.refuse(guest, &request, config))),
                 }
             }
             DhcpMessageType::Inform => (DhcpMessageType::Ack, Ipv4Addr::UNSPECIFIED),
             DhcpMessageType::Release => {
-                info!(%client, "DHCP release; the address stays reserved for this MAC");
+                self.release(guest, request.client_ip, now)?;
                 return Ok(None);
             }
             DhcpMessageType::Decline => {
-                if let Some(ip) = self.leases.remove(&client) {
-                    self.holders.remove(&ip);
-                    warn!(%client, %ip, "DHCP decline: another station uses the address; taking it out of the pool");
-                    self.pool.retain(|free| *free != ip);
-                }
+                self.decline(guest, request.requested_ip, now)?;
                 return Ok(None);
             }
             _ => return Err(GatewayDropReason::Unsupported),
@@ -113,16 +178,20 @@ impl Server {
         let lease = (message_type != DhcpMessageType::Ack || your_ip != Ipv4Addr::UNSPECIFIED)
             .then_some(config.lease_time.as_secs().min(u64::from(u32::MAX)) as u32);
         if message_type == DhcpMessageType::Ack && your_ip != Ipv4Addr::UNSPECIFIED {
-            info!(%client, ip = %your_ip, "DHCP lease");
+            info!(client = %guest.mac, port = guest.port, ip = %your_ip, "DHCP lease");
         }
-        Ok(Some(reply(config, mac, &request, message_type, your_ip, lease, rapid_commit)))
+        Ok(Some(reply(config, guest.mac, &request, message_type, your_ip, lease, rapid_commit)))
     }
 
-    /// The pool's leases and the static ones, sorted by address.
-    pub fn leases(&self, config: &GatewayConfig) -> Vec<Lease> {
+    /// The pool's live leases and the static ones, sorted by address.
+    pub fn leases(&self, config: &GatewayConfig, now: Instant) -> Vec<Lease> {
         let fixed =
             config.static_leases.iter().map(|lease| Lease { mac: lease.mac, ip: lease.ip, fixed: true });
-        let pooled = self.leases.iter().map(|(mac, ip)| Lease { mac: *mac, ip: *ip, fixed: false });
+        let pooled = self
+            .bindings
+            .iter()
+            .filter(|(_, binding)| binding.hold == Hold::Bound && binding.is_live(now))
+            .map(|(ip, binding)| Lease { mac: binding.holder.mac, ip: *ip, fixed: false });
         let mut leases: Vec<Lease> = fixed.chain(pooled).collect();
         leases.sort_by_key(|lease| lease.ip);
         leases
@@ -130,50 +199,98 @@ impl Server {
 
     /// The address `client` holds, if any, so the gateway can reach it before it sends
     /// anything from that address (hostfwd to a guest that only did DHCP).
-    pub fn lease_of(&self, client: MacAddress, config: &GatewayConfig) -> Option<Ipv4Addr> {
-        config
-            .static_leases
-            .iter()
-            .find(|lease| lease.mac == client)
-            .map(|lease| lease.ip)
-            .or_else(|| self.leases.get(&client).copied())
+    pub fn lease_of(&self, client: MacAddress, config: &GatewayConfig, now: Instant) -> Option<Ipv4Addr> {
+        if let Some(fixed) = config.static_leases.iter().find(|lease| lease.mac == client) {
+            return Some(fixed.ip);
+        }
+        let ip = self.by_mac.get(&client)?;
+        let binding = self.bindings.get(ip)?;
+        (binding.hold == Hold::Bound && binding.is_live(now)).then_some(*ip)
     }
 
-    /// The address for `client`: its static lease, the one it already has, the one it
-    /// asks for if free, or the next free one.
-    fn lease_for(
-        &mut self,
-        client: MacAddress,
+    /// The address for `guest`: its static lease, the one it has or last had if still
+    /// free, the one it asks for if free, or the next free one; None if there is none.
+    /// Its port's lease budget spent, or its address held by a live guest on another
+    /// port, it is refused. Nothing is held yet.
+    fn address_for(
+        &self,
+        guest: Guest,
         wanted: Option<Ipv4Addr>,
         config: &GatewayConfig,
-    ) -> Option<Ipv4Addr> {
-        if let Some(lease) = config.static_leases.iter().find(|lease| lease.mac == client) {
-            return Some(lease.ip);
+        now: Instant,
+        segment: &dyn GuestEgress,
+    ) -> Result<Option<Ipv4Addr>, GatewayDropReason> {
+        if let Some(lease) = config.static_leases.iter().find(|lease| lease.mac == guest.mac) {
+            return Ok(Some(lease.ip));
         }
-        if let Some(ip) = self.leases.get(&client) {
-            return Some(*ip);
+        if let Some((ip, binding)) =
+            self.by_mac.get(&guest.mac).and_then(|ip| Some((*ip, self.bindings.get(ip)?)))
+        {
+            let held_elsewhere =
+                binding.holder != guest && binding.is_live(now) && segment.port_exists(binding.holder.port);
+            if held_elsewhere {
+                return Err(GatewayDropReason::DhcpRefused);
+            }
+            return Ok(Some(ip));
         }
-        let taken: Vec<Ipv4Addr> = self.leases.values().copied().collect();
-        let free = |ip: &Ipv4Addr| self.pool.contains(ip) && !taken.contains(ip);
-        let ip = wanted.filter(free).or_else(|| self.pool.iter().copied().find(|ip| free(ip)))?;
-        self.leases.insert(client, ip);
-        self.holders.insert(ip, client);
-        Some(ip)
+        let port_holds =
+            self.bindings.values().filter(|b| b.holder.port == guest.port && b.is_live(now)).count();
+        if port_holds >= config.port_max_leases {
+            return Err(GatewayDropReason::GuestBudget);
+        }
+        let free = |ip: &Ipv4Addr| self.bindings.get(ip).is_none_or(|binding| !binding.is_live(now));
+        let from_pool = |ip: &Ipv4Addr| self.pool.contains(ip) && free(ip);
+        Ok(wanted.filter(from_pool).or_else(|| self.pool.iter().copied().find(free)))
     }
 
-    fn refuse(
-        &self,
-        client: MacAddress,
-        request: &DhcpRepr<'_>,
-        config: &GatewayConfig,
-        mac: MacAddress,
-    ) -> Result<Option<BuiltFrame>, GatewayDropReason> {
-        if self.leases.len() >= self.pool.len() {
-            warn!(%client, leases = self.leases.len(), "DHCP pool is full; sending NAK");
-        } else {
-            info!(%client, requested = ?request.requested_ip, "DHCP request for an address this client cannot have; sending NAK");
+    /// Holds pool address `ip` for `guest` (a static lease needs no holding).
+    fn hold(&mut self, ip: Ipv4Addr, guest: Guest, hold: Hold, config: &GatewayConfig, now: Instant) {
+        if config.static_leases.iter().any(|lease| lease.ip == ip) {
+            return;
         }
-        Ok(Some(reply(config, mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false)))
+        let until = now + if hold == Hold::Bound { config.lease_time } else { OFFER_HOLD };
+        if let Some(previous) = self.bindings.insert(ip, Binding { holder: guest, hold, until }) {
+            if previous.holder.mac != guest.mac && self.by_mac.get(&previous.holder.mac) == Some(&ip) {
+                self.by_mac.remove(&previous.holder.mac);
+            }
+        }
+        if let Some(old) = self.by_mac.insert(guest.mac, ip).filter(|old| *old != ip) {
+            self.bindings.remove(&old);
+        }
+    }
+
+    /// `guest` gives `ip` back: free now, though it goes back to the same MAC while
+    /// nobody else takes it. Only the holder may.
+    fn release(&mut self, guest: Guest, ip: Ipv4Addr, now: Instant) -> Result<(), GatewayDropReason> {
+        match self.bindings.get_mut(&ip) {
+            Some(binding) if binding.holder == guest => {
+                info!(client = %guest.mac, %ip, "DHCP release");
+                binding.until = now;
+                Ok(())
+            }
+            _ => Err(GatewayDropReason::DhcpRefused),
+        }
+    }
+
+    /// `guest` found another station on `ip`, the address it was offered or leased: the
+    /// address stays out of the pool for [`DECLINE_HOLD`], counted against the guest's
+    /// port. Only the holder may.
+    fn decline(&mut self, guest: Guest, ip: Option<Ipv4Addr>, now: Instant) -> Result<(), GatewayDropReason> {
+        let ip = ip.ok_or(GatewayDropReason::Malformed)?;
+        match self.bindings.get_mut(&ip) {
+            Some(binding) if binding.holder == guest && binding.is_live(now) => {
+                warn!(client = %guest.mac, %ip, "DHCP decline: another station uses the address; keeping it out of the pool for a while");
+                *binding = Binding { holder: guest, hold: Hold::Declined, until: now + DECLINE_HOLD };
+                self.by_mac.remove(&guest.mac);
+                Ok(())
+            }
+            _ => Err(GatewayDropReason::DhcpRefused),
+        }
+    }
+
+    fn refuse(&self, guest: Guest, request: &DhcpRepr<'_>, config: &GatewayConfig) -> BuiltFrame {
+        info!(client = %guest.mac, requested = ?request.requested_ip, "DHCP: no address for this client; sending NAK");
+        reply(config, guest.mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false)
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
-use vnet_wire::{Frame, MacAddress};
+use vnet_wire::Frame;
 
 use crate::counters::GatewayDropReason;
-use crate::egress::GatewayIo;
+use crate::egress::{GatewayIo, GuestEgress};
 use crate::gateway::Gateway;
 use crate::guest::{Guest, GuestPacket};
 use crate::{arp, dhcp, dns, icmp, route, udp};
@@ -34,7 +34,8 @@ impl Gateway {
                 let handled = arp::handle(ethernet.payload(), &self.config)?;
                 let (ip, mac) = handled.sender;
                 if self.config.contains(ip) {
-                    self.learn_neighbor(ip, mac)?;
+                    let guest = Guest { port: frame.ingress_port(), mac };
+                    self.learn_neighbor(ip, guest, now, host)?;
                 }
                 self.queue_frames(handled.reply);
                 Ok(())
@@ -75,7 +76,7 @@ impl Gateway {
             checksum_offloaded,
         };
         if self.config.contains(packet.src) {
-            self.learn_neighbor(packet.src, mac)?;
+            self.learn_neighbor(packet.src, guest, now, host)?;
         } else if !(packet.src.is_unspecified() && repr.next_header == IpProtocol::Udp) {
             // Only a DHCP client may speak before it has an address of the network.
             return Err(GatewayDropReason::Spoofed);
@@ -108,9 +109,9 @@ impl Gateway {
         let src = SocketAddr::from((packet.src, udp.src_port()));
         let dst = SocketAddr::from((packet.dst, udp.dst_port()));
         if dst.port() == dhcp::SERVER_PORT && (packet.dst.is_broadcast() || packet.dst == self.config.host) {
-            let reply = self.dhcp.handle(packet.mac, udp.payload(), &self.config)?;
+            let reply = self.dhcp.handle(packet.guest(), udp.payload(), &self.config, now, host)?;
             self.queue_frames(reply);
-            if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config) {
+            if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config, now) {
                 self.neighbors.learn(ip, packet.mac);
             }
             return Ok(());
@@ -216,17 +217,23 @@ impl Gateway {
         })
     }
 
-    /// Learns that `ip` is at `mac`, unless `ip` is one of the gateway's own addresses,
-    /// or is leased (by DHCP or statically) to another station: a guest can take over
-    /// neither the gateway's addresses nor another guest's.
-    fn learn_neighbor(&mut self, ip: Ipv4Addr, mac: MacAddress) -> Result<(), GatewayDropReason> {
+    /// Learns that `ip` is at `guest`'s MAC, unless `ip` is one of the gateway's own
+    /// addresses, or is leased (by DHCP or statically) to another guest: a guest can take
+    /// over neither the gateway's addresses nor another guest's.
+    fn learn_neighbor(
+        &mut self,
+        ip: Ipv4Addr,
+        guest: Guest,
+        now: Instant,
+        segment: &dyn GuestEgress,
+    ) -> Result<(), GatewayDropReason> {
         if ip == self.config.host || ip == self.config.dns {
             return Err(GatewayDropReason::Spoofed);
         }
-        if self.dhcp.holder_of(ip).is_some_and(|holder| holder != mac) {
+        if !self.dhcp.may_use(ip, guest, &self.config, now, segment) {
             return Err(GatewayDropReason::Spoofed);
         }
-        self.neighbors.learn(ip, mac);
+        self.neighbors.learn(ip, guest.mac);
         Ok(())
     }
 }

@@ -32,6 +32,10 @@ pub trait GuestEgress {
     /// guest no more than this, leaving the rest in the host socket, and goes on when
     /// [`crate::Gateway::on_guest_room`] is called.
     fn guest_room(&mut self, guest: MacAddress) -> EgressRoom;
+
+    /// Whether the switch port numbered `port` is still there. Port numbers are never
+    /// reused, so a lease of a gone port may pass to its guest on a new one.
+    fn port_exists(&self, port: u32) -> bool;
 }
 
 /// Everything the gateway core calls out to: host sockets and room on the segment.

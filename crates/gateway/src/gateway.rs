@@ -203,9 +203,9 @@ impl Gateway {
         self.udp_inbound.forget_forward(forward);
     }
 
-    /// The DHCP leases handed out, and the static ones.
-    pub fn leases(&self) -> Vec<Lease> {
-        self.dhcp.leases(&self.config)
+    /// The DHCP leases in force at `now`, and the static ones.
+    pub fn leases(&self, now: Instant) -> Vec<Lease> {
+        self.dhcp.leases(&self.config, now)
     }
 
     /// Every flow through the gateway: TCP connections, UDP flows, pings and DNS queries

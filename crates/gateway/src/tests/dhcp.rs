@@ -100,3 +100,132 @@ fn restrict_leaves_router_and_dns_out_of_dhcp() {
     assert_eq!(repr.router, None);
     assert!(!options.iter().any(|(k, _)| *k == 6));
 }
+
+/// DHCP from `mac` on switch port `port`; the gateway's reply, if any.
+fn dhcp_from(
+    gateway: &mut Gateway,
+    host: &mut FakeHost,
+    port: u32,
+    message: Vec<u8>,
+    now: Instant,
+) -> Option<(DhcpMessageType, Ipv4Addr)> {
+    gateway.receive(&from_port(port, &message), now, host);
+    gateway.pop_frame().map(|frame| {
+        let (_, _, payload) = udp_of(frame.as_bytes());
+        let packet = DhcpPacket::new_checked(&payload[..]).unwrap();
+        let repr = DhcpRepr::parse(&packet).unwrap();
+        (repr.message_type, repr.your_ip)
+    })
+}
+
+fn made_up_mac(n: u16) -> MacAddress {
+    let [hi, lo] = n.to_be_bytes();
+    MacAddress([0x02, 0, 0, 0, hi, lo])
+}
+
+#[test]
+fn one_port_with_made_up_macs_cannot_empty_the_pool() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let mut offers = 0;
+    for n in 0..240 {
+        let discover = dhcp_message(DhcpMessageType::Discover, made_up_mac(n), None, false);
+        if dhcp_from(&mut gateway, &mut host, 7, discover, now).is_some() {
+            offers += 1;
+        }
+    }
+    assert_eq!(offers, 16, "the port's lease budget");
+    assert_eq!(gateway.counters().drops(GatewayDropReason::GuestBudget), 224);
+    assert_eq!(
+        lease(&mut gateway, &mut host, GUEST_MAC, now),
+        Ipv4Addr::new(10, 0, 2, 31),
+        "a guest on another port"
+    );
+}
+
+#[test]
+fn offers_never_requested_hold_their_address_for_a_minute_only() {
+    let config = GatewayConfig { port_max_leases: 2, ..GatewayConfig::default() };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    for n in 0..2 {
+        let discover = dhcp_message(DhcpMessageType::Discover, made_up_mac(n), None, false);
+        assert!(dhcp_from(&mut gateway, &mut host, 7, discover, now).is_some());
+    }
+    let third = || dhcp_message(DhcpMessageType::Discover, made_up_mac(2), None, false);
+    assert_eq!(dhcp_from(&mut gateway, &mut host, 7, third(), now), None, "two offers held");
+    let later = now + Duration::from_secs(61);
+    assert_eq!(
+        dhcp_from(&mut gateway, &mut host, 7, third(), later),
+        Some((DhcpMessageType::Offer, Ipv4Addr::new(10, 0, 2, 15))),
+        "the first offer's address is free again"
+    );
+}
+
+#[test]
+fn a_refused_request_holds_nothing() {
+    let config = GatewayConfig { dhcp_start: Ipv4Addr::new(10, 0, 2, 253), ..GatewayConfig::default() };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    for n in 0..20 {
+        let wrong =
+            dhcp_message(DhcpMessageType::Request, made_up_mac(n), Some(Ipv4Addr::new(10, 0, 2, 99)), false);
+        assert_eq!(
+            dhcp_from(&mut gateway, &mut host, 7, wrong, now).map(|r| r.0),
+            Some(DhcpMessageType::Nak)
+        );
+    }
+    assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), Ipv4Addr::new(10, 0, 2, 253));
+    assert_eq!(lease(&mut gateway, &mut host, made_up_mac(99), now), Ipv4Addr::new(10, 0, 2, 254));
+}
+
+#[test]
+fn leases_end_after_the_lease_time_and_their_addresses_go_to_new_guests() {
+    let config = GatewayConfig {
+        dhcp_start: Ipv4Addr::new(10, 0, 2, 254),
+        lease_time: Duration::from_secs(100),
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    assert_eq!(lease(&mut gateway, &mut host, GUEST_MAC, now), Ipv4Addr::new(10, 0, 2, 254));
+    let newcomer = || dhcp_message(DhcpMessageType::Discover, made_up_mac(1), None, false);
+    assert_eq!(
+        dhcp_from(&mut gateway, &mut host, 2, newcomer(), now).map(|r| r.0),
+        Some(DhcpMessageType::Nak)
+    );
+    let later = now + Duration::from_secs(101);
+    assert_eq!(gateway.leases(later), vec![]);
+    let offer = dhcp_from(&mut gateway, &mut host, 2, newcomer(), later);
+    assert_eq!(offer, Some((DhcpMessageType::Offer, Ipv4Addr::new(10, 0, 2, 254))));
+}
+
+#[test]
+fn release_and_decline_count_only_from_the_port_and_mac_that_hold_the_lease() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let ip = lease(&mut gateway, &mut host, GUEST_MAC, now);
+    let decline = || dhcp_message(DhcpMessageType::Decline, GUEST_MAC, Some(ip), false);
+    let release = || dhcp_message_with_ciaddr(DhcpMessageType::Release, GUEST_MAC, None, false, ip);
+    for forged in [decline(), release()] {
+        assert_eq!(dhcp_from(&mut gateway, &mut host, 9, forged, now), None);
+    }
+    assert_eq!(gateway.counters().drops(GatewayDropReason::DhcpRefused), 2);
+    assert_eq!(gateway.leases(now).len(), 1, "the lease survives forged messages from another port");
+    let renew = || dhcp_message(DhcpMessageType::Request, GUEST_MAC, Some(ip), false);
+    assert_eq!(
+        dhcp_from(&mut gateway, &mut host, GUEST_PORT, renew(), now),
+        Some((DhcpMessageType::Ack, ip))
+    );
+
+    assert_eq!(dhcp_from(&mut gateway, &mut host, GUEST_PORT, decline(), now), None);
+    assert_eq!(gateway.leases(now), vec![], "the holder may decline");
+    let other = dhcp_message(DhcpMessageType::Discover, made_up_mac(5), None, false);
+    let (_, offered) = dhcp_from(&mut gateway, &mut host, 3, other, now).unwrap();
+    assert_ne!(offered, ip, "a declined address stays out of the pool for a while");
+}
+
+#[test]
+fn a_lease_follows_its_guest_to_a_new_port_only_once_the_old_one_is_gone() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let ip = lease(&mut gateway, &mut host, GUEST_MAC, now);
+    let request = || dhcp_message(DhcpMessageType::Request, GUEST_MAC, Some(ip), false);
+    assert_eq!(dhcp_from(&mut gateway, &mut host, 5, request(), now), None, "a live holder keeps it");
+    host.gone_ports.push(GUEST_PORT);
+    assert_eq!(dhcp_from(&mut gateway, &mut host, 5, request(), now), Some((DhcpMessageType::Ack, ip)));
+}

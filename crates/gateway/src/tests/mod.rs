@@ -69,6 +69,8 @@ struct FakeHost {
     ttls: Vec<(FlowId, Option<u8>)>,
     /// Room toward guests; unlimited unless a test sets it.
     guest_room: Option<EgressRoom>,
+    /// Switch ports that went away.
+    gone_ports: Vec<u32>,
 }
 
 impl HostSockets for FakeHost {
@@ -153,6 +155,10 @@ impl GuestEgress for FakeHost {
     fn guest_room(&mut self, _guest: MacAddress) -> EgressRoom {
         self.guest_room.unwrap_or(EgressRoom::UNLIMITED)
     }
+
+    fn port_exists(&self, port: u32) -> bool {
+        !self.gone_ports.contains(&port)
+    }
 }
 
 fn dhcp_message(
@@ -161,13 +167,25 @@ fn dhcp_message(
     requested: Option<Ipv4Addr>,
     rapid: bool,
 ) -> Vec<u8> {
+    dhcp_message_with_ciaddr(message_type, mac, requested, rapid, Ipv4Addr::UNSPECIFIED)
+}
+
+/// A DHCP message whose client address field (ciaddr, which a RELEASE names its address
+/// in) is `client_ip`.
+fn dhcp_message_with_ciaddr(
+    message_type: DhcpMessageType,
+    mac: MacAddress,
+    requested: Option<Ipv4Addr>,
+    rapid: bool,
+    client_ip: Ipv4Addr,
+) -> Vec<u8> {
     let rapid_option = [DhcpOption { kind: 80, data: &[] }];
     let repr = DhcpRepr {
         message_type,
         transaction_id: 0x1234,
         secs: 0,
         client_hardware_address: mac,
-        client_ip: Ipv4Addr::UNSPECIFIED,
+        client_ip,
         your_ip: Ipv4Addr::UNSPECIFIED,
         server_ip: Ipv4Addr::UNSPECIFIED,
         router: None,
