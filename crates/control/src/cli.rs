@@ -26,7 +26,7 @@ use tracing_subscriber::Layer as _;
 use vnet_gateway::{GatewayConfig, StaticLease};
 use vnet_gateway_host::GatewayNetwork;
 use vnet_runtime::Network;
-use vnet_switch::{ForwardingMode, PortVlans, SwitchConfig, DEFAULT_AGING};
+use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
 use vnet_transport::netns;
 use vnet_wire::MacAddress;
@@ -35,7 +35,7 @@ use crate::client::{self, Inspect};
 use crate::config_file::{self, ConfigFile};
 use crate::endpoints::{self, ListenSpec};
 use crate::qemu_args::{qemu_args, Model, Transport};
-use crate::spec::{describe_with_vlans, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
+use crate::spec::{describe_with_policy, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
 use crate::supervisor::Signals;
 use crate::user_options::{parse_user_options, take_vlan_option};
 use crate::views::NetworkInfo;
@@ -378,12 +378,15 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     let listen = settings
         .listen
         .iter()
-        .map(|option| option.arg.resolve(runtime_dir.as_deref()).map(|spec| (spec, option.vlans.clone())))
-        .collect::<Result<Vec<(ListenSpec, PortVlans)>, String>>()
+        .map(|option| option.arg.resolve(runtime_dir.as_deref()).map(|spec| (spec, option.policy.clone())))
+        .collect::<Result<Vec<(ListenSpec, PortPolicy)>, String>>()
         .map_err(anyhow::Error::msg)?;
-    let (user, gateway_vlans) = match settings.user.as_deref().map(take_vlan_option).transpose()? {
-        Some((user, vlans)) => (Some(user), vlans),
-        None => (None, PortVlans::default()),
+    // The gateway's own port floods only DHCP replies, which its guests' storm limits
+    // already bound; it is never locked.
+    let gateway_security = PortSecurity { lock: false, storm_pps: None };
+    let (user, gateway_policy) = match settings.user.as_deref().map(take_vlan_option).transpose()? {
+        Some((user, vlans)) => (Some(user), PortPolicy { vlans, security: gateway_security }),
+        None => (None, PortPolicy { security: gateway_security, ..PortPolicy::default() }),
     };
     let mut gateway = gateway_config(user.as_deref())?;
     if let Some(lowered) = gateway.as_mut().and_then(|gateway| gateway.fit_descriptors(files)) {
@@ -396,7 +399,7 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         }
         None => None,
     };
-    let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_vlans)))?;
+    let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_policy)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
     let capture = settings.pcap.as_deref().map(|path| capture_from_start(&mut network, path)).transpose()?;
     if let Some(namespace) = namespace {
@@ -416,11 +419,11 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
             let info = NetworkInfo {
                 name: name.clone(),
                 started: std::time::Instant::now(),
-                listen: listen.iter().map(|(spec, vlans)| describe_with_vlans(spec, vlans)).collect(),
+                listen: listen.iter().map(|(spec, policy)| describe_with_policy(spec, policy)).collect(),
                 attach: settings
                     .attach
                     .iter()
-                    .map(|option| describe_with_vlans(&option.spec, &option.vlans))
+                    .map(|option| describe_with_policy(&option.spec, &option.policy))
                     .collect(),
             };
             Some(api::serve(&dir.join(runtime_dir::API_SOCKET), network.remote(), info)?)
@@ -551,8 +554,8 @@ fn parse_name(text: &str) -> Result<String, String> {
 
 fn build_network(
     settings: &Settings,
-    listen: &[(ListenSpec, PortVlans)],
-    gateway: Option<(GatewayConfig, PortVlans)>,
+    listen: &[(ListenSpec, PortPolicy)],
+    gateway: Option<(GatewayConfig, PortPolicy)>,
 ) -> anyhow::Result<Network> {
     let config = SwitchConfig {
         mode: if settings.hub { ForwardingMode::Hub } else { ForwardingMode::Learning },
@@ -560,14 +563,14 @@ fn build_network(
         ..SwitchConfig::default()
     };
     let mut network = Network::new(config)?;
-    for (spec, vlans) in listen {
-        endpoints::listen(&mut network, spec, vlans.clone(), settings.dgram_peer_timeout)?;
+    for (spec, policy) in listen {
+        endpoints::listen(&mut network, spec, policy.clone(), settings.dgram_peer_timeout)?;
     }
     for option in &settings.attach {
-        endpoints::attach(&mut network, &option.spec, option.vlans.clone())?;
+        endpoints::attach(&mut network, &option.spec, option.policy.clone())?;
     }
-    if let Some((config, vlans)) = gateway {
-        network.add_gateway(config, vlans)?;
+    if let Some((config, policy)) = gateway {
+        network.add_gateway(config, policy)?;
     }
     Ok(network)
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vnet_runtime::{Endpoint, Network};
-use vnet_switch::PortVlans;
+use vnet_switch::PortPolicy;
 use vnet_transport::{dgram, mcast, netns, stream, tap, vde, McastSpec, NetnsSpec, TransportError};
 
 /// Where vnet accepts peers (`--listen`).
@@ -74,13 +74,13 @@ impl fmt::Display for AttachSpec {
     }
 }
 
-/// Accepts peers at `spec` on `network`, their ports on `vlans`; a datagram peer is
+/// Accepts peers at `spec` on `network`, their ports following `policy`; a datagram peer is
 /// dropped after `dgram_peer_timeout` of silence. Binds now, so a bad address fails
 /// before the loop runs.
 pub fn listen(
     network: &mut Network,
     spec: &ListenSpec,
-    vlans: PortVlans,
+    policy: PortPolicy,
     dgram_peer_timeout: Duration,
 ) -> anyhow::Result<()> {
     let endpoint: Box<dyn Endpoint> = match spec {
@@ -90,14 +90,14 @@ pub fn listen(
         ListenSpec::DgramUdp(addr) => Box::new(dgram::DgramListener::bind_udp(addr, dgram_peer_timeout)?),
         ListenSpec::Vde(dir) => Box::new(vde::VdeListener::bind(dir)?),
     };
-    network.add_endpoint(endpoint, vlans)?;
+    network.add_endpoint(endpoint, policy)?;
     Ok(())
 }
 
-/// Connects `network` to or joins `spec`, its port on `vlans`. Stream peers that are not
+/// Connects `network` to or joins `spec`, its port following `policy`. Stream peers that are not
 /// up yet are retried from the loop; a namespace is entered now, so call this before
 /// starting any thread.
-pub fn attach(network: &mut Network, spec: &AttachSpec, vlans: PortVlans) -> anyhow::Result<()> {
+pub fn attach(network: &mut Network, spec: &AttachSpec, policy: PortPolicy) -> anyhow::Result<()> {
     let endpoint: Box<dyn Endpoint> = match spec {
         AttachSpec::StreamUnix(path) => Box::new(stream::Dialer::new(stream::DialTarget::Unix(path.clone()))),
         AttachSpec::StreamTcp(addr) => {
@@ -113,7 +113,7 @@ pub fn attach(network: &mut Network, spec: &AttachSpec, vlans: PortVlans) -> any
             Box::new(tap::TapPort::new(tap::open_host_tap(name)?, format!("tap:{name}")))
         }
     };
-    network.add_endpoint(endpoint, vlans)?;
+    network.add_endpoint(endpoint, policy)?;
     Ok(())
 }
 
@@ -121,7 +121,7 @@ pub fn attach(network: &mut Network, spec: &AttachSpec, vlans: PortVlans) -> any
 /// returns.
 pub fn attach_tap(network: &mut Network, tap: OwnedFd, name: String) -> Result<(), TransportError> {
     network
-        .add_endpoint(Box::new(tap::TapPort::new(tap, name)), PortVlans::default())
+        .add_endpoint(Box::new(tap::TapPort::new(tap, name)), PortPolicy::default())
         .map(drop)
         .map_err(|e| TransportError::io(e.context, e.source))
 }

@@ -3,7 +3,9 @@
 //! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
 //! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`, `vde:DIR`,
 //! `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]` and `tap:NAME`.
-//! Any of them may end in `,vlan=N` (an access port) or `,trunk=N,M,...` (a trunk).
+//! Any of them may end in `,vlan=N` (an access port) or `,trunk=N,M,...` (a trunk), and
+//! carry port security options: `,lock=on` (only the first MAC address the peer uses) and
+//! `,storm=PPS` or `,storm=off` (the rate of flooded frames it may send).
 //! Every error repeats the offending text and lists what would have been accepted.
 //! Nothing here opens a socket or checks that a path or address exists.
 
@@ -11,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use thiserror::Error;
-use vnet_switch::PortVlans;
+use vnet_switch::{PortPolicy, PortSecurity, PortVlans};
 use vnet_transport::netns::{validate_ifname, DEFAULT_IFNAME};
 use vnet_transport::{McastSpec, NamespaceRef, NetnsSpec};
 use vnet_wire::vlan::VlanId;
@@ -30,10 +32,11 @@ pub struct SpecError {
 
 const LISTEN_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, vde:DIR, \
-     or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M";
+     or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
+     and take ,lock=on and ,storm=PPS|off";
 const ATTACH_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR or \
-     tap:NAME; each may end in ,vlan=N or ,trunk=N,M";
+     tap:NAME; each may end in ,vlan=N or ,trunk=N,M, and take ,lock=on and ,storm=PPS|off";
 
 fn listen_error(text: &str, problem: impl Into<String>) -> SpecError {
     SpecError { option: "--listen", text: text.to_owned(), problem: problem.into(), expected: LISTEN_FORMS }
@@ -121,42 +124,74 @@ impl ListenArg {
     }
 }
 
-/// A `--listen` value with the VLANs its ports carry.
+/// A `--listen` value with the policy of its ports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenOption {
     /// What to listen on.
     pub arg: ListenArg,
-    /// `,vlan=` or `,trunk=`; the default VLAN untagged without them.
-    pub vlans: PortVlans,
+    /// `,vlan=`, `,trunk=`, `,lock=` and `,storm=`; the default VLAN untagged and the
+    /// default port security without them.
+    pub policy: PortPolicy,
 }
 
-/// An `--attach` value with the VLANs its port carries.
+/// An `--attach` value with the policy of its port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachOption {
     /// What to attach to.
     pub spec: AttachSpec,
-    /// `,vlan=` or `,trunk=`; the default VLAN untagged without them.
-    pub vlans: PortVlans,
+    /// `,vlan=`, `,trunk=`, `,lock=` and `,storm=`.
+    pub policy: PortPolicy,
 }
 
-/// Parses a `--listen` value, allowing a bare `stream`, `dgram` or `vde`, and VLAN
+/// Parses a `--listen` value, allowing a bare `stream`, `dgram` or `vde`, and port
 /// options.
 pub fn parse_listen_arg(text: &str) -> Result<ListenOption, SpecError> {
-    let (base, vlans) = split_vlan_options(text).map_err(|problem| listen_error(text, problem))?;
+    let (base, policy) = split_port_options(text).map_err(|problem| listen_error(text, problem))?;
+    let base = base.as_str();
     let arg = match base {
         "stream" => ListenArg::DefaultStream,
         "dgram" => ListenArg::DefaultDgram,
         "vde" => ListenArg::DefaultVde,
         _ => ListenArg::Spec(parse_listen(base).map_err(|e| SpecError { text: text.to_owned(), ..e })?),
     };
-    Ok(ListenOption { arg, vlans })
+    Ok(ListenOption { arg, policy })
 }
 
-/// Parses an `--attach` value with its VLAN options.
+/// Parses an `--attach` value with its port options.
 pub fn parse_attach_option(text: &str) -> Result<AttachOption, SpecError> {
-    let (base, vlans) = split_vlan_options(text).map_err(|problem| attach_error(text, problem))?;
-    let spec = parse_attach(base).map_err(|e| SpecError { text: text.to_owned(), ..e })?;
-    Ok(AttachOption { spec, vlans })
+    let (base, policy) = split_port_options(text).map_err(|problem| attach_error(text, problem))?;
+    let spec = parse_attach(&base).map_err(|e| SpecError { text: text.to_owned(), ..e })?;
+    Ok(AttachOption { spec, policy })
+}
+
+/// Takes `,lock=` and `,storm=` out of a spec wherever they are, then its VLAN options.
+fn split_port_options(text: &str) -> Result<(String, PortPolicy), String> {
+    let mut security = PortSecurity::default();
+    let mut kept = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("lock", value)) => security.lock = on_off("lock", value)?,
+            Some(("storm", "off")) => security.storm_pps = None,
+            Some(("storm", value)) => {
+                let pps = value.parse::<u32>().ok().filter(|pps| *pps > 0);
+                security.storm_pps = Some(pps.ok_or_else(|| {
+                    format!("storm={value} must be a positive rate in frames per second, or off")
+                })?);
+            }
+            _ => kept.push(part),
+        }
+    }
+    let base = kept.join(",");
+    let (base, vlans) = split_vlan_options(&base)?;
+    Ok((base.to_owned(), PortPolicy { vlans, security }))
+}
+
+fn on_off(name: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{name}={value} must be on or off")),
+    }
 }
 
 /// Splits `,vlan=N` or `,trunk=N,M,...` (which must come last) off a spec.
@@ -179,16 +214,27 @@ pub fn parse_vlan_id(text: &str) -> Result<VlanId, String> {
         .ok_or_else(|| format!("VLAN '{text}' must be a number from 1 to 4094"))
 }
 
-/// A spec with its VLAN options, as it was given.
-pub fn describe_with_vlans(spec: &impl std::fmt::Display, vlans: &PortVlans) -> String {
+/// A spec with its port options, as it was given (those at their defaults left out).
+pub fn describe_with_policy(spec: &impl std::fmt::Display, policy: &PortPolicy) -> String {
+    let mut described = spec.to_string();
+    if policy.security.lock {
+        described.push_str(",lock=on");
+    }
+    match policy.security.storm_pps {
+        None => described.push_str(",storm=off"),
+        Some(pps) if pps != vnet_switch::DEFAULT_STORM_PPS => described.push_str(&format!(",storm={pps}")),
+        Some(_) => {}
+    }
+    let vlans = &policy.vlans;
     match (vlans.untagged, vlans.tagged.is_empty()) {
-        (None, true) => spec.to_string(),
-        (Some(vlan), _) => format!("{spec},vlan={vlan}"),
+        (None, true) => {}
+        (Some(vlan), _) => described.push_str(&format!(",vlan={vlan}")),
         (None, false) => {
             let list: Vec<String> = vlans.tagged.iter().map(ToString::to_string).collect();
-            format!("{spec},trunk={}", list.join(","))
+            described.push_str(&format!(",trunk={}", list.join(",")));
         }
     }
+    described
 }
 
 /// Parses an `--attach` value.
@@ -326,11 +372,11 @@ mod tests {
         assert_eq!(parse_attach("tap:vnet0"), Ok(AttachSpec::Tap("vnet0".into())));
         let access = parse_listen_arg("stream:unix:/tmp/a,vlan=10").unwrap();
         assert_eq!(access.arg, ListenArg::Spec(ListenSpec::StreamUnix("/tmp/a".into())));
-        assert_eq!(access.vlans, PortVlans::access(VlanId::new(10).unwrap()));
+        assert_eq!(access.policy.vlans, PortVlans::access(VlanId::new(10).unwrap()));
         let trunk = parse_attach_option("mcast:230.0.0.1:1,localaddr=127.0.0.1,trunk=10,20").unwrap();
-        assert_eq!(trunk.vlans, PortVlans::trunk([10, 20].map(|id| VlanId::new(id).unwrap())));
+        assert_eq!(trunk.policy.vlans, PortVlans::trunk([10, 20].map(|id| VlanId::new(id).unwrap())));
         assert_eq!(
-            describe_with_vlans(&trunk.spec, &trunk.vlans),
+            describe_with_policy(&trunk.spec, &trunk.policy),
             "mcast:230.0.0.1:1,localaddr=127.0.0.1,trunk=10,20"
         );
         assert_eq!(parse_listen_arg("vde,vlan=3").unwrap().arg, ListenArg::DefaultVde);
@@ -340,6 +386,23 @@ mod tests {
         }
         assert!(parse_attach("tap:").is_err());
         assert!(parse_attach("tap:name-longer-than-15").is_err());
+    }
+
+    #[test]
+    fn lock_and_storm_options_parse_anywhere_and_are_described_back() {
+        let locked = parse_listen_arg("stream:unix:/tmp/a,lock=on,storm=50,vlan=10").unwrap();
+        assert_eq!(locked.arg, ListenArg::Spec(ListenSpec::StreamUnix("/tmp/a".into())));
+        assert_eq!(locked.policy.security, PortSecurity { lock: true, storm_pps: Some(50) });
+        assert_eq!(locked.policy.vlans, PortVlans::access(VlanId::new(10).unwrap()));
+        let ListenArg::Spec(spec) = &locked.arg else { unreachable!() };
+        assert_eq!(describe_with_policy(spec, &locked.policy), "stream:unix:/tmp/a,lock=on,storm=50,vlan=10");
+        let netns = parse_attach_option("netns:7,storm=off,ifname=vnet1").unwrap();
+        assert_eq!(netns.policy.security.storm_pps, None);
+        assert_eq!(parse_attach_option("tap:t0").unwrap().policy, PortPolicy::default());
+        for bad in ["stream:unix:/a,lock=yes", "stream:unix:/a,storm=0", "stream:unix:/a,storm=fast"] {
+            let error = parse_listen_arg(bad).unwrap_err().to_string();
+            assert!(error.contains(&format!("'{bad}'")) && error.contains("must be"), "{error}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 
-use vnet_switch::{ForwardingMode, PortVlans, QueueLimits, Switch, SwitchConfig};
+use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, PortVlans, QueueLimits, Switch, SwitchConfig};
 use vnet_wire::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
 use vnet_wire::vde;
 use vnet_wire::vlan::VlanId;
@@ -88,6 +88,7 @@ pub fn switch_frames(data: &[u8]) {
         aging: Duration::from_secs(2),
         mac_capacity: 4,
         queue_limits: limits,
+        port_stations: 3,
     };
     let mut switch = Switch::new(config);
     let vlan = |id| VlanId::new(id).expect("a valid VLAN");
@@ -99,7 +100,12 @@ pub fn switch_frames(data: &[u8]) {
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, vlans)| switch.add_port_on_vlans(format!("p{i}"), false, vlans))
+    .map(|(i, vlans)| {
+        // Port 1 is locked and port 2 floods at most 5 frames a second, so port
+        // security is driven too.
+        let security = PortSecurity { lock: i == 1, storm_pps: Some(if i == 2 { 5 } else { 1000 }) };
+        switch.add_port_with_policy(format!("p{i}"), false, PortPolicy { vlans, security })
+    })
     .collect::<Vec<_>>();
     let start = Instant::now();
     let mut received = 0u64;

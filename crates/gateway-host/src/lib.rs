@@ -23,7 +23,7 @@ use std::os::unix::net::UnixStream;
 use thiserror::Error;
 use vnet_gateway::{ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
 use vnet_runtime::{Network, RuntimeError};
-use vnet_switch::PortVlans;
+use vnet_switch::PortPolicy;
 use vnet_transport::TransportError;
 
 pub use port::GatewayPort;
@@ -47,8 +47,8 @@ pub enum GatewayHostError {
 
 /// The gateway's operations on a network that may have one.
 pub trait GatewayNetwork {
-    /// Adds the user-mode gateway as a port of the network, on `vlans`.
-    fn add_gateway(&mut self, config: GatewayConfig, vlans: PortVlans) -> Result<(), GatewayHostError>;
+    /// Adds the user-mode gateway as a port of the network, its port following `policy`.
+    fn add_gateway(&mut self, config: GatewayConfig, policy: PortPolicy) -> Result<(), GatewayHostError>;
     /// The gateway, if the network has one.
     fn gateway(&self) -> Option<&Gateway>;
     /// The hostfwd rules in force, with their ids; empty without a gateway.
@@ -67,8 +67,8 @@ pub trait GatewayNetwork {
 }
 
 impl GatewayNetwork for Network {
-    fn add_gateway(&mut self, config: GatewayConfig, vlans: PortVlans) -> Result<(), GatewayHostError> {
-        self.add_endpoint(Box::new(GatewayPort::new(config)?), vlans)?;
+    fn add_gateway(&mut self, config: GatewayConfig, policy: PortPolicy) -> Result<(), GatewayHostError> {
+        self.add_endpoint(Box::new(GatewayPort::new(config)?), policy)?;
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use smoltcp::wire::{
 use vnet_gateway::GatewayConfig;
 use vnet_gateway_host::GatewayNetwork;
 use vnet_runtime::{Network, Remote, Supervisor};
-use vnet_switch::{PortVlans, SwitchConfig};
+use vnet_switch::{PortPolicy, SwitchConfig};
 use vnet_transport::{netns, stream, tap, NamespaceRef};
 use vnet_wire::frame::{LARGE_BUFFER, SMALL_BUFFER};
 
@@ -269,9 +269,9 @@ fn stream_guest_of_a_gateway(port: u16) -> (RunningNetwork, StreamGuest, tempfil
     let path = socket_path.clone();
     let network = RunningNetwork::start(move |network| {
         network
-            .add_endpoint(Box::new(stream::Listener::bind_unix(&path).unwrap()), PortVlans::default())
+            .add_endpoint(Box::new(stream::Listener::bind_unix(&path).unwrap()), PortPolicy::default())
             .unwrap();
-        network.add_gateway(config, PortVlans::default()).unwrap();
+        network.add_gateway(config, PortPolicy::default()).unwrap();
     });
     let socket = UnixStream::connect(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -436,7 +436,7 @@ fn ping_and_bulk_tcp_between_two_taps_allocate_nothing_per_frame() {
         for (path, name) in [(a_path, "a"), (b_path, "b")] {
             let device = netns::open_tap_in(&NamespaceRef::Path(path.into()), "eth0").unwrap();
             network
-                .add_endpoint(Box::new(tap::TapPort::new(device, name.to_owned())), PortVlans::default())
+                .add_endpoint(Box::new(tap::TapPort::new(device, name.to_owned())), PortPolicy::default())
                 .unwrap();
         }
     });

@@ -14,7 +14,7 @@ use std::time::Instant;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 use tracing::info;
-use vnet_switch::{PortId, PortVlans, Switch};
+use vnet_switch::{PortId, PortPolicy, Switch};
 
 use crate::events::EventCounters;
 
@@ -94,8 +94,8 @@ pub struct Context<'a> {
     pub(crate) events: &'a mut EventCounters,
     pub(crate) spawned: &'a mut Vec<Box<dyn Endpoint>>,
     pub(crate) sources: &'a mut Slab<usize>,
-    /// The VLANs the running endpoint's ports carry.
-    pub(crate) vlans: &'a PortVlans,
+    /// What the running endpoint's ports carry and let in.
+    pub(crate) policy: &'a PortPolicy,
 }
 
 impl Context<'_> {
@@ -113,7 +113,7 @@ impl Context<'_> {
     /// Adds a port owned by the running endpoint; if `takes_offloads`, its frames may
     /// come with offloads still to do (see [`vnet_switch::Port::takes_offloads`]).
     pub fn add_port_taking_offloads(&mut self, name: String, takes_offloads: bool) -> PortId {
-        let id = self.switch.add_port_on_vlans(name.clone(), takes_offloads, self.vlans.clone());
+        let id = self.switch.add_port_with_policy(name.clone(), takes_offloads, self.policy.clone());
         info!(port = %id, %name, "port opened");
         if let Some(port) = self.switch.port_mut(id) {
             port.set_owner(self.endpoint);
@@ -128,8 +128,8 @@ impl Context<'_> {
         }
     }
 
-    /// Hands a new endpoint (an accepted connection) to the network, on the running
-    /// endpoint's VLANs.
+    /// Hands a new endpoint (an accepted connection) to the network, under the running
+    /// endpoint's port policy.
     pub fn spawn(&mut self, endpoint: Box<dyn Endpoint>) {
         self.spawned.push(endpoint);
     }

@@ -18,7 +18,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
-use vnet_switch::{MirrorSink, PortId, PortVlans, Switch, SwitchConfig};
+use vnet_switch::{MirrorSink, PortId, PortPolicy, Switch, SwitchConfig};
 
 use crate::endpoint::{Context, Endpoint, EndpointId, Liveness, ReadOutcome};
 use crate::events::EventCounters;
@@ -53,8 +53,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 struct Slot {
     endpoint: Box<dyn Endpoint>,
     token: Token,
-    /// The VLANs its ports carry; what it spawns inherits them.
-    vlans: PortVlans,
+    /// What its ports carry and let in; what it spawns inherits it.
+    policy: PortPolicy,
     /// The deadline it has in the timer heap.
     armed: Option<Instant>,
     /// Whether it is in the list of endpoints waiting for room.
@@ -125,15 +125,15 @@ impl Network {
         self.remote.clone()
     }
 
-    /// Adds an endpoint whose ports carry `vlans`, and starts it.
+    /// Adds an endpoint whose ports follow `policy` (VLANs, port security), and starts it.
     pub fn add_endpoint(
         &mut self,
         endpoint: Box<dyn Endpoint>,
-        vlans: PortVlans,
+        policy: PortPolicy,
     ) -> Result<EndpointId, RuntimeError> {
         self.now = Instant::now();
         let id = self
-            .install(endpoint, vlans)
+            .install(endpoint, policy)
             .map_err(|source| RuntimeError { context: "cannot start endpoint", source })?;
         debug!(endpoint = %id, "endpoint added");
         Ok(id)
@@ -246,12 +246,12 @@ impl Network {
         }
     }
 
-    /// Gives `endpoint` a slot and a token and starts it, its ports on `vlans`.
-    fn install(&mut self, endpoint: Box<dyn Endpoint>, vlans: PortVlans) -> io::Result<EndpointId> {
+    /// Gives `endpoint` a slot and a token and starts it, its ports following `policy`.
+    fn install(&mut self, endpoint: Box<dyn Endpoint>, policy: PortPolicy) -> io::Result<EndpointId> {
         let entry = self.endpoints.vacant_entry();
         let key = entry.key();
         let token = Token(self.sources.insert(key));
-        entry.insert(Slot { endpoint, token, vlans, armed: None, waiting: false });
+        entry.insert(Slot { endpoint, token, policy, armed: None, waiting: false });
         let started = self.with_slot(key, Some(token), |endpoint, cx| match endpoint.start(cx) {
             Ok(()) => (Ok(()), Liveness::Open),
             Err(e) => (Err(e), Liveness::Closed),
@@ -259,10 +259,10 @@ impl Network {
         started.expect("slot just inserted").map(|()| EndpointId(key))
     }
 
-    /// Installs what the endpoint in slot `parent` spawned, on the parent's VLANs.
-    fn install_spawned(&mut self, spawned: Vec<Box<dyn Endpoint>>, vlans: &PortVlans) {
+    /// Installs what the endpoint in slot `parent` spawned, under the parent's port policy.
+    fn install_spawned(&mut self, spawned: Vec<Box<dyn Endpoint>>, policy: &PortPolicy) {
         for endpoint in spawned {
-            if let Err(e) = self.install(endpoint, vlans.clone()) {
+            if let Err(e) = self.install(endpoint, policy.clone()) {
                 warn!(error = %e, "could not start a new connection");
             }
         }
@@ -289,14 +289,14 @@ impl Network {
             events: &mut self.events,
             spawned: &mut spawned,
             sources: &mut self.sources,
-            vlans: &slot.vlans,
+            policy: &slot.policy,
         };
         let (result, liveness) = f(slot.endpoint.as_mut(), &mut cx);
         if liveness == Liveness::Closed {
             slot.endpoint.close(&mut cx);
             let slot = self.endpoints.remove(key);
             self.sources.remove(slot.token.0);
-            self.install_spawned(spawned, &slot.vlans);
+            self.install_spawned(spawned, &slot.policy);
             return Some(result);
         }
         self.timers.arm(key, slot.endpoint.deadline(), &mut slot.armed);
@@ -305,8 +305,8 @@ impl Network {
             self.waiting.push(key);
         }
         if !spawned.is_empty() {
-            let vlans = slot.vlans.clone();
-            self.install_spawned(spawned, &vlans);
+            let policy = slot.policy.clone();
+            self.install_spawned(spawned, &policy);
         }
         Some(result)
     }

@@ -12,6 +12,7 @@
 mod mac_table;
 mod mirror;
 mod port;
+mod security;
 mod vlan;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,8 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
-pub use port::{Port, PortCounters, PortDropReason, PortId, QueueLimits, QueueRoom};
+pub use port::{Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom};
+pub use security::{PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
 pub use vlan::{PortVlans, Vlan};
 
 /// How the switch forwards frames.
@@ -46,6 +48,8 @@ pub struct SwitchConfig {
     pub mac_capacity: usize,
     /// How much each port may queue for a slow peer.
     pub queue_limits: QueueLimits,
+    /// Most source addresses one port may use at once.
+    pub port_stations: usize,
 }
 
 impl Default for SwitchConfig {
@@ -55,6 +59,7 @@ impl Default for SwitchConfig {
             aging: DEFAULT_AGING,
             mac_capacity: DEFAULT_CAPACITY,
             queue_limits: QueueLimits::default(),
+            port_stations: DEFAULT_PORT_STATIONS,
         }
     }
 }
@@ -105,17 +110,27 @@ impl Switch {
         self.add_port_on_vlans(name, takes_offloads, PortVlans::default())
     }
 
-    /// Adds a port that carries `vlans` (see [`PortVlans`]); ordinary ports carry the
-    /// default VLAN untagged.
+    /// Adds a port that carries `vlans` (see [`PortVlans`]), with the default port
+    /// security; ordinary ports carry the default VLAN untagged.
     pub fn add_port_on_vlans(
         &mut self,
         name: impl Into<String>,
         takes_offloads: bool,
         vlans: PortVlans,
     ) -> PortId {
+        self.add_port_with_policy(name, takes_offloads, PortPolicy { vlans, ..PortPolicy::default() })
+    }
+
+    /// Adds a port that follows `policy`: its VLANs and what it lets in.
+    pub fn add_port_with_policy(
+        &mut self,
+        name: impl Into<String>,
+        takes_offloads: bool,
+        policy: PortPolicy,
+    ) -> PortId {
         let id = PortId(self.next_port);
         self.next_port += 1;
-        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits, takes_offloads, vlans));
+        self.ports.insert(id, Port::new(name.into(), self.config.queue_limits, takes_offloads, policy));
         id
     }
 
@@ -185,21 +200,34 @@ impl Switch {
         if self.pinned.iter().any(|(pinned, owner)| *pinned == source && *owner != from) {
             return port.record_drop(PortDropReason::PinnedSource);
         }
+        if let Err(reason) =
+            port.guard.admit_source(source, now, self.config.port_stations, self.config.aging)
+        {
+            return port.record_drop(reason);
+        }
         let (frame, vlan) = match port.vlans().ingress(frame) {
             Ok(classified) => classified,
             Err(reason) => return port.record_drop(reason),
         };
-        self.mirrors.copy_received(from, &frame);
-        match self.config.mode {
-            ForwardingMode::Hub => self.flood(from, frame, vlan),
+        let destination = match self.config.mode {
+            ForwardingMode::Hub => None,
             ForwardingMode::Learning => {
                 self.learn(vlan, frame.source(), from, now);
-                match self.unicast_destination(vlan, frame.destination(), now) {
-                    Some(to) if to == from => {}
-                    Some(to) => self.deliver(from, to, frame, vlan),
-                    None => self.flood(from, frame, vlan),
-                }
+                self.unicast_destination(vlan, frame.destination(), now)
             }
+        };
+        let limited = destination.is_none()
+            && (self.config.mode == ForwardingMode::Learning || frame.destination().is_multicast());
+        if let Some(port) = self.ports.get_mut(&from).filter(|_| limited) {
+            if !port.guard.admit_flood(now) {
+                return port.record_drop(PortDropReason::Storm);
+            }
+        }
+        self.mirrors.copy_received(from, &frame);
+        match destination {
+            Some(to) if to == from => {}
+            Some(to) => self.deliver(from, to, frame, vlan),
+            None => self.flood(from, frame, vlan),
         }
     }
 

@@ -10,7 +10,17 @@ use std::fmt;
 
 use vnet_wire::Frame;
 
+use crate::security::{PortGuard, PortSecurity};
 use crate::PortVlans;
+
+/// Everything a spec sets for its ports: the VLANs they carry and what they let in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// `,vlan=` or `,trunk=`.
+    pub vlans: PortVlans,
+    /// `,lock=` and `,storm=`.
+    pub security: PortSecurity,
+}
 
 /// Identifies a port for the lifetime of a switch. Numbers are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,11 +56,18 @@ pub enum PortDropReason {
     /// Received: a source address pinned to another port (the gateway's), which no
     /// peer of this port may send from.
     PinnedSource,
+    /// Received: a new source address on a port locked to its first one (`,lock=on`).
+    Locked,
+    /// Received: a new source address on a port that uses as many as it may.
+    StationLimit,
+    /// Received: a flooded frame (broadcast, multicast, unknown unicast) over the port's
+    /// rate (`,storm=PPS`).
+    Storm,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 9] = [
+    pub const ALL: [PortDropReason; 12] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -60,6 +77,9 @@ impl PortDropReason {
         PortDropReason::VlanNotAllowed,
         PortDropReason::StackedVlanTag,
         PortDropReason::PinnedSource,
+        PortDropReason::Locked,
+        PortDropReason::StationLimit,
+        PortDropReason::Storm,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -73,6 +93,9 @@ impl PortDropReason {
                 | PortDropReason::VlanNotAllowed
                 | PortDropReason::StackedVlanTag
                 | PortDropReason::PinnedSource
+                | PortDropReason::Locked
+                | PortDropReason::StationLimit
+                | PortDropReason::Storm
         )
     }
 
@@ -88,6 +111,9 @@ impl PortDropReason {
             PortDropReason::VlanNotAllowed => "vlan_not_allowed",
             PortDropReason::StackedVlanTag => "stacked_vlan_tag",
             PortDropReason::PinnedSource => "pinned_source",
+            PortDropReason::Locked => "locked",
+            PortDropReason::StationLimit => "station_limit",
+            PortDropReason::Storm => "storm",
         }
     }
 
@@ -185,13 +211,14 @@ pub struct Port {
     /// header, the gateway); other peers get them done in software first.
     takes_offloads: bool,
     vlans: PortVlans,
+    pub(crate) guard: PortGuard,
     /// Whatever drains the port, as a number its owner chose (the runtime's endpoint).
     owner: usize,
     pub(crate) pending: bool,
 }
 
 impl Port {
-    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool, vlans: PortVlans) -> Self {
+    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool, policy: PortPolicy) -> Self {
         Self {
             name,
             queue: VecDeque::new(),
@@ -199,7 +226,8 @@ impl Port {
             limits,
             counters: PortCounters::default(),
             takes_offloads,
-            vlans,
+            vlans: policy.vlans,
+            guard: PortGuard::new(policy.security),
             owner: 0,
             pending: false,
         }
@@ -223,6 +251,11 @@ impl Port {
     /// The VLANs the port carries.
     pub fn vlans(&self) -> &PortVlans {
         &self.vlans
+    }
+
+    /// What the port lets in besides its VLANs.
+    pub fn security(&self) -> PortSecurity {
+        self.guard.security()
     }
 
     /// What the port is connected to, for logs (for example `stream:unix:/run/vm.sock pid=42`).

@@ -463,3 +463,67 @@ fn every_delivered_copy_names_the_port_it_entered_by() {
     assert_eq!(ingress(&switch, pc), vec![pa.0]);
     assert_eq!(ingress(&switch, pa), vec![pb.0], "a unicast copy is marked as a flooded one is");
 }
+
+#[test]
+fn made_up_sources_from_one_port_cannot_fill_the_table_and_a_later_guest_is_learned() {
+    let now = Instant::now();
+    let (mut switch, [attacker, newcomer, peer]) = three_ports(SwitchConfig::default());
+    for n in 0..65_536u32 {
+        let [_, b, c, d] = n.to_be_bytes();
+        switch.receive(attacker, frame(BROADCAST, [0x02, 0, 0, b, c, d]), now);
+    }
+    let drops = switch.port(attacker).unwrap().counters().drops(PortDropReason::StationLimit);
+    assert_eq!(drops, 65_536 - DEFAULT_PORT_STATIONS as u64);
+    assert_eq!(switch.mac_table().stations(now).count(), DEFAULT_PORT_STATIONS);
+    switch.receive(newcomer, frame(BROADCAST, B), now);
+    let (attacker_before, newcomer_before) = (queued(&switch, attacker), queued(&switch, newcomer));
+    switch.receive(peer, frame(B, C), now);
+    assert_eq!(
+        queued(&switch, attacker),
+        attacker_before,
+        "traffic to the newcomer is not flooded to the attacker"
+    );
+    assert_eq!(queued(&switch, newcomer), newcomer_before + 1);
+}
+
+#[test]
+fn a_locked_port_lets_in_only_its_first_source() {
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let security = PortSecurity { lock: true, ..PortSecurity::default() };
+    let locked =
+        switch.add_port_with_policy("locked", false, PortPolicy { security, ..PortPolicy::default() });
+    let other = switch.add_port("other");
+    switch.receive(locked, frame(BROADCAST, A), now);
+    switch.receive(locked, frame(BROADCAST, B), now);
+    switch.receive(locked, frame(C, A), now);
+    assert_eq!(queued(&switch, other), 2);
+    assert_eq!(switch.port(locked).unwrap().counters().drops(PortDropReason::Locked), 1);
+}
+
+#[test]
+fn a_broadcast_storm_is_held_to_the_port_rate_and_known_unicast_is_not() {
+    let now = Instant::now();
+    let config = SwitchConfig {
+        queue_limits: QueueLimits { frames: 100_000, bytes: 1 << 30 },
+        ..SwitchConfig::default()
+    };
+    let (mut switch, [storm, quiet, target]) = three_ports(config);
+    switch.receive(target, frame(BROADCAST, C), now);
+    for _ in 0..10_000 {
+        switch.receive(storm, frame(BROADCAST, A), now);
+    }
+    assert_eq!(
+        queued(&switch, quiet),
+        1 + DEFAULT_STORM_PPS as usize,
+        "C's broadcast and one second's worth"
+    );
+    let dropped = switch.port(storm).unwrap().counters().drops(PortDropReason::Storm);
+    assert_eq!(dropped, 10_000 - u64::from(DEFAULT_STORM_PPS));
+    for _ in 0..10_000 {
+        switch.receive(storm, frame(C, A), now);
+    }
+    assert_eq!(queued(&switch, target), DEFAULT_STORM_PPS as usize + 10_000, "known unicast is not limited");
+    switch.receive(storm, frame(BROADCAST, A), now + Duration::from_millis(10));
+    assert_eq!(queued(&switch, quiet), 2 + DEFAULT_STORM_PPS as usize, "the rate refills");
+}
