@@ -13,6 +13,7 @@
 mod datagrams;
 mod error_queue;
 mod forwards;
+mod guard;
 pub mod port;
 mod sockets;
 

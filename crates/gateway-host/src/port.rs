@@ -21,6 +21,7 @@ use vnet_transport::TransportError;
 use crate::datagrams::DatagramReceiver;
 use crate::error_queue::{ipv4_header_len, take_icmp_error};
 use crate::forwards::{Forward, ForwardSocket};
+use crate::guard::GatewayAddressGuard;
 use crate::sockets::{Host, HostStream, SendSpace, Sockets, Source};
 
 /// Datagrams read from one host socket per batch.
@@ -292,6 +293,8 @@ impl Endpoint for GatewayPort {
         let port = cx.add_port_taking_offloads(format!("gateway {}", config.host), true);
         // No guest may send as the gateway and so draw the other guests' traffic to it.
         cx.switch.pin_station(config.mac(), port);
+        // Nor claim the gateway's addresses in ARP to the other guests.
+        cx.switch.add_guard(port, Box::new(GatewayAddressGuard::new(vec![config.host, config.dns])));
         self.port = Some(port);
         self.sockets.port = self.port;
         for (id, rule) in self.forwards().collect::<Vec<_>>() {

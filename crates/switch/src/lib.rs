@@ -25,7 +25,7 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
 pub use port::{Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom};
-pub use security::{PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
+pub use security::{IngressGuard, PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
 pub use vlan::{PortVlans, Vlan};
 
 /// How the switch forwards frames.
@@ -80,6 +80,8 @@ pub struct Switch {
     mirrors: mirror::Mirrors,
     /// Stations that only their own port may send as (the gateway), with that port.
     pinned: Vec<(MacAddress, PortId)>,
+    /// Checks frames from other ports must pass, each with the port that set it up.
+    guards: Vec<(PortId, Box<dyn IngressGuard>)>,
 }
 
 impl Switch {
@@ -95,6 +97,7 @@ impl Switch {
             reported_table_full: false,
             mirrors: mirror::Mirrors::default(),
             pinned: Vec::new(),
+            guards: Vec::new(),
         }
     }
 
@@ -142,10 +145,17 @@ impl Switch {
         self.pinned.push((mac, port));
     }
 
+    /// Makes every frame from a port other than `owner` pass `guard` (see
+    /// [`IngressGuard`]). The guard goes with its port.
+    pub fn add_guard(&mut self, owner: PortId, guard: Box<dyn IngressGuard>) {
+        self.guards.push((owner, guard));
+    }
+
     /// Removes a port, forgets its stations and discards what was queued for it. Returns
     /// the port so the caller can report its final counters.
     pub fn remove_port(&mut self, id: PortId) -> Option<Port> {
         self.pinned.retain(|(_, port)| *port != id);
+        self.guards.retain(|(owner, _)| *owner != id);
         self.table.forget_port(id);
         self.mirrors.forget_port(id);
         self.pending.retain(|pending| *pending != id);
@@ -209,6 +219,9 @@ impl Switch {
             Ok(classified) => classified,
             Err(reason) => return port.record_drop(reason),
         };
+        if self.guards.iter().any(|(owner, guard)| *owner != from && !guard.admits(&frame)) {
+            return port.record_drop(PortDropReason::Guarded);
+        }
         let destination = match self.config.mode {
             ForwardingMode::Hub => None,
             ForwardingMode::Learning => {

@@ -63,11 +63,14 @@ pub enum PortDropReason {
     /// Received: a flooded frame (broadcast, multicast, unknown unicast) over the port's
     /// rate (`,storm=PPS`).
     Storm,
+    /// Received: a frame another port's guard refused, such as ARP claiming the
+    /// gateway's address.
+    Guarded,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 12] = [
+    pub const ALL: [PortDropReason; 13] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -80,6 +83,7 @@ impl PortDropReason {
         PortDropReason::Locked,
         PortDropReason::StationLimit,
         PortDropReason::Storm,
+        PortDropReason::Guarded,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -96,6 +100,7 @@ impl PortDropReason {
                 | PortDropReason::Locked
                 | PortDropReason::StationLimit
                 | PortDropReason::Storm
+                | PortDropReason::Guarded
         )
     }
 
@@ -114,6 +119,7 @@ impl PortDropReason {
             PortDropReason::Locked => "locked",
             PortDropReason::StationLimit => "station_limit",
             PortDropReason::Storm => "storm",
+            PortDropReason::Guarded => "guarded",
         }
     }
 

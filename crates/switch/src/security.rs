@@ -4,9 +4,10 @@
 //! second, so one peer can neither fill the MAC table nor drown the others in floods.
 //! This module counts addresses and frames; it knows no protocol and no queue.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use vnet_wire::MacAddress;
+use vnet_wire::{Frame, MacAddress};
 
 use crate::PortDropReason;
 
@@ -29,6 +30,14 @@ impl Default for PortSecurity {
     fn default() -> Self {
         Self { lock: false, storm_pps: Some(DEFAULT_STORM_PPS) }
     }
+}
+
+/// A check that frames from every port but its owner's must pass, set up by whoever
+/// knows the protocols the switch does not: the gateway refuses ARP that claims its
+/// addresses. A refused frame is dropped and counted as [`PortDropReason::Guarded`].
+pub trait IngressGuard: fmt::Debug {
+    /// Whether `frame` (untagged, as the switch carries it) may go on.
+    fn admits(&self, frame: &Frame) -> bool;
 }
 
 /// One frame's worth of flood allowance, in millionths, so the bucket refills smoothly.

@@ -527,3 +527,28 @@ fn a_broadcast_storm_is_held_to_the_port_rate_and_known_unicast_is_not() {
     switch.receive(storm, frame(BROADCAST, A), now + Duration::from_millis(10));
     assert_eq!(queued(&switch, quiet), 2 + DEFAULT_STORM_PPS as usize, "the rate refills");
 }
+
+/// Refuses frames from station A, as a guard that knows some protocol refuses a claim.
+#[derive(Debug)]
+struct RefuseA;
+
+impl IngressGuard for RefuseA {
+    fn admits(&self, frame: &Frame) -> bool {
+        frame.source().0 != A
+    }
+}
+
+#[test]
+fn a_guard_checks_frames_from_every_port_but_its_owners_and_goes_with_its_port() {
+    let now = Instant::now();
+    let (mut switch, [owner, pb, pc]) = three_ports(SwitchConfig::default());
+    switch.add_guard(owner, Box::new(RefuseA));
+    switch.receive(pb, frame(BROADCAST, A), now);
+    assert_eq!((queued(&switch, owner), queued(&switch, pc)), (0, 0));
+    assert_eq!(switch.port(pb).unwrap().counters().drops(PortDropReason::Guarded), 1);
+    switch.receive(owner, frame(BROADCAST, A), now);
+    assert_eq!(queued(&switch, pc), 1, "the owner's own frames pass");
+    switch.remove_port(owner);
+    switch.receive(pb, frame(BROADCAST, A), now);
+    assert_eq!(queued(&switch, pc), 2, "the guard went with its port");
+}
