@@ -380,12 +380,21 @@ fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
     });
     let (upload_port, upload) = receive_once(len);
     let (echo_port, echo) = echo_many(1000);
-    let output = support::vnet_command()
-        .args(["--log-level", "warn", "ns", "--user", "mtu=65520", "--", "python3", "-c", NAMESPACE_CLIENT])
-        .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
-        .arg(len.to_string())
-        .output()
-        .unwrap();
+    let output = support::vnet_with(&[
+        "--log-level",
+        "warn",
+        "ns",
+        "--user",
+        "mtu=65520",
+        "--",
+        "python3",
+        "-c",
+        NAMESPACE_CLIENT,
+    ])
+    .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
+    .arg(len.to_string())
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(&format!("download={expected_download}")), "{stdout}");

@@ -225,8 +225,7 @@ fn a_namespace_made_by_vnet_ns_reaches_a_guest() {
     let _lock = GuestLock::acquire();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
-    let ns = support::vnet_command()
-        .args(["--log-level", "warn", "ns", "--listen", &unix_listen(&sock), "--"])
+    let ns = support::vnet_with(&["--log-level", "warn", "ns", "--listen", &unix_listen(&sock), "--"])
         .args(["sh", "-c", "ip addr add 10.0.0.9/24 dev eth0 && n=0; until ping -c 1 -W 1 10.0.0.1; do n=$((n+1)); [ $n -ge 300 ] && exit 1; done; ping -c 3 -W 5 10.0.0.1"])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -50,7 +50,8 @@ fn vnet_ns_reaches_an_attached_namespace_and_returns_the_command_status() {
     assert!(ping.status.success(), "ping failed: {stdout}{}", String::from_utf8_lossy(&ping.stderr));
     assert!(stdout.contains("3 received"), "{stdout}");
 
-    let status = vnet().args(["--log-level", "warn", "ns", "--", "sh", "-c", "exit 7"]).status().unwrap();
+    let status =
+        support::vnet_with(&["--log-level", "warn", "ns", "--", "sh", "-c", "exit 7"]).status().unwrap();
     assert_eq!(status.code(), Some(7), "vnet ns exits with the command's status");
 }
 

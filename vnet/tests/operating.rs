@@ -31,7 +31,7 @@ fn api_socket(name: &str) -> PathBuf {
 
 /// Runs `vnet ARGS...` to completion.
 fn vnet_cli(args: &[&str]) -> Output {
-    support::vnet_command().args(args).output().expect("vnet runs")
+    support::vnet_with(args).output().expect("vnet runs")
 }
 
 /// Runs `vnet ARGS...`, which must succeed, and returns its stdout.
@@ -354,12 +354,9 @@ fn readiness_goes_to_the_ready_fd_and_systemd_and_the_pid_file_lives_as_long_as_
     notify.set_read_timeout(Some(DEADLINE)).unwrap();
     let (ready_reader, ready_writer) = UnixStream::pair().unwrap();
     let ready_fd = std::os::fd::AsRawFd::as_raw_fd(&ready_writer);
-    let mut command = support::vnet_command();
-    command
-        .args(["-q", "run", "--name", &name, "--listen", "stream", "--ready-fd", "3", "--pidfile"])
-        .arg(&pidfile)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(Stdio::piped());
+    let mut command =
+        support::vnet_with(&["-q", "run", "--name", &name, "--listen", "stream", "--ready-fd", "3"]);
+    command.arg("--pidfile").arg(&pidfile).env("NOTIFY_SOCKET", &notify_path).stderr(Stdio::piped());
     // SAFETY: dup2 is async-signal-safe and touches only descriptors.
     unsafe {
         command.pre_exec(move || {

@@ -37,6 +37,40 @@ pub fn vnet_command() -> Command {
     Command::new(vnet_binary())
 }
 
+/// Where tests' gateways send DNS when a test names no server of its own: a port
+/// nothing listens on, so queries fail fast and never reach the machine's resolver.
+const NO_DNS_UPSTREAM: &str = "dns-upstream=127.0.0.1:9";
+
+/// A command that runs `vnet ARGS...`, its gateway given [`NO_DNS_UPSTREAM`] if it starts
+/// one that names no upstream (see [`with_own_dns_upstream`]).
+pub fn vnet_with(args: &[&str]) -> Command {
+    let mut command = vnet_command();
+    command.args(with_own_dns_upstream(args));
+    command
+}
+
+/// `args` with [`NO_DNS_UPSTREAM`] added to the gateway's options, where they start a
+/// gateway (`run` or `ns` without `--no-user` or `--config`) and name no upstream.
+pub fn with_own_dns_upstream(args: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    let end = args.iter().position(|arg| arg == "--").unwrap_or(args.len());
+    let head = &args[..end];
+    let starts_gateway = head.iter().any(|arg| arg == "run" || arg == "ns")
+        && !head.iter().any(|arg| arg == "--no-user" || arg == "--config" || arg.contains("dns-upstream="));
+    if !starts_gateway {
+        return args;
+    }
+    if let Some(value) = head.iter().position(|arg| arg == "--user").map(|flag| flag + 1).filter(|v| *v < end)
+    {
+        args[value] = format!("{},{NO_DNS_UPSTREAM}", args[value]);
+    } else if let Some(flag) = head.iter().position(|arg| arg.starts_with("--user=")) {
+        args[flag] = format!("{},{NO_DNS_UPSTREAM}", args[flag]);
+    } else {
+        args.splice(end..end, ["--user".to_owned(), NO_DNS_UPSTREAM.to_owned()]);
+    }
+    args
+}
+
 /// A running `vnet` process whose stderr goes to a file.
 pub struct Vnet {
     child: Option<Child>,
@@ -63,7 +97,7 @@ impl Vnet {
             None => vnet_command(),
         };
         let child = command
-            .args(args)
+            .args(with_own_dns_upstream(args))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -237,4 +271,21 @@ pub fn run_ok(command: &mut Command) -> Output {
     let output = command.output().unwrap();
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
     output
+}
+
+#[test]
+fn a_gateway_the_test_leaves_without_upstream_gets_one_of_its_own() {
+    assert_eq!(
+        with_own_dns_upstream(&["ns", "--user", "mtu=9000", "--", "sh"]),
+        ["ns", "--user", "mtu=9000,dns-upstream=127.0.0.1:9", "--", "sh"]
+    );
+    assert_eq!(
+        with_own_dns_upstream(&["run", "--listen", "stream"]),
+        ["run", "--listen", "stream", "--user", NO_DNS_UPSTREAM]
+    );
+    for untouched in
+        [&["run", "--no-user"][..], &["run", "--user", "dns-upstream=127.0.0.1:53"], &["status", "x"]]
+    {
+        assert_eq!(with_own_dns_upstream(untouched), untouched);
+    }
 }
