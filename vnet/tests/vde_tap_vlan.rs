@@ -411,3 +411,45 @@ fn two_guests_on_vlan_10_see_each_other_and_not_the_one_on_vlan_20() {
     let (status, log) = vnet.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn a_vde_client_cannot_make_vnet_talk_to_its_own_sockets_or_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vde, own_dgram) = (dir.path().join("switch"), dir.path().join("vnet-dgram.sock"));
+    let vnet = Vnet::spawn(&[
+        "run",
+        "--no-user",
+        "--listen",
+        &format!("vde:{}", vde.display()),
+        "--listen",
+        &format!("dgram:unix:{}", own_dgram.display()),
+    ]);
+    wait_until("vnet's VDE control socket", DEADLINE, || ctl_is_up(&vde));
+    let plug = VdePlug::connect(&vde);
+    vnet.wait_for_log("port=1");
+    let port_socket = std::fs::read_dir(&vde)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("001.")))
+        .expect("port 1's socket");
+    let client = dir.path().join("client");
+    let _client_socket = std::os::unix::net::UnixDatagram::bind(&client).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&client, &link).unwrap();
+    for (what, target) in
+        [("the dgram listener", &own_dgram), ("a port's socket", &port_socket), ("a symlink", &link)]
+    {
+        assert!(closed_without_answer(&vde, &request(0xfeed_face, 3, target)), "{what} was accepted");
+    }
+    let mut control = UnixStream::connect(vde.join("ctl")).unwrap();
+    control.set_read_timeout(Some(DEADLINE)).unwrap();
+    control.write_all(&request(0xfeed_face, 3, &client)).unwrap();
+    let mut answer = [0u8; 110];
+    control.read_exact(&mut answer).expect("the client's own socket gets a port");
+    drop(control);
+    drop(plug);
+    let (_, log) = vnet.stop();
+    assert_eq!(log.matches("one of vnet's own sockets").count(), 2, "{log}");
+    assert!(log.contains("a symbolic link"), "{log}");
+}

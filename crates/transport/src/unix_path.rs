@@ -1,12 +1,15 @@
 //! Unix socket paths that vnet binds: replacing the stale file a dead vnet left behind,
-//! refusing one a live process still serves, and removing ours on shutdown.
+//! refusing one a live process still serves, removing ours on shutdown, and telling
+//! whether a socket file is one of ours (so no peer can make vnet talk to itself).
 //!
 //! Nothing here knows about framing or ports; stream and dgram listeners both use it.
 
+use std::collections::BTreeSet;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::TransportError;
 
@@ -20,10 +23,20 @@ pub enum SocketKind {
     Datagram,
 }
 
+/// The device and inode of every socket file vnet has bound and not yet removed.
+static OWN_SOCKETS: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+
+/// Whether the file with device `dev` and inode `ino` is a socket vnet bound.
+pub fn is_own_socket(dev: u64, ino: u64) -> bool {
+    OWN_SOCKETS.lock().is_ok_and(|own| own.contains(&(dev, ino)))
+}
+
 /// A socket file vnet created; dropping it removes the file.
 #[derive(Debug)]
 pub struct BoundPath {
     path: PathBuf,
+    /// Device and inode, as [`is_own_socket`] knows the file.
+    identity: Option<(u64, u64)>,
 }
 
 impl BoundPath {
@@ -50,7 +63,11 @@ impl BoundPath {
 
     /// Takes ownership of a path vnet has just bound.
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        let identity = std::fs::symlink_metadata(&path).ok().map(|metadata| (metadata.dev(), metadata.ino()));
+        if let (Some(identity), Ok(mut own)) = (identity, OWN_SOCKETS.lock()) {
+            own.insert(identity);
+        }
+        Self { path, identity }
     }
 
     /// The socket file's path.
@@ -61,6 +78,9 @@ impl BoundPath {
 
 impl Drop for BoundPath {
     fn drop(&mut self) {
+        if let (Some(identity), Ok(mut own)) = (self.identity, OWN_SOCKETS.lock()) {
+            own.remove(&identity);
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket file");
         }

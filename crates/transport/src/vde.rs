@@ -7,13 +7,21 @@
 //! switch binds a datagram socket for the port, connects it to the client's and answers
 //! with that socket's address. Frames then go one per datagram each way, and the port
 //! lives as long as the control connection. A request that is wrong in any way closes
-//! that control connection with a log line and a counter, and nothing else. This module
+//! that control connection with a log line and a counter, and nothing else.
+//!
+//! The client names its socket by path, so vnet checks what it connects to: the file is
+//! opened without following a symlink, must be a socket owned by the user at the other
+//! end of the control connection (SO_PEERCRED; root may name any), and must not be one
+//! of vnet's own sockets, which would make a loop. vnet then connects through that open
+//! file, so the path cannot be swapped between the check and the connect. This module
 //! moves frames; it never looks inside one.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -30,7 +38,7 @@ use vnet_wire::vde::{
     REQUEST_MAX, SOCKADDR_UN_LEN,
 };
 
-use crate::unix_path::{bind_error, BoundPath, SocketKind};
+use crate::unix_path::{bind_error, is_own_socket, BoundPath, SocketKind};
 use crate::TransportError;
 
 /// Datagrams read per batch.
@@ -281,10 +289,11 @@ impl VdeClient {
         BoundPath::prepare(&path, SocketKind::Datagram).map_err(|e| e.to_string())?;
         let socket = UnixDatagram::bind(&path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
         let socket_file = BoundPath::new(path.clone());
+        let client = ClientSocket::open(&request.client, self.asker()?)?;
         socket
-            .connect(&request.client)
+            .connect(client.connect_path())
             .map_err(|e| format!("cannot reach the client's socket {}: {e}", request.client.display()))?;
-        honour_client_permissions(&request.client, &path);
+        honour_client_permissions(&client.metadata, &path);
         let reply = sockaddr_un(&path).map_err(|e| e.to_string())?;
         self.control.write_all(&reply).map_err(|e| format!("cannot answer the client: {e}"))?;
         let data = DataPath::new(socket, cx).map_err(|e| format!("cannot watch the data socket: {e}"))?;
@@ -292,13 +301,66 @@ impl VdeClient {
     }
 }
 
-/// Gives the port's socket the group and permission bits of the client's own socket,
-/// which the client set from its `group` and `mode` (vde_plug -g/-m), so whoever may use
-/// the client's socket may use the port's. A group vnet is not in is left as it is.
-fn honour_client_permissions(client: &Path, port_socket: &Path) {
-    let Ok(metadata) = std::fs::metadata(client) else {
-        return;
-    };
+impl VdeClient {
+    /// The user id of the process at the other end of the control connection.
+    fn asker(&self) -> Result<u32, String> {
+        nix::sys::socket::getsockopt(&self.control, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|credentials| credentials.uid())
+            .map_err(|e| format!("cannot tell who asked (SO_PEERCRED): {e}"))
+    }
+}
+
+/// A client's datagram socket, opened (O_PATH, no symlink) and checked by
+/// [`ClientSocket::open`].
+struct ClientSocket {
+    file: File,
+    metadata: Metadata,
+}
+
+impl ClientSocket {
+    /// Opens the socket at `path` that user `asker` named, if it may be connected to.
+    fn open(path: &Path, asker: u32) -> Result<Self, String> {
+        let file =
+            File::options().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(path).map_err(
+                |e| format!("cannot open the client's socket {} (a symlink is refused): {e}", path.display()),
+            )?;
+        let metadata = file.metadata().map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+        let own = is_own_socket(metadata.dev(), metadata.ino());
+        check_client_socket(&metadata, asker, own)
+            .map_err(|problem| format!("{}: {problem}", path.display()))?;
+        Ok(Self { file, metadata })
+    }
+
+    /// A path that reaches the checked socket itself, whatever happens to its name.
+    fn connect_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// Whether user `asker` may have vnet connect a port to the socket file described by
+/// `metadata` (of the file itself, not of what a symlink points to): it must be a
+/// socket, the asker's own unless the asker is root, and not one of vnet's (`own`).
+fn check_client_socket(metadata: &Metadata, asker: u32, own: bool) -> Result<(), String> {
+    if metadata.file_type().is_symlink() {
+        return Err("a symbolic link; name the socket itself".to_owned());
+    }
+    if !metadata.file_type().is_socket() {
+        return Err("not a socket".to_owned());
+    }
+    if own {
+        return Err("one of vnet's own sockets, which would make a loop".to_owned());
+    }
+    if asker != 0 && metadata.uid() != asker {
+        return Err(format!("belongs to uid {}, not to uid {asker} who asked", metadata.uid()));
+    }
+    Ok(())
+}
+
+/// Gives the port's socket the group and permission bits of the client's own socket
+/// (`client`), which the client set from its `group` and `mode` (vde_plug -g/-m), so
+/// whoever may use the client's socket may use the port's. A group vnet is not in is
+/// left as it is.
+fn honour_client_permissions(metadata: &Metadata, port_socket: &Path) {
     let _ = std::os::unix::fs::chown(port_socket, None, Some(metadata.gid()));
     let mode = (metadata.permissions().mode() & 0o770) | 0o600;
     let _ = std::fs::set_permissions(port_socket, std::fs::Permissions::from_mode(mode));
@@ -460,8 +522,42 @@ impl Endpoint for VdeAttachment {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixDatagram;
 
-    use super::VdeListener;
+    use super::{check_client_socket, ClientSocket, VdeListener};
+    use crate::unix_path::BoundPath;
+
+    #[test]
+    fn a_client_socket_must_be_the_askers_and_not_vnets_own() {
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("client");
+        let _client = UnixDatagram::bind(&path).unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        let owner = std::os::unix::fs::MetadataExt::uid(&metadata);
+        assert_eq!(check_client_socket(&metadata, owner, false), Ok(()));
+        assert_eq!(check_client_socket(&metadata, 0, false), Ok(()), "root may name any socket");
+        let stranger = owner.wrapping_add(4242);
+        assert!(check_client_socket(&metadata, stranger, false).unwrap_err().contains("belongs to uid"));
+        assert!(check_client_socket(&metadata, owner, true).unwrap_err().contains("loop"));
+        let directory = std::fs::metadata(scratch.path()).unwrap();
+        assert_eq!(check_client_socket(&directory, owner, false), Err("not a socket".to_owned()));
+    }
+
+    #[test]
+    fn a_symlink_or_one_of_vnets_sockets_is_refused_as_the_client() {
+        let scratch = tempfile::tempdir().unwrap();
+        let target = scratch.path().join("real");
+        let _real = UnixDatagram::bind(&target).unwrap();
+        let link = scratch.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(ClientSocket::open(&link, 0).err().unwrap().contains("symbolic link"));
+        assert!(ClientSocket::open(&target, 0).is_ok());
+        let ours = scratch.path().join("ours");
+        let _socket = UnixDatagram::bind(&ours).unwrap();
+        let bound = BoundPath::new(ours.clone());
+        assert!(ClientSocket::open(&ours, 0).err().unwrap().contains("loop"));
+        drop(bound);
+    }
 
     #[test]
     fn a_vde_directory_vnet_creates_is_private_whatever_the_umask_and_an_existing_one_keeps_its_mode() {
