@@ -2,7 +2,9 @@
 //! socket vnet binds. Every peer address that sends becomes a port of its own. A unix
 //! peer's port goes away as soon as its socket is gone; a UDP peer, which cannot be seen
 //! leaving, loses its port after it has been silent for the idle timeout (an hour unless
-//! configured). At most [`MAX_PEERS`] peers are served per socket.
+//! configured). At most [`MAX_PEERS`] peers are served per socket; a new peer beyond
+//! that takes the place of the one heard from least recently, so made-up senders cannot
+//! shut a new guest out.
 //!
 //! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
 //! queued across writes: a peer that cannot take a frame right now loses it, counted on
@@ -133,6 +135,11 @@ impl PeerTable {
         self.by_addr.is_empty()
     }
 
+    /// The port of the peer heard from least recently.
+    pub fn least_recently_heard(&self) -> Option<PortId> {
+        self.by_addr.values().min_by_key(|peer| peer.last_heard).map(|peer| peer.port)
+    }
+
     /// Every port in the table.
     pub fn ports(&self) -> Vec<PortId> {
         self.by_port.keys().copied().collect()
@@ -204,9 +211,12 @@ impl DgramListener {
             return Some(port);
         }
         if self.peers.len() >= MAX_PEERS {
-            cx.count("dgram_peer_refused");
-            debug!(listen = %self.description, "datagram peer refused: {MAX_PEERS} peers already");
-            return None;
+            if let Some(quietest) = self.peers.least_recently_heard() {
+                cx.count("dgram_peer_evicted");
+                debug!(listen = %self.description, "{MAX_PEERS} datagram peers: the one heard from least recently makes room");
+                self.peers.remove(quietest);
+                cx.remove_port(quietest);
+            }
         }
         let name = match &addr {
             PeerAddr::Unix(path) => format!("{} peer={}", self.description, path.display()),
@@ -347,6 +357,21 @@ mod tests {
             table.sockaddr(PortId(7)).and_then(|a| a.as_socket()),
             Some(SocketAddr::from(([127, 0, 0, 1], 1000)))
         );
+    }
+
+    #[test]
+    fn the_peer_heard_from_least_recently_is_the_one_to_evict() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::default();
+        for port in 1..=3u16 {
+            table
+                .insert(inet(port), PortId(u32::from(port)), t0 + Duration::from_secs(u64::from(port)))
+                .unwrap();
+        }
+        table.touch(&inet(1), t0 + Duration::from_secs(10));
+        assert_eq!(table.least_recently_heard(), Some(PortId(2)));
+        table.remove(PortId(2));
+        assert_eq!(table.least_recently_heard(), Some(PortId(3)));
     }
 
     #[test]

@@ -29,18 +29,21 @@ use thiserror::Error;
 /// - `bad_frame_length`: stream connections closed for a frame length of 0 or above the
 ///   limit;
 /// - `truncated_frame`: stream connections that ended in the middle of a frame;
+/// - `stalled_frame`: stream connections closed because their peer left a frame
+///   unfinished for a minute;
 /// - `unanswerable_datagram`: datagrams from peers vnet cannot answer (unnamed unix
 ///   sockets);
-/// - `dgram_peer_refused`: datagrams from new peers refused because a socket already
-///   serves its maximum;
+/// - `dgram_peer_evicted`: datagram peers that lost their port to a new peer because
+///   the socket served its maximum and they were heard from least recently;
 /// - `bad_vde_request`: VDE control connections closed for a malformed or refused port
 ///   request.
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 7] = [
     "accepted",
     "bad_frame_length",
     "truncated_frame",
+    "stalled_frame",
     "unanswerable_datagram",
-    "dgram_peer_refused",
+    "dgram_peer_evicted",
     "bad_vde_request",
 ];
 

@@ -5,11 +5,17 @@
 //! [`Connection`] with a port of its own. [`Dialer`] connects to a QEMU that listens
 //! (`server=on`) and reconnects whenever it goes away. The bytes on the wire are
 //! [`vnet_wire::framing`]'s business; this module only moves them.
+//!
+//! A connection costs what its peer makes it cost: its socket buffers start small and
+//! grow only once the peer has shown it keeps up with bulk traffic (a bounded number of
+//! connections at once), its decoder holds no buffer while the peer is quiet, and a
+//! peer that leaves a frame unfinished for a minute is disconnected.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -25,8 +31,20 @@ use vnet_wire::framing::{length_prefix, FramingError, StreamDecoder, LENGTH_PREF
 
 /// Most frames handed to one `writev`.
 const FRAMES_PER_WRITE: usize = 64;
-/// SO_SNDBUF and SO_RCVBUF asked for on every stream connection.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// SO_SNDBUF and SO_RCVBUF a stream connection starts with: room for a few large
+/// frames, which is what a peer that never reads can make vnet hold in the kernel.
+const INITIAL_SOCKET_BUFFER: usize = 256 << 10;
+/// What they grow to once the peer has shown it keeps up with bulk traffic, so a fast
+/// peer is not woken for every few frames.
+const BULK_SOCKET_BUFFER: usize = 4 << 20;
+/// Times a peer must empty a send buffer vnet had filled before its buffers grow.
+const DRAINS_BEFORE_GROWING: u32 = 4;
+/// Most connections with grown buffers at once: 32 × 2 × 4 MiB bounds what all of them
+/// may hold in the kernel.
+const MOST_GROWN_CONNECTIONS: usize = 32;
+
+/// Connections whose buffers have grown, in this process.
+static GROWN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// How long a dialer waits between attempts to reach a QEMU that is not up.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a listener waits before accepting again after a failure such as running out
@@ -34,6 +52,9 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Connections a listener accepts per read batch.
 const ACCEPTS_PER_BATCH: usize = 16;
+/// How long a peer may leave a frame unfinished, completing none, before its
+/// connection is closed.
+const PARTIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connected stream socket of either family.
 #[derive(Debug)]
@@ -71,6 +92,11 @@ impl StreamSocket {
             StreamSocket::Unix(s) => s,
             StreamSocket::Tcp(s) => s,
         }
+    }
+
+    /// Ends both directions, so that the next read sees the end of the stream.
+    fn shut_down(&self) {
+        let _ = nix::sys::socket::shutdown(self.fd().as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -243,15 +269,77 @@ pub struct Connection {
     decoder: StreamDecoder,
     /// Bytes of the oldest queued frame (prefix included) already written.
     head_written: usize,
+    /// Since when the peer has left a frame unfinished without completing any.
+    partial_since: Option<Instant>,
+    /// Whether the last write found the send buffer full.
+    send_buffer_full: bool,
+    /// Times the peer emptied a send buffer vnet had filled.
+    drains: u32,
+    /// Whether this connection's buffers grew (and count in [`GROWN_CONNECTIONS`]).
+    grown: bool,
 }
 
 impl Connection {
     fn new(socket: StreamSocket, name: String) -> Self {
-        // Room for a few 64 KiB frames each way, so a fast peer is not woken for every
-        // frame; the kernel caps these at net.core.{w,r}mem_max.
-        let _ = setsockopt(&socket.fd(), sockopt::SndBuf, &SOCKET_BUFFER);
-        let _ = setsockopt(&socket.fd(), sockopt::RcvBuf, &SOCKET_BUFFER);
-        Self { socket, name, port: None, decoder: StreamDecoder::new(), head_written: 0 }
+        set_socket_buffers(&socket, INITIAL_SOCKET_BUFFER);
+        Self {
+            socket,
+            name,
+            port: None,
+            decoder: StreamDecoder::new(),
+            head_written: 0,
+            partial_since: None,
+            send_buffer_full: false,
+            drains: 0,
+            grown: false,
+        }
+    }
+
+    /// The peer emptied the send buffer that vnet had filled: after a few times, its
+    /// buffers grow to [`BULK_SOCKET_BUFFER`], while fewer than
+    /// [`MOST_GROWN_CONNECTIONS`] connections have grown ones.
+    fn peer_drained(&mut self) {
+        self.send_buffer_full = false;
+        self.drains += 1;
+        if self.grown || self.drains < DRAINS_BEFORE_GROWING {
+            return;
+        }
+        let room = GROWN_CONNECTIONS
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |grown| {
+                (grown < MOST_GROWN_CONNECTIONS).then_some(grown + 1)
+            })
+            .is_ok();
+        if room {
+            self.grown = true;
+            set_socket_buffers(&self.socket, BULK_SOCKET_BUFFER);
+        }
+    }
+
+    /// The peer sent all it had: the decoder gives back the room it does not need, and
+    /// an unfinished frame starts its timeout unless one already runs.
+    fn drained(&mut self, now: Instant) -> ReadOutcome {
+        self.decoder.release_idle_room();
+        self.partial_since = match self.decoder.partial_len() {
+            0 => None,
+            _ => Some(self.partial_since.unwrap_or(now)),
+        };
+        ReadOutcome::Drained
+    }
+
+    /// When the unfinished frame's peer runs out of time.
+    fn partial_deadline(&self) -> Option<Instant> {
+        self.partial_since.map(|since| since + PARTIAL_FRAME_TIMEOUT)
+    }
+
+    /// Closes the connection if its peer left a frame unfinished for too long: the
+    /// next read then sees the end of the stream.
+    fn check_partial_frame(&mut self, cx: &mut Context<'_>) {
+        if self.partial_deadline().is_some_and(|deadline| cx.now >= deadline) {
+            cx.count("stalled_frame");
+            warn!(port = %self.name, bytes = self.decoder.partial_len(), "peer left a frame unfinished for a minute; closing");
+            self.partial_since = None;
+            self.socket.shut_down();
+        }
     }
 
     fn open_port(&mut self, cx: &mut Context<'_>) {
@@ -274,7 +362,7 @@ impl Connection {
                 return ReadOutcome::Closed;
             }
             Ok(len) => self.decoder.commit(len),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.drained(cx.now),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::More,
             Err(e) => {
                 info!(port = %self.name, error = %e, "connection failed");
@@ -283,7 +371,10 @@ impl Connection {
         }
         loop {
             match self.decoder.next_frame() {
-                Ok(Some(frame)) => cx.switch.receive(port, frame, cx.now),
+                Ok(Some(frame)) => {
+                    self.partial_since = None;
+                    cx.switch.receive(port, frame, cx.now);
+                }
                 Ok(None) => return ReadOutcome::More,
                 Err(e) => return self.refuse(e, cx),
             }
@@ -325,13 +416,19 @@ impl Connection {
             };
             let written = match result {
                 Ok(written) => written,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Liveness::Open,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.send_buffer_full = true;
+                    return Liveness::Open;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     info!(port = %self.name, error = %e, "write failed; closing");
                     return Liveness::Closed;
                 }
             };
+            if self.send_buffer_full {
+                self.peer_drained();
+            }
             let mut remaining = self.head_written + written;
             loop {
                 let Some(frame_len) = port.queued().next().map(|f| f.len() + LENGTH_PREFIX_LEN) else {
@@ -353,7 +450,23 @@ impl Connection {
         }
         self.head_written = 0;
         self.decoder = StreamDecoder::new();
+        self.partial_since = None;
     }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.grown {
+            GROWN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Asks for `size` bytes of send and receive buffer on `socket`; the kernel caps them at
+/// net.core.{w,r}mem_max.
+fn set_socket_buffers(socket: &StreamSocket, size: usize) {
+    let _ = setsockopt(&socket.fd(), sockopt::SndBuf, &size);
+    let _ = setsockopt(&socket.fd(), sockopt::RcvBuf, &size);
 }
 
 /// Skips the first `skip` bytes of a list of slices: returns the index of the first
@@ -390,6 +503,14 @@ impl Endpoint for Connection {
 
     fn flush(&mut self, _port: PortId, cx: &mut Context<'_>) -> Liveness {
         self.write(cx)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.partial_deadline()
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        self.check_partial_frame(cx);
     }
 
     fn close(&mut self, cx: &mut Context<'_>) {
@@ -530,15 +651,18 @@ impl Endpoint for Dialer {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        match self.state {
-            DialState::Waiting { retry_at } => Some(retry_at),
-            _ => None,
+        match &self.state {
+            DialState::Waiting { retry_at } => Some(*retry_at),
+            DialState::Connected(connection) => connection.partial_deadline(),
+            DialState::Connecting(_) => None,
         }
     }
 
     fn on_deadline(&mut self, cx: &mut Context<'_>) {
-        if matches!(self.state, DialState::Waiting { .. }) {
-            self.attempt(cx);
+        match &mut self.state {
+            DialState::Waiting { .. } => self.attempt(cx),
+            DialState::Connected(connection) => connection.check_partial_frame(cx),
+            DialState::Connecting(_) => {}
         }
     }
 

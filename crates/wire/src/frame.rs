@@ -66,6 +66,8 @@ fn check_len(len: usize) -> Result<(), FrameError> {
 
 thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { small: Vec::new(), large: Vec::new() }) };
+    /// The storage of every empty buffer of this thread.
+    static NO_STORAGE: Rc<[u8]> = Rc::from(Vec::new());
 }
 
 /// Free buffers of this thread, by size.
@@ -114,6 +116,7 @@ impl Drop for Storage {
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let (free, limit) = match buffer.len() {
+                0 => return,
                 SMALL_BUFFER => (&mut pool.small, POOLED_SMALL),
                 _ => (&mut pool.large, POOLED_LARGE),
             };
@@ -151,6 +154,12 @@ impl FrameBuffer {
     /// out of what was read.
     pub fn large_without_headroom() -> Self {
         Self::of_size(LARGE_BUFFER, 0)
+    }
+
+    /// A buffer with no room at all, which holds no memory of its own: for a holder that
+    /// may need no room for a while. Writing into it first moves it to a real buffer.
+    pub fn empty() -> Self {
+        Self { storage: Storage(NO_STORAGE.with(Rc::clone)), start: 0, end: 0 }
     }
 
     /// The smallest buffer that holds `len` bytes after [`HEADROOM`].

@@ -13,7 +13,9 @@
 //! pooled buffer, so that a queued small frame never holds a whole read buffer (a peer
 //! sending tiny frames toward a slow port would otherwise pin 64 KiB per frame). Only the
 //! unfinished tail of a read (part of a frame, or a length prefix) is moved into the next
-//! buffer.
+//! buffer. Between reads, a drained decoder gives back the room it does not need
+//! ([`StreamDecoder::release_idle_room`]): an idle connection holds no buffer, and one
+//! waiting for the rest of a short frame holds only what arrived.
 
 use thiserror::Error;
 
@@ -118,6 +120,21 @@ impl StreamDecoder {
         };
         self.buffer.advance(end);
         Ok(Some(frame))
+    }
+
+    /// Gives back the room the decoder holds while the peer sends nothing more: all of
+    /// it when no frame is under way, all but a small buffer for what arrived of one that
+    /// fits a small buffer. A large unfinished frame keeps its buffer, which it mostly
+    /// fills.
+    pub fn release_idle_room(&mut self) {
+        let partial = self.buffer.len();
+        if partial == 0 {
+            self.buffer = FrameBuffer::empty();
+        } else if partial <= SMALL_FRAME
+            && self.buffer.headroom() + partial + self.buffer.spare_len() > SMALL_BUFFER
+        {
+            self.buffer = FrameBuffer::copy_of(self.buffer.data());
+        }
     }
 
     /// Bytes held that do not yet make a whole frame. Non-zero at end of stream means the
@@ -302,5 +319,26 @@ mod tests {
         let first = decoder.next_frame().unwrap().unwrap().unwrap();
         assert!(!decoder.buffer.is_shared(), "a small frame has a buffer of its own");
         assert_eq!(first.as_bytes(), &[1u8; 60][..]);
+    }
+
+    #[test]
+    fn an_idle_decoder_holds_no_buffer_and_a_waiting_short_frame_only_a_small_one() {
+        let mut decoder = StreamDecoder::new();
+        decoder.extend(&encode(&[&[1u8; 60]]));
+        decoder.next_frame().unwrap().unwrap().unwrap();
+        let (_, large_before) = crate::frame::pooled_buffers();
+        decoder.release_idle_room();
+        assert_eq!(
+            crate::frame::pooled_buffers().1,
+            large_before + 1,
+            "the read buffer went back to the pool"
+        );
+        decoder.extend(&length_prefix(100));
+        decoder.extend(&[3u8; 10]);
+        decoder.release_idle_room();
+        let held = decoder.buffer.headroom() + decoder.buffer.len() + decoder.buffer.spare_len();
+        assert!(held <= SMALL_BUFFER, "14 bytes of a frame hold {held} bytes");
+        decoder.extend(&[3u8; 90]);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().unwrap().as_bytes(), &[3u8; 100][..]);
     }
 }
