@@ -29,6 +29,10 @@ pub enum GatewayDropReason {
     GuestBudget,
     /// A host socket could not be opened or written.
     HostSocket,
+    /// A TCP connection's host socket failed while it was open (reset, timed out, out of
+    /// descriptors or buffers): the connection ended, and its guest got RST or the ICMP
+    /// error the host received.
+    HostError,
     /// A reply for a guest whose MAC address is not known.
     UnknownGuest,
     /// A host datagram for a flow that no longer exists, or a guest TCP segment that
@@ -45,7 +49,7 @@ pub enum GatewayDropReason {
 
 impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [GatewayDropReason; 15] = [
+    pub const ALL: [GatewayDropReason; 16] = [
         GatewayDropReason::Malformed,
         GatewayDropReason::BadChecksum,
         GatewayDropReason::NotForGateway,
@@ -56,6 +60,7 @@ impl GatewayDropReason {
         GatewayDropReason::FlowLimit,
         GatewayDropReason::GuestBudget,
         GatewayDropReason::HostSocket,
+        GatewayDropReason::HostError,
         GatewayDropReason::UnknownGuest,
         GatewayDropReason::UnknownFlow,
         GatewayDropReason::DhcpRefused,
@@ -76,6 +81,7 @@ impl GatewayDropReason {
             GatewayDropReason::FlowLimit => "flow_limit",
             GatewayDropReason::GuestBudget => "guest_budget",
             GatewayDropReason::HostSocket => "host_socket",
+            GatewayDropReason::HostError => "host_error",
             GatewayDropReason::UnknownGuest => "unknown_guest",
             GatewayDropReason::UnknownFlow => "unknown_flow",
             GatewayDropReason::DhcpRefused => "dhcp_refused",

@@ -91,7 +91,8 @@ impl Gateway {
     ) -> T {
         let mut out = std::mem::take(&mut self.tcp_out);
         let flows = &mut self.flow_ids;
-        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out, flows };
+        let counters = &mut self.counters;
+        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out, flows, counters };
         let result = f(&mut self.tcp, &mut cx);
         self.outbox.extend(out.drain(..));
         self.tcp_out = out;

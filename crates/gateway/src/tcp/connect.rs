@@ -153,11 +153,23 @@ impl Connection {
         if self.state == State::Connecting && self.fail_over(cx) {
             return;
         }
-        info!(guest = %self.guest, remote = %self.remote, %error, reason = "host side failed", "connection dropped");
         match self.connect_error(icmp, error) {
-            Some(report) => cx.out.extend(icmp::error_for_guest(cx.config, self.guest_mac, &report)),
-            None => cx.out.extend(self.reset(cx.config)),
+            Some(report) => {
+                info!(guest = %self.guest, remote = %self.remote, %error, reason = "host side failed", "connection dropped");
+                cx.out.extend(icmp::error_for_guest(cx.config, self.guest_mac, &report));
+                cx.counters.record(GatewayDropReason::HostError);
+                self.failed = true;
+            }
+            None => self.abort_on_host_error(cx, error, "host side failed"),
         }
+    }
+
+    /// Ends the connection because its host socket failed (`what` says how): the guest
+    /// gets RST at once, rather than on its next segment, and the end is counted.
+    pub fn abort_on_host_error(&mut self, cx: &mut Context<'_>, error: &io::Error, what: &'static str) {
+        info!(guest = %self.guest, remote = %self.remote, %error, reason = what, "connection dropped");
+        cx.out.extend(self.reset(cx.config));
+        cx.counters.record(GatewayDropReason::HostError);
         self.failed = true;
     }
 

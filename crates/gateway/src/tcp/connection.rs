@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{TcpControl, TcpRepr};
-use tracing::info;
 use vnet_wire::MacAddress;
 
 use super::context::Context;
@@ -384,11 +383,7 @@ impl Connection {
         } else {
             match cx.host.tcp_send(self.flow, payload) {
                 Ok(taken) => taken,
-                Err(e) => {
-                    info!(error = %e, reason = "host write failed", "connection dropped");
-                    self.failed = true;
-                    return;
-                }
+                Err(e) => return self.abort_on_host_error(cx, &e, "host write failed"),
             }
         };
         self.rcv_nxt = self.rcv_nxt.wrapping_add(taken as u32);

@@ -5,7 +5,6 @@
 use std::io::{self, IoSliceMut};
 
 use smoltcp::wire::{TcpControl, ETHERNET_HEADER_LEN};
-use tracing::info;
 use vnet_wire::{Frame, FrameBuffer, MacAddress};
 
 use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
@@ -145,8 +144,7 @@ impl Connection {
                 Peeked::Stop
             }
             Err(e) => {
-                info!(error = %e, reason = "host read failed", "connection dropped");
-                self.failed = true;
+                self.abort_on_host_error(cx, &e, "host read failed");
                 Peeked::Stop
             }
         }

@@ -6,6 +6,7 @@ mod budget;
 mod dhcp;
 mod dispatch;
 mod dns;
+mod faults;
 mod flows;
 mod icmp;
 mod tcp;
@@ -71,6 +72,10 @@ struct FakeHost {
     guest_room: Option<EgressRoom>,
     /// Switch ports that went away.
     gone_ports: Vec<u32>,
+    /// An OS error every TCP connect, write or peek fails with, where a test sets one.
+    tcp_connect_error: Option<i32>,
+    tcp_send_error: Option<i32>,
+    tcp_peek_error: Option<i32>,
 }
 
 impl HostSockets for FakeHost {
@@ -99,16 +104,25 @@ impl HostSockets for FakeHost {
         self.open.remove(&flow);
     }
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()> {
+        if let Some(errno) = self.tcp_connect_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         self.udp_open(flow, remote)?;
         self.ttls.push((flow, ttl));
         Ok(())
     }
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
+        if let Some(errno) = self.tcp_send_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         let taken = data.len().min(self.tcp_accept);
         self.sent.push((flow, data[..taken].to_vec()));
         Ok(taken)
     }
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        if let Some(errno) = self.tcp_peek_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         let incoming = self.tcp_incoming.get(&flow).map_or(&[][..], Vec::as_slice);
         let mut available = incoming.get(offset..).unwrap_or(&[]);
         if available.is_empty() {
