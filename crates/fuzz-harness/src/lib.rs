@@ -1,5 +1,6 @@
-//! The bodies of vnet's fuzz targets: what a guest or socket peer can feed vnet, checked
-//! against invariants that must hold for any input.
+//! The bodies of vnet's fuzz targets: what a guest, a socket peer, a local API client,
+//! a config file or the command line can feed vnet, checked against invariants that must
+//! hold for any input.
 //!
 //! `cargo fuzz` (in `fuzz/`) calls these functions with generated inputs; the test below
 //! replays every file under `fuzz/regression/<target>/` so `cargo test` keeps old crashes
@@ -271,6 +272,58 @@ pub fn offload_frames(data: &[u8]) {
     }
 }
 
+/// Reads `data` as a request to vnet's HTTP API, as any local client may send it, and as
+/// a response the API's client reads: every input ends in a value or an error, and a
+/// body is never longer than what was sent.
+pub fn api_request(data: &[u8]) {
+    if let Ok(request) = vnet_control::http::read_request(&mut &data[..]) {
+        assert!(request.body.len() <= data.len(), "a body is made of bytes that were sent");
+        for name in ["name", "port", "spec", ""] {
+            let _ = request.query_param(name);
+        }
+    }
+    let mut input = data;
+    if let Ok(head) = vnet_control::http::read_response_head(&mut input) {
+        if let Ok(body) = vnet_control::http::read_response_body(&mut input, &head) {
+            assert!(body.len() <= data.len(), "a body is made of bytes that were sent");
+        }
+    }
+}
+
+/// Reads `data` as a config file: any text gives a configuration or an error.
+pub fn config_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = vnet_control::config_file::parse(text);
+    }
+}
+
+/// Reads `data` as a `--user` option string, with a resolv.conf after the first NUL: a
+/// string that parses gives a consistent gateway configuration.
+pub fn user_options(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (options, resolv_conf) = text.split_once('\0').unwrap_or((&text, ""));
+    if let Ok(config) = vnet_control::user_options::parse_user_options(options, resolv_conf) {
+        assert_eq!(config.validate(), Ok(()), "a parsed configuration is consistent");
+        let budgets = config.budgets();
+        assert!(budgets.tcp > 0 && budgets.port_flows > 0, "every budget leaves room for a flow");
+    }
+    let _ = vnet_control::user_options::take_vlan_option(options);
+}
+
+/// Reads `data` as a hostfwd rule (in `--user` and `vnet forward add`) and as a
+/// `--listen` or `--attach` spec with its port options.
+pub fn forward_rules(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(rule) = vnet_control::user_options::parse_host_forward(&text) {
+        assert_ne!(rule.guest.port(), 0, "a forward reaches a guest port");
+    }
+    let _ = vnet_control::user_options::parse_forward_host_side(&text);
+    if let Ok(option) = vnet_control::spec::parse_listen_arg(&text) {
+        assert!(option.policy.security.storm_pps != Some(0), "a storm limit lets frames through");
+    }
+    let _ = vnet_control::spec::parse_attach_option(&text);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -309,5 +362,25 @@ mod tests {
     #[test]
     fn gateway_frames_regressions_pass() {
         replay("gateway_frames", super::gateway_frames);
+    }
+
+    #[test]
+    fn api_request_regressions_pass() {
+        replay("api_request", super::api_request);
+    }
+
+    #[test]
+    fn config_file_regressions_pass() {
+        replay("config_file", super::config_file);
+    }
+
+    #[test]
+    fn user_options_regressions_pass() {
+        replay("user_options", super::user_options);
+    }
+
+    #[test]
+    fn forward_rules_regressions_pass() {
+        replay("forward_rules", super::forward_rules);
     }
 }
