@@ -31,21 +31,25 @@ pub fn stream_decoder(data: &[u8]) {
     let mut frames = Vec::new();
     let mut failed = false;
     'feed: for piece in stream.chunks(chunk) {
-        decoder.extend(piece);
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => {
-                    let bytes = match frame {
-                        Ok(frame) => frame.as_bytes().to_vec(),
-                        Err(error) => vec![0; error.len()],
-                    };
-                    assert!(!bytes.is_empty() && bytes.len() <= MAX_FRAME_LEN);
-                    frames.push(bytes);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    failed = true;
-                    break 'feed;
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let taken = decoder.extend(rest);
+            rest = &rest[taken..];
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        let bytes = match frame {
+                            Ok(frame) => frame.as_bytes().to_vec(),
+                            Err(error) => vec![0; error.len()],
+                        };
+                        assert!(!bytes.is_empty() && bytes.len() <= MAX_FRAME_LEN);
+                        frames.push(bytes);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = true;
+                        break 'feed;
+                    }
                 }
             }
         }

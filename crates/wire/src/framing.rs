@@ -89,15 +89,23 @@ impl StreamDecoder {
     }
 
     /// Appends bytes received from the peer: [`StreamDecoder::read_buffer`] and
-    /// [`StreamDecoder::commit`] in one, for bytes already in memory.
-    pub fn extend(&mut self, mut data: &[u8]) {
+    /// [`StreamDecoder::commit`] in one, for bytes already in memory. Returns how many it
+    /// took: all of them, unless a whole frame of the largest size leaves no room behind
+    /// it, in which case take the frames out and give it the rest again.
+    pub fn extend(&mut self, mut data: &[u8]) -> usize {
+        let mut taken = 0;
         while !data.is_empty() {
             let room = self.read_buffer();
             let len = room.len().min(data.len());
+            if len == 0 {
+                break;
+            }
             room[..len].copy_from_slice(&data[..len]);
             self.commit(len);
             data = &data[len..];
+            taken += len;
         }
+        taken
     }
 
     /// The next whole frame, if one has fully arrived: a [`Frame`], or the
