@@ -266,6 +266,8 @@ fn setup_errors_are_one_line_and_exit_2() {
         (vec!["--attach".into(), "netns:/nonexistent/netns".into()], "does not exist"),
         (vec!["--user".into(), "net=10.0.2.0/24,frobnicate=1".into()], "'frobnicate=1'"),
         (vec!["--user".into(), "hostfwd=tcp::2222-:22,restrict=maybe".into()], "'restrict=maybe'"),
+        (vec!["--run-as".into(), "no-such-user-vnet".into()], "no such user"),
+        (vec!["--sandbox".into(), "maybe".into()], "on or off"),
     ];
     for (args, expected) in cases {
         let mut full = vec!["run".to_string()];
@@ -384,4 +386,30 @@ fn a_silent_udp_peer_loses_its_port_after_the_idle_timeout() {
     vnet.wait_for_log("datagram peer idle; port removed");
     peer.send_to(&frame(BROADCAST, mac(5), 60, 0), vnet_addr).unwrap();
     vnet.wait_for_log("port=2");
+}
+
+#[test]
+fn run_as_drops_to_the_user_and_the_sandboxed_switch_still_carries_frames() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let vnet = Vnet::listening_on(
+        &sock,
+        &["run", "--no-user", "--run-as", "nobody", "--listen", &unix_spec("stream", &sock)],
+    );
+    let mut a = StreamPeer::connect(&sock);
+    let mut b = StreamPeer::connect(&sock);
+    vnet.wait_for_log("port=2");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vnet.pid())).unwrap();
+    let uid = status.lines().find(|line| line.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().skip(1).collect::<Vec<_>>(), ["65534"; 4], "{uid}");
+    let no_new_privs = status.lines().find(|line| line.starts_with("NoNewPrivs:")).unwrap();
+    assert!(no_new_privs.ends_with('1'), "{no_new_privs}");
+    let seccomp = status.lines().find(|line| line.starts_with("Seccomp:")).unwrap();
+    assert!(seccomp.ends_with('2'), "a seccomp filter is on: {seccomp}");
+    a.send(&frame(BROADCAST, mac(1), 80, 0xa));
+    assert_eq!(source_of(&b.recv().unwrap()), mac(1));
+    let (status, log) = vnet.stop();
+    assert!(status.success(), "{log}");
 }

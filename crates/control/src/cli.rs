@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
@@ -33,13 +33,14 @@ use vnet_wire::MacAddress;
 
 use crate::client::{self, Inspect};
 use crate::config_file::{self, ConfigFile};
-use crate::endpoints::{self, ListenSpec};
+use crate::endpoints::{self, AttachSpec, ListenSpec};
 use crate::qemu_args::{qemu_args, Model, Transport};
 use crate::spec::{describe_with_policy, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
 use crate::supervisor::Signals;
 use crate::user_options::{parse_user_options, take_vlan_option};
 use crate::views::NetworkInfo;
 use crate::{api, capture, lifecycle, runtime_dir};
+use vnet_runtime::sandbox::{Capability, Sandbox};
 
 /// Exit code for every setup error (bad option, unusable address, no permission).
 const SETUP_ERROR: u8 = 2;
@@ -203,6 +204,13 @@ struct NetworkArgs {
     /// Write vnet's process id to this file, and remove it on exit.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// Once set up, run under a seccomp allow-list and Landlock, with no new privileges
+    /// and no capability but CAP_NET_RAW; off is for debugging [default: on].
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    sandbox: Option<bool>,
+    /// Once set up, become USER and its group (vnet must start as root).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +335,8 @@ struct Settings {
     pcap: Option<PathBuf>,
     pidfile: Option<PathBuf>,
     ready_fd: Option<RawFd>,
+    sandbox: bool,
+    run_as: Option<String>,
 }
 
 impl Settings {
@@ -355,6 +365,8 @@ impl Settings {
             pcap: args.pcap.or(file.pcap),
             pidfile: args.pidfile.or(file.pidfile),
             ready_fd: args.ready_fd,
+            sandbox: args.sandbox.unwrap_or(true),
+            run_as: args.run_as,
         })
     }
 }
@@ -399,9 +411,10 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         }
         None => None,
     };
+    let run_as = settings.run_as.as_deref().map(user_to_become).transpose()?;
     let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_policy)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
-    let capture = settings.pcap.as_deref().map(|path| capture_from_start(&mut network, path)).transpose()?;
+    let capture_file = settings.pcap.as_deref().map(create_capture_file).transpose()?;
     if let Some(namespace) = namespace {
         let namespaced = netns::spawn_in_new_namespace(
             &namespace.command[0],
@@ -414,6 +427,15 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         endpoints::attach_tap(&mut network, namespaced.tap, format!("ns:pid={pid}"))
             .context("cannot relay the namespace's tap")?;
     }
+    // The namespace has bind-mounted its resolv.conf: the file is not needed any more.
+    drop(resolv_conf);
+    let sandbox = Sandbox {
+        writable_dirs: sandbox_dirs(&listen, &settings, runtime_dir.as_deref()),
+        run_as,
+        keep: capabilities_to_keep(&listen),
+    };
+    enter_sandbox(settings.sandbox, sandbox)?;
+    let capture = capture_file.map(|file| capture_from_start(&mut network, file)).transpose()?;
     let api = match (&settings.name, &runtime_dir) {
         (Some(name), Some(dir)) => {
             let info = NetworkInfo {
@@ -447,13 +469,81 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     Ok(code)
 }
 
-/// Starts `--pcap`: a mirror of every frame, written to `path` by a thread of its own.
+/// Creates the `--pcap` file, before the sandbox closes the filesystem.
+fn create_capture_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("cannot create the capture file {}", path.display()))
+}
+
+/// The user and group `--run-as` names.
+fn user_to_become(name: &str) -> anyhow::Result<(nix::unistd::Uid, nix::unistd::Gid)> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("--run-as {name} needs vnet to start as root; start it as root, or leave --run-as out");
+    }
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("cannot look up the user {name} (--run-as)"))?
+        .ok_or_else(|| anyhow::anyhow!("--run-as {name}: there is no such user"))?;
+    Ok((user.uid, user.gid))
+}
+
+/// The directories where vnet still makes or removes files once set up: those of its
+/// unix listeners, its VDE switch directories, the runtime directory and the pid file,
+/// each with its parent where vnet removes the directory itself at exit.
+fn sandbox_dirs(
+    listen: &[(ListenSpec, PortPolicy)],
+    settings: &Settings,
+    runtime_dir: Option<&Path>,
+) -> Vec<PathBuf> {
+    let parent = |path: &Path| path.parent().map(Path::to_path_buf);
+    let mut dirs = Vec::new();
+    for (spec, _) in listen {
+        match spec {
+            ListenSpec::StreamUnix(path) | ListenSpec::DgramUnix(path) => dirs.extend(parent(path)),
+            ListenSpec::Vde(dir) => dirs.extend([Some(dir.clone()), parent(dir)].into_iter().flatten()),
+            ListenSpec::StreamTcp(_) | ListenSpec::DgramUdp(_) => {}
+        }
+    }
+    for option in &settings.attach {
+        if let AttachSpec::Vde(dir) = &option.spec {
+            dirs.push(dir.clone());
+        }
+    }
+    if let Some(dir) = runtime_dir {
+        dirs.extend([Some(dir.to_path_buf()), parent(dir)].into_iter().flatten());
+    }
+    dirs.extend(settings.pidfile.as_deref().and_then(parent));
+    dirs
+}
+
+/// The capabilities vnet keeps in the sandbox, where it holds them: CAP_NET_RAW for raw
+/// ICMP sockets where ping sockets are not allowed, and with a VDE listener CAP_CHOWN,
+/// to give each port's socket the group its client asked for (vde_plug -g).
+fn capabilities_to_keep(listen: &[(ListenSpec, PortPolicy)]) -> Vec<Capability> {
+    let mut keep = vec![Capability::CAP_NET_RAW];
+    if listen.iter().any(|(spec, _)| matches!(spec, ListenSpec::Vde(_))) {
+        keep.push(Capability::CAP_CHOWN);
+    }
+    keep
+}
+
+/// Enters `sandbox` (see [`vnet_runtime::sandbox`]) unless `--sandbox off`.
+fn enter_sandbox(on: bool, sandbox: Sandbox) -> anyhow::Result<()> {
+    if !on {
+        info!("running without the sandbox (--sandbox off)");
+        return Ok(());
+    }
+    let report = sandbox.enter().context("cannot enter the sandbox (--sandbox off runs without it)")?;
+    if !report.landlock {
+        info!("this kernel has no Landlock: the sandbox does not limit the filesystem");
+    }
+    debug!(landlock = report.landlock, capabilities = ?report.capabilities, "sandbox entered");
+    Ok(())
+}
+
+/// Starts `--pcap`: a mirror of every frame, written to `file` by a thread of its own.
 fn capture_from_start(
     network: &mut Network,
-    path: &std::path::Path,
+    file: std::fs::File,
 ) -> anyhow::Result<std::thread::JoinHandle<std::io::Result<capture::CaptureSummary>>> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create the capture file {}", path.display()))?;
     let (sink, writer) = capture::channel(None);
     network.add_mirror(None, Box::new(sink));
     std::thread::Builder::new()
@@ -550,6 +640,14 @@ fn parse_ifname(text: &str) -> Result<String, String> {
 
 fn parse_name(text: &str) -> Result<String, String> {
     runtime_dir::validate_name(text).map(|()| text.to_owned())
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{text}' must be on or off")),
+    }
 }
 
 fn build_network(

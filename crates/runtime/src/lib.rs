@@ -1,7 +1,7 @@
 //! vnet's runtime: the one-threaded readiness loop that runs every endpoint of a network,
 //! the public API an endpoint implements ([`Endpoint`], [`Context`]), the timers that wake
-//! it, the jobs other threads send it ([`Remote`]), and every system call that needs
-//! `unsafe` ([`sys`]).
+//! it, the jobs other threads send it ([`Remote`]), every system call that needs
+//! `unsafe` ([`sys`]), and the sandbox vnet enters once set up ([`sandbox`]).
 //!
 //! The runtime knows no endpoint by type: a stream connection, a tap and the gateway's
 //! host side are all just [`Endpoint`]s that own descriptors and switch ports. It knows
@@ -12,7 +12,9 @@ mod endpoint;
 mod events;
 mod network;
 mod remote;
+pub mod sandbox;
 pub mod sys;
+mod syscall_names;
 mod timers;
 
 use std::io;
