@@ -136,19 +136,20 @@ fn request(magic: u32, version: u32, client: &Path) -> Vec<u8> {
     bytes
 }
 
+/// vnet as a plain switch listening on `vde` and on `other`, once its VDE control socket
+/// is up.
+fn vde_switch_and(vde: &Path, other: &str) -> Vnet {
+    let vnet =
+        Vnet::spawn(&["run", "--no-user", "--listen", &format!("vde:{}", vde.display()), "--listen", other]);
+    wait_until("vnet's VDE control socket", DEADLINE, || ctl_is_up(vde));
+    vnet
+}
+
 #[test]
 fn vde_plug_connects_and_corrupted_handshakes_close_only_their_own_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (vde, sock) = (dir.path().join("switch"), dir.path().join("vnet.sock"));
-    let vnet = Vnet::spawn(&[
-        "run",
-        "--no-user",
-        "--listen",
-        &format!("vde:{}", vde.display()),
-        "--listen",
-        &format!("stream:unix:{}", sock.display()),
-    ]);
-    wait_until("vnet's VDE control socket", DEADLINE, || ctl_is_up(&vde));
+    let vnet = vde_switch_and(&vde, &format!("stream:unix:{}", sock.display()));
 
     let mut plug = VdePlug::connect(&vde);
     vnet.wait_for_log("port=1");
@@ -416,15 +417,7 @@ fn two_guests_on_vlan_10_see_each_other_and_not_the_one_on_vlan_20() {
 fn a_vde_client_cannot_make_vnet_talk_to_its_own_sockets_or_through_a_symlink() {
     let dir = tempfile::tempdir().unwrap();
     let (vde, own_dgram) = (dir.path().join("switch"), dir.path().join("vnet-dgram.sock"));
-    let vnet = Vnet::spawn(&[
-        "run",
-        "--no-user",
-        "--listen",
-        &format!("vde:{}", vde.display()),
-        "--listen",
-        &format!("dgram:unix:{}", own_dgram.display()),
-    ]);
-    wait_until("vnet's VDE control socket", DEADLINE, || ctl_is_up(&vde));
+    let vnet = vde_switch_and(&vde, &format!("dgram:unix:{}", own_dgram.display()));
     let plug = VdePlug::connect(&vde);
     vnet.wait_for_log("port=1");
     let port_socket = std::fs::read_dir(&vde)

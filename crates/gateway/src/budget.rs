@@ -190,6 +190,23 @@ impl Ledger {
         }
     }
 
+    /// Whether any guest holds a flow.
+    pub fn holds_any(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    /// The ports whose guests hold flows.
+    pub fn ports(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ports.keys().copied()
+    }
+
+    /// The slots and kinds of the flows the guests of `port` hold.
+    pub fn flows_of_port(&self, port: u32) -> impl Iterator<Item = (usize, FlowKind)> + '_ {
+        self.charges.iter().enumerate().filter_map(move |(index, charge)| {
+            charge.filter(|charge| charge.guest.port == port).map(|charge| (index, charge.kind))
+        })
+    }
+
     /// The limits in force.
     pub fn budgets(&self) -> Budgets {
         self.budgets

@@ -102,6 +102,14 @@ impl Forwarder {
         Some(self.try_upstreams(pending, None, now, host, flows).into_iter().collect())
     }
 
+    /// Gives up the query on `flow` without an answer: its guest is gone.
+    pub fn cancel(&mut self, flow: FlowId, host: &mut dyn HostSockets, flows: &mut FlowIds) {
+        if self.pending.remove(flow).is_some() {
+            host.datagram_close(flow);
+            flows.release(flow);
+        }
+    }
+
     /// Queries waiting for an upstream's answer.
     pub fn len(&self) -> usize {
         self.pending.len()

@@ -64,6 +64,14 @@ impl FlowIds {
         &self.ledger
     }
 
+    /// The flows the guests of switch port `port` hold, with their kinds.
+    pub fn flows_of_port(&self, port: u32) -> Vec<(FlowId, FlowKind)> {
+        self.ledger
+            .flows_of_port(port)
+            .map(|(index, kind)| (FlowId::new(index as u32, self.generations[index]), kind))
+            .collect()
+    }
+
     /// A fresh id for a flow no guest opened (a host client of a forward), charged to
     /// no budget.
     pub fn next(&mut self) -> FlowId {

@@ -7,11 +7,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vnet_wire::{Frame, FrameBuffer};
 
-use crate::budget::{Budgets, GuestUsage};
+use crate::budget::{Budgets, FlowKind, GuestUsage};
 use crate::config::GatewayConfig;
 use crate::counters::{GatewayCounters, GatewayDropReason};
 use crate::egress::GatewayIo;
@@ -41,7 +41,13 @@ pub struct Gateway {
     /// Connections to guests waiting for the guest to answer ARP: where to, the host
     /// side's flow, since when.
     pub(crate) inbound_awaiting_arp: Vec<(SocketAddrV4, FlowId, Instant)>,
+    /// When to look for flows of switch ports that are gone; None while no port holds
+    /// flows.
+    pub(crate) port_check_at: Option<Instant>,
 }
+
+/// How often the gateway looks for flows whose guest's port is gone.
+const PORT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// A gateway with `config`, which must have passed [`GatewayConfig::validate`]. Its
@@ -60,6 +66,7 @@ impl Gateway {
             tcp_out: Vec::new(),
             flow_ids: FlowIds::new(config.budgets()),
             inbound_awaiting_arp: Vec::new(),
+            port_check_at: None,
             config,
         }
     }
@@ -116,6 +123,9 @@ impl Gateway {
     pub fn receive(&mut self, frame: &Frame, now: Instant, host: &mut dyn GatewayIo) {
         if let Err(reason) = self.dispatch(frame, now, host) {
             self.counters.record(reason);
+        }
+        if self.port_check_at.is_none() && self.flow_ids.ledger().holds_any() {
+            self.port_check_at = Some(now + PORT_CHECK_INTERVAL);
         }
         self.resume_inbound_awaiting_arp(now, host);
     }
@@ -307,6 +317,7 @@ impl Gateway {
             self.udp.next_deadline(),
             self.echo.next_deadline(),
             self.tcp.next_deadline(),
+            self.port_check_at,
         ]
         .into_iter()
         .flatten()
@@ -330,6 +341,27 @@ impl Gateway {
         self.udp_inbound.expire(now);
         self.echo.expire(now, host, &mut self.flow_ids);
         self.tcp_sends(now, host, |tcp, cx| tcp.expire(cx));
+        if self.port_check_at.is_some_and(|at| at <= now) {
+            self.close_flows_of_gone_ports(now, host);
+        }
+    }
+
+    /// Closes every flow of a guest whose switch port is gone: nothing could reach it,
+    /// and a guest that reconnects comes back on a new port with a budget of its own.
+    /// Looked at every [`PORT_CHECK_INTERVAL`] while any port holds flows.
+    fn close_flows_of_gone_ports(&mut self, now: Instant, host: &mut dyn GatewayIo) {
+        let gone: Vec<u32> = self.flow_ids.ledger().ports().filter(|port| !host.port_exists(*port)).collect();
+        for port in gone {
+            for (flow, kind) in self.flow_ids.flows_of_port(port) {
+                match kind {
+                    FlowKind::Tcp => self.tcp_sends(now, host, |tcp, cx| tcp.abort(cx, flow)),
+                    FlowKind::Udp => self.udp.close(flow, host, &mut self.flow_ids),
+                    FlowKind::Icmp => self.echo.close(flow, host, &mut self.flow_ids),
+                    FlowKind::Dns => self.dns.cancel(flow, host, &mut self.flow_ids),
+                }
+            }
+        }
+        self.port_check_at = self.flow_ids.ledger().ports().next().map(|_| now + PORT_CHECK_INTERVAL);
     }
 
     /// Connects the connections to guests whose guest is now known.

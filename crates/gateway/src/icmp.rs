@@ -188,15 +188,23 @@ impl EchoFlows {
     /// Closes idle echo flows; a flow used since it was scheduled is looked at again
     /// later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets, ids: &mut FlowIds) {
-        let flows = &mut self.flows;
-        while let Some(id) =
-            self.idle_checks.pop_idle(now, ECHO_IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
-        {
-            if let Some(flow) = flows.remove(id) {
-                self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
-                host.datagram_close(id);
-                ids.release(id);
-            }
+        loop {
+            let flows = &self.flows;
+            let Some(id) =
+                self.idle_checks.pop_idle(now, ECHO_IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
+            else {
+                break;
+            };
+            self.close(id, host, ids);
+        }
+    }
+
+    /// Closes echo flow `id` and its host socket, if it is one of this table's.
+    pub fn close(&mut self, id: FlowId, host: &mut dyn HostSockets, ids: &mut FlowIds) {
+        if let Some(flow) = self.flows.remove(id) {
+            self.by_key.remove(&(flow.guest, flow.ident, flow.dst));
+            host.datagram_close(id);
+            ids.release(id);
         }
     }
 }

@@ -186,15 +186,23 @@ impl Nat {
 
     /// Closes idle flows; a flow used since it was scheduled is looked at again later.
     pub fn expire(&mut self, now: Instant, host: &mut dyn HostSockets, ids: &mut FlowIds) {
-        let flows = &mut self.flows;
-        while let Some(id) =
-            self.idle_checks.pop_idle(now, IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
-        {
-            if let Some(flow) = flows.remove(id) {
-                self.by_route.remove(&(flow.route.guest, flow.route.dst));
-                host.datagram_close(id);
-                ids.release(id);
-            }
+        loop {
+            let flows = &self.flows;
+            let Some(id) =
+                self.idle_checks.pop_idle(now, IDLE_TIMEOUT, |id| flows.get(id).map(|f| f.last_used))
+            else {
+                break;
+            };
+            self.close(id, host, ids);
+        }
+    }
+
+    /// Closes flow `id` and its host socket, if it is one of this table's.
+    pub fn close(&mut self, id: FlowId, host: &mut dyn HostSockets, ids: &mut FlowIds) {
+        if let Some(flow) = self.flows.remove(id) {
+            self.by_route.remove(&(flow.route.guest, flow.route.dst));
+            host.datagram_close(id);
+            ids.release(id);
         }
     }
 }

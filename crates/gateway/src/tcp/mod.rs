@@ -398,6 +398,16 @@ impl Nat {
         None
     }
 
+    /// Ends connection `flow` at once, its host socket reset: its guest is gone, so
+    /// nothing is sent to it.
+    pub fn abort(&mut self, cx: &mut Context<'_>, flow: FlowId) {
+        if self.connections.contains(flow) {
+            cx.host.tcp_close(flow, true);
+            self.remove(flow);
+            cx.flows.release(flow);
+        }
+    }
+
     /// Forgets `flow`, whose host socket is closed.
     fn remove(&mut self, flow: FlowId) {
         if let Some(connection) = self.connections.remove(flow) {

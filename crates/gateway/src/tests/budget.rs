@@ -119,3 +119,29 @@ fn a_guest_with_its_dns_budget_in_flight_gets_servfail_and_another_guest_is_forw
     assert_eq!(host.sent.len(), 2, "queries 1 and 3 went upstream");
     assert!(gateway.pop_frame().is_none());
 }
+
+#[test]
+fn the_flows_of_a_port_that_went_away_are_closed_and_its_budget_freed() {
+    let (mut gateway, mut host, now) = tight(GuestLimits::default());
+    let far = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+    gateway.receive(&from_guest(&guest_udp(far, b"x")), now, &mut host);
+    gateway.receive(&from_guest(&guest_tcp_from(40001, far, TcpControl::Syn, 1, None, &[])), now, &mut host);
+    gateway.receive(
+        &from_guest(&guest_udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53), &dns_query(1))),
+        now,
+        &mut host,
+    );
+    gateway.receive(&other_udp(far, b"y"), now, &mut host);
+    let counts = gateway.flow_counts();
+    assert_eq!((counts.tcp, counts.udp, counts.dns), (1, 2, 1));
+    let check = gateway.next_deadline().expect("a port check is due");
+    assert!(check <= now + Duration::from_secs(5));
+    host.gone_ports.push(GUEST_PORT);
+    gateway.on_deadline(now + Duration::from_secs(5), &mut host);
+    let counts = gateway.flow_counts();
+    assert_eq!((counts.tcp, counts.udp, counts.dns), (0, 1, 0), "only the other port's flow is left");
+    assert_eq!(host.closed.len(), 1, "the connection's host socket is reset");
+    assert!(host.closed[0].1);
+    let ports: Vec<u32> = gateway.guests().map(|(guest, _)| guest.port).collect();
+    assert_eq!(ports, vec![OTHER_PORT]);
+}
