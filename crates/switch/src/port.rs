@@ -3,10 +3,14 @@
 //! A port does not know how its frames travel (socket, tap, ring); the transport that owns
 //! it drains [`Port::queued`] and reports back with [`Port::pop_sent`] or
 //! [`Port::pop_dropped`]. The queue bound is what keeps one slow peer from stalling the
-//! others: when it is full, that port alone loses the frame.
+//! others: when it is full, that port alone loses the frame. All queues together are
+//! bounded too ([`SharedQueueBudget`]), so that many slow peers cannot hold memory
+//! without end; a port with an empty queue still takes one frame.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::rc::Rc;
 
 use vnet_wire::Frame;
 
@@ -66,11 +70,13 @@ pub enum PortDropReason {
     /// Received: a frame another port's guard refused, such as ARP claiming the
     /// gateway's address.
     Guarded,
+    /// To be sent: all ports' queues together held as much as the switch allows.
+    MemoryBudget,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 13] = [
+    pub const ALL: [PortDropReason; 14] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -84,6 +90,7 @@ impl PortDropReason {
         PortDropReason::StationLimit,
         PortDropReason::Storm,
         PortDropReason::Guarded,
+        PortDropReason::MemoryBudget,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -120,6 +127,7 @@ impl PortDropReason {
             PortDropReason::StationLimit => "station_limit",
             PortDropReason::Storm => "storm",
             PortDropReason::Guarded => "guarded",
+            PortDropReason::MemoryBudget => "memory_budget",
         }
     }
 
@@ -205,12 +213,44 @@ pub struct QueueRoom {
     pub bytes: usize,
 }
 
+/// The bytes all ports of one switch hold in their queues, and how many they may.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedQueueBudget {
+    queued: Rc<Cell<usize>>,
+    limit: usize,
+}
+
+impl SharedQueueBudget {
+    pub fn new(limit: usize) -> Self {
+        Self { queued: Rc::default(), limit }
+    }
+
+    /// Bytes queued on all ports now.
+    pub fn queued(&self) -> usize {
+        self.queued.get()
+    }
+
+    fn admits(&self, len: usize) -> bool {
+        self.queued.get() + len <= self.limit
+    }
+
+    fn add(&self, len: usize) {
+        self.queued.set(self.queued.get() + len);
+    }
+
+    fn remove(&self, len: usize) {
+        self.queued.set(self.queued.get() - len);
+    }
+}
+
 /// One port of the switch.
 #[derive(Debug)]
 pub struct Port {
     name: String,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
+    /// What all the switch's queues hold together.
+    all_queues: SharedQueueBudget,
     limits: QueueLimits,
     counters: PortCounters,
     /// Whether the peer takes frames with offloads left to do (a tap with a virtio-net
@@ -224,11 +264,18 @@ pub struct Port {
 }
 
 impl Port {
-    pub(crate) fn new(name: String, limits: QueueLimits, takes_offloads: bool, policy: PortPolicy) -> Self {
+    pub(crate) fn new(
+        name: String,
+        limits: QueueLimits,
+        all_queues: SharedQueueBudget,
+        takes_offloads: bool,
+        policy: PortPolicy,
+    ) -> Self {
         Self {
             name,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            all_queues,
             limits,
             counters: PortCounters::default(),
             takes_offloads,
@@ -316,7 +363,8 @@ impl Port {
         self.counters.record_drop(reason);
     }
 
-    /// Queues `frame` unless the queue is full. Returns whether it was queued.
+    /// Queues `frame` unless the queue is full, or all queues together hold what they
+    /// may and this one is not empty. Returns whether it was queued.
     pub(crate) fn enqueue(&mut self, frame: Frame) -> bool {
         let over_frames = self.queue.len() >= self.limits.frames;
         let over_bytes = !self.queue.is_empty() && self.queued_bytes + frame.len() > self.limits.bytes;
@@ -324,7 +372,12 @@ impl Port {
             self.counters.record_drop(PortDropReason::QueueFull);
             return false;
         }
+        if !self.queue.is_empty() && !self.all_queues.admits(frame.len()) {
+            self.counters.record_drop(PortDropReason::MemoryBudget);
+            return false;
+        }
         self.queued_bytes += frame.len();
+        self.all_queues.add(frame.len());
         self.queue.push_back(frame);
         true
     }
@@ -332,6 +385,13 @@ impl Port {
     fn pop(&mut self) -> Option<Frame> {
         let frame = self.queue.pop_front()?;
         self.queued_bytes -= frame.len();
+        self.all_queues.remove(frame.len());
         Some(frame)
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.all_queues.remove(self.queued_bytes);
     }
 }
