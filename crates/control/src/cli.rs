@@ -35,7 +35,9 @@ use crate::client::{self, Inspect};
 use crate::config_file::{self, ConfigFile};
 use crate::endpoints::{self, AttachSpec, ListenSpec};
 use crate::qemu_args::{qemu_args, Model, Transport};
-use crate::spec::{describe_with_policy, parse_attach_option, parse_listen_arg, AttachOption, ListenOption};
+use crate::spec::{
+    describe_with_policy, parse_attach_option, parse_listen_arg, parse_on_off, AttachOption, ListenOption,
+};
 use crate::supervisor::Signals;
 use crate::user_options::{parse_user_options, take_vlan_option};
 use crate::views::NetworkInfo;
@@ -640,14 +642,6 @@ fn parse_ifname(text: &str) -> Result<String, String> {
 
 fn parse_name(text: &str) -> Result<String, String> {
     runtime_dir::validate_name(text).map(|()| text.to_owned())
-}
-
-fn parse_on_off(text: &str) -> Result<bool, String> {
-    match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("'{text}' must be on or off")),
-    }
 }
 
 fn build_network(

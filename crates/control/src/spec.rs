@@ -170,7 +170,9 @@ fn split_port_options(text: &str) -> Result<(String, PortPolicy), String> {
     let mut kept = Vec::new();
     for part in text.split(',') {
         match part.split_once('=') {
-            Some(("lock", value)) => security.lock = on_off("lock", value)?,
+            Some(("lock", value)) => {
+                security.lock = parse_on_off(value).map_err(|problem| format!("lock: {problem}"))?
+            }
             Some(("storm", "off")) => security.storm_pps = None,
             Some(("storm", value)) => {
                 let pps = value.parse::<u32>().ok().filter(|pps| *pps > 0);
@@ -186,11 +188,12 @@ fn split_port_options(text: &str) -> Result<(String, PortPolicy), String> {
     Ok((base.to_owned(), PortPolicy { vlans, security }))
 }
 
-fn on_off(name: &str, value: &str) -> Result<bool, String> {
-    match value {
+/// `on` or `off`, as port options and vnet's own flags spell a switch.
+pub fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
         "on" => Ok(true),
         "off" => Ok(false),
-        _ => Err(format!("{name}={value} must be on or off")),
+        _ => Err(format!("'{text}' must be on or off")),
     }
 }
 

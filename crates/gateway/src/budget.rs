@@ -200,10 +200,13 @@ impl Ledger {
         self.ports.keys().copied()
     }
 
-    /// The slots and kinds of the flows the guests of `port` hold.
-    pub fn flows_of_port(&self, port: u32) -> impl Iterator<Item = (usize, FlowKind)> + '_ {
+    /// The slots and kinds of the flows held by the guests of the ports `picked` chooses.
+    pub fn flows_of_ports<'a>(
+        &'a self,
+        picked: impl Fn(u32) -> bool + 'a,
+    ) -> impl Iterator<Item = (usize, FlowKind)> + 'a {
         self.charges.iter().enumerate().filter_map(move |(index, charge)| {
-            charge.filter(|charge| charge.guest.port == port).map(|charge| (index, charge.kind))
+            charge.filter(|charge| picked(charge.guest.port)).map(|charge| (index, charge.kind))
         })
     }
 

@@ -64,10 +64,11 @@ impl FlowIds {
         &self.ledger
     }
 
-    /// The flows the guests of switch port `port` hold, with their kinds.
-    pub fn flows_of_port(&self, port: u32) -> Vec<(FlowId, FlowKind)> {
+    /// The flows held by the guests of the switch ports that `gone` picks, with their
+    /// kinds, found in one pass.
+    pub fn flows_of_ports(&self, gone: impl Fn(u32) -> bool) -> Vec<(FlowId, FlowKind)> {
         self.ledger
-            .flows_of_port(port)
+            .flows_of_ports(gone)
             .map(|(index, kind)| (FlowId::new(index as u32, self.generations[index]), kind))
             .collect()
     }
@@ -88,11 +89,8 @@ impl FlowIds {
     /// `id`'s flow is gone: its slot may serve another. Releasing an id twice, or one
     /// whose slot moved on, does nothing.
     pub fn release(&mut self, id: FlowId) {
-        let Some(generation) = self.generations.get_mut(id.index()) else {
-            return;
-        };
-        if *generation == id.generation() {
-            *generation = generation.wrapping_add(1);
+        if self.is_current(id) {
+            self.generations[id.index()] = id.generation().wrapping_add(1);
             self.free.push(id.index() as u32);
             self.ledger.discharge(id.index());
         }

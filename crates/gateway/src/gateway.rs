@@ -351,15 +351,17 @@ impl Gateway {
     /// Looked at every [`PORT_CHECK_INTERVAL`] while any port holds flows.
     fn close_flows_of_gone_ports(&mut self, now: Instant, host: &mut dyn GatewayIo) {
         let gone: Vec<u32> = self.flow_ids.ledger().ports().filter(|port| !host.port_exists(*port)).collect();
-        for port in gone {
-            for (flow, kind) in self.flow_ids.flows_of_port(port) {
+        if !gone.is_empty() {
+            let mut connections = Vec::new();
+            for (flow, kind) in self.flow_ids.flows_of_ports(|port| gone.contains(&port)) {
                 match kind {
-                    FlowKind::Tcp => self.tcp_sends(now, host, |tcp, cx| tcp.abort(cx, flow)),
+                    FlowKind::Tcp => connections.push(flow),
                     FlowKind::Udp => self.udp.close(flow, host, &mut self.flow_ids),
                     FlowKind::Icmp => self.echo.close(flow, host, &mut self.flow_ids),
                     FlowKind::Dns => self.dns.cancel(flow, host, &mut self.flow_ids),
                 }
             }
+            self.tcp_sends(now, host, |tcp, cx| connections.iter().for_each(|flow| tcp.abort(cx, *flow)));
         }
         self.port_check_at = self.flow_ids.ledger().ports().next().map(|_| now + PORT_CHECK_INTERVAL);
     }
