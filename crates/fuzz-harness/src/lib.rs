@@ -93,7 +93,7 @@ pub fn switch_frames(data: &[u8]) {
         aging: Duration::from_secs(2),
         mac_capacity: 4,
         queue_limits: limits,
-        all_queues_limit: 1500,
+        memory_limit: 1500,
         port_stations: 3,
     };
     let mut switch = Switch::new(config);

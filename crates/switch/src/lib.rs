@@ -24,14 +24,15 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
-use port::SharedQueueBudget;
-pub use port::{Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom};
+pub use port::{
+    MemoryBudget, Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom,
+};
 pub use security::{IngressGuard, PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
 pub use vlan::{PortVlans, Vlan};
 
-/// Bytes all ports' queues may hold together unless configured: 64 ports' worth of full
-/// default queues.
-pub const DEFAULT_ALL_QUEUES_LIMIT: usize = 256 << 20;
+/// Bytes all ports' queues and transports' unfinished frames may hold together unless
+/// configured: 64 ports' worth of full default queues.
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 
 /// How the switch forwards frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +54,8 @@ pub struct SwitchConfig {
     pub mac_capacity: usize,
     /// How much each port may queue for a slow peer.
     pub queue_limits: QueueLimits,
-    /// Most bytes all ports' queues hold together.
-    pub all_queues_limit: usize,
+    /// Most bytes all ports' queues and transports' unfinished frames hold together.
+    pub memory_limit: usize,
     /// Most source addresses one port may use at once.
     pub port_stations: usize,
 }
@@ -66,7 +67,7 @@ impl Default for SwitchConfig {
             aging: DEFAULT_AGING,
             mac_capacity: DEFAULT_CAPACITY,
             queue_limits: QueueLimits::default(),
-            all_queues_limit: DEFAULT_ALL_QUEUES_LIMIT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             port_stations: DEFAULT_PORT_STATIONS,
         }
     }
@@ -90,8 +91,8 @@ pub struct Switch {
     pinned: Vec<(MacAddress, PortId)>,
     /// Checks frames from other ports must pass, each with the port that set it up.
     guards: Vec<(PortId, Box<dyn IngressGuard>)>,
-    /// What all queues hold together, shared with every port.
-    all_queues: SharedQueueBudget,
+    /// What all queues and unfinished frames hold together, shared with every port.
+    memory: MemoryBudget,
 }
 
 impl Switch {
@@ -108,7 +109,7 @@ impl Switch {
             mirrors: mirror::Mirrors::default(),
             pinned: Vec::new(),
             guards: Vec::new(),
-            all_queues: SharedQueueBudget::new(config.all_queues_limit),
+            memory: MemoryBudget::new(config.memory_limit),
         }
     }
 
@@ -144,9 +145,9 @@ impl Switch {
     ) -> PortId {
         let id = PortId(self.next_port);
         self.next_port += 1;
-        let all_queues = self.all_queues.clone();
+        let memory = self.memory.clone();
         self.ports
-            .insert(id, Port::new(name.into(), self.config.queue_limits, all_queues, takes_offloads, policy));
+            .insert(id, Port::new(name.into(), self.config.queue_limits, memory, takes_offloads, policy));
         id
     }
 
@@ -190,9 +191,15 @@ impl Switch {
         self.ports.iter().map(|(id, port)| (*id, port))
     }
 
-    /// Bytes all ports' queues hold now.
-    pub fn queued_bytes(&self) -> usize {
-        self.all_queues.queued()
+    /// Bytes all ports' queues and transports' unfinished frames hold now.
+    pub fn held_bytes(&self) -> usize {
+        self.memory.held()
+    }
+
+    /// The memory budget, for a transport to charge what it holds for unfinished
+    /// frames to.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        self.memory.clone()
     }
 
     /// The MAC table, for inspection.

@@ -4,8 +4,8 @@
 //! it drains [`Port::queued`] and reports back with [`Port::pop_sent`] or
 //! [`Port::pop_dropped`]. The queue bound is what keeps one slow peer from stalling the
 //! others: when it is full, that port alone loses the frame. All queues together are
-//! bounded too ([`SharedQueueBudget`]), so that many slow peers cannot hold memory
-//! without end; a port with an empty queue still takes one frame.
+//! bounded too, in the switch's [`MemoryBudget`], so that many slow peers cannot hold
+//! memory without end; a port with an empty queue still takes one frame.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -213,33 +213,38 @@ pub struct QueueRoom {
     pub bytes: usize,
 }
 
-/// The bytes all ports of one switch hold in their queues, and how many they may.
+/// The bytes one switch's queues hold together with what its transports hold for
+/// unfinished frames, and how many they may: one bound on the memory that peers can
+/// make vnet hold. Cloned handles share it.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedQueueBudget {
-    queued: Rc<Cell<usize>>,
+pub struct MemoryBudget {
+    held: Rc<Cell<usize>>,
     limit: usize,
 }
 
-impl SharedQueueBudget {
-    pub fn new(limit: usize) -> Self {
-        Self { queued: Rc::default(), limit }
+impl MemoryBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { held: Rc::default(), limit }
     }
 
-    /// Bytes queued on all ports now.
-    pub fn queued(&self) -> usize {
-        self.queued.get()
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.get()
     }
 
-    fn admits(&self, len: usize) -> bool {
-        self.queued.get() + len <= self.limit
+    /// Whether `len` more bytes fit.
+    pub fn admits(&self, len: usize) -> bool {
+        self.held.get() + len <= self.limit
     }
 
-    fn add(&self, len: usize) {
-        self.queued.set(self.queued.get() + len);
+    /// Counts `len` bytes as held.
+    pub fn add(&self, len: usize) {
+        self.held.set(self.held.get() + len);
     }
 
-    fn remove(&self, len: usize) {
-        self.queued.set(self.queued.get() - len);
+    /// Counts `len` held bytes as given back.
+    pub fn remove(&self, len: usize) {
+        self.held.set(self.held.get() - len);
     }
 }
 
@@ -249,8 +254,8 @@ pub struct Port {
     name: String,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
-    /// What all the switch's queues hold together.
-    all_queues: SharedQueueBudget,
+    /// What all the switch's queues and unfinished frames hold together.
+    memory: MemoryBudget,
     limits: QueueLimits,
     counters: PortCounters,
     /// Whether the peer takes frames with offloads left to do (a tap with a virtio-net
@@ -267,7 +272,7 @@ impl Port {
     pub(crate) fn new(
         name: String,
         limits: QueueLimits,
-        all_queues: SharedQueueBudget,
+        memory: MemoryBudget,
         takes_offloads: bool,
         policy: PortPolicy,
     ) -> Self {
@@ -275,7 +280,7 @@ impl Port {
             name,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            all_queues,
+            memory,
             limits,
             counters: PortCounters::default(),
             takes_offloads,
@@ -372,12 +377,12 @@ impl Port {
             self.counters.record_drop(PortDropReason::QueueFull);
             return false;
         }
-        if !self.queue.is_empty() && !self.all_queues.admits(frame.len()) {
+        if !self.queue.is_empty() && !self.memory.admits(frame.len()) {
             self.counters.record_drop(PortDropReason::MemoryBudget);
             return false;
         }
         self.queued_bytes += frame.len();
-        self.all_queues.add(frame.len());
+        self.memory.add(frame.len());
         self.queue.push_back(frame);
         true
     }
@@ -385,13 +390,13 @@ impl Port {
     fn pop(&mut self) -> Option<Frame> {
         let frame = self.queue.pop_front()?;
         self.queued_bytes -= frame.len();
-        self.all_queues.remove(frame.len());
+        self.memory.remove(frame.len());
         Some(frame)
     }
 }
 
 impl Drop for Port {
     fn drop(&mut self) {
-        self.all_queues.remove(self.queued_bytes);
+        self.memory.remove(self.queued_bytes);
     }
 }

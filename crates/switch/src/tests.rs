@@ -556,18 +556,18 @@ fn a_guard_checks_frames_from_every_port_but_its_owners_and_goes_with_its_port()
 #[test]
 fn all_queues_together_are_bounded_and_an_empty_queue_still_takes_a_frame() {
     let now = Instant::now();
-    let config = SwitchConfig { all_queues_limit: 300, ..SwitchConfig::default() };
+    let config = SwitchConfig { memory_limit: 300, ..SwitchConfig::default() };
     let (mut switch, [pa, pb, pc]) = three_ports(config);
     for _ in 0..4 {
         switch.receive(pa, frame(BROADCAST, A), now);
     }
     assert_eq!((queued(&switch, pb), queued(&switch, pc)), (3, 2), "300 bytes: five 60-byte frames");
     assert_eq!(switch.port(pc).unwrap().counters().drops(PortDropReason::MemoryBudget), 2);
-    assert_eq!(switch.queued_bytes(), 300);
+    assert_eq!(switch.held_bytes(), 300);
     switch.port_mut(pb).unwrap().pop_sent();
-    assert_eq!(switch.queued_bytes(), 240, "a sent frame gives its room back");
+    assert_eq!(switch.held_bytes(), 240, "a sent frame gives its room back");
     switch.remove_port(pb);
-    assert_eq!(switch.queued_bytes(), 120, "so does a removed port's queue");
+    assert_eq!(switch.held_bytes(), 120, "so does a removed port's queue");
     let pd = switch.add_port("d");
     switch.receive(pa, frame(BROADCAST, A), now);
     assert_eq!(queued(&switch, pd), 1, "an empty queue takes a frame whatever the budget");

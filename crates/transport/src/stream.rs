@@ -8,7 +8,8 @@
 //!
 //! A connection costs what its peer makes it cost: its socket buffers start small and
 //! grow only once the peer has shown it keeps up with bulk traffic (a bounded number of
-//! connections at once), its decoder holds no buffer while the peer is quiet, and a
+//! connections at once), its decoder holds no buffer while the peer is quiet and only
+//! what arrived of an unfinished frame, charged to the switch's memory budget, and a
 //! peer that leaves a frame unfinished for a minute is disconnected.
 
 use std::io::{self, IoSlice, Read, Write};
@@ -22,7 +23,7 @@ use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt, sockopt::PeerCredentials};
 use tracing::{info, warn};
-use vnet_switch::PortId;
+use vnet_switch::{MemoryBudget, PortId};
 
 use crate::unix_path::{bind_error, BoundPath, SocketKind};
 use crate::TransportError;
@@ -277,6 +278,10 @@ pub struct Connection {
     drains: u32,
     /// Whether this connection's buffers grew (and count in [`GROWN_CONNECTIONS`]).
     grown: bool,
+    /// The switch's memory budget, once the connection has a port.
+    memory: Option<MemoryBudget>,
+    /// Bytes of an unfinished frame charged to `memory`.
+    charged: usize,
 }
 
 impl Connection {
@@ -292,6 +297,8 @@ impl Connection {
             send_buffer_full: false,
             drains: 0,
             grown: false,
+            memory: None,
+            charged: 0,
         }
     }
 
@@ -315,15 +322,39 @@ impl Connection {
         }
     }
 
-    /// The peer sent all it had: the decoder gives back the room it does not need, and
-    /// an unfinished frame starts its timeout unless one already runs.
-    fn drained(&mut self, now: Instant) -> ReadOutcome {
+    /// The peer sent all it had: the decoder gives back the room it does not need, what
+    /// an unfinished frame still holds is charged to the switch's memory budget (the
+    /// connection closes if it does not fit), and the frame starts its timeout unless
+    /// one already runs.
+    fn drained(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
         self.decoder.release_idle_room();
-        self.partial_since = match self.decoder.partial_len() {
+        let partial = self.decoder.partial_len();
+        let held = if partial == 0 { 0 } else { self.decoder.held_bytes() };
+        if !self.charge_unfinished_frame(held) {
+            cx.count("memory_budget");
+            warn!(port = %self.name, bytes = partial, "unfinished frames and queues hold all the memory vnet allows; closing this connection");
+            return ReadOutcome::Closed;
+        }
+        self.partial_since = match partial {
             0 => None,
-            _ => Some(self.partial_since.unwrap_or(now)),
+            _ => Some(self.partial_since.unwrap_or(cx.now)),
         };
         ReadOutcome::Drained
+    }
+
+    /// Charges `held` bytes to the memory budget in place of what was charged before;
+    /// false, with nothing charged, if they do not fit.
+    fn charge_unfinished_frame(&mut self, held: usize) -> bool {
+        let Some(memory) = &self.memory else {
+            return true;
+        };
+        memory.remove(std::mem::take(&mut self.charged));
+        if !memory.admits(held) {
+            return false;
+        }
+        memory.add(held);
+        self.charged = held;
+        true
     }
 
     /// When the unfinished frame's peer runs out of time.
@@ -344,6 +375,7 @@ impl Connection {
 
     fn open_port(&mut self, cx: &mut Context<'_>) {
         self.port = Some(cx.add_port(self.name.clone()));
+        self.memory = Some(cx.switch.memory_budget());
     }
 
     fn read(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
@@ -362,7 +394,7 @@ impl Connection {
                 return ReadOutcome::Closed;
             }
             Ok(len) => self.decoder.commit(len),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.drained(cx.now),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.drained(cx),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::More,
             Err(e) => {
                 info!(port = %self.name, error = %e, "connection failed");
@@ -458,6 +490,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if self.grown {
             GROWN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(memory) = &self.memory {
+            memory.remove(self.charged);
         }
     }
 }

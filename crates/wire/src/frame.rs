@@ -88,10 +88,10 @@ pub fn pooled_buffers() -> (usize, usize) {
 fn take_storage(size: usize) -> Rc<[u8]> {
     let reused = POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
-        if size == SMALL_BUFFER {
-            pool.small.pop()
-        } else {
-            pool.large.pop()
+        match size {
+            SMALL_BUFFER => pool.small.pop(),
+            LARGE_BUFFER => pool.large.pop(),
+            _ => None,
         }
     });
     reused.unwrap_or_else(|| std::iter::repeat_n(0u8, size).collect())
@@ -116,9 +116,9 @@ impl Drop for Storage {
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let (free, limit) = match buffer.len() {
-                0 => return,
                 SMALL_BUFFER => (&mut pool.small, POOLED_SMALL),
-                _ => (&mut pool.large, POOLED_LARGE),
+                LARGE_BUFFER => (&mut pool.large, POOLED_LARGE),
+                _ => return,
             };
             if free.len() < limit {
                 // The list takes its full size at once, so that it never grows while
@@ -179,6 +179,13 @@ impl FrameBuffer {
         buffer
     }
 
+    /// A buffer of exactly `bytes.len()` bytes, with no headroom and no spare room,
+    /// holding them: for data kept a while that is neither small nor whole, such as
+    /// the part of a large frame that has arrived. It is not pooled.
+    pub fn fitted(bytes: &[u8]) -> Self {
+        Self { storage: Storage(Rc::from(bytes)), start: 0, end: bytes.len() }
+    }
+
     fn of_size(size: usize, start: usize) -> Self {
         Self { storage: Storage(take_storage(size)), start, end: start }
     }
@@ -231,6 +238,11 @@ impl FrameBuffer {
     /// How much room is free after the data.
     pub fn spare_len(&self) -> usize {
         self.storage.0.len() - self.end
+    }
+
+    /// The bytes of memory the buffer holds: headroom, data and spare room.
+    pub fn capacity(&self) -> usize {
+        self.storage.0.len()
     }
 
     /// How much room is free before the data.

@@ -15,7 +15,7 @@
 //! unfinished tail of a read (part of a frame, or a length prefix) is moved into the next
 //! buffer. Between reads, a drained decoder gives back the room it does not need
 //! ([`StreamDecoder::release_idle_room`]): an idle connection holds no buffer, and one
-//! waiting for the rest of a short frame holds only what arrived.
+//! waiting for the rest of a frame holds only what arrived of it.
 
 use thiserror::Error;
 
@@ -131,18 +131,24 @@ impl StreamDecoder {
     }
 
     /// Gives back the room the decoder holds while the peer sends nothing more: all of
-    /// it when no frame is under way, all but a small buffer for what arrived of one that
-    /// fits a small buffer. A large unfinished frame keeps its buffer, which it mostly
-    /// fills.
+    /// it when no frame is under way, and otherwise all but what arrived of the frame
+    /// (in a small buffer when it fits one, else in one of exactly its size).
     pub fn release_idle_room(&mut self) {
         let partial = self.buffer.len();
         if partial == 0 {
             self.buffer = FrameBuffer::empty();
-        } else if partial <= SMALL_FRAME
-            && self.buffer.headroom() + partial + self.buffer.spare_len() > SMALL_BUFFER
-        {
-            self.buffer = FrameBuffer::copy_of(self.buffer.data());
+        } else if partial <= SMALL_FRAME {
+            if self.buffer.capacity() > SMALL_BUFFER {
+                self.buffer = FrameBuffer::copy_of(self.buffer.data());
+            }
+        } else if self.buffer.capacity() > partial {
+            self.buffer = FrameBuffer::fitted(self.buffer.data());
         }
+    }
+
+    /// The bytes of memory the decoder holds now.
+    pub fn held_bytes(&self) -> usize {
+        self.buffer.capacity()
     }
 
     /// Bytes held that do not yet make a whole frame. Non-zero at end of stream means the
@@ -344,9 +350,27 @@ mod tests {
         decoder.extend(&length_prefix(100));
         decoder.extend(&[3u8; 10]);
         decoder.release_idle_room();
-        let held = decoder.buffer.headroom() + decoder.buffer.len() + decoder.buffer.spare_len();
-        assert!(held <= SMALL_BUFFER, "14 bytes of a frame hold {held} bytes");
+        assert!(decoder.held_bytes() <= SMALL_BUFFER, "14 bytes of a frame hold {}", decoder.held_bytes());
         decoder.extend(&[3u8; 90]);
         assert_eq!(decoder.next_frame().unwrap().unwrap().unwrap().as_bytes(), &[3u8; 100][..]);
+    }
+
+    #[test]
+    fn a_waiting_large_frame_holds_what_arrived_and_still_completes() {
+        let mut decoder = StreamDecoder::new();
+        let frame: Vec<u8> = (0..MAX_FRAME_LEN).map(|i| i as u8).collect();
+        let wire = encode(&[&frame]);
+        let mut sent = 0;
+        for piece in [10_000, 20_000, wire.len() - 30_000] {
+            sent += decoder.extend(&wire[sent..sent + piece]);
+            if sent < wire.len() {
+                decoder.release_idle_room();
+                assert_eq!(decoder.held_bytes(), sent, "an unfinished frame holds what arrived");
+                assert!(decoder.next_frame().unwrap().is_none());
+            }
+        }
+        assert_eq!(decoder.next_frame().unwrap().unwrap().unwrap().as_bytes(), &frame[..]);
+        decoder.release_idle_room();
+        assert_eq!(decoder.held_bytes(), 0);
     }
 }
