@@ -9,6 +9,13 @@
 //! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
 //! queued across writes: a peer that cannot take a frame right now loses it, counted on
 //! its port, as a real Ethernet link would. This module does not look inside frames.
+//!
+//! A unix datagram stays charged to the socket that sent it until its receiver reads
+//! it, so a few peers that never read would fill the send buffer of a shared socket and
+//! cut every other peer off. Each unix peer is therefore sent to from an unbound socket
+//! of its own, which only that peer can fill (QEMU takes datagrams from any sender). A
+//! peer that connected its socket to vnet's, and so takes datagrams only from that
+//! address, is sent to from the shared socket instead.
 
 use foldhash::HashMap;
 use std::io;
@@ -67,6 +74,9 @@ impl PeerAddr {
 struct Peer {
     port: PortId,
     sockaddr: SockAddr,
+    /// The socket that sends to a unix peer, whose datagrams it alone holds until the
+    /// peer reads them; None to send from the listener's socket.
+    sender: Option<Socket>,
     last_heard: Instant,
 }
 
@@ -85,17 +95,31 @@ impl PeerTable {
         Some(peer.port)
     }
 
-    /// Records a new peer and its port.
+    /// Records a new peer and its port; a unix peer gets a socket of its own to be sent
+    /// from.
     pub fn insert(&mut self, addr: PeerAddr, port: PortId, now: Instant) -> io::Result<()> {
         let sockaddr = addr.to_sockaddr()?;
+        let sender = match addr {
+            PeerAddr::Unix(_) => Some(Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?),
+            PeerAddr::Inet(_) => None,
+        };
         self.by_port.insert(port, addr.clone());
-        self.by_addr.insert(addr, Peer { port, sockaddr, last_heard: now });
+        self.by_addr.insert(addr, Peer { port, sockaddr, sender, last_heard: now });
         Ok(())
     }
 
-    /// The address to send `port`'s frames to.
-    pub fn sockaddr(&self, port: PortId) -> Option<&SockAddr> {
-        self.by_port.get(&port).and_then(|addr| self.by_addr.get(addr)).map(|peer| &peer.sockaddr)
+    /// The address to send `port`'s frames to, and the peer's own socket to send them
+    /// from, if it has one.
+    pub fn route(&self, port: PortId) -> Option<(&SockAddr, Option<&Socket>)> {
+        let peer = self.by_port.get(&port).and_then(|addr| self.by_addr.get(addr))?;
+        Some((&peer.sockaddr, peer.sender.as_ref()))
+    }
+
+    /// Sends to `port`'s peer from the shared socket from now on.
+    fn share_socket(&mut self, port: PortId) {
+        if let Some(peer) = self.by_port.get(&port).and_then(|addr| self.by_addr.get_mut(addr)) {
+            peer.sender = None;
+        }
     }
 
     /// Forgets the peer of `port`.
@@ -237,15 +261,22 @@ fn peer_is_gone(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT))
 }
 
+/// Whether a send error means the peer's socket is connected to another address, and
+/// takes datagrams from that address only.
+fn peer_takes_only_its_own(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EPERM)
+}
+
 /// Sends every frame queued on `port` to `to`. A batch the kernel does not take whole is
-/// dropped from the first refused frame on. Returns an error only when the peer is gone.
+/// dropped from the first refused frame on. Returns an error only when the peer is gone
+/// or does not take datagrams from `socket`.
 pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch::Port) -> io::Result<()> {
     while !port.is_idle() {
         let datagrams: Vec<&[u8]> = port.queued().take(BATCH).map(|f| f.as_bytes()).collect();
         let count = datagrams.len();
         let sent = match sys::send_datagrams(socket.as_fd(), to, &datagrams) {
             Ok(sent) => sent,
-            Err(e) if peer_is_gone(&e) => return Err(e),
+            Err(e) if peer_is_gone(&e) || peer_takes_only_its_own(&e) => return Err(e),
             Err(_) => 0,
         };
         for _ in 0..sent {
@@ -306,10 +337,20 @@ impl Endpoint for DgramListener {
     }
 
     fn flush(&mut self, port: PortId, cx: &mut Context<'_>) -> Liveness {
-        let (Some(to), Some(switch_port)) = (self.peers.sockaddr(port), cx.switch.port_mut(port)) else {
+        let (Some((to, sender)), Some(switch_port)) = (self.peers.route(port), cx.switch.port_mut(port))
+        else {
             return Liveness::Open;
         };
-        if let Err(e) = send_queued(&self.socket, to, switch_port) {
+        let own_socket = sender.is_some();
+        let mut sent = send_queued(sender.unwrap_or(&self.socket), to, switch_port);
+        if own_socket && sent.as_ref().is_err_and(peer_takes_only_its_own) {
+            debug!(listen = %self.description, %port, "datagram peer is connected to vnet's socket; sending from it");
+            self.peers.share_socket(port);
+            if let (Some((to, _)), Some(switch_port)) = (self.peers.route(port), cx.switch.port_mut(port)) {
+                sent = send_queued(&self.socket, to, switch_port);
+            }
+        }
+        if let Err(e) = sent {
             info!(listen = %self.description, error = %e, "datagram peer is gone");
             self.peers.remove(port);
             cx.remove_port(port);
@@ -353,10 +394,18 @@ mod tests {
         table.insert(inet(1000), PortId(7), now).unwrap();
         assert_eq!(table.touch(&inet(1000), now), Some(PortId(7)));
         assert_eq!(table.touch(&inet(1001), now), None);
-        assert_eq!(
-            table.sockaddr(PortId(7)).and_then(|a| a.as_socket()),
-            Some(SocketAddr::from(([127, 0, 0, 1], 1000)))
-        );
+        let (to, sender) = table.route(PortId(7)).unwrap();
+        assert_eq!(to.as_socket(), Some(SocketAddr::from(([127, 0, 0, 1], 1000))));
+        assert!(sender.is_none(), "a UDP peer is sent to from the shared socket");
+    }
+
+    #[test]
+    fn a_unix_peer_has_a_socket_of_its_own_until_it_takes_only_the_shared_ones() {
+        let mut table = PeerTable::default();
+        table.insert(PeerAddr::Unix("/run/peer.sock".into()), PortId(3), Instant::now()).unwrap();
+        assert!(table.route(PortId(3)).unwrap().1.is_some());
+        table.share_socket(PortId(3));
+        assert!(table.route(PortId(3)).unwrap().1.is_none());
     }
 
     #[test]
