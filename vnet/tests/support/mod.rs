@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod hostile;
 pub mod prerequisites;
 
 use std::fs::File;
