@@ -291,6 +291,13 @@ impl Lab {
         StreamPeer::connect(&self.attack_socket())
     }
 
+    /// A raw stream port for the attacker, and what vnet sends it.
+    fn attacker_and_answers(&self) -> (StreamPeer<UnixStream>, Answers) {
+        let attacker = self.attacker();
+        let answers = Answers::read(StreamPeer { socket: attacker.socket.try_clone().unwrap() });
+        (attacker, answers)
+    }
+
     /// `vnet status --json`, which must answer.
     fn status(&self) -> serde_json::Value {
         self.json(&["status"])
@@ -383,20 +390,38 @@ fn received(peer: &mut StreamPeer<UnixStream>, quiet: Duration) -> Vec<Vec<u8>> 
     std::iter::from_fn(|| peer.recv()).collect()
 }
 
-/// Keeps reading `peer` on a thread, so that vnet never stops sending to it, and returns
-/// what it got once `stop` is set.
-fn drain_in_background(mut peer: StreamPeer<UnixStream>, stop: Arc<AtomicBool>) -> JoinHandle<Vec<Vec<u8>>> {
-    peer.socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    std::thread::spawn(move || {
-        let mut frames = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            match peer.recv() {
-                Some(frame) => frames.push(frame),
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        frames
-    })
+/// What vnet sends an attacker, read on a thread so that vnet never stops sending to it.
+struct Answers {
+    stop: Arc<AtomicBool>,
+    reader: JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl Answers {
+    /// Starts reading `peer`.
+    fn read(mut peer: StreamPeer<UnixStream>) -> Self {
+        peer.socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut frames = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match peer.recv() {
+                        Some(frame) => frames.push(frame),
+                        None => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                frames
+            })
+        };
+        Self { stop, reader }
+    }
+
+    /// Stops reading and returns every frame read.
+    fn collect(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.reader.join().unwrap()
+    }
 }
 
 fn refused_guests(lab: &Lab) -> String {
@@ -408,10 +433,7 @@ fn a_syn_flood_costs_the_attacker_its_own_handshakes_and_the_victim_keeps_workin
     let _lock = GuestLock::acquire();
     let lab = Lab::start("", &[]);
     let (fds_before, _) = lab.usage();
-    let mut attacker = lab.attacker();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers =
-        drain_in_background(StreamPeer { socket: attacker.socket.try_clone().unwrap() }, Arc::clone(&stop));
+    let (mut attacker, answers) = lab.attacker_and_answers();
     let mut most_fds = 0;
     for batch in 0..30u16 {
         flood(
@@ -422,8 +444,7 @@ fn a_syn_flood_costs_the_attacker_its_own_handshakes_and_the_victim_keeps_workin
         most_fds = most_fds.max(lab.usage().0);
     }
     lab.assert_victim_works();
-    stop.store(true, Ordering::Relaxed);
-    let answers = answers.join().unwrap();
+    let answers = answers.collect();
     assert!(answers.iter().any(|frame| frame.len() > 47 && frame[47] & 0x04 != 0), "the attacker got RSTs");
     assert!(most_fds < fds_before + 400, "30,000 SYNs held {most_fds} descriptors (from {fds_before})");
     assert!(lab.gateway_drops("guest_budget") > 0);
@@ -438,18 +459,14 @@ fn a_syn_flood_costs_the_attacker_its_own_handshakes_and_the_victim_keeps_workin
 fn udp_from_20000_source_ports_leaves_descriptors_and_flows_for_the_victim() {
     let _lock = GuestLock::acquire();
     let lab = Lab::start("", &[]);
-    let mut attacker = lab.attacker();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers =
-        drain_in_background(StreamPeer { socket: attacker.socket.try_clone().unwrap() }, Arc::clone(&stop));
+    let (mut attacker, answers) = lab.attacker_and_answers();
     flood(
         &mut attacker,
         (0..20_000u32)
             .map(|i| udp(ATTACKER_MAC, ATTACKER_IP, 20_000 + i as u16, GATEWAY_IP, UDP_TARGET_PORT, b"x")),
     );
     lab.assert_victim_works();
-    stop.store(true, Ordering::Relaxed);
-    let answers = answers.join().unwrap();
+    let answers = answers.collect();
     let prohibited = answers
         .iter()
         .filter(|frame| frame.len() > 35 && frame[23] == 1 && frame[34] == 3 && frame[35] == 13)
@@ -464,10 +481,7 @@ fn udp_from_20000_source_ports_leaves_descriptors_and_flows_for_the_victim() {
 fn one_guest_cannot_hold_a_small_flow_table_or_the_dns_queue() {
     let _lock = GuestLock::acquire();
     let lab = Lab::start(",max-flows=2000", &[]);
-    let mut attacker = lab.attacker();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers =
-        drain_in_background(StreamPeer { socket: attacker.socket.try_clone().unwrap() }, Arc::clone(&stop));
+    let (mut attacker, answers) = lab.attacker_and_answers();
     flood(
         &mut attacker,
         (0..2000u16).map(|i| udp(ATTACKER_MAC, ATTACKER_IP, 30_000 + i, GATEWAY_IP, UDP_TARGET_PORT, b"x")),
@@ -481,8 +495,7 @@ fn one_guest_cannot_hold_a_small_flow_table_or_the_dns_queue() {
     let flows = lab.status()["gateway"]["flows"].clone();
     assert!(flows["dns"].as_u64().unwrap() <= 128, "one guest holds {flows}");
     lab.assert_victim_works();
-    stop.store(true, Ordering::Relaxed);
-    let answers = answers.join().unwrap();
+    let answers = answers.collect();
     let servfails = answers
         .iter()
         .filter(|frame| {
