@@ -175,3 +175,25 @@ fn the_tap_name_is_chosen_with_ifname_and_a_taken_name_is_refused() {
     assert!(log.contains("already exists"), "{log}");
     drop(first);
 }
+
+#[test]
+fn a_namespace_makes_its_ipv6_address_from_router_advertisements_and_pings_the_gateway() {
+    // The kernel solicits a router when the link comes up and makes an address in the
+    // advertised prefix (SLAAC); it is usable once duplicate address detection is done.
+    let script = r#"n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && { ip -6 addr; exit 1; }; sleep 0.1
+done
+ip -6 addr show dev eth0; ip -6 route
+ping -6 -c 3 -W 5 fec0::2 && ping -6 -c 2 -W 5 fe80::2%eth0"#;
+    let output =
+        support::vnet_with(&["--log-level", "warn", "ns", "--user", "mtu=1400", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("inet6 fec0::"), "a SLAAC address in fec0::/64:\n{stdout}");
+    assert!(stdout.contains("default via fe80::2 dev eth0"), "the gateway is the default router:\n{stdout}");
+    assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
+    assert!(stdout.contains("2 packets transmitted, 2 received"), "{stdout}");
+}

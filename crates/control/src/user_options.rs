@@ -3,10 +3,11 @@
 //!
 //! Every unknown or malformed option is refused with its exact text. Like QEMU, a `net=`
 //! without `host=`, `dns=` or `dhcpstart=` moves those to .2, .3 and .15 of the new
-//! network. Nothing here opens a socket; /etc/resolv.conf is read only for the default
+//! network, and an `ipv6-net=` without `ipv6-host=` or `ipv6-dns=` moves those to ::2
+//! and ::3 of the new prefix. Nothing here opens a socket; /etc/resolv.conf is read only for the default
 //! upstreams.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use thiserror::Error;
 use vnet_gateway::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
@@ -30,11 +31,19 @@ fn refuse(text: &str, problem: impl Into<String>) -> UserOptionError {
 pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig, UserOptionError> {
     let mut config = GatewayConfig::default();
     let (mut host, mut dns, mut dhcp_start) = (None, None, None);
+    let (mut ipv6_host, mut ipv6_dns) = (None, None);
     for option in text.split(',').filter(|option| !option.trim().is_empty()) {
         let (key, value) = option.split_once('=').ok_or_else(|| refuse(option, "expected KEY=VALUE"))?;
         let bad = |problem: &str| refuse(option, problem);
         match key {
             "id" => {}
+            "ipv4" => config.ipv4 = switch(value).map_err(bad)?,
+            "ipv6" => config.ipv6 = switch(value).map_err(bad)?,
+            "ipv6-net" => (config.ipv6_prefix, config.ipv6_prefix_len) = ipv6_network(value).map_err(bad)?,
+            "ipv6-prefix" => config.ipv6_prefix = ipv6(value).map_err(bad)?,
+            "ipv6-prefixlen" => config.ipv6_prefix_len = ipv6_prefix_len(value).map_err(bad)?,
+            "ipv6-host" => ipv6_host = Some(ipv6(value).map_err(bad)?),
+            "ipv6-dns" => ipv6_dns = Some(ipv6(value).map_err(bad)?),
             "net" => (config.network, config.prefix_len) = network(value).map_err(bad)?,
             "host" => host = Some(ipv4(value).map_err(bad)?),
             "dns" => dns = Some(ipv4(value).map_err(bad)?),
@@ -65,6 +74,9 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
     config.host = host.unwrap_or(offset(2));
     config.dns = dns.unwrap_or(offset(3));
     config.dhcp_start = dhcp_start.unwrap_or(offset(15));
+    let prefix = u128::from(config.ipv6_prefix);
+    config.ipv6_host = ipv6_host.unwrap_or(Ipv6Addr::from(prefix | 2));
+    config.ipv6_dns = ipv6_dns.unwrap_or(Ipv6Addr::from(prefix | 3));
     config.host_forwards = std::mem::take(&mut config.host_forwards)
         .into_iter()
         .map(|forward| config.resolve_forward(forward))
@@ -82,6 +94,19 @@ fn count(value: &str) -> Result<usize, &'static str> {
 
 fn ipv4(value: &str) -> Result<Ipv4Addr, &'static str> {
     value.parse().map_err(|_| "expected an IPv4 address")
+}
+
+fn ipv6(value: &str) -> Result<Ipv6Addr, &'static str> {
+    value.parse().map_err(|_| "expected an IPv6 address")
+}
+
+fn ipv6_prefix_len(value: &str) -> Result<u8, &'static str> {
+    value.parse().ok().filter(|len| *len <= 128).ok_or("expected a prefix length from 0 to 128")
+}
+
+fn ipv6_network(value: &str) -> Result<(Ipv6Addr, u8), &'static str> {
+    let (address, len) = value.split_once('/').unwrap_or((value, "64"));
+    Ok((ipv6(address)?, ipv6_prefix_len(len)?))
 }
 
 fn network(value: &str) -> Result<(Ipv4Addr, u8), &'static str> {
@@ -242,6 +267,26 @@ mod tests {
                 target: "127.0.0.1:8080".parse().unwrap()
             }]
         );
+    }
+
+    #[test]
+    fn qemus_ipv6_options_parse_in_both_spellings() {
+        let config = parse_user_options("ipv6-net=fd00:1::/64,ipv4=off", "").unwrap();
+        assert!(!config.ipv4 && config.ipv6);
+        assert_eq!(config.ipv6_host, "fd00:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(config.ipv6_dns, "fd00:1::3".parse::<Ipv6Addr>().unwrap());
+        let config = parse_user_options(
+            "ipv6-prefix=fd00:2::,ipv6-prefixlen=64,ipv6-host=fd00:2::1,ipv6-dns=fd00:2::53",
+            "",
+        )
+        .unwrap();
+        assert_eq!((config.ipv6_prefix, config.ipv6_prefix_len), ("fd00:2::".parse().unwrap(), 64));
+        assert_eq!(config.ipv6_host, "fd00:2::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(config.ipv6_dns, "fd00:2::53".parse::<Ipv6Addr>().unwrap());
+        let error = parse_user_options("ipv6-host=10.0.2.2", "").unwrap_err().to_string();
+        assert!(error.contains("ipv6-host=10.0.2.2") && error.contains("IPv6 address"), "{error}");
+        let error = parse_user_options("ipv6=off,ipv4=off", "").unwrap_err().to_string();
+        assert!(error.contains("turn one of them on"), "{error}");
     }
 
     #[test]

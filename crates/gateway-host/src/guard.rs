@@ -1,24 +1,60 @@
-//! The gateway's guard on the switch: ARP from any other port that claims one of the
-//! gateway's addresses (a gratuitous ARP for 10.0.2.2, say) is dropped before it reaches
-//! a guest, so no guest can draw the others' traffic for the gateway to itself. The
-//! switch calls it for every frame; it looks at ARP only and knows nothing of sockets.
+//! The gateway's guard on the switch: from any other port, ARP that claims one of the
+//! gateway's IPv4 addresses (a gratuitous ARP for 10.0.2.2, say), neighbour discovery
+//! that claims one of its IPv6 addresses, and router advertisements and redirects (a
+//! guest posing as the router) are dropped before they reach a guest, so no guest can
+//! draw the others' traffic for the gateway to itself. The switch calls it for every
+//! frame; it looks at ARP and ICMPv6 only and knows nothing of sockets.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol};
+use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv6Packet};
 use vnet_switch::IngressGuard;
 use vnet_wire::Frame;
 
-/// Refuses ARP whose sender claims one of `addresses`.
+/// ICMPv6 types that only the router may send: router advertisement and redirect.
+const ROUTER_ONLY: [u8; 2] = [134, 137];
+/// ICMPv6 neighbour solicitation and advertisement.
+const NEIGHBOR_SOLICITATION: u8 = 135;
+const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+
+/// Refuses ARP and neighbour discovery that claim one of the gateway's addresses, and
+/// router-only ICMPv6.
 #[derive(Debug)]
 pub struct GatewayAddressGuard {
-    addresses: Vec<Ipv4Addr>,
+    ipv4: Vec<Ipv4Addr>,
+    ipv6: Vec<Ipv6Addr>,
 }
 
 impl GatewayAddressGuard {
-    /// A guard of `addresses`: the gateway's own and its DNS address.
-    pub fn new(addresses: Vec<Ipv4Addr>) -> Self {
-        Self { addresses }
+    /// A guard of the gateway's own addresses: its address and its DNS address in each
+    /// family, and its IPv6 link-local address.
+    pub fn new(ipv4: Vec<Ipv4Addr>, ipv6: Vec<Ipv6Addr>) -> Self {
+        Self { ipv4, ipv6 }
+    }
+
+    fn admits_arp(&self, payload: &[u8]) -> bool {
+        let Ok(arp) = ArpPacket::new_checked(payload) else {
+            return true;
+        };
+        let claimed = arp.source_protocol_addr();
+        !self.ipv4.iter().any(|address| address.octets()[..] == *claimed)
+    }
+
+    fn admits_ipv6(&self, payload: &[u8]) -> bool {
+        let Ok(ip) = Ipv6Packet::new_checked(payload) else {
+            return true;
+        };
+        let icmp = ip.payload();
+        if ip.next_header() != IpProtocol::Icmpv6 || icmp.is_empty() {
+            return true;
+        }
+        let claims = |address: &[u8]| self.ipv6.iter().any(|own| own.octets()[..] == *address);
+        match icmp[0] {
+            kind if ROUTER_ONLY.contains(&kind) => false,
+            NEIGHBOR_SOLICITATION => !claims(&ip.src_addr().octets()),
+            NEIGHBOR_ADVERTISEMENT => icmp.get(8..24).is_none_or(|target| !claims(target)),
+            _ => true,
+        }
     }
 }
 
@@ -27,14 +63,11 @@ impl IngressGuard for GatewayAddressGuard {
         let Ok(ethernet) = EthernetFrame::new_checked(frame.as_bytes()) else {
             return true;
         };
-        if ethernet.ethertype() != EthernetProtocol::Arp {
-            return true;
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => self.admits_arp(ethernet.payload()),
+            EthernetProtocol::Ipv6 => self.admits_ipv6(ethernet.payload()),
+            _ => true,
         }
-        let Ok(arp) = ArpPacket::new_checked(ethernet.payload()) else {
-            return true;
-        };
-        let claimed = arp.source_protocol_addr();
-        !self.addresses.iter().any(|address| address.octets()[..] == *claimed)
     }
 }
 
@@ -68,9 +101,41 @@ mod tests {
 
     #[test]
     fn arp_claiming_a_gateway_address_is_refused_and_other_arp_is_not() {
-        let guard = GatewayAddressGuard::new(vec![Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)]);
+        let guard =
+            GatewayAddressGuard::new(vec![Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)], vec![]);
         assert!(!guard.admits(&arp_claiming(Ipv4Addr::new(10, 0, 2, 2))));
         assert!(!guard.admits(&arp_claiming(Ipv4Addr::new(10, 0, 2, 3))));
         assert!(guard.admits(&arp_claiming(Ipv4Addr::new(10, 0, 2, 15))));
+    }
+
+    /// An ICMPv6 message of `kind` from `src`, whose body starts with `target`.
+    fn icmpv6(kind: u8, src: Ipv6Addr, target: Ipv6Addr) -> Frame {
+        let mut bytes = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 0x66, 0x86, 0xdd];
+        bytes.extend_from_slice(&[0x60, 0, 0, 0, 0, 24, 58, 255]);
+        bytes.extend_from_slice(&src.octets());
+        bytes.extend_from_slice(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets());
+        bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&target.octets());
+        Frame::copy_from_slice(&bytes, Offload::NONE).unwrap()
+    }
+
+    #[test]
+    fn neighbour_discovery_claiming_a_gateway_address_and_router_messages_are_refused() {
+        let gateway: Ipv6Addr = "fec0::2".parse().unwrap();
+        let guest: Ipv6Addr = "fec0::15".parse().unwrap();
+        let guard = GatewayAddressGuard::new(vec![], vec![gateway, "fe80::2".parse().unwrap()]);
+        assert!(
+            !guard.admits(&icmpv6(NEIGHBOR_ADVERTISEMENT, guest, gateway)),
+            "an advertisement of fec0::2"
+        );
+        assert!(!guard.admits(&icmpv6(NEIGHBOR_SOLICITATION, gateway, guest)), "a solicitation from fec0::2");
+        assert!(!guard.admits(&icmpv6(134, guest, guest)), "a router advertisement");
+        assert!(!guard.admits(&icmpv6(137, guest, guest)), "a redirect");
+        assert!(guard.admits(&icmpv6(NEIGHBOR_ADVERTISEMENT, guest, guest)), "a guest's own advertisement");
+        assert!(
+            guard.admits(&icmpv6(NEIGHBOR_SOLICITATION, Ipv6Addr::UNSPECIFIED, gateway)),
+            "duplicate address detection"
+        );
+        assert!(guard.admits(&icmpv6(133, guest, guest)), "a router solicitation");
     }
 }

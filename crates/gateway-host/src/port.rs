@@ -294,7 +294,8 @@ impl Endpoint for GatewayPort {
         // No guest may send as the gateway and so draw the other guests' traffic to it.
         cx.switch.pin_station(config.mac(), port);
         // Nor claim the gateway's addresses in ARP to the other guests.
-        cx.switch.add_guard(port, Box::new(GatewayAddressGuard::new(vec![config.host, config.dns])));
+        let ipv6 = vec![config.ipv6_host, config.ipv6_dns, config.ipv6_link_local()];
+        cx.switch.add_guard(port, Box::new(GatewayAddressGuard::new(vec![config.host, config.dns], ipv6)));
         self.port = Some(port);
         self.sockets.port = self.port;
         for (id, rule) in self.forwards().collect::<Vec<_>>() {

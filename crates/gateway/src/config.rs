@@ -1,8 +1,9 @@
 //! The gateway's settings, with QEMU's `-netdev user` defaults (10.0.2.0/24, host
-//! 10.0.2.2, DNS 10.0.2.3, first lease 10.0.2.15) and the checks that keep them
-//! consistent. Parsing the option string is the control layer's job, not this file's.
+//! 10.0.2.2, DNS 10.0.2.3, first lease 10.0.2.15; fec0::/64, host fec0::2, DNS fec0::3)
+//! and the checks that keep them consistent. Parsing the option string is the control
+//! layer's job, not this file's.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
@@ -69,6 +70,19 @@ pub struct GuestLimits {
 /// Everything the gateway needs to know about its network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
+    /// Whether guests get IPv4 (`ipv4=`).
+    pub ipv4: bool,
+    /// Whether guests get IPv6 (`ipv6=`).
+    pub ipv6: bool,
+    /// The IPv6 prefix (`ipv6-net=`, or `ipv6-prefix=`).
+    pub ipv6_prefix: Ipv6Addr,
+    /// Its length (`ipv6-net=…/N`, or `ipv6-prefixlen=`); guests make their own
+    /// addresses in it (SLAAC) only when it is 64.
+    pub ipv6_prefix_len: u8,
+    /// The gateway's IPv6 address, which also stands for the host (`ipv6-host=`).
+    pub ipv6_host: Ipv6Addr,
+    /// The DNS forwarder's IPv6 address (`ipv6-dns=`).
+    pub ipv6_dns: Ipv6Addr,
     /// The network address (`net=`).
     pub network: Ipv4Addr,
     /// The prefix length (`net=…/N`).
@@ -113,6 +127,12 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            ipv4: true,
+            ipv6: true,
+            ipv6_prefix: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
+            ipv6_prefix_len: 64,
+            ipv6_host: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2),
+            ipv6_dns: Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 3),
             network: Ipv4Addr::new(10, 0, 2, 0),
             prefix_len: 24,
             host: Ipv4Addr::new(10, 0, 2, 2),
@@ -167,8 +187,29 @@ impl GatewayConfig {
         u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network)
     }
 
+    /// The gateway's IPv6 link-local address, which routers advertise from: fe80::2, as
+    /// in QEMU's user networking.
+    pub fn ipv6_link_local(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)
+    }
+
+    /// Whether `ip` is inside the IPv6 prefix.
+    pub fn contains_ipv6(&self, ip: Ipv6Addr) -> bool {
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.ipv6_prefix_len)).unwrap_or(0);
+        u128::from(ip) & mask == u128::from(self.ipv6_prefix)
+    }
+
+    /// Whether `ip` is one of the gateway's own IPv6 addresses.
+    pub fn is_own_ipv6(&self, ip: Ipv6Addr) -> bool {
+        ip == self.ipv6_host || ip == self.ipv6_dns || ip == self.ipv6_link_local()
+    }
+
     /// Checks that the addresses fit together; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.ipv4 && !self.ipv6 {
+            return Err("ipv4=off and ipv6=off leave guests no network; turn one of them on".to_owned());
+        }
+        self.validate_ipv6()?;
         if !(1..=30).contains(&self.prefix_len) {
             return Err(format!("net=…/{} must have a prefix length from 1 to 30", self.prefix_len));
         }
@@ -212,6 +253,29 @@ impl GatewayConfig {
         }
         if self.port_max_leases == 0 {
             return Err("port-max-leases=0 would give no guest an address; give a positive number".to_owned());
+        }
+        Ok(())
+    }
+
+    fn validate_ipv6(&self) -> Result<(), String> {
+        let net = format!("{}/{}", self.ipv6_prefix, self.ipv6_prefix_len);
+        if !(1..=126).contains(&self.ipv6_prefix_len) {
+            return Err(format!("ipv6-net={net} must have a prefix length from 1 to 126"));
+        }
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.ipv6_prefix_len)).unwrap_or(0);
+        if u128::from(self.ipv6_prefix) & !mask != 0 {
+            return Err(format!("ipv6-net={net} has host bits set"));
+        }
+        if self.ipv6_prefix.is_multicast()
+            || self.ipv6_prefix.is_loopback()
+            || self.ipv6_prefix.is_unspecified()
+        {
+            return Err(format!("ipv6-net={net} is not a unicast prefix"));
+        }
+        for (name, ip) in [("ipv6-host", self.ipv6_host), ("ipv6-dns", self.ipv6_dns)] {
+            if !self.contains_ipv6(ip) || ip == self.ipv6_prefix {
+                return Err(format!("{name}={ip} is not a usable address in {net}"));
+            }
         }
         Ok(())
     }
@@ -289,6 +353,22 @@ mod tests {
         assert_eq!(config.mac(), MacAddress([0x52, 0x55, 10, 0, 2, 2]));
         assert!(config.contains(Ipv4Addr::new(10, 0, 2, 200)));
         assert!(!config.contains(Ipv4Addr::new(10, 0, 3, 1)));
+    }
+
+    #[test]
+    fn the_ipv6_defaults_are_qemus_and_bad_ones_name_the_option() {
+        let config = GatewayConfig::default();
+        assert!(config.contains_ipv6("fec0::15".parse().unwrap()));
+        assert!(!config.contains_ipv6("fec0:0:0:1::15".parse().unwrap()));
+        assert!(
+            config.is_own_ipv6("fe80::2".parse().unwrap()) && config.is_own_ipv6("fec0::3".parse().unwrap())
+        );
+        let outside = GatewayConfig { ipv6_dns: "fd00::3".parse().unwrap(), ..GatewayConfig::default() };
+        assert!(outside.validate().unwrap_err().contains("ipv6-dns=fd00::3"));
+        let host_bits = GatewayConfig { ipv6_prefix: "fec0::1".parse().unwrap(), ..GatewayConfig::default() };
+        assert!(host_bits.validate().unwrap_err().contains("host bits"));
+        let neither = GatewayConfig { ipv4: false, ipv6: false, ..GatewayConfig::default() };
+        assert!(neither.validate().unwrap_err().contains("ipv4=off and ipv6=off"));
     }
 
     #[test]

@@ -40,16 +40,19 @@ pub enum GatewayDropReason {
     UnknownFlow,
     /// A DHCP message whose client hardware address is not the frame's source.
     DhcpRefused,
-    /// An IPv4 source address outside the network (other than a DHCP client's 0.0.0.0).
+    /// A source address the guest may not use: outside the network (other than a DHCP
+    /// client's 0.0.0.0), one of the gateway's, or one another guest holds.
     Spoofed,
     /// A reply too large for one frame (a host datagram above what one IPv4 packet
     /// carries).
     TooLarge,
+    /// IPv4 with `ipv4=off`, or IPv6 with `ipv6=off`.
+    FamilyOff,
 }
 
 impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [GatewayDropReason; 16] = [
+    pub const ALL: [GatewayDropReason; 17] = [
         GatewayDropReason::Malformed,
         GatewayDropReason::BadChecksum,
         GatewayDropReason::NotForGateway,
@@ -66,6 +69,7 @@ impl GatewayDropReason {
         GatewayDropReason::DhcpRefused,
         GatewayDropReason::Spoofed,
         GatewayDropReason::TooLarge,
+        GatewayDropReason::FamilyOff,
     ];
 
     /// A short name for logs and metrics.
@@ -87,6 +91,7 @@ impl GatewayDropReason {
             GatewayDropReason::DhcpRefused => "dhcp_refused",
             GatewayDropReason::Spoofed => "spoofed",
             GatewayDropReason::TooLarge => "too_large",
+            GatewayDropReason::FamilyOff => "family_off",
         }
     }
 }

@@ -1,20 +1,23 @@
-//! Taking a guest's frame apart: Ethernet, then ARP or IPv4, then UDP, TCP or ICMP, each
-//! handed to its protocol's file; and the checks every packet passes first (checksums,
-//! fragments, spoofed sources, the TTL that ends at the gateway). Drops come back as
-//! their [`GatewayDropReason`].
+//! Taking a guest's frame apart: Ethernet, then ARP, IPv4 or IPv6, then UDP, TCP, ICMP or
+//! ICMPv6, each handed to its protocol's file; and the checks every packet passes first
+//! (checksums, fragments, spoofed sources, the TTL that ends at the gateway, the hop
+//! limit neighbour discovery needs). Drops come back as their [`GatewayDropReason`].
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv4Repr,
+    Ipv6Packet, Ipv6Repr, UdpPacket,
+};
 use vnet_wire::Frame;
 
 use crate::counters::GatewayDropReason;
 use crate::egress::{GatewayIo, GuestEgress};
 use crate::gateway::Gateway;
 use crate::guest::{Guest, GuestPacket};
-use crate::{arp, dhcp, dns, icmp, route, udp};
+use crate::{arp, dhcp, dns, icmp, icmpv6, ndp, route, udp};
 
 impl Gateway {
     pub(crate) fn dispatch(
@@ -25,11 +28,21 @@ impl Gateway {
     ) -> Result<(), GatewayDropReason> {
         let ethernet =
             EthernetFrame::new_checked(frame.as_bytes()).map_err(|_| GatewayDropReason::Malformed)?;
-        let to_us = ethernet.dst_addr() == self.config.mac() || ethernet.dst_addr().is_broadcast();
-        if !to_us {
+        let dst = ethernet.dst_addr();
+        let ipv6_multicast = dst.as_bytes()[..2] == [0x33, 0x33];
+        if dst != self.config.mac() && !dst.is_broadcast() && !ipv6_multicast {
             return Err(GatewayDropReason::NotForGateway);
         }
-        match ethernet.ethertype() {
+        let ethertype = ethernet.ethertype();
+        let family_on = match ethertype {
+            EthernetProtocol::Arp | EthernetProtocol::Ipv4 => self.config.ipv4,
+            EthernetProtocol::Ipv6 => self.config.ipv6,
+            _ => true,
+        };
+        if !family_on {
+            return Err(GatewayDropReason::FamilyOff);
+        }
+        match ethertype {
             EthernetProtocol::Arp => {
                 let handled = arp::handle(ethernet.payload(), &self.config)?;
                 let (ip, mac) = handled.sender;
@@ -45,8 +58,75 @@ impl Gateway {
                 let checksum_offloaded = frame.offload().checksum.is_some();
                 self.dispatch_ipv4(guest, ethernet.payload(), checksum_offloaded, now, host)
             }
+            EthernetProtocol::Ipv6 => {
+                let guest = Guest { port: frame.ingress_port(), mac: ethernet.src_addr() };
+                self.dispatch_ipv6(guest, ethernet.payload(), now, host)
+            }
             _ => Err(GatewayDropReason::Unsupported),
         }
+    }
+
+    fn dispatch_ipv6(
+        &mut self,
+        guest: Guest,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), GatewayDropReason> {
+        let ip = Ipv6Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
+        let repr = Ipv6Repr::parse(&ip).map_err(|_| GatewayDropReason::Malformed)?;
+        if repr.next_header != IpProtocol::Icmpv6 {
+            return Err(GatewayDropReason::Unsupported);
+        }
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).map_err(|_| GatewayDropReason::Malformed)?;
+        if !icmp.verify_checksum(&repr.src_addr, &repr.dst_addr) {
+            return Err(GatewayDropReason::BadChecksum);
+        }
+        match icmp.msg_type() {
+            Icmpv6Message::RouterSolicit
+            | Icmpv6Message::RouterAdvert
+            | Icmpv6Message::NeighborSolicit
+            | Icmpv6Message::NeighborAdvert
+            | Icmpv6Message::Redirect => self.dispatch_ndp(guest, repr, &icmp, now, host),
+            Icmpv6Message::EchoRequest if self.config.is_own_ipv6(repr.dst_addr) => {
+                self.learn_neighbor6(repr.src_addr, guest, now, host)?;
+                let reply = icmpv6::echo_reply(&self.config, &icmp, repr.src_addr, guest.mac, repr.dst_addr)?;
+                self.queue_frames([reply]);
+                Ok(())
+            }
+            _ => Err(GatewayDropReason::Unsupported),
+        }
+    }
+
+    /// Neighbour discovery, which only a neighbour on the link can send (hop limit 255).
+    fn dispatch_ndp(
+        &mut self,
+        guest: Guest,
+        ip: Ipv6Repr,
+        icmp: &Icmpv6Packet<&[u8]>,
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), GatewayDropReason> {
+        if ip.hop_limit != ndp::NDP_HOP_LIMIT {
+            return Err(GatewayDropReason::Malformed);
+        }
+        let handled = ndp::handle(icmp, ip.src_addr, guest.mac, &self.config)?;
+        if let Some((address, mac)) = handled.learned {
+            self.learn_neighbor6(address, Guest { port: guest.port, mac }, now, host)?;
+        }
+        self.queue_frames(handled.reply);
+        Ok(())
+    }
+
+    /// Learns that `guest` sends from `ip` (see [`ndp::Neighbors::learn`]).
+    fn learn_neighbor6(
+        &mut self,
+        ip: Ipv6Addr,
+        guest: Guest,
+        now: Instant,
+        segment: &dyn GuestEgress,
+    ) -> Result<(), GatewayDropReason> {
+        self.neighbors6.learn(ip, guest, &self.config, now, segment)
     }
 
     fn dispatch_ipv4(

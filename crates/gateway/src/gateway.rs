@@ -21,12 +21,16 @@ use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::packet::{self, BuiltFrame};
-use crate::{arp, dhcp, dns, tcp, udp};
+use crate::{arp, dhcp, dns, ndp, tcp, udp};
 
 /// The gateway of one network.
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) neighbors: arp::Neighbors,
+    pub(crate) neighbors6: ndp::Neighbors,
+    /// When the next unsolicited router advertisement goes out; None until the first
+    /// frame arrives, or with `ipv6=off`.
+    pub(crate) advertise_at: Option<Instant>,
     pub(crate) dhcp: dhcp::Server,
     pub(crate) dns: dns::Forwarder,
     pub(crate) udp: udp::Nat,
@@ -61,6 +65,8 @@ impl Gateway {
             echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
+            neighbors6: ndp::Neighbors::default(),
+            advertise_at: None,
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             tcp_out: Vec::new(),
@@ -126,6 +132,9 @@ impl Gateway {
         }
         if self.port_check_at.is_none() && self.flow_ids.ledger().holds_any() {
             self.port_check_at = Some(now + PORT_CHECK_INTERVAL);
+        }
+        if self.config.ipv6 && self.advertise_at.is_none() {
+            self.advertise_at = Some(now);
         }
         self.resume_inbound_awaiting_arp(now, host);
     }
@@ -318,15 +327,21 @@ impl Gateway {
             self.echo.next_deadline(),
             self.tcp.next_deadline(),
             self.port_check_at,
+            self.advertise_at,
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Timer work: DNS fail-over, idle flows, and hostfwd connections whose guest never
-    /// answered ARP.
+    /// Timer work: DNS fail-over, idle flows, hostfwd connections whose guest never
+    /// answered ARP, and unsolicited router advertisements.
     pub fn on_deadline(&mut self, now: Instant, host: &mut dyn GatewayIo) {
+        if self.advertise_at.is_some_and(|at| at <= now) {
+            let advertisement = ndp::router_advertisement(&self.config, ndp::ALL_NODES, self.config.mac());
+            self.queue_frames([advertisement]);
+            self.advertise_at = Some(now + ndp::UNSOLICITED_INTERVAL);
+        }
         let (expired, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
             .into_iter()
             .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);

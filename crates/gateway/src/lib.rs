@@ -14,8 +14,10 @@
 //! hop, and the unreachable and time exceeded errors the host gets back reach the guest
 //! from the router that sent them, so traceroute works through the gateway.
 //!
-//! Not served yet: ICMP errors about echo requests, IPv4 fragments (dropped and counted)
-//! and IPv6.
+//! IPv6 so far: neighbour discovery and router advertisements (SLAAC, MTU, DNS), and
+//! echo to the gateway's own addresses. Not served yet: ICMP errors about echo
+//! requests, IPv4 fragments (dropped and counted), and TCP, UDP and echo over IPv6
+//! beyond the gateway.
 
 mod arp;
 mod budget;
@@ -30,7 +32,9 @@ mod gateway;
 mod guest;
 mod host;
 mod icmp;
+mod icmpv6;
 mod inspect;
+mod ndp;
 mod packet;
 mod route;
 mod tcp;

@@ -1,5 +1,5 @@
 //! Building the frames the gateway sends: Ethernet + IPv4 or IPv6 + UDP/TCP, Ethernet +
-//! IPv4 + ICMP, and ARP, with
+//! IPv4 + ICMP, Ethernet + IPv6 + ICMPv6, and ARP, with
 //! checksums filled in (or, for TCP toward a port that offloads it, left partial), in
 //! pooled frame buffers. Built on `smoltcp::wire`'s representations. A packet too large
 //! for one IP packet is refused as [`FrameError::Oversize`].
@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, TcpRepr,
-    UdpPacket, ETHERNET_HEADER_LEN,
+    Icmpv4Repr, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket,
+    TcpRepr, UdpPacket, ETHERNET_HEADER_LEN,
 };
 use vnet_wire::offload::PartialChecksum;
 use vnet_wire::{Frame, FrameBuffer, FrameError, MacAddress, Offload};
@@ -20,7 +20,8 @@ use vnet_wire::{Frame, FrameBuffer, FrameError, MacAddress, Offload};
 /// A frame the gateway built, or why it could not be one frame.
 pub type BuiltFrame = Result<Frame, FrameError>;
 
-/// Time to live of every IPv4 packet the gateway originates.
+/// Time to live (hop limit) of the packets the gateway originates, but for neighbour
+/// discovery's.
 const HOP_LIMIT: u8 = 64;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
@@ -141,6 +142,7 @@ struct IpAddressing {
     dst_mac: MacAddress,
     ips: IpPair,
     protocol: IpProtocol,
+    hop_limit: u8,
 }
 
 /// Writes the Ethernet and IP headers of `frame`, whose IP payload (the protocol header
@@ -155,7 +157,7 @@ fn ip_headers(frame: &mut [u8], to: IpAddressing) {
                 dst_addr: dst,
                 next_header: to.protocol,
                 payload_len,
-                hop_limit: HOP_LIMIT,
+                hop_limit: to.hop_limit,
             };
             repr.emit(&mut Ipv4Packet::new_unchecked(packet), &ChecksumCapabilities::default());
             EthernetProtocol::Ipv4
@@ -166,7 +168,7 @@ fn ip_headers(frame: &mut [u8], to: IpAddressing) {
                 dst_addr: dst,
                 next_header: to.protocol,
                 payload_len,
-                hop_limit: HOP_LIMIT,
+                hop_limit: to.hop_limit,
             };
             repr.emit(&mut Ipv6Packet::new_unchecked(packet));
             EthernetProtocol::Ipv6
@@ -224,7 +226,10 @@ pub fn udp_around(
     }
     payload.prepend(headers_len).fill(0);
     let frame = payload.data_mut();
-    ip_headers(frame, IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Udp });
+    ip_headers(
+        frame,
+        IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Udp, hop_limit: HOP_LIMIT },
+    );
     let mut packet = UdpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ips.header_len()..]);
     packet.set_src_port(src.port());
     packet.set_dst_port(dst.port());
@@ -270,7 +275,10 @@ pub fn tcp_around(
     }
     payload.prepend(headers_len).fill(0);
     let frame = payload.data_mut();
-    ip_headers(frame, IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp });
+    ip_headers(
+        frame,
+        IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp, hop_limit: HOP_LIMIT },
+    );
     let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ip_header_len..]);
     let checksums = if partial { ChecksumCapabilities::ignored() } else { ChecksumCapabilities::default() };
     // The payload is in place already: emit only the header (and, unless partial, the
@@ -297,9 +305,40 @@ pub fn icmp(
     message: &Icmpv4Repr<'_>,
 ) -> BuiltFrame {
     let len = message.buffer_len();
-    let to = IpAddressing { src_mac, dst_mac, ips: IpPair::V4 { src, dst }, protocol: IpProtocol::Icmp };
+    let to = IpAddressing {
+        src_mac,
+        dst_mac,
+        ips: IpPair::V4 { src, dst },
+        protocol: IpProtocol::Icmp,
+        hop_limit: HOP_LIMIT,
+    };
     ip_with_data(to, len, &[], |icmp| {
         message.emit(&mut Icmpv4Packet::new_unchecked(icmp), &ChecksumCapabilities::default());
+    })
+}
+
+/// An ICMPv6 message from `src` to `dst` sent with `hop_limit` (255 for neighbour
+/// discovery, which receivers check): `message` is its bytes, whose checksum is filled
+/// in here.
+pub fn icmpv6(
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    message: &[u8],
+) -> BuiltFrame {
+    let to = IpAddressing {
+        src_mac,
+        dst_mac,
+        ips: IpPair::V6 { src, dst },
+        protocol: IpProtocol::Icmpv6,
+        hop_limit,
+    };
+    ip_with_data(to, 0, message, |icmp| {
+        let mut packet = Icmpv6Packet::new_unchecked(icmp);
+        packet.set_checksum(0);
+        packet.fill_checksum(&src, &dst);
     })
 }
 

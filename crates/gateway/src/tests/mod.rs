@@ -9,6 +9,7 @@ mod dns;
 mod faults;
 mod flows;
 mod icmp;
+mod ndp;
 mod tcp;
 mod udp;
 
