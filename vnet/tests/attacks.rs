@@ -12,8 +12,8 @@
 mod support;
 
 use std::fs::File;
-use std::io::{ErrorKind, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use support::guest::GuestLock;
 use support::hostile::*;
+use support::services::{answer_dns, echo_one, greet_one, tcp_service, udp_service, ServiceThreads};
 use support::*;
 
 /// The attacker's MAC and address.
@@ -37,8 +38,6 @@ const UDP_TARGET_PORT: u16 = 7001;
 const HELLO_PORT: u16 = 7002;
 const UDP_ECHO_PORT: u16 = 7003;
 const IPERF_PORT: u16 = 5201;
-/// What the DNS upstream answers for every name but the silent ones.
-const ANSWER: [u8; 4] = [192, 0, 2, 7];
 
 /// Runs `make` on a thread inside `netns`, so that the sockets it creates live there.
 fn in_namespace<T: Send>(netns: &NamedNamespace, make: impl FnOnce() -> T + Send) -> T {
@@ -58,88 +57,27 @@ fn in_namespace<T: Send>(netns: &NamedNamespace, make: impl FnOnce() -> T + Send
 
 /// The world's host services, each on a thread that stops when this is dropped.
 struct Services {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    _threads: ServiceThreads,
     _sink: TcpListener,
 }
 
 impl Services {
     fn start(world: &NamedNamespace) -> Self {
         let (dns, hello, echo, sink) = in_namespace(world, || {
-            let dns = UdpSocket::bind("127.0.0.1:53").unwrap();
-            let hello = TcpListener::bind(("127.0.0.1", HELLO_PORT)).unwrap();
-            let echo = UdpSocket::bind(("127.0.0.1", UDP_ECHO_PORT)).unwrap();
+            let dns = udp_service("127.0.0.1:53");
+            let hello = tcp_service(&format!("127.0.0.1:{HELLO_PORT}"));
+            let echo = udp_service(&format!("127.0.0.1:{UDP_ECHO_PORT}"));
             // A listener that never accepts: what a SYN flood's connections land on.
             let sink = TcpListener::bind(("127.0.0.1", SINK_PORT)).unwrap();
             // SAFETY: listen on a valid listening socket only changes its backlog.
             unsafe { libc::listen(sink.as_raw_fd(), 4096) };
             (dns, hello, echo, sink)
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        for socket in [&dns, &echo] {
-            socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        }
-        hello.set_nonblocking(true).unwrap();
-        let threads = vec![
-            serve(&stop, move || answer_dns(&dns)),
-            serve(&stop, move || echo_one(&echo)),
-            serve(&stop, move || greet_one(&hello)),
-        ];
-        Self { stop, threads, _sink: sink }
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Calls `once` until `stop` is set; `once` returns within about 100 ms.
-fn serve(stop: &Arc<AtomicBool>, mut once: impl FnMut() + Send + 'static) -> JoinHandle<()> {
-    let stop = Arc::clone(stop);
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            once();
-        }
-    })
-}
-
-/// Answers one query with [`ANSWER`], unless its name starts with "silent".
-fn answer_dns(socket: &UdpSocket) {
-    let mut query = [0u8; 512];
-    let Ok((len, from)) = socket.recv_from(&mut query) else {
-        return;
-    };
-    if len < 17 || query[13..19] == *b"silent" {
-        return;
-    }
-    let mut reply = query[..len].to_vec();
-    reply[2] = 0x81;
-    reply[3] = 0x80;
-    reply[7] = 1;
-    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-    reply.extend_from_slice(&ANSWER);
-    let _ = socket.send_to(&reply, from);
-}
-
-fn echo_one(socket: &UdpSocket) {
-    let mut buf = [0u8; 2048];
-    if let Ok((len, from)) = socket.recv_from(&mut buf) {
-        let _ = socket.send_to(&buf[..len], from);
-    }
-}
-
-fn greet_one(listener: &TcpListener) {
-    match listener.accept() {
-        Ok((mut stream, _)) => {
-            let _ = stream.write_all(b"hello\n");
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-        Err(e) => panic!("accept: {e}"),
+        let mut threads = ServiceThreads::default();
+        threads.serve(move || answer_dns(&dns));
+        threads.serve(move || echo_one(&echo));
+        threads.serve(move || greet_one(&hello));
+        Self { _threads: threads, _sink: sink }
     }
 }
 

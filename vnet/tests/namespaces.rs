@@ -197,3 +197,40 @@ ping -6 -c 3 -W 5 fec0::2 && ping -6 -c 2 -W 5 fe80::2%eth0"#;
     assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
     assert!(stdout.contains("2 packets transmitted, 2 received"), "{stdout}");
 }
+
+#[test]
+fn a_namespace_reaches_host_loopback_over_ipv6_with_tcp_udp_and_dns() {
+    use support::services::{answer_dns, echo_one, greet_one, tcp_service, udp_service, ServiceThreads};
+    let upstream = udp_service("127.0.0.1:0");
+    let echo = udp_service("[::1]:0");
+    let hello = tcp_service("[::1]:0");
+    let (upstream_port, echo_port, hello_port) = (
+        upstream.local_addr().unwrap().port(),
+        echo.local_addr().unwrap().port(),
+        hello.local_addr().unwrap().port(),
+    );
+    let mut services = ServiceThreads::default();
+    services.serve(move || answer_dns(&upstream));
+    services.serve(move || echo_one(&echo));
+    services.serve(move || greet_one(&hello));
+    let script = format!(
+        r#"n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
+done
+busybox nc -w 5 fec0::2 {hello_port} </dev/null
+/usr/bin/python3 -c "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5); s.sendto(b'udp6-works', ('fec0::2', {echo_port})); print(s.recv(100).decode())"
+busybox nslookup vnet.test fec0::3"#
+    );
+    let user = format!("dns-upstream=127.0.0.1:{upstream_port}");
+    let output = vnet()
+        .args(["--log-level", "warn", "ns", "--user", &user, "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for expected in ["hello", "udp6-works", "192.0.2.7"] {
+        assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
+    }
+    drop(services);
+}

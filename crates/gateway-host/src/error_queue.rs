@@ -1,27 +1,53 @@
-//! The host socket's error queue (IP_RECVERR) and TTLs: connecting with a guest's low
-//! TTL so that the ICMP error which fails the connect can be read, and reading who sent
-//! that error. Nothing here knows about flows or the gateway's state.
+//! The host socket's error queue (IP_RECVERR, IPV6_RECVERR) and TTLs (hop limits over
+//! IPv6): connecting with a guest's low TTL so that the ICMP error which fails the
+//! connect can be read, and reading who sent that error (ICMP over IPv4; an IPv6
+//! socket's errors are drained unread). Nothing here knows about flows or the gateway's
+//! state.
 
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use mio::net::TcpStream;
 use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use vnet_gateway::HostIcmpError;
 
-/// A non-blocking TCP connect to `remote` whose SYN carries `ttl`, with IP_RECVERR on so
-/// an ICMP error that fails it can be read.
+/// A non-blocking TCP connect to `remote` whose SYN carries `ttl`, with the error queue
+/// on so an ICMP error that fails it can be read.
 pub(crate) fn connect_with_ttl(remote: SocketAddr, ttl: u8) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(remote), Type::STREAM.nonblocking().cloexec(), None)?;
-    socket.set_ttl(u32::from(ttl))?;
-    nix_socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
+    set_hop_limit(&socket, libc::c_int::from(ttl))?;
+    set_receive_errors(&socket, true)?;
     match socket.connect(&remote.into()) {
         Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
         _ => {}
     }
     Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
+}
+
+/// Whether `socket` is an IPv6 one.
+fn is_ipv6(socket: &impl AsFd) -> bool {
+    SockRef::from(socket).domain().is_ok_and(|domain| domain == Domain::IPV6)
+}
+
+/// Turns `socket`'s error queue on or off (IP_RECVERR, or IPV6_RECVERR).
+pub(crate) fn set_receive_errors(socket: &impl AsFd, on: bool) -> io::Result<()> {
+    if is_ipv6(socket) {
+        Ok(nix_socket::setsockopt(socket, sockopt::Ipv6RecvErr, &on)?)
+    } else {
+        Ok(nix_socket::setsockopt(socket, sockopt::Ipv4RecvErr, &on)?)
+    }
+}
+
+/// Sets the TTL (the hop limit over IPv6) `socket` sends with; -1 restores the host's
+/// default.
+pub(crate) fn set_hop_limit(socket: &impl AsFd, ttl: libc::c_int) -> io::Result<()> {
+    if is_ipv6(socket) {
+        Ok(nix_socket::setsockopt(socket, sockopt::Ipv6Ttl, &ttl)?)
+    } else {
+        Ok(nix_socket::setsockopt(socket, sockopt::Ipv4Ttl, &ttl)?)
+    }
 }
 
 /// Drains the socket's error queue (IP_RECVERR) and returns the last ICMP error in it:

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use mio::net::UnixStream;
 use mio::Interest;
-use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::SockRef;
 use tracing::{debug, info};
 use vnet_gateway::{FlowId, ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
@@ -19,7 +18,7 @@ use vnet_transport::stream::StreamSocket;
 use vnet_transport::TransportError;
 
 use crate::datagrams::DatagramReceiver;
-use crate::error_queue::{ipv4_header_len, take_icmp_error};
+use crate::error_queue::{ipv4_header_len, set_receive_errors, take_icmp_error};
 use crate::forwards::{Forward, ForwardSocket};
 use crate::guard::GatewayAddressGuard;
 use crate::sockets::{Host, HostStream, SendSpace, Sockets, Source};
@@ -273,7 +272,7 @@ impl GatewayPort {
             host_stream.connecting = false;
             if host_stream.icmp_errors {
                 host_stream.icmp_errors = false;
-                let _ = nix_socket::setsockopt(&host_stream.stream, sockopt::Ipv4RecvErr, &false);
+                let _ = set_receive_errors(&host_stream.stream, false);
             }
         }
         let mut host = Host { sockets: &mut self.sockets, cx };

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
-use nix::sys::socket::{self as nix_socket, sockopt};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use vnet_gateway::{
     EgressRoom, FlowId, FlowMap, ForwardId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind,
@@ -20,7 +19,7 @@ use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
 use vnet_wire::MacAddress;
 
-use crate::error_queue::{connect_with_ttl, take_icmp_error};
+use crate::error_queue::{connect_with_ttl, set_hop_limit, set_receive_errors, take_icmp_error};
 use crate::forwards::{ForwardSocket, Forwards};
 
 /// Bytes read at a time to drop acknowledged bytes from a unix stream (`vnet connect`).
@@ -184,7 +183,7 @@ impl HostSockets for Host<'_, '_, '_> {
         let local: SocketAddr =
             if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
         let mut socket = UdpSocket::bind(local)?;
-        nix_socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
+        set_receive_errors(&socket, true)?;
         socket.connect(remote)?;
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
@@ -211,9 +210,9 @@ impl HostSockets for Host<'_, '_, '_> {
     fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
         let ttl = ttl.map_or(-1, libc::c_int::from);
         if let Some(socket) = self.sockets.by_flow.get(flow) {
-            return Ok(nix_socket::setsockopt(&socket.socket, sockopt::Ipv4Ttl, &ttl)?);
+            return set_hop_limit(&socket.socket, ttl);
         }
-        Ok(nix_socket::setsockopt(&self.sockets.stream(flow)?.stream, sockopt::Ipv4Ttl, &ttl)?)
+        set_hop_limit(&self.sockets.stream(flow)?.stream, ttl)
     }
 
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()> {

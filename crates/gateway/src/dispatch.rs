@@ -3,7 +3,7 @@
 //! (checksums, fragments, spoofed sources, the TTL that ends at the gateway, the hop
 //! limit neighbour discovery needs). Drops come back as their [`GatewayDropReason`].
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -60,7 +60,8 @@ impl Gateway {
             }
             EthernetProtocol::Ipv6 => {
                 let guest = Guest { port: frame.ingress_port(), mac: ethernet.src_addr() };
-                self.dispatch_ipv6(guest, ethernet.payload(), now, host)
+                let checksum_offloaded = frame.offload().checksum.is_some();
+                self.dispatch_ipv6(guest, ethernet.payload(), checksum_offloaded, now, host)
             }
             _ => Err(GatewayDropReason::Unsupported),
         }
@@ -70,11 +71,31 @@ impl Gateway {
         &mut self,
         guest: Guest,
         bytes: &[u8],
+        checksum_offloaded: bool,
         now: Instant,
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
         let ip = Ipv6Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         let repr = Ipv6Repr::parse(&ip).map_err(|_| GatewayDropReason::Malformed)?;
+        if self.advertise_at.is_none() {
+            // An IPv6 guest is on the segment: advertise the router to all from now on.
+            self.advertise_at = Some(now);
+        }
+        if matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp) {
+            self.learn_neighbor6(repr.src_addr, guest, now, host)?;
+            let packet = GuestPacket {
+                mac: guest.mac,
+                port: guest.port,
+                src: IpAddr::V6(repr.src_addr),
+                dst: IpAddr::V6(repr.dst_addr),
+                ttl: repr.hop_limit,
+                checksum_offloaded,
+            };
+            return match repr.next_header {
+                IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
+                _ => self.dispatch_tcp(packet, ip.payload(), now, host),
+            };
+        }
         if repr.next_header != IpProtocol::Icmpv6 {
             return Err(GatewayDropReason::Unsupported);
         }
@@ -167,8 +188,8 @@ impl Gateway {
             return Ok(());
         }
         match repr.next_header {
-            IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
-            IpProtocol::Tcp => self.dispatch_tcp(packet, ip.payload(), now, host),
+            IpProtocol::Udp => self.dispatch_udp(packet.of_either_family(), ip.payload(), now, host),
+            IpProtocol::Tcp => self.dispatch_tcp(packet.of_either_family(), ip.payload(), now, host),
             IpProtocol::Icmp => self.dispatch_icmp(packet, ip.payload(), now, host),
             _ => Err(GatewayDropReason::Unsupported),
         }
@@ -182,24 +203,30 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
         let udp = UdpPacket::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
-        let checked = udp.checksum() != 0 && !packet.checksum_offloaded;
+        // A zero checksum means none over IPv4; over IPv6 it is a wrong one.
+        let checked = (udp.checksum() != 0 || packet.src.is_ipv6()) && !packet.checksum_offloaded;
         if checked && !udp.verify_checksum(&packet.src.into(), &packet.dst.into()) {
             return Err(GatewayDropReason::BadChecksum);
         }
-        let src = SocketAddr::from((packet.src, udp.src_port()));
-        let dst = SocketAddr::from((packet.dst, udp.dst_port()));
-        if dst.port() == dhcp::SERVER_PORT && (packet.dst.is_broadcast() || packet.dst == self.config.host) {
-            let reply = self.dhcp.handle(packet.guest(), udp.payload(), &self.config, now, host)?;
-            self.queue_frames(reply);
-            if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config, now) {
-                self.neighbors.learn(ip, packet.mac);
+        let src = SocketAddr::new(packet.src, udp.src_port());
+        let dst = SocketAddr::new(packet.dst, udp.dst_port());
+        if let IpAddr::V4(dst_ip) = packet.dst {
+            if dst.port() == dhcp::SERVER_PORT && (dst_ip.is_broadcast() || dst_ip == self.config.host) {
+                let reply = self.dhcp.handle(packet.guest(), udp.payload(), &self.config, now, host)?;
+                self.queue_frames(reply);
+                if let Some(ip) = self.dhcp.lease_of(packet.mac, &self.config, now) {
+                    self.neighbors.learn(ip, packet.mac);
+                }
+                return Ok(());
             }
-            return Ok(());
+            if dst_ip.is_broadcast() || dst_ip == self.config.broadcast() {
+                return Err(GatewayDropReason::Broadcast);
+            }
         }
-        if packet.dst.is_broadcast() || packet.dst.is_multicast() || packet.dst == self.config.broadcast() {
+        if packet.dst.is_multicast() {
             return Err(GatewayDropReason::Broadcast);
         }
-        if packet.dst == self.config.dns && dst.port() == dns::PORT {
+        if route::is_dns_address(&self.config, packet.dst) && dst.port() == dns::PORT {
             if self.config.restrict {
                 return Err(GatewayDropReason::Restricted);
             }
@@ -219,14 +246,14 @@ impl Gateway {
                 Err(reason) => Err(reason),
             };
         }
-        if packet.dst == self.config.host {
+        if packet.dst == IpAddr::V4(self.config.host) {
             if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
                 return host
                     .udp_forward_reply(inbound.forward, inbound.client, udp.payload())
                     .map_err(|_| GatewayDropReason::HostSocket);
             }
         }
-        let remote = SocketAddr::from((route::host_side_address(&self.config, packet.dst)?, dst.port()));
+        let remote = SocketAddr::new(route::host_side_address(&self.config, packet.dst)?, dst.port());
         let room = self.flow_count() < self.config.max_flows;
         let route = udp::Route { sender: packet.guest(), guest: src, dst, remote };
         let ttl = route::host_ttl(packet.ttl);
@@ -246,7 +273,7 @@ impl Gateway {
 
     fn dispatch_icmp(
         &mut self,
-        packet: GuestPacket,
+        packet: GuestPacket<Ipv4Addr>,
         bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,
@@ -256,11 +283,11 @@ impl Gateway {
             self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
             return Ok(());
         }
-        let remote = route::host_side_address(&self.config, packet.dst)?;
+        let remote = route::host_side_ipv4(&self.config, packet.dst)?;
         let room = self.flow_count() < self.config.max_flows;
         let sent = self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids);
         if sent == Err(GatewayDropReason::GuestBudget) {
-            self.send_prohibited(packet, IpProtocol::Icmp, bytes);
+            self.send_prohibited(packet.of_either_family(), IpProtocol::Icmp, bytes);
         }
         sent
     }
@@ -268,10 +295,18 @@ impl Gateway {
     /// Tells the guest that sent `packet` (carrying `transport`, of `protocol`) that the
     /// gateway refused it: its budget has no room for another flow.
     fn send_prohibited(&mut self, packet: GuestPacket, protocol: IpProtocol, transport: &[u8]) {
-        let gateway = self.config.host;
-        self.send_guest_error(icmp::GuestError::prohibited(
-            gateway, packet.src, packet.dst, protocol, transport,
-        ));
+        match (packet.src, packet.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let gateway = self.config.host;
+                self.send_guest_error(icmp::GuestError::prohibited(gateway, src, dst, protocol, transport));
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                let refusal =
+                    icmpv6::prohibited(&self.config, packet.mac, src, dst, packet.ttl, protocol, transport);
+                self.queue_frames([refusal]);
+            }
+            _ => {}
+        }
     }
 
     fn dispatch_tcp(
@@ -282,7 +317,7 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
         let ports = bytes.get(..4).ok_or(GatewayDropReason::Malformed)?;
-        let dst = SocketAddrV4::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
+        let dst = SocketAddr::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
         let full = self.flow_count() >= self.config.max_flows;
         self.tcp_sends(now, host, |tcp, cx| {
             let config = cx.config;

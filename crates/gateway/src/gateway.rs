@@ -28,8 +28,8 @@ pub struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) neighbors: arp::Neighbors,
     pub(crate) neighbors6: ndp::Neighbors,
-    /// When the next unsolicited router advertisement goes out; None until the first
-    /// frame arrives, or with `ipv6=off`.
+    /// When the next unsolicited router advertisement goes out; None until a guest has
+    /// sent IPv6.
     pub(crate) advertise_at: Option<Instant>,
     pub(crate) dhcp: dhcp::Server,
     pub(crate) dns: dns::Forwarder,
@@ -132,9 +132,6 @@ impl Gateway {
         }
         if self.port_check_at.is_none() && self.flow_ids.ledger().holds_any() {
             self.port_check_at = Some(now + PORT_CHECK_INTERVAL);
-        }
-        if self.config.ipv6 && self.advertise_at.is_none() {
-            self.advertise_at = Some(now);
         }
         self.resume_inbound_awaiting_arp(now, host);
     }
@@ -416,10 +413,11 @@ impl Gateway {
     /// Sends `payload`, a datagram in a pooled buffer with headroom, to the guest along
     /// `relayed`, the headers written in front of it.
     fn relay_udp_to_guest(&mut self, relayed: RelayedDatagram, payload: FrameBuffer) {
-        let IpAddr::V4(guest) = relayed.to.ip() else {
-            return self.counters.record(GatewayDropReason::UnknownGuest); // no IPv6 neighbours yet
+        let guest_mac = match relayed.to.ip() {
+            IpAddr::V4(guest) => self.neighbors.lookup(guest),
+            IpAddr::V6(guest) => self.neighbors6.lookup(guest),
         };
-        match self.neighbors.lookup(guest) {
+        match guest_mac {
             Some(mac) => {
                 let frame = packet::udp_around(payload, self.config.mac(), mac, relayed.from, relayed.to);
                 self.queue_frames([frame]);

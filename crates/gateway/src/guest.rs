@@ -1,10 +1,10 @@
-//! Who a guest is ([`Guest`]), what a frame from it is once its IPv4 header is read
+//! Who a guest is ([`Guest`]), what a frame from it is once its IP header is read
 //! ([`GuestPacket`]), a UDP
 //! datagram the gateway wrote for a guest ([`GuestDatagram`]) and the addresses of one it
 //! relays ([`RelayedDatagram`]): the shapes the protocol files pass between them. No
 //! parsing here.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use vnet_wire::MacAddress;
 
@@ -19,24 +19,38 @@ pub struct Guest {
     pub mac: MacAddress,
 }
 
-/// Addressing of one frame from a guest, as the protocol handlers need it.
+/// Addressing of one frame from a guest, as the protocol handlers need it: of either
+/// family (UDP and TCP), or of IPv4 only (`GuestPacket<std::net::Ipv4Addr>`, for ICMP).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct GuestPacket {
+pub(crate) struct GuestPacket<A = IpAddr> {
     pub mac: MacAddress,
     /// The switch port the frame entered by.
     pub port: u32,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: A,
+    pub dst: A,
+    /// The TTL, or the IPv6 hop limit.
     pub ttl: u8,
     /// The guest left its UDP or TCP checksum for the NIC to fill (a partial checksum
     /// offload): there is nothing to verify.
     pub checksum_offloaded: bool,
 }
 
-impl GuestPacket {
+impl<A: Copy + Into<IpAddr>> GuestPacket<A> {
     /// The guest that sent the packet.
     pub fn guest(&self) -> Guest {
         Guest { port: self.port, mac: self.mac }
+    }
+
+    /// The same packet, its addresses of either family.
+    pub fn of_either_family(&self) -> GuestPacket {
+        GuestPacket {
+            mac: self.mac,
+            port: self.port,
+            src: self.src.into(),
+            dst: self.dst.into(),
+            ttl: self.ttl,
+            checksum_offloaded: self.checksum_offloaded,
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, GatewayDropReason
 }
 
 /// The gateway's own answer to an echo request to one of its addresses.
-pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket, echo: &EchoRequest) -> BuiltFrame {
+pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket<Ipv4Addr>, echo: &EchoRequest) -> BuiltFrame {
     let reply = Icmpv4Repr::EchoReply { ident: echo.ident, seq_no: echo.seq_no, data: &echo.data };
     packet::icmp(config.mac(), guest.mac, guest.dst, guest.src, &reply)
 }
@@ -107,7 +107,7 @@ impl EchoFlows {
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
-        guest: GuestPacket,
+        guest: GuestPacket<Ipv4Addr>,
         remote: Ipv4Addr,
         echo: &EchoRequest,
         bytes: &[u8],
@@ -334,7 +334,7 @@ pub fn error_for_guest(config: &GatewayConfig, guest_mac: MacAddress, error: &Gu
 /// used up: its IPv4 header and the first eight bytes of its payload.
 pub fn time_exceeded(
     config: &GatewayConfig,
-    guest: GuestPacket,
+    guest: GuestPacket<Ipv4Addr>,
     header: &Ipv4Repr,
     payload: &[u8],
 ) -> BuiltFrame {

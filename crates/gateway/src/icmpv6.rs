@@ -1,18 +1,25 @@
 //! ICMPv6 for the gateway's own addresses: an echo request to any of them is answered
-//! here. Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
+//! here, and a guest's packet the gateway refuses is answered with "administratively
+//! prohibited". Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
 //! message layouts, not flows or sockets.
 
 use std::net::Ipv6Addr;
 
-use smoltcp::wire::{Icmpv6Message, Icmpv6Packet};
+use smoltcp::wire::{Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, Ipv6Repr};
 use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::packet::{self, BuiltFrame};
 
-/// The hop limit of the echo replies the gateway sends.
+/// The hop limit of the ICMPv6 messages the gateway sends, but for neighbour discovery.
 const HOP_LIMIT: u8 = 64;
+/// Most bytes of an error message: it must fit the IPv6 minimum MTU (RFC 4443).
+const MAX_ERROR_LEN: usize = 1280 - 40;
+/// Destination unreachable, code "communication with destination administratively
+/// prohibited".
+const DST_UNREACHABLE: u8 = 1;
+const ADMINISTRATIVELY_PROHIBITED: u8 = 1;
 
 /// The reply to `request`, an echo request from `guest` at `guest_mac` to `ours`, one of
 /// the gateway's addresses: the same identifier, sequence number and data back.
@@ -29,4 +36,33 @@ pub fn echo_reply(
     let mut reply = request.as_ref().to_vec();
     reply[0] = Icmpv6Message::EchoReply.into();
     Ok(packet::icmpv6(config.mac(), guest_mac, ours, guest, HOP_LIMIT, &reply))
+}
+
+/// The gateway's refusal of a guest's packet from `guest` to `dst` (hop limit
+/// `hop_limit`, carrying `transport` of `protocol`): destination unreachable,
+/// administratively prohibited, quoting as much of the packet as fits.
+pub fn prohibited(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    guest: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    protocol: IpProtocol,
+    transport: &[u8],
+) -> BuiltFrame {
+    let quoted_transport = &transport[..transport.len().min(MAX_ERROR_LEN - 8 - 40)];
+    let mut message = vec![DST_UNREACHABLE, ADMINISTRATIVELY_PROHIBITED, 0, 0, 0, 0, 0, 0];
+    let header = Ipv6Repr {
+        src_addr: guest,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len: transport.len(),
+        hop_limit,
+    };
+    let at = message.len();
+    message.resize(at + header.buffer_len(), 0);
+    header.emit(&mut Ipv6Packet::new_unchecked(&mut message[at..]));
+    message.extend_from_slice(quoted_transport);
+    let from = if config.contains_ipv6(guest) { config.ipv6_host } else { config.ipv6_link_local() };
+    packet::icmpv6(config.mac(), guest_mac, from, guest, HOP_LIMIT, &message)
 }

@@ -98,6 +98,11 @@ impl Neighbors {
         self.by_ip.insert(ip, Neighbor { guest, seen: now });
         Ok(())
     }
+
+    /// The MAC address `ip` was last seen at.
+    pub fn lookup(&self, ip: Ipv6Addr) -> Option<MacAddress> {
+        self.by_ip.get(&ip).map(|held| held.guest.mac)
+    }
 }
 
 /// A neighbour discovery message from a guest, taken apart: the address and MAC it

@@ -1,9 +1,10 @@
 //! Where a guest's packet goes on the host: the address it maps to (the host's loopback
-//! for the gateway's address, nothing for addresses that must never leave), the target of
+//! for the gateway's address in either family, nothing for addresses that must never
+//! leave), the target of
 //! a TCP connection (a guestfwd, the DNS upstreams, or the mapped address), and the TTL
 //! its host socket sends with. Decisions only; no sockets.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
@@ -26,25 +27,38 @@ pub fn host_ttl(guest_ttl: u8) -> Option<u8> {
 /// destination.
 pub fn tcp_target(
     config: &GatewayConfig,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     guest_ttl: u8,
 ) -> Result<ConnectTarget, GatewayDropReason> {
     let ttl = host_ttl(guest_ttl);
-    if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
+    if let Some(forward) = config.guest_forwards.iter().find(|f| SocketAddr::V4(f.virtual_addr) == dst) {
         return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
     }
-    if *dst.ip() == config.dns && dst.port() == dns::PORT && !config.restrict {
+    if is_dns_address(config, dst.ip()) && dst.port() == dns::PORT && !config.restrict {
         if config.dns_upstreams.is_empty() {
             return Err(GatewayDropReason::HostSocket);
         }
         return Ok(ConnectTarget { remotes: config.dns_upstreams.clone(), ttl });
     }
-    let ip = host_side_address(config, *dst.ip())?;
-    Ok(ConnectTarget { remotes: vec![SocketAddr::V4(SocketAddrV4::new(ip, dst.port()))], ttl })
+    let ip = host_side_address(config, dst.ip())?;
+    Ok(ConnectTarget { remotes: vec![SocketAddr::new(ip, dst.port())], ttl })
+}
+
+/// Whether `ip` is the gateway's DNS address in its family.
+pub fn is_dns_address(config: &GatewayConfig, ip: IpAddr) -> bool {
+    ip == IpAddr::V4(config.dns) || ip == IpAddr::V6(config.ipv6_dns)
 }
 
 /// Where a guest's packet to `dst` goes on the host, if it may go anywhere.
-pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, GatewayDropReason> {
+pub fn host_side_address(config: &GatewayConfig, dst: IpAddr) -> Result<IpAddr, GatewayDropReason> {
+    match dst {
+        IpAddr::V4(dst) => host_side_ipv4(config, dst).map(IpAddr::V4),
+        IpAddr::V6(dst) => host_side_ipv6(config, dst).map(IpAddr::V6),
+    }
+}
+
+/// Where a guest's IPv4 packet to `dst` goes on the host, if it may go anywhere.
+pub fn host_side_ipv4(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, GatewayDropReason> {
     if config.restrict {
         return Err(GatewayDropReason::Restricted);
     }
@@ -65,6 +79,36 @@ pub fn host_side_address(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Ad
         || dst.octets()[0] == 0
         || dst.is_broadcast()
         || dst.is_multicast()
+    {
+        return Err(GatewayDropReason::Restricted);
+    }
+    Ok(dst)
+}
+
+/// Where a guest's IPv6 packet to `dst` goes on the host, if it may go anywhere: the
+/// gateway's address is the host's ::1 (with host-loopback=on); loopback, link-local,
+/// multicast and IPv4-mapped addresses (which would reach the host's IPv4 loopback)
+/// never leave.
+fn host_side_ipv6(config: &GatewayConfig, dst: Ipv6Addr) -> Result<Ipv6Addr, GatewayDropReason> {
+    if config.restrict {
+        return Err(GatewayDropReason::Restricted);
+    }
+    if dst == config.ipv6_host {
+        return if config.host_loopback {
+            Ok(Ipv6Addr::LOCALHOST)
+        } else {
+            Err(GatewayDropReason::Restricted)
+        };
+    }
+    if config.contains_ipv6(dst) {
+        return Err(GatewayDropReason::NotForGateway);
+    }
+    let link_local = dst.segments()[0] & 0xffc0 == 0xfe80;
+    if dst.is_loopback()
+        || dst.is_unspecified()
+        || dst.is_multicast()
+        || link_local
+        || dst.to_ipv4_mapped().is_some()
     {
         return Err(GatewayDropReason::Restricted);
     }

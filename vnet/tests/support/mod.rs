@@ -6,6 +6,7 @@
 pub mod guest;
 pub mod hostile;
 pub mod prerequisites;
+pub mod services;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -9,6 +9,7 @@ mod dns;
 mod faults;
 mod flows;
 mod icmp;
+mod ipv6;
 mod ndp;
 mod tcp;
 mod udp;

@@ -96,7 +96,7 @@ fn a_router_solicitation_gets_the_prefix_mtu_dns_and_search_list() {
 #[test]
 fn unsolicited_advertisements_go_to_all_nodes_at_intervals() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
-    assert_eq!(gateway.next_deadline(), None, "nothing before the first frame");
+    assert_eq!(gateway.next_deadline(), None, "nothing before a guest sends IPv6");
     let solicit = solicitation(GATEWAY_GLOBAL);
     gateway.receive(
         &from_guest(&icmpv6_from(GUEST_MAC, GUEST_LINK_LOCAL, GATEWAY_GLOBAL, 255, &solicit)),

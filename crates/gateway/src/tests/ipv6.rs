@@ -1,0 +1,140 @@
+//! UDP, DNS and TCP over IPv6: the gateway's address leads to the host's ::1, replies
+//! find the guest by the address it sent from, addresses that must not leave do not,
+//! and a guest over budget is refused with ICMPv6.
+
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+use smoltcp::wire::{Icmpv6Packet, IpProtocol, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+
+use super::*;
+
+const GUEST_IP6: Ipv6Addr = Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0x15);
+const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2);
+
+fn guest_udp6(dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let src = SocketAddr::from((GUEST_IP6, 40000));
+    packet::udp(GUEST_MAC, MacAddress([0x52, 0x55, 10, 0, 2, 2]), src, dst.into(), payload).unwrap().to_vec()
+}
+
+/// Source, destination and payload of an IPv6 UDP frame the gateway sent.
+fn udp6_of(frame: &[u8]) -> (SocketAddrV6, SocketAddrV6, Vec<u8>) {
+    let ethernet = EthernetFrame::new_checked(frame).unwrap();
+    assert_eq!(ethernet.dst_addr(), GUEST_MAC);
+    let ip = Ipv6Packet::new_checked(ethernet.payload()).unwrap();
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert!(udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+    (
+        SocketAddrV6::new(ip.src_addr(), udp.src_port(), 0, 0),
+        SocketAddrV6::new(ip.dst_addr(), udp.dst_port(), 0, 0),
+        udp.payload().to_vec(),
+    )
+}
+
+#[test]
+fn udp_to_the_gateways_ipv6_address_reaches_host_loopback_and_replies_come_back() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV6::new(GATEWAY_IP6, 7777, 0, 0);
+    gateway.receive(&from_guest(&guest_udp6(dst, b"ping")), now, &mut host);
+    let (flow, sent) = host.sent.last().cloned().expect("sent to the host");
+    assert_eq!(host.open[&flow], "[::1]:7777".parse::<SocketAddr>().unwrap());
+    assert_eq!(sent, b"ping");
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(b"pong"), now, &mut host);
+    let (from, to, payload) = udp6_of(&gateway.pop_frame().expect("the reply"));
+    assert_eq!((from, to, payload), (dst, SocketAddrV6::new(GUEST_IP6, 40000, 0, 0), b"pong".to_vec()));
+}
+
+#[test]
+fn ipv6_addresses_that_must_not_leave_do_not() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    for (dst, reason) in [
+        ("::1", GatewayDropReason::Restricted),
+        ("fe80::1", GatewayDropReason::Restricted),
+        ("::ffff:127.0.0.1", GatewayDropReason::Restricted),
+        ("fec0::99", GatewayDropReason::NotForGateway),
+        ("ff02::fb", GatewayDropReason::Broadcast),
+    ] {
+        let before = gateway.counters().drops(reason);
+        let dst = SocketAddrV6::new(dst.parse().unwrap(), 9, 0, 0);
+        gateway.receive(&from_guest(&guest_udp6(dst, b"x")), now, &mut host);
+        assert_eq!(gateway.counters().drops(reason), before + 1, "{dst}");
+    }
+    assert!(host.sent.is_empty());
+    let restricted = GatewayConfig { host_loopback: false, ..GatewayConfig::default() };
+    let (mut gateway, mut host, now) = gateway_with(restricted);
+    gateway.receive(&from_guest(&guest_udp6(SocketAddrV6::new(GATEWAY_IP6, 9, 0, 0), b"x")), now, &mut host);
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Restricted), 1, "host-loopback=off");
+}
+
+#[test]
+fn dns_to_the_ipv6_dns_address_is_forwarded_and_answered() {
+    let upstream: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { dns_upstreams: vec![upstream], ..GatewayConfig::default() });
+    let dns = SocketAddrV6::new("fec0::3".parse().unwrap(), 53, 0, 0);
+    gateway.receive(&from_guest(&guest_udp6(dns, &dns_query(0x4242))), now, &mut host);
+    let (flow, query) = host.sent.last().cloned().expect("forwarded upstream");
+    assert_eq!(host.open[&flow], upstream);
+    let mut answer = query.clone();
+    answer[2] |= 0x80;
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(&answer), now, &mut host);
+    let (from, to, payload) = udp6_of(&gateway.pop_frame().expect("the answer"));
+    assert_eq!((from, to), (dns, SocketAddrV6::new(GUEST_IP6, 40000, 0, 0)));
+    assert_eq!(payload[..2], [0x42, 0x42]);
+}
+
+#[test]
+fn a_tcp_connection_to_the_gateways_ipv6_address_connects_to_host_loopback() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let syn = TcpRepr {
+        src_port: 40000,
+        dst_port: 8080,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: Some(1440),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let src = SocketAddr::from((GUEST_IP6, 40000));
+    let dst = SocketAddr::from((GATEWAY_IP6, 8080));
+    let frame = packet::tcp(GUEST_MAC, gateway.config().mac(), src, dst, &syn).unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    let (flow, remote) = host.open.iter().next().map(|(flow, remote)| (*flow, *remote)).expect("a connect");
+    assert_eq!(remote, "[::1]:8080".parse::<SocketAddr>().unwrap());
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let reply = gateway.pop_frame().expect("the SYN-ACK");
+    let ip = Ipv6Packet::new_checked(&reply[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6));
+    let segment = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(segment.syn() && segment.ack());
+    assert!(segment.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+    assert_eq!(segment.ack_number(), TcpSeqNumber(1001));
+}
+
+#[test]
+fn a_guest_over_its_udp_budget_is_refused_with_icmpv6() {
+    let limits = GuestLimits { udp: Some(1), ..GuestLimits::default() };
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { guest_limits: limits, ..GatewayConfig::default() });
+    for port in [7000, 7001] {
+        gateway.receive(
+            &from_guest(&guest_udp6(SocketAddrV6::new(GATEWAY_IP6, port, 0, 0), b"x")),
+            now,
+            &mut host,
+        );
+    }
+    let refusal = gateway.pop_frame().expect("a refusal");
+    let ip = Ipv6Packet::new_checked(&refusal[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+        (GATEWAY_IP6, GUEST_IP6, IpProtocol::Icmpv6)
+    );
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+    assert_eq!((icmp.msg_type().into(), icmp.msg_code()), (1u8, 1u8), "administratively prohibited");
+    assert_eq!(gateway.counters().drops(GatewayDropReason::GuestBudget), 1);
+}
