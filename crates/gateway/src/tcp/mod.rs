@@ -123,7 +123,7 @@ impl Nat {
         } else {
             ChecksumCapabilities::default()
         };
-        let (src, dst) = (IpAddr::from(packet.src), IpAddr::from(packet.dst));
+        let (src, dst) = (packet.src, packet.dst);
         let repr = TcpRepr::parse(&segment, &src.into(), &dst.into(), &checksums)
             .map_err(|_| GatewayDropReason::Malformed)?;
         let guest = SocketAddr::new(src, repr.src_port);
