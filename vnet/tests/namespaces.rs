@@ -234,3 +234,23 @@ busybox nslookup vnet.test fec0::3"#
     }
     drop(services);
 }
+
+#[test]
+fn with_ipv4_off_a_namespace_has_ipv6_only_and_its_resolver_is_the_ipv6_dns_address() {
+    let script = r#"n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
+done
+echo "ipv4: $(ip -4 addr show dev eth0 | grep -c inet)"
+cat /etc/resolv.conf
+ping -6 -c 1 -W 5 fec0::2"#;
+    let output =
+        support::vnet_with(&["--log-level", "warn", "ns", "--user", "ipv4=off", "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("ipv4: 0"), "no IPv4 address:\n{stdout}");
+    assert!(stdout.contains("nameserver fec0::3") && !stdout.contains("nameserver 10.0.2.3"), "{stdout}");
+    assert!(stdout.contains("1 received"), "{stdout}");
+}

@@ -585,7 +585,8 @@ fn namespace_mac() -> [u8; 6] {
 }
 
 /// Configures the namespace as DHCP would: the first lease (reserved for its MAC),
-/// the gateway as router, the MTU, and a resolv.conf naming the gateway's DNS address.
+/// the gateway as router, the MTU, and a resolv.conf naming the gateway's DNS
+/// addresses. IPv6 the namespace's kernel configures from router advertisements.
 fn namespace_setup(
     gateway: &mut GatewayConfig,
     resolv_conf: &TempResolvConf,
@@ -600,7 +601,12 @@ fn namespace_setup(
     };
     let mut text = String::new();
     if !gateway.restrict {
-        text.push_str(&format!("nameserver {}\n", gateway.dns));
+        if gateway.ipv4 {
+            text.push_str(&format!("nameserver {}\n", gateway.dns));
+        }
+        if gateway.ipv6 {
+            text.push_str(&format!("nameserver {}\n", gateway.ipv6_dns));
+        }
     }
     let search: Vec<&str> = gateway.domain.iter().chain(&gateway.dns_search).map(String::as_str).collect();
     if !search.is_empty() {
@@ -608,11 +614,10 @@ fn namespace_setup(
     }
     std::fs::write(&resolv_conf.path, text)
         .with_context(|| format!("cannot write {}", resolv_conf.path.display()))?;
+    let ipv4 = netns::Ipv4Setup { address, prefix_len: gateway.prefix_len, router: gateway.host };
     Ok(netns::InterfaceSetup {
         mac: mac.0,
-        address,
-        prefix_len: gateway.prefix_len,
-        router: gateway.host,
+        ipv4: gateway.ipv4.then_some(ipv4),
         mtu: gateway.mtu,
         resolv_conf: resolv_conf.path.clone(),
     })

@@ -50,12 +50,20 @@ pub fn status(status: &StatusView) -> String {
         Some(gateway) => {
             let flows: Vec<String> =
                 gateway.flows.iter().map(|(protocol, count)| format!("{protocol} {count}")).collect();
+            if gateway.ipv4 {
+                out.push_str(&format!(
+                    "gateway  {} in {}, dns {}, mtu {}\n",
+                    gateway.host, gateway.network, gateway.dns, gateway.mtu
+                ));
+            }
+            if let Some(ipv6) = &gateway.ipv6 {
+                out.push_str(&format!(
+                    "gateway  {} ({}) in {}, dns {}, mtu {}\n",
+                    ipv6.host, ipv6.link_local, ipv6.network, ipv6.dns, gateway.mtu
+                ));
+            }
             out.push_str(&format!(
-                "gateway  {} in {}, dns {}, mtu {}\nleases   {}\nflows    {}\nforwards {}\n",
-                gateway.host,
-                gateway.network,
-                gateway.dns,
-                gateway.mtu,
+                "leases   {}\nflows    {}\nforwards {}\n",
                 gateway.leases,
                 flows.join(", "),
                 gateway.forwards

@@ -110,9 +110,28 @@ impl ForwardView {
     }
 }
 
+/// The gateway's IPv6 addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayIpv6View {
+    /// The prefix, as ADDRESS/LENGTH.
+    pub network: String,
+    /// The gateway's own address in it.
+    pub host: String,
+    /// The DNS address in it.
+    pub dns: String,
+    /// The link-local address routers advertise from.
+    pub link_local: String,
+}
+
 /// The gateway's addresses and load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayView {
+    /// Whether guests get IPv4 (`ipv4=`); the IPv4 addresses below hold either way.
+    #[serde(default = "serve_ipv4")]
+    pub ipv4: bool,
+    /// The IPv6 addresses, unless `ipv6=off`.
+    #[serde(default)]
+    pub ipv6: Option<GatewayIpv6View>,
     /// The network, as ADDRESS/PREFIX.
     pub network: String,
     /// The gateway's own address.
@@ -134,6 +153,10 @@ pub struct GatewayView {
     pub budgets: BTreeMap<String, usize>,
     /// Guests that hold flows and were refused some, by port and MAC.
     pub refused: Vec<RefusedGuestView>,
+}
+
+fn serve_ipv4() -> bool {
+    true
 }
 
 /// A guest the gateway refused new flows to, because its budget (or its port's) was
@@ -283,6 +306,13 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
         let counts = gateway.flow_counts();
         let counters = gateway.counters();
         GatewayView {
+            ipv4: config.ipv4,
+            ipv6: config.ipv6.then(|| GatewayIpv6View {
+                network: format!("{}/{}", config.ipv6_prefix, config.ipv6_prefix_len),
+                host: config.ipv6_host.to_string(),
+                dns: config.ipv6_dns.to_string(),
+                link_local: config.ipv6_link_local().to_string(),
+            }),
             network: format!("{}/{}", config.network, config.prefix_len),
             host: config.host.to_string(),
             dns: config.dns.to_string(),

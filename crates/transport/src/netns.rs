@@ -219,18 +219,26 @@ fn enter(namespace: &File, owner: Option<&OwnedFd>) -> Result<(), (Step, io::Err
     at(Step::EnterNetworkNamespace, setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET))
 }
 
-/// How the new namespace's interface is configured, as a DHCP client would configure it
-/// from the gateway: address, default route, MTU and resolv.conf.
-#[derive(Debug, Clone)]
-pub struct InterfaceSetup {
-    /// The tap's MAC address.
-    pub mac: [u8; 6],
-    /// Its IPv4 address.
+/// The IPv4 part of an [`InterfaceSetup`].
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv4Setup {
+    /// The interface's address.
     pub address: Ipv4Addr,
     /// The prefix length of its network.
     pub prefix_len: u8,
     /// The default gateway.
     pub router: Ipv4Addr,
+}
+
+/// How the new namespace's interface is configured, as a DHCP client would configure it
+/// from the gateway: IPv4 address and default route (IPv6 the kernel configures itself
+/// from the gateway's router advertisements), MTU and resolv.conf.
+#[derive(Debug, Clone)]
+pub struct InterfaceSetup {
+    /// The tap's MAC address.
+    pub mac: [u8; 6],
+    /// Its IPv4 address and route, unless the gateway serves no IPv4.
+    pub ipv4: Option<Ipv4Setup>,
     /// The MTU.
     pub mtu: u16,
     /// A file to bind over /etc/resolv.conf inside the namespace (in a mount namespace
@@ -242,8 +250,10 @@ impl InterfaceSetup {
     /// Applies the setup to interface `ifname` in the calling (child) process.
     fn apply(&self, ifname: &str) -> Result<(), (Step, io::Error)> {
         at(Step::Configure, sys::set_mtu(ifname, self.mtu))?;
-        at(Step::Configure, sys::set_ipv4_address(ifname, self.address, self.prefix_len))?;
-        at(Step::Configure, sys::add_default_route(self.router))?;
+        if let Some(ipv4) = self.ipv4 {
+            at(Step::Configure, sys::set_ipv4_address(ifname, ipv4.address, ipv4.prefix_len))?;
+            at(Step::Configure, sys::add_default_route(ipv4.router))?;
+        }
         at(Step::Configure, unshare(CloneFlags::CLONE_NEWNS))?;
         let none: Option<&str> = None;
         at(Step::Configure, mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none))?;
