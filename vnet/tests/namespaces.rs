@@ -254,3 +254,34 @@ ping -6 -c 1 -W 5 fec0::2"#;
     assert!(stdout.contains("nameserver fec0::3") && !stdout.contains("nameserver 10.0.2.3"), "{stdout}");
     assert!(stdout.contains("1 received"), "{stdout}");
 }
+
+#[test]
+fn pings_over_ipv6_reach_a_host_beyond_the_gateway() {
+    // vnet runs in "world", which reaches "far" (fd00:99::1) over a veth; the guest is a
+    // namespace on vnet's tap.
+    let [world, far, guest] = [(); 3].map(|()| NamedNamespace::create());
+    run_ok(
+        &mut world
+            .command(&["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &far.name]),
+    );
+    run_ok(&mut world.command(&["ip", "addr", "add", "fd00:99::2/64", "dev", "v0", "nodad"]));
+    run_ok(&mut world.command(&["ip", "link", "set", "v0", "up"]));
+    run_ok(&mut far.command(&["ip", "addr", "add", "fd00:99::1/64", "dev", "v1", "nodad"]));
+    run_ok(&mut far.command(&["ip", "link", "set", "v1", "up"]));
+    let network = Vnet::spawn_in(Some(&world), &["run", "--attach", &format!("netns:{}", guest.path())]);
+    network.wait_for_log("name=netns:");
+    let script = r#"ip link set eth0 up; n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
+done
+ping -6 -c 3 -W 5 fd00:99::1"#;
+    let output = guest.exec(&["sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        network.log()
+    );
+    assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
+}

@@ -166,7 +166,7 @@ impl HostSockets for AcceptingHost {
     fn udp_open(&mut self, _: FlowId, _: SocketAddr) -> io::Result<()> {
         Ok(())
     }
-    fn icmp_open(&mut self, _: FlowId, _: std::net::Ipv4Addr) -> io::Result<vnet_gateway::IcmpSocketKind> {
+    fn icmp_open(&mut self, _: FlowId, _: std::net::IpAddr) -> io::Result<vnet_gateway::IcmpSocketKind> {
         Ok(vnet_gateway::IcmpSocketKind::Raw)
     }
     fn set_ttl(&mut self, _: FlowId, _: Option<u8>) -> io::Result<()> {

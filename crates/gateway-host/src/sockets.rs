@@ -4,7 +4,7 @@
 //! protocols do with the results is the gateway core's business.
 
 use std::io::{self, IoSliceMut, Read};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ const SEND_SPACE_MARGIN: usize = 8;
 pub(crate) struct HostSocket {
     pub socket: UdpSocket,
     pub token: Token,
-    /// A raw ICMP socket, whose messages arrive behind an IPv4 header.
+    /// A raw IPv4 ICMP socket, whose messages arrive behind an IPv4 header.
     pub raw_icmp: bool,
 }
 
@@ -191,18 +191,22 @@ impl HostSockets for Host<'_, '_, '_> {
         Ok(())
     }
 
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
-        let icmp =
-            |kind: Type| Socket::new(Domain::IPV4, kind.nonblocking().cloexec(), Some(Protocol::ICMPV4));
+    fn icmp_open(&mut self, flow: FlowId, remote: IpAddr) -> io::Result<IcmpSocketKind> {
+        let (domain, protocol) = match remote {
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+        };
+        let icmp = |kind: Type| Socket::new(domain, kind.nonblocking().cloexec(), Some(protocol));
         let (socket, kind) = match icmp(Type::DGRAM) {
             Ok(socket) => (socket, IcmpSocketKind::Ping),
             Err(_) => (icmp(Type::RAW)?, IcmpSocketKind::Raw),
         };
-        socket.connect(&SocketAddr::from((remote, 0)).into())?;
+        socket.connect(&SocketAddr::new(remote, 0).into())?;
         let mut socket = UdpSocket::from_std(std::net::UdpSocket::from(socket));
         let token = self.cx.register_source(&mut socket, Interest::READABLE)?;
         self.sockets.sources.insert(token, Source::Flow(flow));
-        let raw_icmp = kind == IcmpSocketKind::Raw;
+        // A raw IPv4 socket hands over the IP header too; a raw IPv6 one does not.
+        let raw_icmp = kind == IcmpSocketKind::Raw && remote.is_ipv4();
         self.sockets.by_flow.insert(flow, HostSocket { socket, token, raw_icmp });
         Ok(kind)
     }

@@ -115,6 +115,19 @@ impl Gateway {
                 self.queue_frames([reply]);
                 Ok(())
             }
+            Icmpv6Message::EchoRequest => {
+                self.learn_neighbor6(repr.src_addr, guest, now, host)?;
+                let echo = icmpv6::parse_echo_request(&icmp)?;
+                let packet = GuestPacket {
+                    mac: guest.mac,
+                    port: guest.port,
+                    src: IpAddr::V6(repr.src_addr),
+                    dst: IpAddr::V6(repr.dst_addr),
+                    ttl: repr.hop_limit,
+                    checksum_offloaded: false,
+                };
+                self.send_echo(packet, &echo, ip.payload(), now, host)
+            }
             _ => Err(GatewayDropReason::Unsupported),
         }
     }
@@ -283,11 +296,24 @@ impl Gateway {
             self.queue_frames([icmp::echo_reply(&self.config, packet, &echo)]);
             return Ok(());
         }
-        let remote = route::host_side_ipv4(&self.config, packet.dst)?;
+        self.send_echo(packet.of_either_family(), &echo, bytes, now, host)
+    }
+
+    /// Sends a guest's echo request (`bytes`, parsed as `echo`) beyond the gateway.
+    fn send_echo(
+        &mut self,
+        packet: GuestPacket,
+        echo: &icmp::EchoRequest,
+        bytes: &[u8],
+        now: Instant,
+        host: &mut dyn GatewayIo,
+    ) -> Result<(), GatewayDropReason> {
+        let remote = route::host_side_address(&self.config, packet.dst)?;
         let room = self.flow_count() < self.config.max_flows;
-        let sent = self.echo.send(packet, remote, &echo, bytes, room, now, host, &mut self.flow_ids);
+        let sent = self.echo.send(packet, remote, echo, bytes, room, now, host, &mut self.flow_ids);
         if sent == Err(GatewayDropReason::GuestBudget) {
-            self.send_prohibited(packet.of_either_family(), IpProtocol::Icmp, bytes);
+            let protocol = if packet.dst.is_ipv4() { IpProtocol::Icmp } else { IpProtocol::Icmpv6 };
+            self.send_prohibited(packet, protocol, bytes);
         }
         sent
     }

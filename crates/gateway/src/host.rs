@@ -3,7 +3,7 @@
 //! (the `vnet-gateway-host` crate) and by fakes in tests. Nothing here knows the switch.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::flows::FlowId;
 
@@ -38,10 +38,11 @@ pub trait HostSockets {
     fn udp_open(&mut self, flow: FlowId, remote: SocketAddr) -> io::Result<()>;
     /// Sets the TTL `flow`'s socket sends with; None restores the host's default.
     fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()>;
-    /// Opens an ICMP socket connected to `remote` for `flow`: an unprivileged ping socket
-    /// if the host allows one, else a raw ICMP socket. What is sent on it is an echo
-    /// request; what is received is an ICMP message without IP header.
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind>;
+    /// Opens an ICMP (ICMPv6 for an IPv6 `remote`) socket connected to `remote` for
+    /// `flow`: an unprivileged ping socket if the host allows one, else a raw socket.
+    /// What is sent on it is an echo request; what is received is an ICMP message
+    /// without IP header.
+    fn icmp_open(&mut self, flow: FlowId, remote: IpAddr) -> io::Result<IcmpSocketKind>;
     /// Sends one datagram (or echo request) on `flow`'s UDP or ICMP socket.
     fn datagram_send(&mut self, flow: FlowId, payload: &[u8]) -> io::Result<()>;
     /// Closes `flow`'s UDP or ICMP socket.

@@ -1,6 +1,7 @@
 //! ICMP: echo requests to the gateway's own addresses are answered here; echo requests
-//! to anywhere else go out through one unprivileged ping socket per (guest, identifier,
-//! destination), whose replies come back with the guest's identifier restored; and the
+//! to anywhere else, of either family, go out through one unprivileged ping socket per
+//! (guest, identifier, destination), whose replies come back with the guest's identifier
+//! restored; and the
 //! unreachable and time exceeded errors the host got about a guest's UDP or TCP packets
 //! are turned into the same errors for the guest.
 //!
@@ -35,12 +36,12 @@ use crate::timers::Deadlines;
 /// How long an echo flow lives without requests or replies.
 const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The fields of a guest's echo request.
+/// The fields of a guest's echo request (ICMP or ICMPv6).
 #[derive(Debug, Clone)]
 pub struct EchoRequest {
-    ident: u16,
-    seq_no: u16,
-    data: Vec<u8>,
+    pub(crate) ident: u16,
+    pub(crate) seq_no: u16,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Parses an ICMP message from a guest, which must be a well-formed echo request.
@@ -68,10 +69,10 @@ pub fn echo_reply(config: &GatewayConfig, guest: GuestPacket<Ipv4Addr>, echo: &E
 #[derive(Debug)]
 struct EchoFlow {
     guest_mac: MacAddress,
-    guest: Ipv4Addr,
+    guest: IpAddr,
     ident: u16,
     /// The address the guest pinged (the host address for host loopback).
-    dst: Ipv4Addr,
+    dst: IpAddr,
     kind: IcmpSocketKind,
     last_used: Instant,
 }
@@ -79,7 +80,7 @@ struct EchoFlow {
 /// Echo flows through ping sockets.
 #[derive(Debug, Default)]
 pub struct EchoFlows {
-    by_key: HashMap<(Ipv4Addr, u16, Ipv4Addr), FlowId>,
+    by_key: HashMap<(IpAddr, u16, IpAddr), FlowId>,
     flows: FlowMap<EchoFlow>,
     idle_checks: Deadlines<FlowId>,
     reported_denied: bool,
@@ -103,12 +104,13 @@ impl EchoFlows {
         })
     }
 
-    /// Sends a guest's echo request (`bytes`, already parsed as `echo`) to `remote`.
+    /// Sends a guest's echo request (`bytes`, already parsed as `echo`) to `remote`, of
+    /// the same family.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
-        guest: GuestPacket<Ipv4Addr>,
-        remote: Ipv4Addr,
+        guest: GuestPacket,
+        remote: IpAddr,
         echo: &EchoRequest,
         bytes: &[u8],
         room_for_new: bool,
@@ -167,17 +169,37 @@ impl EchoFlows {
     ) -> Option<BuiltFrame> {
         let entry = self.flows.get_mut(flow)?;
         entry.last_used = now;
-        let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
-        let Icmpv4Repr::EchoReply { ident, seq_no, data } =
-            Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::ignored()).ok()?
-        else {
-            return None;
+        let (ident, reply) = match (entry.guest, entry.dst) {
+            (IpAddr::V4(guest), IpAddr::V4(dst)) => {
+                let icmp = Icmpv4Packet::new_checked(bytes).ok()?;
+                let Icmpv4Repr::EchoReply { ident, seq_no, data } =
+                    Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::ignored()).ok()?
+                else {
+                    return None;
+                };
+                let reply = Icmpv4Repr::EchoReply { ident: entry.ident, seq_no, data };
+                (ident, packet::icmp(config.mac(), entry.guest_mac, dst, guest, &reply))
+            }
+            (IpAddr::V6(guest), IpAddr::V6(dst)) => {
+                let ident = crate::icmpv6::echo_reply_ident(bytes)?;
+                (
+                    ident,
+                    crate::icmpv6::relayed_echo_reply(
+                        config,
+                        bytes,
+                        entry.ident,
+                        entry.guest_mac,
+                        dst,
+                        guest,
+                    ),
+                )
+            }
+            _ => return None,
         };
         if entry.kind == IcmpSocketKind::Raw && ident != entry.ident {
             return None; // a raw socket sees every reply from the remote, not only ours
         }
-        let reply = Icmpv4Repr::EchoReply { ident: entry.ident, seq_no, data };
-        Some(packet::icmp(config.mac(), entry.guest_mac, entry.dst, entry.guest, &reply))
+        Some(reply)
     }
 
     /// When an echo flow may have been idle too long.

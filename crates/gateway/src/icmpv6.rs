@@ -1,6 +1,7 @@
-//! ICMPv6 for the gateway's own addresses: an echo request to any of them is answered
-//! here, and a guest's packet the gateway refuses is answered with "administratively
-//! prohibited". Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
+//! ICMPv6 messages the gateway reads and writes: an echo request to one of its own
+//! addresses is answered here, a guest's echo request to anywhere else is taken apart
+//! for a ping socket and the reply put back together for the guest, and a guest's
+//! packet the gateway refuses is answered with "administratively prohibited". Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
 //! message layouts, not flows or sockets.
 
 use std::net::Ipv6Addr;
@@ -10,6 +11,7 @@ use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
+use crate::icmp::EchoRequest;
 use crate::packet::{self, BuiltFrame};
 
 /// The hop limit of the ICMPv6 messages the gateway sends, but for neighbour discovery.
@@ -65,4 +67,37 @@ pub fn prohibited(
     message.extend_from_slice(quoted_transport);
     let from = if config.contains_ipv6(guest) { config.ipv6_host } else { config.ipv6_link_local() };
     packet::icmpv6(config.mac(), guest_mac, from, guest, HOP_LIMIT, &message)
+}
+
+/// The identifier, sequence number and data of `icmp`, a guest's echo request.
+pub fn parse_echo_request(icmp: &Icmpv6Packet<&[u8]>) -> Result<EchoRequest, GatewayDropReason> {
+    if icmp.msg_type() != Icmpv6Message::EchoRequest || icmp.msg_code() != 0 {
+        return Err(GatewayDropReason::Unsupported);
+    }
+    let bytes = icmp.as_ref();
+    let ident = u16::from_be_bytes([bytes[4], bytes[5]]);
+    let seq_no = u16::from_be_bytes([bytes[6], bytes[7]]);
+    Ok(EchoRequest { ident, seq_no, data: bytes[8..].to_vec() })
+}
+
+/// The identifier of `bytes`, an ICMPv6 message from a ping socket, if it is an echo
+/// reply.
+pub fn echo_reply_ident(bytes: &[u8]) -> Option<u16> {
+    let icmp = Icmpv6Packet::new_checked(bytes).ok()?;
+    (icmp.msg_type() == Icmpv6Message::EchoReply).then(|| u16::from_be_bytes([bytes[4], bytes[5]]))
+}
+
+/// The echo reply `bytes` (from a ping socket) relayed to `guest` at `guest_mac` from
+/// `from`, the address it pinged, with the guest's identifier `ident` back in place.
+pub fn relayed_echo_reply(
+    config: &GatewayConfig,
+    bytes: &[u8],
+    ident: u16,
+    guest_mac: MacAddress,
+    from: Ipv6Addr,
+    guest: Ipv6Addr,
+) -> BuiltFrame {
+    let mut reply = bytes.to_vec();
+    reply[4..6].copy_from_slice(&ident.to_be_bytes());
+    packet::icmpv6(config.mac(), guest_mac, from, guest, HOP_LIMIT, &reply)
 }

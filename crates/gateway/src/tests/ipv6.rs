@@ -138,3 +138,24 @@ fn a_guest_over_its_udp_budget_is_refused_with_icmpv6() {
     assert_eq!((icmp.msg_type().into(), icmp.msg_code()), (1u8, 1u8), "administratively prohibited");
     assert_eq!(gateway.counters().drops(GatewayDropReason::GuestBudget), 1);
 }
+
+#[test]
+fn echo_beyond_the_gateway_goes_through_a_ping_socket_and_the_reply_keeps_the_guests_identifier() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let request = [128, 0, 0, 0, 0x12, 0x34, 0, 9, b'h', b'i'];
+    let frame = packet::icmpv6(GUEST_MAC, gateway.config().mac(), GUEST_IP6, far, 64, &request).unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    let (flow, sent) = host.sent.last().cloned().expect("sent through a ping socket");
+    assert_eq!(host.open[&flow], SocketAddr::from((far, 0)));
+    assert_eq!(sent[4..], request[4..]);
+    // The ping socket chose its own identifier; the guest gets its own back.
+    let from_socket = [129, 0, 0, 0, 0x77, 0x77, 0, 9, b'h', b'i'];
+    gateway.on_udp_datagram(flow, FrameBuffer::copy_of(&from_socket), now, &mut host);
+    let reply = gateway.pop_frame().expect("the echo reply");
+    let ip = Ipv6Packet::new_checked(&reply[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (far, GUEST_IP6));
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+    assert_eq!(ip.payload()[..], [129, 0, ip.payload()[2], ip.payload()[3], 0x12, 0x34, 0, 9, b'h', b'i']);
+}

@@ -16,7 +16,7 @@ mod udp;
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -88,8 +88,8 @@ impl HostSockets for FakeHost {
         self.open.insert(flow, remote);
         Ok(())
     }
-    fn icmp_open(&mut self, flow: FlowId, remote: Ipv4Addr) -> io::Result<IcmpSocketKind> {
-        self.udp_open(flow, SocketAddr::from((remote, 0))).map(|()| IcmpSocketKind::Ping)
+    fn icmp_open(&mut self, flow: FlowId, remote: IpAddr) -> io::Result<IcmpSocketKind> {
+        self.udp_open(flow, SocketAddr::new(remote, 0)).map(|()| IcmpSocketKind::Ping)
     }
     fn set_ttl(&mut self, flow: FlowId, ttl: Option<u8>) -> io::Result<()> {
         self.ttls.push((flow, ttl));
