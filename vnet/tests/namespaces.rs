@@ -285,3 +285,59 @@ ping -6 -c 3 -W 5 fd00:99::1"#;
     );
     assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
 }
+
+/// A TCP port free on the host's loopback right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::1]:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What a connection to `address` reads until the server closes it, once one succeeds.
+fn read_once_served(address: &str) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    wait_until(&format!("a connection to {address}"), DEADLINE, || {
+        let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+            return false;
+        };
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        text.clear();
+        stream.read_to_string(&mut text).is_ok() && !text.is_empty()
+    });
+    text
+}
+
+#[test]
+fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families() {
+    let (ipv6_port, both_port) = (free_port(), free_port());
+    let user = format!("hostfwd=tcp:[::1]:{ipv6_port}-:7070,hostfwd=tcp::{both_port}-:7070");
+    let server = "import socket\n\
+                  s = socket.socket()\n\
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('0.0.0.0', 7070))\n\
+                  s.listen()\n\
+                  while True:\n    c, _ = s.accept()\n    c.sendall(b'forwarded')\n    c.close()\n";
+    let mut namespace = support::vnet_with(&[
+        "--log-level",
+        "warn",
+        "ns",
+        "--user",
+        &user,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        server,
+    ])
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    for address in
+        [format!("[::1]:{ipv6_port}"), format!("[::1]:{both_port}"), format!("127.0.0.1:{both_port}")]
+    {
+        assert_eq!(read_once_served(&address), "forwarded", "through {address}");
+    }
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{ipv6_port}")).is_err(), "[::1] is IPv6 only");
+    // SIGTERM reaches the command (which must not inherit vnet's blocked signals), and
+    // vnet exits with it.
+    signal(namespace.id(), libc::SIGTERM);
+    wait_until("vnet ns to exit on SIGTERM", DEADLINE, || namespace.try_wait().unwrap().is_some());
+}

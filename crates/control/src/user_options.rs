@@ -203,8 +203,21 @@ pub fn parse_forward_host_side(value: &str) -> Result<(ForwardProtocol, SocketAd
         _ => return Err("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport"),
     };
     let (host_addr, host_port) = rest.rsplit_once(':').ok_or("expected [hostaddr]:hostport")?;
-    let host_ip = if host_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(host_addr)? };
-    Ok((protocol, SocketAddr::V4(SocketAddrV4::new(host_ip, forward_port(host_port)?))))
+    Ok((protocol, SocketAddr::new(forward_host_address(host_addr)?, forward_port(host_port)?)))
+}
+
+/// A hostfwd rule's host address: IPv4, or IPv6 in brackets; none means both families
+/// (the IPv6 unspecified address, whose socket takes IPv4 clients too).
+fn forward_host_address(text: &str) -> Result<IpAddr, &'static str> {
+    if text.is_empty() {
+        return Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+    match text.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')) {
+        Some(inner) => Ok(IpAddr::V6(ipv6(inner)?)),
+        None => {
+            Ok(IpAddr::V4(ipv4(text).map_err(|_| "expected an IPv4 address, or an IPv6 one in brackets")?))
+        }
+    }
 }
 
 fn forward_port(text: &str) -> Result<u16, &'static str> {
@@ -255,7 +268,7 @@ mod tests {
                 },
                 HostForward {
                     protocol: ForwardProtocol::Udp,
-                    host: "0.0.0.0:5353".parse().unwrap(),
+                    host: "[::]:5353".parse().unwrap(),
                     guest: "10.0.2.15:53".parse().unwrap()
                 },
             ]
@@ -287,6 +300,15 @@ mod tests {
         assert!(error.contains("ipv6-host=10.0.2.2") && error.contains("IPv6 address"), "{error}");
         let error = parse_user_options("ipv6=off,ipv4=off", "").unwrap_err().to_string();
         assert!(error.contains("turn one of them on"), "{error}");
+    }
+
+    #[test]
+    fn hostfwd_takes_ipv6_host_addresses_and_none_means_both_families() {
+        let config = parse_user_options("hostfwd=tcp:[::1]:2222-:22,hostfwd=tcp::8080-:80", "").unwrap();
+        assert_eq!(config.host_forwards[0].host, "[::1]:2222".parse::<SocketAddr>().unwrap());
+        assert_eq!(config.host_forwards[1].host, "[::]:8080".parse::<SocketAddr>().unwrap());
+        let error = parse_user_options("hostfwd=tcp:::1:2222-:22", "").unwrap_err().to_string();
+        assert!(error.contains("in brackets"), "{error}");
     }
 
     #[test]

@@ -272,8 +272,8 @@ pub struct NamespacedCommand {
 
 /// Starts `program` with `args` in a new network namespace (and a new user namespace
 /// when vnet is not root, mapping the caller to root inside) with a tap named `ifname`
-/// that is up, and configured by `setup` if given. The command is sent SIGTERM if vnet
-/// dies. Call it before any thread is started.
+/// that is up, and configured by `setup` if given. The command starts with no signal
+/// blocked, and is sent SIGTERM if vnet dies. Call it before any thread is started.
 pub fn spawn_in_new_namespace(
     program: &OsString,
     args: &[OsString],
@@ -298,6 +298,10 @@ pub fn spawn_in_new_namespace(
         });
         report(&theirs, &outcome)?;
         outcome.map_err(|(_, error)| error)?;
+        // vnet blocks the signals it reads through a signalfd, and a blocked mask
+        // survives exec: the command must start with none blocked, or the SIGTERM vnet
+        // passes on would wait forever.
+        nix::sys::signal::SigSet::empty().thread_set_mask()?;
         nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
         if getppid() != vnet {
             return Err(io::Error::other("vnet exited while starting the command"));
