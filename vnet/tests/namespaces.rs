@@ -341,3 +341,47 @@ fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families() {
     signal(namespace.id(), libc::SIGTERM);
     wait_until("vnet ns to exit on SIGTERM", DEADLINE, || namespace.try_wait().unwrap().is_some());
 }
+
+#[test]
+fn dhclient_gets_an_ipv6_address_and_dns_from_dhcpv6_and_vnet_leases_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("dhcpv6-{}", std::process::id());
+    let leases = dir.path().join("dhclient.leases");
+    let script = format!(
+        r#"n=0
+until ip -6 addr show dev eth0 scope link | grep -q 'inet6 fe80' && ! ip -6 addr show dev eth0 | grep -q tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
+done
+dhclient -6 -1 -v -lf {leases} -pf {dir}/dhclient.pid -sf /bin/true eth0 || exit 1
+kill $(cat {dir}/dhclient.pid)
+cat {leases}
+{vnet} leases {name}"#,
+        leases = leases.display(),
+        dir = dir.path().display(),
+        vnet = support::vnet_binary(),
+    );
+    let output = support::vnet_with(&[
+        "--log-level",
+        "warn",
+        "ns",
+        "--name",
+        &name,
+        "--user",
+        "domainname=vnet.test",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for expected in ["iaaddr fec0::100", "dhcp6.name-servers fec0::3", "dhcp6.domain-search \"vnet.test.\""] {
+        assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
+    }
+    assert!(
+        stdout.lines().any(|line| line.contains("fec0::100")),
+        "vnet leases lists the address:\n{stdout}"
+    );
+}

@@ -17,7 +17,7 @@
 //! and addresses, nothing of sockets or NAT.
 
 use foldhash::{HashMap, HashMapExt};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
@@ -185,13 +185,16 @@ impl Server {
 
     /// The pool's live leases and the static ones, sorted by address.
     pub fn leases(&self, config: &GatewayConfig, now: Instant) -> Vec<Lease> {
-        let fixed =
-            config.static_leases.iter().map(|lease| Lease { mac: lease.mac, ip: lease.ip, fixed: true });
+        let fixed = config.static_leases.iter().map(|lease| Lease {
+            mac: lease.mac,
+            ip: IpAddr::V4(lease.ip),
+            fixed: true,
+        });
         let pooled = self
             .bindings
             .iter()
             .filter(|(_, binding)| binding.hold == Hold::Bound && binding.is_live(now))
-            .map(|(ip, binding)| Lease { mac: binding.holder.mac, ip: *ip, fixed: false });
+            .map(|(ip, binding)| Lease { mac: binding.holder.mac, ip: IpAddr::V4(*ip), fixed: false });
         let mut leases: Vec<Lease> = fixed.chain(pooled).collect();
         leases.sort_by_key(|lease| lease.ip);
         leases

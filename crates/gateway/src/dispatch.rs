@@ -17,7 +17,7 @@ use crate::counters::GatewayDropReason;
 use crate::egress::{GatewayIo, GuestEgress};
 use crate::gateway::Gateway;
 use crate::guest::{Guest, GuestPacket};
-use crate::{arp, dhcp, dns, icmp, icmpv6, ndp, route, udp};
+use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, udp};
 
 impl Gateway {
     pub(crate) fn dispatch(
@@ -234,6 +234,19 @@ impl Gateway {
             }
             if dst_ip.is_broadcast() || dst_ip == self.config.broadcast() {
                 return Err(GatewayDropReason::Broadcast);
+            }
+        }
+        if let IpAddr::V6(dst_ip) = packet.dst {
+            let to_server = dst_ip == dhcpv6::ALL_SERVERS || self.config.is_own_ipv6(dst_ip);
+            if dst.port() == dhcpv6::SERVER_PORT && to_server {
+                if let Some(reply) =
+                    self.dhcpv6.handle(packet.guest(), udp.payload(), &self.config, now, host)?
+                {
+                    let from =
+                        SocketAddr::new(IpAddr::V6(self.config.ipv6_link_local()), dhcpv6::SERVER_PORT);
+                    self.send_udp_to_guest(from, src, &reply);
+                }
+                return Ok(());
             }
         }
         if packet.dst.is_multicast() {

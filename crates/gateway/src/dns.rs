@@ -3,7 +3,9 @@
 //! next upstream. When every upstream has failed the guest gets SERVFAIL, not silence.
 //!
 //! Only the 12-byte header and the question are looked at, to match replies and to build
-//! SERVFAIL; answers are passed through untouched. This file knows nothing of frames.
+//! SERVFAIL; answers are passed through untouched. The search list that router
+//! advertisements and DHCPv6 carry is written in DNS's name format here too. This file
+//! knows nothing of frames.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::budget::FlowKind;
+use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
 use crate::guest::{Guest, GuestDatagram, RelayedDatagram};
@@ -179,6 +182,21 @@ impl Forwarder {
 }
 
 /// A SERVFAIL response to `query`: its id, flags and question, no records.
+/// The gateway's domain and search list, in DNS's uncompressed name format, one name
+/// after another (as router advertisements and DHCPv6 carry them). A label longer than
+/// a DNS label may be is left out.
+pub fn search_list_wire(config: &GatewayConfig) -> Vec<u8> {
+    let mut names = Vec::new();
+    for name in config.domain.iter().chain(&config.dns_search) {
+        for label in name.split('.').filter(|label| !label.is_empty() && label.len() <= 63) {
+            names.push(label.len() as u8);
+            names.extend_from_slice(label.as_bytes());
+        }
+        names.push(0);
+    }
+    names
+}
+
 pub fn servfail(query: &[u8]) -> Vec<u8> {
     let question_end = question_end(query).unwrap_or(HEADER_LEN);
     let mut response = query[..question_end].to_vec();

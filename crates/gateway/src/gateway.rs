@@ -21,7 +21,7 @@ use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::packet::{self, BuiltFrame};
-use crate::{arp, dhcp, dns, ndp, tcp, udp};
+use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, udp};
 
 /// The gateway of one network.
 pub struct Gateway {
@@ -32,6 +32,7 @@ pub struct Gateway {
     /// sent IPv6.
     pub(crate) advertise_at: Option<Instant>,
     pub(crate) dhcp: dhcp::Server,
+    pub(crate) dhcpv6: dhcpv6::Server,
     pub(crate) dns: dns::Forwarder,
     pub(crate) udp: udp::Nat,
     pub(crate) udp_inbound: udp::Inbound,
@@ -59,6 +60,7 @@ impl Gateway {
     pub fn new(config: GatewayConfig) -> Self {
         Self {
             dhcp: dhcp::Server::new(&config),
+            dhcpv6: dhcpv6::Server::default(),
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
             udp: udp::Nat::new(),
             udp_inbound: udp::Inbound::default(),
@@ -220,9 +222,12 @@ impl Gateway {
         self.udp_inbound.forget_forward(forward);
     }
 
-    /// The DHCP leases in force at `now`, and the static ones.
+    /// The DHCP and DHCPv6 leases in force at `now`, and the static ones.
     pub fn leases(&self, now: Instant) -> Vec<Lease> {
-        self.dhcp.leases(&self.config, now)
+        let mut leases = self.dhcp.leases(&self.config, now);
+        let ipv6 = self.dhcpv6.leases(now).map(|(mac, ip)| Lease { mac, ip: IpAddr::V6(ip), fixed: false });
+        leases.extend(ipv6);
+        leases
     }
 
     /// Every flow through the gateway: TCP connections, UDP flows, pings and DNS queries

@@ -2,18 +2,18 @@
 //! that the control layer turns into tables and JSON. Nothing here changes the gateway
 //! or knows how it is displayed.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
 
-/// One DHCP lease.
+/// One DHCP or DHCPv6 lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     /// The guest's MAC address.
     pub mac: MacAddress,
     /// The address it has.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Given by `dhcp-host=` rather than from the pool.
     pub fixed: bool,
 }

@@ -14,16 +14,16 @@
 //! hop, and the unreachable and time exceeded errors the host gets back reach the guest
 //! from the router that sent them, so traceroute works through the gateway.
 //!
-//! IPv6 so far: neighbour discovery and router advertisements (SLAAC, MTU, DNS), and
-//! echo to the gateway's own addresses. Not served yet: ICMP errors about echo
-//! requests, IPv4 fragments (dropped and counted), and TCP, UDP and echo over IPv6
-//! beyond the gateway.
+//! IPv6 beside IPv4: neighbour discovery, router advertisements (SLAAC, MTU, DNS),
+//! DHCPv6, echo, and UDP, DNS and TCP NAT. Not served yet: ICMP errors about echo
+//! requests, ICMPv6 errors from the host, and fragments (dropped and counted).
 
 mod arp;
 mod budget;
 mod config;
 mod counters;
 mod dhcp;
+mod dhcpv6;
 mod dispatch;
 mod dns;
 mod egress;

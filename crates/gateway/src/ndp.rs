@@ -42,6 +42,8 @@ const DNS_LIFETIME: Duration = Duration::from_secs(600);
 
 /// ICMPv6 message types of neighbour discovery.
 const ROUTER_ADVERTISEMENT: u8 = 134;
+/// The router advertisement flag that says DHCPv6 has other configuration (DNS).
+const OTHER_CONFIGURATION: u8 = 0x40;
 /// Neighbour discovery option types.
 const SOURCE_LINK_LAYER: u8 = 1;
 const PREFIX_INFORMATION: u8 = 3;
@@ -178,7 +180,7 @@ fn neighbor_advertisement(
 /// gateway as default router, the prefix (autonomous when it is a /64, so guests make
 /// their own addresses in it), the MTU, the DNS server and the search list.
 pub fn router_advertisement(config: &GatewayConfig, dst: Ipv6Addr, dst_mac: MacAddress) -> BuiltFrame {
-    let mut message = vec![ROUTER_ADVERTISEMENT, 0, 0, 0, 64, 0];
+    let mut message = vec![ROUTER_ADVERTISEMENT, 0, 0, 0, 64, OTHER_CONFIGURATION];
     message.extend_from_slice(&seconds16(ROUTER_LIFETIME).to_be_bytes());
     message.extend_from_slice(&[0; 8]);
     message.extend_from_slice(&[SOURCE_LINK_LAYER, 1]);
@@ -201,14 +203,7 @@ pub fn router_advertisement(config: &GatewayConfig, dst: Ipv6Addr, dst_mac: MacA
 
 /// The DNSSL option for the domain and the search list, or nothing if both are empty.
 fn search_list_option(config: &GatewayConfig) -> Vec<u8> {
-    let mut names = Vec::new();
-    for name in config.domain.iter().chain(&config.dns_search) {
-        for label in name.split('.').filter(|label| !label.is_empty()) {
-            names.push(label.len().min(63) as u8);
-            names.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
-        }
-        names.push(0);
-    }
+    let names = crate::dns::search_list_wire(config);
     if names.is_empty() {
         return Vec::new();
     }

@@ -4,6 +4,7 @@
 mod arp;
 mod budget;
 mod dhcp;
+mod dhcpv6;
 mod dispatch;
 mod dns;
 mod faults;
