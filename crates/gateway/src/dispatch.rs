@@ -81,6 +81,22 @@ impl Gateway {
             // An IPv6 guest is on the segment: advertise the router to all from now on.
             self.advertise_at = Some(now);
         }
+        let leaving = !self.config.is_own_ipv6(repr.dst_addr) && !self.config.contains_ipv6(repr.dst_addr);
+        let outbound = matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp)
+            || (repr.next_header == IpProtocol::Icmpv6 && ip.payload().first() == Some(&128));
+        if outbound && leaving && repr.hop_limit <= 1 && !repr.dst_addr.is_multicast() {
+            // The gateway is the first router on the way out: the hop ends here.
+            self.learn_neighbor6(repr.src_addr, guest, now, host)?;
+            let offending = icmpv6::Offending {
+                guest: repr.src_addr,
+                dst: repr.dst_addr,
+                hop_limit: repr.hop_limit,
+                protocol: repr.next_header,
+                transport: ip.payload(),
+            };
+            self.queue_frames([icmpv6::time_exceeded(&self.config, guest.mac, offending)]);
+            return Ok(());
+        }
         if matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp) {
             self.learn_neighbor6(repr.src_addr, guest, now, host)?;
             let packet = GuestPacket {
@@ -339,10 +355,9 @@ impl Gateway {
                 let gateway = self.config.host;
                 self.send_guest_error(icmp::GuestError::prohibited(gateway, src, dst, protocol, transport));
             }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                let refusal =
-                    icmpv6::prohibited(&self.config, packet.mac, src, dst, packet.ttl, protocol, transport);
-                self.queue_frames([refusal]);
+            (IpAddr::V6(guest), IpAddr::V6(dst)) => {
+                let offending = icmpv6::Offending { guest, dst, hop_limit: packet.ttl, protocol, transport };
+                self.queue_frames([icmpv6::prohibited(&self.config, packet.mac, offending)]);
             }
             _ => {}
         }

@@ -1,7 +1,8 @@
 //! ICMPv6 messages the gateway reads and writes: an echo request to one of its own
 //! addresses is answered here, a guest's echo request to anywhere else is taken apart
 //! for a ping socket and the reply put back together for the guest, and a guest's
-//! packet the gateway refuses is answered with "administratively prohibited". Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
+//! packet the gateway refuses, or whose hop limit runs out at the gateway, is answered
+//! with the error that says so. Neighbour discovery, which is ICMPv6 too, is `ndp.rs`'s. This file knows
 //! message layouts, not flows or sockets.
 
 use std::net::Ipv6Addr;
@@ -22,6 +23,9 @@ const MAX_ERROR_LEN: usize = 1280 - 40;
 /// prohibited".
 const DST_UNREACHABLE: u8 = 1;
 const ADMINISTRATIVELY_PROHIBITED: u8 = 1;
+/// Time exceeded, code "hop limit exceeded in transit".
+const TIME_EXCEEDED: u8 = 3;
+const HOP_LIMIT_EXCEEDED: u8 = 0;
 
 /// The reply to `request`, an echo request from `guest` at `guest_mac` to `ours`, one of
 /// the gateway's addresses: the same identifier, sequence number and data back.
@@ -40,33 +44,52 @@ pub fn echo_reply(
     Ok(packet::icmpv6(config.mac(), guest_mac, ours, guest, HOP_LIMIT, &reply))
 }
 
-/// The gateway's refusal of a guest's packet from `guest` to `dst` (hop limit
-/// `hop_limit`, carrying `transport` of `protocol`): destination unreachable,
-/// administratively prohibited, quoting as much of the packet as fits.
-pub fn prohibited(
+/// A guest's packet that an ICMPv6 error is about: its addresses, hop limit and
+/// transport, of which the error quotes as much as fits.
+#[derive(Debug, Clone, Copy)]
+pub struct Offending<'a> {
+    pub guest: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub protocol: IpProtocol,
+    pub transport: &'a [u8],
+}
+
+/// The gateway's refusal of `packet`: destination unreachable, administratively
+/// prohibited.
+pub fn prohibited(config: &GatewayConfig, guest_mac: MacAddress, packet: Offending<'_>) -> BuiltFrame {
+    error(config, guest_mac, DST_UNREACHABLE, ADMINISTRATIVELY_PROHIBITED, packet)
+}
+
+/// Time exceeded: `packet`'s hop limit ran out at the gateway, the first router on its
+/// way out.
+pub fn time_exceeded(config: &GatewayConfig, guest_mac: MacAddress, packet: Offending<'_>) -> BuiltFrame {
+    error(config, guest_mac, TIME_EXCEEDED, HOP_LIMIT_EXCEEDED, packet)
+}
+
+/// An ICMPv6 error of `icmp_type` and `code` from the gateway about `packet`.
+fn error(
     config: &GatewayConfig,
     guest_mac: MacAddress,
-    guest: Ipv6Addr,
-    dst: Ipv6Addr,
-    hop_limit: u8,
-    protocol: IpProtocol,
-    transport: &[u8],
+    icmp_type: u8,
+    code: u8,
+    packet: Offending<'_>,
 ) -> BuiltFrame {
-    let quoted_transport = &transport[..transport.len().min(MAX_ERROR_LEN - 8 - 40)];
-    let mut message = vec![DST_UNREACHABLE, ADMINISTRATIVELY_PROHIBITED, 0, 0, 0, 0, 0, 0];
+    let quoted_transport = &packet.transport[..packet.transport.len().min(MAX_ERROR_LEN - 8 - 40)];
+    let mut message = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
     let header = Ipv6Repr {
-        src_addr: guest,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len: transport.len(),
-        hop_limit,
+        src_addr: packet.guest,
+        dst_addr: packet.dst,
+        next_header: packet.protocol,
+        payload_len: packet.transport.len(),
+        hop_limit: packet.hop_limit,
     };
     let at = message.len();
     message.resize(at + header.buffer_len(), 0);
     header.emit(&mut Ipv6Packet::new_unchecked(&mut message[at..]));
     message.extend_from_slice(quoted_transport);
-    let from = if config.contains_ipv6(guest) { config.ipv6_host } else { config.ipv6_link_local() };
-    packet::icmpv6(config.mac(), guest_mac, from, guest, HOP_LIMIT, &message)
+    let from = if config.contains_ipv6(packet.guest) { config.ipv6_host } else { config.ipv6_link_local() };
+    packet::icmpv6(config.mac(), guest_mac, from, packet.guest, HOP_LIMIT, &message)
 }
 
 /// The identifier, sequence number and data of `icmp`, a guest's echo request.

@@ -159,3 +159,21 @@ fn echo_beyond_the_gateway_goes_through_a_ping_socket_and_the_reply_keeps_the_gu
     assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
     assert_eq!(ip.payload()[..], [129, 0, ip.payload()[2], ip.payload()[3], 0x12, 0x34, 0, 9, b'h', b'i']);
 }
+
+#[test]
+fn a_hop_limit_that_runs_out_at_the_gateway_gets_time_exceeded_from_it() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let mut frame = guest_udp6(SocketAddrV6::new(far, 33434, 0, 0), b"probe");
+    frame[14 + 7] = 1; // the hop limit, which the UDP checksum does not cover
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    assert!(host.sent.is_empty(), "nothing leaves");
+    let error = gateway.pop_frame().expect("time exceeded");
+    let ip = Ipv6Packet::new_checked(&error[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6));
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+    assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (3, 0));
+    let quoted = Ipv6Packet::new_checked(&ip.payload()[8..]).unwrap();
+    assert_eq!((quoted.dst_addr(), quoted.hop_limit()), (far, 1), "the probe is quoted");
+}
