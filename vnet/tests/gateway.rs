@@ -142,7 +142,13 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// Serves `body` once over minimal HTTP on host loopback; returns the port.
 fn serve_http_once(body: Vec<u8>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_http_once_on("127.0.0.1:0", body)
+}
+
+/// Serves `body` over HTTP to one client on `address` (a port of 0 picks one), and
+/// returns the port.
+fn serve_http_once_on(address: &str, body: Vec<u8>) -> u16 {
+    let listener = TcpListener::bind(address).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
@@ -652,4 +658,25 @@ fn dns_over_tcp_fails_over_past_a_refusing_and_a_silent_upstream() {
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "rcode 0 answer 192.0.2.7\n");
+}
+
+#[test]
+fn a_guest_makes_its_ipv6_address_from_router_advertisements_and_reaches_the_host_over_ipv6() {
+    let _lock = GuestLock::acquire();
+    let http_port = serve_http_once_on("[::1]:0", b"over-ipv6".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::listening_on(&sock, &["run", "--listen", &format!("stream:unix:{}", sock.display())]);
+    let script = format!(
+        r#"ip link set eth0 up
+n=0; until ping -6 -c 1 -W 1 fec0::2 >/dev/null 2>&1; do n=$((n+1)); [ $n -ge 120 ] && exit 1; sleep 1; done
+ip addr show dev eth0; ip -6 route
+ping -6 -c 3 -W 5 fec0::2 && echo got=$(wget -q -O - 'http://[fec0::2]:{http_port}/'); report"#
+    );
+    let guest = GuestSpec::new("ipv6", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
+    let result = guest.wait_result();
+    assert_pinged(&result, 3);
+    for expected in ["inet6 fec0::", "default via fe80::2", "got=over-ipv6"] {
+        assert!(result.output.contains(expected), "missing {expected}:\n{}", result.output);
+    }
 }
