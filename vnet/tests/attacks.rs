@@ -668,3 +668,34 @@ fn raise_file_limit() {
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
 }
+
+#[test]
+fn a_rogue_router_advertisement_never_reaches_a_guest() {
+    let _lock = GuestLock::acquire();
+    let lab = Lab::start("", &[]);
+    let mut attacker = lab.attacker();
+    let rogue: std::net::Ipv6Addr = "fe80::66".parse().unwrap();
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().unwrap();
+    let bad_prefix: std::net::Ipv6Addr = "2001:db8:bad::".parse().unwrap();
+    let advertisement = router_advertisement(bad_prefix.octets());
+    for _ in 0..5 {
+        attacker.send(&icmpv6(
+            ATTACKER_MAC,
+            [0x33, 0x33, 0, 0, 0, 1],
+            rogue.octets(),
+            all_nodes.octets(),
+            &advertisement,
+        ));
+    }
+    // The victim solicits routers and configures itself from what it hears.
+    let (_, routes) = lab.victim.exec(
+        "n=0; until ip -6 route | grep -q 'default via fe80::2'; do n=$((n+1)); [ $n -ge 100 ] && break; sleep 0.1; done; ip -6 route; ip -6 addr",
+    );
+    assert!(routes.contains("default via fe80::2"), "the gateway is the router:\n{routes}");
+    assert!(
+        !routes.contains("fe80::66") && !routes.contains("2001:db8:bad"),
+        "the rogue router got through:\n{routes}"
+    );
+    assert!(lab.port_drops("guarded") >= 5, "{}", lab.json(&["ports"]));
+    lab.assert_victim_works();
+}

@@ -176,3 +176,35 @@ pub fn double_tagged(dst: [u8; 6], src: [u8; 6], outer: u16, inner: u16) -> Vec<
     inner_tagged.extend_from_slice(&payload);
     ethernet(dst, src, 0x8100, &inner_tagged)
 }
+
+/// An ICMPv6 message (`message`, its checksum field zero) from `src` to `dst`, with hop
+/// limit 255 as neighbour discovery needs, the checksum filled in.
+pub fn icmpv6(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], message: &[u8]) -> Vec<u8> {
+    let mut pseudo = Vec::with_capacity(40 + message.len());
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(message);
+    let mut message = message.to_vec();
+    message[2..4].copy_from_slice(&checksum(&pseudo).to_be_bytes());
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&[58, 255]);
+    packet.extend_from_slice(&src);
+    packet.extend_from_slice(&dst);
+    packet.extend_from_slice(&message);
+    ethernet(dst_mac, src_mac, 0x86dd, &packet)
+}
+
+/// A router advertisement for `prefix`/64 (autonomous), with the sender as default
+/// router for 30 minutes.
+pub fn router_advertisement(prefix: [u8; 16]) -> Vec<u8> {
+    let mut message = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&[3, 4, 64, 0xc0]);
+    message.extend_from_slice(&86_400u32.to_be_bytes());
+    message.extend_from_slice(&14_400u32.to_be_bytes());
+    message.extend_from_slice(&[0; 4]);
+    message.extend_from_slice(&prefix);
+    message
+}
