@@ -385,3 +385,49 @@ cat {leases}
         "vnet leases lists the address:\n{stdout}"
     );
 }
+
+/// Joins `a` and `b` with a veth pair, `a_end` in `a` at `a_address` and `b_end` in `b`
+/// at `b_address` (no duplicate address detection, so they are usable at once).
+fn link(a: &NamedNamespace, a_end: &str, a_address: &str, b: &NamedNamespace, b_end: &str, b_address: &str) {
+    run_ok(
+        &mut a
+            .command(&["ip", "link", "add", a_end, "type", "veth", "peer", "name", b_end, "netns", &b.name]),
+    );
+    run_ok(&mut a.command(&["ip", "addr", "add", a_address, "dev", a_end, "nodad"]));
+    run_ok(&mut a.command(&["ip", "link", "set", a_end, "up"]));
+    run_ok(&mut b.command(&["ip", "addr", "add", b_address, "dev", b_end, "nodad"]));
+    run_ok(&mut b.command(&["ip", "link", "set", b_end, "up"]));
+}
+
+#[test]
+fn traceroute6_sees_the_gateway_each_router_and_the_destination() {
+    // guest -> vnet (in "world") -> router -> far, all over IPv6.
+    let [world, router, far, guest] = [(); 4].map(|()| NamedNamespace::create());
+    link(&world, "w0", "fd00:1::2/64", &router, "r0", "fd00:1::1/64");
+    link(&router, "r1", "fd00:2::1/64", &far, "f0", "fd00:2::2/64");
+    run_ok(&mut router.command(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]));
+    run_ok(&mut world.command(&["ip", "-6", "route", "add", "fd00:2::/64", "via", "fd00:1::1"]));
+    run_ok(&mut far.command(&["ip", "-6", "route", "add", "default", "via", "fd00:2::1"]));
+    let network = Vnet::spawn_in(Some(&world), &["run", "--attach", &format!("netns:{}", guest.path())]);
+    network.wait_for_log("name=netns:");
+    let script = r#"ip link set eth0 up; n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
+done
+busybox traceroute6 -n -q 1 -w 3 -m 5 fd00:2::2"#;
+    let output = guest.exec(&["sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        network.log()
+    );
+    let hops: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .collect();
+    let (_, log) = network.stop();
+    assert_eq!(hops, ["fec0::2", "fd00:1::1", "fd00:2::2"], "the hops:\n{stdout}\n{log}");
+}

@@ -1,15 +1,14 @@
 //! The host socket's error queue (IP_RECVERR, IPV6_RECVERR) and TTLs (hop limits over
 //! IPv6): connecting with a guest's low TTL so that the ICMP error which fails the
-//! connect can be read, and reading who sent that error (ICMP over IPv4; an IPv6
-//! socket's errors are drained unread). Nothing here knows about flows or the gateway's
-//! state.
+//! connect can be read, and reading who sent that error (ICMP or ICMPv6). Nothing here
+//! knows about flows or the gateway's state.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use mio::net::TcpStream;
-use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{self as nix_socket, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use socket2::{Domain, SockRef, Socket, Type};
 use vnet_gateway::HostIcmpError;
 
@@ -50,32 +49,44 @@ pub(crate) fn set_hop_limit(socket: &impl AsFd, ttl: libc::c_int) -> io::Result<
     }
 }
 
-/// Drains the socket's error queue (IP_RECVERR) and returns the last ICMP error in it:
-/// who sent it, and its type and code.
+/// Drains the socket's error queue (IP_RECVERR or IPV6_RECVERR) and returns the last
+/// ICMP or ICMPv6 error in it: who sent it, its type and code, and the start of the
+/// datagram it is about.
 pub(crate) fn take_icmp_error(fd: BorrowedFd<'_>) -> Option<HostIcmpError> {
     let mut last = None;
-    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
     let mut quoted = [0u8; 64];
     loop {
         let mut iov = [IoSliceMut::new(&mut quoted)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(message) = nix_socket::recvmsg::<SockaddrIn>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)
-        else {
-            return last;
+        let (len, icmp) = {
+            let Ok(message) =
+                nix_socket::recvmsg::<SockaddrStorage>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)
+            else {
+                return last;
+            };
+            let Ok(mut cmsgs) = message.cmsgs() else {
+                return last;
+            };
+            let icmp = cmsgs.find_map(|cmsg| match cmsg {
+                ControlMessageOwned::Ipv4RecvErr(error, Some(offender))
+                    if error.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
+                {
+                    let from = Ipv4Addr::from(u32::from_be(offender.sin_addr.s_addr));
+                    HostIcmpError::from_message(from, error.ee_type, error.ee_code)
+                }
+                ControlMessageOwned::Ipv6RecvErr(error, Some(offender))
+                    if error.ee_origin == libc::SO_EE_ORIGIN_ICMP6 =>
+                {
+                    let from = Ipv6Addr::from(offender.sin6_addr.s6_addr);
+                    HostIcmpError::from_icmpv6_message(from, error.ee_type, error.ee_code)
+                }
+                _ => None,
+            });
+            (message.bytes, icmp)
         };
-        let Ok(mut cmsgs) = message.cmsgs() else {
-            return last;
-        };
-        let icmp = cmsgs.find_map(|cmsg| match cmsg {
-            ControlMessageOwned::Ipv4RecvErr(error, Some(offender))
-                if error.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
-            {
-                let from = Ipv4Addr::from(u32::from_be(offender.sin_addr.s_addr));
-                HostIcmpError::from_message(from, error.ee_type, error.ee_code)
-            }
-            _ => None,
-        });
-        last = icmp.or(last);
+        // The data that comes with an error is the start of the datagram it is about.
+        last = icmp.map(|icmp| icmp.quoting(&quoted[..len.min(quoted.len())])).or(last);
     }
 }
 

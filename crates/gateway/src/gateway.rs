@@ -432,8 +432,12 @@ impl Gateway {
     }
 
     pub(crate) fn send_guest_error(&mut self, report: icmp::GuestError) {
-        match self.neighbors.lookup(report.guest) {
-            Some(mac) => self.queue_frames([icmp::error_for_guest(&self.config, mac, &report)]),
+        let guest_mac = match report.guest {
+            IpAddr::V4(guest) => self.neighbors.lookup(guest),
+            IpAddr::V6(guest) => self.neighbors6.lookup(guest),
+        };
+        match guest_mac {
+            Some(mac) => self.queue_frames(icmp::error_for_guest(&self.config, mac, &report)),
             None => self.counters.record(GatewayDropReason::UnknownGuest),
         }
     }

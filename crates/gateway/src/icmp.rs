@@ -12,7 +12,7 @@
 
 use foldhash::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -231,23 +231,67 @@ impl EchoFlows {
     }
 }
 
-/// What an ICMP error says about a packet.
+/// What an ICMP or ICMPv6 error says about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpErrorKind {
     /// Destination unreachable, with its reason (net, host, port, ...).
     Unreachable(Icmpv4DstUnreachable),
-    /// Time exceeded in transit: a router on the way used up the packet's TTL.
+    /// ICMPv6 destination unreachable, with its code (no route, address, port, ...).
+    Unreachable6(u8),
+    /// Time exceeded in transit: a router on the way used up the packet's TTL or hop
+    /// limit.
     TimeExceeded,
 }
 
+/// ICMPv6 destination unreachable codes.
+const NO_ROUTE: u8 = 0;
+const ADDRESS_UNREACHABLE: u8 = 3;
+const PORT_UNREACHABLE: u8 = 4;
+
+/// Most bytes of a datagram's payload that an error about it quotes to the guest:
+/// enough for traceroute, which matches its probes by the identifier and sequence
+/// number at the start of the payload.
+const QUOTED_PAYLOAD: usize = 32;
+
+/// The start of the packet an ICMP error is about, as the guest sent it: its transport
+/// header's first eight bytes, and up to [`QUOTED_PAYLOAD`] bytes after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    bytes: [u8; 8 + QUOTED_PAYLOAD],
+    len: usize,
+}
+
+impl Quoted {
+    /// The first bytes of `transport`, as many as are quoted.
+    pub fn of(transport: &[u8]) -> Self {
+        let mut quoted = Self { bytes: [0; 8 + QUOTED_PAYLOAD], len: 0 };
+        quoted.extend(transport);
+        quoted
+    }
+
+    /// Appends as much of `bytes` as there is room for.
+    fn extend(&mut self, bytes: &[u8]) {
+        let len = bytes.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + len].copy_from_slice(&bytes[..len]);
+        self.len += len;
+    }
+
+    /// The quoted bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// An ICMP error the host received about one of a flow's packets (from the socket's
-/// error queue): who sent it and what it says.
+/// error queue): who sent it, what it says, and the start of the payload it is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostIcmpError {
     /// The router or destination that sent the error.
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     /// What it says.
     pub kind: IcmpErrorKind,
+    /// The start of the datagram's payload, as the error queue gave it back.
+    pub payload: Quoted,
 }
 
 impl HostIcmpError {
@@ -259,35 +303,53 @@ impl HostIcmpError {
             Icmpv4Message::TimeExceeded => IcmpErrorKind::TimeExceeded,
             _ => return None,
         };
-        Some(Self { from, kind })
+        Some(Self { from: IpAddr::V4(from), kind, payload: Quoted::of(&[]) })
+    }
+
+    /// The error an ICMPv6 message of `icmp_type` and `code` from `from` stands for, if
+    /// it is a destination unreachable or a time exceeded message.
+    pub fn from_icmpv6_message(from: Ipv6Addr, icmp_type: u8, code: u8) -> Option<Self> {
+        let kind = match icmp_type {
+            1 => IcmpErrorKind::Unreachable6(code),
+            3 => IcmpErrorKind::TimeExceeded,
+            _ => return None,
+        };
+        Some(Self { from: IpAddr::V6(from), kind, payload: Quoted::of(&[]) })
+    }
+
+    /// The same error, quoting the start of `payload`, the datagram it is about.
+    pub fn quoting(mut self, payload: &[u8]) -> Self {
+        self.payload = Quoted::of(payload);
+        self
     }
 }
 
-/// The unreachable an errno from a connected host socket stands for, if it stands for
-/// one: without the error queue, the kernel reports ICMP errors this way.
-pub fn unreachable_from_errno(error: &io::Error) -> Option<IcmpErrorKind> {
-    let reason = match error.kind() {
-        io::ErrorKind::ConnectionRefused => Icmpv4DstUnreachable::PortUnreachable,
-        io::ErrorKind::HostUnreachable => Icmpv4DstUnreachable::HostUnreachable,
-        io::ErrorKind::NetworkUnreachable => Icmpv4DstUnreachable::NetUnreachable,
+/// The unreachable an errno from a connected host socket of `ipv6`'s family stands for,
+/// if it stands for one: without the error queue, the kernel reports ICMP errors this
+/// way.
+pub fn unreachable_from_errno(error: &io::Error, ipv6: bool) -> Option<IcmpErrorKind> {
+    let (reason, code) = match error.kind() {
+        io::ErrorKind::ConnectionRefused => (Icmpv4DstUnreachable::PortUnreachable, PORT_UNREACHABLE),
+        io::ErrorKind::HostUnreachable => (Icmpv4DstUnreachable::HostUnreachable, ADDRESS_UNREACHABLE),
+        io::ErrorKind::NetworkUnreachable => (Icmpv4DstUnreachable::NetUnreachable, NO_ROUTE),
         _ => return None,
     };
-    Some(IcmpErrorKind::Unreachable(reason))
+    Some(if ipv6 { IcmpErrorKind::Unreachable6(code) } else { IcmpErrorKind::Unreachable(reason) })
 }
 
 /// An ICMP error to tell a guest about one of its packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestError {
     /// The guest's address, which the packet came from.
-    pub guest: Ipv4Addr,
+    pub guest: IpAddr,
     /// The address the guest sent the packet to.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// The packet's transport protocol.
     pub protocol: IpProtocol,
-    /// The first eight bytes of the packet's transport header, as the guest sent them.
-    pub transport_header: [u8; 8],
+    /// The start of the packet's transport header and payload, as the guest sent them.
+    pub quoted: Quoted,
     /// Who reports the error as the guest sees it: a router on the way, or `dst`.
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     /// What the error says.
     pub kind: IcmpErrorKind,
 }
@@ -298,20 +360,24 @@ impl GuestError {
     /// (a report from `remote` itself is shown as coming from `dst`), else the
     /// unreachable the errno stands for, as if from `dst`.
     pub fn from_host(
-        guest: Ipv4Addr,
-        dst: Ipv4Addr,
+        guest: IpAddr,
+        dst: IpAddr,
         remote: IpAddr,
         protocol: IpProtocol,
         transport_header: [u8; 8],
         icmp: Option<HostIcmpError>,
         errno: &io::Error,
     ) -> Option<Self> {
+        let mut quoted = Quoted::of(&transport_header);
+        if let Some(icmp) = icmp {
+            quoted.extend(icmp.payload.as_slice());
+        }
         let (from, kind) = match icmp {
-            Some(icmp) if IpAddr::V4(icmp.from) == remote => (dst, icmp.kind),
+            Some(icmp) if icmp.from == remote => (dst, icmp.kind),
             Some(icmp) => (icmp.from, icmp.kind),
-            None => (dst, unreachable_from_errno(errno)?),
+            None => (dst, unreachable_from_errno(errno, dst.is_ipv6())?),
         };
-        Some(Self { guest, dst, protocol, transport_header, from, kind })
+        Some(Self { guest, dst, protocol, quoted, from, kind })
     }
 
     /// The gateway's refusal of a guest's packet from `guest` to `dst` that would open a
@@ -324,32 +390,65 @@ impl GuestError {
         protocol: IpProtocol,
         transport: &[u8],
     ) -> Self {
-        let mut transport_header = [0u8; 8];
-        let quoted = transport.len().min(transport_header.len());
-        transport_header[..quoted].copy_from_slice(&transport[..quoted]);
         let kind = IcmpErrorKind::Unreachable(Icmpv4DstUnreachable::CommProhibited);
-        Self { guest, dst, protocol, transport_header, from: gateway, kind }
+        let quoted = Quoted::of(transport);
+        Self { guest: guest.into(), dst: dst.into(), protocol, quoted, from: gateway.into(), kind }
     }
 }
 
-/// The ICMP message that tells the guest at `guest_mac` about `error`, quoting the
-/// packet's IPv4 header and the first eight bytes of its transport header.
-pub fn error_for_guest(config: &GatewayConfig, guest_mac: MacAddress, error: &GuestError) -> BuiltFrame {
+/// The ICMP or ICMPv6 message that tells the guest at `guest_mac` about `error`,
+/// quoting the packet's IP header and the first eight bytes of its transport header.
+pub fn error_for_guest(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    error: &GuestError,
+) -> Option<BuiltFrame> {
+    match (error.guest, error.dst, error.from) {
+        (IpAddr::V4(guest), IpAddr::V4(dst), IpAddr::V4(from)) => {
+            Some(ipv4_error_for_guest(config, guest_mac, error, guest, dst, from))
+        }
+        (IpAddr::V6(guest), IpAddr::V6(dst), IpAddr::V6(from)) => {
+            let (icmp_type, code) = match error.kind {
+                IcmpErrorKind::Unreachable6(code) => (1, code),
+                IcmpErrorKind::TimeExceeded => (3, 0),
+                IcmpErrorKind::Unreachable(_) => return None,
+            };
+            let offending = crate::icmpv6::Offending {
+                guest,
+                dst,
+                hop_limit: 64,
+                protocol: error.protocol,
+                transport: error.quoted.as_slice(),
+            };
+            Some(crate::icmpv6::error_from(config, guest_mac, from, icmp_type, code, offending))
+        }
+        _ => None,
+    }
+}
+
+fn ipv4_error_for_guest(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    error: &GuestError,
+    guest: Ipv4Addr,
+    dst: Ipv4Addr,
+    from: Ipv4Addr,
+) -> BuiltFrame {
     let header = Ipv4Repr {
-        src_addr: error.guest,
-        dst_addr: error.dst,
+        src_addr: guest,
+        dst_addr: dst,
         next_header: error.protocol,
-        payload_len: error.transport_header.len(),
+        payload_len: error.quoted.as_slice().len(),
         hop_limit: 64,
     };
-    let data = &error.transport_header[..];
+    let data = error.quoted.as_slice();
     let message = match error.kind {
         IcmpErrorKind::Unreachable(reason) => Icmpv4Repr::DstUnreachable { reason, header, data },
-        IcmpErrorKind::TimeExceeded => {
+        IcmpErrorKind::Unreachable6(_) | IcmpErrorKind::TimeExceeded => {
             Icmpv4Repr::TimeExceeded { reason: Icmpv4TimeExceeded::TtlExpired, header, data }
         }
     };
-    packet::icmp(config.mac(), guest_mac, error.from, error.guest, &message)
+    packet::icmp(config.mac(), guest_mac, from, guest, &message)
 }
 
 /// A time exceeded message from the gateway, as the router whose hop the guest's packet

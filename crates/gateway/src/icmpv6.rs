@@ -75,6 +75,20 @@ fn error(
     code: u8,
     packet: Offending<'_>,
 ) -> BuiltFrame {
+    let from = if config.contains_ipv6(packet.guest) { config.ipv6_host } else { config.ipv6_link_local() };
+    error_from(config, guest_mac, from, icmp_type, code, packet)
+}
+
+/// An ICMPv6 error of `icmp_type` and `code` about `packet`, from `from` as the guest
+/// sees it (the gateway, a router on the way, or the destination).
+pub fn error_from(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    from: Ipv6Addr,
+    icmp_type: u8,
+    code: u8,
+    packet: Offending<'_>,
+) -> BuiltFrame {
     let quoted_transport = &packet.transport[..packet.transport.len().min(MAX_ERROR_LEN - 8 - 40)];
     let mut message = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
     let header = Ipv6Repr {
@@ -88,7 +102,6 @@ fn error(
     message.resize(at + header.buffer_len(), 0);
     header.emit(&mut Ipv6Packet::new_unchecked(&mut message[at..]));
     message.extend_from_slice(quoted_transport);
-    let from = if config.contains_ipv6(packet.guest) { config.ipv6_host } else { config.ipv6_link_local() };
     packet::icmpv6(config.mac(), guest_mac, from, packet.guest, HOP_LIMIT, &message)
 }
 

@@ -58,15 +58,20 @@ fn guest_error(
     icmp: Option<HostIcmpError>,
     error: &io::Error,
 ) -> Option<GuestError> {
-    let (IpAddr::V4(guest), IpAddr::V4(dst)) = (route.guest.ip(), route.dst.ip()) else {
-        return None; // ICMP errors are IPv4's only
-    };
     let mut header = [0u8; 8];
     header[..2].copy_from_slice(&route.guest.port().to_be_bytes());
     header[2..4].copy_from_slice(&route.dst.port().to_be_bytes());
     let udp_len = u16::try_from(payload_len + 8).unwrap_or(u16::MAX);
     header[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    GuestError::from_host(guest, dst, route.remote.ip(), IpProtocol::Udp, header, icmp, error)
+    GuestError::from_host(
+        route.guest.ip(),
+        route.dst.ip(),
+        route.remote.ip(),
+        IpProtocol::Udp,
+        header,
+        icmp,
+        error,
+    )
 }
 
 struct Flow {

@@ -6,7 +6,7 @@
 //! know.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{IpProtocol, TcpControl, TcpRepr};
@@ -156,7 +156,7 @@ impl Connection {
         match self.connect_error(icmp, error) {
             Some(report) => {
                 info!(guest = %self.guest, remote = %self.remote, %error, reason = "host side failed", "connection dropped");
-                cx.out.extend(icmp::error_for_guest(cx.config, self.guest_mac, &report));
+                cx.out.extend(icmp::error_for_guest(cx.config, self.guest_mac, &report).and_then(Result::ok));
                 cx.counters.record(GatewayDropReason::HostError);
                 self.failed = true;
             }
@@ -227,13 +227,11 @@ impl Connection {
         if icmp.is_none() && error.kind() == io::ErrorKind::ConnectionRefused {
             return None; // the remote answered with RST
         }
-        let (IpAddr::V4(guest), IpAddr::V4(remote)) = (self.guest.ip(), self.remote.ip()) else {
-            return None; // ICMP errors are IPv4's only; RST says it over IPv6
-        };
         let mut syn_header = [0u8; 8];
         syn_header[..2].copy_from_slice(&self.guest.port().to_be_bytes());
         syn_header[2..4].copy_from_slice(&self.remote.port().to_be_bytes());
         syn_header[4..].copy_from_slice(&self.rcv_nxt.wrapping_sub(1).to_be_bytes());
+        let (guest, remote) = (self.guest.ip(), self.remote.ip());
         GuestError::from_host(guest, remote, connect.remote.ip(), IpProtocol::Tcp, syn_header, icmp, error)
     }
 

@@ -177,3 +177,26 @@ fn a_hop_limit_that_runs_out_at_the_gateway_gets_time_exceeded_from_it() {
     let quoted = Ipv6Packet::new_checked(&ip.payload()[8..]).unwrap();
     assert_eq!((quoted.dst_addr(), quoted.hop_limit()), (far, 1), "the probe is quoted");
 }
+
+/// The ICMPv6 type, code and source of an error frame the gateway sent to the guest.
+fn icmpv6_error_of(frame: &[u8]) -> (u8, u8, Ipv6Addr) {
+    let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), GUEST_IP6);
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+    assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+    (u8::from(icmp.msg_type()), icmp.msg_code(), ip.src_addr())
+}
+
+#[test]
+fn host_errors_about_a_guests_ipv6_datagrams_reach_it_as_icmpv6_from_who_sent_them() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let far: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    gateway.receive(&from_guest(&guest_udp6(SocketAddrV6::new(far, 9, 0, 0), b"x")), now, &mut host);
+    let (flow, _) = host.sent.last().cloned().unwrap();
+    gateway.on_udp_error(flow, &io::ErrorKind::ConnectionRefused.into(), None, now, &mut host);
+    assert_eq!(icmpv6_error_of(&gateway.pop_frame().expect("port unreachable")), (1, 4, far));
+    let router: Ipv6Addr = "2001:db8:1::9".parse().unwrap();
+    let expired = HostIcmpError::from_icmpv6_message(router, 3, 0);
+    gateway.on_udp_error(flow, &io::Error::from_raw_os_error(libc::EHOSTUNREACH), expired, now, &mut host);
+    assert_eq!(icmpv6_error_of(&gateway.pop_frame().expect("time exceeded")), (3, 0, router));
+}
