@@ -229,8 +229,8 @@ fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
     let value = value.strip_prefix("tcp:").unwrap_or(value);
     let (virtual_side, target) =
         value.split_once('-').ok_or("expected [tcp]:server:port-hostaddr:hostport")?;
-    let virtual_addr: SocketAddrV4 =
-        virtual_side.parse().map_err(|_| "the virtual side must be IPv4:PORT")?;
+    let virtual_addr: SocketAddr =
+        virtual_side.parse().map_err(|_| "the virtual side must be IPv4:PORT or [IPv6]:PORT")?;
     let target = target.strip_prefix("tcp:").unwrap_or(target);
     let target: SocketAddr = target.parse().map_err(|_| "the target must be IP:PORT")?;
     Ok(GuestForward { virtual_addr, target })
@@ -307,6 +307,9 @@ mod tests {
         let config = parse_user_options("hostfwd=tcp:[::1]:2222-:22,hostfwd=tcp::8080-:80", "").unwrap();
         assert_eq!(config.host_forwards[0].host, "[::1]:2222".parse::<SocketAddr>().unwrap());
         assert_eq!(config.host_forwards[1].host, "[::]:8080".parse::<SocketAddr>().unwrap());
+        let config = parse_user_options("guestfwd=tcp:[fec0::100]:80-[::1]:8080", "").unwrap();
+        assert_eq!(config.guest_forwards[0].virtual_addr, "[fec0::100]:80".parse::<SocketAddr>().unwrap());
+        assert_eq!(config.guest_forwards[0].target, "[::1]:8080".parse::<SocketAddr>().unwrap());
         let error = parse_user_options("hostfwd=tcp:::1:2222-:22", "").unwrap_err().to_string();
         assert!(error.contains("in brackets"), "{error}");
     }

@@ -88,7 +88,7 @@ pub fn handle(bytes: &[u8], config: &GatewayConfig) -> Result<Handled, GatewayDr
     let sender = (source_protocol_addr, source_hardware_addr);
     let ours = target_protocol_addr == config.host
         || target_protocol_addr == config.dns
-        || config.guest_forwards.iter().any(|forward| *forward.virtual_addr.ip() == target_protocol_addr);
+        || config.guest_forwards.iter().any(|forward| forward.virtual_addr.ip() == target_protocol_addr);
     match operation {
         ArpOperation::Request if ours && source_protocol_addr != target_protocol_addr => Ok(Handled {
             sender,

@@ -3,7 +3,7 @@
 //! and the checks that keep them consistent. Parsing the option string is the control
 //! layer's job, not this file's.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
@@ -39,12 +39,12 @@ pub struct HostForward {
     pub guest: SocketAddrV4,
 }
 
-/// `guestfwd=`: a virtual address:port in the network whose TCP connections go to a
-/// host address.
+/// `guestfwd=`: a virtual address:port in the network (IPv4 or IPv6) whose TCP
+/// connections go to a host address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestForward {
     /// The address and port guests connect to.
-    pub virtual_addr: SocketAddrV4,
+    pub virtual_addr: SocketAddr,
     /// Where the connection really goes on the host.
     pub target: SocketAddr,
 }
@@ -199,9 +199,13 @@ impl GatewayConfig {
         u128::from(ip) & mask == u128::from(self.ipv6_prefix)
     }
 
-    /// Whether `ip` is one of the gateway's own IPv6 addresses.
+    /// Whether `ip` is one of the gateway's own IPv6 addresses, a guestfwd virtual
+    /// address included.
     pub fn is_own_ipv6(&self, ip: Ipv6Addr) -> bool {
-        ip == self.ipv6_host || ip == self.ipv6_dns || ip == self.ipv6_link_local()
+        ip == self.ipv6_host
+            || ip == self.ipv6_dns
+            || ip == self.ipv6_link_local()
+            || self.guest_forwards.iter().any(|forward| forward.virtual_addr.ip() == IpAddr::V6(ip))
     }
 
     /// Checks that the addresses fit together; the message names the offending setting.

@@ -31,7 +31,7 @@ pub fn tcp_target(
     guest_ttl: u8,
 ) -> Result<ConnectTarget, GatewayDropReason> {
     let ttl = host_ttl(guest_ttl);
-    if let Some(forward) = config.guest_forwards.iter().find(|f| SocketAddr::V4(f.virtual_addr) == dst) {
+    if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
         return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
     }
     if is_dns_address(config, dst.ip()) && dst.port() == dns::PORT && !config.restrict {

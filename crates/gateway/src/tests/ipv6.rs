@@ -200,3 +200,39 @@ fn host_errors_about_a_guests_ipv6_datagrams_reach_it_as_icmpv6_from_who_sent_th
     gateway.on_udp_error(flow, &io::Error::from_raw_os_error(libc::EHOSTUNREACH), expired, now, &mut host);
     assert_eq!(icmpv6_error_of(&gateway.pop_frame().expect("time exceeded")), (3, 0, router));
 }
+
+#[test]
+fn a_guestfwd_on_an_ipv6_virtual_address_is_answered_by_ndp_and_connects_to_its_target() {
+    let virtual_addr: SocketAddr = "[fec0::100]:80".parse().unwrap();
+    let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let config = GatewayConfig {
+        guest_forwards: vec![GuestForward { virtual_addr, target }],
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    assert!(gateway.config().is_own_ipv6("fec0::100".parse().unwrap()), "NDP answers for it");
+    let syn = TcpRepr {
+        src_port: 40000,
+        dst_port: 80,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(7),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: Some(1440),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let frame = packet::tcp(
+        GUEST_MAC,
+        gateway.config().mac(),
+        SocketAddr::from((GUEST_IP6, 40000)),
+        virtual_addr,
+        &syn,
+    )
+    .unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    assert_eq!(host.open.values().copied().collect::<Vec<_>>(), [target]);
+}
