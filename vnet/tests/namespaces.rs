@@ -176,22 +176,34 @@ fn the_tap_name_is_chosen_with_ifname_and_a_taken_name_is_refused() {
     drop(first);
 }
 
-#[test]
-fn a_namespace_makes_its_ipv6_address_from_router_advertisements_and_pings_the_gateway() {
-    // The kernel solicits a router when the link comes up and makes an address in the
-    // advertised prefix (SLAAC); it is usable once duplicate address detection is done.
-    let script = r#"n=0
+/// Shell lines that wait (30 s at most) until eth0 has a usable address in fec0::/64:
+/// the kernel solicits a router when the link comes up, makes an address in the
+/// advertised prefix (SLAAC), and may use it once duplicate address detection is done.
+const AWAIT_SLAAC: &str = "ip link set eth0 up; n=0
 until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
     n=$((n+1)); [ $n -ge 300 ] && { ip -6 addr; exit 1; }; sleep 0.1
 done
-ip -6 addr show dev eth0; ip -6 route
-ping -6 -c 3 -W 5 fec0::2 && ping -6 -c 2 -W 5 fe80::2%eth0"#;
+";
+
+/// Runs `script`, after [`AWAIT_SLAAC`], in a namespace of `vnet ns --user USER`, and
+/// returns what it printed, once it has succeeded.
+fn in_ipv6_namespace(user: &str, script: &str) -> String {
+    let script = format!("{AWAIT_SLAAC}{script}");
     let output =
-        support::vnet_with(&["--log-level", "warn", "ns", "--user", "mtu=1400", "--", "sh", "-c", script])
+        support::vnet_with(&["--log-level", "warn", "ns", "--user", user, "--", "sh", "-c", &script])
             .output()
             .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[test]
+fn a_namespace_makes_its_ipv6_address_from_router_advertisements_and_pings_the_gateway() {
+    let stdout = in_ipv6_namespace(
+        "mtu=1400",
+        "ip -6 addr show dev eth0; ip -6 route\nping -6 -c 3 -W 5 fec0::2 && ping -6 -c 2 -W 5 fe80::2%eth0",
+    );
     assert!(stdout.contains("inet6 fec0::"), "a SLAAC address in fec0::/64:\n{stdout}");
     assert!(stdout.contains("default via fe80::2 dev eth0"), "the gateway is the default router:\n{stdout}");
     assert!(stdout.contains("3 packets transmitted, 3 received"), "{stdout}");
@@ -214,21 +226,11 @@ fn a_namespace_reaches_host_loopback_over_ipv6_with_tcp_udp_and_dns() {
     services.serve(move || echo_one(&echo));
     services.serve(move || greet_one(&hello));
     let script = format!(
-        r#"n=0
-until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
-    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
-done
-busybox nc -w 5 fec0::2 {hello_port} </dev/null
+        r#"busybox nc -w 5 fec0::2 {hello_port} </dev/null
 /usr/bin/python3 -c "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5); s.sendto(b'udp6-works', ('fec0::2', {echo_port})); print(s.recv(100).decode())"
 busybox nslookup vnet.test fec0::3"#
     );
-    let user = format!("dns-upstream=127.0.0.1:{upstream_port}");
-    let output = vnet()
-        .args(["--log-level", "warn", "ns", "--user", &user, "--", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = in_ipv6_namespace(&format!("dns-upstream=127.0.0.1:{upstream_port}"), &script);
     for expected in ["hello", "udp6-works", "192.0.2.7"] {
         assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
     }
@@ -237,19 +239,10 @@ busybox nslookup vnet.test fec0::3"#
 
 #[test]
 fn with_ipv4_off_a_namespace_has_ipv6_only_and_its_resolver_is_the_ipv6_dns_address() {
-    let script = r#"n=0
-until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
-    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
-done
-echo "ipv4: $(ip -4 addr show dev eth0 | grep -c inet)"
-cat /etc/resolv.conf
-ping -6 -c 1 -W 5 fec0::2"#;
-    let output =
-        support::vnet_with(&["--log-level", "warn", "ns", "--user", "ipv4=off", "--", "sh", "-c", script])
-            .output()
-            .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = in_ipv6_namespace(
+        "ipv4=off",
+        "echo \"ipv4: $(ip -4 addr show dev eth0 | grep -c inet)\"\ncat /etc/resolv.conf\nping -6 -c 1 -W 5 fec0::2",
+    );
     assert!(stdout.contains("ipv4: 0"), "no IPv4 address:\n{stdout}");
     assert!(stdout.contains("nameserver fec0::3") && !stdout.contains("nameserver 10.0.2.3"), "{stdout}");
     assert!(stdout.contains("1 received"), "{stdout}");
@@ -260,22 +253,10 @@ fn pings_over_ipv6_reach_a_host_beyond_the_gateway() {
     // vnet runs in "world", which reaches "far" (fd00:99::1) over a veth; the guest is a
     // namespace on vnet's tap.
     let [world, far, guest] = [(); 3].map(|()| NamedNamespace::create());
-    run_ok(
-        &mut world
-            .command(&["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &far.name]),
-    );
-    run_ok(&mut world.command(&["ip", "addr", "add", "fd00:99::2/64", "dev", "v0", "nodad"]));
-    run_ok(&mut world.command(&["ip", "link", "set", "v0", "up"]));
-    run_ok(&mut far.command(&["ip", "addr", "add", "fd00:99::1/64", "dev", "v1", "nodad"]));
-    run_ok(&mut far.command(&["ip", "link", "set", "v1", "up"]));
+    link(&world, "v0", "fd00:99::2/64", &far, "v1", "fd00:99::1/64");
     let network = Vnet::spawn_in(Some(&world), &["run", "--attach", &format!("netns:{}", guest.path())]);
     network.wait_for_log("name=netns:");
-    let script = r#"ip link set eth0 up; n=0
-until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
-    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
-done
-ping -6 -c 3 -W 5 fd00:99::1"#;
-    let output = guest.exec(&["sh", "-c", script]);
+    let output = guest.exec(&["sh", "-c", &format!("{AWAIT_SLAAC}ping -6 -c 3 -W 5 fd00:99::1")]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -410,12 +391,8 @@ fn traceroute6_sees_the_gateway_each_router_and_the_destination() {
     run_ok(&mut far.command(&["ip", "-6", "route", "add", "default", "via", "fd00:2::1"]));
     let network = Vnet::spawn_in(Some(&world), &["run", "--attach", &format!("netns:{}", guest.path())]);
     network.wait_for_log("name=netns:");
-    let script = r#"ip link set eth0 up; n=0
-until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
-    n=$((n+1)); [ $n -ge 300 ] && exit 1; sleep 0.1
-done
-busybox traceroute6 -n -q 1 -w 3 -m 5 fd00:2::2"#;
-    let output = guest.exec(&["sh", "-c", script]);
+    let script = format!("{AWAIT_SLAAC}busybox traceroute6 -n -q 1 -w 3 -m 5 fd00:2::2");
+    let output = guest.exec(&["sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -30,6 +30,24 @@ fn udp6_of(frame: &[u8]) -> (SocketAddrV6, SocketAddrV6, Vec<u8>) {
     )
 }
 
+/// A guest's SYN from port 40000 to `dst_port`, with sequence number `seq`.
+fn syn_to(dst_port: u16, seq: u32) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port: 40000,
+        dst_port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: None,
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: Some(1440),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    }
+}
+
 #[test]
 fn udp_to_the_gateways_ipv6_address_reaches_host_loopback_and_replies_come_back() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
@@ -85,20 +103,7 @@ fn dns_to_the_ipv6_dns_address_is_forwarded_and_answered() {
 #[test]
 fn a_tcp_connection_to_the_gateways_ipv6_address_connects_to_host_loopback() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
-    let syn = TcpRepr {
-        src_port: 40000,
-        dst_port: 8080,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(1000),
-        ack_number: None,
-        window_len: 65535,
-        window_scale: None,
-        max_seg_size: Some(1440),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
+    let syn = syn_to(8080, 1000);
     let src = SocketAddr::from((GUEST_IP6, 40000));
     let dst = SocketAddr::from((GATEWAY_IP6, 8080));
     let frame = packet::tcp(GUEST_MAC, gateway.config().mac(), src, dst, &syn).unwrap();
@@ -211,20 +216,7 @@ fn a_guestfwd_on_an_ipv6_virtual_address_is_answered_by_ndp_and_connects_to_its_
     };
     let (mut gateway, mut host, now) = gateway_with(config);
     assert!(gateway.config().is_own_ipv6("fec0::100".parse().unwrap()), "NDP answers for it");
-    let syn = TcpRepr {
-        src_port: 40000,
-        dst_port: 80,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(7),
-        ack_number: None,
-        window_len: 65535,
-        window_scale: None,
-        max_seg_size: Some(1440),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
+    let syn = syn_to(80, 7);
     let frame = packet::tcp(
         GUEST_MAC,
         gateway.config().mac(),
