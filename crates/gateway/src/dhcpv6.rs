@@ -128,7 +128,7 @@ impl Server {
             put_option(&mut reply, RAPID_COMMIT, &[]);
         }
         put_option(&mut reply, DNS_SERVERS, &config.ipv6_dns.octets());
-        let domains = crate::dns::search_list_wire(config);
+        let domains = crate::dns::search_list_wire(config.domain.iter().chain(&config.dns_search));
         if !domains.is_empty() {
             put_option(&mut reply, DOMAIN_LIST, &domains);
         }

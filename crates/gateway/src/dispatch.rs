@@ -16,7 +16,7 @@ use vnet_wire::Frame;
 use crate::counters::GatewayDropReason;
 use crate::egress::{GatewayIo, GuestEgress};
 use crate::gateway::Gateway;
-use crate::guest::{Guest, GuestPacket};
+use crate::guest::{EchoRequest, Guest, GuestPacket};
 use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, udp};
 
 impl Gateway {
@@ -332,7 +332,7 @@ impl Gateway {
     fn send_echo(
         &mut self,
         packet: GuestPacket,
-        echo: &icmp::EchoRequest,
+        echo: &EchoRequest,
         bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,

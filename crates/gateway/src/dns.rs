@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::budget::FlowKind;
-use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
 use crate::guest::{Guest, GuestDatagram, RelayedDatagram};
@@ -182,19 +181,19 @@ impl Forwarder {
 }
 
 /// A SERVFAIL response to `query`: its id, flags and question, no records.
-/// The gateway's domain and search list, in DNS's uncompressed name format, one name
+/// `names` (a domain and a search list), in DNS's uncompressed name format, one name
 /// after another (as router advertisements and DHCPv6 carry them). A label longer than
 /// a DNS label may be is left out.
-pub fn search_list_wire(config: &GatewayConfig) -> Vec<u8> {
-    let mut names = Vec::new();
-    for name in config.domain.iter().chain(&config.dns_search) {
+pub fn search_list_wire<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for name in names {
         for label in name.split('.').filter(|label| !label.is_empty() && label.len() <= 63) {
-            names.push(label.len() as u8);
-            names.extend_from_slice(label.as_bytes());
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label.as_bytes());
         }
-        names.push(0);
+        wire.push(0);
     }
-    names
+    wire
 }
 
 pub fn servfail(query: &[u8]) -> Vec<u8> {

@@ -1,8 +1,8 @@
 //! Who a guest is ([`Guest`]), what a frame from it is once its IP header is read
 //! ([`GuestPacket`]), a UDP
-//! datagram the gateway wrote for a guest ([`GuestDatagram`]) and the addresses of one it
-//! relays ([`RelayedDatagram`]): the shapes the protocol files pass between them. No
-//! parsing here.
+//! datagram the gateway wrote for a guest ([`GuestDatagram`]), the addresses of one it
+//! relays ([`RelayedDatagram`]) and a guest's echo request of either family
+//! ([`EchoRequest`]): the shapes the protocol files pass between them. No parsing here.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -69,4 +69,12 @@ pub(crate) struct GuestDatagram {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub payload: Vec<u8>,
+}
+
+/// The fields of a guest's echo request (ICMP or ICMPv6).
+#[derive(Debug, Clone)]
+pub(crate) struct EchoRequest {
+    pub ident: u16,
+    pub seq_no: u16,
+    pub data: Vec<u8>,
 }

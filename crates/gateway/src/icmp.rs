@@ -26,7 +26,7 @@ use crate::budget::FlowKind;
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
 use crate::flows::{FlowId, FlowIds, FlowMap};
-use crate::guest::GuestPacket;
+use crate::guest::{EchoRequest, GuestPacket};
 use crate::host::{HostSockets, IcmpSocketKind};
 use crate::inspect::{FlowProtocol, FlowSummary};
 use crate::packet;
@@ -35,14 +35,6 @@ use crate::timers::Deadlines;
 
 /// How long an echo flow lives without requests or replies.
 const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The fields of a guest's echo request (ICMP or ICMPv6).
-#[derive(Debug, Clone)]
-pub struct EchoRequest {
-    pub(crate) ident: u16,
-    pub(crate) seq_no: u16,
-    pub(crate) data: Vec<u8>,
-}
 
 /// Parses an ICMP message from a guest, which must be a well-formed echo request.
 pub fn parse_echo_request(bytes: &[u8]) -> Result<EchoRequest, GatewayDropReason> {

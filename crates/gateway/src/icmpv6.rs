@@ -12,7 +12,7 @@ use vnet_wire::MacAddress;
 
 use crate::config::GatewayConfig;
 use crate::counters::GatewayDropReason;
-use crate::icmp::EchoRequest;
+use crate::guest::EchoRequest;
 use crate::packet::{self, BuiltFrame};
 
 /// The hop limit of the ICMPv6 messages the gateway sends, but for neighbour discovery.

@@ -203,7 +203,7 @@ pub fn router_advertisement(config: &GatewayConfig, dst: Ipv6Addr, dst_mac: MacA
 
 /// The DNSSL option for the domain and the search list, or nothing if both are empty.
 fn search_list_option(config: &GatewayConfig) -> Vec<u8> {
-    let names = crate::dns::search_list_wire(config);
+    let names = crate::dns::search_list_wire(config.domain.iter().chain(&config.dns_search));
     if names.is_empty() {
         return Vec::new();
     }
