@@ -43,8 +43,8 @@ pub enum GatewayDropReason {
     /// A source address the guest may not use: outside the network (other than a DHCP
     /// client's 0.0.0.0), one of the gateway's, or one another guest holds.
     Spoofed,
-    /// A reply too large for one frame (a host datagram above what one IPv4 packet
-    /// carries).
+    /// Too large: a reply above what one IP packet carries, or a guest's IPv6 packet
+    /// above the MTU (answered with Packet Too Big).
     TooLarge,
     /// IPv4 with `ipv4=off`, or IPv6 with `ipv6=off`.
     FamilyOff,

@@ -60,8 +60,14 @@ impl Gateway {
             }
             EthernetProtocol::Ipv6 => {
                 let guest = Guest { port: frame.ingress_port(), mac: ethernet.src_addr() };
+                let ip = ethernet.payload();
+                // A segment the guest's NIC would have cut (TSO) may be larger than the
+                // MTU; any other packet must fit it, or it gets Packet Too Big.
+                if ip.len() > usize::from(self.config.mtu) && frame.offload().segmentation.is_none() {
+                    return self.packet_too_big(guest, ip);
+                }
                 let checksum_offloaded = frame.offload().checksum.is_some();
-                self.dispatch_ipv6(guest, ethernet.payload(), checksum_offloaded, now, host)
+                self.dispatch_ipv6(guest, ip, checksum_offloaded, now, host)
             }
             _ => Err(GatewayDropReason::Unsupported),
         }
@@ -146,6 +152,26 @@ impl Gateway {
             }
             _ => Err(GatewayDropReason::Unsupported),
         }
+    }
+
+    /// Answers an IPv6 packet larger than the link's MTU with Packet Too Big, which tells
+    /// the guest the MTU (RFC 8201), instead of passing it on.
+    fn packet_too_big(&mut self, guest: Guest, bytes: &[u8]) -> Result<(), GatewayDropReason> {
+        let ip = Ipv6Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
+        let repr = Ipv6Repr::parse(&ip).map_err(|_| GatewayDropReason::Malformed)?;
+        if repr.src_addr.is_unspecified() || repr.src_addr.is_multicast() || repr.dst_addr.is_multicast() {
+            return Err(GatewayDropReason::TooLarge);
+        }
+        let offending = icmpv6::Offending {
+            guest: repr.src_addr,
+            dst: repr.dst_addr,
+            hop_limit: repr.hop_limit,
+            protocol: repr.next_header,
+            transport: ip.payload(),
+        };
+        let mtu = u32::from(self.config.mtu);
+        self.queue_frames([icmpv6::packet_too_big(&self.config, guest.mac, mtu, offending)]);
+        Err(GatewayDropReason::TooLarge)
     }
 
     /// Neighbour discovery, which only a neighbour on the link can send (hop limit 255).

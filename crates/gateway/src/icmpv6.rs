@@ -23,6 +23,8 @@ const MAX_ERROR_LEN: usize = 1280 - 40;
 /// prohibited".
 const DST_UNREACHABLE: u8 = 1;
 const ADMINISTRATIVELY_PROHIBITED: u8 = 1;
+/// Packet Too Big, whose four bytes after the code carry the MTU.
+const PACKET_TOO_BIG: u8 = 2;
 /// Time exceeded, code "hop limit exceeded in transit".
 const TIME_EXCEEDED: u8 = 3;
 const HOP_LIMIT_EXCEEDED: u8 = 0;
@@ -67,6 +69,17 @@ pub fn time_exceeded(config: &GatewayConfig, guest_mac: MacAddress, packet: Offe
     error(config, guest_mac, TIME_EXCEEDED, HOP_LIMIT_EXCEEDED, packet)
 }
 
+/// Packet Too Big: `packet` is larger than the link's `mtu`.
+pub fn packet_too_big(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    mtu: u32,
+    packet: Offending<'_>,
+) -> BuiltFrame {
+    let from = if config.contains_ipv6(packet.guest) { config.ipv6_host } else { config.ipv6_link_local() };
+    build_error(config, guest_mac, from, [PACKET_TOO_BIG, 0], mtu.to_be_bytes(), packet)
+}
+
 /// An ICMPv6 error of `icmp_type` and `code` from the gateway about `packet`.
 fn error(
     config: &GatewayConfig,
@@ -89,8 +102,22 @@ pub fn error_from(
     code: u8,
     packet: Offending<'_>,
 ) -> BuiltFrame {
+    build_error(config, guest_mac, from, [icmp_type, code], [0; 4], packet)
+}
+
+/// An ICMPv6 error message of `kind` (type and code) with `field` (the four bytes after
+/// the checksum: unused, or the MTU of Packet Too Big), quoting `packet`.
+fn build_error(
+    config: &GatewayConfig,
+    guest_mac: MacAddress,
+    from: Ipv6Addr,
+    kind: [u8; 2],
+    field: [u8; 4],
+    packet: Offending<'_>,
+) -> BuiltFrame {
     let quoted_transport = &packet.transport[..packet.transport.len().min(MAX_ERROR_LEN - 8 - 40)];
-    let mut message = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    let mut message = vec![kind[0], kind[1], 0, 0];
+    message.extend_from_slice(&field);
     let header = Ipv6Repr {
         src_addr: packet.guest,
         dst_addr: packet.dst,

@@ -228,3 +228,20 @@ fn a_guestfwd_on_an_ipv6_virtual_address_is_answered_by_ndp_and_connects_to_its_
     gateway.receive(&from_guest(&frame), now, &mut host);
     assert_eq!(host.open.values().copied().collect::<Vec<_>>(), [target]);
 }
+
+#[test]
+fn an_ipv6_packet_above_the_mtu_gets_packet_too_big_with_the_mtu() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig { mtu: 1400, ..GatewayConfig::default() });
+    let far = SocketAddrV6::new("2001:db8::1".parse().unwrap(), 9, 0, 0);
+    gateway.receive(&from_guest(&guest_udp6(far, &[7u8; 1500])), now, &mut host);
+    assert!(host.sent.is_empty(), "nothing leaves");
+    let frame = gateway.pop_frame().expect("packet too big");
+    let (icmp_type, code, from) = icmpv6_error_of(&frame);
+    assert_eq!((icmp_type, code, from), (2, 0, GATEWAY_IP6));
+    let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+    assert_eq!(ip.payload()[4..8], 1400u32.to_be_bytes(), "the MTU");
+    assert!(ip.payload().len() <= 1240, "the error fits the minimum MTU");
+    assert_eq!(gateway.counters().drops(GatewayDropReason::TooLarge), 1);
+    gateway.receive(&from_guest(&guest_udp6(far, &[7u8; 1300])), now, &mut host);
+    assert_eq!(host.sent.len(), 1, "a packet that fits goes out");
+}
