@@ -288,13 +288,19 @@ fn read_once_served(address: &str) -> String {
 }
 
 #[test]
-fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families() {
-    let (ipv6_port, both_port) = (free_port(), free_port());
-    let user = format!("hostfwd=tcp:[::1]:{ipv6_port}-:7070,hostfwd=tcp::{both_port}-:7070");
-    let server = "import socket\n\
-                  s = socket.socket()\n\
+fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families_and_reaches_ipv6_guests() {
+    let (ipv6_port, both_port, to_ipv6_port) = (free_port(), free_port(), free_port());
+    let user = format!(
+        "hostfwd=tcp:[::1]:{ipv6_port}-:7070,hostfwd=tcp::{both_port}-:7070,hostfwd=tcp:[::1]:{to_ipv6_port}-[fec0::77]:7070"
+    );
+    // The guest has fec0::77 but never sends from it: the gateway must ask for it by
+    // neighbour solicitation. Its server takes both families.
+    let server = "import os, socket\n\
+                  os.system('ip -6 addr add fec0::77/64 dev eth0 nodad')\n\
+                  s = socket.socket(socket.AF_INET6)\n\
+                  s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
                   s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                  s.bind(('0.0.0.0', 7070))\n\
+                  s.bind(('::', 7070))\n\
                   s.listen()\n\
                   while True:\n    c, _ = s.accept()\n    c.sendall(b'forwarded')\n    c.close()\n";
     let mut namespace = support::vnet_with(&[
@@ -311,9 +317,12 @@ fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families() {
     .stdout(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    for address in
-        [format!("[::1]:{ipv6_port}"), format!("[::1]:{both_port}"), format!("127.0.0.1:{both_port}")]
-    {
+    for address in [
+        format!("[::1]:{ipv6_port}"),
+        format!("[::1]:{both_port}"),
+        format!("127.0.0.1:{both_port}"),
+        format!("[::1]:{to_ipv6_port}"),
+    ] {
         assert_eq!(read_once_served(&address), "forwarded", "through {address}");
     }
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{ipv6_port}")).is_err(), "[::1] is IPv6 only");

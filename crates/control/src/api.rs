@@ -8,7 +8,7 @@
 //! reached only through [`crate::views`] and [`Network`]'s own methods.
 
 use std::io::{self, BufReader, Write};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -111,7 +111,7 @@ enum Outcome {
     /// Stream a capture to the client.
     Capture { port: Option<PortId>, count: Option<u64> },
     /// Hand the connection to the gateway as a connection to `guest`.
-    Connect(SocketAddrV4),
+    Connect(SocketAddr),
 }
 
 fn serve_client(api: &Api, stream: UnixStream) -> io::Result<()> {
@@ -139,13 +139,15 @@ fn serve_client(api: &Api, stream: UnixStream) -> io::Result<()> {
         Outcome::Connect(guest) => {
             let reachable = api.remote.run(move |network| match network.gateway() {
                 None => Err(Response::error(409, "the network has no gateway (--no-user)")),
-                Some(gateway) if !gateway.config().contains(*guest.ip()) => Err(Response::error(
+                Some(gateway) if !gateway.config().is_in_network(guest.ip()) => Err(Response::error(
                     400,
                     format!(
-                        "{} is not in the network {}/{}",
+                        "{} is not in the network {}/{} or {}/{}",
                         guest.ip(),
                         gateway.config().network,
-                        gateway.config().prefix_len
+                        gateway.config().prefix_len,
+                        gateway.config().ipv6_prefix,
+                        gateway.config().ipv6_prefix_len
                     ),
                 )),
                 Some(_) => Ok(()),
@@ -357,8 +359,8 @@ fn connect_request(request: &Request) -> Outcome {
         .map_err(|e| format!("bad JSON body: {e}; expected {{\"guest\": \"10.0.2.15:22\"}}"))
         .and_then(|body| {
             body.guest
-                .parse::<SocketAddrV4>()
-                .map_err(|_| format!("'{}' is not an IPv4 ADDRESS:PORT", body.guest))
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("'{}' is not ADDRESS:PORT (an IPv6 address in brackets)", body.guest))
         });
     match guest {
         Ok(guest) if guest.port() != 0 => Outcome::Connect(guest),

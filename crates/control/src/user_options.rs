@@ -7,7 +7,7 @@
 //! and ::3 of the new prefix. Nothing here opens a socket; /etc/resolv.conf is read only for the default
 //! upstreams.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 use vnet_gateway::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
@@ -185,12 +185,18 @@ pub fn parse_host_forward(value: &str) -> Result<HostForward, &'static str> {
     let (host_side, guest_side) = value.split_once('-').ok_or("the guest side after '-' is missing")?;
     let (protocol, host) = parse_forward_host_side(host_side)?;
     let (guest_addr, guest_port) = guest_side.rsplit_once(':').ok_or("expected [guestaddr]:guestport")?;
-    let guest_ip = if guest_addr.is_empty() { Ipv4Addr::UNSPECIFIED } else { ipv4(guest_addr)? };
+    let guest_ip = match guest_addr {
+        "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        bracketed if bracketed.starts_with('[') => forward_host_address(bracketed)?,
+        plain => {
+            IpAddr::V4(ipv4(plain).map_err(|_| "expected an IPv4 guest address, or an IPv6 one in brackets")?)
+        }
+    };
     let guest_port = forward_port(guest_port)?;
     if guest_port == 0 {
         return Err("the guest port must not be 0");
     }
-    Ok(HostForward { protocol, host, guest: SocketAddrV4::new(guest_ip, guest_port) })
+    Ok(HostForward { protocol, host, guest: SocketAddr::new(guest_ip, guest_port) })
 }
 
 /// The host side of a hostfwd rule, `[tcp|udp]:[hostaddr]:hostport`, as QEMU's
@@ -307,6 +313,8 @@ mod tests {
         let config = parse_user_options("hostfwd=tcp:[::1]:2222-:22,hostfwd=tcp::8080-:80", "").unwrap();
         assert_eq!(config.host_forwards[0].host, "[::1]:2222".parse::<SocketAddr>().unwrap());
         assert_eq!(config.host_forwards[1].host, "[::]:8080".parse::<SocketAddr>().unwrap());
+        let config = parse_user_options("hostfwd=tcp:[::1]:2222-[fec0::15]:22", "").unwrap();
+        assert_eq!(config.host_forwards[0].guest, "[fec0::15]:22".parse::<SocketAddr>().unwrap());
         let config = parse_user_options("guestfwd=tcp:[fec0::100]:80-[::1]:8080", "").unwrap();
         assert_eq!(config.guest_forwards[0].virtual_addr, "[fec0::100]:80".parse::<SocketAddr>().unwrap());
         assert_eq!(config.guest_forwards[0].target, "[::1]:8080".parse::<SocketAddr>().unwrap());

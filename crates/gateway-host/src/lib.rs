@@ -18,7 +18,7 @@ pub mod port;
 mod sockets;
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
@@ -64,7 +64,7 @@ pub trait GatewayNetwork {
         host: SocketAddr,
     ) -> Option<(ForwardId, HostForward)>;
     /// Connects `stream` to TCP port `guest` through the gateway (`vnet connect`).
-    fn connect_to_guest(&mut self, guest: SocketAddrV4, stream: UnixStream) -> Result<(), GatewayHostError>;
+    fn connect_to_guest(&mut self, guest: SocketAddr, stream: UnixStream) -> Result<(), GatewayHostError>;
 }
 
 impl GatewayNetwork for Network {
@@ -95,7 +95,7 @@ impl GatewayNetwork for Network {
             .flatten()
     }
 
-    fn connect_to_guest(&mut self, guest: SocketAddrV4, stream: UnixStream) -> Result<(), GatewayHostError> {
+    fn connect_to_guest(&mut self, guest: SocketAddr, stream: UnixStream) -> Result<(), GatewayHostError> {
         self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.connect_to_guest(guest, stream, cx))
             .ok_or(GatewayHostError::NoGateway)?
             .map_err(GatewayHostError::Connect)

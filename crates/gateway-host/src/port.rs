@@ -3,7 +3,7 @@
 //! readiness of its host sockets becomes calls into the gateway.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
@@ -227,7 +227,7 @@ impl GatewayPort {
     /// (`vnet connect`): what one sends, the other gets.
     pub fn connect_to_guest(
         &mut self,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         stream: std::os::unix::net::UnixStream,
         cx: &mut Context<'_>,
     ) -> io::Result<()> {

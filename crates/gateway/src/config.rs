@@ -3,7 +3,7 @@
 //! and the checks that keep them consistent. Parsing the option string is the control
 //! layer's job, not this file's.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
@@ -35,8 +35,8 @@ pub struct HostForward {
     pub protocol: ForwardProtocol,
     /// Where vnet listens on the host.
     pub host: SocketAddr,
-    /// The guest address and port it goes to.
-    pub guest: SocketAddrV4,
+    /// The guest address (IPv4 or IPv6) and port it goes to.
+    pub guest: SocketAddr,
 }
 
 /// `guestfwd=`: a virtual address:port in the network (IPv4 or IPv6) whose TCP
@@ -160,8 +160,8 @@ impl GatewayConfig {
     /// `rule` as it is in force: a guest address of 0.0.0.0 means the first DHCP
     /// address, as in QEMU.
     pub fn resolve_forward(&self, mut rule: HostForward) -> HostForward {
-        if rule.guest.ip().is_unspecified() {
-            rule.guest.set_ip(self.dhcp_start);
+        if rule.guest.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+            rule.guest.set_ip(IpAddr::V4(self.dhcp_start));
         }
         rule
     }
@@ -191,6 +191,23 @@ impl GatewayConfig {
     /// in QEMU's user networking.
     pub fn ipv6_link_local(&self) -> Ipv6Addr {
         Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)
+    }
+
+    /// Whether `ip` is inside the network of its family: the IPv4 subnet or the IPv6
+    /// prefix.
+    pub fn is_in_network(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.contains(ip),
+            IpAddr::V6(ip) => self.contains_ipv6(ip),
+        }
+    }
+
+    /// The gateway's address in `ip`'s family, which stands for the host.
+    pub fn host_address_for(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => IpAddr::V4(self.host),
+            IpAddr::V6(_) => IpAddr::V6(self.ipv6_host),
+        }
     }
 
     /// Whether `ip` is inside the IPv6 prefix.

@@ -6,10 +6,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use vnet_wire::{Frame, FrameBuffer};
+use vnet_wire::{Frame, FrameBuffer, MacAddress};
 
 use crate::budget::{Budgets, FlowKind, GuestUsage};
 use crate::config::GatewayConfig;
@@ -43,9 +43,9 @@ pub struct Gateway {
     /// Where TCP puts the frames of one guest segment, kept so that its room is reused.
     pub(crate) tcp_out: Vec<Frame>,
     pub(crate) flow_ids: FlowIds,
-    /// Connections to guests waiting for the guest to answer ARP: where to, the host
-    /// side's flow, since when.
-    pub(crate) inbound_awaiting_arp: Vec<(SocketAddrV4, FlowId, Instant)>,
+    /// Connections to guests waiting for the guest to answer ARP (or a neighbour
+    /// solicitation): where to, the host side's flow, since when.
+    pub(crate) inbound_awaiting_arp: Vec<(SocketAddr, FlowId, Instant)>,
     /// When to look for flows of switch ports that are gone; None while no port holds
     /// flows.
     pub(crate) port_check_at: Option<Instant>,
@@ -190,13 +190,14 @@ impl Gateway {
         self.flow_ids.next()
     }
 
-    /// Opens a TCP connection from the gateway's address to `guest`, whose host side is
-    /// the socket of `flow` (a hostfwd client, or a host user's `vnet connect`). The
-    /// gateway asks for the guest by ARP first if it has not spoken yet, and closes
-    /// `flow` if it cannot connect (no answer, flow table full).
+    /// Opens a TCP connection from the gateway's address to `guest` (IPv4 or IPv6),
+    /// whose host side is the socket of `flow` (a hostfwd client, or a host user's
+    /// `vnet connect`). The gateway asks for the guest by ARP or neighbour solicitation
+    /// first if it has not spoken yet, and closes `flow` if it cannot connect (no answer,
+    /// flow table full).
     pub fn connect_to_guest(
         &mut self,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         flow: FlowId,
         now: Instant,
         host: &mut dyn GatewayIo,
@@ -204,15 +205,36 @@ impl Gateway {
         if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
             return self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
         }
-        let Some(guest_mac) = self.neighbors.lookup(*guest.ip()) else {
-            let request = self.neighbors.request(&self.config, *guest.ip(), now);
-            self.queue_frames(request);
+        let Some(guest_mac) = self.ask_for_guest(guest.ip(), now) else {
             self.inbound_awaiting_arp.push((guest, flow, now));
             return;
         };
-        let guest = SocketAddr::V4(guest);
         if !self.tcp_sends(now, host, |tcp, cx| tcp.on_inbound(cx, flow, guest_mac, guest)) {
             self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
+        }
+    }
+
+    /// Where `guest` is, if it has spoken; else None, once the gateway has asked for it
+    /// (by ARP, or by neighbour solicitation).
+    fn ask_for_guest(&mut self, guest: IpAddr, now: Instant) -> Option<MacAddress> {
+        if let Some(mac) = self.guest_mac(guest) {
+            return Some(mac);
+        }
+        match guest {
+            IpAddr::V4(guest) => {
+                let request = self.neighbors.request(&self.config, guest, now);
+                self.queue_frames(request);
+            }
+            IpAddr::V6(guest) => self.queue_frames([ndp::solicitation(&self.config, guest)]),
+        }
+        None
+    }
+
+    /// Where `guest` was last seen, in its family's neighbour table.
+    fn guest_mac(&self, guest: IpAddr) -> Option<MacAddress> {
+        match guest {
+            IpAddr::V4(guest) => self.neighbors.lookup(guest),
+            IpAddr::V6(guest) => self.neighbors6.lookup(guest),
         }
     }
 
@@ -259,25 +281,22 @@ impl Gateway {
     pub fn on_inbound_udp(
         &mut self,
         forward: ForwardId,
-        target: SocketAddrV4,
+        target: SocketAddr,
         client: SocketAddr,
         payload: &[u8],
         now: Instant,
     ) {
         let udp = &self.udp;
-        let host_ip = IpAddr::V4(self.config.host);
+        let host_ip = self.config.host_address_for(target.ip());
         let Some(port) =
             self.udp_inbound.port_for(forward, client, now, |port| udp.uses_guest_port(host_ip, port))
         else {
             return self.counters.record(GatewayDropReason::FlowLimit);
         };
-        if self.neighbors.lookup(*target.ip()).is_none() {
-            // The guest has not spoken yet: ask where it is; the client's next datagram
-            // gets through.
-            let request = self.neighbors.request(&self.config, *target.ip(), now);
-            self.queue_frames(request);
-        }
-        self.send_udp_to_guest(SocketAddr::from((self.config.host, port)), SocketAddr::V4(target), payload);
+        // A guest that has not spoken yet is asked for; the client's next datagram gets
+        // through.
+        self.ask_for_guest(target.ip(), now);
+        self.send_udp_to_guest(SocketAddr::new(host_ip, port), target, payload);
     }
 
     /// `flow`'s TCP connect completed.
@@ -388,10 +407,9 @@ impl Gateway {
         if self.inbound_awaiting_arp.is_empty() {
             return;
         }
-        let neighbors = &self.neighbors;
-        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp).into_iter().partition(
-            |(guest, _, _): &(SocketAddrV4, FlowId, Instant)| neighbors.lookup(*guest.ip()).is_some(),
-        );
+        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
+            .into_iter()
+            .partition(|(guest, _, _): &(SocketAddr, FlowId, Instant)| self.guest_mac(guest.ip()).is_some());
         self.inbound_awaiting_arp = waiting;
         for (guest, flow, _) in resolved {
             self.connect_to_guest(guest, flow, now, host);
@@ -418,11 +436,7 @@ impl Gateway {
     /// Sends `payload`, a datagram in a pooled buffer with headroom, to the guest along
     /// `relayed`, the headers written in front of it.
     fn relay_udp_to_guest(&mut self, relayed: RelayedDatagram, payload: FrameBuffer) {
-        let guest_mac = match relayed.to.ip() {
-            IpAddr::V4(guest) => self.neighbors.lookup(guest),
-            IpAddr::V6(guest) => self.neighbors6.lookup(guest),
-        };
-        match guest_mac {
+        match self.guest_mac(relayed.to.ip()) {
             Some(mac) => {
                 let frame = packet::udp_around(payload, self.config.mac(), mac, relayed.from, relayed.to);
                 self.queue_frames([frame]);
@@ -432,11 +446,7 @@ impl Gateway {
     }
 
     pub(crate) fn send_guest_error(&mut self, report: icmp::GuestError) {
-        let guest_mac = match report.guest {
-            IpAddr::V4(guest) => self.neighbors.lookup(guest),
-            IpAddr::V6(guest) => self.neighbors6.lookup(guest),
-        };
-        match guest_mac {
+        match self.guest_mac(report.guest) {
             Some(mac) => self.queue_frames(icmp::error_for_guest(&self.config, mac, &report)),
             None => self.counters.record(GatewayDropReason::UnknownGuest),
         }

@@ -152,6 +152,21 @@ pub fn handle(
     }
 }
 
+/// A neighbour solicitation from the gateway asking where `target` (a guest that has
+/// not spoken yet) is, to its solicited-node multicast address.
+pub fn solicitation(config: &GatewayConfig, target: Ipv6Addr) -> BuiltFrame {
+    let repr = NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(config.mac())),
+    };
+    let mut message = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut Icmpv6Packet::new_unchecked(&mut message[..]));
+    let [.., a, b, c] = target.octets();
+    let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(a), u16::from_be_bytes([b, c]));
+    let dst_mac = MacAddress([0x33, 0x33, 0xff, a, b, c]);
+    packet::icmpv6(config.mac(), dst_mac, config.ipv6_link_local(), dst, NDP_HOP_LIMIT, &message)
+}
+
 /// A neighbour advertisement that `target`, one of the gateway's addresses, is at the
 /// gateway's MAC, sent to `dst` at `dst_mac`.
 fn neighbor_advertisement(

@@ -198,7 +198,7 @@ impl Nat {
         guest_mac: MacAddress,
         guest: SocketAddr,
     ) -> bool {
-        let Some(apparent) = self.free_apparent_address(IpAddr::V4(cx.config.host), guest) else {
+        let Some(apparent) = self.free_apparent_address(cx.config.host_address_for(guest.ip()), guest) else {
             return false;
         };
         let isn = self.next_isn(guest, apparent);

@@ -31,7 +31,12 @@ fn every_way_a_flow_ends_gives_its_slot_back() {
         gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Rst, 101, None, &[])), now, &mut host);
         // A host client for a guest that never answers ARP.
         let inbound = gateway.allocate_flow();
-        gateway.connect_to_guest(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22), inbound, now, &mut host);
+        gateway.connect_to_guest(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22).into(),
+            inbound,
+            now,
+            &mut host,
+        );
         now += Duration::from_secs(200);
         gateway.on_deadline(now, &mut host);
         while gateway.pop_frame().is_some() {}

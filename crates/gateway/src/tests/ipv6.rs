@@ -245,3 +245,27 @@ fn an_ipv6_packet_above_the_mtu_gets_packet_too_big_with_the_mtu() {
     gateway.receive(&from_guest(&guest_udp6(far, &[7u8; 1300])), now, &mut host);
     assert_eq!(host.sent.len(), 1, "a packet that fits goes out");
 }
+
+#[test]
+fn a_connection_to_a_silent_ipv6_guest_asks_for_it_by_neighbour_solicitation_first() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let flow = gateway.allocate_flow();
+    gateway.connect_to_guest(SocketAddr::from((GUEST_IP6, 22)), flow, now, &mut host);
+    let solicitation = gateway.pop_frame().expect("a neighbour solicitation");
+    assert_eq!(solicitation[..6], [0x33, 0x33, 0xff, 0, 0, 0x15], "to the solicited-node address");
+    let ip = Ipv6Packet::new_checked(&solicitation[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), "ff02::1:ff00:15".parse::<Ipv6Addr>().unwrap());
+    assert_eq!((ip.payload()[0], &ip.payload()[8..24]), (135, &GUEST_IP6.octets()[..]));
+    // The guest answers; the SYN follows, from the gateway's IPv6 address.
+    let mut answer = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    answer.extend_from_slice(&GUEST_IP6.octets());
+    answer.extend_from_slice(&[2, 1]);
+    answer.extend_from_slice(GUEST_MAC.as_bytes());
+    let frame =
+        packet::icmpv6(GUEST_MAC, gateway.config().mac(), GUEST_IP6, GATEWAY_IP6, 255, &answer).unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    let syn = gateway.pop_frame().expect("the SYN");
+    let ip = Ipv6Packet::new_checked(&syn[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6));
+    assert!(TcpPacket::new_checked(ip.payload()).unwrap().syn());
+}

@@ -123,7 +123,7 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     host.tcp_accept = 65536;
     let flow = gateway.allocate_flow();
-    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22), flow, now, &mut host);
+    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), flow, now, &mut host);
     let frame = gateway.pop_frame().expect("a SYN to the guest");
     let (control, isn, ack, _, _) = tcp_of(&frame);
     assert_eq!((control, ack), (TcpControl::Syn, None));

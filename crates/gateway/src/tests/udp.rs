@@ -58,7 +58,7 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     let client: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-    gateway.on_inbound_udp(ForwardId(0), SocketAddrV4::new(GUEST_IP, 53), client, b"question", now);
+    gateway.on_inbound_udp(ForwardId(0), SocketAddrV4::new(GUEST_IP, 53).into(), client, b"question", now);
     let (from, to, payload) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
     assert_eq!((to, payload.as_slice()), (SocketAddrV4::new(GUEST_IP, 53), &b"question"[..]));
     assert_eq!(*from.ip(), Ipv4Addr::new(10, 0, 2, 2));
