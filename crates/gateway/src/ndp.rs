@@ -193,10 +193,14 @@ fn neighbor_advertisement(
 
 /// A router advertisement to `dst` at `dst_mac` (all nodes for an unsolicited one): the
 /// gateway as default router, the prefix (autonomous when it is a /64, so guests make
-/// their own addresses in it), the MTU, the DNS server and the search list.
+/// their own addresses in it), the MTU, the DNS server and the search list. With
+/// `restrict=on`, as DHCP then gives no router and no DNS, the gateway is no default
+/// router and names no DNS server.
 pub fn router_advertisement(config: &GatewayConfig, dst: Ipv6Addr, dst_mac: MacAddress) -> BuiltFrame {
-    let mut message = vec![ROUTER_ADVERTISEMENT, 0, 0, 0, 64, OTHER_CONFIGURATION];
-    message.extend_from_slice(&seconds16(ROUTER_LIFETIME).to_be_bytes());
+    let (lifetime, flags) =
+        if config.restrict { (0, 0) } else { (seconds16(ROUTER_LIFETIME), OTHER_CONFIGURATION) };
+    let mut message = vec![ROUTER_ADVERTISEMENT, 0, 0, 0, 64, flags];
+    message.extend_from_slice(&lifetime.to_be_bytes());
     message.extend_from_slice(&[0; 8]);
     message.extend_from_slice(&[SOURCE_LINK_LAYER, 1]);
     message.extend_from_slice(config.mac().as_bytes());
@@ -208,10 +212,12 @@ pub fn router_advertisement(config: &GatewayConfig, dst: Ipv6Addr, dst_mac: MacA
     message.extend_from_slice(&seconds32(PREFIX_PREFERRED).to_be_bytes());
     message.extend_from_slice(&[0; 4]);
     message.extend_from_slice(&config.ipv6_prefix.octets());
-    message.extend_from_slice(&[RDNSS, 3, 0, 0]);
-    message.extend_from_slice(&seconds32(DNS_LIFETIME).to_be_bytes());
-    message.extend_from_slice(&config.ipv6_dns.octets());
-    message.extend(search_list_option(config));
+    if !config.restrict {
+        message.extend_from_slice(&[RDNSS, 3, 0, 0]);
+        message.extend_from_slice(&seconds32(DNS_LIFETIME).to_be_bytes());
+        message.extend_from_slice(&config.ipv6_dns.octets());
+        message.extend(search_list_option(config));
+    }
     let dst_mac = if dst == ALL_NODES { ALL_NODES_MAC } else { dst_mac };
     packet::icmpv6(config.mac(), dst_mac, config.ipv6_link_local(), dst, NDP_HOP_LIMIT, &message)
 }

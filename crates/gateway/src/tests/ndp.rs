@@ -207,3 +207,19 @@ fn neighbour_discovery_from_beyond_the_link_and_a_switched_off_family_are_droppe
     assert_eq!(gateway.counters().drops(GatewayDropReason::FamilyOff), 1);
     assert_eq!(gateway.next_deadline(), None, "no advertisements with ipv6=off");
 }
+
+#[test]
+fn with_restrict_on_the_advertisement_names_no_default_router_and_no_dns() {
+    let (mut gateway, mut host, now) =
+        gateway_with(GatewayConfig { restrict: true, ..GatewayConfig::default() });
+    let solicit = ndisc(NdiscRepr::RouterSolicit { lladdr: Some(RawHardwareAddress::from(GUEST_MAC)) });
+    gateway.receive(
+        &from_guest(&icmpv6_from(GUEST_MAC, GUEST_LINK_LOCAL, ALL_ROUTERS, 255, &solicit)),
+        now,
+        &mut host,
+    );
+    let (_, _, _, _, message) = icmpv6_sent(&gateway.pop_frame().expect("an advertisement"));
+    assert_eq!(u16::from_be_bytes([message[6], message[7]]), 0, "not a default router");
+    let kinds: Vec<u8> = options(&message).into_iter().map(|(kind, _)| kind).collect();
+    assert!(kinds.contains(&3) && !kinds.contains(&25), "the prefix, and no DNS: {kinds:?}");
+}
