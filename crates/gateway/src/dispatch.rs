@@ -87,6 +87,14 @@ impl Gateway {
             // An IPv6 guest is on the segment: advertise the router to all from now on.
             self.advertise_at = Some(now);
         }
+        let packet = GuestPacket {
+            mac: guest.mac,
+            port: guest.port,
+            src: IpAddr::V6(repr.src_addr),
+            dst: IpAddr::V6(repr.dst_addr),
+            ttl: repr.hop_limit,
+            checksum_offloaded,
+        };
         let leaving = !self.config.is_own_ipv6(repr.dst_addr) && !self.config.contains_ipv6(repr.dst_addr);
         let outbound = matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp)
             || (repr.next_header == IpProtocol::Icmpv6 && ip.payload().first() == Some(&128));
@@ -105,14 +113,6 @@ impl Gateway {
         }
         if matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp) {
             self.learn_neighbor6(repr.src_addr, guest, now, host)?;
-            let packet = GuestPacket {
-                mac: guest.mac,
-                port: guest.port,
-                src: IpAddr::V6(repr.src_addr),
-                dst: IpAddr::V6(repr.dst_addr),
-                ttl: repr.hop_limit,
-                checksum_offloaded,
-            };
             return match repr.next_header {
                 IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
                 _ => self.dispatch_tcp(packet, ip.payload(), now, host),
@@ -140,14 +140,6 @@ impl Gateway {
             Icmpv6Message::EchoRequest => {
                 self.learn_neighbor6(repr.src_addr, guest, now, host)?;
                 let echo = icmpv6::parse_echo_request(&icmp)?;
-                let packet = GuestPacket {
-                    mac: guest.mac,
-                    port: guest.port,
-                    src: IpAddr::V6(repr.src_addr),
-                    dst: IpAddr::V6(repr.dst_addr),
-                    ttl: repr.hop_limit,
-                    checksum_offloaded: false,
-                };
                 self.send_echo(packet, &echo, ip.payload(), now, host)
             }
             _ => Err(GatewayDropReason::Unsupported),
