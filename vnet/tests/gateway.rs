@@ -163,7 +163,12 @@ fn serve_http_once_on(address: &str, body: Vec<u8>) -> u16 {
 
 /// Receives exactly `len` bytes once on host loopback and sends back their SHA-256.
 fn receive_once(len: usize) -> (u16, std::thread::JoinHandle<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    receive_once_on("127.0.0.1:0", len)
+}
+
+/// [`receive_once`] on `address`.
+fn receive_once_on(address: &str, len: usize) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind(address).unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
@@ -302,10 +307,10 @@ fn iperf3_udp_through(port: u16, reverse: bool) -> (bool, String) {
     (output.status.success() && received.is_some_and(|p| p > 0), report)
 }
 
-/// Accepts `count` connections on host loopback, then echoes one byte on each and keeps
-/// them open until the client closes them; returns the port and how many closed cleanly.
-fn echo_many(count: usize) -> (u16, std::thread::JoinHandle<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+/// Accepts `count` connections on `address`, then echoes one byte on each and keeps them
+/// open until the client closes them; returns the port and how many closed cleanly.
+fn echo_many(address: &str, count: usize) -> (u16, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind(address).unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
         let open: Vec<std::net::TcpStream> = (0..count).map(|_| listener.accept().unwrap().0).collect();
@@ -345,15 +350,16 @@ const NAMESPACE_CLIENT: &str = r#"
 import hashlib, resource, socket, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-download, upload, echo, length = (int(a) for a in sys.argv[1:])
+gateway = sys.argv[1]
+download, upload, echo, length = (int(a) for a in sys.argv[2:])
 digest = hashlib.sha256()
-with socket.create_connection(("10.0.2.2", download)) as s:
+with socket.create_connection((gateway, download)) as s:
     while chunk := s.recv(1 << 20):
         digest.update(chunk)
 print("download=" + digest.hexdigest())
 block = bytes(range(256)) * 4096
 sent = hashlib.sha256()
-with socket.create_connection(("10.0.2.2", upload)) as s:
+with socket.create_connection((gateway, upload)) as s:
     left = length
     while left:
         piece = block[: min(left, len(block))]
@@ -363,7 +369,7 @@ with socket.create_connection(("10.0.2.2", upload)) as s:
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
 print("upload=" + sent.hexdigest())
-conns = [socket.create_connection(("10.0.2.2", echo)) for _ in range(1000)]
+conns = [socket.create_connection((gateway, echo)) for _ in range(1000)]
 for c in conns:
     c.sendall(b"x")
 echoed = sum(1 for c in conns if c.recv(1) == b"x")
@@ -374,33 +380,40 @@ print(f"echoed={echoed}")
 
 #[test]
 fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections() {
+    namespace_moves_100_mb_each_way_and_holds_1000_connections("127.0.0.1", "10.0.2.2", "");
+}
+
+#[test]
+fn a_namespace_moves_100_mb_each_way_and_holds_1000_connections_over_ipv6() {
+    namespace_moves_100_mb_each_way_and_holds_1000_connections("::1", "fec0::2", AWAIT_SLAAC);
+}
+
+/// A `vnet ns` namespace (MTU 65520) downloads 100 MB from a server on the host's
+/// `loopback`, uploads 100 MB to another and holds 1,000 connections to a third, all
+/// through `gateway`, the gateway's address that leads there, after running `prepare`.
+fn namespace_moves_100_mb_each_way_and_holds_1000_connections(loopback: &str, gateway: &str, prepare: &str) {
     raise_file_limit();
     let len = TRANSFER_BYTES;
     let body = test_bytes(len);
     let expected_download = sha256_hex(&body);
-    let download = TcpListener::bind("127.0.0.1:0").unwrap();
+    let any_port = std::net::SocketAddr::new(loopback.parse().unwrap(), 0).to_string();
+    let download = TcpListener::bind(&any_port).unwrap();
     let download_port = download.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let (mut stream, _) = download.accept().unwrap();
         stream.write_all(&body).unwrap();
     });
-    let (upload_port, upload) = receive_once(len);
-    let (echo_port, echo) = echo_many(1000);
-    let output = support::vnet_with(&[
-        "--log-level",
-        "warn",
-        "ns",
-        "--user",
-        "mtu=65520",
-        "--",
-        "python3",
-        "-c",
-        NAMESPACE_CLIENT,
-    ])
-    .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
-    .arg(len.to_string())
-    .output()
-    .unwrap();
+    let (upload_port, upload) = receive_once_on(&any_port, len);
+    let (echo_port, echo) = echo_many(&any_port, 1000);
+    let script = format!(r#"{prepare}exec python3 -c "$0" "$@""#);
+    let output =
+        support::vnet_with(&["--log-level", "warn", "ns", "--user", "mtu=65520", "--", "sh", "-c", &script])
+            .arg(NAMESPACE_CLIENT)
+            .arg(gateway)
+            .args([download_port, upload_port, echo_port].map(|p| p.to_string()))
+            .arg(len.to_string())
+            .output()
+            .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(&format!("download={expected_download}")), "{stdout}");

@@ -176,15 +176,6 @@ fn the_tap_name_is_chosen_with_ifname_and_a_taken_name_is_refused() {
     drop(first);
 }
 
-/// Shell lines that wait (30 s at most) until eth0 has a usable address in fec0::/64:
-/// the kernel solicits a router when the link comes up, makes an address in the
-/// advertised prefix (SLAAC), and may use it once duplicate address detection is done.
-const AWAIT_SLAAC: &str = "ip link set eth0 up; n=0
-until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
-    n=$((n+1)); [ $n -ge 300 ] && { ip -6 addr; exit 1; }; sleep 0.1
-done
-";
-
 /// Runs `script`, after [`AWAIT_SLAAC`], in a namespace of `vnet ns --user USER`, and
 /// returns what it printed, once it has succeeded.
 fn in_ipv6_namespace(user: &str, script: &str) -> String {

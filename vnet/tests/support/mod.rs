@@ -39,6 +39,15 @@ pub fn vnet_command() -> Command {
     Command::new(vnet_binary())
 }
 
+/// Shell lines that wait (30 s at most) until eth0 has a usable address in fec0::/64:
+/// the kernel solicits a router when the link comes up, makes an address in the
+/// advertised prefix (SLAAC), and may use it once duplicate address detection is done.
+pub const AWAIT_SLAAC: &str = "ip link set eth0 up; n=0
+until ip -6 addr show dev eth0 | grep 'inet6 fec0::' | grep -qv tentative; do
+    n=$((n+1)); [ $n -ge 300 ] && { ip -6 addr; exit 1; }; sleep 0.1
+done
+";
+
 /// Where tests' gateways send DNS when a test names no server of its own: a port
 /// nothing listens on, so queries fail fast and never reach the machine's resolver.
 const NO_DNS_UPSTREAM: &str = "dns-upstream=127.0.0.1:9";

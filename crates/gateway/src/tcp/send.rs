@@ -3,9 +3,10 @@
 //! the host socket has room again. [`Sender`] keeps what that needs across connections.
 
 use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 
 use smoltcp::wire::{TcpControl, ETHERNET_HEADER_LEN};
-use vnet_wire::{Frame, FrameBuffer, MacAddress};
+use vnet_wire::{Frame, FrameBuffer, MacAddress, MAX_FRAME_LEN};
 
 use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
 use super::context::Context;
@@ -17,9 +18,6 @@ use crate::flows::FlowId;
 const MAX_IN_FLIGHT: usize = 4 << 20;
 /// Most segments in flight towards a guest, whatever its MSS.
 const MAX_SEGMENTS_IN_FLIGHT: usize = 1024;
-/// The most payload one offloaded segment carries: an IPv4 packet's worth less the IPv4
-/// and TCP headers (an IPv6 packet holds more).
-const MAX_OFFLOADED_PAYLOAD: usize = 65535 - 20 - 20;
 /// Most frames filled by one peek of a host socket.
 const MAX_FRAMES_PER_PEEK: usize = 64;
 /// Peeks of up to this many frames use a short list of slices.
@@ -78,9 +76,10 @@ impl Connection {
             if room == 0 || self.fin_sent || !self.host_unpeeked {
                 break;
             }
-            // Toward a port that offloads, one frame carries as much as an IPv4 packet
+            // Toward a port that offloads, one frame carries as much as the largest frame
             // holds and the port (or the guest's kernel) cuts it at the MSS.
-            let frame_payload = if egress.takes_offloads { MAX_OFFLOADED_PAYLOAD } else { self.mss };
+            let frame_payload =
+                if egress.takes_offloads { max_offloaded_payload(self.guest) } else { self.mss };
             let affordable =
                 payload_room(egress, frame_payload, ETHERNET_HEADER_LEN + ip_tcp_headers_len(self.guest));
             if affordable == 0 {
@@ -234,6 +233,12 @@ impl Connection {
         }
         self.guest_data_refused = false;
     }
+}
+
+/// The most payload one offloaded segment to or from `guest` carries: the largest frame
+/// less its Ethernet, IP and TCP headers (an IPv6 header is 20 bytes longer than IPv4's).
+fn max_offloaded_payload(guest: SocketAddr) -> usize {
+    MAX_FRAME_LEN - ETHERNET_HEADER_LEN - ip_tcp_headers_len(guest)
 }
 
 /// Peeks `want` bytes of `flow` from `offset` on into `buffers` (at most `N` of them),

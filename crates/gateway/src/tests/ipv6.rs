@@ -269,3 +269,41 @@ fn a_connection_to_a_silent_ipv6_guest_asks_for_it_by_neighbour_solicitation_fir
     assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6));
     assert!(TcpPacket::new_checked(ip.payload()).unwrap().syn());
 }
+
+#[test]
+fn host_data_reaches_an_ipv6_guest_in_the_largest_frames_an_offloading_port_takes() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let src = SocketAddr::from((GUEST_IP6, 40000));
+    let dst = SocketAddr::from((GATEWAY_IP6, 8080));
+    let mut syn = syn_to(8080, 1000);
+    syn.window_scale = Some(7);
+    let frame = packet::tcp(GUEST_MAC, gateway.config().mac(), src, dst, &syn).unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    let flow = *host.open.keys().next().expect("a connect");
+    gateway.on_tcp_connected(flow, now, &mut host);
+    let syn_ack = gateway.pop_frame().expect("the SYN-ACK");
+    let isn = TcpPacket::new_checked(&syn_ack[14 + 40..]).unwrap().seq_number();
+    let ack = TcpRepr {
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(1001),
+        ack_number: Some(isn + 1),
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: None,
+        ..syn
+    };
+    let frame = packet::tcp(GUEST_MAC, gateway.config().mac(), src, dst, &ack).unwrap();
+    gateway.receive(&from_guest(&frame), now, &mut host);
+    host.guest_room = Some(EgressRoom { takes_offloads: true, ..EgressRoom::UNLIMITED });
+    host.tcp_incoming.insert(flow, vec![7u8; 200_000]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let mut received = 0;
+    let mut largest = 0;
+    while let Some(frame) = gateway.pop_frame() {
+        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+        largest = largest.max(frame.len());
+        received += TcpPacket::new_checked(ip.payload()).unwrap().payload().len();
+    }
+    assert_eq!(received, 200_000, "all of it, though one frame of IPv4's size does not fit");
+    assert_eq!(largest, vnet_wire::MAX_FRAME_LEN, "frames as large as a port takes");
+}
