@@ -6,15 +6,16 @@
 #
 # Outputs:
 #   OUTDIR/vmlinuz            Debian kernel (from linux-image-amd64's real package)
-#   OUTDIR/initramfs.cpio.gz  busybox-static + iperf3 (+ its libs) + NIC modules + /init;
+#   OUTDIR/initramfs.cpio.gz  busybox-static + iperf3, dhclient, rdisc6 (+ their libs)
+#                             + NIC modules + /init;
 #                             zero-padded to a 4-byte multiple so that an uncompressed
 #                             newc cpio can simply be appended (cat) to it.
 #   OUTDIR/stamp              kernel package/version + hash of this script (and of
-#                             the host busybox/iperf3); a matching stamp = cache hit.
+#                             the host programs copied in); a matching stamp = cache hit.
 #
 # Host requirements (NOT installed by this script): apt (to resolve and
 # `apt-get download` the kernel .deb), dpkg-deb, busybox-static, iperf3, cpio,
-# gzip, sha256sum. Root is not required.
+# gzip, sha256sum, dhclient (isc-dhcp-client), rdisc6 (ndisc6). Root is not required.
 #
 # Kernel command line the harness should use:
 #   console=ttyS0 quiet panic=-1 loglevel=3 [vnet.hostname=NAME]
@@ -54,6 +55,8 @@ BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
 "$BUSYBOX" --list-full >/dev/null 2>&1 || die "$BUSYBOX is not a usable busybox"
 IPERF3="$(command -v iperf3)" || die "iperf3 not found (install iperf3)"
+DHCLIENT="$(command -v dhclient)" || die "dhclient not found (install isc-dhcp-client)"
+RDISC6="$(command -v rdisc6)" || die "rdisc6 not found (install ndisc6)"
 command -v cpio >/dev/null || die "cpio not found"
 command -v apt-cache >/dev/null || die "apt-cache not found"
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
@@ -77,7 +80,9 @@ fi
 STAMP_WANT="kernel=$KPKG $KVER_PKG
 script=$(sha256sum "$SCRIPT_PATH" | cut -d' ' -f1)
 busybox=$(sha256sum "$BUSYBOX" | cut -d' ' -f1)
-iperf3=$(sha256sum "$IPERF3" | cut -d' ' -f1)"
+iperf3=$(sha256sum "$IPERF3" | cut -d' ' -f1)
+dhclient=$(sha256sum "$DHCLIENT" | cut -d' ' -f1)
+rdisc6=$(sha256sum "$RDISC6" | cut -d' ' -f1)"
 
 cache_hit() {
     [ -f "$OUTDIR/stamp" ] && [ -f "$OUTDIR/vmlinuz" ] && [ -f "$OUTDIR/initramfs.cpio.gz" ] &&
@@ -126,7 +131,7 @@ shopt -u nullglob
 KREL="$(basename "$MODDIR")"
 
 # --- assemble the initramfs tree ---------------------------------------------
-step "assembling the initramfs: kernel modules, busybox, iperf3"
+step "assembling the initramfs: kernel modules, busybox, host programs"
 ROOT="$TMP/root"
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,proc,sys,dev,tmp,run,root,var/run}
 mkdir -p "$ROOT/lib/modules/$KREL"
@@ -181,14 +186,21 @@ while read -r applet; do
     ln -s /bin/busybox "$ROOT/$applet"
 done < <("$BUSYBOX" --list-full)
 
-# iperf3 + the shared libraries and dynamic loader it needs, at host paths
+# iperf3, dhclient (DHCPv6) and rdisc6 (shows router advertisements), each with the
+# shared libraries and dynamic loader it needs, at host paths
 copy_host_file() {
     mkdir -p "$ROOT$(dirname "$1")"
     cp -L "$1" "$ROOT$1"
 }
-copy_host_file "$IPERF3"
-ldd "$IPERF3" | awk '/=> \// { print $3 } /^[[:space:]]*\// { print $1 }' | sort -u |
-    while read -r lib; do copy_host_file "$lib"; done
+copy_host_program() {
+    copy_host_file "$1"
+    ldd "$1" | awk '/=> \// { print $3 } /^[[:space:]]*\// { print $1 }' | sort -u |
+        while read -r lib; do copy_host_file "$lib"; done
+}
+for program in "$IPERF3" "$DHCLIENT" "$RDISC6"; do
+    copy_host_program "$program"
+done
+mkdir -p "$ROOT/var/lib/dhcp"
 [ -n "$(find "$ROOT" -name 'ld-linux*' -print -quit)" ] ||
     die "dynamic loader was not picked up from ldd $IPERF3"
 

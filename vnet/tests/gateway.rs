@@ -80,6 +80,7 @@ fn start_dnsmasq(netns: &NamedNamespace) -> Child {
             "--bind-interfaces",
             "--port=53",
             "--address=/vnet.test/192.0.2.7",
+            "--address=/vnet.test/fd00:2::7",
             "--pid-file=",
             "--user=root",
         ])
@@ -423,8 +424,8 @@ fn namespace_moves_100_mb_each_way_and_holds_1000_connections(loopback: &str, ga
     assert_eq!(echo.join().unwrap(), 1000, "every connection was closed cleanly");
 }
 
-/// Two namespaces made for a test: `inner`, where vnet runs, reaches `far` (192.0.2.2,
-/// a test host) over a veth pair as 192.0.2.1.
+/// Two namespaces made for a test: `inner`, where vnet runs, reaches `far` (192.0.2.2
+/// and fd00:2::2, a test host) over a veth pair as 192.0.2.1 and fd00:2::1.
 struct TestHostPair {
     inner: NamedNamespace,
     far: NamedNamespace,
@@ -443,6 +444,8 @@ impl TestHostPair {
         run_ok(&mut inner.command(&["ip", "link", "set", &veth, "up"]));
         run_ok(&mut far.command(&["ip", "addr", "add", "192.0.2.2/24", "dev", "far0"]));
         run_ok(&mut far.command(&["ip", "link", "set", "far0", "up"]));
+        run_ok(&mut inner.command(&["ip", "addr", "add", "fd00:2::1/64", "dev", &veth, "nodad"]));
+        run_ok(&mut far.command(&["ip", "addr", "add", "fd00:2::2/64", "dev", "far0", "nodad"]));
         let range = if ping_sockets { "0 2147483647" } else { "1 0" };
         run_ok(&mut inner.command(&["sysctl", "-qw", &format!("net.ipv4.ping_group_range={range}")]));
         Self { inner, far }
@@ -691,5 +694,74 @@ ping -6 -c 3 -W 5 fec0::2 && echo got=$(wget -q -O - 'http://[fec0::2]:{http_por
     assert_pinged(&result, 3);
     for expected in ["inet6 fec0::", "default via fe80::2", "got=over-ipv6"] {
         assert!(result.output.contains(expected), "missing {expected}:\n{}", result.output);
+    }
+}
+
+#[test]
+fn an_ipv6_only_guest_gets_slaac_dns_and_dhcpv6_reaches_host_and_test_host_and_is_reached_by_hostfwd() {
+    let _lock = GuestLock::acquire();
+    let hosts = TestHostPair::create(true);
+    let mut dnsmasq = start_dnsmasq(&hosts.inner);
+    wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&hosts.inner));
+    let mut web = hosts
+        .inner
+        .command(&["python3", "-m", "http.server", "8080", "--bind", "::1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the host's web server on ::1", DEADLINE, || {
+        String::from_utf8_lossy(&hosts.inner.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
+            .contains("8080")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let _vnet = Vnet::spawn_in(
+        Some(&hosts.inner),
+        &[
+            "run",
+            "--user",
+            "dns-upstream=127.0.0.1,ipv4=off,dnssearch=vnet.test,hostfwd=tcp:[::1]:2280-:7000",
+            "--listen",
+            &format!("stream:unix:{}", sock.display()),
+        ],
+    );
+    wait_until("vnet's socket", DEADLINE, || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let script = r#"ip link set eth0 up
+n=0; until ping -6 -c 1 -W 1 fec0::2 >/dev/null 2>&1; do n=$((n+1)); [ $n -ge 120 ] && exit 1; sleep 1; done
+ip addr show dev eth0
+rdisc6 -1 -w 3000 eth0
+nslookup vnet.test fec0::3
+ping -6 -c 3 -W 5 fd00:2::2 || exit 1
+wget -q -O - 'http://[fec0::2]:8080/' | grep -q 'Directory listing' && echo WEB-OK
+dhclient -6 -1 -v -lf /tmp/dhclient.leases -pf /tmp/dhclient.pid -sf /bin/true eth0 || exit 1
+grep iaaddr /tmp/dhclient.leases
+mkdir -p /www && echo inside-over-ipv6 > /www/index.html && httpd -p 7000 -h /www
+n=0; until netstat -ltn | grep -q ':7000 '; do n=$((n+1)); [ $n -ge 600 ] && exit 1; sleep 0.1; done
+echo SERVING; report"#;
+    let guest = GuestSpec::new("ipv6only", Nic::VirtioNet, &stream_netdev(&sock), script).boot();
+    guest.wait_for("SERVING", support::guest::BOOT_DEADLINE);
+    let output = guest.output();
+    for expected in [
+        "inet6 fec0::",
+        "Recursive DNS server     : fec0::3",
+        "DNS search list          : vnet.test",
+        "Address: fd00:2::7",
+        "3 packets transmitted, 3 packets received",
+        "WEB-OK",
+        "iaaddr fec0::",
+    ] {
+        assert!(output.contains(expected), "missing {expected}:\n{output}");
+    }
+    assert!(!output.contains("inet 10.0.2."), "an IPv4 address with ipv4=off:\n{output}");
+    let fetched = hosts.inner.exec(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://[::1]:2280/', timeout=30).read().decode())",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&fetched.stdout), "inside-over-ipv6\n\n", "{fetched:?}");
+    for child in [&mut web, &mut dnsmasq] {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -158,10 +158,13 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// `rule` as it is in force: a guest address of 0.0.0.0 means the first DHCP
-    /// address, as in QEMU.
+    /// address, as in QEMU, or without IPv4, `::`: the guest's learned IPv6 address,
+    /// looked up for each connection.
     pub fn resolve_forward(&self, mut rule: HostForward) -> HostForward {
         if rule.guest.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
-            rule.guest.set_ip(IpAddr::V4(self.dhcp_start));
+            let guest =
+                if self.ipv4 { IpAddr::V4(self.dhcp_start) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+            rule.guest.set_ip(guest);
         }
         rule
     }

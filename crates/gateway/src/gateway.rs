@@ -205,12 +205,26 @@ impl Gateway {
         if self.flow_count() + self.inbound_awaiting_arp.len() >= self.config.max_flows {
             return self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
         }
+        let Some(guest) = self.forward_target(guest, now) else {
+            return self.refuse_inbound(flow, GatewayDropReason::UnknownGuest, host);
+        };
         let Some(guest_mac) = self.ask_for_guest(guest.ip(), now) else {
             self.inbound_awaiting_arp.push((guest, flow, now));
             return;
         };
         if !self.tcp_sends(now, host, |tcp, cx| tcp.on_inbound(cx, flow, guest_mac, guest)) {
             self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
+        }
+    }
+
+    /// Where a forward to `guest` leads: `guest` itself, or for `[::]` (an empty guest
+    /// address without IPv4) the guest's learned IPv6 address, None if none is known.
+    fn forward_target(&self, guest: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        match guest.ip() {
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                self.neighbors6.first_learned_global(now).map(|ip| SocketAddr::new(ip.into(), guest.port()))
+            }
+            _ => Some(guest),
         }
     }
 
@@ -286,6 +300,9 @@ impl Gateway {
         payload: &[u8],
         now: Instant,
     ) {
+        let Some(target) = self.forward_target(target, now) else {
+            return self.counters.record(GatewayDropReason::UnknownGuest);
+        };
         let udp = &self.udp;
         let host_ip = self.config.host_address_for(target.ip());
         let Some(port) =

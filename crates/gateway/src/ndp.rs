@@ -55,10 +55,12 @@ const DNSSL: u8 = 31;
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ALL_NODES_MAC: MacAddress = MacAddress([0x33, 0x33, 0, 0, 0, 1]);
 
-/// One guest address: whose it is and when that guest last sent from it.
+/// One guest address: whose it is, when that guest was first and last seen sending
+/// from it.
 #[derive(Debug, Clone, Copy)]
 struct Neighbor {
     guest: Guest,
+    since: Instant,
     seen: Instant,
 }
 
@@ -81,8 +83,10 @@ impl Neighbors {
         now: Instant,
         segment: &dyn GuestEgress,
     ) -> Result<(), GatewayDropReason> {
-        let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
-        if config.is_own_ipv6(ip) || !(link_local || config.contains_ipv6(ip)) || !guest.mac.is_unicast() {
+        if config.is_own_ipv6(ip)
+            || !(is_link_local(ip) || config.contains_ipv6(ip))
+            || !guest.mac.is_unicast()
+        {
             return Err(GatewayDropReason::Spoofed);
         }
         if let Some(held) = self.by_ip.get(&ip) {
@@ -97,14 +101,33 @@ impl Neighbors {
                 return Ok(());
             }
         }
-        self.by_ip.insert(ip, Neighbor { guest, seen: now });
+        let since = self.by_ip.get(&ip).filter(|held| held.guest == guest).map_or(now, |held| held.since);
+        self.by_ip.insert(ip, Neighbor { guest, since, seen: now });
         Ok(())
+    }
+
+    /// The guest address in the prefix learned first among those still in use at `now`
+    /// (ties go to the lower address): where a hostfwd with an empty guest address leads
+    /// when there is no IPv4.
+    pub fn first_learned_global(&self, now: Instant) -> Option<Ipv6Addr> {
+        self.by_ip
+            .iter()
+            .filter(|(ip, held)| {
+                !is_link_local(**ip) && now.saturating_duration_since(held.seen) < REACHABLE_FOR
+            })
+            .min_by_key(|(ip, held)| (held.since, **ip))
+            .map(|(ip, _)| *ip)
     }
 
     /// The MAC address `ip` was last seen at.
     pub fn lookup(&self, ip: Ipv6Addr) -> Option<MacAddress> {
         self.by_ip.get(&ip).map(|held| held.guest.mac)
     }
+}
+
+/// Whether `ip` is in fe80::/10.
+fn is_link_local(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// A neighbour discovery message from a guest, taken apart: the address and MAC it

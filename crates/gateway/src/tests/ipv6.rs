@@ -307,3 +307,38 @@ fn host_data_reaches_an_ipv6_guest_in_the_largest_frames_an_offloading_port_take
     assert_eq!(received, 200_000, "all of it, though one frame of IPv4's size does not fit");
     assert_eq!(largest, vnet_wire::MAX_FRAME_LEN, "frames as large as a port takes");
 }
+
+#[test]
+fn without_ipv4_a_forward_to_an_empty_guest_address_reaches_the_first_learned_ipv6_guest() {
+    let config = GatewayConfig { ipv4: false, ..GatewayConfig::default() };
+    let forward = HostForward {
+        protocol: ForwardProtocol::Tcp,
+        host: "[::1]:2222".parse().unwrap(),
+        guest: "0.0.0.0:22".parse().unwrap(),
+    };
+    let resolved = config.resolve_forward(forward).guest;
+    assert_eq!(resolved, "[::]:22".parse::<SocketAddr>().unwrap());
+    let (mut gateway, mut host, now) = gateway_with(config);
+    let nobody_yet = gateway.allocate_flow();
+    gateway.connect_to_guest(resolved, nobody_yet, now, &mut host);
+    assert_eq!(host.closed, [(nobody_yet, true)], "refused while no guest is known");
+    assert_eq!(gateway.counters().drops(GatewayDropReason::UnknownGuest), 1);
+
+    // The guest speaks (to the gateway, from its SLAAC address); then another guest.
+    let later_guest = Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0x9);
+    for (mac, ip, at) in [
+        (GUEST_MAC, GUEST_IP6, now),
+        (MacAddress([0x52, 0x54, 0, 0, 0, 9]), later_guest, now + Duration::from_secs(1)),
+    ] {
+        let src = SocketAddr::from((ip, 40000));
+        let frame =
+            packet::udp(mac, gateway.config().mac(), src, SocketAddr::from((GATEWAY_IP6, 9)), b"hi").unwrap();
+        gateway.receive(&from_guest(&frame), at, &mut host);
+    }
+    let flow = gateway.allocate_flow();
+    gateway.connect_to_guest(resolved, flow, now + Duration::from_secs(2), &mut host);
+    let syn = gateway.pop_frame().expect("the SYN");
+    let ip = Ipv6Packet::new_checked(&syn[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6), "to the guest learned first");
+    assert_eq!(TcpPacket::new_checked(ip.payload()).unwrap().dst_port(), 22);
+}
