@@ -7,9 +7,10 @@
 //! and interesting inputs fixed. Nothing here does I/O beyond reading that corpus.
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use smoltcp::wire::{Icmpv6Packet, IpProtocol, TcpPacket, UdpPacket};
 use vnet_gateway::{FlowId, Gateway, GatewayConfig, HostSockets};
 
 use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, PortVlans, QueueLimits, Switch, SwitchConfig};
@@ -222,6 +223,22 @@ impl vnet_gateway::GuestEgress for AcceptingHost {
 /// letting timers run. Nothing may panic, and every frame the gateway emits must be a
 /// well-formed Ethernet frame no larger than vnet carries.
 pub fn gateway_frames(data: &[u8]) {
+    drive_gateway(data, <[u8]>::to_vec);
+}
+
+/// Like [`gateway_frames`], but each record is an IPv6 packet from a guest: a byte that
+/// picks the source and destination (the gateway's addresses, multicast groups, the
+/// DNS address, an address beyond), the hop limit, the next header, and the payload,
+/// wrapped into a frame with the right payload length and, for ICMPv6, UDP and TCP right
+/// after the fixed header, the right checksum, so that the fuzzer spends its time on
+/// extension headers, neighbour discovery, DHCPv6 and the rest behind them.
+pub fn ipv6_packets(data: &[u8]) {
+    drive_gateway(data, ipv6_frame);
+}
+
+/// Feeds the records of `data` (a two-byte length before each), each made a frame by
+/// `frame_of`, to a gateway as [`gateway_frames`] describes.
+fn drive_gateway(data: &[u8], frame_of: fn(&[u8]) -> Vec<u8>) {
     let config = GatewayConfig {
         dns_upstreams: vec!["127.0.0.1:53".parse().expect("literal")],
         max_flows: 64,
@@ -234,22 +251,94 @@ pub fn gateway_frames(data: &[u8]) {
     let mut step = 0u64;
     while rest.len() >= 2 {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-        let frame = &rest[2..(2 + len).min(rest.len())];
-        rest = &rest[2 + frame.len()..];
+        let record = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[2 + record.len()..];
+        let frame = frame_of(record);
         step += 1;
         let now = start + Duration::from_millis(step * 700);
-        if let Ok(frame) = vnet_wire::Frame::copy_from_slice(frame, vnet_wire::Offload::NONE) {
+        if let Ok(frame) = vnet_wire::Frame::copy_from_slice(&frame, vnet_wire::Offload::NONE) {
             // Three ports take turns, so per-port and per-guest budgets are driven too.
             gateway.receive(&frame.with_ingress_port(1 + (step % 3) as u32), now, &mut host);
         }
         for flow in 1..=step.min(8) {
             gateway.on_tcp_connected(FlowId(flow), now, &mut host);
-            gateway.on_udp_datagram(FlowId(flow), vnet_wire::FrameBuffer::copy_of(frame), now, &mut host);
+            gateway.on_udp_datagram(FlowId(flow), vnet_wire::FrameBuffer::copy_of(&frame), now, &mut host);
         }
         gateway.on_deadline(now, &mut host);
         while let Some(out) = gateway.pop_frame() {
             assert!(out.len() >= 14 && out.len() <= MAX_FRAME_LEN, "emitted a frame of {} bytes", out.len());
         }
+    }
+}
+
+/// Destinations an IPv6 record may pick: the gateway's global and link-local addresses,
+/// all nodes, all routers, all DHCPv6 agents, the DNS address, an address beyond the
+/// prefix, and the solicited-node group of the gateway's address.
+const IPV6_DESTINATIONS: [Ipv6Addr; 8] = [
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2),
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 3),
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2),
+];
+/// Sources: a guest's global, link-local and unspecified (duplicate address detection)
+/// addresses.
+const IPV6_SOURCES: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0x15),
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5054, 0xff, 0xfe12, 0x3456),
+    Ipv6Addr::UNSPECIFIED,
+];
+
+/// The frame of an IPv6 record (see [`ipv6_packets`]); empty if the record is too short.
+fn ipv6_frame(record: &[u8]) -> Vec<u8> {
+    let [pick, hop_limit, next_header, payload @ ..] = record else {
+        return Vec::new();
+    };
+    let dst = IPV6_DESTINATIONS[usize::from(pick & 7)];
+    let src = IPV6_SOURCES[usize::from(pick >> 3) % IPV6_SOURCES.len()];
+    let dst_mac = if dst.is_multicast() {
+        let [.., a, b, c, d] = dst.octets();
+        [0x33, 0x33, a, b, c, d]
+    } else {
+        [0x52, 0x55, 10, 0, 2, 2]
+    };
+    let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + 40 + payload.len());
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x86, 0xdd]);
+    let payload_len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&payload_len.to_be_bytes());
+    frame.extend_from_slice(&[*next_header, *hop_limit]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(payload);
+    fill_upper_checksum(&mut frame[ETHERNET_HEADER_LEN + 40..], IpProtocol::from(*next_header), src, dst);
+    frame
+}
+
+/// Writes the checksum of `upper`, an ICMPv6, UDP or TCP header and payload from `src`
+/// to `dst`, where its header is whole; leaves anything else as it is.
+fn fill_upper_checksum(upper: &mut [u8], protocol: IpProtocol, src: Ipv6Addr, dst: Ipv6Addr) {
+    match protocol {
+        IpProtocol::Icmpv6 => {
+            if let Ok(mut icmp) = Icmpv6Packet::new_checked(upper) {
+                icmp.fill_checksum(&src, &dst);
+            }
+        }
+        IpProtocol::Udp => {
+            if let Ok(mut udp) = UdpPacket::new_checked(upper) {
+                udp.fill_checksum(&src.into(), &dst.into());
+            }
+        }
+        IpProtocol::Tcp => {
+            if let Ok(mut tcp) = TcpPacket::new_checked(upper) {
+                tcp.fill_checksum(&src.into(), &dst.into());
+            }
+        }
+        _ => {}
     }
 }
 
@@ -367,6 +456,11 @@ mod tests {
     #[test]
     fn gateway_frames_regressions_pass() {
         replay("gateway_frames", super::gateway_frames);
+    }
+
+    #[test]
+    fn ipv6_packets_regressions_pass() {
+        replay("ipv6_packets", super::ipv6_packets);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! gateway's IPv4 addresses (a gratuitous ARP for 10.0.2.2, say), neighbour discovery
 //! that claims one of its IPv6 addresses, and router advertisements and redirects (a
 //! guest posing as the router) are dropped before they reach a guest, so no guest can
-//! draw the others' traffic for the gateway to itself. The switch calls it for every
-//! frame; it looks at ARP and ICMPv6 only and knows nothing of sockets.
+//! draw the others' traffic for the gateway to itself. It looks for ICMPv6 behind
+//! extension headers too, and drops a packet whose chain hides what it carries. The
+//! switch calls it for every frame; it looks at ARP and ICMPv6 only and knows nothing of
+//! sockets.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv6Packet};
+use vnet_gateway::MAX_EXTENSION_HEADERS;
 use vnet_switch::IngressGuard;
 use vnet_wire::Frame;
 
@@ -44,10 +47,11 @@ impl GatewayAddressGuard {
         let Ok(ip) = Ipv6Packet::new_checked(payload) else {
             return true;
         };
-        let icmp = ip.payload();
-        if ip.next_header() != IpProtocol::Icmpv6 || icmp.is_empty() {
-            return true;
-        }
+        let icmp = match upper_layer(ip.next_header(), ip.payload()) {
+            Upper::Icmpv6(icmp) if !icmp.is_empty() => icmp,
+            Upper::Icmpv6(_) | Upper::Other => return true,
+            Upper::Hidden => return false,
+        };
         let claims = |address: &[u8]| self.ipv6.iter().any(|own| own.octets()[..] == *address);
         match icmp[0] {
             kind if ROUTER_ONLY.contains(&kind) => false,
@@ -56,6 +60,44 @@ impl GatewayAddressGuard {
             _ => true,
         }
     }
+}
+
+/// What an IPv6 packet carries behind its extension headers, as far as the guard cares.
+enum Upper<'a> {
+    /// An ICMPv6 message (or the start of one, in a first fragment).
+    Icmpv6(&'a [u8]),
+    /// Another protocol, or a fragment after the first, which alone is no message.
+    Other,
+    /// A chain that runs past the packet or goes on longer than any sender needs: a
+    /// router advertisement could hide there from a guard that looks only at the next
+    /// header (RFC 7113), so the packet goes nowhere.
+    Hidden,
+}
+
+/// Looks through the extension headers from `protocol` on in `bytes` (hop-by-hop,
+/// destination options, routing and fragment headers) for the upper layer.
+fn upper_layer(mut protocol: IpProtocol, mut bytes: &[u8]) -> Upper<'_> {
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        let len = match protocol {
+            IpProtocol::Icmpv6 => return Upper::Icmpv6(bytes),
+            IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route => match bytes.get(1) {
+                Some(units) => (usize::from(*units) + 1) * 8,
+                None => return Upper::Hidden,
+            },
+            IpProtocol::Ipv6Frag => match bytes.get(2..4) {
+                Some(offset) if u16::from_be_bytes([offset[0], offset[1]]) >> 3 != 0 => return Upper::Other,
+                Some(_) => 8,
+                None => return Upper::Hidden,
+            },
+            _ => return Upper::Other,
+        };
+        if bytes.len() < len {
+            return Upper::Hidden;
+        }
+        protocol = IpProtocol::from(bytes[0]);
+        bytes = &bytes[len..];
+    }
+    Upper::Hidden
 }
 
 impl IngressGuard for GatewayAddressGuard {
@@ -117,6 +159,54 @@ mod tests {
         bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
         bytes.extend_from_slice(&target.octets());
         Frame::copy_from_slice(&bytes, Offload::NONE).unwrap()
+    }
+
+    /// `frame` (an IPv6 frame) with `headers` put between its fixed header and its
+    /// payload, the first of them named by `first`.
+    fn with_extension_headers(frame: &Frame, first: u8, headers: &[u8]) -> Frame {
+        let bytes = frame.as_bytes();
+        let (fixed, payload) = bytes.split_at(14 + 40);
+        let mut out = fixed.to_vec();
+        let payload_len = payload.len() + headers.len();
+        out[18..20].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        out[20] = first;
+        out.extend_from_slice(headers);
+        out.extend_from_slice(payload);
+        Frame::copy_from_slice(&out, Offload::NONE).unwrap()
+    }
+
+    #[test]
+    fn a_router_advertisement_behind_extension_headers_is_refused_as_one_without() {
+        const ICMPV6: u8 = 58;
+        const DESTINATION_OPTIONS: u8 = 60;
+        const FRAGMENT: u8 = 44;
+        let guest: Ipv6Addr = "fe80::15".parse().unwrap();
+        let guard = GatewayAddressGuard::new(vec![], vec!["fe80::2".parse().unwrap()]);
+        let advertisement = icmpv6(134, guest, guest);
+        let padding = [1, 4, 0, 0, 0, 0];
+        let options = |next: u8| [&[next, 0][..], &padding[..]].concat();
+        let behind_options = with_extension_headers(&advertisement, DESTINATION_OPTIONS, &options(ICMPV6));
+        assert!(!guard.admits(&behind_options), "behind destination options");
+        let chain = [options(FRAGMENT), vec![ICMPV6, 0, 0, 1, 0, 0, 0, 7]].concat();
+        assert!(
+            !guard.admits(&with_extension_headers(&advertisement, DESTINATION_OPTIONS, &chain)),
+            "in a first fragment"
+        );
+        let endless: Vec<u8> =
+            (0..=MAX_EXTENSION_HEADERS).flat_map(|_| options(DESTINATION_OPTIONS)).collect();
+        assert!(
+            !guard.admits(&with_extension_headers(&advertisement, DESTINATION_OPTIONS, &endless)),
+            "a chain too long"
+        );
+        let truncated = with_extension_headers(&icmpv6(128, guest, guest), DESTINATION_OPTIONS, &[ICMPV6, 9]);
+        assert!(!guard.admits(&truncated), "a chain past the packet");
+        let later_fragment = [ICMPV6, 0, 0, 8, 0, 0, 0, 7];
+        assert!(
+            guard.admits(&with_extension_headers(&advertisement, FRAGMENT, &later_fragment)),
+            "a later fragment"
+        );
+        let echo = with_extension_headers(&icmpv6(128, guest, guest), DESTINATION_OPTIONS, &options(ICMPV6));
+        assert!(guard.admits(&echo), "an echo request behind destination options");
     }
 
     #[test]

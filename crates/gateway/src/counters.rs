@@ -14,7 +14,8 @@ pub enum GatewayDropReason {
     BadChecksum,
     /// Addressed to another station (the switch floods unknown unicast here too).
     NotForGateway,
-    /// An IPv4 fragment; the gateway does not reassemble.
+    /// An IPv4 fragment or an IPv6 packet with a fragment header; the gateway does not
+    /// reassemble.
     Fragment,
     /// A protocol or message the gateway does not serve.
     Unsupported,
@@ -48,11 +49,21 @@ pub enum GatewayDropReason {
     TooLarge,
     /// IPv4 with `ipv4=off`, or IPv6 with `ipv6=off`.
     FamilyOff,
+    /// IPv6 extension headers the gateway will not act on: more than it walks, a
+    /// hop-by-hop header not first, padding longer than an option area needs, or an
+    /// unknown option whose type says to discard the packet.
+    ExtensionHeader,
+    /// An IPv6 routing header with segments left: the guest asks the gateway to pass the
+    /// packet on to another address it names (source routing), which it never does.
+    SourceRoute,
+    /// An IPv6 jumbogram (a jumbo payload option, or a payload length of 0 before a
+    /// hop-by-hop header): larger than any link here carries.
+    Jumbogram,
 }
 
 impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [GatewayDropReason; 17] = [
+    pub const ALL: [GatewayDropReason; 20] = [
         GatewayDropReason::Malformed,
         GatewayDropReason::BadChecksum,
         GatewayDropReason::NotForGateway,
@@ -70,6 +81,9 @@ impl GatewayDropReason {
         GatewayDropReason::Spoofed,
         GatewayDropReason::TooLarge,
         GatewayDropReason::FamilyOff,
+        GatewayDropReason::ExtensionHeader,
+        GatewayDropReason::SourceRoute,
+        GatewayDropReason::Jumbogram,
     ];
 
     /// A short name for logs and metrics.
@@ -92,6 +106,9 @@ impl GatewayDropReason {
             GatewayDropReason::Spoofed => "spoofed",
             GatewayDropReason::TooLarge => "too_large",
             GatewayDropReason::FamilyOff => "family_off",
+            GatewayDropReason::ExtensionHeader => "extension_header",
+            GatewayDropReason::SourceRoute => "source_route",
+            GatewayDropReason::Jumbogram => "jumbogram",
         }
     }
 }

@@ -15,6 +15,7 @@ use vnet_wire::Frame;
 
 use crate::counters::GatewayDropReason;
 use crate::egress::{GatewayIo, GuestEgress};
+use crate::extension_headers;
 use crate::gateway::Gateway;
 use crate::guest::{EchoRequest, Guest, GuestPacket};
 use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, udp};
@@ -82,7 +83,11 @@ impl Gateway {
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
         let ip = Ipv6Packet::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
+        if ip.payload_len() == 0 && ip.next_header() == IpProtocol::HopByHop {
+            return Err(GatewayDropReason::Jumbogram);
+        }
         let repr = Ipv6Repr::parse(&ip).map_err(|_| GatewayDropReason::Malformed)?;
+        let upper = extension_headers::upper_layer(repr.next_header, ip.payload())?;
         if self.advertise_at.is_none() {
             // An IPv6 guest is on the segment: advertise the router to all from now on.
             self.advertise_at = Some(now);
@@ -96,8 +101,8 @@ impl Gateway {
             checksum_offloaded,
         };
         let leaving = !self.config.is_own_ipv6(repr.dst_addr) && !self.config.contains_ipv6(repr.dst_addr);
-        let outbound = matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp)
-            || (repr.next_header == IpProtocol::Icmpv6 && ip.payload().first() == Some(&128));
+        let outbound = matches!(upper.protocol, IpProtocol::Udp | IpProtocol::Tcp)
+            || (upper.protocol == IpProtocol::Icmpv6 && upper.bytes.first() == Some(&128));
         if outbound && leaving && repr.hop_limit <= 1 && !repr.dst_addr.is_multicast() {
             // The gateway is the first router on the way out: the hop ends here.
             self.learn_neighbor6(repr.src_addr, guest, now, host)?;
@@ -105,23 +110,23 @@ impl Gateway {
                 guest: repr.src_addr,
                 dst: repr.dst_addr,
                 hop_limit: repr.hop_limit,
-                protocol: repr.next_header,
-                transport: ip.payload(),
+                protocol: upper.protocol,
+                transport: upper.bytes,
             };
             self.queue_frames([icmpv6::time_exceeded(&self.config, guest.mac, offending)]);
             return Ok(());
         }
-        if matches!(repr.next_header, IpProtocol::Udp | IpProtocol::Tcp) {
+        if matches!(upper.protocol, IpProtocol::Udp | IpProtocol::Tcp) {
             self.learn_neighbor6(repr.src_addr, guest, now, host)?;
-            return match repr.next_header {
-                IpProtocol::Udp => self.dispatch_udp(packet, ip.payload(), now, host),
-                _ => self.dispatch_tcp(packet, ip.payload(), now, host),
+            return match upper.protocol {
+                IpProtocol::Udp => self.dispatch_udp(packet, upper.bytes, now, host),
+                _ => self.dispatch_tcp(packet, upper.bytes, now, host),
             };
         }
-        if repr.next_header != IpProtocol::Icmpv6 {
+        if upper.protocol != IpProtocol::Icmpv6 {
             return Err(GatewayDropReason::Unsupported);
         }
-        let icmp = Icmpv6Packet::new_checked(ip.payload()).map_err(|_| GatewayDropReason::Malformed)?;
+        let icmp = Icmpv6Packet::new_checked(upper.bytes).map_err(|_| GatewayDropReason::Malformed)?;
         if !icmp.verify_checksum(&repr.src_addr, &repr.dst_addr) {
             return Err(GatewayDropReason::BadChecksum);
         }
@@ -140,7 +145,7 @@ impl Gateway {
             Icmpv6Message::EchoRequest => {
                 self.learn_neighbor6(repr.src_addr, guest, now, host)?;
                 let echo = icmpv6::parse_echo_request(&icmp)?;
-                self.send_echo(packet, &echo, ip.payload(), now, host)
+                self.send_echo(packet, &echo, upper.bytes, now, host)
             }
             _ => Err(GatewayDropReason::Unsupported),
         }

@@ -342,3 +342,57 @@ fn without_ipv4_a_forward_to_an_empty_guest_address_reaches_the_first_learned_ip
     assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6), "to the guest learned first");
     assert_eq!(TcpPacket::new_checked(ip.payload()).unwrap().dst_port(), 22);
 }
+
+/// `frame` (IPv6, from a guest) with `headers` between its fixed header and its payload,
+/// the first of them named by `first` (the last must name the payload's protocol).
+fn with_extension_headers(frame: &[u8], first: u8, headers: &[u8]) -> Vec<u8> {
+    let (fixed, payload) = frame.split_at(14 + 40);
+    let mut out = fixed.to_vec();
+    out[18..20].copy_from_slice(&((payload.len() + headers.len()) as u16).to_be_bytes());
+    out[20] = first;
+    out.extend_from_slice(headers);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn extension_headers_are_looked_through_and_chains_the_gateway_will_not_act_on_are_counted() {
+    const UDP: u8 = 17;
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const DESTINATION_OPTIONS: u8 = 60;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let udp = guest_udp6(SocketAddrV6::new(GATEWAY_IP6, 7777, 0, 0), b"behind options");
+    let options = [UDP, 0, 1, 4, 0, 0, 0, 0];
+    gateway.receive(
+        &from_guest(&with_extension_headers(&udp, DESTINATION_OPTIONS, &options)),
+        now,
+        &mut host,
+    );
+    assert_eq!(host.sent.last().map(|(_, sent)| sent.as_slice()), Some(&b"behind options"[..]));
+
+    let spent_route = [UDP, 0, 4, 0, 0, 0, 0, 0];
+    let sent = host.sent.len();
+    gateway.receive(&from_guest(&with_extension_headers(&udp, ROUTING, &spent_route)), now, &mut host);
+    assert_eq!(host.sent.len(), sent + 1, "a routing header with no segments left is no obstacle");
+
+    let dropped = [
+        (FRAGMENT, vec![UDP, 0, 0, 1, 0, 0, 0, 9], GatewayDropReason::Fragment),
+        (ROUTING, vec![UDP, 0, 0, 1, 0, 0, 0, 0], GatewayDropReason::SourceRoute),
+        (HOP_BY_HOP, vec![UDP, 0, 0xc2, 4, 0, 1, 0, 0], GatewayDropReason::Jumbogram),
+        (DESTINATION_OPTIONS, vec![UDP, 0, 0xc0, 4, 0, 0, 0, 0], GatewayDropReason::ExtensionHeader),
+        (DESTINATION_OPTIONS, vec![UDP, 0, 1, 9, 0, 0, 0, 0], GatewayDropReason::Malformed),
+    ];
+    for (first, headers, reason) in dropped {
+        let before = gateway.counters().drops(reason);
+        gateway.receive(&from_guest(&with_extension_headers(&udp, first, &headers)), now, &mut host);
+        assert_eq!(gateway.counters().drops(reason), before + 1, "{reason:?}");
+    }
+    let mut jumbogram = with_extension_headers(&udp, HOP_BY_HOP, &[UDP, 0, 0xc2, 4, 0, 1, 0, 0]);
+    jumbogram[18..20].copy_from_slice(&[0, 0]);
+    gateway.receive(&from_guest(&jumbogram), now, &mut host);
+    assert_eq!(gateway.counters().drops(GatewayDropReason::Jumbogram), 2, "payload length 0");
+    assert_eq!(host.sent.len(), sent + 1, "none of them reached the host");
+    assert!(gateway.pop_frame().is_none(), "nor got an answer");
+}
