@@ -95,8 +95,8 @@ impl Connection {
             let Peeked::Data(got) = self.peek(cx, sender, want, frame_payload) else {
                 break;
             };
-            self.send_peeked(cx, sender, got, frame_payload, &mut egress);
-            if got < want {
+            let all_sent = self.send_peeked(cx, sender, got, frame_payload, &mut egress);
+            if !all_sent || got < want {
                 break;
             }
         }
@@ -150,7 +150,9 @@ impl Connection {
     }
 
     /// Sends the `got` bytes the last peek put into the sender's buffers, a segment per
-    /// buffer, and counts them against `egress`.
+    /// buffer, and counts them against `egress`. False if a segment could not be built:
+    /// what is left stays in the host socket, and peeking it again now would only fail
+    /// again.
     fn send_peeked(
         &mut self,
         cx: &mut Context<'_>,
@@ -158,8 +160,9 @@ impl Connection {
         got: usize,
         frame_payload: usize,
         egress: &mut EgressRoom,
-    ) {
+    ) -> bool {
         let window = self.window_for_guest(cx.host);
+        let mut all_sent = true;
         for (index, mut payload) in sender.buffers.drain(..).enumerate() {
             let len = got.saturating_sub(index * frame_payload).min(frame_payload);
             if len == 0 {
@@ -175,6 +178,7 @@ impl Connection {
                 payload: &[],
             };
             let Ok(segment) = self.data_segment(cx.config, &header, payload, egress.takes_offloads) else {
+                all_sent = false;
                 break;
             };
             egress.frames = egress.frames.saturating_sub(1);
@@ -184,6 +188,7 @@ impl Connection {
             self.sent_data(cx.now);
         }
         self.retransmit_at.get_or_insert(cx.now + self.rto);
+        all_sent
     }
 
     /// Sends FIN once the host closed, everything before it went out and the guest has a
