@@ -323,8 +323,27 @@ fn hostfwd_listens_on_ipv6_and_with_no_host_address_on_both_families_and_reaches
     wait_until("vnet ns to exit on SIGTERM", DEADLINE, || namespace.try_wait().unwrap().is_some());
 }
 
+/// Run in the namespace once it has its DHCPv6 lease: holds a TCP connection and a UDP
+/// flow to the gateway's IPv6 address, then prints what `vnet flows` and `vnet status`
+/// say, and the API's /metrics.
+const SHOW_IPV6_FLOWS: &str = r#"
+import socket, subprocess, sys
+vnet, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tcp = socket.create_connection(("fec0::2", port), timeout=30)
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.sendto(b"x", ("fec0::2", port))
+for command in ("flows", "status"):
+    print(subprocess.run([vnet, command, name], capture_output=True, text=True).stdout)
+api = socket.socket(socket.AF_UNIX)
+api.connect(f"/run/vnet/{name}/api.sock")
+api.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+print(b"".join(iter(lambda: api.recv(65536), b"")).decode())
+"#;
+
 #[test]
-fn dhclient_gets_an_ipv6_address_and_dns_from_dhcpv6_and_vnet_leases_shows_it() {
+fn dhclient_gets_an_ipv6_address_and_dns_from_dhcpv6_and_inspection_shows_ipv6_leases_and_flows() {
+    let host_service = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = host_service.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let name = format!("dhcpv6-{}", std::process::id());
     let leases = dir.path().join("dhclient.leases");
@@ -336,7 +355,8 @@ done
 dhclient -6 -1 -v -lf {leases} -pf {dir}/dhclient.pid -sf /bin/true eth0 || exit 1
 kill $(cat {dir}/dhclient.pid)
 cat {leases}
-{vnet} leases {name}"#,
+{vnet} leases {name}
+python3 -c '{SHOW_IPV6_FLOWS}' {vnet} {name} {port}"#,
         leases = leases.display(),
         dir = dir.path().display(),
         vnet = support::vnet_binary(),
@@ -365,6 +385,18 @@ cat {leases}
         stdout.lines().any(|line| line.contains("fec0::100")),
         "vnet leases lists the address:\n{stdout}"
     );
+    let flow_lines = stdout.lines().filter(|line| line.contains(&format!("[fec0::2]:{port}"))).count();
+    assert_eq!(flow_lines, 2, "vnet flows lists the TCP and the UDP flow:\n{stdout}");
+    for expected in [
+        "(IPv6 1)\n".to_owned(),
+        "(IPv6 2)\n".to_owned(),
+        "gateway  fec0::2 (fe80::2) in fec0::/64, dns fec0::3".to_owned(),
+        "vnet_gateway_flows_by_family{family=\"ipv6\"} 2".to_owned(),
+        "vnet_dhcp_leases_by_family{family=\"ipv6\"} 1".to_owned(),
+    ] {
+        assert!(stdout.contains(&expected), "missing {expected}:\n{stdout}");
+    }
+    drop(host_service);
 }
 
 /// Joins `a` and `b` with a veth pair, `a_end` in `a` at `a_address` and `b_end` in `b`

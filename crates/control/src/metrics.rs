@@ -74,6 +74,24 @@ pub fn render(status: &StatusView, ports: &[PortView]) -> String {
         }
         Family::new(&mut out, "vnet_dhcp_leases", "gauge", "DHCP leases given from the pool.")
             .sample(&[], gateway.leases);
+        let mut flows_by_family = Family::new(
+            &mut out,
+            "vnet_gateway_flows_by_family",
+            "gauge",
+            "TCP, UDP and ICMP flows through the gateway by the guest's address family.",
+        );
+        for (family, counts) in &gateway.by_family {
+            flows_by_family.sample(&[("family", family)], counts.flows);
+        }
+        let mut leases_by_family = Family::new(
+            &mut out,
+            "vnet_dhcp_leases_by_family",
+            "gauge",
+            "DHCP (ipv4) and DHCPv6 (ipv6) leases given out.",
+        );
+        for (family, counts) in &gateway.by_family {
+            leases_by_family.sample(&[("family", family)], counts.leases);
+        }
         Family::new(&mut out, "vnet_forwards", "gauge", "hostfwd rules in force.")
             .sample(&[], gateway.forwards);
     }

@@ -62,10 +62,13 @@ pub fn status(status: &StatusView) -> String {
                     ipv6.host, ipv6.link_local, ipv6.network, ipv6.dns, gateway.mtu
                 ));
             }
+            let ipv6 = gateway.by_family.get("ipv6").copied().unwrap_or_default();
             out.push_str(&format!(
-                "leases   {}\nflows    {}\nforwards {}\n",
+                "leases   {} (IPv6 {})\nflows    {} (IPv6 {})\nforwards {}\n",
                 gateway.leases,
+                ipv6.leases,
                 flows.join(", "),
+                ipv6.flows,
                 gateway.forwards
             ));
             if !gateway.drops.is_empty() {

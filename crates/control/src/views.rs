@@ -4,6 +4,7 @@
 //! metrics are computed from them. Nothing here changes the network.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,9 @@ pub struct GatewayView {
     pub leases: usize,
     /// Flows by protocol.
     pub flows: BTreeMap<String, usize>,
+    /// DHCP and DHCPv6 leases given out, and TCP, UDP and ICMP flows, by address family
+    /// (`ipv4`, `ipv6`).
+    pub by_family: BTreeMap<String, FamilyCounts>,
     /// hostfwd rules in force.
     pub forwards: usize,
     /// Drops by reason (only reasons that happened).
@@ -157,6 +161,15 @@ pub struct GatewayView {
 
 fn serve_ipv4() -> bool {
     true
+}
+
+/// What one address family holds in the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyCounts {
+    /// Leases given out (not the fixed ones).
+    pub leases: usize,
+    /// TCP, UDP and ICMP flows (queries waiting for a DNS upstream not among them).
+    pub flows: usize,
 }
 
 /// A guest the gateway refused new flows to, because its budget (or its port's) was
@@ -318,6 +331,7 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
             dns: config.dns.to_string(),
             mtu: config.mtu,
             leases: gateway.leases(Instant::now()).iter().filter(|lease| !lease.fixed).count(),
+            by_family: counts_by_family(gateway),
             flows: [("tcp", counts.tcp), ("udp", counts.udp), ("icmp", counts.icmp), ("dns", counts.dns)]
                 .into_iter()
                 .map(|(name, count)| (name.to_owned(), count))
@@ -353,6 +367,21 @@ fn budgets(budgets: vnet_gateway::Budgets) -> BTreeMap<String, usize> {
     by_name.insert("half_open".to_owned(), budgets.half_open);
     by_name.insert("port".to_owned(), budgets.port_flows);
     by_name
+}
+
+/// Leases and flows of `gateway` by address family; both families are always there.
+fn counts_by_family(gateway: &vnet_gateway::Gateway) -> BTreeMap<String, FamilyCounts> {
+    let now = Instant::now();
+    let family = |ip: IpAddr| if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let mut by_family: BTreeMap<String, FamilyCounts> =
+        ["ipv4", "ipv6"].into_iter().map(|name| (name.to_owned(), FamilyCounts::default())).collect();
+    for lease in gateway.leases(now).iter().filter(|lease| !lease.fixed) {
+        by_family.entry(family(lease.ip).to_owned()).or_default().leases += 1;
+    }
+    for flow in gateway.flows(now) {
+        by_family.entry(family(flow.guest.ip()).to_owned()).or_default().flows += 1;
+    }
+    by_family
 }
 
 /// The guests holding flows that were refused some, in port order.
