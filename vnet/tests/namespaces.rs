@@ -202,9 +202,9 @@ fn a_namespace_makes_its_ipv6_address_from_router_advertisements_and_pings_the_g
 }
 
 #[test]
-fn a_namespace_reaches_host_loopback_over_ipv6_with_tcp_udp_and_dns() {
+fn a_namespace_reaches_host_loopback_over_ipv6_with_tcp_udp_and_dns_through_an_ipv6_upstream() {
     use support::services::{answer_dns, echo_one, greet_one, tcp_service, udp_service, ServiceThreads};
-    let upstream = udp_service("127.0.0.1:0");
+    let upstream = udp_service("[::1]:0");
     let echo = udp_service("[::1]:0");
     let hello = tcp_service("[::1]:0");
     let (upstream_port, echo_port, hello_port) = (
@@ -221,7 +221,7 @@ fn a_namespace_reaches_host_loopback_over_ipv6_with_tcp_udp_and_dns() {
 /usr/bin/python3 -c "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(5); s.sendto(b'udp6-works', ('fec0::2', {echo_port})); print(s.recv(100).decode())"
 busybox nslookup vnet.test fec0::3"#
     );
-    let stdout = in_ipv6_namespace(&format!("dns-upstream=127.0.0.1:{upstream_port}"), &script);
+    let stdout = in_ipv6_namespace(&format!("dns-upstream=[::1]:{upstream_port}"), &script);
     for expected in ["hello", "udp6-works", "192.0.2.7"] {
         assert!(stdout.contains(expected), "missing {expected}:\n{stdout}");
     }

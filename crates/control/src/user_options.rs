@@ -256,6 +256,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ipv6_resolvers_in_resolv_conf_are_upstreams_without_their_zone() {
+        let text =
+            "# comment\nnameserver 127.0.0.53\nnameserver ::1\nnameserver fe80::1%eth0\nsearch lab.test\n";
+        let upstreams: Vec<String> = resolv_conf_nameservers(text).iter().map(ToString::to_string).collect();
+        assert_eq!(upstreams, ["127.0.0.53:53", "[::1]:53", "[fe80::1]:53"]);
+        let config = parse_user_options("dns-upstream=[::1]:5353", "nameserver 192.0.2.1").unwrap();
+        assert_eq!(config.dns_upstreams, ["[::1]:5353".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
     fn qemus_own_example_parses() {
         let text =
             "net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,dhcpstart=10.0.2.15,hostname=vm,domainname=lab.test,\
