@@ -452,21 +452,25 @@ impl TestHostPair {
     }
 }
 
-#[test]
-fn two_guests_reach_each_other_and_a_test_host_at_the_same_time() {
-    let _lock = GuestLock::acquire();
-    let hosts = TestHostPair::create(true);
-    let mut web = hosts
-        .far
-        .command(&["python3", "-m", "http.server", "8080", "--bind", "192.0.2.2"])
+/// A web server (a directory listing) on `address` port 8080 in `netns`, once it listens.
+fn web_server_on_8080(netns: &NamedNamespace, address: &str) -> Child {
+    let web = netns
+        .command(&["python3", "-m", "http.server", "8080", "--bind", address])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the test host's web server", DEADLINE, || {
-        String::from_utf8_lossy(&hosts.far.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
-            .contains("8080")
+    wait_until("the web server", DEADLINE, || {
+        String::from_utf8_lossy(&netns.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout).contains("8080")
     });
+    web
+}
+
+#[test]
+fn two_guests_reach_each_other_and_a_test_host_at_the_same_time() {
+    let _lock = GuestLock::acquire();
+    let hosts = TestHostPair::create(true);
+    let mut web = web_server_on_8080(&hosts.far, "192.0.2.2");
     let (_dir, sock, _vnet) = network_in(&hosts.inner);
     let script = |peer: &str| {
         format!(
@@ -703,17 +707,7 @@ fn an_ipv6_only_guest_gets_slaac_dns_and_dhcpv6_reaches_host_and_test_host_and_i
     let hosts = TestHostPair::create(true);
     let mut dnsmasq = start_dnsmasq(&hosts.inner);
     wait_until("dnsmasq", DEADLINE, || dnsmasq_is_up(&hosts.inner));
-    let mut web = hosts
-        .inner
-        .command(&["python3", "-m", "http.server", "8080", "--bind", "::1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the host's web server on ::1", DEADLINE, || {
-        String::from_utf8_lossy(&hosts.inner.exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
-            .contains("8080")
-    });
+    let mut web = web_server_on_8080(&hosts.inner, "::1");
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vnet.sock");
     let _vnet = Vnet::spawn_in(

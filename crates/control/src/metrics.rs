@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::views::{PortView, StatusView};
+use crate::views::{FamilyCounts, PortView, StatusView};
 
 /// The Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -74,23 +74,22 @@ pub fn render(status: &StatusView, ports: &[PortView]) -> String {
         }
         Family::new(&mut out, "vnet_dhcp_leases", "gauge", "DHCP leases given from the pool.")
             .sample(&[], gateway.leases);
-        let mut flows_by_family = Family::new(
-            &mut out,
-            "vnet_gateway_flows_by_family",
-            "gauge",
-            "TCP, UDP and ICMP flows through the gateway by the guest's address family.",
-        );
-        for (family, counts) in &gateway.by_family {
-            flows_by_family.sample(&[("family", family)], counts.flows);
-        }
-        let mut leases_by_family = Family::new(
-            &mut out,
-            "vnet_dhcp_leases_by_family",
-            "gauge",
-            "DHCP (ipv4) and DHCPv6 (ipv6) leases given out.",
-        );
-        for (family, counts) in &gateway.by_family {
-            leases_by_family.sample(&[("family", family)], counts.leases);
+        type Count = fn(&FamilyCounts) -> usize;
+        let by_family: [(&str, &str, Count); 2] = [
+            (
+                "vnet_gateway_flows_by_family",
+                "TCP, UDP and ICMP flows through the gateway by the guest's address family.",
+                |counts| counts.flows,
+            ),
+            ("vnet_dhcp_leases_by_family", "DHCP (ipv4) and DHCPv6 (ipv6) leases given out.", |counts| {
+                counts.leases
+            }),
+        ];
+        for (name, help, count) in by_family {
+            let mut family = Family::new(&mut out, name, "gauge", help);
+            for (address_family, counts) in &gateway.by_family {
+                family.sample(&[("family", address_family)], count(counts));
+            }
         }
         Family::new(&mut out, "vnet_forwards", "gauge", "hostfwd rules in force.")
             .sample(&[], gateway.forwards);
