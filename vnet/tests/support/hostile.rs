@@ -197,6 +197,21 @@ pub fn icmpv6(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 16], dst: [u8; 16], 
     ethernet(dst_mac, src_mac, 0x86dd, &packet)
 }
 
+/// `frame` (Ethernet and IPv6) with an 8-byte destination options header (padding only)
+/// in front of its payload, as a router advertisement hides from a guard that looks only
+/// at the next header (RFC 7113). The payload's checksum stays right: its length is the
+/// same.
+pub fn behind_destination_options(frame: &[u8]) -> Vec<u8> {
+    let (headers, payload) = frame.split_at(14 + 40);
+    let mut out = headers.to_vec();
+    let payload_len = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    let next_header = std::mem::replace(&mut out[20], 60);
+    out.extend_from_slice(&[next_header, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
 /// A router advertisement for `prefix`/64 (autonomous), with the sender as default
 /// router for 30 minutes.
 pub fn router_advertisement(prefix: [u8; 16]) -> Vec<u8> {
