@@ -4,9 +4,10 @@
 //!
 //! Each [`Guest`] is a namespace the bench made, configured so that `host_address` inside
 //! it reaches the bench host's services (for the user-mode backends, through their
-//! gateway-to-host-loopback mapping). Nothing here measures anything.
+//! gateway-to-host-loopback mapping: 127.0.0.1, or ::1 for a guest set up for IPv6).
+//! Nothing here measures anything.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::netns::{Netns, FAR_ADDRESS, HOST_ADDRESS};
+use crate::netns::{Netns, FAR_ADDRESS, FAR_IPV6_ADDRESS, HOST_ADDRESS, HOST_IPV6_ADDRESS};
 use crate::process::{run, wait_until, ScratchDir, Spawned, READY_DEADLINE};
 
 /// One way for a namespace to reach the host.
@@ -62,6 +63,30 @@ pub struct Programs {
     pub bench: PathBuf,
 }
 
+/// vnet's gateway address that leads to the host's ::1 (`ipv6-host`, QEMU's default).
+const VNET_IPV6_HOST: Ipv6Addr = Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2);
+/// slirp4netns's host address, which leads to the host's ::1.
+const SLIRP4NETNS_IPV6_HOST: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+/// The IP version a guest reaches the host's services over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVersion {
+    /// IPv4, through every backend.
+    V4,
+    /// IPv6, through vnet, slirp4netns, pasta and veth.
+    V6,
+}
+
+impl IpVersion {
+    /// The address a server binds to take connections to any address of this version.
+    pub fn any_address(self) -> IpAddr {
+        match self {
+            IpVersion::V4 => Ipv4Addr::UNSPECIFIED.into(),
+            IpVersion::V6 => Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+}
+
 /// How to set up a guest.
 #[derive(Debug, Clone, Copy)]
 pub struct GuestSetup {
@@ -69,6 +94,8 @@ pub struct GuestSetup {
     pub mtu: u16,
     /// A TCP port of the host to forward to the same port of the guest.
     pub tcp_forward: Option<u16>,
+    /// The IP version of the guest's `host_address`.
+    pub ip: IpVersion,
 }
 
 /// A namespace connected to the host through a backend.
@@ -77,8 +104,9 @@ pub struct Guest {
     plug: Option<Spawned>,
     process: Option<Spawned>,
     netns: Netns,
-    /// The address inside the guest that reaches the host's services.
-    pub host_address: Ipv4Addr,
+    /// The address inside the guest that reaches the host's services, of the IP version
+    /// the setup asked for.
+    pub host_address: IpAddr,
     /// The address a host client connects to for the guest's forwarded port.
     pub forward_address: Ipv4Addr,
     dir: ScratchDir,
@@ -87,13 +115,21 @@ pub struct Guest {
 impl Guest {
     /// Starts `backend` for a fresh namespace set up as `setup` asks.
     pub fn start(backend: Backend, setup: GuestSetup, programs: &Programs) -> Result<Self> {
+        let has_ipv6 =
+            matches!(backend, Backend::Vnet | Backend::Slirp4netns | Backend::Pasta | Backend::Veth);
+        if setup.ip == IpVersion::V6 && !has_ipv6 {
+            bail!(
+                "the bench sets up IPv6 for vnet, slirp4netns, pasta and veth only, not {}",
+                backend.name()
+            );
+        }
         let netns = Netns::create(backend.name().split(' ').next().unwrap_or("guest"))?;
         let dir = ScratchDir::create()?;
         let mut guest = Guest {
             netns,
             process: None,
             plug: None,
-            host_address: Ipv4Addr::new(10, 0, 2, 2),
+            host_address: Ipv4Addr::new(10, 0, 2, 2).into(),
             forward_address: Ipv4Addr::LOCALHOST,
             dir,
         };
@@ -112,6 +148,14 @@ impl Guest {
     /// A command that runs `args` inside the guest.
     pub fn command(&self, args: &[&str]) -> Command {
         self.netns.command(args)
+    }
+
+    /// The IP version the guest reaches the host's services over.
+    pub fn ip(&self) -> IpVersion {
+        match self.host_address {
+            IpAddr::V4(_) => IpVersion::V4,
+            IpAddr::V6(_) => IpVersion::V6,
+        }
     }
 
     /// The backend's process, if it has one.
@@ -133,7 +177,11 @@ impl Guest {
         command.args(["--log-level", "warn", "run", "--user", &user, "--attach", &attach]);
         self.process = Some(Spawned::start("vnet", &mut command)?);
         self.wait_for_link("eth0")?;
-        self.configure("eth0", "10.0.2.15/24", "10.0.2.2", setup.mtu)
+        self.configure("eth0", "10.0.2.15/24", "10.0.2.2", setup.mtu)?;
+        if setup.ip == IpVersion::V6 {
+            self.reach_host_over_ipv6("eth0", VNET_IPV6_HOST, VNET_IPV6_HOST)?;
+        }
+        Ok(())
     }
 
     fn start_slirp4netns(&mut self, setup: GuestSetup) -> Result<()> {
@@ -142,6 +190,7 @@ impl Guest {
         command
             .arg("--configure")
             .arg(format!("--mtu={}", setup.mtu))
+            .args((setup.ip == IpVersion::V6).then_some("--enable-ipv6"))
             .args(["--netns-type=path", "--api-socket"])
             .arg(&api)
             .args([&self.netns.path(), "tap0"])
@@ -152,6 +201,9 @@ impl Guest {
         wait_until("slirp4netns to configure tap0", READY_DEADLINE, || {
             Ok(has_address(netns, "10.0.2.100") && api.exists())
         })?;
+        if setup.ip == IpVersion::V6 {
+            self.reach_host_over_ipv6("tap0", SLIRP4NETNS_IPV6_HOST, SLIRP4NETNS_IPV6_HOST)?;
+        }
         if let Some(port) = setup.tcp_forward {
             slirp4netns_forward(&api, port)?;
         }
@@ -160,26 +212,38 @@ impl Guest {
 
     fn start_pasta(&mut self, setup: GuestSetup) -> Result<()> {
         let forward = setup.tcp_forward.map_or("none".to_owned(), |port| port.to_string());
+        let ip_version_only = match setup.ip {
+            IpVersion::V4 => "-4",
+            IpVersion::V6 => "-6",
+        };
         let mut command = Command::new("pasta");
         command
-            .args(["--config-net", "-f", "-q", "-4", "-I", "eth0", "-m", &setup.mtu.to_string()])
+            .args(["--config-net", "-f", "-q", ip_version_only, "-I", "eth0", "-m", &setup.mtu.to_string()])
             .args(["-t", &forward, "-u", "none", "-T", "none", "-U", "none"])
             // As nobody (its default under root) pasta cannot join a namespace root made.
             .args(["--runas", "0", "--netns", &self.netns.path()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.process = Some(Spawned::start("pasta", &mut command)?);
-        let netns = &self.netns;
-        wait_until("pasta to configure eth0", READY_DEADLINE, || Ok(has_address(netns, HOST_ADDRESS)))?;
-        self.netns.run(&["ip", "link", "set", "eth0", "mtu", &setup.mtu.to_string()])?;
-        self.host_address = FAR_ADDRESS.parse()?;
-        Ok(())
+        // pasta gives the namespace the host's address and gateway, and takes connections
+        // to the gateway to the host's loopback.
+        match setup.ip {
+            IpVersion::V4 => {
+                let netns = &self.netns;
+                wait_until("pasta to configure eth0", READY_DEADLINE, || {
+                    Ok(has_address(netns, HOST_ADDRESS))
+                })?;
+                self.host_address = FAR_ADDRESS.parse()?;
+            }
+            IpVersion::V6 => self.reach_host_over_ipv6("eth0", HOST_IPV6_ADDRESS, FAR_IPV6_ADDRESS)?,
+        }
+        self.netns.run(&["ip", "link", "set", "eth0", "mtu", &setup.mtu.to_string()])
     }
 
     fn start_veth(&mut self, setup: GuestSetup) -> Result<()> {
         let (n, subnet) = next_subnet();
         let host_side = format!("vb{n}");
-        self.host_address = Ipv4Addr::new(10, 200, subnet, 1);
+        self.host_address = Ipv4Addr::new(10, 200, subnet, 1).into();
         self.forward_address = Ipv4Addr::new(10, 200, subnet, 2);
         let mtu = setup.mtu.to_string();
         let add = ["link", "add", &host_side, "mtu", &mtu, "type", "veth", "peer", "name", "eth0"];
@@ -188,13 +252,27 @@ impl Guest {
         run(Command::new("ip").args(["addr", "add", &host_address, "dev", &host_side]))?;
         run(Command::new("ip").args(["link", "set", &host_side, "up"]))?;
         let guest_address = format!("{}/24", self.forward_address);
-        self.configure("eth0", &guest_address, &self.host_address.to_string(), setup.mtu)
+        self.configure("eth0", &guest_address, &self.host_address.to_string(), setup.mtu)?;
+        if setup.ip == IpVersion::V6 {
+            self.add_veth_ipv6(&host_side, subnet)?;
+        }
+        Ok(())
+    }
+
+    /// Gives both sides of the veth pair of `subnet` (`host_side` and the guest's eth0)
+    /// an IPv6 address in a /64 of their own, without duplicate address detection.
+    fn add_veth_ipv6(&mut self, host_side: &str, subnet: u8) -> Result<()> {
+        let address = |side| Ipv6Addr::new(0xfd10, 0x200, 0, subnet.into(), 0, 0, 0, side);
+        let (host, guest) = (address(1), address(2));
+        run(Command::new("ip").args(["addr", "add", &format!("{host}/64"), "dev", host_side, "nodad"]))?;
+        self.netns.run(&["ip", "addr", "add", &format!("{guest}/64"), "dev", "eth0", "nodad"])?;
+        self.reach_host_over_ipv6("eth0", guest, host)
     }
 
     fn start_vnet_tap(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
         let (n, subnet) = next_subnet();
         let tap = format!("vt{n}");
-        self.host_address = Ipv4Addr::new(10, 201, subnet, 1);
+        self.host_address = Ipv4Addr::new(10, 201, subnet, 1).into();
         self.forward_address = Ipv4Addr::new(10, 201, subnet, 2);
         let attach_netns = format!("netns:{},ifname=eth0", self.netns.path());
         let attach_tap = format!("tap:{tap}");
@@ -250,6 +328,20 @@ impl Guest {
         self.wait_for_link("eth0")
     }
 
+    /// Waits until `interface` has an IPv6 address in the /64 of `prefix` (from SLAAC or
+    /// given by the backend) and duplicate address detection is over for every address
+    /// of it, link-local included, and makes `host` the address that reaches the host's
+    /// services. (Debian 12's pasta, of 2023-03-09, sends a connection's segments to the
+    /// guest's link-local address if the connection began while that address was
+    /// tentative, and the guest resets it.)
+    fn reach_host_over_ipv6(&mut self, interface: &str, prefix: Ipv6Addr, host: Ipv6Addr) -> Result<()> {
+        let netns = &self.netns;
+        let what = format!("an IPv6 address in {prefix}/64 on {interface}, past duplicate address detection");
+        wait_until(&what, READY_DEADLINE, || Ok(ipv6_is_settled(netns, interface, prefix)))?;
+        self.host_address = host.into();
+        Ok(())
+    }
+
     fn wait_for_link(&self, name: &str) -> Result<()> {
         let netns = &self.netns;
         wait_until(&format!("{name} in the guest namespace"), READY_DEADLINE, || {
@@ -268,8 +360,9 @@ impl Guest {
     }
 }
 
-/// A number for a host-side interface, and a /24 of its own: the kernel removes a
-/// deleted namespace's links lazily, and an old route must not shadow the next one's.
+/// A number for a host-side interface, and a /24 (and an IPv6 /64) of its own: the kernel
+/// removes a deleted namespace's links lazily, and an old route must not shadow the next
+/// one's.
 fn next_subnet() -> (usize, u8) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +375,22 @@ fn has_address(netns: &Netns, address: &str) -> bool {
         .command(&["ip", "-4", "-o", "addr", "show"])
         .output()
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(&format!("inet {address}/")))
+}
+
+/// Whether `interface` of `netns` has an IPv6 address in the /64 of `prefix` and none of
+/// its addresses is tentative any more (duplicate address detection is over).
+fn ipv6_is_settled(netns: &Netns, interface: &str, prefix: Ipv6Addr) -> bool {
+    let Ok(output) = netns.command(&["ip", "-6", "-o", "addr", "show", "dev", interface]).output() else {
+        return false;
+    };
+    let addresses = String::from_utf8_lossy(&output.stdout);
+    let in_prefix = |address: Ipv6Addr| address.segments()[..4] == prefix.segments()[..4];
+    let has_address_in_prefix = addresses.lines().any(|line| {
+        let mut words = line.split_whitespace().skip_while(|word| *word != "inet6").skip(1);
+        let address = words.next().and_then(|word| word.split('/').next()?.parse().ok());
+        address.is_some_and(in_prefix)
+    });
+    has_address_in_prefix && !addresses.contains("tentative")
 }
 
 /// Asks slirp4netns (through its API socket) to forward host port `port` on loopback to

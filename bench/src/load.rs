@@ -7,8 +7,8 @@
 //! carries the traffic.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -46,12 +46,23 @@ pub fn file_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
-/// A TCP listener on every address of the bench host, port chosen by the kernel, with a
-/// backlog deep enough for connection storms.
-pub fn listen_any() -> Result<TcpListener> {
-    let listener = TcpListener::bind("0.0.0.0:0")?;
-    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)?;
-    Ok(listener)
+/// A TCP listener on every address of the bench host of the IP version of `any`
+/// (0.0.0.0 or ::), port chosen by the kernel, with a backlog deep enough for connection
+/// storms. An IPv6 listener takes IPv6 alone, so a backend that reached it over IPv4
+/// could not pass for one that carried IPv6.
+pub fn listen_any(any: IpAddr) -> Result<TcpListener> {
+    use nix::sys::socket::{bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog};
+    use nix::sys::socket::{SockFlag, SockType, SockaddrStorage};
+    let family = if any.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let listener = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .with_context(|| format!("a TCP socket to listen on {any}"))?;
+    if any.is_ipv6() {
+        setsockopt(&listener, sockopt::Ipv6V6Only, &true).context("IPV6_V6ONLY")?;
+    }
+    let address = SockaddrStorage::from(SocketAddr::new(any, 0));
+    bind(listener.as_raw_fd(), &address).with_context(|| format!("binding to {any}"))?;
+    listen(&listener, Backlog::MAXCONN).with_context(|| format!("listening on {any}"))?;
+    Ok(TcpListener::from(listener))
 }
 
 /// Latency percentiles of a request/response run.

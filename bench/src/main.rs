@@ -34,11 +34,11 @@ use scenarios::{Bench, Settings, SCENARIOS};
 #[derive(Parser)]
 #[command(name = "vnet-bench")]
 struct Cli {
-    /// One short round, fewer connections and no real guests: under 3 minutes.
+    /// One short round, fewer connections and no real guests: under 5 minutes.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): bulk, latency, udp, scale, stream,
-    /// switch, idle, guests.
+    /// Only these scenarios (comma-separated): bulk, bulk-ipv6, latency, latency-ipv6,
+    /// udp, scale, stream, switch, tap, idle, guests.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Count vnet's own instructions with callgrind on fixed workloads instead (bulk

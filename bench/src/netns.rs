@@ -1,14 +1,16 @@
 //! The network namespaces the bench makes, and the bench's own "host".
 //!
 //! The bench never runs in the machine's real network namespace. It makes a host
-//! namespace (192.0.2.1) whose default route goes to a far namespace (192.0.2.2) that
-//! answers nothing, and moves itself into the host namespace before it starts anything.
+//! namespace (192.0.2.1 and 2001:db8::1) whose default routes go to a far namespace
+//! (192.0.2.2 and 2001:db8::2) that answers nothing, and moves itself into the host
+//! namespace before it starts anything.
 //! Every backend, server and guest it starts is then inside namespaces it made, so no
 //! traffic can leave the machine, whatever a backend does with it.
 //!
 //! Nothing here knows about backends or scenarios.
 
 use std::fs::File;
+use std::net::Ipv6Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,6 +23,10 @@ use crate::process::run;
 pub const HOST_ADDRESS: &str = "192.0.2.1";
 /// The far namespace's address: the host namespace's default gateway.
 pub const FAR_ADDRESS: &str = "192.0.2.2";
+/// The host namespace's IPv6 address, on the link to the far namespace.
+pub const HOST_IPV6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The far namespace's IPv6 address: the host namespace's IPv6 default gateway.
+pub const FAR_IPV6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct Netns {
@@ -98,7 +104,11 @@ impl BenchHost {
         let far = Netns::create("far")?;
         host.run(&["ip", "link", "add", "h0", "type", "veth", "peer", "name", "f0", "netns", far.name()])?;
         configure_host(&host)?;
-        far.run_lines(&format!("ip addr add {FAR_ADDRESS}/24 dev f0\nip link set f0 up"))?;
+        far.run_lines(&format!(
+            "ip addr add {FAR_ADDRESS}/24 dev f0
+             ip addr add {FAR_IPV6_ADDRESS}/64 dev f0 nodad
+             ip link set f0 up"
+        ))?;
         host.enter()?;
         Ok(Self { _host: host, _far: far })
     }
@@ -128,13 +138,17 @@ fn remove_leftovers() {
     }
 }
 
-/// The host namespace's address and route, and room for many connections: a wide
-/// ephemeral port range and TIME_WAIT reuse, as the connection-rate scenario needs.
+/// The host namespace's addresses and routes (an IPv6 default route too: pasta takes
+/// the addresses and gateway of each IP version from the host), and room for many
+/// connections: a wide ephemeral port range and TIME_WAIT reuse, as the connection-rate
+/// scenario needs.
 fn configure_host(host: &Netns) -> Result<()> {
     host.run_lines(&format!(
         "ip addr add {HOST_ADDRESS}/24 dev h0
+         ip addr add {HOST_IPV6_ADDRESS}/64 dev h0 nodad
          ip link set h0 up
-         ip route add default via {FAR_ADDRESS}"
+         ip route add default via {FAR_ADDRESS}
+         ip -6 route add default via {FAR_IPV6_ADDRESS}"
     ))?;
     for setting in [
         "net.ipv4.ip_local_port_range=10000 65000",

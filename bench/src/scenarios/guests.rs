@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{Bench, Iperf3Server};
+use crate::backend::IpVersion;
 use crate::process::{wait_until, ScratchDir, Spawned, READY_DEADLINE};
 use crate::report::{Better, Metric};
 
@@ -49,7 +50,7 @@ pub fn run(bench: &mut Bench) -> Result<()> {
     if !image.join("vmlinuz").exists() {
         bail!("no test guest in target/test-guest; scripts/bench builds it (tests/guest/build-guest.sh)");
     }
-    let server = Iperf3Server::start()?;
+    let server = Iperf3Server::start(IpVersion::V4)?;
     for _ in 0..bench.settings.rounds {
         for backend in [GuestBackend::Vnet, GuestBackend::QemuUser, GuestBackend::Passt] {
             match guest_iperf3(bench, &image, backend, server.port) {

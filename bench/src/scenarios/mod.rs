@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, Guest, GuestSetup, Programs};
+use crate::backend::{Backend, Guest, GuestSetup, IpVersion, Programs};
 use crate::load::{self, Held};
 use crate::process::{wait_until, Spawned, READY_DEADLINE};
 use crate::report::{Metric, Report};
@@ -58,7 +58,7 @@ impl Settings {
         idle_flows: 60_000,
         guests: true,
     };
-    /// `--quick`: one short round, fewer connections, no real guests; under 3 minutes.
+    /// `--quick`: one short round, fewer connections, no real guests; under 5 minutes.
     pub const QUICK: Settings = Settings {
         rounds: 1,
         seconds: 2,
@@ -70,8 +70,19 @@ impl Settings {
 }
 
 /// A scenario's name on the command line.
-pub const SCENARIOS: [&str; 9] =
-    ["bulk", "latency", "udp", "scale", "stream", "switch", "tap", "idle", "guests"];
+pub const SCENARIOS: [&str; 11] = [
+    "bulk",
+    "bulk-ipv6",
+    "latency",
+    "latency-ipv6",
+    "udp",
+    "scale",
+    "stream",
+    "switch",
+    "tap",
+    "idle",
+    "guests",
+];
 
 /// One run of the bench.
 pub struct Bench {
@@ -89,7 +100,9 @@ impl Bench {
         eprintln!("== {name}");
         match name {
             "bulk" => bulk::run(self),
+            "bulk-ipv6" => bulk::run_ipv6(self),
             "latency" => latency::run(self),
+            "latency-ipv6" => latency::run_ipv6(self),
             "udp" => udp::run(self),
             "scale" => scale::run(self),
             "stream" => stream::run(self),
@@ -162,10 +175,14 @@ struct Iperf3Server {
 }
 
 impl Iperf3Server {
-    fn start() -> Result<Self> {
+    /// Starts a server for clients of IP version `ip` (an IPv6 one takes IPv6 alone).
+    fn start(ip: IpVersion) -> Result<Self> {
         let port = free_port()?;
         let mut command = Command::new("iperf3");
         command.args(["-s", "-p", &port.to_string()]).stdout(std::process::Stdio::null());
+        if ip == IpVersion::V6 {
+            command.arg("-6");
+        }
         let process = Spawned::start("iperf3 -s", &mut command)?;
         wait_until("the iperf3 server", READY_DEADLINE, || {
             let output = Command::new("ss").args(["-Hltn", "sport", "=", &format!(":{port}")]).output()?;
@@ -180,6 +197,9 @@ impl Iperf3Server {
         let (host, port, time) = (guest.host_address.to_string(), self.port.to_string(), seconds.to_string());
         let mut args =
             vec!["iperf3", "-c", &host, "-p", &port, "-t", &time, "-J", "--connect-timeout", "5000"];
+        if guest.ip() == IpVersion::V6 {
+            args.push("-6");
+        }
         if reverse {
             args.push("-R");
         }
@@ -206,10 +226,15 @@ impl Iperf3Server {
     }
 }
 
-/// iperf3 both ways through each of `backends`, at MTU 65520 and 1500, alternating
-/// backends within each round.
-fn iperf3_both_ways(bench: &mut Bench, scenario: &'static str, backends: &[Backend]) -> Result<()> {
-    let server = Iperf3Server::start()?;
+/// iperf3 over IP version `ip` both ways through each of `backends`, at MTU 65520 and
+/// 1500, alternating backends within each round.
+fn iperf3_both_ways(
+    bench: &mut Bench,
+    scenario: &'static str,
+    backends: &[Backend],
+    ip: IpVersion,
+) -> Result<()> {
+    let server = Iperf3Server::start(ip)?;
     let metric = |name| Metric { scenario, name, unit: "Gbit/s", better: crate::report::Better::Higher };
     for (mtu, upload, download) in [
         (65520, "MTU 65520, ns → host", "MTU 65520, host → ns"),
@@ -218,7 +243,7 @@ fn iperf3_both_ways(bench: &mut Bench, scenario: &'static str, backends: &[Backe
         let metrics = [metric(upload), metric(download)];
         for _ in 0..bench.settings.rounds {
             for &backend in backends {
-                let setup = GuestSetup { mtu, tcp_forward: None };
+                let setup = GuestSetup { mtu, tcp_forward: None, ip };
                 let Some(guest) = bench.start_guest(backend, setup, &metrics) else { continue };
                 for (metric, reverse) in [(metrics[0], false), (metrics[1], true)] {
                     let result = server.measure(&guest, bench.settings.seconds, reverse);
@@ -274,7 +299,7 @@ impl IdleConnections {
         while left > 0 {
             let batch = left.min(Self::PER_SERVER);
             left -= batch;
-            let listener = load::listen_any()?;
+            let listener = load::listen_any(guest.ip().any_address())?;
             let server = SocketAddr::from((guest.host_address, listener.local_addr()?.port()));
             load::serve_and_hold(listener, stop.clone())?;
             let args = ["hold", &server.to_string(), &batch.to_string()];

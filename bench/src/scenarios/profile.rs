@@ -12,6 +12,7 @@
 //!   per round trip, once as they are and once while vnet holds 10,000 idle connections
 //!   (what a wake-up costs must not grow with the flows that sleep).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{tool_result, Bench, IdleConnections, Iperf3Server};
-use crate::backend::{Backend, Guest, GuestSetup, Programs};
+use crate::backend::{Backend, Guest, GuestSetup, IpVersion, Programs};
 use crate::load::{self, RoundTrips};
 use crate::process::{self, ScratchDir, Spawned};
 use crate::report::{Better, Metric};
@@ -53,12 +54,13 @@ pub fn run(bench: &mut Bench) -> Result<()> {
     let dir = ScratchDir::create()?;
     let profiled =
         Programs { vnet: callgrind_wrapper(dir.path(), &bench.programs.vnet)?, ..bench.programs.clone() };
-    let server = Iperf3Server::start()?;
+    let server = Iperf3Server::start(IpVersion::V4)?;
     for (mtu, upload, download) in [
         (65520, per_byte("ns → host, MTU 65520"), per_byte("host → ns, MTU 65520")),
         (1500, per_byte("ns → host, MTU 1500"), per_byte("host → ns, MTU 1500")),
     ] {
-        let guest = Guest::start(Backend::Vnet, GuestSetup { mtu, tcp_forward: None }, &profiled)?;
+        let guest =
+            Guest::start(Backend::Vnet, GuestSetup { mtu, tcp_forward: None, ip: IpVersion::V4 }, &profiled)?;
         let pid = guest.backend_pid().context("vnet's process")?;
         for (metric, reverse) in [(upload, false), (download, true)] {
             server.transfer(&guest, "16M", reverse)?;
@@ -110,8 +112,8 @@ fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
 /// Round trips from `guest` to an echo server on the host, counted from their start; the
 /// dump is kept as `NAME.out`.
 fn round_trip_instructions(bench: &Bench, guest: &Guest, pid: u32, dir: &Path, name: &str) -> Result<f64> {
-    let echo = load::listen_any()?;
-    let server = format!("{}:{}", guest.host_address, echo.local_addr()?.port());
+    let echo = load::listen_any(guest.ip().any_address())?;
+    let server = SocketAddr::new(guest.host_address, echo.local_addr()?.port()).to_string();
     let _stop_echo = load::serve_echo(echo);
     let count = ROUND_TRIPS.to_string();
     let _: RoundTrips = tool_result(&mut bench.tool(guest, &["rr-count", &server, "200"]), DEADLINE)?;

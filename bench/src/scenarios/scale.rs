@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{first_line, free_port, Bench};
-use crate::backend::{Backend, Guest, GuestSetup};
+use crate::backend::{Backend, Guest, GuestSetup, IpVersion};
 use crate::load::{self, Held};
 use crate::process::{rss_kib, Spawned};
 use crate::report::{Better, Metric};
@@ -58,13 +58,13 @@ const INBOUND: Metrics = Metrics::new("Scale: concurrent forwarded connections, 
 pub fn run(bench: &mut Bench) -> Result<()> {
     for _ in 0..bench.settings.rounds {
         for backend in BACKENDS {
-            let setup = GuestSetup { mtu: 65520, tcp_forward: None };
+            let setup = GuestSetup { mtu: 65520, tcp_forward: None, ip: IpVersion::V4 };
             if let Some(guest) = bench.start_guest(backend, setup, &OUTBOUND.all()) {
                 let result = outbound(bench, &guest);
                 record(bench, &OUTBOUND, backend, result);
             }
             let port = free_port()?;
-            let setup = GuestSetup { mtu: 65520, tcp_forward: Some(port) };
+            let setup = GuestSetup { mtu: 65520, tcp_forward: Some(port), ip: IpVersion::V4 };
             if let Some(guest) = bench.start_guest(backend, setup, &INBOUND.all()) {
                 let result = inbound(bench, &guest, port);
                 record(bench, &INBOUND, backend, result);
@@ -102,7 +102,7 @@ fn record(bench: &mut Bench, metrics: &Metrics, backend: Backend, result: Result
 
 fn outbound(bench: &Bench, guest: &Guest) -> Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = load::listen_any()?;
+    let listener = load::listen_any(guest.ip().any_address())?;
     let server = SocketAddr::from((guest.host_address, listener.local_addr()?.port()));
     load::serve_and_hold(listener, stop.clone())?;
     let before = guest.backend_pid().map(rss_kib).transpose()?;

@@ -6,9 +6,9 @@
 use anyhow::Result;
 
 use super::{iperf3_both_ways, Bench};
-use crate::backend::Backend;
+use crate::backend::{Backend, IpVersion};
 
 pub fn run(bench: &mut Bench) -> Result<()> {
     let scenario = "QEMU stream transport (tap ↔ stream socket plug), iperf3";
-    iperf3_both_ways(bench, scenario, &[Backend::VnetStream, Backend::Passt])
+    iperf3_both_ways(bench, scenario, &[Backend::VnetStream, Backend::Passt], IpVersion::V4)
 }

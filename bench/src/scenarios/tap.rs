@@ -5,12 +5,13 @@
 use anyhow::Result;
 
 use super::{iperf3_both_ways, Bench};
-use crate::backend::Backend;
+use crate::backend::{Backend, IpVersion};
 
 pub fn run(bench: &mut Bench) -> Result<()> {
     iperf3_both_ways(
         bench,
         "Tap: a namespace through vnet to the host's tap",
         &[Backend::VnetTap, Backend::Veth],
+        IpVersion::V4,
     )
 }

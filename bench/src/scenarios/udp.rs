@@ -1,12 +1,13 @@
 //! Scenario 3, UDP: datagrams of 64 and 1400 bytes blasted from the guest namespace to a
 //! socket on the host's loopback; what arrives per second, in packets and Gbit/s.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::{tool_result, Bench};
-use crate::backend::{Backend, Guest, GuestSetup};
+use crate::backend::{Backend, Guest, GuestSetup, IpVersion};
 use crate::load::{UdpSent, UdpSink};
 use crate::report::{Better, Metric};
 
@@ -26,7 +27,7 @@ pub fn run(bench: &mut Bench) -> Result<()> {
     for _ in 0..bench.settings.rounds {
         for backend in BACKENDS {
             let metrics: Vec<Metric> = sizes.iter().flat_map(|(_, pps, gbps)| [*pps, *gbps]).collect();
-            let setup = GuestSetup { mtu: 65520, tcp_forward: None };
+            let setup = GuestSetup { mtu: 65520, tcp_forward: None, ip: IpVersion::V4 };
             let Some(guest) = bench.start_guest(backend, setup, &metrics) else { continue };
             for (size, pps, gbps) in sizes {
                 match blast(bench, &guest, &sink, size) {
@@ -49,7 +50,7 @@ pub fn run(bench: &mut Bench) -> Result<()> {
 /// datagrams.
 fn blast(bench: &Bench, guest: &Guest, sink: &UdpSink, size: usize) -> Result<(f64, f64)> {
     let (packets_before, bytes_before) = sink.counts();
-    let server = format!("{}:{}", guest.host_address, sink.port);
+    let server = SocketAddr::new(guest.host_address, sink.port).to_string();
     let (size_arg, seconds) = (size.to_string(), bench.settings.seconds.to_string());
     let sent: UdpSent = tool_result(
         &mut bench.tool(guest, &["udp-send", &server, &size_arg, &seconds]),
