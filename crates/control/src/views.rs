@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use vnet_gateway::{FlowKind, HostForward};
+use vnet_gateway::{FlowKind, FlowSummary, HostForward, Lease};
 use vnet_gateway_host::GatewayNetwork;
 use vnet_runtime::{EventCounters, Network};
 use vnet_switch::PortId;
@@ -318,6 +318,8 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
         let config = gateway.config();
         let counts = gateway.flow_counts();
         let counters = gateway.counters();
+        let now = Instant::now();
+        let given: Vec<Lease> = gateway.leases(now).into_iter().filter(|lease| !lease.fixed).collect();
         GatewayView {
             ipv4: config.ipv4,
             ipv6: config.ipv6.then(|| GatewayIpv6View {
@@ -330,8 +332,8 @@ pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
             host: config.host.to_string(),
             dns: config.dns.to_string(),
             mtu: config.mtu,
-            leases: gateway.leases(Instant::now()).iter().filter(|lease| !lease.fixed).count(),
-            by_family: counts_by_family(gateway),
+            leases: given.len(),
+            by_family: counts_by_family(&given, &gateway.flows(now)),
             flows: [("tcp", counts.tcp), ("udp", counts.udp), ("icmp", counts.icmp), ("dns", counts.dns)]
                 .into_iter()
                 .map(|(name, count)| (name.to_owned(), count))
@@ -369,16 +371,15 @@ fn budgets(budgets: vnet_gateway::Budgets) -> BTreeMap<String, usize> {
     by_name
 }
 
-/// Leases and flows of `gateway` by address family; both families are always there.
-fn counts_by_family(gateway: &vnet_gateway::Gateway) -> BTreeMap<String, FamilyCounts> {
-    let now = Instant::now();
+/// `leases` and `flows` by address family; both families are always there.
+fn counts_by_family(leases: &[Lease], flows: &[FlowSummary]) -> BTreeMap<String, FamilyCounts> {
     let family = |ip: IpAddr| if ip.is_ipv4() { "ipv4" } else { "ipv6" };
     let mut by_family: BTreeMap<String, FamilyCounts> =
         ["ipv4", "ipv6"].into_iter().map(|name| (name.to_owned(), FamilyCounts::default())).collect();
-    for lease in gateway.leases(now).iter().filter(|lease| !lease.fixed) {
+    for lease in leases {
         by_family.entry(family(lease.ip).to_owned()).or_default().leases += 1;
     }
-    for flow in gateway.flows(now) {
+    for flow in flows {
         by_family.entry(family(flow.guest.ip()).to_owned()).or_default().flows += 1;
     }
     by_family

@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv6Packet};
-use vnet_gateway::MAX_EXTENSION_HEADERS;
+use vnet_gateway::extension_headers::{split_header, MAX_EXTENSION_HEADERS};
 use vnet_switch::IngressGuard;
 use vnet_wire::Frame;
 
@@ -78,24 +78,21 @@ enum Upper<'a> {
 /// destination options, routing and fragment headers) for the upper layer.
 fn upper_layer(mut protocol: IpProtocol, mut bytes: &[u8]) -> Upper<'_> {
     for _ in 0..=MAX_EXTENSION_HEADERS {
-        let len = match protocol {
+        match protocol {
             IpProtocol::Icmpv6 => return Upper::Icmpv6(bytes),
-            IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route => match bytes.get(1) {
-                Some(units) => (usize::from(*units) + 1) * 8,
-                None => return Upper::Hidden,
-            },
-            IpProtocol::Ipv6Frag => match bytes.get(2..4) {
-                Some(offset) if u16::from_be_bytes([offset[0], offset[1]]) >> 3 != 0 => return Upper::Other,
-                Some(_) => 8,
-                None => return Upper::Hidden,
-            },
+            IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route | IpProtocol::Ipv6Frag => {}
             _ => return Upper::Other,
-        };
-        if bytes.len() < len {
-            return Upper::Hidden;
         }
-        protocol = IpProtocol::from(bytes[0]);
-        bytes = &bytes[len..];
+        let Ok((header, rest)) = split_header(protocol, bytes) else {
+            return Upper::Hidden;
+        };
+        let later_fragment =
+            protocol == IpProtocol::Ipv6Frag && u16::from_be_bytes([header[2], header[3]]) >> 3 != 0;
+        if later_fragment {
+            return Upper::Other;
+        }
+        protocol = IpProtocol::from(header[0]);
+        bytes = rest;
     }
     Upper::Hidden
 }

@@ -24,7 +24,9 @@ const MAX_PADDING: usize = 7;
 /// The upper-layer protocol of a guest packet and its bytes (header and payload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpperLayer<'a> {
+    /// The upper-layer protocol: ICMPv6, UDP, TCP or one the gateway does not serve.
     pub protocol: IpProtocol,
+    /// Its header and payload.
     pub bytes: &'a [u8],
 }
 
@@ -37,12 +39,12 @@ pub fn upper_layer(first: IpProtocol, payload: &[u8]) -> Result<UpperLayer<'_>, 
         let header = match protocol {
             IpProtocol::HopByHop if position > 0 => return Err(GatewayDropReason::ExtensionHeader),
             IpProtocol::HopByHop | IpProtocol::Ipv6Opts => {
-                let (header, _) = split_header(rest)?;
+                let (header, _) = split_header(protocol, rest)?;
                 check_options(&header[2..])?;
                 header
             }
             IpProtocol::Ipv6Route => {
-                let (header, _) = split_header(rest)?;
+                let (header, _) = split_header(protocol, rest)?;
                 let segments_left = header[3];
                 if segments_left != 0 {
                     return Err(GatewayDropReason::SourceRoute);
@@ -59,11 +61,14 @@ pub fn upper_layer(first: IpProtocol, payload: &[u8]) -> Result<UpperLayer<'_>, 
     Err(GatewayDropReason::ExtensionHeader)
 }
 
-/// The extension header at the start of `bytes` (its length in 8-byte units, less the
-/// first, in its second byte) and what follows it.
-fn split_header(bytes: &[u8]) -> Result<(&[u8], &[u8]), GatewayDropReason> {
-    let units = bytes.get(1).ok_or(GatewayDropReason::Malformed)?;
-    let len = (usize::from(*units) + 1) * 8;
+/// The extension header of kind `protocol` at the start of `bytes` and what follows it:
+/// a fragment header is 8 bytes, any other gives its length in 8-byte units, less the
+/// first, in its second byte. Malformed if it runs past `bytes`.
+pub fn split_header(protocol: IpProtocol, bytes: &[u8]) -> Result<(&[u8], &[u8]), GatewayDropReason> {
+    let len = match protocol {
+        IpProtocol::Ipv6Frag => 8,
+        _ => (usize::from(*bytes.get(1).ok_or(GatewayDropReason::Malformed)?) + 1) * 8,
+    };
     if bytes.len() < len {
         return Err(GatewayDropReason::Malformed);
     }
