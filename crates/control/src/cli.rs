@@ -172,7 +172,7 @@ struct NetworkArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT,
-    /// vde:DIR, or with --name a bare stream, dgram or vde.
+    /// vde:DIR, vhost-user:PATH (one VM per socket), or with --name a bare stream, dgram or vde.
     #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen_arg)]
     listen: Vec<ListenOption>,
     /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID,
@@ -499,7 +499,9 @@ fn sandbox_dirs(
     let mut dirs = Vec::new();
     for (spec, _) in listen {
         match spec {
-            ListenSpec::StreamUnix(path) | ListenSpec::DgramUnix(path) => dirs.extend(parent(path)),
+            ListenSpec::StreamUnix(path) | ListenSpec::DgramUnix(path) | ListenSpec::VhostUser(path) => {
+                dirs.extend(parent(path))
+            }
             ListenSpec::Vde(dir) => dirs.extend([Some(dir.clone()), parent(dir)].into_iter().flatten()),
             ListenSpec::StreamTcp(_) | ListenSpec::DgramUdp(_) => {}
         }

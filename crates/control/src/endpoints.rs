@@ -10,6 +10,7 @@ use std::time::Duration;
 use vnet_runtime::{Endpoint, Network};
 use vnet_switch::PortPolicy;
 use vnet_transport::{dgram, mcast, netns, stream, tap, vde, McastSpec, NetnsSpec, TransportError};
+use vnet_vhost_user::VhostUserSocket;
 
 /// Where vnet accepts peers (`--listen`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum ListenSpec {
     DgramUdp(String),
     /// `vde:DIR`: a vde_switch directory, for QEMU `-netdev vde,sock=DIR` and vde_plug.
     Vde(PathBuf),
+    /// `vhost-user:PATH`: QEMU `-netdev vhost-user` over `-chardev socket,path=PATH`, one VM.
+    VhostUser(PathBuf),
 }
 
 /// What vnet connects to (`--attach`).
@@ -53,6 +56,7 @@ impl fmt::Display for ListenSpec {
             ListenSpec::DgramUnix(path) => write!(f, "dgram:unix:{}", path.display()),
             ListenSpec::DgramUdp(addr) => write!(f, "dgram:udp:{addr}"),
             ListenSpec::Vde(dir) => write!(f, "vde:{}", dir.display()),
+            ListenSpec::VhostUser(path) => write!(f, "vhost-user:{}", path.display()),
         }
     }
 }
@@ -89,6 +93,7 @@ pub fn listen(
         ListenSpec::DgramUnix(path) => Box::new(dgram::DgramListener::bind_unix(path)?),
         ListenSpec::DgramUdp(addr) => Box::new(dgram::DgramListener::bind_udp(addr, dgram_peer_timeout)?),
         ListenSpec::Vde(dir) => Box::new(vde::VdeListener::bind(dir)?),
+        ListenSpec::VhostUser(path) => Box::new(VhostUserSocket::bind(path)?),
     };
     network.add_endpoint(endpoint, policy)?;
     Ok(())

@@ -72,6 +72,9 @@ fn netdev(spec: &ListenSpec, transport: Transport, unique: &str) -> Option<Strin
             ))
         }
         (ListenSpec::Vde(dir), Transport::Vde) => Some(format!("vde,id=net0,sock={}", dir.display())),
+        (ListenSpec::VhostUser(_), Transport::VhostUser) => {
+            Some("vhost-user,id=net0,chardev=vnet0".to_owned())
+        }
         (ListenSpec::DgramUdp(addr), Transport::Dgram) => {
             let (host, port) = addr.rsplit_once(':')?;
             Some(format!(
@@ -94,23 +97,58 @@ pub fn qemu_args(listen: &[String], model: Model, transport: Transport) -> anyho
             _ => None,
         })
         .collect();
-    let Some(netdev) = specs.iter().find_map(|spec| netdev(spec, transport, &unique[6..])) else {
+    let Some((spec, netdev)) =
+        specs.iter().find_map(|spec| netdev(spec, transport, &unique[6..]).map(|netdev| (spec, netdev)))
+    else {
         let name = transport.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
-        match transport {
-            Transport::Stream | Transport::Dgram | Transport::Vde => bail!(
-                "the network does not listen on {name}; start it with --listen {name} (and --name), or choose another --transport"
-            ),
-            Transport::VhostUser => {
-                bail!("vnet does not serve the {name} transport yet; use --transport stream, dgram or vde")
-            }
-        }
+        let how = match transport {
+            Transport::VhostUser => "--listen vhost-user:PATH".to_owned(),
+            _ => format!("--listen {name} (and --name)"),
+        };
+        bail!("the network does not listen on {name}; start it with {how}, or choose another --transport");
     };
-    Ok(format!("-netdev {netdev} -device {},netdev=net0,mac={mac}", model.device()))
+    let device = format!("-netdev {netdev} -device {},netdev=net0,mac={mac}", model.device());
+    match spec {
+        ListenSpec::VhostUser(path) => Ok(format!("{} {device}", vhost_user_prelude(path, model)?)),
+        _ => Ok(device),
+    }
+}
+
+/// The guest memory QEMU must share with vnet, and the socket to reach it: vhost-user
+/// works only with virtio-net and memory backed by a shared file. SIZE must equal `-m`.
+fn vhost_user_prelude(path: &Path, model: Model) -> anyhow::Result<String> {
+    if model != Model::VirtioNetPci {
+        bail!("vhost-user serves virtio-net only; use --model virtio-net-pci");
+    }
+    Ok(format!(
+        "-object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem \\\n\
+         -chardev socket,id=vnet0,path={},reconnect=1",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vhost_user_shares_guest_memory_and_names_the_socket() {
+        let listen = ["vhost-user:/run/vnet/vm1.sock".to_owned()];
+        let args = qemu_args(&listen, Model::VirtioNetPci, Transport::VhostUser).unwrap();
+        assert!(
+            args.starts_with("-object memory-backend-memfd,id=mem,size=256M,share=on -numa node,memdev=mem"),
+            "{args}"
+        );
+        assert!(args.contains("-chardev socket,id=vnet0,path=/run/vnet/vm1.sock,reconnect=1"), "{args}");
+        assert!(
+            args.contains(
+                "-netdev vhost-user,id=net0,chardev=vnet0 -device virtio-net-pci,netdev=net0,mac=52:54:00:"
+            ),
+            "{args}"
+        );
+        let error = qemu_args(&listen, Model::E1000, Transport::VhostUser).unwrap_err().to_string();
+        assert!(error.contains("virtio-net"), "{error}");
+    }
 
     #[test]
     fn each_listen_spec_gives_its_netdev() {
@@ -132,7 +170,7 @@ mod tests {
         let error = qemu_args(&listen, Model::E1000, Transport::Dgram).unwrap_err().to_string();
         assert!(error.contains("--listen dgram"), "{error}");
         let error = qemu_args(&listen, Model::E1000, Transport::VhostUser).unwrap_err().to_string();
-        assert!(error.contains("does not serve the vhost-user transport yet"), "{error}");
+        assert!(error.contains("--listen vhost-user:PATH"), "{error}");
         let vde =
             qemu_args(&["vde:/run/vnet/lab/vde,vlan=3".to_owned()], Model::E1000, Transport::Vde).unwrap();
         assert!(vde.starts_with("-netdev vde,id=net0,sock=/run/vnet/lab/vde -device e1000"), "{vde}");

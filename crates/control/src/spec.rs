@@ -2,7 +2,7 @@
 //!
 //! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
 //! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`, `vde:DIR`,
-//! `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]` and `tap:NAME`.
+//! `vhost-user:PATH`, `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]` and `tap:NAME`.
 //! Any of them may end in `,vlan=N` (an access port) or `,trunk=N,M,...` (a trunk), and
 //! carry port security options: `,lock=on` (only the first MAC address the peer uses) and
 //! `,storm=PPS` or `,storm=off` (the rate of flooded frames it may send).
@@ -32,7 +32,7 @@ pub struct SpecError {
 
 const LISTEN_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, vde:DIR, \
-     or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
+     vhost-user:PATH, or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
      and take ,lock=on and ,storm=PPS|off";
 const ATTACH_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR or \
@@ -74,6 +74,7 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
             _ => Err(fail("dgram needs unix:PATH or udp:HOST:PORT")),
         },
         Some(("vde", dir)) => Ok(ListenSpec::Vde(vde_dir(dir).map_err(fail)?)),
+        Some(("vhost-user", path)) => Ok(ListenSpec::VhostUser(unix_path(path).map_err(fail)?)),
         _ => Err(fail("unknown transport")),
     }
 }
@@ -371,6 +372,11 @@ mod tests {
     #[test]
     fn vde_tap_and_vlan_options_parse() {
         assert_eq!(parse_listen("vde:/tmp/sw"), Ok(ListenSpec::Vde("/tmp/sw".into())));
+        assert_eq!(
+            parse_listen("vhost-user:/tmp/vm1.sock"),
+            Ok(ListenSpec::VhostUser("/tmp/vm1.sock".into()))
+        );
+        assert!(parse_listen("vhost-user:").is_err());
         assert_eq!(parse_attach("vde:/tmp/sw"), Ok(AttachSpec::Vde("/tmp/sw".into())));
         assert_eq!(parse_attach("tap:vnet0"), Ok(AttachSpec::Tap("vnet0".into())));
         let access = parse_listen_arg("stream:unix:/tmp/a,vlan=10").unwrap();

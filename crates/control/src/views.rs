@@ -413,8 +413,11 @@ fn refused_guests(network: &Network, gateway: &vnet_gateway::Gateway) -> Vec<Ref
 /// The network's own counters by name: every event the transports count, and any other
 /// that was counted.
 fn events(counters: &EventCounters) -> BTreeMap<String, u64> {
-    let mut events: BTreeMap<String, u64> =
-        vnet_transport::EVENTS.iter().map(|name| ((*name).to_owned(), 0)).collect();
+    let mut events: BTreeMap<String, u64> = vnet_transport::EVENTS
+        .iter()
+        .chain(&vnet_vhost_user::EVENTS)
+        .map(|name| ((*name).to_owned(), 0))
+        .collect();
     events.extend(counters.iter().map(|(name, count)| (name.to_owned(), count)));
     events
 }

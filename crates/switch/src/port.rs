@@ -72,11 +72,14 @@ pub enum PortDropReason {
     Guarded,
     /// To be sent: all ports' queues together held as much as the switch allows.
     MemoryBudget,
+    /// Received: a virtio descriptor chain the guest's driver gave that vnet cannot read
+    /// (a buffer outside guest memory, the wrong direction, no header, too long).
+    BadDescriptor,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 14] = [
+    pub const ALL: [PortDropReason; 15] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -91,6 +94,7 @@ impl PortDropReason {
         PortDropReason::Storm,
         PortDropReason::Guarded,
         PortDropReason::MemoryBudget,
+        PortDropReason::BadDescriptor,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -108,6 +112,7 @@ impl PortDropReason {
                 | PortDropReason::StationLimit
                 | PortDropReason::Storm
                 | PortDropReason::Guarded
+                | PortDropReason::BadDescriptor
         )
     }
 
@@ -128,6 +133,7 @@ impl PortDropReason {
             PortDropReason::Storm => "storm",
             PortDropReason::Guarded => "guarded",
             PortDropReason::MemoryBudget => "memory_budget",
+            PortDropReason::BadDescriptor => "bad_descriptor",
         }
     }
 

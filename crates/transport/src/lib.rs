@@ -13,7 +13,7 @@ pub mod mcast;
 pub mod netns;
 pub mod stream;
 pub mod tap;
-mod unix_path;
+pub mod unix_path;
 pub mod vde;
 
 use std::fmt;
