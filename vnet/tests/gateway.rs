@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
 use support::guest::{assert_pinged, assert_success, stream_netdev, GuestLock, GuestSpec, Nic, DHCP};
+use support::transfer::*;
 use support::*;
 
 /// Bytes moved each way in the guest transfer test.
@@ -121,64 +122,6 @@ echo GOT-SERVFAIL; report"#
         assert!(result.output.contains(expected), "missing {expected}:\n{}", result.output);
     }
     drop(vnet);
-}
-
-/// Deterministic bytes for transfer tests (xorshift), so both ends can check them.
-fn test_bytes(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Serves `body` once over minimal HTTP on host loopback; returns the port.
-fn serve_http_once(body: Vec<u8>) -> u16 {
-    serve_http_once_on("127.0.0.1:0", body)
-}
-
-/// Serves `body` over HTTP to one client on `address` (a port of 0 picks one), and
-/// returns the port.
-fn serve_http_once_on(address: &str, body: Vec<u8>) -> u16 {
-    let listener = TcpListener::bind(address).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = [0u8; 4096];
-        let _ = stream.read(&mut request);
-        let header = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-        let _ = stream.write_all(header.as_bytes());
-        let _ = stream.write_all(&body);
-    });
-    port
-}
-
-/// Receives exactly `len` bytes once on host loopback and sends back their SHA-256.
-fn receive_once(len: usize) -> (u16, std::thread::JoinHandle<String>) {
-    receive_once_on("127.0.0.1:0", len)
-}
-
-/// [`receive_once`] on `address`.
-fn receive_once_on(address: &str, len: usize) -> (u16, std::thread::JoinHandle<String>) {
-    let listener = TcpListener::bind(address).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut received = vec![0u8; len];
-        stream.read_exact(&mut received).unwrap();
-        let _ = stream.write_all(b"k");
-        sha256_hex(&received)
-    });
-    (port, handle)
 }
 
 #[test]

@@ -233,3 +233,172 @@ pub fn check_ring_index<M: GuestMemory>(queue: &Queue, memory: &M) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::*;
+
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    /// Where test buffers live, clear of the mock ring at address 0.
+    const BUFFERS: u64 = 0x10000;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap()
+    }
+
+    fn descriptor(address: u64, len: u32, flags: u16) -> Descriptor {
+        Descriptor::new(address, len, flags, 0)
+    }
+
+    fn header_and(frame: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0xAA; NET_HEADER_LEN];
+        bytes.extend_from_slice(frame);
+        bytes
+    }
+
+    #[test]
+    fn a_transmit_chain_gives_its_header_and_frame_whatever_the_split() {
+        let memory = memory();
+        let frame: Vec<u8> = (0..100).collect();
+        memory.write_slice(&header_and(&frame), GuestAddress(BUFFERS)).unwrap();
+        let chain = [
+            descriptor(BUFFERS, 5, 0),
+            descriptor(BUFFERS + 5, 0, 0),
+            descriptor(BUFFERS + 5, 20, 0),
+            descriptor(BUFFERS + 25, 87, 0),
+        ];
+        let (mut header, mut out) = ([0; NET_HEADER_LEN], [0; 200]);
+        assert_eq!(read_transmitted(chain.into_iter(), &memory, &mut header, &mut out), Ok(100));
+        assert_eq!(header, [0xAA; NET_HEADER_LEN]);
+        assert_eq!(&out[..100], &frame[..]);
+    }
+
+    #[test]
+    fn a_transmit_chain_that_is_outside_memory_writable_short_or_too_long_is_refused() {
+        let memory = memory();
+        let (mut header, mut out) = ([0; NET_HEADER_LEN], [0; 64]);
+        let mut read =
+            |chain: &[Descriptor]| read_transmitted(chain.iter().copied(), &memory, &mut header, &mut out);
+        assert_eq!(read(&[descriptor(0x3_fff0, 64, 0)]), Err(ChainFault::OutsideMemory));
+        assert_eq!(read(&[descriptor(u64::MAX - 4, 64, 0)]), Err(ChainFault::OutsideMemory));
+        assert_eq!(read(&[descriptor(BUFFERS, 64, WRITE)]), Err(ChainFault::WrongDirection));
+        assert_eq!(read(&[descriptor(BUFFERS, 11, 0)]), Err(ChainFault::NoHeader));
+        assert_eq!(read(&[]), Err(ChainFault::NoHeader));
+        assert_eq!(read(&[descriptor(BUFFERS, 12 + 65, 0)]), Err(ChainFault::TooLong));
+        assert_eq!(read(&[descriptor(BUFFERS, u32::MAX, 0)]), Err(ChainFault::TooLong));
+    }
+
+    #[test]
+    fn a_descriptor_loop_ends_at_the_ring_size() {
+        let memory = memory();
+        let queue = MockSplitQueue::new(&memory, 16);
+        let looped = [
+            RawDescriptor::from(Descriptor::new(BUFFERS, 12, NEXT, 1)),
+            RawDescriptor::from(Descriptor::new(BUFFERS, 100, NEXT, 0)),
+        ];
+        queue.add_desc_chains(&looped, 0).unwrap();
+        let mut queue: Queue = queue.create_queue().unwrap();
+        let chain = queue.pop_descriptor_chain(&memory).unwrap();
+        let (mut header, mut out) = ([0; NET_HEADER_LEN], vec![0; 4096]);
+        let read = read_transmitted(chain, &memory, &mut header, &mut out);
+        assert!(matches!(read, Ok(len) if len <= 16 * 100), "{read:?}");
+    }
+
+    /// A receive ring of `size` whose chains are one writable buffer of each length in
+    /// `buffers`, one after another in memory.
+    fn receive_ring<'a>(
+        memory: &'a GuestMemoryMmap,
+        size: u16,
+        buffers: &[u32],
+    ) -> MockSplitQueue<'a, GuestMemoryMmap> {
+        let queue = MockSplitQueue::new(memory, size);
+        let mut address = BUFFERS;
+        let table: Vec<RawDescriptor> = buffers
+            .iter()
+            .map(|&len| {
+                let descriptor = RawDescriptor::from(Descriptor::new(address, len, WRITE, 0));
+                address += u64::from(len);
+                descriptor
+            })
+            .collect();
+        queue.add_desc_chains(&table, 0).unwrap();
+        queue
+    }
+
+    #[test]
+    fn a_frame_spreads_over_mergeable_buffers_and_says_how_many() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[40, 40, 40, 40]);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let frame: Vec<u8> = (0..90).collect();
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &frame, true), Ok(Delivery::Delivered));
+        assert_eq!(queue.next_avail(), 3);
+        assert_eq!(queue.next_used(), 3);
+        let mut written = vec![0; NET_HEADER_LEN + 90];
+        memory.read_slice(&mut written, GuestAddress(BUFFERS)).unwrap();
+        assert_eq!(u16::from_le_bytes([written[10], written[11]]), 3);
+        assert_eq!(&written[NET_HEADER_LEN..], &frame[..]);
+        let used_len =
+            |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry + 4)).unwrap();
+        assert_eq!([used_len(0), used_len(1), used_len(2)], [40, 40, 22]);
+    }
+
+    #[test]
+    fn without_room_nothing_is_taken_and_the_frame_waits() {
+        let memory = memory();
+        let mut queue: Queue = receive_ring(&memory, 16, &[40, 40]).create_queue().unwrap();
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 100], true), Ok(Delivery::NoRoom));
+        assert_eq!((queue.next_avail(), queue.next_used()), (0, 0));
+        let mut queue: Queue = MockSplitQueue::new(&memory, 16).create_queue().unwrap();
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 10], true), Ok(Delivery::NoRoom));
+    }
+
+    #[test]
+    fn bad_receive_buffers_cost_the_frame_and_are_given_back_empty() {
+        let memory = memory();
+        let mut queue: Queue = receive_ring(&memory, 128, &[1; 100]).create_queue().unwrap();
+        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true);
+        assert_eq!(fault, Err(ChainFault::TooManyBuffers));
+        assert_eq!(queue.next_used() as usize, MAX_RECEIVE_BUFFERS);
+
+        let mut queue: Queue = receive_ring(&memory, 16, &[40]).create_queue().unwrap();
+        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], false);
+        assert_eq!((fault, queue.next_used()), (Err(ChainFault::BufferTooSmall), 1));
+
+        let mock = MockSplitQueue::new(&memory, 16);
+        mock.add_desc_chains(&[RawDescriptor::from(Descriptor::new(BUFFERS, 200, 0, 0))], 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Err(ChainFault::WrongDirection)
+        );
+
+        let mock = MockSplitQueue::new(&memory, 16);
+        mock.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x3_ffc0, 200, WRITE, 0))], 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Err(ChainFault::OutsideMemory)
+        );
+        assert_eq!(queue.next_used(), 1);
+    }
+
+    #[test]
+    fn an_available_index_more_than_a_ring_ahead_is_refused() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[2000]);
+        memory.write_obj(40u16, mock.avail_addr().unchecked_add(2)).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        assert_eq!(check_ring_index(&queue, &memory), Err(ChainFault::RingIndex));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Err(ChainFault::RingIndex)
+        );
+    }
+}

@@ -7,6 +7,7 @@ pub mod guest;
 pub mod hostile;
 pub mod prerequisites;
 pub mod services;
+pub mod transfer;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -274,6 +275,17 @@ impl NamedNamespace {
 impl Drop for NamedNamespace {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A helper process (a server the test started) killed when the test ends, pass or
+/// fail.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
