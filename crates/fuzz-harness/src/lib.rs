@@ -159,6 +159,68 @@ pub fn vde_request(data: &[u8]) {
     }
 }
 
+/// Where the fuzzed guest memory puts the transmit and receive rings' parts.
+const RING_DESCRIPTORS: u64 = 0;
+const RING_AVAILABLE: u64 = 0x1000;
+const RING_USED: u64 = 0x2000;
+/// The fuzzed guest's memory: the rings above, and buffers anywhere.
+const GUEST_MEMORY: usize = 0x10000;
+
+/// Lays `data` out as a guest's memory holding a split virtqueue (descriptor table,
+/// available ring, buffers: all the fuzzer's) and works it the way vnet's vhost-user
+/// transport does: transmit chains are read into frames, then receive chains take a
+/// frame. Every fault must be reported, never a panic, a hang or a write outside the
+/// chains the guest gave.
+pub fn descriptor_chains(data: &[u8]) {
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vnet_vhost_user::rings::{self, Delivery, NET_HEADER_LEN};
+
+    let Some((&[size_shift, mode, len_low, len_high], image)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let size = 1u16 << (size_shift % 9);
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY)]).expect("memory maps");
+    memory.write_slice(&image[..image.len().min(GUEST_MEMORY)], GuestAddress(0)).expect("image fits");
+    let mut queue = Queue::new(size).expect("a power of two up to 256");
+    queue.set_size(size);
+    queue.set_desc_table_address(Some(RING_DESCRIPTORS as u32), Some(0));
+    queue.set_avail_ring_address(Some(RING_AVAILABLE as u32), Some(0));
+    queue.set_used_ring_address(Some(RING_USED as u32), Some(0));
+    queue.set_ready(true);
+
+    let mut header = [0u8; NET_HEADER_LEN];
+    let mut frame = vec![0u8; MAX_FRAME_LEN];
+    let mut taken = 0;
+    while rings::check_ring_index(&queue, &memory).is_ok() {
+        let Some(chain) = queue.pop_descriptor_chain(&memory) else { break };
+        let head = chain.head_index();
+        if let Ok(len) = rings::read_transmitted(chain, &memory, &mut header, &mut frame) {
+            assert!(len <= MAX_FRAME_LEN);
+        }
+        if queue.add_used(&memory, head, 0).is_err() {
+            // A head past the descriptor table: the transport disconnects such a driver.
+            assert!(head >= size, "a valid head was refused");
+            return;
+        }
+        taken += 1;
+        assert!(taken <= usize::from(size), "more chains than the ring holds");
+    }
+
+    let outgoing_len = usize::from(u16::from_le_bytes([len_low, len_high])) % MAX_FRAME_LEN;
+    let outgoing = vec![0x5a; outgoing_len];
+    let mergeable = mode & 1 == 1;
+    let before = queue.next_avail();
+    match rings::deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &outgoing, mergeable) {
+        Ok(Delivery::NoRoom) => assert_eq!(queue.next_avail(), before, "a frame with no room takes nothing"),
+        Ok(Delivery::Delivered) => {
+            let taken = queue.next_avail().wrapping_sub(before);
+            assert!(taken >= 1 && usize::from(taken) <= rings::MAX_RECEIVE_BUFFERS);
+        }
+        Err(_) => {}
+    }
+}
+
 /// A host that accepts everything and has nothing to say, so every frame reaches as
 /// deep into the gateway as it can.
 struct AcceptingHost;
@@ -476,6 +538,11 @@ mod tests {
     #[test]
     fn user_options_regressions_pass() {
         replay("user_options", super::user_options);
+    }
+
+    #[test]
+    fn descriptor_chains_regressions_pass() {
+        replay("descriptor_chains", super::descriptor_chains);
     }
 
     #[test]
