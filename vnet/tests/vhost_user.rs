@@ -218,3 +218,42 @@ done"#
     };
     wait_until("a ping through the restarted vnet", Duration::from_secs(120), fails_then_ok);
 }
+
+#[test]
+fn a_vhost_user_directory_gives_each_vm_its_own_socket_and_the_vms_reach_each_other() {
+    let _lock = GuestLock::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let vms = dir.path().join("vms");
+    let stream = dir.path().join("stream.sock");
+    let name = format!("vhu-dir-{}", std::process::id());
+    let listen_dir = format!("vhost-user:{}/", vms.display());
+    let listen_stream = format!("stream:unix:{}", stream.display());
+    let _vnet = Vnet::listening_on(
+        &stream,
+        &["run", "--name", &name, "--no-user", "--listen", &listen_dir, "--listen", &listen_stream],
+    );
+    let free = |n: u32| vms.join(format!("vm-{n}.sock"));
+    assert!(free(0).exists(), "the first free socket");
+
+    let first = GuestSpec::vhost_user("vm-0", &free(0), "net 10.0.2.60/24; report").boot();
+    wait_until("vm-1.sock once vm-0 has a VM", BOOT_DEADLINE, || free(1).exists());
+    let args = vnet_command().args(["qemu-args", &name, "--transport", "vhost-user"]).output().unwrap();
+    let args = String::from_utf8_lossy(&args.stdout);
+    assert!(
+        args.contains(&format!("path={},", free(1).display())),
+        "qemu-args names the free socket: {args}"
+    );
+
+    let second = GuestSpec::vhost_user(
+        "vm-1",
+        &free(1),
+        "net 10.0.2.61/24; wait_ping 10.0.2.60 && ping -c 3 10.0.2.60; report",
+    )
+    .boot();
+    let result = second.wait_result();
+    support::guest::assert_pinged(&result, 3);
+    assert!(free(2).exists(), "a free socket for the next VM");
+    drop(first);
+    wait_until("vm-0.sock removed once its QEMU left", DEADLINE, || !free(0).exists());
+    assert!(free(1).exists() && free(2).exists());
+}

@@ -172,7 +172,7 @@ struct NetworkArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Accept peers: stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT,
-    /// vde:DIR, vhost-user:PATH (one VM per socket), or with --name a bare stream, dgram or vde.
+    /// vde:DIR, vhost-user:PATH (one VM per socket), vhost-user:DIR/ (a socket per VM), or with --name a bare stream, dgram or vde.
     #[arg(long = "listen", value_name = "SPEC", value_parser = parse_listen_arg)]
     listen: Vec<ListenOption>,
     /// Connect to or join: stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID,
@@ -502,7 +502,9 @@ fn sandbox_dirs(
             ListenSpec::StreamUnix(path) | ListenSpec::DgramUnix(path) | ListenSpec::VhostUser(path) => {
                 dirs.extend(parent(path))
             }
-            ListenSpec::Vde(dir) => dirs.extend([Some(dir.clone()), parent(dir)].into_iter().flatten()),
+            ListenSpec::Vde(dir) | ListenSpec::VhostUserDir(dir) => {
+                dirs.extend([Some(dir.clone()), parent(dir)].into_iter().flatten())
+            }
             ListenSpec::StreamTcp(_) | ListenSpec::DgramUdp(_) => {}
         }
     }

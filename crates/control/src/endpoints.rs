@@ -28,6 +28,8 @@ pub enum ListenSpec {
     Vde(PathBuf),
     /// `vhost-user:PATH`: QEMU `-netdev vhost-user` over `-chardev socket,path=PATH`, one VM.
     VhostUser(PathBuf),
+    /// `vhost-user:DIR/`: a fresh vhost-user socket per VM in DIR (`vm-N.sock`).
+    VhostUserDir(PathBuf),
 }
 
 /// What vnet connects to (`--attach`).
@@ -57,6 +59,7 @@ impl fmt::Display for ListenSpec {
             ListenSpec::DgramUdp(addr) => write!(f, "dgram:udp:{addr}"),
             ListenSpec::Vde(dir) => write!(f, "vde:{}", dir.display()),
             ListenSpec::VhostUser(path) => write!(f, "vhost-user:{}", path.display()),
+            ListenSpec::VhostUserDir(dir) => write!(f, "vhost-user:{}/", dir.display()),
         }
     }
 }
@@ -94,6 +97,7 @@ pub fn listen(
         ListenSpec::DgramUdp(addr) => Box::new(dgram::DgramListener::bind_udp(addr, dgram_peer_timeout)?),
         ListenSpec::Vde(dir) => Box::new(vde::VdeListener::bind(dir)?),
         ListenSpec::VhostUser(path) => Box::new(VhostUserSocket::bind(path)?),
+        ListenSpec::VhostUserDir(dir) => Box::new(VhostUserSocket::bind_directory(dir)?),
     };
     network.add_endpoint(endpoint, policy)?;
     Ok(())

@@ -72,7 +72,7 @@ fn netdev(spec: &ListenSpec, transport: Transport, unique: &str) -> Option<Strin
             ))
         }
         (ListenSpec::Vde(dir), Transport::Vde) => Some(format!("vde,id=net0,sock={}", dir.display())),
-        (ListenSpec::VhostUser(_), Transport::VhostUser) => {
+        (ListenSpec::VhostUser(_) | ListenSpec::VhostUserDir(_), Transport::VhostUser) => {
             Some("vhost-user,id=net0,chardev=vnet0".to_owned())
         }
         (ListenSpec::DgramUdp(addr), Transport::Dgram) => {
@@ -110,7 +110,22 @@ pub fn qemu_args(listen: &[String], model: Model, transport: Transport) -> anyho
     let device = format!("-netdev {netdev} -device {},netdev=net0,mac={mac}", model.device());
     match spec {
         ListenSpec::VhostUser(path) => Ok(format!("{} {device}", vhost_user_prelude(path, model)?)),
+        ListenSpec::VhostUserDir(dir) => {
+            Ok(format!("{} {device}", vhost_user_prelude(&free_socket(dir)?, model)?))
+        }
         _ => Ok(device),
+    }
+}
+
+/// The free socket of a `vhost-user:DIR/` directory: the one with the highest number.
+fn free_socket(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
+    let number = |name: &str| name.strip_prefix("vm-")?.strip_suffix(".sock")?.parse::<u32>().ok();
+    let highest = entries.filter_map(|entry| number(entry.ok()?.file_name().to_str()?)).max();
+    match highest {
+        Some(n) => Ok(dir.join(vnet_vhost_user::directory_socket_name(n))),
+        None => bail!("{} holds no vhost-user socket; is the network running?", dir.display()),
     }
 }
 
@@ -148,6 +163,19 @@ mod tests {
         );
         let error = qemu_args(&listen, Model::E1000, Transport::VhostUser).unwrap_err().to_string();
         assert!(error.contains("virtio-net"), "{error}");
+    }
+
+    #[test]
+    fn a_vhost_user_directory_gives_its_free_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = [format!("vhost-user:{}/", dir.path().display())];
+        let error = qemu_args(&listen, Model::VirtioNetPci, Transport::VhostUser).unwrap_err().to_string();
+        assert!(error.contains("holds no vhost-user socket"), "{error}");
+        for name in ["vm-0.sock", "vm-2.sock", "vm-10.sock", "other.sock"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let args = qemu_args(&listen, Model::VirtioNetPci, Transport::VhostUser).unwrap();
+        assert!(args.contains(&format!("path={}/vm-10.sock,", dir.path().display())), "{args}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct SpecError {
 
 const LISTEN_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, dgram:unix:PATH, dgram:udp:HOST:PORT, vde:DIR, \
-     vhost-user:PATH, or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
+     vhost-user:PATH, vhost-user:DIR/, or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
      and take ,lock=on and ,storm=PPS|off";
 const ATTACH_FORMS: &str =
     "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR or \
@@ -74,6 +74,9 @@ pub fn parse_listen(text: &str) -> Result<ListenSpec, SpecError> {
             _ => Err(fail("dgram needs unix:PATH or udp:HOST:PORT")),
         },
         Some(("vde", dir)) => Ok(ListenSpec::Vde(vde_dir(dir).map_err(fail)?)),
+        Some(("vhost-user", dir)) if dir.len() > 1 && dir.ends_with('/') => {
+            Ok(ListenSpec::VhostUserDir(vde_dir(dir.trim_end_matches('/')).map_err(fail)?))
+        }
         Some(("vhost-user", path)) => Ok(ListenSpec::VhostUser(unix_path(path).map_err(fail)?)),
         _ => Err(fail("unknown transport")),
     }
@@ -377,6 +380,7 @@ mod tests {
             Ok(ListenSpec::VhostUser("/tmp/vm1.sock".into()))
         );
         assert!(parse_listen("vhost-user:").is_err());
+        assert_eq!(parse_listen("vhost-user:/run/vms/"), Ok(ListenSpec::VhostUserDir("/run/vms".into())));
         assert_eq!(parse_attach("vde:/tmp/sw"), Ok(AttachSpec::Vde("/tmp/sw".into())));
         assert_eq!(parse_attach("tap:vnet0"), Ok(AttachSpec::Tap("vnet0".into())));
         let access = parse_listen_arg("stream:unix:/tmp/a,vlan=10").unwrap();

@@ -12,7 +12,7 @@ pub mod device;
 pub mod rings;
 pub mod socket;
 
-pub use socket::VhostUserSocket;
+pub use socket::{directory_socket_name, VhostUserSocket};
 
 /// The events this transport counts on the network, besides the stream listeners'
 /// `accepted`: `vhost_user_busy`, frontends turned away from a socket that already

@@ -9,13 +9,18 @@
 //! away the port closes and the socket waits for the next (or the same, reconnecting)
 //! QEMU. A second QEMU on a socket that serves a VM is turned away.
 //!
+//! `--listen vhost-user:DIR/` makes sockets on demand instead: DIR always holds one free
+//! socket, `vm-N.sock` with the highest N. Once a QEMU connects to it, vnet opens
+//! `vm-(N+1).sock` for the next VM, and when that QEMU disconnects its socket is removed.
+//!
 //! This module knows the runtime's endpoint API and the switch's ports; nothing of the
 //! gateway or of other transports.
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::net::UnixListener;
@@ -53,6 +58,14 @@ pub struct VhostUserSocket {
     listener: UnixListener,
     path: BoundPath,
     vm: Option<Vm>,
+    /// For a socket made in a `vhost-user:DIR/` directory: the directory and the number
+    /// the next socket there gets.
+    directory: Option<(PathBuf, Arc<AtomicU32>)>,
+}
+
+/// The name of socket `number` in a `vhost-user:DIR/` directory.
+pub fn directory_socket_name(number: u32) -> String {
+    format!("vm-{number}.sock")
 }
 
 impl VhostUserSocket {
@@ -60,7 +73,33 @@ impl VhostUserSocket {
     pub fn bind(path: &Path) -> Result<Self, TransportError> {
         BoundPath::prepare(path, SocketKind::Stream)?;
         let listener = UnixListener::bind(path).map_err(|e| bind_error(path, e))?;
-        Ok(Self { listener, path: BoundPath::new(path.to_owned()), vm: None })
+        Ok(Self { listener, path: BoundPath::new(path.to_owned()), vm: None, directory: None })
+    }
+
+    /// Makes `dir` (if missing) and its first free socket, `vm-0.sock`; each VM that
+    /// connects to the free socket makes the next one.
+    pub fn bind_directory(dir: &Path) -> Result<Self, TransportError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TransportError::io(format!("cannot create directory {}", dir.display()), e))?;
+        Self::bind_in(dir.to_owned(), Arc::new(AtomicU32::new(0)))
+    }
+
+    fn bind_in(dir: PathBuf, next: Arc<AtomicU32>) -> Result<Self, TransportError> {
+        let number = next.fetch_add(1, Ordering::Relaxed);
+        let mut socket = Self::bind(&dir.join(directory_socket_name(number)))?;
+        socket.directory = Some((dir, next));
+        Ok(socket)
+    }
+
+    /// In a directory, opens the next free socket once this one has a VM.
+    fn open_next_in_directory(&self, cx: &mut Context<'_>) {
+        let Some((dir, next)) = &self.directory else {
+            return;
+        };
+        match Self::bind_in(dir.clone(), next.clone()) {
+            Ok(socket) => cx.spawn(Box::new(socket)),
+            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot make the next vhost-user socket"),
+        }
     }
 
     /// Where this socket listens, as `--listen` spells it.
@@ -86,7 +125,10 @@ impl VhostUserSocket {
                 continue;
             }
             match Vm::start(stream, self.describe(), cx) {
-                Ok(vm) => self.vm = Some(vm),
+                Ok(vm) => {
+                    self.vm = Some(vm);
+                    self.open_next_in_directory(cx);
+                }
                 Err(e) => warn!(listen = %self.describe(), error = %e, "cannot serve the frontend"),
             }
         }
@@ -117,7 +159,11 @@ impl Endpoint for VhostUserSocket {
             Err(reason) => {
                 info!(port = %vm.name, %reason, "frontend disconnected");
                 self.disconnect(cx);
-                ReadOutcome::Drained
+                if self.directory.is_some() {
+                    ReadOutcome::Closed
+                } else {
+                    ReadOutcome::Drained
+                }
             }
         }
     }
