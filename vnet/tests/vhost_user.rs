@@ -257,3 +257,65 @@ fn a_vhost_user_directory_gives_each_vm_its_own_socket_and_the_vms_reach_each_ot
     wait_until("vm-0.sock removed once its QEMU left", DEADLINE, || !free(0).exists());
     assert!(free(1).exists() && free(2).exists());
 }
+
+/// A vhost-user message header: request code, flags (version 1), body size.
+fn message_header(request: u32, size: u32) -> Vec<u8> {
+    [request.to_le_bytes(), 1u32.to_le_bytes(), size.to_le_bytes()].concat()
+}
+
+/// Whether vnet closed `socket` (end of stream) within the deadline.
+fn closed_by_vnet(socket: &mut std::os::unix::net::UnixStream) -> bool {
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    matches!(socket.read(&mut [0u8; 64]), Ok(0) | Err(_))
+}
+
+#[test]
+fn a_hostile_vhost_user_frontend_stalls_and_loses_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("stream.sock");
+    let vhost = dir.path().join("vm.sock");
+    let name = format!("vhu-hostile-{}", std::process::id());
+    let listen_vhost = format!("vhost-user:{}", vhost.display());
+    let listen_stream = format!("stream:unix:{}", stream.display());
+    let _vnet = Vnet::listening_on(
+        &stream,
+        &["run", "--name", &name, "--no-user", "--listen", &listen_vhost, "--listen", &listen_stream],
+    );
+
+    // Half a header, then silence: vnet must not wait for the rest.
+    let mut stalled = std::os::unix::net::UnixStream::connect(&vhost).unwrap();
+    stalled.write_all(&message_header(9999, 0)[..6]).unwrap();
+    let (mut a, mut b) = (StreamPeer::connect(&stream), StreamPeer::connect(&stream));
+    let from_a = frame([0xff; 6], mac(1), 64, 0xa1);
+    a.send(&from_a);
+    assert_eq!(b.recv().as_deref(), Some(&from_a[..]), "the switch goes on while a frontend stalls");
+
+    // A second frontend on a socket that serves one is turned away.
+    let mut second = std::os::unix::net::UnixStream::connect(&vhost).unwrap();
+    assert!(closed_by_vnet(&mut second), "a second frontend is closed");
+
+    // The rest of the header names no request vnet knows: the frontend is disconnected.
+    stalled.write_all(&message_header(9999, 0)[6..]).unwrap();
+    assert!(closed_by_vnet(&mut stalled), "an unknown request ends the connection");
+
+    // The socket is free again; a body larger than any request is refused too.
+    let mut oversized = std::os::unix::net::UnixStream::connect(&vhost).unwrap();
+    oversized.write_all(&message_header(1, 0x10_0000)).unwrap();
+    assert!(closed_by_vnet(&mut oversized), "an oversized request ends the connection");
+
+    let events = vnet_command().args(["status", &name, "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert_eq!(status["events"]["vhost_user_busy"].as_u64(), Some(1), "{status}");
+    let ports = json(&["ports"], &name);
+    assert!(
+        !ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"].as_str().unwrap_or("").starts_with("vhost-user:")),
+        "every hostile frontend's port is closed: {ports}"
+    );
+    let from_b = frame([0xff; 6], mac(2), 64, 0xb2);
+    b.send(&from_b);
+    assert_eq!(a.recv().as_deref(), Some(&from_b[..]));
+}

@@ -397,3 +397,51 @@ impl VhostUserBackendReqHandlerMut for NetDevice {
         Err(unsupported("dirty page logging"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_vnet_did_not_offer_are_refused_and_offered_ones_are_kept() {
+        let mut device = NetDevice::new();
+        assert!(device.set_features(OFFERED_FEATURES | 1 << 22).is_err(), "an unoffered feature");
+        device
+            .set_features(
+                bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_GUEST_TSO4),
+            )
+            .unwrap();
+        let negotiated = device.negotiated();
+        assert!(negotiated.mergeable_buffers && negotiated.guest_tso4);
+        assert!(!negotiated.guest_tso6 && !negotiated.guest_checksum);
+    }
+
+    #[test]
+    fn ring_sizes_indexes_and_addresses_outside_what_was_given_are_refused() {
+        let mut device = NetDevice::new();
+        for size in [0, 3, 2048, u32::MAX] {
+            assert!(device.set_vring_num(0, size).is_err(), "size {size}");
+        }
+        device.set_vring_num(1, 256).unwrap();
+        assert!(device.set_vring_num(2, 256).is_err(), "a third ring");
+        assert!(device.set_vring_base(0, 1 << 16).is_err(), "a base past 16 bits");
+        let flags = VhostUserVringAddrFlags::empty();
+        assert!(device.set_vring_addr(0, flags, 0x1000, 0x2000, 0x3000, 0).is_err(), "no memory mapped");
+        assert!(device.set_vring_kick(7, None).is_err());
+    }
+
+    #[test]
+    fn getting_a_ring_base_stops_the_ring_and_a_reset_forgets_the_features() {
+        let mut device = NetDevice::new();
+        device.set_features(OFFERED_FEATURES).unwrap();
+        device.set_vring_base(1, 42).unwrap();
+        device.take_kicks_changed();
+        let state = device.get_vring_base(1).unwrap();
+        let base = state.num;
+        assert_eq!(base, 42);
+        assert!(device.take_kicks_changed(), "the endpoint must drop the kick");
+        assert!(!device.ring_usable(1));
+        device.reset_device().unwrap();
+        assert_eq!(device.negotiated(), Negotiated::default());
+    }
+}
