@@ -279,12 +279,17 @@ impl Vm {
     /// Handles every complete request waiting on the socket.
     fn handle_requests(&mut self, cx: &mut Context<'_>) -> Result<(), Disconnect> {
         while self.request_waiting()? {
+            let negotiated = self.device().negotiated();
             match self.session.handle_request() {
                 Ok(()) => {}
                 Err(ProtocolError::InactiveFeature(_)) if self.peeked_request() == SET_VRING_ENABLE => {
                     self.enable_ring_early()
                 }
                 Err(e) => return Err(Disconnect::Protocol(e)),
+            }
+            let now_negotiated = self.device().negotiated();
+            if now_negotiated != negotiated {
+                info!(port = %self.name, features = ?now_negotiated, "guest driver agreed to features");
             }
             if self.device().take_kicks_changed() {
                 self.register_kicks(cx).map_err(Disconnect::Socket)?;
