@@ -26,6 +26,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap};
 
 /// The ring the device fills with frames for the guest.
@@ -143,7 +144,6 @@ impl NetDevice {
     pub fn ring_usable(&self, index: usize) -> bool {
         let state = self.rings[index].get_ref();
         let memory = self.memory.memory();
-        use virtio_queue::QueueT;
         state.is_enabled() && state.get_queue().ready() && state.get_queue().is_valid(&*memory)
     }
 
