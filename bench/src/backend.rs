@@ -1,6 +1,8 @@
 //! The backends a "guest" network namespace reaches the host through: vnet, slirp4netns,
 //! pasta, a plain veth pair (the kernel's limit), and for the stream transport scenario
-//! vnet and passt behind the same tap-to-socket plug.
+//! vnet and passt behind the same tap-to-socket plug; for the vhost-user scenario, vnet
+//! (and passt, where the installed one has `--vhost-user`) behind the bench's vhost-user
+//! frontend.
 //!
 //! Each [`Guest`] is a namespace the bench made, configured so that `host_address` inside
 //! it reaches the bench host's services (for the user-mode backends, through their
@@ -37,6 +39,10 @@ pub enum Backend {
     /// `vnet run --no-user --attach netns: --attach tap:`: the namespace bridged to a tap
     /// of the bench host, which has an address on it.
     VnetTap,
+    /// vnet's `--listen vhost-user:` with the bench's vhost-user plug in the namespace.
+    VnetVhostUser,
+    /// passt's `--vhost-user` socket with the bench's vhost-user plug in the namespace.
+    PasstVhostUser,
 }
 
 impl Backend {
@@ -50,6 +56,8 @@ impl Backend {
             Backend::VnetStream => "vnet (stream)",
             Backend::Passt => "passt",
             Backend::VnetTap => "vnet (tap)",
+            Backend::VnetVhostUser => "vnet (vhost-user)",
+            Backend::PasstVhostUser => "passt (vhost-user)",
         }
     }
 }
@@ -141,6 +149,8 @@ impl Guest {
             Backend::VnetStream => guest.start_vnet_stream(setup, programs)?,
             Backend::Passt => guest.start_passt(setup, programs)?,
             Backend::VnetTap => guest.start_vnet_tap(setup, programs)?,
+            Backend::VnetVhostUser => guest.start_vnet_vhost_user(setup, programs)?,
+            Backend::PasstVhostUser => guest.start_passt_vhost_user(setup, programs)?,
         }
         Ok(guest)
     }
@@ -319,12 +329,44 @@ impl Guest {
         Ok(())
     }
 
+    fn start_vnet_vhost_user(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let socket = self.socket_path("vnet.sock");
+        let listen = format!("vhost-user:{}", socket.display());
+        let user = vnet_user_options(setup.mtu);
+        let mut command = Command::new(&programs.vnet);
+        command.args(["--log-level", "warn", "run", "--user", &user, "--listen", &listen]);
+        self.process = Some(Spawned::start("vnet", &mut command)?);
+        wait_until("vnet's vhost-user socket", READY_DEADLINE, || Ok(socket.exists()))?;
+        self.start_vhost_plug(&socket, programs)?;
+        self.configure("eth0", "10.0.2.15/24", "10.0.2.2", setup.mtu)
+    }
+
+    fn start_passt_vhost_user(&mut self, setup: GuestSetup, programs: &Programs) -> Result<()> {
+        let socket = self.socket_path("passt.sock");
+        let mut command = Command::new("passt");
+        command
+            .args(["-f", "-q", "-4", "-t", "none", "-u", "none", "--vhost-user", "-s"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.process = Some(Spawned::start("passt --vhost-user", &mut command)?);
+        wait_until("passt's vhost-user socket", READY_DEADLINE, || Ok(socket.exists()))?;
+        self.start_vhost_plug(&socket, programs)?;
+        self.configure("eth0", &format!("{HOST_ADDRESS}/24"), FAR_ADDRESS, setup.mtu)?;
+        self.host_address = FAR_ADDRESS.parse()?;
+        Ok(())
+    }
+
     /// Starts the bench's plug in the namespace: a tap called eth0 relayed to `socket`.
     fn start_plug(&mut self, socket: &Path, programs: &Programs) -> Result<()> {
-        let socket = socket.to_str().context("socket path is not UTF-8")?;
-        let bench = programs.bench.to_str().context("bench path is not UTF-8")?;
-        let mut command = self.netns.command(&[bench, "tool", "plug", socket, "eth0"]);
-        self.plug = Some(Spawned::start("the plug", &mut command)?);
+        self.plug = Some(start_plug_in(&self.netns, "plug", socket, programs)?);
+        self.wait_for_link("eth0")
+    }
+
+    /// Starts the bench's vhost-user plug in the namespace: a tap called eth0 whose
+    /// frames go through the rings of the vhost-user device at `socket`.
+    fn start_vhost_plug(&mut self, socket: &Path, programs: &Programs) -> Result<()> {
+        self.plug = Some(start_plug_in(&self.netns, "vhost-plug", socket, programs)?);
         self.wait_for_link("eth0")
     }
 
@@ -358,6 +400,23 @@ impl Guest {
              ip route add default via {gateway}"
         ))
     }
+}
+
+/// Starts the bench's `tool` (`plug` or `vhost-plug`) in `netns`: a tap there called eth0,
+/// relayed to `socket`. The tap exists once the plug is connected.
+pub fn start_plug_in(netns: &Netns, tool: &str, socket: &Path, programs: &Programs) -> Result<Spawned> {
+    let socket = socket.to_str().context("socket path is not UTF-8")?;
+    let bench = programs.bench.to_str().context("bench path is not UTF-8")?;
+    let mut command = netns.command(&[bench, "tool", tool, socket, "eth0"]);
+    Spawned::start(&format!("the bench's {tool}"), &mut command)
+}
+
+/// Whether the installed passt serves vhost-user (`--vhost-user`, passt of 2024-11 on).
+pub fn passt_has_vhost_user() -> bool {
+    Command::new("passt").arg("--help").output().is_ok_and(|output| {
+        let text = [output.stdout, output.stderr].concat();
+        String::from_utf8_lossy(&text).contains("--vhost-user")
+    })
 }
 
 /// A number for a host-side interface, and a /24 (and an IPv6 /64) of its own: the kernel
@@ -411,11 +470,16 @@ fn slirp4netns_forward(api: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// vnet's gateway options for a benchmark guest: its MTU, and per-guest and per-port
-/// limits as large as the whole flow table, since the bench measures what one guest can
-/// do (the defaults keep one guest to an eighth of it).
+/// vnet's gateway options for a benchmark guest: its MTU, per-guest and per-port limits
+/// as large as the whole flow table, since the bench measures what one guest can do (the
+/// defaults keep one guest to an eighth of it), and a DNS upstream on a loopback port
+/// nobody listens on, so that no query could reach the machine's own resolver.
 fn vnet_user_options(mtu: u16) -> String {
     format!(
-        "mtu={mtu},guest-max-tcp=65536,guest-max-udp=65536,guest-max-half-open=65536,port-max-flows=65536"
+        "mtu={mtu},guest-max-tcp=65536,guest-max-udp=65536,guest-max-half-open=65536,port-max-flows=65536,\
+         dns-upstream=127.0.0.1:{DEAD_PORT}"
     )
 }
+
+/// A loopback port nothing in the bench listens on (tcpmux: nothing serves it).
+const DEAD_PORT: u16 = 1;

@@ -223,6 +223,61 @@ pub fn udp_send(server: SocketAddr, size: usize, duration: Duration) -> Result<U
     Ok(UdpSent { datagrams, seconds: start.elapsed().as_secs_f64() })
 }
 
+/// Client: sends `size`-byte datagrams to `server` as fast as it can, for `duration` or
+/// `count` datagrams, whichever comes first.
+pub fn udp_flood(server: SocketAddr, size: usize, duration: Duration, count: u64) -> Result<UdpSent> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(server)?;
+    let payload = vec![0x5au8; size];
+    let mut datagrams = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < duration && datagrams < count {
+        for _ in 0..64 {
+            // ENOBUFS from a full queue is the path's to explain: keep going.
+            if socket.send(&payload).is_ok() {
+                datagrams += 1;
+            }
+        }
+    }
+    Ok(UdpSent { datagrams, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// What a UDP counter received.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UdpReceived {
+    /// Datagrams of the expected size.
+    pub datagrams: u64,
+}
+
+/// Server: counts `size`-byte datagrams arriving on `port` (every address) after printing
+/// a line to say it listens, until stdin ends and then nothing has come for a moment,
+/// or `limit` has passed.
+pub fn udp_count(port: u16, size: usize, limit: Duration) -> Result<UdpReceived> {
+    const QUIET: Duration = Duration::from_millis(300);
+    let socket = UdpSocket::bind(("0.0.0.0", port))?;
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20))
+        .or_else(|_| nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20)))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let ending = ended.clone();
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        ending.store(true, Ordering::Relaxed);
+    });
+    println!("listening");
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut datagrams = 0u64;
+    let mut buffer = vec![0u8; 65536];
+    while start.elapsed() < limit && !(ended.load(Ordering::Relaxed) && last.elapsed() > QUIET) {
+        if let Ok(n) = socket.recv(&mut buffer) {
+            datagrams += u64::from(n == size);
+            last = Instant::now();
+        }
+    }
+    Ok(UdpReceived { datagrams })
+}
+
 /// A UDP socket on the bench host counting what arrives.
 pub struct UdpSink {
     /// The port it listens on.

@@ -17,6 +17,7 @@ mod process;
 mod report;
 mod scenarios;
 mod vde;
+mod vhost_plug;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): bulk, bulk-ipv6, latency, latency-ipv6,
-    /// udp, scale, stream, switch, tap, idle, guests.
+    /// udp, scale, stream, vhost-user, vhost-user-switch, switch, tap, idle, guests.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Count vnet's own instructions with callgrind on fixed workloads instead (bulk
@@ -78,12 +79,27 @@ enum Tool {
     ConnectRate { server: SocketAddr, seconds: u64 },
     /// SIZE-byte datagrams for SECONDS; prints how many were sent.
     UdpSend { server: SocketAddr, size: usize, seconds: u64 },
+    /// SIZE-byte datagrams for SECONDS or COUNT datagrams; prints how many were sent.
+    UdpFlood { server: SocketAddr, size: usize, seconds: u64, count: u64 },
+    /// Says it listens, then counts SIZE-byte datagrams on PORT until stdin ends and the
+    /// datagrams stop, or SECONDS; prints the count.
+    UdpCount { port: u16, size: usize, seconds: u64 },
     /// Opens COUNT connections, prints how many got through, holds them until stdin ends.
     Hold { server: SocketAddr, count: usize },
     /// Listens on PORT, writes a byte to each connection and holds it.
     Serve { port: u16 },
     /// Relays a new tap IFNAME to the QEMU stream socket SOCKET.
     Plug { socket: PathBuf, ifname: String },
+    /// Relays a new tap IFNAME to the vhost-user socket SOCKET, as QEMU and a guest's
+    /// virtio-net driver would.
+    VhostPlug {
+        socket: PathBuf,
+        ifname: String,
+        /// Bytes per receive buffer, header included (Linux's mergeable buffers are at
+        /// most a page).
+        #[arg(long, default_value_t = vhost_plug::DEFAULT_RX_BUFFER)]
+        rx_buffer: usize,
+    },
 }
 
 fn main() {
@@ -109,6 +125,12 @@ fn run_tool(tool: Tool) -> Result<()> {
         Tool::UdpSend { server, size, seconds } => {
             load::print_json(&load::udp_send(server, size, secs(seconds))?)
         }
+        Tool::UdpFlood { server, size, seconds, count } => {
+            load::print_json(&load::udp_flood(server, size, secs(seconds), count)?)
+        }
+        Tool::UdpCount { port, size, seconds } => {
+            load::print_json(&load::udp_count(port, size, secs(seconds))?)
+        }
         Tool::Hold { server, count } => {
             let (_connections, held) = load::hold_connections(server, count)?;
             load::print_json(&held)?;
@@ -126,6 +148,7 @@ fn run_tool(tool: Tool) -> Result<()> {
             Ok(())
         }
         Tool::Plug { socket, ifname } => plug::run(&socket, &ifname),
+        Tool::VhostPlug { socket, ifname, rx_buffer } => vhost_plug::run(&socket, &ifname, rx_buffer),
     }
 }
 

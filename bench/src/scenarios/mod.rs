@@ -14,6 +14,7 @@ mod stream;
 mod switch;
 mod tap;
 mod udp;
+mod vhost_user;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -70,7 +71,7 @@ impl Settings {
 }
 
 /// A scenario's name on the command line.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 13] = [
     "bulk",
     "bulk-ipv6",
     "latency",
@@ -78,6 +79,8 @@ pub const SCENARIOS: [&str; 11] = [
     "udp",
     "scale",
     "stream",
+    "vhost-user",
+    "vhost-user-switch",
     "switch",
     "tap",
     "idle",
@@ -106,6 +109,8 @@ impl Bench {
             "udp" => udp::run(self),
             "scale" => scale::run(self),
             "stream" => stream::run(self),
+            "vhost-user" => vhost_user::run(self),
+            "vhost-user-switch" => vhost_user::run_switch(self),
             "switch" => switch::run(self),
             "tap" => tap::run(self),
             "idle" => idle::run(self),

@@ -416,6 +416,7 @@ impl Vm {
         let mut ring = device.ring(RX_RING).get_mut();
         let queue = ring.get_queue_mut();
         let mut delivered = false;
+        let mut retried = false;
         loop {
             let Some(frame) = port.queued().next() else {
                 break;
@@ -430,10 +431,12 @@ impl Vm {
                     port.pop_sent();
                     delivered = true;
                 }
-                Ok(Delivery::NoRoom) => match queue.enable_notification(&*memory) {
-                    Ok(true) => continue,
-                    _ => break,
-                },
+                Ok(Delivery::NoRoom) => {
+                    if retried || !ask_for_buffers_beyond_posted(queue, &*memory) {
+                        break;
+                    }
+                    retried = true;
+                }
                 Err(_) => {
                     port.pop_dropped();
                     delivered = true;
@@ -444,6 +447,23 @@ impl Vm {
             let _ = ring.signal_used_queue();
         }
     }
+}
+
+/// Asks the guest to kick once it posts buffers beyond those it has posted already
+/// (too few for the frame waiting): the event index goes to the ring's available index,
+/// not to the first buffer vnet has not taken. True if buffers came meanwhile.
+fn ask_for_buffers_beyond_posted<M: vm_memory::GuestMemory>(
+    queue: &mut virtio_queue::Queue,
+    memory: &M,
+) -> bool {
+    let Ok(available) = queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire) else {
+        return false;
+    };
+    let next = queue.next_avail();
+    queue.set_next_avail(available.0);
+    let _ = queue.enable_notification(memory);
+    queue.set_next_avail(next);
+    queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire).is_ok_and(|now| now != available)
 }
 
 /// Hands the frame of `len` bytes just copied into `buffer` to the switch.
