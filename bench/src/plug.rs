@@ -65,6 +65,12 @@ fn socket_to_tap(socket: UnixStream, mut tap: File) -> Result<()> {
 
 /// Opens a new tap device called `ifname` (no packet information header).
 fn open_tap(ifname: &str) -> Result<File> {
+    create_tap(ifname, 0)
+}
+
+/// Creates tap `ifname` with IFF_TAP, IFF_NO_PI and `extra_flags` (such as
+/// IFF_VNET_HDR).
+pub fn create_tap(ifname: &str, extra_flags: libc::c_int) -> Result<File> {
     let tun =
         OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
@@ -75,7 +81,7 @@ fn open_tap(ifname: &str) -> Result<File> {
     for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
         *slot = byte as libc::c_char;
     }
-    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | extra_flags) as libc::c_short;
     // SAFETY: TUNSETIFF reads one ifreq from the pointer, which points at `request`.
     unsafe { tun_set_iff(tun.as_raw_fd(), &request) }.context("TUNSETIFF")?;
     Ok(tun)

@@ -21,7 +21,7 @@
 //! Nothing here knows which program serves the socket, nor anything of the bench's
 //! scenarios.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -97,7 +97,6 @@ const WANTED_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
     | bit(VIRTIO_NET_F_GUEST_TSO6);
 
-nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
 nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_size, libc::TUNSETVNETHDRSZ, libc::c_int);
 
 /// Connects to the vhost-user socket `socket` as a frontend, creates tap `ifname`, and
@@ -714,19 +713,7 @@ fn tap_offloads(features: u64) -> libc::c_uint {
 /// Opens a new tap device called `ifname` whose frames carry a 12-byte virtio-net
 /// header, with `offloads` on, non-blocking.
 fn open_tap(ifname: &str, offloads: libc::c_uint) -> Result<File> {
-    let tun =
-        OpenOptions::new().read(true).write(true).open("/dev/net/tun").context("opening /dev/net/tun")?;
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    if ifname.len() >= request.ifr_name.len() {
-        bail!("interface name {ifname} is too long");
-    }
-    for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *slot = byte as libc::c_char;
-    }
-    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
-    // SAFETY: TUNSETIFF reads one ifreq from the pointer, which points at `request`.
-    unsafe { tun_set_iff(tun.as_raw_fd(), &request) }.context("TUNSETIFF")?;
+    let tun = crate::plug::create_tap(ifname, libc::IFF_VNET_HDR)?;
     let header_len = NET_HEADER_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `header_len`.
     unsafe { tun_set_vnet_hdr_size(tun.as_raw_fd(), &header_len) }.context("TUNSETVNETHDRSZ")?;
