@@ -137,12 +137,8 @@ fn tcp_carries_data_both_ways_between_a_guest_and_host_loopback() {
     let _vnet = Vnet::listening_on(&sock, &["run", "--listen", &format!("stream:unix:{}", sock.display())]);
     let script = format!(
         r#"{DHCP} || exit 1
-echo download=$(wget -q -O - http://10.0.2.2:{http_port}/data | sha256sum)
-mkfifo /tmp/upload
-sha256sum /tmp/upload > /tmp/upload.sum &
-head -c {len} /dev/urandom | tee /tmp/upload | nc 10.0.2.2 {upload_port}
-wait
-echo upload=$(cat /tmp/upload.sum); report"#
+{}; report"#,
+        guest_transfer_script(http_port, upload_port, len)
     );
     let guest = GuestSpec::new("tcp", Nic::VirtioNet, &stream_netdev(&sock), &script).boot();
     let result = guest.wait_result();

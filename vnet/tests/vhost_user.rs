@@ -102,12 +102,8 @@ iperf3 -c 10.0.2.2 -p {iperf_port} -t 3 -l 128K | grep receiver
 iperf3 -c 10.0.2.2 -p {iperf_port} -t 3 -R | grep receiver
 echo OFFLOADS-DONE
 wget -q -O /dev/null http://10.0.2.2:{go_port}/ || exit 1
-echo download=$(wget -q -O - http://10.0.2.2:{http_port}/data | sha256sum)
-mkfifo /tmp/upload
-sha256sum /tmp/upload > /tmp/upload.sum &
-head -c {TRANSFER_BYTES} /dev/urandom | tee /tmp/upload | nc 10.0.2.2 {upload_port}
-wait
-echo upload=$(cat /tmp/upload.sum); report"#
+{}; report"#,
+        guest_transfer_script(http_port, upload_port, TRANSFER_BYTES)
     );
     let guest = GuestSpec::vhost_user("vhost-user", &dir.path().join("vm.sock"), &script).boot();
     guest.wait_for("OFFLOADS-DONE", BOOT_DEADLINE);

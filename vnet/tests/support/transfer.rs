@@ -63,3 +63,16 @@ pub fn receive_once_on(address: &str, len: usize) -> (u16, std::thread::JoinHand
     });
     (port, handle)
 }
+
+/// Guest script lines that download from `http_port` and upload `len` random bytes to
+/// `upload_port` on the gateway (10.0.2.2), printing `download=SHA` and `upload=SHA`.
+pub fn guest_transfer_script(http_port: u16, upload_port: u16, len: usize) -> String {
+    format!(
+        r#"echo download=$(wget -q -O - http://10.0.2.2:{http_port}/data | sha256sum)
+mkfifo /tmp/upload
+sha256sum /tmp/upload > /tmp/upload.sum &
+head -c {len} /dev/urandom | tee /tmp/upload | nc 10.0.2.2 {upload_port}
+wait
+echo upload=$(cat /tmp/upload.sum)"#
+    )
+}
