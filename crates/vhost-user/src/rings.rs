@@ -11,8 +11,9 @@
 //! This module knows rings, guest memory and byte counts; nothing of ports or sockets.
 
 use std::num::Wrapping;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
@@ -23,6 +24,12 @@ pub const NET_HEADER_LEN: usize = 12;
 /// The most receive chains one frame may take with mergeable buffers: a 64 KiB frame in
 /// buffers of 1 KiB or more.
 pub const MAX_RECEIVE_BUFFERS: usize = 64;
+
+/// Bytes before the first entry of the used ring (flags and index), and per entry.
+const USED_RING_HEADER: u64 = 4;
+const USED_ENTRY: u64 = 8;
+/// Bytes before the first entry of the available ring (flags and index).
+const AVAIL_RING_HEADER: u64 = 4;
 
 /// What is wrong with a descriptor chain the guest gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +204,8 @@ pub fn deliver<M: GuestMemory>(
     header[10..12].copy_from_slice(&(count as u16).to_le_bytes());
     let mut outgoing = Outgoing { parts: [&header, frame] };
     let mut fault = None;
-    for chain in chains[..count].iter().flatten() {
+    let mut used = [(0u16, 0u32); MAX_RECEIVE_BUFFERS];
+    for (chain, entry) in chains[..count].iter().flatten().zip(&mut used) {
         let written = match fault {
             None => fill_chain(chain.clone(), memory, &mut outgoing).unwrap_or_else(|e| {
                 fault = Some(e);
@@ -205,8 +213,9 @@ pub fn deliver<M: GuestMemory>(
             }),
             Some(_) => 0,
         };
-        queue.add_used(memory, chain.head_index(), written).map_err(|_| ChainFault::RingIndex)?;
+        *entry = (chain.head_index(), written);
     }
+    publish_used(queue, memory, &used[..count])?;
     fault.map_or(Ok(Delivery::Delivered), Err)
 }
 
@@ -217,10 +226,62 @@ fn give_back_empty<M: GuestMemory>(
     chains: &[Option<DescriptorChain<&M>>],
     fault: ChainFault,
 ) -> Result<Delivery, ChainFault> {
-    for chain in chains.iter().flatten() {
-        queue.add_used(memory, chain.head_index(), 0).map_err(|_| ChainFault::RingIndex)?;
+    let mut used = [(0u16, 0u32); MAX_RECEIVE_BUFFERS];
+    for (chain, entry) in chains.iter().flatten().zip(&mut used) {
+        *entry = (chain.head_index(), 0);
     }
+    publish_used(queue, memory, &used[..chains.len()])?;
     Err(fault)
+}
+
+/// Puts the `(head, length)` entries of one frame into the used ring and only then moves
+/// the used index past all of them, so that the driver never sees part of a frame
+/// (virtio 1.0, 5.1.6.4.2). `virtio-queue` writes the last entry and publishes the index
+/// with release ordering; the others are written here first.
+fn publish_used<M: GuestMemory>(queue: &mut Queue, memory: &M, used: &[(u16, u32)]) -> Result<(), ChainFault> {
+    let Some((&(last_head, last_len), earlier)) = used.split_last() else {
+        return Ok(());
+    };
+    let start = queue.next_used();
+    for (position, &(head, len)) in (start..).zip(earlier) {
+        if head >= queue.size() {
+            return Err(ChainFault::RingIndex);
+        }
+        let slot = u64::from(position % queue.size());
+        let entry = queue
+            .used_ring()
+            .checked_add(USED_RING_HEADER + slot * USED_ENTRY)
+            .ok_or(ChainFault::OutsideMemory)?;
+        let entry = vm_memory::GuestAddress(entry);
+        memory.write_obj(u32::from(head).to_le(), entry).map_err(|_| ChainFault::OutsideMemory)?;
+        memory.write_obj(len.to_le(), entry.unchecked_add(4)).map_err(|_| ChainFault::OutsideMemory)?;
+    }
+    queue.set_next_used(start.wrapping_add(earlier.len() as u16));
+    queue.add_used(memory, last_head, last_len).map_err(|_| ChainFault::RingIndex)
+}
+
+/// Whether the driver asked to be interrupted for the used entries added since the used
+/// index stood at `since`: by its `used_event` with EVENT_IDX, else unless it set
+/// `VRING_AVAIL_F_NO_INTERRUPT`. Kept here, not in `virtio-queue`, because
+/// [`publish_used`] adds a frame's entries in one step.
+pub fn needs_interrupt<M: GuestMemory>(queue: &Queue, memory: &M, since: u16) -> bool {
+    fence(Ordering::SeqCst);
+    if !queue.event_idx_enabled() {
+        return read_driver_u16(queue, memory, 0)
+            .is_none_or(|flags| u32::from(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0);
+    }
+    let Some(used_event) = read_driver_u16(queue, memory, AVAIL_RING_HEADER + 2 * u64::from(queue.size()))
+    else {
+        return true;
+    };
+    let now = Wrapping(queue.next_used());
+    now - Wrapping(used_event) - Wrapping(1) < now - Wrapping(since)
+}
+
+/// The little-endian `u16` the driver keeps `offset` bytes into its available ring.
+fn read_driver_u16<M: GuestMemory>(queue: &Queue, memory: &M, offset: u64) -> Option<u16> {
+    let address = queue.avail_ring().checked_add(offset)?;
+    memory.load::<u16>(vm_memory::GuestAddress(address), Ordering::Relaxed).ok().map(u16::from_le)
 }
 
 /// Refuses a ring whose driver claims more available entries than the ring holds,
@@ -347,6 +408,33 @@ mod tests {
         let used_len =
             |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry + 4)).unwrap();
         assert_eq!([used_len(0), used_len(1), used_len(2)], [40, 40, 22]);
+        let used_heads =
+            |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry)).unwrap();
+        assert_eq!([used_heads(0), used_heads(1), used_heads(2)], [0, 1, 2]);
+        assert_eq!(queue.used_idx(&memory, Ordering::Acquire).unwrap().0, 3);
+    }
+
+    #[test]
+    fn a_frame_in_many_buffers_interrupts_once_as_the_driver_asked() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[40; 8]);
+        let used_event = mock.avail_addr().unchecked_add(4 + 2 * 16);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        // The mock lays its used ring over the available ring's `used_event`.
+        queue.set_used_ring_address(Some(0x2000), Some(0));
+        queue.set_event_idx(true);
+        memory.write_obj(1u16, used_event).unwrap();
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true), Ok(Delivery::Delivered));
+        assert!(needs_interrupt(&queue, &memory, 0), "used_event 1 lies inside the frame's entries 0..3");
+        memory.write_obj(5u16, used_event).unwrap();
+        assert!(!needs_interrupt(&queue, &memory, 0), "the driver asked for a call past entry 5");
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true), Ok(Delivery::Delivered));
+        assert!(needs_interrupt(&queue, &memory, 3), "entries 3..6 pass used_event 5");
+
+        queue.set_event_idx(false);
+        assert!(needs_interrupt(&queue, &memory, 3));
+        memory.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, mock.avail_addr()).unwrap();
+        assert!(!needs_interrupt(&queue, &memory, 3));
     }
 
     #[test]

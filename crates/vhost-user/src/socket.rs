@@ -415,7 +415,7 @@ impl Vm {
         let memory = device.memory().memory();
         let mut ring = device.ring(RX_RING).get_mut();
         let queue = ring.get_queue_mut();
-        let mut delivered = false;
+        let used_before = queue.next_used();
         let mut retried = false;
         loop {
             let Some(frame) = port.queued().next() else {
@@ -429,7 +429,6 @@ impl Vm {
             match result {
                 Ok(Delivery::Delivered) => {
                     port.pop_sent();
-                    delivered = true;
                 }
                 Ok(Delivery::NoRoom) => {
                     if retried || !ask_for_buffers_beyond_posted(queue, &*memory) {
@@ -439,11 +438,10 @@ impl Vm {
                 }
                 Err(_) => {
                     port.pop_dropped();
-                    delivered = true;
                 }
             }
         }
-        if delivered && ring.needs_notification().unwrap_or(true) {
+        if queue.next_used() != used_before && rings::needs_interrupt(queue, &*memory, used_before) {
             let _ = ring.signal_used_queue();
         }
     }
