@@ -358,10 +358,11 @@ impl Port {
         Some(frame)
     }
 
-    /// Removes the oldest queued frame because the transport could not deliver it.
-    pub fn pop_dropped(&mut self) -> Option<Frame> {
+    /// Removes the oldest queued frame because the transport could not deliver it, for
+    /// `reason`.
+    pub fn pop_dropped(&mut self, reason: PortDropReason) -> Option<Frame> {
         let frame = self.pop()?;
-        self.counters.record_drop(PortDropReason::SendFailed);
+        self.counters.record_drop(reason);
         Some(frame)
     }
 

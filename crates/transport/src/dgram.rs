@@ -28,7 +28,7 @@ use mio::unix::SourceFd;
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{debug, info};
-use vnet_switch::PortId;
+use vnet_switch::{PortDropReason, PortId};
 use vnet_wire::{Frame, FrameError, Offload, MAX_FRAME_LEN};
 
 use crate::stream::{inet_bind_error, resolve};
@@ -283,7 +283,7 @@ pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch
             port.pop_sent();
         }
         for _ in sent..count {
-            port.pop_dropped();
+            port.pop_dropped(PortDropReason::SendFailed);
         }
     }
     Ok(())

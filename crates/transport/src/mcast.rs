@@ -15,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::Interest;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::info;
-use vnet_switch::PortId;
+use vnet_switch::{PortDropReason, PortId};
 use vnet_wire::MAX_FRAME_LEN;
 
 use crate::dgram::{receive_batch, send_queued, BATCH};
@@ -120,7 +120,7 @@ impl Endpoint for McastSegment {
         };
         if let Err(e) = send_queued(&self.sender, &self.group, switch_port) {
             info!(attach = %self.description, error = %e, "sending to the group failed");
-            while switch_port.pop_dropped().is_some() {}
+            while switch_port.pop_dropped(PortDropReason::SendFailed).is_some() {}
         }
         Liveness::Open
     }

@@ -158,7 +158,7 @@ impl Endpoint for TapPort {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    port.pop_dropped();
+                    port.pop_dropped(PortDropReason::SendFailed);
                 }
             }
         }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixDatagram, UnixListener, UnixStream};
 use mio::{Interest, Token};
 use tracing::{info, warn};
-use vnet_switch::PortId;
+use vnet_switch::{PortDropReason, PortId};
 use vnet_wire::{Frame, Offload, MAX_FRAME_LEN};
 
 use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
@@ -95,7 +95,7 @@ impl DataPath {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    port.pop_dropped();
+                    port.pop_dropped(PortDropReason::SendFailed);
                 }
             }
         }

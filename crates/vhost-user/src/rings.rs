@@ -238,7 +238,11 @@ fn give_back_empty<M: GuestMemory>(
 /// the used index past all of them, so that the driver never sees part of a frame
 /// (virtio 1.0, 5.1.6.4.2). `virtio-queue` writes the last entry and publishes the index
 /// with release ordering; the others are written here first.
-fn publish_used<M: GuestMemory>(queue: &mut Queue, memory: &M, used: &[(u16, u32)]) -> Result<(), ChainFault> {
+fn publish_used<M: GuestMemory>(
+    queue: &mut Queue,
+    memory: &M,
+    used: &[(u16, u32)],
+) -> Result<(), ChainFault> {
     let Some((&(last_head, last_len), earlier)) = used.split_last() else {
         return Ok(());
     };
@@ -424,11 +428,17 @@ mod tests {
         queue.set_used_ring_address(Some(0x2000), Some(0));
         queue.set_event_idx(true);
         memory.write_obj(1u16, used_event).unwrap();
-        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true), Ok(Delivery::Delivered));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Ok(Delivery::Delivered)
+        );
         assert!(needs_interrupt(&queue, &memory, 0), "used_event 1 lies inside the frame's entries 0..3");
         memory.write_obj(5u16, used_event).unwrap();
         assert!(!needs_interrupt(&queue, &memory, 0), "the driver asked for a call past entry 5");
-        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true), Ok(Delivery::Delivered));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Ok(Delivery::Delivered)
+        );
         assert!(needs_interrupt(&queue, &memory, 3), "entries 3..6 pass used_event 5");
 
         queue.set_event_idx(false);

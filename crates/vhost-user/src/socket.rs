@@ -436,8 +436,8 @@ impl Vm {
                     }
                     retried = true;
                 }
-                Err(_) => {
-                    port.pop_dropped();
+                Err(reason) => {
+                    port.pop_dropped(reason);
                 }
             }
         }
@@ -497,25 +497,29 @@ fn guest_takes(negotiated: Negotiated, offload: Offload) -> bool {
     segments && (offload.checksum.is_none() || negotiated.guest_checksum)
 }
 
+/// Puts `frame` into the receive ring as it is, offloads and all; a bad receive chain
+/// costs it as a bad descriptor.
 fn deliver_one<M: vm_memory::GuestMemory>(
     queue: &mut virtio_queue::Queue,
     memory: &M,
     frame: &Frame,
     negotiated: Negotiated,
-) -> Result<Delivery, ChainFault> {
+) -> Result<Delivery, PortDropReason> {
     let mut header = [0; NET_HEADER_LEN];
     header[..VIRTIO_NET_HDR_LEN].copy_from_slice(&frame.offload().to_virtio_header(frame.as_bytes()));
     rings::deliver(queue, memory, header, frame.as_bytes(), negotiated.mergeable_buffers)
+        .map_err(|_| PortDropReason::BadDescriptor)
 }
 
 /// Delivers a frame whose offloads the guest did not agree to, cut and checksummed in
-/// software; pieces that find no room are lost.
+/// software; pieces that find no room are lost, and offload state that does not fit
+/// the frame costs it as a bad offload.
 fn deliver_resolved<M: vm_memory::GuestMemory>(
     queue: &mut virtio_queue::Queue,
     memory: &M,
     frame: &Frame,
     negotiated: Negotiated,
-) -> Result<Delivery, ChainFault> {
+) -> Result<Delivery, PortDropReason> {
     let mut result = Ok(Delivery::Delivered);
     let mut delivered = 0;
     let resolved = resolve(frame, |piece| {
@@ -525,7 +529,7 @@ fn deliver_resolved<M: vm_memory::GuestMemory>(
         }
     });
     match (resolved, result) {
-        (Err(_), _) => Err(ChainFault::TooLong),
+        (Err(_), _) => Err(PortDropReason::BadOffload),
         (Ok(()), Ok(Delivery::NoRoom)) if delivered > 0 => Ok(Delivery::Delivered),
         (Ok(()), result) => result,
     }
