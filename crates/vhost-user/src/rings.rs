@@ -247,10 +247,11 @@ fn publish_used<M: GuestMemory>(
         return Ok(());
     };
     let start = queue.next_used();
-    for (position, &(head, len)) in (start..).zip(earlier) {
+    for (offset, &(head, len)) in earlier.iter().enumerate() {
         if head >= queue.size() {
             return Err(ChainFault::RingIndex);
         }
+        let position = start.wrapping_add(offset as u16);
         let slot = u64::from(position % queue.size());
         let entry = queue
             .used_ring()
@@ -445,6 +446,23 @@ mod tests {
         assert!(needs_interrupt(&queue, &memory, 3));
         memory.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, mock.avail_addr()).unwrap();
         assert!(!needs_interrupt(&queue, &memory, 3));
+    }
+
+    #[test]
+    fn the_used_index_wraps_in_the_middle_of_a_frame() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[40, 40, 40]);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        queue.set_next_used(u16::MAX - 1);
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            Ok(Delivery::Delivered)
+        );
+        assert_eq!(queue.next_used(), 1);
+        assert_eq!(queue.used_idx(&memory, Ordering::Acquire).unwrap().0, 1);
+        let used_head =
+            |slot: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * slot)).unwrap();
+        assert_eq!([used_head(14), used_head(15), used_head(0)], [0, 1, 2]);
     }
 
     #[test]
