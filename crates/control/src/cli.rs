@@ -29,6 +29,7 @@ use vnet_runtime::Network;
 use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
 use vnet_transport::netns;
+use vnet_transport::vxlan::VxlanTunnel;
 use vnet_wire::MacAddress;
 
 use crate::client::{self, Inspect};
@@ -39,7 +40,7 @@ use crate::spec::{
     describe_with_policy, parse_attach_option, parse_listen_arg, parse_on_off, AttachOption, ListenOption,
 };
 use crate::supervisor::Signals;
-use crate::user_options::{parse_user_options, take_vlan_option};
+use crate::user_options::{gives_option, parse_user_options, take_vlan_option};
 use crate::views::NetworkInfo;
 use crate::{api, capture, lifecycle, runtime_dir};
 use vnet_runtime::sandbox::{Capability, Sandbox};
@@ -402,7 +403,12 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         Some((user, vlans)) => (Some(user), PortPolicy { vlans, security: gateway_security }),
         None => (None, PortPolicy { security: gateway_security, ..PortPolicy::default() }),
     };
+    let vxlan = endpoints::open_vxlan(settings.attach.iter().map(|option| (&option.spec, &option.policy)))?;
     let mut gateway = gateway_config(user.as_deref())?;
+    let vxlan_mtu = vxlan.iter().map(VxlanTunnel::guest_mtu).min();
+    if let (Some(gateway), Some(fitting)) = (gateway.as_mut(), vxlan_mtu) {
+        fit_mtu_to_underlay(gateway, fitting, user.as_deref().is_some_and(|user| gives_option(user, "mtu")));
+    }
     if let Some(lowered) = gateway.as_mut().and_then(|gateway| gateway.fit_descriptors(files)) {
         debug!(max_flows = lowered, files, "max-flows lowered so that every flow fits the file limit");
     }
@@ -414,7 +420,8 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         None => None,
     };
     let run_as = settings.run_as.as_deref().map(user_to_become).transpose()?;
-    let mut network = build_network(&settings, &listen, gateway.map(|config| (config, gateway_policy)))?;
+    let mut network =
+        build_network(&settings, &listen, vxlan, gateway.map(|config| (config, gateway_policy)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
     let capture_file = settings.pcap.as_deref().map(create_capture_file).transpose()?;
     if let Some(namespace) = namespace {
@@ -571,6 +578,26 @@ fn raise_file_limit() -> usize {
     usize::try_from(soft).unwrap_or(usize::MAX)
 }
 
+/// Lowers the MTU the gateway advertises to `fitting`, the largest whose frames fit
+/// every VXLAN underlay, unless `mtu=` was `given`; a given MTU that does not fit is
+/// kept, with a warning, as the user asked.
+fn fit_mtu_to_underlay(gateway: &mut GatewayConfig, fitting: usize, given: bool) {
+    let fitting = u16::try_from(fitting).unwrap_or(u16::MAX);
+    if given {
+        if gateway.mtu > fitting {
+            warn!(
+                mtu = gateway.mtu,
+                fitting, "mtu= is larger than the VXLAN underlay carries; frames that long will be dropped"
+            );
+        }
+        return;
+    }
+    if gateway.mtu > fitting {
+        info!(mtu = fitting, "the gateway advertises an MTU that fits the VXLAN underlay");
+        gateway.mtu = fitting;
+    }
+}
+
 /// The gateway's settings from `--user` (upstreams from /etc/resolv.conf unless given),
 /// or None with `--no-user`.
 fn gateway_config(user: Option<&str>) -> anyhow::Result<Option<GatewayConfig>> {
@@ -656,6 +683,7 @@ fn parse_name(text: &str) -> Result<String, String> {
 fn build_network(
     settings: &Settings,
     listen: &[(ListenSpec, PortPolicy)],
+    vxlan: Vec<VxlanTunnel>,
     gateway: Option<(GatewayConfig, PortPolicy)>,
 ) -> anyhow::Result<Network> {
     let config = SwitchConfig {
@@ -669,6 +697,9 @@ fn build_network(
     }
     for option in &settings.attach {
         endpoints::attach(&mut network, &option.spec, option.policy.clone())?;
+    }
+    for tunnel in vxlan {
+        network.add_endpoint(Box::new(tunnel), PortPolicy::default())?;
     }
     if let Some((config, policy)) = gateway {
         network.add_gateway(config, policy)?;

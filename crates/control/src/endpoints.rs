@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use vnet_runtime::{Endpoint, Network};
 use vnet_switch::PortPolicy;
+use vnet_transport::vxlan::{VxlanSpec, VxlanTunnel};
 use vnet_transport::{dgram, mcast, netns, stream, tap, vde, McastSpec, NetnsSpec, TransportError};
 use vnet_vhost_user::VhostUserSocket;
 
@@ -47,6 +48,8 @@ pub enum AttachSpec {
     Vde(PathBuf),
     /// `tap:NAME`: the host's tap NAME, created if absent.
     Tap(String),
+    /// `vxlan:REMOTE[:PORT],vni=N,...`: a VNI shared with remote VTEPs.
+    Vxlan(VxlanSpec),
 }
 
 /// The spec as `--listen` spells it.
@@ -77,6 +80,7 @@ impl fmt::Display for AttachSpec {
             AttachSpec::Netns(NetnsSpec { target, ifname }) => write!(f, "{target},ifname={ifname}"),
             AttachSpec::Vde(dir) => write!(f, "vde:{}", dir.display()),
             AttachSpec::Tap(name) => write!(f, "tap:{name}"),
+            AttachSpec::Vxlan(spec) => write!(f, "{spec}"),
         }
     }
 }
@@ -103,9 +107,25 @@ pub fn listen(
     Ok(())
 }
 
+/// Opens the VXLAN specs among `attach` as tunnels, those that share a local port
+/// together (see [`VxlanTunnel::open_all`]); add them to the network with
+/// [`Network::add_endpoint`].
+pub fn open_vxlan<'a>(
+    attach: impl IntoIterator<Item = (&'a AttachSpec, &'a PortPolicy)>,
+) -> Result<Vec<VxlanTunnel>, TransportError> {
+    let specs: Vec<(VxlanSpec, PortPolicy)> = attach
+        .into_iter()
+        .filter_map(|(spec, policy)| match spec {
+            AttachSpec::Vxlan(spec) => Some((spec.clone(), policy.clone())),
+            _ => None,
+        })
+        .collect();
+    VxlanTunnel::open_all(&specs)
+}
+
 /// Connects `network` to or joins `spec`, its port following `policy`. Stream peers that are not
 /// up yet are retried from the loop; a namespace is entered now, so call this before
-/// starting any thread.
+/// starting any thread. VXLAN specs are left to [`open_vxlan`], which opens them together.
 pub fn attach(network: &mut Network, spec: &AttachSpec, policy: PortPolicy) -> anyhow::Result<()> {
     let endpoint: Box<dyn Endpoint> = match spec {
         AttachSpec::StreamUnix(path) => Box::new(stream::Dialer::new(stream::DialTarget::Unix(path.clone()))),
@@ -121,6 +141,7 @@ pub fn attach(network: &mut Network, spec: &AttachSpec, policy: PortPolicy) -> a
         AttachSpec::Tap(name) => {
             Box::new(tap::TapPort::new(tap::open_host_tap(name)?, format!("tap:{name}")))
         }
+        AttachSpec::Vxlan(_) => return Ok(()),
     };
     network.add_endpoint(endpoint, policy)?;
     Ok(())

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::views::{FamilyCounts, PortView, StatusView};
+use crate::views::{FamilyCounts, PortView, RemoteView, StatusView};
 
 /// The Content-Type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -111,6 +111,29 @@ fn port_counters(out: &mut String, ports: &[PortView]) {
             family.sample(&[("port", &port.id.to_string()), ("name", &port.name)], field(port));
         }
     }
+    type RemoteField = fn(&RemoteView) -> u64;
+    let remote_fields: [(&'static str, &str, RemoteField); 4] = [
+        ("vnet_remote_rx_frames_total", "Frames from a remote peer behind a port (a VXLAN VTEP).", |r| {
+            r.rx_frames
+        }),
+        ("vnet_remote_rx_bytes_total", "Bytes from a remote peer behind a port.", |r| r.rx_bytes),
+        ("vnet_remote_tx_frames_total", "Frames sent to a remote peer behind a port.", |r| r.tx_frames),
+        ("vnet_remote_tx_bytes_total", "Bytes sent to a remote peer behind a port.", |r| r.tx_bytes),
+    ];
+    for (name, help, field) in remote_fields {
+        let mut family = Family::new(out, name, "counter", help);
+        for port in ports {
+            for remote in &port.remotes {
+                let labels = [
+                    ("port", port.id.to_string()),
+                    ("name", port.name.clone()),
+                    ("remote", remote.name.clone()),
+                ];
+                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                family.sample(&labels, field(remote));
+            }
+        }
+    }
     let mut drops =
         Family::new(out, "vnet_port_drops_total", "counter", "Frames dropped at a port, by reason.");
     for port in ports {
@@ -141,6 +164,13 @@ mod tests {
             tx_dropped: 1,
             queued: 0,
             drops: [("queue_full".to_owned(), 1)].into_iter().collect(),
+            remotes: vec![RemoteView {
+                name: "192.0.2.7".to_owned(),
+                rx_frames: 4,
+                rx_bytes: 400,
+                tx_frames: 6,
+                tx_bytes: 600,
+            }],
         };
         let status = StatusView {
             name: "lab".to_owned(),
@@ -160,6 +190,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"reason="queue_full"} 1"#));
+        assert!(text.contains(r#"vnet_remote_tx_bytes_total{port="3",name="stream:unix:/tmp/a\"b\\c",remote="192.0.2.7"} 600"#), "{text}");
         assert_eq!(text.matches("# TYPE vnet_port_drops_total counter").count(), 1);
         assert!(text.contains("vnet_events_total{event=\"bad_vde_request\"} 2"));
         assert!(text.ends_with('\n'));

@@ -2,21 +2,24 @@
 //!
 //! The spellings are fixed (users and scripts depend on them): `stream:unix:PATH`,
 //! `stream:tcp:HOST:PORT`, `dgram:unix:PATH`, `dgram:udp:HOST:PORT`, `vde:DIR`,
-//! `vhost-user:PATH`, `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]` and `tap:NAME`.
+//! `vhost-user:PATH`, `mcast:GROUP:PORT[,localaddr=ADDR]`, `netns:PATH|PID[,ifname=NAME]`, `tap:NAME`
+//! and `vxlan:REMOTE[:PORT],vni=N[,local=ADDR][,group=MCAST][,dev=IFNAME][,learn-remotes=on][,remotes-only=on]`.
 //! Any of them may end in `,vlan=N` (an access port) or `,trunk=N,M,...` (a trunk), and
 //! carry port security options: `,lock=on` (only the first MAC address the peer uses) and
 //! `,storm=PPS` or `,storm=off` (the rate of flooded frames it may send).
 //! Every error repeats the offending text and lists what would have been accepted.
 //! Nothing here opens a socket or checks that a path or address exists.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use thiserror::Error;
 use vnet_switch::{PortPolicy, PortSecurity, PortVlans};
 use vnet_transport::netns::{validate_ifname, DEFAULT_IFNAME};
+use vnet_transport::vxlan::VxlanSpec;
 use vnet_transport::{McastSpec, NamespaceRef, NetnsSpec};
 use vnet_wire::vlan::VlanId;
+use vnet_wire::vxlan::{Vni, VXLAN_PORT};
 
 use crate::endpoints::{AttachSpec, ListenSpec};
 
@@ -35,8 +38,9 @@ const LISTEN_FORMS: &str =
      vhost-user:PATH, vhost-user:DIR/, or with --name a bare stream, dgram or vde; each may end in ,vlan=N or ,trunk=N,M, \
      and take ,lock=on and ,storm=PPS|off";
 const ATTACH_FORMS: &str =
-    "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR or \
-     tap:NAME; each may end in ,vlan=N or ,trunk=N,M, and take ,lock=on and ,storm=PPS|off";
+    "stream:unix:PATH, stream:tcp:HOST:PORT, mcast:GROUP:PORT, netns:PATH|PID, vde:DIR, \
+     tap:NAME or vxlan:REMOTE[:PORT],vni=N[,local=ADDR][,group=MCAST][,dev=IFNAME][,learn-remotes=on][,remotes-only=on]; \
+     each may end in ,vlan=N or ,trunk=N,M, and take ,lock=on and ,storm=PPS|off";
 
 fn listen_error(text: &str, problem: impl Into<String>) -> SpecError {
     SpecError { option: "--listen", text: text.to_owned(), problem: problem.into(), expected: LISTEN_FORMS }
@@ -259,6 +263,7 @@ pub fn parse_attach(text: &str) -> Result<AttachSpec, SpecError> {
             validate_ifname(name).map_err(|p| attach_error(text, p))?;
             Ok(AttachSpec::Tap(name.to_owned()))
         }
+        Some(("vxlan", rest)) => Ok(AttachSpec::Vxlan(vxlan(rest).map_err(|p| attach_error(text, p))?)),
         _ => Err(fail("unknown transport")),
     }
 }
@@ -303,6 +308,61 @@ fn mcast(text: &str) -> Result<McastSpec, &'static str> {
     Ok(McastSpec { group, port, local })
 }
 
+/// `REMOTE[:PORT],vni=N[,local=ADDR][,group=MCAST][,dev=IFNAME][,learn-remotes=on][,remotes-only=on]`,
+/// REMOTE an IPv4 address or a bracketed IPv6 one.
+fn vxlan(text: &str) -> Result<VxlanSpec, String> {
+    let mut parts = text.split(',');
+    let (remote, port) = vxlan_remote(parts.next().unwrap_or_default())?;
+    let (mut vni, mut local, mut group, mut dev) = (None, None, None, None);
+    let (mut learn_remotes, mut remotes_only) = (false, false);
+    for option in parts {
+        let (name, value) = option.split_once('=').ok_or_else(|| format!("'{option}' is not NAME=VALUE"))?;
+        match name {
+            "vni" => {
+                let id = value.parse::<u32>().ok().and_then(Vni::new);
+                vni = Some(id.ok_or_else(|| format!("vni={value} must be a number from 0 to {}", Vni::MAX))?);
+            }
+            "local" => {
+                local =
+                    Some(value.parse::<IpAddr>().map_err(|_| format!("local={value} is not an IP address"))?)
+            }
+            "group" => {
+                let address = value.parse::<IpAddr>().ok().filter(IpAddr::is_multicast);
+                group = Some(address.ok_or_else(|| format!("group={value} is not a multicast address"))?);
+            }
+            "dev" => {
+                validate_ifname(value)?;
+                dev = Some(value.to_owned());
+            }
+            "learn-remotes" => learn_remotes = parse_on_off(value)?,
+            "remotes-only" => remotes_only = parse_on_off(value)?,
+            _ => return Err(format!("unknown option '{name}'")),
+        }
+    }
+    let vni = vni.ok_or("vni=N is missing")?;
+    let family_differs = |address: &IpAddr| address.is_ipv6() != remote.is_ipv6();
+    if local.iter().chain(&group).any(family_differs) {
+        return Err("the remote, local= and group= must all be IPv4 or all IPv6".into());
+    }
+    Ok(VxlanSpec { remote, port, vni, local, group, dev, learn_remotes, remotes_only })
+}
+
+/// `ADDR`, `ADDR:PORT`, `[ADDR6]` or `[ADDR6]:PORT`, the port 4789 when not given.
+fn vxlan_remote(text: &str) -> Result<(IpAddr, u16), String> {
+    let bad = || {
+        format!("'{text}' is not a remote address such as 192.0.2.1, 192.0.2.1:4789 or [2001:db8::1]:4789")
+    };
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok((address.ip(), address.port()));
+    }
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let ip = bare.parse::<IpAddr>().map_err(|_| bad())?;
+    if ip.is_unspecified() {
+        return Err(bad());
+    }
+    Ok((ip, VXLAN_PORT))
+}
+
 fn netns(text: &str) -> Result<NetnsSpec, String> {
     let (target, ifname) = match text.split_once(',') {
         Some((target, option)) => {
@@ -328,6 +388,43 @@ fn namespace(target: &str) -> Result<NamespaceRef, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vxlan_attach_forms_parse_and_bad_ones_say_why() {
+        let parsed = parse_attach_option("vxlan:192.0.2.2,vni=42,local=192.0.2.1,vlan=10").unwrap();
+        let AttachSpec::Vxlan(spec) = &parsed.spec else { panic!("{parsed:?}") };
+        assert_eq!((spec.remote, spec.port, spec.vni.get()), ("192.0.2.2".parse().unwrap(), 4789, 42));
+        assert_eq!(spec.local, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(parsed.policy.vlans, PortVlans::access(VlanId::new(10).unwrap()));
+        assert_eq!(parsed.spec.to_string(), "vxlan:192.0.2.2:4789,vni=42,local=192.0.2.1");
+
+        let AttachSpec::Vxlan(spec) = parse_attach(
+            "vxlan:[fd00::2]:8472,vni=7,group=ff05::1,dev=veth0,learn-remotes=on,remotes-only=on",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (spec.port, spec.group, spec.dev.as_deref()),
+            (8472, Some("ff05::1".parse().unwrap()), Some("veth0"))
+        );
+        assert!(spec.learn_remotes && spec.remotes_only);
+        assert!(matches!(parse_attach("vxlan:fd00::2,vni=7"), Ok(AttachSpec::Vxlan(s)) if s.port == 4789));
+
+        for (text, problem) in [
+            ("vxlan:192.0.2.2", "vni=N is missing"),
+            ("vxlan:192.0.2.2,vni=16777216", "vni=16777216 must be"),
+            ("vxlan:host,vni=1", "not a remote address"),
+            ("vxlan:0.0.0.0,vni=1", "not a remote address"),
+            ("vxlan:192.0.2.2,vni=1,group=10.0.0.1", "not a multicast address"),
+            ("vxlan:192.0.2.2,vni=1,local=fd00::1", "all be IPv4 or all IPv6"),
+            ("vxlan:192.0.2.2,vni=1,ttl=3", "unknown option 'ttl'"),
+            ("vxlan:192.0.2.2,vni=1,dev=a/b", "interface"),
+        ] {
+            let error = parse_attach(text).unwrap_err().to_string();
+            assert!(error.contains(problem), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn every_listen_form_parses() {

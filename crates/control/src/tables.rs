@@ -93,8 +93,8 @@ pub fn status(status: &StatusView) -> String {
 pub fn ports(ports: &[PortView]) -> String {
     let rows: Vec<Vec<String>> = ports
         .iter()
-        .map(|port| {
-            vec![
+        .flat_map(|port| {
+            let own = vec![
                 port.id.to_string(),
                 port.name.clone(),
                 port.rx_frames.to_string(),
@@ -102,7 +102,19 @@ pub fn ports(ports: &[PortView]) -> String {
                 port.tx_frames.to_string(),
                 bytes(port.tx_bytes),
                 (port.rx_dropped + port.tx_dropped).to_string(),
-            ]
+            ];
+            let remotes = port.remotes.iter().map(|remote| {
+                vec![
+                    String::new(),
+                    format!("  remote {}", remote.name),
+                    remote.rx_frames.to_string(),
+                    bytes(remote.rx_bytes),
+                    remote.tx_frames.to_string(),
+                    bytes(remote.tx_bytes),
+                    String::new(),
+                ]
+            });
+            std::iter::once(own).chain(remotes)
         })
         .collect();
     table(&["PORT", "NAME", "RX", "RX-BYTES", "TX", "TX-BYTES", "DROPPED"], &rows)
@@ -114,10 +126,17 @@ pub fn stations(stations: &[StationView]) -> String {
         .iter()
         .map(|station| {
             let vlan = station.vlan.map_or_else(|| "-".to_owned(), |vlan| vlan.to_string());
-            vec![station.port.to_string(), vlan, station.mac.clone(), format!("{}s", station.age_secs)]
+            let remote = station.remote.clone().unwrap_or_else(|| "-".to_owned());
+            vec![
+                station.port.to_string(),
+                vlan,
+                station.mac.clone(),
+                remote,
+                format!("{}s", station.age_secs),
+            ]
         })
         .collect();
-    table(&["PORT", "VLAN", "MAC", "AGE"], &rows)
+    table(&["PORT", "VLAN", "MAC", "REMOTE", "AGE"], &rows)
 }
 
 /// `vnet leases`.

@@ -251,6 +251,11 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Whether the `--user` text gives option `name` at all.
+pub fn gives_option(user: &str, name: &str) -> bool {
+    user.split(',').any(|option| option.split_once('=').map_or(option, |(key, _)| key) == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

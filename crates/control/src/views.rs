@@ -36,6 +36,24 @@ pub struct PortView {
     pub queued: usize,
     /// Drops by reason (only reasons that happened).
     pub drops: BTreeMap<String, u64>,
+    /// The remote peers behind the port (a VXLAN port's VTEPs), with their counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<RemoteView>,
+}
+
+/// A remote peer behind a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteView {
+    /// Its address.
+    pub name: String,
+    /// Frames received from it.
+    pub rx_frames: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Frames sent to it.
+    pub tx_frames: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
 }
 
 /// One station in the MAC table.
@@ -47,6 +65,9 @@ pub struct StationView {
     pub mac: String,
     /// The port it was last seen on.
     pub port: u32,
+    /// The remote peer behind that port it was seen behind (a VXLAN VTEP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// Seconds since then.
     pub age_secs: u64,
 }
@@ -253,6 +274,17 @@ pub fn ports(network: &Network) -> Vec<PortView> {
                 tx_dropped: counters.tx_dropped,
                 queued: port.queued().len(),
                 drops,
+                remotes: port
+                    .remotes()
+                    .iter()
+                    .map(|remote| RemoteView {
+                        name: remote.name.clone(),
+                        rx_frames: remote.counters.rx_frames,
+                        rx_bytes: remote.counters.rx_bytes,
+                        tx_frames: remote.counters.tx_frames,
+                        tx_bytes: remote.counters.tx_bytes,
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -260,14 +292,19 @@ pub fn ports(network: &Network) -> Vec<PortView> {
 
 /// Every live station, by port and then address.
 pub fn stations(network: &Network) -> Vec<StationView> {
-    let mut stations: Vec<StationView> = network
-        .switch()
+    let switch = network.switch();
+    let remote_name = |port, remote: vnet_switch::RemoteId| {
+        let remotes = switch.port(port)?.remotes();
+        remotes.get(usize::from(remote.0)).map(|remote| remote.name.clone())
+    };
+    let mut stations: Vec<StationView> = switch
         .mac_table()
         .stations(Instant::now())
         .map(|station| StationView {
             vlan: station.vlan.map(|vlan| vlan.get()),
             mac: colon_mac(station.mac),
             port: station.port.0,
+            remote: station.remote.and_then(|remote| remote_name(station.port, remote)),
             age_secs: station.age.as_secs(),
         })
         .collect();
@@ -416,6 +453,7 @@ fn events(counters: &EventCounters) -> BTreeMap<String, u64> {
     let mut events: BTreeMap<String, u64> = vnet_transport::EVENTS
         .iter()
         .chain(&vnet_vhost_user::EVENTS)
+        .chain(&vnet_transport::vxlan::EVENTS)
         .map(|name| ((*name).to_owned(), 0))
         .collect();
     events.extend(counters.iter().map(|(name, count)| (name.to_owned(), count)));

@@ -113,7 +113,15 @@ impl Context<'_> {
     /// Adds a port owned by the running endpoint; if `takes_offloads`, its frames may
     /// come with offloads still to do (see [`vnet_switch::Port::takes_offloads`]).
     pub fn add_port_taking_offloads(&mut self, name: String, takes_offloads: bool) -> PortId {
-        let id = self.switch.add_port_with_policy(name.clone(), takes_offloads, self.policy.clone());
+        let policy = self.policy.clone();
+        self.add_port_with_policy(name, takes_offloads, policy)
+    }
+
+    /// Adds a port owned by the running endpoint that follows `policy` rather than the
+    /// endpoint's, for an endpoint whose ports differ (a VXLAN tunnel, whose VNIs map to
+    /// VLANs of their own).
+    pub fn add_port_with_policy(&mut self, name: String, takes_offloads: bool, policy: PortPolicy) -> PortId {
+        let id = self.switch.add_port_with_policy(name.clone(), takes_offloads, policy);
         info!(port = %id, %name, "port opened");
         if let Some(port) = self.switch.port_mut(id) {
             port.set_owner(self.endpoint);

@@ -377,6 +377,42 @@ pub fn send_buffer_free(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(sndbuf.saturating_sub(queued))
 }
 
+/// Makes a UDP socket send with "don't fragment" and fail with EMSGSIZE for a datagram
+/// longer than the path MTU, instead of letting the kernel fragment it
+/// (IP_MTU_DISCOVER, or IPV6_MTU_DISCOVER for an IPv6 socket, set to PMTUDISC_DO).
+pub fn set_dont_fragment(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<()> {
+    let (level, name, value) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: both options read one c_int from the pointer given, which `value` is.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// The MTU of the path a connected UDP socket sends on (IP_MTU, or IPV6_MTU for an
+/// IPv6 socket): the route's or its interface's MTU until the path says otherwise.
+pub fn path_mtu(fd: BorrowedFd<'_>, ipv6: bool) -> io::Result<usize> {
+    let (level, name) =
+        if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: both options write one c_int into `mtu` and its length into `len`.
+    check(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, (&mut mtu as *mut libc::c_int).cast(), &mut len)
+    })?;
+    usize::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 /// An AF_INET `struct sockaddr` holding `ip` (port 0).
 fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
     let inet = libc::sockaddr_in {

@@ -25,7 +25,8 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
 pub use port::{
-    MemoryBudget, Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom,
+    MemoryBudget, Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom, Remote,
+    RemoteCounters, RemoteId,
 };
 pub use security::{IngressGuard, PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
 pub use vlan::{PortVlans, Vlan};
@@ -211,6 +212,18 @@ impl Switch {
     /// [`FrameError`] of bytes too short or too long to be one, which is counted as a
     /// drop on `from`. A full destination queue is counted on the destination.
     pub fn receive(&mut self, from: PortId, frame: Result<Frame, FrameError>, now: Instant) {
+        self.receive_from_remote(from, None, frame, now);
+    }
+
+    /// Switches one frame received on port `from` from its remote peer `remote` (see
+    /// [`Port::add_remote`]), which the MAC table then records for the frame's source.
+    pub fn receive_from_remote(
+        &mut self,
+        from: PortId,
+        remote: Option<RemoteId>,
+        frame: Result<Frame, FrameError>,
+        now: Instant,
+    ) {
         let Some(port) = self.ports.get_mut(&from) else {
             return;
         };
@@ -250,7 +263,7 @@ impl Switch {
         let destination = match self.config.mode {
             ForwardingMode::Hub => None,
             ForwardingMode::Learning => {
-                self.learn(vlan, frame.source(), from, now);
+                self.learn(vlan, frame.source(), from, remote, now);
                 self.unicast_destination(vlan, frame.destination(), now)
             }
         };
@@ -281,6 +294,18 @@ impl Switch {
         let vlan = self.ports.get(&from)?.vlans().untagged;
         let port = self.unicast_destination(vlan, destination, now)?;
         self.ports.get(&port).map(|port| (port.room(), port.takes_offloads()))
+    }
+
+    /// The remote peer behind port `port` that `frame`'s destination was learned behind
+    /// (in the VLAN of the frame's tag, or of the port's untagged frames); None if it
+    /// was not, and the frame goes to every remote.
+    pub fn remote_toward(&self, port: PortId, frame: &Frame, now: Instant) -> Option<RemoteId> {
+        let vlans = self.ports.get(&port)?.vlans();
+        let vlan = match vnet_wire::vlan::tag_of(frame) {
+            vnet_wire::vlan::Tag::Vlan(id) => Some(id),
+            _ => vlans.untagged,
+        };
+        self.table.remote_of(vlan, frame.destination(), now)
     }
 
     /// Counts a frame port `port` received and its transport dropped before the switch
@@ -319,8 +344,15 @@ impl Switch {
         }
     }
 
-    fn learn(&mut self, vlan: Vlan, source: MacAddress, port: PortId, now: Instant) {
-        match self.table.learn(vlan, source, port, now) {
+    fn learn(
+        &mut self,
+        vlan: Vlan,
+        source: MacAddress,
+        port: PortId,
+        remote: Option<RemoteId>,
+        now: Instant,
+    ) {
+        match self.table.learn_behind(vlan, source, port, remote, now) {
             Learned::Moved { from } => debug!(%source, %from, to = %port, "station moved"),
             Learned::TableFull if !self.reported_table_full => {
                 self.reported_table_full = true;

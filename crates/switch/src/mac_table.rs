@@ -1,5 +1,5 @@
-//! The MAC address table: which port a station was last seen on, and for how long that
-//! stays true.
+//! The MAC address table: which port a station was last seen on (and, behind a port
+//! that reaches several remote peers, which of them), and for how long that stays true.
 //!
 //! It knows addresses, ports and time, nothing about frames or queues. Time is passed in,
 //! so aging is tested without sleeping.
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vnet_wire::MacAddress;
 
-use crate::{PortId, Vlan};
+use crate::{PortId, RemoteId, Vlan};
 
 /// Default time an entry lives without being refreshed, as in most hardware switches.
 pub const DEFAULT_AGING: Duration = Duration::from_secs(300);
@@ -47,6 +47,8 @@ pub struct Station {
     pub mac: MacAddress,
     /// The port it was last seen on.
     pub port: PortId,
+    /// The remote peer behind that port it was seen behind, if the port has several.
+    pub remote: Option<RemoteId>,
     /// How long since it was last seen.
     pub age: Duration,
 }
@@ -56,6 +58,7 @@ pub struct Station {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     port: PortId,
+    remote: Option<RemoteId>,
     expires: Instant,
 }
 
@@ -77,11 +80,26 @@ impl MacTable {
 
     /// Records that `mac` was seen on VLAN `vlan` of `port` at `now`.
     pub fn learn(&mut self, vlan: Vlan, mac: MacAddress, port: PortId, now: Instant) -> Learned {
+        self.learn_behind(vlan, mac, port, None, now)
+    }
+
+    /// Records that `mac` was seen on VLAN `vlan` of `port`, behind `remote` if the port
+    /// reaches several peers, at `now`. A station that changes remotes on one port is
+    /// refreshed, not moved.
+    pub fn learn_behind(
+        &mut self,
+        vlan: Vlan,
+        mac: MacAddress,
+        port: PortId,
+        remote: Option<RemoteId>,
+        now: Instant,
+    ) -> Learned {
         let expires = now + self.aging;
+        let fresh = Entry { port, remote, expires };
         if let Some(entry) = self.entries.get_mut(&(vlan, mac)) {
             let was_live = now < entry.expires;
             let previous = entry.port;
-            *entry = Entry { port, expires };
+            *entry = fresh;
             return match (was_live, previous == port) {
                 (false, _) => Learned::New,
                 (true, true) => Learned::Refreshed,
@@ -97,7 +115,7 @@ impl MacTable {
                 return Learned::TableFull;
             }
         }
-        self.entries.insert((vlan, mac), Entry { port, expires });
+        self.entries.insert((vlan, mac), fresh);
         Learned::New
     }
 
@@ -105,6 +123,12 @@ impl MacTable {
     /// aging time.
     pub fn lookup(&self, vlan: Vlan, mac: MacAddress, now: Instant) -> Option<PortId> {
         self.entries.get(&(vlan, mac)).filter(|entry| now < entry.expires).map(|entry| entry.port)
+    }
+
+    /// The remote peer behind its port that `mac` was last seen behind in `vlan`, unless
+    /// that was longer ago than the aging time or its port has no remotes.
+    pub fn remote_of(&self, vlan: Vlan, mac: MacAddress, now: Instant) -> Option<RemoteId> {
+        self.entries.get(&(vlan, mac)).filter(|entry| now < entry.expires).and_then(|entry| entry.remote)
     }
 
     /// Forgets every station on `port`, for when the port goes away.
@@ -124,7 +148,7 @@ impl MacTable {
         self.entries.iter().filter_map(move |((vlan, mac), entry)| {
             let left = entry.expires.checked_duration_since(now).filter(|left| !left.is_zero())?;
             let age = self.aging.saturating_sub(left);
-            Some(Station { vlan: *vlan, mac: *mac, port: entry.port, age })
+            Some(Station { vlan: *vlan, mac: *mac, port: entry.port, remote: entry.remote, age })
         })
     }
 
@@ -187,6 +211,20 @@ mod tests {
         let mut table = MacTable::new(Duration::from_secs(10), 16);
         table.learn(None, A, PortId(1), t0);
         assert_eq!(table.learn(None, A, PortId(2), t0 + Duration::from_secs(11)), Learned::New);
+    }
+
+    #[test]
+    fn a_station_behind_a_remote_is_found_there_and_follows_it() {
+        let t0 = Instant::now();
+        let mut table = MacTable::new(Duration::from_secs(10), 16);
+        table.learn_behind(None, A, PortId(1), Some(RemoteId(2)), t0);
+        assert_eq!(table.remote_of(None, A, t0), Some(RemoteId(2)));
+        assert_eq!(table.learn_behind(None, A, PortId(1), Some(RemoteId(3)), t0), Learned::Refreshed);
+        assert_eq!(table.remote_of(None, A, t0), Some(RemoteId(3)));
+        assert_eq!(table.stations(t0).next().map(|s| s.remote), Some(Some(RemoteId(3))));
+        assert_eq!(table.remote_of(None, A, t0 + Duration::from_secs(10)), None, "aged like any entry");
+        table.learn(None, B, PortId(2), t0);
+        assert_eq!(table.remote_of(None, B, t0), None);
     }
 
     #[test]

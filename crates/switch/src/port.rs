@@ -75,11 +75,13 @@ pub enum PortDropReason {
     /// Received: a virtio descriptor chain the guest's driver gave that vnet cannot read
     /// (a buffer outside guest memory, the wrong direction, no header, too long).
     BadDescriptor,
+    /// To be sent: too long for the underlay of a tunnel port once encapsulated.
+    UnderlayMtu,
 }
 
 impl PortDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [PortDropReason; 15] = [
+    pub const ALL: [PortDropReason; 16] = [
         PortDropReason::Runt,
         PortDropReason::Oversize,
         PortDropReason::MulticastSource,
@@ -95,6 +97,7 @@ impl PortDropReason {
         PortDropReason::Guarded,
         PortDropReason::MemoryBudget,
         PortDropReason::BadDescriptor,
+        PortDropReason::UnderlayMtu,
     ];
 
     /// True for drops of frames the port received, false for frames it was to send.
@@ -134,12 +137,40 @@ impl PortDropReason {
             PortDropReason::Guarded => "guarded",
             PortDropReason::MemoryBudget => "memory_budget",
             PortDropReason::BadDescriptor => "bad_descriptor",
+            PortDropReason::UnderlayMtu => "underlay_mtu",
         }
     }
 
     fn index(self) -> usize {
         self as usize
     }
+}
+
+/// Names one remote peer behind a port that reaches several (the VTEPs behind a VXLAN
+/// port), in the order the port's transport added them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteId(pub u16);
+
+/// A remote peer behind a port, with what went to and came from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Its address, as the transport writes it.
+    pub name: String,
+    /// Frames and bytes it sent and was sent.
+    pub counters: RemoteCounters,
+}
+
+/// Frame and byte counts of one remote peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteCounters {
+    /// Frames received from it.
+    pub rx_frames: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Frames sent to it.
+    pub tx_frames: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
 }
 
 /// Frame, byte and drop counts of one port. "rx" is what the port's peer sent into the
@@ -271,6 +302,8 @@ pub struct Port {
     pub(crate) guard: PortGuard,
     /// Whatever drains the port, as a number its owner chose (the runtime's endpoint).
     owner: usize,
+    /// The peers behind the port, for a transport that reaches several through it.
+    remotes: Vec<Remote>,
     pub(crate) pending: bool,
 }
 
@@ -293,7 +326,37 @@ impl Port {
             vlans: policy.vlans,
             guard: PortGuard::new(policy.security),
             owner: 0,
+            remotes: Vec::new(),
             pending: false,
+        }
+    }
+
+    /// Adds a remote peer behind the port, named `name`; None once the port has as many
+    /// as a [`RemoteId`] numbers.
+    pub fn add_remote(&mut self, name: String) -> Option<RemoteId> {
+        let id = RemoteId(u16::try_from(self.remotes.len()).ok()?);
+        self.remotes.push(Remote { name, counters: RemoteCounters::default() });
+        Some(id)
+    }
+
+    /// The remote peers behind the port, in the order they were added.
+    pub fn remotes(&self) -> &[Remote] {
+        &self.remotes
+    }
+
+    /// Counts a frame of `len` bytes from remote `id`.
+    pub fn record_remote_received(&mut self, id: RemoteId, len: usize) {
+        if let Some(remote) = self.remotes.get_mut(usize::from(id.0)) {
+            remote.counters.rx_frames += 1;
+            remote.counters.rx_bytes += len as u64;
+        }
+    }
+
+    /// Counts a frame of `len` bytes sent to remote `id`.
+    pub fn record_remote_sent(&mut self, id: RemoteId, len: usize) {
+        if let Some(remote) = self.remotes.get_mut(usize::from(id.0)) {
+            remote.counters.tx_frames += 1;
+            remote.counters.tx_bytes += len as u64;
         }
     }
 

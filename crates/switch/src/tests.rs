@@ -572,3 +572,28 @@ fn all_queues_together_are_bounded_and_an_empty_queue_still_takes_a_frame() {
     switch.receive(pa, frame(BROADCAST, A), now);
     assert_eq!(queued(&switch, pd), 1, "an empty queue takes a frame whatever the budget");
 }
+
+#[test]
+fn a_station_behind_a_remote_of_a_port_is_sent_to_that_remote_only() {
+    let now = Instant::now();
+    let (mut switch, [tunnel, local, _]) = three_ports(SwitchConfig::default());
+    let port = switch.port_mut(tunnel).unwrap();
+    let (first, second) =
+        (port.add_remote("192.0.2.1".into()).unwrap(), port.add_remote("192.0.2.2".into()).unwrap());
+    switch.receive_from_remote(tunnel, Some(second), frame(BROADCAST, A), now);
+    switch.receive(local, frame(A, B), now);
+    let to_a = switch.port(tunnel).unwrap().queued().next().unwrap().clone();
+    assert_eq!(switch.remote_toward(tunnel, &to_a, now), Some(second));
+    switch.receive_from_remote(tunnel, Some(first), frame(B, A), now);
+    assert_eq!(switch.remote_toward(tunnel, &to_a, now), Some(first), "A moved behind the first remote");
+    let unknown = frame(C, B).unwrap();
+    assert_eq!(switch.remote_toward(tunnel, &unknown, now), None);
+    let station = switch.mac_table().stations(now).find(|s| s.mac == MacAddress(A)).unwrap();
+    assert_eq!((station.port, station.remote), (tunnel, Some(first)));
+    let port = switch.port_mut(tunnel).unwrap();
+    port.record_remote_received(first, 60);
+    port.record_remote_sent(second, 70);
+    let remotes = switch.port(tunnel).unwrap().remotes();
+    assert_eq!((remotes[0].counters.rx_bytes, remotes[1].counters.tx_bytes), (60, 70));
+    assert_eq!(remotes[1].name, "192.0.2.2");
+}

@@ -2,11 +2,12 @@
 //! [`vnet_runtime`]'s loop.
 //!
 //! Each transport only moves frames between a file descriptor and a switch port: the
-//! stream transport speaks QEMU's length-prefixed framing ([`vnet_wire::framing`]), the
-//! datagram, multicast and VDE transports carry one frame per datagram, and the tap
-//! transport relays a tap device, the host's or one created inside a network namespace
-//! ([`netns`]). None of them looks inside a frame (switching is [`vnet_switch`]'s job),
-//! and none knows the command line that asked for it.
+//! stream transport speaks QEMU's length-prefixed framing ([`vnet_wire::framing`]); the
+//! datagram, multicast and VDE transports carry one frame per datagram, and VXLAN one per
+//! datagram behind its header to other hosts ([`vxlan`]); the tap transport relays a tap
+//! device, the host's or one created inside a network namespace ([`netns`]). None of
+//! them looks inside a frame (switching is [`vnet_switch`]'s job), and none knows the
+//! command line that asked for it.
 
 pub mod dgram;
 pub mod mcast;
@@ -15,6 +16,7 @@ pub mod stream;
 pub mod tap;
 pub mod unix_path;
 pub mod vde;
+pub mod vxlan;
 
 use std::fmt;
 use std::io;
@@ -115,6 +117,9 @@ pub enum TransportError {
     /// The tun/tap device cannot be opened; the message says why and how to fix it.
     #[error("{0}")]
     TunDevice(String),
+    /// VXLAN specs that do not fit together; the message says how to fix them.
+    #[error("{0}")]
+    Vxlan(String),
     /// Any other system error, with what vnet was doing.
     #[error("{context}: {source}")]
     Io {

@@ -1,7 +1,7 @@
 //! Zero-copy views of the frames vnet moves, and the limits every layer agrees on.
 //!
 //! This crate is the bottom layer: it knows byte layouts (Ethernet, 802.1Q, virtio-net
-//! headers, QEMU's stream framing, the VDE request; IP, UDP and TCP come from
+//! headers, QEMU's stream framing, the VDE request, the VXLAN header; IP, UDP and TCP come from
 //! [`smoltcp::wire`]) and nothing about ports, sockets or the event loop. A [`Frame`]
 //! lives in a pooled buffer ([`frame`]), so flooding one frame to many ports counts a
 //! reference, not a copy, and a buffer whose last frame is gone is reused.
@@ -13,6 +13,7 @@ pub mod framing;
 pub mod offload;
 pub mod vde;
 pub mod vlan;
+pub mod vxlan;
 
 pub use frame::{Frame, FrameBuffer, FrameError};
 pub use offload::Offload;
