@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::fs::File;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -39,22 +38,6 @@ const HELLO_PORT: u16 = 7002;
 const UDP_ECHO_PORT: u16 = 7003;
 const IPERF_PORT: u16 = 5201;
 
-/// Runs `make` on a thread inside `netns`, so that the sockets it creates live there.
-fn in_namespace<T: Send>(netns: &NamedNamespace, make: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = File::open(netns.path()).unwrap();
-                // SAFETY: setns has no memory preconditions; it moves only this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                make()
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 /// The world's host services, each on a thread that stops when this is dropped.
 struct Services {
     _threads: ServiceThreads,
@@ -63,7 +46,7 @@ struct Services {
 
 impl Services {
     fn start(world: &NamedNamespace) -> Self {
-        let (dns, hello, echo, sink) = in_namespace(world, || {
+        let (dns, hello, echo, sink) = world.run_inside(|| {
             let dns = udp_service("127.0.0.1:53");
             let hello = tcp_service(&format!("127.0.0.1:{HELLO_PORT}"));
             let echo = udp_service(&format!("127.0.0.1:{UDP_ECHO_PORT}"));
@@ -89,10 +72,7 @@ struct Victim {
 
 impl Victim {
     fn exec(&self, script: &str) -> (bool, String) {
-        let output = self.netns.exec(&["sh", "-c", script]);
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
+        self.netns.shell(script)
     }
 
     /// Takes a DHCP lease and configures it; returns the address.
@@ -172,14 +152,7 @@ impl Lab {
         let victim = NamedNamespace::create();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dhcp_script = dir.path().join("udhcpc.sh");
-        std::fs::write(
-            &dhcp_script,
-            "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; \
-             ip addr add \"$ip/24\" dev \"$interface\"; echo \"LEASE $ip\";; esac\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&dhcp_script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dhcp_script = write_dhcp_script(dir.path());
         let services = Services::start(&world);
         let iperf = ChildGuard(
             world

@@ -445,7 +445,13 @@ impl VxlanTunnel {
     }
 
     /// Sends `frame` of `segment` to `remote`, or to every remote it floods to.
-    fn send(&self, segment: &Segment, frame: &Frame, remote: Option<RemoteId>, cx: &mut Context<'_>) -> Outcome {
+    fn send(
+        &self,
+        segment: &Segment,
+        frame: &Frame,
+        remote: Option<RemoteId>,
+        cx: &mut Context<'_>,
+    ) -> Outcome {
         if frame.len() > self.longest_frame() {
             return Outcome::TooLong;
         }

@@ -270,6 +270,49 @@ impl NamedNamespace {
     pub fn exec(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
+
+    /// Runs a shell script inside the namespace; true and its output if it succeeded.
+    pub fn shell(&self, script: &str) -> (bool, String) {
+        let output = self.exec(&["sh", "-c", script]);
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
+    /// Runs `make` on a thread inside the namespace, so that the sockets it creates live
+    /// there.
+    pub fn run_inside<T: Send>(&self, make: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = File::open(self.path()).unwrap();
+                    // SAFETY: setns has no memory preconditions; it moves only this thread.
+                    let rc =
+                        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    make()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+}
+
+/// Writes a busybox udhcpc script into `dir` that sets the leased address (/24) and,
+/// when the server gave one, the MTU, and prints `LEASE ADDRESS` and `MTU N`.
+pub fn write_dhcp_script(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; \
+         ip addr add \"$ip/24\" dev \"$interface\"; \
+         [ -n \"$mtu\" ] && ip link set \"$interface\" mtu \"$mtu\" && echo \"MTU $mtu\"; \
+         echo \"LEASE $ip\";; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
 }
 
 impl Drop for NamedNamespace {
