@@ -480,6 +480,34 @@ pub fn forward_rules(data: &[u8]) {
     let _ = vnet_control::spec::parse_attach_option(&text);
 }
 
+/// Treats `data` as a datagram from a VXLAN underlay and takes it the way a tunnel
+/// does: decapsulated, then (with its VNI known) switched in from a remote of the VNI's
+/// port. Decapsulation must refuse what RFC 7348 and Linux refuse, return a frame that
+/// is the datagram's tail, and give back the header it would have written; the flow hash
+/// must take any bytes.
+pub fn vxlan_datagrams(data: &[u8]) {
+    use vnet_wire::vxlan::{self, VXLAN_HEADER_LEN};
+    let _ = vxlan::flow_hash(data);
+    let Ok((vni, frame)) = vxlan::decapsulate(data) else {
+        return;
+    };
+    assert_eq!(&data[..VXLAN_HEADER_LEN], &vxlan::header(vni), "only the header vnet writes is taken");
+    assert_eq!(frame, &data[VXLAN_HEADER_LEN..]);
+    let _ = vxlan::flow_hash(frame);
+    let mut switch = Switch::new(SwitchConfig::default());
+    let tunnel = switch.add_port("vxlan");
+    let local = switch.add_port("guest");
+    let remote = switch.port_mut(tunnel).and_then(|port| port.add_remote("192.0.2.1".to_owned()));
+    let now = Instant::now();
+    switch.receive_from_remote(tunnel, remote, Frame::copy_from_slice(frame, Offload::NONE), now);
+    let queued: Vec<Frame> =
+        switch.port(local).map(|port| port.queued().cloned().collect()).unwrap_or_default();
+    for delivered in &queued {
+        let back = switch.remote_toward(tunnel, delivered, now);
+        assert!(back.is_none() || back == remote, "a station is only ever behind the remote it came from");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -543,6 +571,11 @@ mod tests {
     #[test]
     fn descriptor_chains_regressions_pass() {
         replay("descriptor_chains", super::descriptor_chains);
+    }
+
+    #[test]
+    fn vxlan_datagrams_regressions_pass() {
+        replay("vxlan_datagrams", super::vxlan_datagrams);
     }
 
     #[test]

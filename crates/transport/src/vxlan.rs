@@ -600,3 +600,86 @@ impl Endpoint for VxlanTunnel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use vnet_switch::PortVlans;
+    use vnet_wire::vlan::VlanId;
+
+    use super::*;
+
+    fn spec(remote: &str, vni: u32) -> VxlanSpec {
+        VxlanSpec {
+            remote: remote.parse().unwrap(),
+            port: vxlan::VXLAN_PORT,
+            vni: Vni::new(vni).unwrap(),
+            local: None,
+            group: None,
+            dev: None,
+            learn_remotes: false,
+            remotes_only: false,
+        }
+    }
+
+    fn grouped(specs: &[(VxlanSpec, PortPolicy)]) -> Result<Vec<Segment>, TransportError> {
+        segments(&specs.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn specs_of_one_vni_add_remotes_to_one_port_and_others_get_their_own() {
+        let vlan = PortPolicy { vlans: PortVlans::access(VlanId::new(10).unwrap()), ..PortPolicy::default() };
+        let segments = grouped(&[
+            (spec("192.0.2.2", 7), PortPolicy::default()),
+            (spec("192.0.2.3", 7), PortPolicy::default()),
+            (spec("192.0.2.2", 7), PortPolicy::default()),
+            (spec("192.0.2.2", 8), vlan.clone()),
+        ])
+        .unwrap();
+        assert_eq!(segments.len(), 2);
+        let ips: Vec<String> = segments[0].remotes.iter().map(|remote| remote.ip.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.2", "192.0.2.3"], "a remote listed twice is one remote");
+        assert_eq!(segments[1].policy, vlan);
+        assert!(!segments[0].learns(), "learning is off unless asked for");
+
+        let clash = grouped(&[(spec("192.0.2.2", 7), PortPolicy::default()), (spec("192.0.2.3", 7), vlan)]);
+        assert!(matches!(clash, Err(TransportError::Vxlan(message)) if message.contains("vni=7")));
+    }
+
+    #[test]
+    fn a_group_learns_unless_remotes_only_and_floods_to_the_group_and_listed_remotes() {
+        let mut with_group = spec("192.0.2.2", 7);
+        with_group.group = Some("239.1.1.1".parse().unwrap());
+        let mut segments = grouped(&[(with_group.clone(), PortPolicy::default())]).unwrap();
+        let segment = &mut segments[0];
+        assert!(segment.learns() && segment.has_group());
+        segment.remotes.push(Remote::new(
+            "192.0.2.9".parse().unwrap(),
+            segment.udp_port,
+            RemoteKind::Learned,
+        ));
+        let targets: Vec<String> = segment.flood_targets().map(Remote::name).collect();
+        assert_eq!(
+            targets,
+            ["group 239.1.1.1", "192.0.2.2"],
+            "a learned member is reached through the group"
+        );
+
+        let mut refusing = with_group;
+        refusing.remotes_only = true;
+        assert!(!grouped(&[(refusing, PortPolicy::default())]).unwrap()[0].learns());
+
+        let mut learning = spec("192.0.2.2", 7);
+        learning.learn_remotes = true;
+        let mut segments = grouped(&[(learning, PortPolicy::default())]).unwrap();
+        segments[0].remotes.push(Remote::new("192.0.2.9".parse().unwrap(), 4789, RemoteKind::Learned));
+        assert_eq!(segments[0].flood_targets().count(), 2, "without a group, learned remotes get floods too");
+    }
+
+    #[test]
+    fn a_multicast_remote_is_the_group() {
+        let segments = grouped(&[(spec("ff05::42", 7), PortPolicy::default())]).unwrap();
+        let kinds: Vec<RemoteKind> = segments[0].remotes.iter().map(|remote| remote.kind).collect();
+        assert_eq!(kinds, [RemoteKind::Group]);
+        assert_eq!(segments[0].remotes[0].name(), "group ff05::42");
+    }
+}
