@@ -389,3 +389,48 @@ fn malformed_vxlan_datagrams_and_strangers_are_counted_and_dropped() {
             .any(|port| port["name"] == tunnel_name.as_str() && port["rx_frames"] == 1)
     });
 }
+
+/// Three vnets on a multicast group, none listing another: floods go to the group, each
+/// learns the others from their traffic, and unicast then goes to the learned remote.
+#[test]
+fn three_vnets_on_a_multicast_group_find_each_other() {
+    let underlay = Underlay::new(3);
+    let guests = [(); 3].map(|()| Guest::new());
+    let names: Vec<String> = (1..=3).map(|n| unique(&format!("vxg{n}"))).collect();
+    let _vnets: Vec<Vnet> = (1..=3u8)
+        .map(|n| {
+            let i = usize::from(n - 1);
+            let tunnel = format!("vxlan:239.1.1.1,vni={VNI},local=192.168.77.{n}");
+            vnet_in(
+                underlay.host(n),
+                &names[i],
+                &["--no-user", "--attach", &tunnel, "--attach", &guests[i].attach_arg()],
+            )
+        })
+        .collect();
+    for (n, guest) in guests.iter().enumerate() {
+        guest.set_address(&format!("10.9.0.{}", n + 1));
+    }
+    assert!(guests[0].pings("10.9.0.2") && guests[0].pings("10.9.0.3") && guests[2].pings("10.9.0.2"));
+
+    let macs = api("macs", &names[0]);
+    let remote_of = |guest: &Guest| {
+        let mac = guest.mac();
+        macs.as_array().unwrap().iter().find(|s| s["mac"] == mac.as_str()).map(|s| s["remote"].clone())
+    };
+    assert_eq!(remote_of(&guests[1]), Some(Value::from("192.168.77.2")), "{macs}");
+    assert_eq!(remote_of(&guests[2]), Some(Value::from("192.168.77.3")), "{macs}");
+    let ports = api("ports", &names[0]);
+    let remotes =
+        ports.as_array().unwrap().iter().find_map(|port| port["remotes"].as_array().cloned()).unwrap();
+    let by_name =
+        |name: &str| remotes.iter().find(|remote| remote["name"] == name).cloned().unwrap_or_default();
+    assert!(
+        by_name("group 239.1.1.1")["tx_frames"].as_u64() > Some(0),
+        "floods went to the group: {remotes:?}"
+    );
+    assert!(
+        by_name("192.168.77.2")["tx_frames"].as_u64() > Some(0),
+        "unicast to a learned remote: {remotes:?}"
+    );
+}

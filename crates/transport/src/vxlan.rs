@@ -380,12 +380,12 @@ fn underlay_mtu(
         let text = std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))?;
         return text.trim().parse().map_err(|_| io::ErrorKind::InvalidData.into());
     }
+    let unspecified =
+        if ipv6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
     let mut smallest = None;
     for remote in segments.iter().flat_map(|segment| &segment.remotes) {
-        let probe = udp_socket(ipv6, None)?;
-        if let Some(local) = local {
-            probe.bind(&SocketAddr::new(local, 0).into())?;
-        }
+        // Set up as a sending socket, so that a group is routed the way frames will be.
+        let probe = sending_socket(ipv6, local.unwrap_or(unspecified), None, None)?;
         probe.connect(&remote.address)?;
         let mtu = sys::path_mtu(probe.as_fd(), ipv6)?;
         smallest = Some(smallest.map_or(mtu, |current: usize| current.min(mtu)));
