@@ -15,6 +15,7 @@ mod switch;
 mod tap;
 mod udp;
 mod vhost_user;
+mod vxlan;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ impl Settings {
 }
 
 /// A scenario's name on the command line.
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "bulk",
     "bulk-ipv6",
     "latency",
@@ -83,6 +84,7 @@ pub const SCENARIOS: [&str; 13] = [
     "vhost-user-switch",
     "switch",
     "tap",
+    "vxlan",
     "idle",
     "guests",
 ];
@@ -113,6 +115,7 @@ impl Bench {
             "vhost-user-switch" => vhost_user::run_switch(self),
             "switch" => switch::run(self),
             "tap" => tap::run(self),
+            "vxlan" => vxlan::run(self),
             "idle" => idle::run(self),
             "guests" => guests::run(self),
             "profile" => profile::run(self),
@@ -199,36 +202,42 @@ impl Iperf3Server {
     /// One iperf3 run from `guest` to this server (`reverse`: server to guest), in Gbit/s
     /// as the receiver counted.
     fn measure(&self, guest: &Guest, seconds: u64, reverse: bool) -> Result<f64> {
-        let (host, port, time) = (guest.host_address.to_string(), self.port.to_string(), seconds.to_string());
-        let mut args =
-            vec!["iperf3", "-c", &host, "-p", &port, "-t", &time, "-J", "--connect-timeout", "5000"];
+        let (host, port) = (guest.host_address.to_string(), self.port.to_string());
+        let mut args = vec!["iperf3", "-c", &host, "-p", &port];
         if guest.ip() == IpVersion::V6 {
             args.push("-6");
         }
-        if reverse {
-            args.push("-R");
-        }
-        // The server takes one test at a time and is briefly busy between tests.
-        for _ in 0..20 {
-            let mut command = guest.command(&args);
-            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
-            let output =
-                Spawned::start("iperf3 -c", &mut command)?.wait_output(Duration::from_secs(seconds + 30))?;
-            let report: serde_json::Value =
-                serde_json::from_slice(&output.stdout).context("iperf3's JSON")?;
-            if let Some(error) = report["error"].as_str() {
-                if error.contains("busy") {
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-                bail!("iperf3: {error}");
-            }
-            let bits =
-                report["end"]["sum_received"]["bits_per_second"].as_f64().context("no receiver rate")?;
-            return Ok(bits / 1e9);
-        }
-        bail!("the iperf3 server stayed busy")
+        iperf3_client(|extra| guest.command(&[&args[..], extra].concat()), seconds, reverse)
     }
+}
+
+/// Runs the iperf3 client `client` gives (its arguments up to the port, then the
+/// `extra` ones) for `seconds` (`reverse`: server to client), retrying while the
+/// server is busy; Gbit/s as the receiver counted.
+fn iperf3_client(client: impl Fn(&[&str]) -> Command, seconds: u64, reverse: bool) -> Result<f64> {
+    let time = seconds.to_string();
+    let mut extra = vec!["-t", &time, "-J", "--connect-timeout", "5000"];
+    if reverse {
+        extra.push("-R");
+    }
+    // The server takes one test at a time and is briefly busy between tests.
+    for _ in 0..20 {
+        let mut command = client(&extra);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+        let output =
+            Spawned::start("iperf3 -c", &mut command)?.wait_output(Duration::from_secs(seconds + 30))?;
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("iperf3's JSON")?;
+        if let Some(error) = report["error"].as_str() {
+            if error.contains("busy") {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            bail!("iperf3: {error}");
+        }
+        let bits = report["end"]["sum_received"]["bits_per_second"].as_f64().context("no receiver rate")?;
+        return Ok(bits / 1e9);
+    }
+    bail!("the iperf3 server stayed busy")
 }
 
 /// iperf3 over IP version `ip` both ways through each of `backends`, at MTU 65520 and

@@ -142,6 +142,47 @@ pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) ->
     Ok(check(sent)? as usize)
 }
 
+/// Sends the bytes of `parts`, gathered, to `to` as UDP datagrams of `segment` bytes each
+/// (the last may be shorter) with one `sendmsg`, the kernel cutting them (UDP generic
+/// segmentation offload, UDP_SEGMENT). The whole must fit one datagram's 64 KiB and at
+/// most 64 segments. Returns the bytes sent.
+pub fn send_segmented(
+    fd: BorrowedFd<'_>,
+    to: &SockAddr,
+    parts: &[std::io::IoSlice<'_>],
+    segment: u16,
+) -> io::Result<usize> {
+    // Room for one control message holding a u16, aligned as cmsghdr needs.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let control_len = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut message: libc::msghdr = unsafe { zeroed() };
+    message.msg_name = to.as_ptr() as *mut libc::c_void;
+    message.msg_namelen = to.len();
+    // IoSlice is guaranteed to be ABI-compatible with iovec.
+    message.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    message.msg_iovlen = parts.len();
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = control_len.min(size_of_val(&control));
+    // SAFETY: the control buffer is as long as msg_controllen says and aligned for
+    // cmsghdr, so CMSG_FIRSTHDR points into it, with room for the header and a u16.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_UDP;
+        (*header).cmsg_type = libc::UDP_SEGMENT;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<u16>(), segment);
+    }
+    // SAFETY: the message points at the caller's address and parts and at `control`,
+    // all alive for the call; the kernel only reads through it.
+    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &message, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 /// The longest interface name Linux accepts, without its NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 

@@ -10,7 +10,9 @@
 //!
 //! Frames leave from one of a few sending sockets, picked by a hash of the inner flow, so
 //! the outer UDP source port follows the flow as RFC 7348 asks and an underlay can spread
-//! flows over paths. Sending sockets set "don't fragment": a frame too long for the
+//! flows over paths. A run of queued frames of one size (a TCP segment cut to the MSS)
+//! leaves in one send that the kernel cuts into datagrams (UDP GSO), gathered from the
+//! frames without a copy. Sending sockets set "don't fragment": a frame too long for the
 //! underlay is dropped and counted, never fragmented. Nothing here looks inside a frame
 //! beyond that hash; what comes from the underlay is checked (flags, VNI, source) before
 //! it reaches the switch, and each refusal is counted.
@@ -41,9 +43,14 @@ const SENDING_SOCKETS: usize = 8;
 /// Most remotes one VNI has, configured and learned: learning from a flood of spoofed
 /// sources stops there.
 const MAX_REMOTES: usize = 256;
-/// Room each socket gets for datagrams on their way out, so a burst of a TCP window is
-/// not refused.
-const SEND_BUFFER: usize = 4 << 20;
+/// Room each socket gets for datagrams on their way out and in, so that a burst of a TCP
+/// window is neither refused nor dropped while the loop is busy (the kernel caps it at
+/// net.core.wmem_max and rmem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// Most datagrams one segmented send carries (UDP_SEGMENT's limit), and most bytes: one
+/// UDP datagram's payload.
+const MAX_SEGMENTS: usize = 64;
+const MAX_SEGMENTED: usize = 65507;
 /// Outer IPv4 and UDP headers, and outer IPv6 and UDP headers.
 const IPV4_UDP_HEADERS: usize = 20 + 8;
 const IPV6_UDP_HEADERS: usize = 40 + 8;
@@ -189,6 +196,10 @@ pub struct VxlanTunnel {
     segments: Vec<Segment>,
     /// The smallest MTU of the paths to the remotes (or of `dev=`).
     underlay_mtu: usize,
+    /// Whether frames of one size go out in one send, cut by the kernel (UDP GSO).
+    segmentation: bool,
+    /// The frames of the send being made, kept so that its room is reused.
+    run: Vec<Frame>,
     description: String,
 }
 
@@ -220,6 +231,7 @@ impl VxlanTunnel {
         let bind_ip = if any_group { unspecified } else { first.local.unwrap_or(unspecified) };
 
         let receiver = udp_socket(ipv6, first.dev.as_deref()).map_err(|e| err("cannot create socket", e))?;
+        receiver.set_recv_buffer_size(SOCKET_BUFFER).map_err(|e| err("cannot size the receive buffer", e))?;
         receiver.bind(&SocketAddr::new(bind_ip, first.port).into()).map_err(|e| match e.kind() {
             io::ErrorKind::AddrInUse => {
                 TransportError::AddressInUse(SocketAddr::new(bind_ip, first.port).to_string())
@@ -246,6 +258,8 @@ impl VxlanTunnel {
             batch: DatagramBatch::new(BATCH, VXLAN_HEADER_LEN + MAX_FRAME_LEN + 1),
             segments,
             underlay_mtu,
+            segmentation: true,
+            run: Vec::with_capacity(MAX_SEGMENTS),
             description,
         })
     }
@@ -329,7 +343,7 @@ fn sending_socket(
     let socket = udp_socket(ipv6, dev)?;
     socket.bind(&SocketAddr::new(local, 0).into())?;
     sys::set_dont_fragment(socket.as_fd(), ipv6)?;
-    socket.set_send_buffer_size(SEND_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
     match local {
         IpAddr::V4(local) => {
             socket.set_multicast_loop_v4(false)?;
@@ -399,6 +413,8 @@ enum Outcome {
     Delivered,
     /// It is too long for the underlay.
     TooLong,
+    /// The kernel refused to cut a segmented send; they go one at a time from now on.
+    NoSegmentation,
     /// The kernel refused it.
     Failed(io::Error),
 }
@@ -444,46 +460,94 @@ impl VxlanTunnel {
         }
     }
 
-    /// Sends `frame` of `segment` to `remote`, or to every remote it floods to.
-    fn send(
-        &self,
-        segment: &Segment,
-        frame: &Frame,
+    /// Gathers into `self.run` the frames at the head of `port`'s queue that can leave
+    /// in one segmented send: as long as the first or, for the last, shorter; bound for
+    /// the same remote (or all of them) from the same socket; at most [`MAX_SEGMENTS`]
+    /// and one datagram's worth of bytes. Returns the remote and the socket.
+    fn take_run(&mut self, port: PortId, cx: &Context<'_>) -> Option<(Option<RemoteId>, usize)> {
+        self.run.clear();
+        let mut queued = cx.switch.port(port)?.queued();
+        let first = queued.next()?;
+        let remote = cx.switch.remote_toward(port, first, cx.now);
+        let socket = self.socket_for(first);
+        let len = first.len();
+        self.run.push(first.clone());
+        let fits_another =
+            |count: usize| count < MAX_SEGMENTS && (count + 1) * (VXLAN_HEADER_LEN + len) <= MAX_SEGMENTED;
+        if len > self.longest_frame() || !self.segmentation {
+            return Some((remote, socket));
+        }
+        for frame in queued {
+            let same_way =
+                cx.switch.remote_toward(port, frame, cx.now) == remote && self.socket_for(frame) == socket;
+            if !fits_another(self.run.len()) || frame.len() > len || !same_way {
+                break;
+            }
+            self.run.push(frame.clone());
+            if frame.len() < len {
+                break;
+            }
+        }
+        Some((remote, socket))
+    }
+
+    /// The sending socket of `frame`'s flow.
+    fn socket_for(&self, frame: &Frame) -> usize {
+        vxlan::flow_hash(frame.as_bytes()) as usize % self.senders.len()
+    }
+
+    /// Sends the frames of `self.run` of segment `index` from socket `socket` to
+    /// `remote`, or to every remote the VNI floods to: one datagram each, in one send
+    /// when there are several.
+    fn send_run(
+        &mut self,
+        index: usize,
         remote: Option<RemoteId>,
+        socket: usize,
         cx: &mut Context<'_>,
     ) -> Outcome {
-        if frame.len() > self.longest_frame() {
+        if self.run[0].len() > self.longest_frame() {
             return Outcome::TooLong;
         }
+        let segment = &self.segments[index];
         let header = vxlan::header(segment.vni);
-        let datagram = [IoSlice::new(&header), IoSlice::new(frame.as_bytes())];
-        let socket = &self.senders[vxlan::flow_hash(frame.as_bytes()) as usize % self.senders.len()];
-        let port = segment.port;
-        let mut send_to = |target: &Remote| {
-            let sent = socket.send_to_vectored(&datagram, &target.address);
-            if sent.is_ok() {
-                if let (Some(port), Some(id)) = (port.and_then(|port| cx.switch.port_mut(port)), target.id) {
-                    port.record_remote_sent(id, frame.len());
-                }
-            }
-            sent
-        };
-        let result = match remote.and_then(|id| segment.remotes.iter().find(|r| r.id == Some(id))) {
-            Some(target) => send_to(target).map(drop),
-            None => {
-                // Every flood target gets its copy, even after one was refused.
-                let mut result = Ok(());
-                for target in segment.flood_targets() {
-                    if let Err(e) = send_to(target) {
-                        result = Err(e);
+        let mut parts = [IoSlice::new(&[]); 2 * MAX_SEGMENTS];
+        for (pair, frame) in parts.chunks_exact_mut(2).zip(&self.run) {
+            pair[0] = IoSlice::new(&header);
+            pair[1] = IoSlice::new(frame.as_bytes());
+        }
+        let parts = &parts[..2 * self.run.len()];
+        let socket = &self.senders[socket];
+        let segment_size = (VXLAN_HEADER_LEN + self.run[0].len()) as u16;
+        let known = remote.and_then(|id| segment.remotes.iter().find(|r| r.id == Some(id)));
+        let floods = known.is_none();
+        // Every target gets its copy, even after one was refused.
+        let mut result = Ok(());
+        for target in known.into_iter().chain(segment.flood_targets().filter(|_| floods)) {
+            let sent = if parts.len() == 2 {
+                socket.send_to_vectored(parts, &target.address)
+            } else {
+                sys::send_segmented(socket.as_fd(), &target.address, parts, segment_size)
+            };
+            match sent {
+                Ok(_) => {
+                    if let (Some(port), Some(id)) =
+                        (segment.port.and_then(|port| cx.switch.port_mut(port)), target.id)
+                    {
+                        for frame in &self.run {
+                            port.record_remote_sent(id, frame.len());
+                        }
                     }
                 }
-                result
+                Err(e) => result = Err(e),
             }
-        };
+        }
         match result {
             Ok(()) => Outcome::Delivered,
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Outcome::TooLong,
+            Err(e) if self.run.len() > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                Outcome::NoSegmentation
+            }
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -574,20 +638,30 @@ impl Endpoint for VxlanTunnel {
         let Some(index) = self.segments.iter().position(|segment| segment.port == Some(port)) else {
             return Liveness::Open;
         };
-        while let Some(frame) = cx.switch.port(port).and_then(|p| p.queued().next()).cloned() {
-            let remote = cx.switch.remote_toward(port, &frame, cx.now);
-            let sent = self.send(&self.segments[index], &frame, remote, cx);
+        while let Some((remote, socket)) = self.take_run(port, cx) {
+            let outcome = self.send_run(index, remote, socket, cx);
             let Some(switch_port) = cx.switch.port_mut(port) else {
                 break;
             };
-            match sent {
-                Outcome::Delivered => switch_port.pop_sent(),
-                Outcome::TooLong => switch_port.pop_dropped(PortDropReason::UnderlayMtu),
+            let reason = match outcome {
+                Outcome::Delivered => None,
+                Outcome::TooLong => Some(PortDropReason::UnderlayMtu),
+                Outcome::NoSegmentation => {
+                    warn!(tunnel = %self.description, "the underlay refuses UDP segmentation offload; sending one datagram at a time");
+                    self.segmentation = false;
+                    continue;
+                }
                 Outcome::Failed(e) => {
                     tracing::debug!(tunnel = %self.description, error = %e, "VXLAN send failed");
-                    switch_port.pop_dropped(PortDropReason::SendFailed)
+                    Some(PortDropReason::SendFailed)
                 }
             };
+            for _ in 0..self.run.len() {
+                match reason {
+                    None => switch_port.pop_sent(),
+                    Some(reason) => switch_port.pop_dropped(reason),
+                };
+            }
         }
         Liveness::Open
     }
