@@ -344,8 +344,9 @@ fn a_third_vnet_is_learned_and_two_vnis_on_two_vlans_stay_apart() {
     assert!(table.contains("REMOTE") && table.contains("192.168.77.3"), "{table}");
 }
 
-/// Datagrams a VTEP must refuse, sent from the second host to the first: each is
-/// counted under its reason, and none reaches the guest.
+/// Datagrams a VTEP must refuse, sent from the second host to the first, are each
+/// counted under their reason; a guest frame too long for the underlay is dropped and
+/// counted, not fragmented.
 #[test]
 fn malformed_vxlan_datagrams_and_strangers_are_counted_and_dropped() {
     let underlay = Underlay::new(3);
@@ -378,6 +379,17 @@ fn malformed_vxlan_datagrams_and_strangers_are_counted_and_dropped() {
             .iter()
             .all(|event| events[*event] == 1)
     });
+    let (sent, output) = guest.netns.shell("ping -b -c 1 -W 1 -s 1472 -M do 10.9.0.255");
+    assert!(!sent || output.contains("0 received"), "{output}");
+    let ports = api("ports", &name);
+    let too_long = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|port| port["drops"]["underlay_mtu"].as_u64())
+        .sum::<u64>();
+    assert_eq!(too_long, 1, "a 1514-byte frame does not fit a 1500-byte underlay: {ports}");
+
     send(underlay.host(2), &valid);
     wait_until("the one valid frame counted on the port", DEADLINE, || {
         let ports = api("ports", &name);

@@ -706,3 +706,20 @@ fn build_network(
     }
     Ok(network)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_mtu_fits_the_underlay_unless_mtu_was_given() {
+        let mut gateway = GatewayConfig::default();
+        fit_mtu_to_underlay(&mut gateway, 1450, false);
+        assert_eq!(gateway.mtu, 1450);
+        fit_mtu_to_underlay(&mut gateway, 8950, false);
+        assert_eq!(gateway.mtu, 1450, "never raised past what was set");
+        let mut given = GatewayConfig { mtu: 9000, ..GatewayConfig::default() };
+        fit_mtu_to_underlay(&mut given, 1450, true);
+        assert_eq!(given.mtu, 9000, "mtu= wins");
+    }
+}

@@ -261,6 +261,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_option_is_found_by_its_name_only() {
+        assert!(gives_option("net=10.0.3.0/24,mtu=9000", "mtu"));
+        assert!(!gives_option("net=10.0.3.0/24,hostname=mtu", "mtu"));
+        assert!(!gives_option("mtux=1", "mtu"));
+    }
+
+    #[test]
     fn ipv6_resolvers_in_resolv_conf_are_upstreams_without_their_zone() {
         let text =
             "# comment\nnameserver 127.0.0.53\nnameserver ::1\nnameserver fe80::1%eth0\nsearch lab.test\n";
