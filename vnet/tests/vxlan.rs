@@ -276,9 +276,10 @@ fn vnet_and_a_kernel_vxlan_device_carry_traffic_both_ways() {
 }
 
 /// Three vnets: the first learns the third as a remote when it speaks up
-/// (`learn-remotes=on`), and `vnet macs` shows each station behind its VTEP. Two VNIs
-/// map to VLANs 10 and 20 on the first vnet (and other VLANs on the second) and stay
-/// apart.
+/// (`learn-remotes=on`), the third lists both others (head-end replication), and
+/// `vnet macs` shows each station behind its VTEP. Two VNIs map to VLANs 10 and 20 on
+/// the first vnet (and other VLANs on the second, bound to its underlay interface with
+/// `dev=`) and stay apart.
 #[test]
 fn a_third_vnet_is_learned_and_two_vnis_on_two_vlans_stay_apart() {
     let underlay = Underlay::new(3);
@@ -305,9 +306,11 @@ fn a_third_vnet_is_learned_and_two_vnis_on_two_vlans_stay_apart() {
         &[
             "--no-user",
             "--attach",
-            "vxlan:192.168.77.1,vni=100",
+            "vxlan:192.168.77.1,vni=100,dev=up0",
             "--attach",
-            "vxlan:192.168.77.1,vni=200,vlan=5",
+            "vxlan:192.168.77.3,vni=100,dev=up0",
+            "--attach",
+            "vxlan:192.168.77.1,vni=200,dev=up0,vlan=5",
             "--attach",
             &b100.attach_arg(),
             "--attach",
@@ -317,7 +320,15 @@ fn a_third_vnet_is_learned_and_two_vnis_on_two_vlans_stay_apart() {
     let _c = vnet_in(
         underlay.host(3),
         &unique("vxc"),
-        &["--no-user", "--attach", "vxlan:192.168.77.1,vni=100", "--attach", &c100.attach_arg()],
+        &[
+            "--no-user",
+            "--attach",
+            "vxlan:192.168.77.1,vni=100",
+            "--attach",
+            "vxlan:192.168.77.2,vni=100",
+            "--attach",
+            &c100.attach_arg(),
+        ],
     );
     for (guest, address) in [(&a10, "10.9.0.1"), (&a20, "10.9.0.2"), (&b100, "10.9.0.3"), (&b200, "10.9.0.4")]
     {
@@ -328,6 +339,7 @@ fn a_third_vnet_is_learned_and_two_vnis_on_two_vlans_stay_apart() {
     assert!(a10.pings("10.9.0.3"), "VNI 100: VLAN 10 here, the default VLAN there");
     assert!(a20.pings("10.9.0.4"), "VNI 200: VLAN 20 here, VLAN 5 there");
     assert!(c100.pings("10.9.0.1"), "the third vnet reaches the first, which learns it");
+    assert!(c100.pings("10.9.0.3"), "and the second, which lists it: its floods went to both");
     assert!(!a10.netns.shell("ping -c 2 -W 1 10.9.0.4").0, "VNI 100 does not reach VNI 200");
     assert!(!a20.netns.shell("ping -c 2 -W 1 10.9.0.3").0, "VNI 200 does not reach VNI 100");
 
