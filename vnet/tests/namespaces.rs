@@ -440,3 +440,78 @@ fn traceroute6_sees_the_gateway_each_router_and_the_destination() {
     let (_, log) = network.stop();
     assert_eq!(hops, ["fec0::2", "fd00:1::1", "fd00:2::2"], "the hops:\n{stdout}\n{log}");
 }
+
+/// A DNS query from inside `guest` to the gateway's DNS address; true if answered.
+fn resolves(guest: &NamedNamespace, name: &str) -> bool {
+    let socket = guest.run_inside(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    socket.send_to(&query, "10.0.2.3:53").unwrap();
+    let mut reply = [0u8; 512];
+    matches!(socket.recv_from(&mut reply), Ok((len, _)) if len > 12 && reply[..2] == [0x12, 0x34] && reply[3] & 0xf == 0)
+}
+
+/// Without `dns-upstream=`, the gateway's upstreams follow the resolv.conf vnet sees.
+/// vnet runs in a namespace of its own, where `ip netns exec` binds
+/// /etc/netns/NAME/resolv.conf over /etc/resolv.conf, so the test's file (naming DNS
+/// servers on that namespace's loopback) stands in for the host's; rewriting it moves
+/// the guest's queries to the new server without a restart.
+#[test]
+fn without_dns_upstream_the_gateway_follows_changes_to_resolv_conf() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let world = NamedNamespace::create();
+    let guest = NamedNamespace::create();
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", world.name));
+    std::fs::create_dir_all(&etc).unwrap();
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _etc = RemoveOnDrop(etc.clone());
+    let resolv_conf = etc.join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 127.0.0.1\n").unwrap();
+
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut services = support::services::ServiceThreads::default();
+    for (n, count) in counts.iter().enumerate() {
+        let address = format!("127.0.0.{}:53", n + 1);
+        let socket = world.run_inside(|| support::services::udp_service(&address));
+        let count = Arc::clone(count);
+        services.serve(move || {
+            let mut peek = [0u8; 512];
+            if socket.peek_from(&mut peek).is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            support::services::answer_dns(&socket);
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("vnet.log");
+    let attach = format!("netns:{}", guest.path());
+    let child = world
+        .command(&[support::vnet_binary(), "run", "--attach", &attach])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _vnet = KillOnDrop(child);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the gateway", DEADLINE, || logged().contains("gateway up"));
+    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
+    let (ok, output) = guest.shell("ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up");
+    assert!(ok, "{output}");
+
+    assert!(resolves(&guest, "first.test"), "{}", logged());
+    assert_eq!(counts.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), [1, 0]);
+    std::fs::write(&resolv_conf, "# a VPN came up\nnameserver 127.0.0.2\n").unwrap();
+    wait_until("vnet to see the change", DEADLINE, || logged().contains("new DNS upstreams"));
+    assert!(resolves(&guest, "second.test"));
+    assert_eq!(counts.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), [1, 1], "{}", logged());
+}

@@ -24,7 +24,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
 
 use vnet_gateway::{GatewayConfig, StaticLease};
-use vnet_gateway_host::GatewayNetwork;
+use vnet_gateway_host::{resolv_conf, GatewayNetwork};
 use vnet_runtime::Network;
 use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, SwitchConfig, DEFAULT_AGING};
 use vnet_transport::dgram::DEFAULT_PEER_IDLE_TIMEOUT;
@@ -420,6 +420,11 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         None => None,
     };
     let run_as = settings.run_as.as_deref().map(user_to_become).transpose()?;
+    let resolv_conf_dirs = gateway
+        .as_ref()
+        .and_then(|config| config.upstreams_from.as_deref())
+        .map(resolv_conf::watched_dirs)
+        .unwrap_or_default();
     let mut network =
         build_network(&settings, &listen, vxlan, gateway.map(|config| (config, gateway_policy)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
@@ -440,6 +445,7 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     drop(resolv_conf);
     let sandbox = Sandbox {
         writable_dirs: sandbox_dirs(&listen, &settings, runtime_dir.as_deref()),
+        readable_dirs: resolv_conf_dirs,
         run_as,
         keep: capabilities_to_keep(&listen),
     };
@@ -604,9 +610,17 @@ fn gateway_config(user: Option<&str>) -> anyhow::Result<Option<GatewayConfig>> {
     let Some(user) = user else {
         return Ok(None);
     };
-    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    Ok(Some(parse_user_options(user, &resolv_conf)?))
+    let resolv_conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+    let mut config = parse_user_options(user, &resolv_conf)?;
+    if !gives_option(user, "dns-upstream") {
+        config.upstreams_from = Some(PathBuf::from(RESOLV_CONF));
+    }
+    Ok(Some(config))
 }
+
+/// Where the host names its DNS servers, which the gateway follows unless
+/// `dns-upstream=` is given.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The MAC address of `vnet ns`'s interface: in QEMU's 52:54:00 range, made unique by
 /// vnet's process id so that namespaces of linked networks never share one.

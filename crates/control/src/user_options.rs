@@ -10,7 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
-use vnet_gateway::{ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease};
+use vnet_gateway::{
+    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease,
+};
 use vnet_switch::PortVlans;
 use vnet_wire::MacAddress;
 
@@ -240,15 +242,6 @@ fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
     let target = target.strip_prefix("tcp:").unwrap_or(target);
     let target: SocketAddr = target.parse().map_err(|_| "the target must be IP:PORT")?;
     Ok(GuestForward { virtual_addr, target })
-}
-
-/// The nameservers of a resolv.conf, on port 53.
-pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
 }
 
 /// Whether the `--user` text gives option `name` at all.

@@ -7,14 +7,16 @@
 //! The protocols are the gateway core's business; this crate only moves frames and
 //! datagrams between it, the switch and the host. Its modules: [`port`] (the endpoint),
 //! `sockets` (the sockets and the core's host interface over them), `error_queue`
-//! (IP_RECVERR and TTLs), `datagrams` (host datagrams received into pooled frames) and
-//! `forwards` (the hostfwd rules and their listeners).
+//! (IP_RECVERR and TTLs), `datagrams` (host datagrams received into pooled frames),
+//! `forwards` (the hostfwd rules and their listeners) and [`resolv_conf`] (DNS upstreams
+//! that follow the host's resolv.conf).
 
 mod datagrams;
 mod error_queue;
 mod forwards;
 mod guard;
 pub mod port;
+pub mod resolv_conf;
 mod sockets;
 
 use std::io;

@@ -4,11 +4,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use mio::net::UnixStream;
-use mio::Interest;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
 use socket2::SockRef;
 use tracing::{debug, info};
 use vnet_gateway::{FlowId, ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
@@ -21,6 +22,7 @@ use crate::datagrams::DatagramReceiver;
 use crate::error_queue::{ipv4_header_len, set_receive_errors, take_icmp_error};
 use crate::forwards::{Forward, ForwardSocket};
 use crate::guard::GatewayAddressGuard;
+use crate::resolv_conf::ResolvConfWatch;
 use crate::sockets::{Host, HostStream, SendSpace, Sockets, Source};
 
 /// Datagrams read from one host socket per batch.
@@ -44,6 +46,8 @@ pub struct GatewayPort {
     /// Where datagrams from hostfwd clients are read.
     buffer: Box<[u8]>,
     datagrams: DatagramReceiver,
+    /// The resolv.conf the DNS upstreams follow, and its watch's token once registered.
+    resolv_conf: Option<(ResolvConfWatch, Option<Token>)>,
 }
 
 impl GatewayPort {
@@ -54,12 +58,23 @@ impl GatewayPort {
             let rule = config.resolve_forward(rule);
             sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);
         }
+        let resolv_conf = match config.upstreams_from.clone() {
+            Some(path) => {
+                let watch =
+                    ResolvConfWatch::new(path.clone(), config.dns_upstreams.clone()).map_err(|e| {
+                        TransportError::io(format!("cannot watch {} for DNS servers", path.display()), e)
+                    })?;
+                Some((watch, None))
+            }
+            None => None,
+        };
         Ok(Self {
             gateway: Gateway::new(config),
             sockets,
             port: None,
             buffer: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             datagrams: DatagramReceiver::default(),
+            resolv_conf,
         })
     }
 
@@ -301,10 +316,22 @@ impl Endpoint for GatewayPort {
             self.watch_forward(id, cx)?;
             info!(protocol = ?rule.protocol, host = %rule.host, guest = %rule.guest, "hostfwd");
         }
+        if let Some((watch, token)) = &mut self.resolv_conf {
+            *token = Some(cx.register_source(&mut SourceFd(&watch.watch().as_raw_fd()), Interest::READABLE)?);
+        }
         Ok(())
     }
 
     fn read_batch(&mut self, cx: &mut Context<'_>) -> ReadOutcome {
+        if let Some((watch, Some(token))) = &mut self.resolv_conf {
+            if *token == cx.ready {
+                if let Some(upstreams) = watch.changed_nameservers() {
+                    info!(?upstreams, "resolv.conf changed: new DNS upstreams");
+                    self.gateway.set_dns_upstreams(upstreams);
+                }
+                return ReadOutcome::Drained;
+            }
+        }
         let outcome = match self.sockets.sources.get(cx.ready) {
             Some(Source::Flow(flow)) if self.sockets.streams.contains(flow) => {
                 self.stream_readable(flow, cx);

@@ -4,6 +4,7 @@
 //! layer's job, not this file's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use vnet_wire::MacAddress;
@@ -107,6 +108,9 @@ pub struct GatewayConfig {
     pub host_loopback: bool,
     /// Where DNS queries go (`dns-upstream=`), in order of preference.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// The resolv.conf whose nameservers the upstreams follow as it changes, when no
+    /// `dns-upstream=` was given; watching it is the host side's job.
+    pub upstreams_from: Option<PathBuf>,
     /// Fixed leases (`dhcp-host=`).
     pub static_leases: Vec<StaticLease>,
     /// Most NAT flows at once (`max-flows=`).
@@ -145,6 +149,7 @@ impl Default for GatewayConfig {
             restrict: false,
             host_loopback: true,
             dns_upstreams: Vec::new(),
+            upstreams_from: None,
             static_leases: Vec::new(),
             max_flows: 65536,
             guest_limits: GuestLimits::default(),
@@ -338,6 +343,15 @@ impl GatewayConfig {
 /// Open files the gateway leaves to everything but its flows: listeners, the API, new
 /// ports, the log and capture files.
 pub(crate) const RESERVED_DESCRIPTORS: usize = 256;
+
+/// The nameservers of a resolv.conf, on port 53 (an IPv6 one without its zone).
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

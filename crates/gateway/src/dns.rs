@@ -50,6 +50,12 @@ impl Forwarder {
         Self { upstreams, pending: FlowMap::default(), timeouts: Deadlines::default() }
     }
 
+    /// Tries `upstreams` for queries from now on. A query in flight goes on to the next
+    /// upstream of the new list if its own fails.
+    pub fn set_upstreams(&mut self, upstreams: Vec<SocketAddr>) {
+        self.upstreams = upstreams;
+    }
+
     /// Forwards a query that `sender`, at `guest`, sent to `server` (the gateway's DNS
     /// address). Returns the SERVFAIL answer at once when no upstream can be reached; a
     /// guest with as many queries in flight as its budget allows is refused.

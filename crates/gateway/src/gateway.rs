@@ -84,6 +84,13 @@ impl Gateway {
         &self.config
     }
 
+    /// Sends DNS queries (over UDP and TCP) to `upstreams` from now on; queries in flight
+    /// finish with the upstreams they had.
+    pub fn set_dns_upstreams(&mut self, upstreams: Vec<SocketAddr>) {
+        self.dns.set_upstreams(upstreams.clone());
+        self.config.dns_upstreams = upstreams;
+    }
+
     /// What the gateway dropped, by reason.
     pub fn counters(&self) -> &GatewayCounters {
         &self.counters

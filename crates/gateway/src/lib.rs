@@ -43,7 +43,10 @@ mod timers;
 mod udp;
 
 pub use budget::{Budgets, FlowKind, GuestUsage};
-pub use config::{ForwardProtocol, GatewayConfig, GuestForward, GuestLimits, HostForward, StaticLease};
+pub use config::{
+    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, GuestLimits, HostForward,
+    StaticLease,
+};
 pub use counters::{GatewayCounters, GatewayDropReason};
 pub use egress::{EgressRoom, GatewayIo, GuestEgress};
 pub use flows::{FlowId, FlowMap};

@@ -28,6 +28,9 @@ pub struct Sandbox {
     /// made at exit: its listeners' directories, VDE switch directories and the runtime
     /// directory, with their parents where vnet removes them.
     pub writable_dirs: Vec<PathBuf>,
+    /// Directories whose files vnet still reads: those of the resolv.conf the gateway's
+    /// DNS upstreams follow.
+    pub readable_dirs: Vec<PathBuf>,
     /// The user and group to become first (`--run-as`).
     pub run_as: Option<(Uid, Gid)>,
     /// Capabilities to keep where they are held; every other is dropped.
@@ -88,7 +91,8 @@ impl Sandbox {
     }
 
     /// Handles every filesystem access Landlock knows and allows only making and
-    /// removing entries in [`Sandbox::writable_dirs`]. False if the kernel has no
+    /// removing entries in [`Sandbox::writable_dirs`] and reading files in
+    /// [`Sandbox::readable_dirs`]. False if the kernel has no
     /// Landlock, which is not an error.
     fn limit_filesystem(&self) -> Result<bool, SandboxError> {
         let abi = ABI::V3;
@@ -104,6 +108,12 @@ impl Sandbox {
                 continue; // a directory that is not there has nothing to make or remove
             };
             ruleset = ruleset.add_rule(PathBeneath::new(fd, in_dir)).map_err(fail)?;
+        }
+        for dir in &self.readable_dirs {
+            let Ok(fd) = PathFd::new(dir) else {
+                continue;
+            };
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::ReadFile)).map_err(fail)?;
         }
         let status = ruleset.restrict_self().map_err(fail)?;
         Ok(status.ruleset != RulesetStatus::NotEnforced)
@@ -153,7 +163,8 @@ fn install_seccomp_filter() -> Result<(), SandboxError> {
 /// The system calls vnet makes once set up: its loop (epoll, sockets, reads and
 /// writes, timers), the gateway's host sockets (TCP, UDP, ping, error queues), new
 /// connections and ports (accept, bind, socket files in allowed directories, VDE's
-/// O_PATH opens), its threads (the API and capture), memory, signals, a supervised
+/// O_PATH opens), the resolv.conf the DNS upstreams follow (read again, and watched again
+/// when replaced), its threads (the API and capture), memory, signals, a supervised
 /// namespace's child, and exit.
 const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_accept4,
@@ -195,6 +206,7 @@ const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_getsockopt,
     libc::SYS_gettid,
     libc::SYS_getuid,
+    libc::SYS_inotify_add_watch,
     libc::SYS_ioctl,
     libc::SYS_kill,
     libc::SYS_lchown,

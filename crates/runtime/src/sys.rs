@@ -1,6 +1,6 @@
 //! The system calls that safe wrappers cannot express: reading into uninitialised buffer
-//! space, batched datagram I/O, kernel peeks, tap device and interface ioctls, and the
-//! fork and descriptor passing of namespace setup.
+//! space, batched and segmented datagram I/O, kernel peeks, tap device and interface
+//! ioctls, file watches, and the fork and descriptor passing of namespace setup.
 //!
 //! Every `unsafe` block of vnet's datapath lives here, each with the reason it is sound.
 //! Nothing here knows about ports, frames or the switch.
@@ -181,6 +181,62 @@ pub fn send_segmented(
         return Err(io::Error::last_os_error());
     }
     Ok(sent as usize)
+}
+
+/// An inotify descriptor watching files and directories for changes, for the loop to
+/// wait on. Only whether something changed is kept, not what.
+pub struct FileWatch(OwnedFd);
+
+impl FileWatch {
+    /// A watch of nothing yet, non-blocking.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let fd = check(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+        // SAFETY: the descriptor was just made and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `path` (followed if a symlink) for writes, replacement and removal: of
+    /// itself, and of its entries if it is a directory. Watching the same file again
+    /// after it was replaced watches the new one.
+    pub fn add(&self, path: &std::path::Path) -> io::Result<()> {
+        let path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mask = libc::IN_CLOSE_WRITE
+            | libc::IN_MODIFY
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF;
+        // SAFETY: `path` is a NUL-terminated string alive for the call.
+        check(unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), mask) }).map(drop)
+    }
+
+    /// Reads every event waiting; true if there was any.
+    pub fn drain(&self) -> io::Result<bool> {
+        let mut events = [0u8; 4096];
+        let mut any = false;
+        loop {
+            // SAFETY: read writes at most `events.len()` bytes into `events`.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), events.as_mut_ptr().cast(), events.len()) };
+            match n {
+                n if n > 0 => any = true,
+                0 => return Ok(any),
+                _ => {
+                    let error = io::Error::last_os_error();
+                    return if error.kind() == io::ErrorKind::WouldBlock { Ok(any) } else { Err(error) };
+                }
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for FileWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 /// The longest interface name Linux accepts, without its NUL.
