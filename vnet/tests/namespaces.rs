@@ -515,3 +515,69 @@ fn without_dns_upstream_the_gateway_follows_changes_to_resolv_conf() {
     assert!(resolves(&guest, "second.test"));
     assert_eq!(counts.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), [1, 1], "{}", logged());
 }
+
+/// A hostfwd client in another namespace (standing for a machine on the LAN) reaches the
+/// guest from its own address, TCP and UDP, and the guest's replies find it through the
+/// gateway; a client on the host's loopback still appears as the gateway.
+#[test]
+fn a_forwarded_client_is_seen_by_the_guest_at_its_own_address() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    let (world, lan, guest) = (NamedNamespace::create(), NamedNamespace::create(), NamedNamespace::create());
+    let (ok, output) = world.shell(&format!(
+        "ip link add w0 type veth peer name c0 netns {} && ip addr add 10.88.0.1/24 dev w0 && ip link set w0 up",
+        lan.name
+    ));
+    assert!(ok, "{output}");
+    let (ok, output) = lan.shell("ip addr add 10.88.0.2/24 dev c0 && ip link set c0 up");
+    assert!(ok, "{output}");
+    let attach = format!("netns:{}", guest.path());
+    let vnet = Vnet::spawn_in(
+        Some(&world),
+        &[
+            "run",
+            "--user",
+            "hostfwd=tcp:0.0.0.0:8022-10.0.2.15:22,hostfwd=udp:0.0.0.0:8053-10.0.2.15:5353",
+            "--attach",
+            &attach,
+        ],
+    );
+    vnet.wait_for_log("gateway up");
+    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
+    let (ok, output) = guest.shell(
+        "ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2",
+    );
+    assert!(ok, "{output}");
+    let (server, datagrams) = guest
+        .run_inside(|| (TcpListener::bind("0.0.0.0:22").unwrap(), UdpSocket::bind("0.0.0.0:5353").unwrap()));
+    let seen_by_guest = |client: &NamedNamespace, target: &str| {
+        let mut stream = client.run_inside(|| {
+            TcpStream::connect_timeout(&target.parse().unwrap(), DEADLINE).expect("the forward connects")
+        });
+        let (mut accepted, peer) = server.accept().unwrap();
+        accepted.write_all(b"hi").unwrap();
+        let mut greeting = [0u8; 2];
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"hi", "the guest's reply went back through the gateway");
+        peer.ip().to_string()
+    };
+    assert_eq!(seen_by_guest(&lan, "10.88.0.1:8022"), "10.88.0.2", "{}", vnet.log());
+    assert_eq!(seen_by_guest(&world, "127.0.0.1:8022"), "10.0.2.2");
+
+    let client = lan.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    client.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    datagrams.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let mut buffer = [0u8; 64];
+    // The first datagram may find the guest not yet known to the gateway: send again.
+    let from = (0..5)
+        .find_map(|_| {
+            client.send_to(b"ping", "10.88.0.1:8053").unwrap();
+            datagrams.recv_from(&mut buffer).ok().map(|(_, from)| from)
+        })
+        .expect("the datagram reached the guest");
+    assert_eq!(from.ip().to_string(), "10.88.0.2");
+    datagrams.send_to(b"pong", from).unwrap();
+    let (len, _) = client.recv_from(&mut buffer).expect("the guest's reply reached the client");
+    assert_eq!(&buffer[..len], b"pong");
+}

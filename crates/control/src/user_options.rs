@@ -55,6 +55,13 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "dnssearch" => config.dns_search.push(name(value).map_err(bad)?),
             "restrict" => config.restrict = switch(value).map_err(bad)?,
             "host-loopback" => config.host_loopback = switch(value).map_err(bad)?,
+            "hostfwd-source" => {
+                config.hostfwd_shows_client = match value {
+                    "client" => true,
+                    "gateway" => false,
+                    _ => return Err(bad("hostfwd-source must be client or gateway")),
+                }
+            }
             "mtu" => config.mtu = value.parse().map_err(|_| bad("the MTU must be a number"))?,
             "max-flows" => config.max_flows = value.parse().map_err(|_| bad("max-flows must be a number"))?,
             "guest-max-tcp" => config.guest_limits.tcp = Some(count(value).map_err(bad)?),

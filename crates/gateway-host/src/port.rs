@@ -38,6 +38,17 @@ fn forward_source(socket: &ForwardSocket, id: ForwardId) -> Source {
     }
 }
 
+/// `address` with an IPv4-mapped IPv6 address (a client of a dual-stack listener)
+/// written as IPv4, as the gateway shows it to guests.
+pub(crate) fn unmapped(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        std::net::IpAddr::V6(ip) => {
+            ip.to_ipv4_mapped().map_or(address, |v4| SocketAddr::new(v4.into(), address.port()))
+        }
+        std::net::IpAddr::V4(_) => address,
+    }
+}
+
 /// The gateway as a switch port.
 pub struct GatewayPort {
     gateway: Gateway,
@@ -87,8 +98,8 @@ impl GatewayPort {
                 return;
             };
             let guest = rule.guest;
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let (stream, client) = match listener.accept() {
+                Ok((stream, client)) => (stream, client),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     debug!(error = %e, "hostfwd accept failed");
@@ -101,7 +112,7 @@ impl GatewayPort {
             };
             let now = cx.now;
             let mut host = Host { sockets: &mut self.sockets, cx };
-            self.gateway.connect_to_guest(guest, flow, now, &mut host);
+            self.gateway.connect_to_guest(guest, Some(unmapped(client)), flow, now, &mut host);
         }
     }
 
@@ -141,9 +152,13 @@ impl GatewayPort {
                 return ReadOutcome::Drained;
             };
             match socket.recv_from(&mut self.buffer) {
-                Ok((len, client)) => {
-                    self.gateway.on_inbound_udp(forward, rule.guest, client, &self.buffer[..len], cx.now)
-                }
+                Ok((len, client)) => self.gateway.on_inbound_udp(
+                    forward,
+                    rule.guest,
+                    unmapped(client),
+                    &self.buffer[..len],
+                    cx.now,
+                ),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) => debug!(error = %e, "hostfwd receive failed"),
             }
@@ -253,7 +268,7 @@ impl GatewayPort {
         info!(%guest, "connection to a guest opened for a host user");
         let now = cx.now;
         let mut host = Host { sockets: &mut self.sockets, cx };
-        self.gateway.connect_to_guest(guest, flow, now, &mut host);
+        self.gateway.connect_to_guest(guest, None, flow, now, &mut host);
         self.emit(cx);
         Ok(())
     }

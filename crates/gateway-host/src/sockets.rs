@@ -339,7 +339,16 @@ impl HostSockets for Host<'_, '_, '_> {
         payload: &[u8],
     ) -> io::Result<()> {
         match self.sockets.forwards.get(forward).map(|forward| &forward.socket) {
-            Some(ForwardSocket::Udp(socket)) => socket.send_to(payload, client).map(|_| ()),
+            Some(ForwardSocket::Udp(socket)) => {
+                // A dual-stack socket reaches an IPv4 client at its IPv4-mapped address.
+                let client = match (client, socket.local_addr()?) {
+                    (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                        SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                    }
+                    _ => client,
+                };
+                socket.send_to(payload, client).map(|_| ())
+            }
             _ => Err(io::ErrorKind::NotFound.into()),
         }
     }

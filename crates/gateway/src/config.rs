@@ -106,6 +106,10 @@ pub struct GatewayConfig {
     pub restrict: bool,
     /// The host address reaches the host's loopback (`host-loopback=on`).
     pub host_loopback: bool,
+    /// Whether hostfwd clients reach guests from their own address
+    /// (`hostfwd-source=client`, the default) or from the gateway's
+    /// (`hostfwd-source=gateway`).
+    pub hostfwd_shows_client: bool,
     /// Where DNS queries go (`dns-upstream=`), in order of preference.
     pub dns_upstreams: Vec<SocketAddr>,
     /// The resolv.conf whose nameservers the upstreams follow as it changes, when no
@@ -148,6 +152,7 @@ impl Default for GatewayConfig {
             mtu: 1500,
             restrict: false,
             host_loopback: true,
+            hostfwd_shows_client: true,
             dns_upstreams: Vec::new(),
             upstreams_from: None,
             static_leases: Vec::new(),
@@ -216,6 +221,28 @@ impl GatewayConfig {
             IpAddr::V4(_) => IpAddr::V4(self.host),
             IpAddr::V6(_) => IpAddr::V6(self.ipv6_host),
         }
+    }
+
+    /// Whether a forwarded connection from host client `client` may reach guest `guest`
+    /// from the client's own address: unless `hostfwd-source=gateway`, for a client
+    /// that is not on the host's loopback (those appear as the gateway), of the guest's
+    /// family, and outside the guests' network and the gateway's addresses, so that the
+    /// guest's replies go to the gateway as to its default route.
+    pub fn shows_client(&self, client: IpAddr, guest: IpAddr) -> bool {
+        let routed_to_gateway = match (client, guest) {
+            (IpAddr::V4(client), IpAddr::V4(_)) => {
+                !self.contains(client) && !client.is_broadcast() && client != self.host && client != self.dns
+            }
+            (IpAddr::V6(client), IpAddr::V6(_)) => {
+                !self.contains_ipv6(client) && !self.is_own_ipv6(client) && !client.is_unicast_link_local()
+            }
+            _ => false,
+        };
+        self.hostfwd_shows_client
+            && routed_to_gateway
+            && !client.is_loopback()
+            && !client.is_unspecified()
+            && !client.is_multicast()
     }
 
     /// Whether `ip` is inside the IPv6 prefix.

@@ -311,6 +311,11 @@ impl Gateway {
                 Err(reason) => Err(reason),
             };
         }
+        if let Some(forward) = self.udp_inbound.shown_forward(dst, now) {
+            return host
+                .udp_forward_reply(forward, dst, udp.payload())
+                .map_err(|_| GatewayDropReason::HostSocket);
+        }
         if packet.dst == IpAddr::V4(self.config.host) {
             if let Some(inbound) = self.udp_inbound.client_of(dst.port(), now) {
                 return host

@@ -45,7 +45,9 @@ pub struct Gateway {
     pub(crate) flow_ids: FlowIds,
     /// Connections to guests waiting for the guest to answer ARP (or a neighbour
     /// solicitation): where to, the host side's flow, since when.
-    pub(crate) inbound_awaiting_arp: Vec<(SocketAddr, FlowId, Instant)>,
+    /// Connections to guests not known yet: the guest, the client to show it, the host
+    /// side's flow, and since when.
+    pub(crate) inbound_awaiting_arp: Vec<(SocketAddr, Option<SocketAddr>, FlowId, Instant)>,
     /// When to look for flows of switch ports that are gone; None while no port holds
     /// flows.
     pub(crate) port_check_at: Option<Instant>,
@@ -197,14 +199,16 @@ impl Gateway {
         self.flow_ids.next()
     }
 
-    /// Opens a TCP connection from the gateway's address to `guest` (IPv4 or IPv6),
-    /// whose host side is the socket of `flow` (a hostfwd client, or a host user's
-    /// `vnet connect`). The gateway asks for the guest by ARP or neighbour solicitation
-    /// first if it has not spoken yet, and closes `flow` if it cannot connect (no answer,
-    /// flow table full).
+    /// Opens a TCP connection to `guest` (IPv4 or IPv6), whose host side is the socket
+    /// of `flow` (a hostfwd client, or a host user's `vnet connect`): from `client`, the
+    /// host client's address, where the gateway may show it (see
+    /// [`GatewayConfig::shows_client`]), else from the gateway's address. The gateway
+    /// asks for the guest by ARP or neighbour solicitation first if it has not spoken
+    /// yet, and closes `flow` if it cannot connect (no answer, flow table full).
     pub fn connect_to_guest(
         &mut self,
         guest: SocketAddr,
+        client: Option<SocketAddr>,
         flow: FlowId,
         now: Instant,
         host: &mut dyn GatewayIo,
@@ -216,10 +220,11 @@ impl Gateway {
             return self.refuse_inbound(flow, GatewayDropReason::UnknownGuest, host);
         };
         let Some(guest_mac) = self.ask_for_guest(guest.ip(), now) else {
-            self.inbound_awaiting_arp.push((guest, flow, now));
+            self.inbound_awaiting_arp.push((guest, client, flow, now));
             return;
         };
-        if !self.tcp_sends(now, host, |tcp, cx| tcp.on_inbound(cx, flow, guest_mac, guest)) {
+        let client = client.filter(|client| self.config.shows_client(client.ip(), guest.ip()));
+        if !self.tcp_sends(now, host, |tcp, cx| tcp.on_inbound(cx, flow, guest_mac, guest, client)) {
             self.refuse_inbound(flow, GatewayDropReason::FlowLimit, host);
         }
     }
@@ -310,6 +315,10 @@ impl Gateway {
         let Some(target) = self.forward_target(target, now) else {
             return self.counters.record(GatewayDropReason::UnknownGuest);
         };
+        if self.config.shows_client(client.ip(), target.ip()) && self.udp_inbound.show(forward, client, now) {
+            self.ask_for_guest(target.ip(), now);
+            return self.send_udp_to_guest(client, target, payload);
+        }
         let udp = &self.udp;
         let host_ip = self.config.host_address_for(target.ip());
         let Some(port) =
@@ -364,7 +373,8 @@ impl Gateway {
 
     /// When [`Gateway::on_deadline`] wants to run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let arp = self.inbound_awaiting_arp.iter().map(|(_, _, since)| *since + arp::RESOLVE_TIMEOUT).min();
+        let arp =
+            self.inbound_awaiting_arp.iter().map(|(_, _, _, since)| *since + arp::RESOLVE_TIMEOUT).min();
         [
             arp,
             self.dns.next_deadline(),
@@ -389,9 +399,9 @@ impl Gateway {
         }
         let (expired, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
             .into_iter()
-            .partition(|(_, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
+            .partition(|(_, _, _, since)| now.saturating_duration_since(*since) >= arp::RESOLVE_TIMEOUT);
         self.inbound_awaiting_arp = waiting;
-        for (_, flow, _) in expired {
+        for (_, _, flow, _) in expired {
             self.refuse_inbound(flow, GatewayDropReason::UnknownGuest, host);
         }
         for datagram in self.dns.expire(now, host, &mut self.flow_ids) {
@@ -431,12 +441,14 @@ impl Gateway {
         if self.inbound_awaiting_arp.is_empty() {
             return;
         }
-        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp)
-            .into_iter()
-            .partition(|(guest, _, _): &(SocketAddr, FlowId, Instant)| self.guest_mac(guest.ip()).is_some());
+        let (resolved, waiting) = std::mem::take(&mut self.inbound_awaiting_arp).into_iter().partition(
+            |(guest, _, _, _): &(SocketAddr, Option<SocketAddr>, FlowId, Instant)| {
+                self.guest_mac(guest.ip()).is_some()
+            },
+        );
         self.inbound_awaiting_arp = waiting;
-        for (guest, flow, _) in resolved {
-            self.connect_to_guest(guest, flow, now, host);
+        for (guest, client, flow, _) in resolved {
+            self.connect_to_guest(guest, client, flow, now, host);
         }
     }
 

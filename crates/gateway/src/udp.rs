@@ -212,13 +212,20 @@ impl Nat {
     }
 }
 
-/// Datagrams from host clients of UDP hostfwd ports: each client gets a port of the
-/// gateway's address, which the guest's replies go back to.
+/// Most host clients of UDP hostfwd ports shown to guests by their own address at once;
+/// beyond, clients get a port of the gateway's address like loopback clients.
+const MAX_SHOWN_CLIENTS: usize = 16384;
+
+/// Datagrams from host clients of UDP hostfwd ports: each client is shown to the guest by
+/// its own address where it may be (its replies then come back to that address), or
+/// gets a port of the gateway's address, which the guest's replies go back to.
 #[derive(Default)]
 pub struct Inbound {
     by_client: HashMap<(ForwardId, SocketAddr), u16>,
     by_port: HashMap<u16, InboundClient>,
     next_port: u16,
+    /// Clients shown by their own address, with their forward and when last heard.
+    shown: HashMap<SocketAddr, (ForwardId, Instant)>,
 }
 
 /// One host client of a UDP hostfwd port.
@@ -260,6 +267,24 @@ impl Inbound {
         None
     }
 
+    /// Shows `client` of `forward` to the guest by its own address; false if too many
+    /// clients are shown already.
+    pub fn show(&mut self, forward: ForwardId, client: SocketAddr, now: Instant) -> bool {
+        if self.shown.len() >= MAX_SHOWN_CLIENTS && !self.shown.contains_key(&client) {
+            return false;
+        }
+        self.shown.insert(client, (forward, now));
+        true
+    }
+
+    /// The forward a guest datagram to `client` replies through, if that client was
+    /// shown to the guest.
+    pub fn shown_forward(&mut self, client: SocketAddr, now: Instant) -> Option<ForwardId> {
+        let (forward, last_used) = self.shown.get_mut(&client)?;
+        *last_used = now;
+        Some(*forward)
+    }
+
     /// The client a guest reply to gateway port `port` is for.
     pub fn client_of(&mut self, port: u16, now: Instant) -> Option<InboundClient> {
         let entry = self.by_port.get_mut(&port)?;
@@ -271,6 +296,7 @@ impl Inbound {
     pub fn forget_forward(&mut self, forward: ForwardId) {
         self.by_client.retain(|(of, _), _| *of != forward);
         self.by_port.retain(|_, entry| entry.forward != forward);
+        self.shown.retain(|_, (of, _)| *of != forward);
     }
 
     /// Forgets clients idle for [`IDLE_TIMEOUT`].
@@ -286,5 +312,6 @@ impl Inbound {
                 self.by_client.remove(&(entry.forward, entry.client));
             }
         }
+        self.shown.retain(|_, (_, last_used)| now.saturating_duration_since(*last_used) < IDLE_TIMEOUT);
     }
 }

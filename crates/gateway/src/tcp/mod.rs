@@ -189,16 +189,21 @@ impl Nat {
     }
 
     /// A host client connected to a hostfwd port, and its socket is `flow`: connect to
-    /// `guest` from the gateway's address and a port of its own. False if no port is
-    /// free for that guest.
+    /// `guest` from `client` (the client's own address, when the guest may see it and
+    /// no connection uses it), else from the gateway's address and a port of its own.
+    /// False if no port is free for that guest.
     pub fn on_inbound(
         &mut self,
         cx: &mut Context<'_>,
         flow: FlowId,
         guest_mac: MacAddress,
         guest: SocketAddr,
+        client: Option<SocketAddr>,
     ) -> bool {
-        let Some(apparent) = self.free_apparent_address(cx.config.host_address_for(guest.ip()), guest) else {
+        let client = client.filter(|client| !self.by_tuple.contains_key(&(guest, *client)));
+        let Some(apparent) =
+            client.or_else(|| self.free_apparent_address(cx.config.host_address_for(guest.ip()), guest))
+        else {
             return false;
         };
         let isn = self.next_isn(guest, apparent);

@@ -38,7 +38,7 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
     use smoltcp::wire::TcpControl;
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let flow = gateway.allocate_flow();
-    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), flow, now, &mut host);
+    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), None, flow, now, &mut host);
     let request = gateway.pop_frame().expect("an ARP request for the guest");
     let arp = ArpRepr::parse(&ArpPacket::new_checked(&request[14..]).unwrap()).unwrap();
     let ArpRepr::EthernetIpv4 {
@@ -78,6 +78,7 @@ fn a_hostfwd_client_for_a_silent_guest_waits_for_its_arp_reply() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     gateway.connect_to_guest(
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22).into(),
+        None,
         other,
         now,
         &mut host,

@@ -33,6 +33,7 @@ fn every_way_a_flow_ends_gives_its_slot_back() {
         let inbound = gateway.allocate_flow();
         gateway.connect_to_guest(
             SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 99), 22).into(),
+            None,
             inbound,
             now,
             &mut host,

@@ -250,7 +250,7 @@ fn an_ipv6_packet_above_the_mtu_gets_packet_too_big_with_the_mtu() {
 fn a_connection_to_a_silent_ipv6_guest_asks_for_it_by_neighbour_solicitation_first() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let flow = gateway.allocate_flow();
-    gateway.connect_to_guest(SocketAddr::from((GUEST_IP6, 22)), flow, now, &mut host);
+    gateway.connect_to_guest(SocketAddr::from((GUEST_IP6, 22)), None, flow, now, &mut host);
     let solicitation = gateway.pop_frame().expect("a neighbour solicitation");
     assert_eq!(solicitation[..6], [0x33, 0x33, 0xff, 0, 0, 0x15], "to the solicited-node address");
     let ip = Ipv6Packet::new_checked(&solicitation[14..]).unwrap();
@@ -320,7 +320,7 @@ fn without_ipv4_a_forward_to_an_empty_guest_address_reaches_the_first_learned_ip
     assert_eq!(resolved, "[::]:22".parse::<SocketAddr>().unwrap());
     let (mut gateway, mut host, now) = gateway_with(config);
     let nobody_yet = gateway.allocate_flow();
-    gateway.connect_to_guest(resolved, nobody_yet, now, &mut host);
+    gateway.connect_to_guest(resolved, None, nobody_yet, now, &mut host);
     assert_eq!(host.closed, [(nobody_yet, true)], "refused while no guest is known");
     assert_eq!(gateway.counters().drops(GatewayDropReason::UnknownGuest), 1);
 
@@ -336,7 +336,7 @@ fn without_ipv4_a_forward_to_an_empty_guest_address_reaches_the_first_learned_ip
         gateway.receive(&from_guest(&frame), at, &mut host);
     }
     let flow = gateway.allocate_flow();
-    gateway.connect_to_guest(resolved, flow, now + Duration::from_secs(2), &mut host);
+    gateway.connect_to_guest(resolved, None, flow, now + Duration::from_secs(2), &mut host);
     let syn = gateway.pop_frame().expect("the SYN");
     let ip = Ipv6Packet::new_checked(&syn[14..]).unwrap();
     assert_eq!((ip.src_addr(), ip.dst_addr()), (GATEWAY_IP6, GUEST_IP6), "to the guest learned first");

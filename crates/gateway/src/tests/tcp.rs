@@ -123,7 +123,7 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     lease(&mut gateway, &mut host, GUEST_MAC, now);
     host.tcp_accept = 65536;
     let flow = gateway.allocate_flow();
-    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), flow, now, &mut host);
+    gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), None, flow, now, &mut host);
     let frame = gateway.pop_frame().expect("a SYN to the guest");
     let (control, isn, ack, _, _) = tcp_of(&frame);
     assert_eq!((control, ack), (TcpControl::Syn, None));
@@ -136,6 +136,29 @@ fn tcp_hostfwd_connects_to_the_guest_and_a_closed_port_closes_the_client() {
     let reset = guest_tcp_from(22, from, TcpControl::Rst, 0, Some(isn.wrapping_add(1)), &[]);
     gateway.receive(&from_guest(&reset), now, &mut host);
     assert_eq!(host.closed, vec![(flow, true)]);
+}
+
+#[test]
+fn a_tcp_hostfwd_client_is_seen_at_its_own_address_unless_on_loopback_or_inside_the_network() {
+    let source_of_syn = |config: GatewayConfig, client: &str| {
+        let (mut gateway, mut host, now) = gateway_with(config);
+        lease(&mut gateway, &mut host, GUEST_MAC, now);
+        host.tcp_accept = 65536;
+        let flow = gateway.allocate_flow();
+        let client = Some(client.parse().unwrap());
+        gateway.connect_to_guest(SocketAddrV4::new(GUEST_IP, 22).into(), client, flow, now, &mut host);
+        let frame = gateway.pop_frame().expect("a SYN to the guest");
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
+        SocketAddrV4::new(ip.src_addr(), tcp.src_port())
+    };
+    let config = GatewayConfig::default;
+    assert_eq!(source_of_syn(config(), "192.0.2.7:50000"), "192.0.2.7:50000".parse().unwrap());
+    for client in ["127.0.0.1:50000", "10.0.2.77:50000", "10.0.2.2:50000", "[2001:db8::7]:50000"] {
+        assert_eq!(*source_of_syn(config(), client).ip(), Ipv4Addr::new(10, 0, 2, 2), "{client}");
+    }
+    let gateway_source = GatewayConfig { hostfwd_shows_client: false, ..config() };
+    assert_eq!(*source_of_syn(gateway_source, "192.0.2.7:50000").ip(), Ipv4Addr::new(10, 0, 2, 2));
 }
 
 #[test]

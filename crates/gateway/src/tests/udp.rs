@@ -69,6 +69,38 @@ fn udp_hostfwd_reaches_the_guest_and_its_reply_returns_to_the_client() {
 }
 
 #[test]
+fn a_udp_hostfwd_client_off_loopback_is_seen_at_its_own_address_and_answered_there() {
+    let client: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+    for (config, shown) in [
+        (GatewayConfig::default(), true),
+        (GatewayConfig { hostfwd_shows_client: false, ..GatewayConfig::default() }, false),
+    ] {
+        let restrict = GatewayConfig { restrict: true, ..config };
+        let (mut gateway, mut host, now) = gateway_with(restrict);
+        lease(&mut gateway, &mut host, GUEST_MAC, now);
+        gateway.on_inbound_udp(
+            ForwardId(0),
+            SocketAddrV4::new(GUEST_IP, 53).into(),
+            client,
+            b"question",
+            now,
+        );
+        let (from, to, _) = udp_of(&gateway.pop_frame().expect("a datagram for the guest"));
+        assert_eq!(SocketAddr::from(from) == client, shown, "{from}");
+        let reply = packet::udp(GUEST_MAC, gateway.config().mac(), to.into(), from.into(), b"answer")
+            .unwrap()
+            .to_vec();
+        gateway.receive(&from_guest(&reply), now, &mut host);
+        assert_eq!(
+            host.replies,
+            vec![(client, b"answer".to_vec())],
+            "the reply returns even under restrict=on"
+        );
+        assert!(host.open.is_empty(), "no NAT flow was opened for the reply");
+    }
+}
+
+#[test]
 fn the_hosts_loopback_is_reachable_only_as_the_host_address() {
     use smoltcp::wire::TcpControl;
     let config = GatewayConfig { host_loopback: false, ..GatewayConfig::default() };
