@@ -581,3 +581,74 @@ fn a_forwarded_client_is_seen_by_the_guest_at_its_own_address() {
     let (len, _) = client.recv_from(&mut buffer).expect("the guest's reply reached the client");
     assert_eq!(&buffer[..len], b"pong");
 }
+
+/// Guests by name: two guests name themselves in DHCP and find each other by name
+/// with busybox `ping NAME` (through the search list) and `wget http://NAME.vnet.internal/`;
+/// `host.vnet.internal`, a static `dns-record=` and PTR answer too, and a third guest
+/// that asks for a name already held is refused and shadows nobody.
+#[test]
+fn guests_find_each_other_by_the_names_they_gave_in_dhcp() {
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let world = NamedNamespace::create();
+    let guests = [NamedNamespace::create(), NamedNamespace::create(), NamedNamespace::create()];
+    let dir = tempfile::tempdir().unwrap();
+    let dhcp_script = write_dhcp_script(dir.path());
+    let mut cleanup = Vec::new();
+    for guest in &guests {
+        let etc = std::path::PathBuf::from(format!("/etc/netns/{}", guest.name));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), "nameserver 10.0.2.3\nsearch vnet.internal\n").unwrap();
+        cleanup.push(RemoveOnDrop(etc));
+    }
+    let mut args = vec!["run".to_owned(), "--user".to_owned(), "dns-record=files=10.0.2.2".to_owned()];
+    for guest in &guests {
+        args.extend(["--attach".to_owned(), format!("netns:{}", guest.path())]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let vnet = Vnet::spawn_in(Some(&world), &args);
+    vnet.wait_for_log("gateway up");
+    let lease = |guest: &NamedNamespace, name: &str| {
+        wait_until("the guest's tap", DEADLINE, || {
+            guest.exec(&["ip", "link", "show", "eth0"]).status.success()
+        });
+        let (ok, output) = guest.shell(&format!(
+            "ip link set eth0 up && busybox udhcpc -i eth0 -n -q -t 10 -T 2 -x hostname:{name} -s {} && ip route add default via 10.0.2.2",
+            dhcp_script.display()
+        ));
+        assert!(ok, "{output}");
+        output.lines().find_map(|line| line.strip_prefix("LEASE ")).unwrap().to_owned()
+    };
+    let alpha = lease(&guests[0], "alpha");
+    let beta = lease(&guests[1], "beta");
+    lease(&guests[2], "alpha");
+    vnet.wait_for_log("DHCP host name refused");
+
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("index.html"), "beta's page\n").unwrap();
+    let _httpd = KillOnDrop(
+        guests[1].command(&["busybox", "httpd", "-f", "-p", "8080", "-h"]).arg(&site).spawn().unwrap(),
+    );
+    wait_until("busybox httpd", DEADLINE, || {
+        String::from_utf8_lossy(&guests[1].exec(&["ss", "-Hltn", "sport", "=", ":8080"]).stdout)
+            .contains("8080")
+    });
+    let (ok, output) = guests[0].shell("ping -c 1 -W 3 beta");
+    assert!(ok && output.contains(&beta), "{output}");
+    let (ok, output) = guests[0].shell("busybox wget -q -O - http://beta.vnet.internal:8080/");
+    assert!(ok && output.contains("beta's page"), "{output}");
+    let lookup = |name: &str| guests[1].shell(&format!("busybox nslookup {name} 10.0.2.3")).1;
+    assert!(lookup("alpha.vnet.internal").contains(&alpha), "the first to ask keeps the name");
+    assert!(lookup("host.vnet.internal").contains("10.0.2.2"));
+    assert!(lookup("files.vnet.internal").contains("10.0.2.2"));
+    assert!(lookup(&beta).contains("beta.vnet.internal"), "PTR: {}", lookup(&beta));
+    assert!(
+        lookup("nobody.vnet.internal").contains("NXDOMAIN")
+            || !lookup("nobody.vnet.internal").contains("Address")
+    );
+}

@@ -72,6 +72,7 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "port-max-flows" => config.guest_limits.port_flows = Some(count(value).map_err(bad)?),
             "port-max-leases" => config.port_max_leases = count(value).map_err(bad)?,
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
+            "dns-record" => config.dns_records.push(dns_record(value).map_err(bad)?),
             "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
             "hostfwd" => config.host_forwards.push(parse_host_forward(value).map_err(bad)?),
             "guestfwd" => config.guest_forwards.push(guest_forward(value).map_err(bad)?),
@@ -251,6 +252,19 @@ fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
     Ok(GuestForward { virtual_addr, target })
 }
 
+/// `NAME=ADDR`: a static DNS record, NAME one label under the domain (a name given
+/// with the domain loses it).
+fn dns_record(value: &str) -> Result<(String, IpAddr), &'static str> {
+    let (name, address) = value.split_once('=').ok_or("dns-record takes NAME=ADDR")?;
+    let name = name.to_ascii_lowercase();
+    let label = name.split('.').next().unwrap_or_default().to_owned();
+    if !vnet_gateway::is_valid_label(&label) {
+        return Err("the name must be a DNS label: letters, digits and hyphens");
+    }
+    let address = address.parse().map_err(|_| "the address must be an IPv4 or IPv6 address")?;
+    Ok((label, address))
+}
+
 /// Whether the `--user` text gives option `name` at all.
 pub fn gives_option(user: &str, name: &str) -> bool {
     user.split(',').any(|option| option.split_once('=').map_or(option, |(key, _)| key) == name)
@@ -259,6 +273,19 @@ pub fn gives_option(user: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_records_are_names_under_the_domain_with_an_address() {
+        let config = parse_user_options("dns-record=Files=10.0.2.2,dns-record=db.lab=fec0::9", "").unwrap();
+        let expected = [
+            ("files".to_owned(), "10.0.2.2".parse().unwrap()),
+            ("db".to_owned(), "fec0::9".parse().unwrap()),
+        ];
+        assert_eq!(config.dns_records, expected);
+        for bad in ["dns-record=files", "dns-record=-x=10.0.2.2", "dns-record=files=nowhere"] {
+            assert!(parse_user_options(bad, "").is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_option_is_found_by_its_name_only() {

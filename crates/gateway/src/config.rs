@@ -112,6 +112,8 @@ pub struct GatewayConfig {
     pub hostfwd_shows_client: bool,
     /// Where DNS queries go (`dns-upstream=`), in order of preference.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// Static DNS records (`dns-record=NAME=ADDR`), each name a label under the domain.
+    pub dns_records: Vec<(String, IpAddr)>,
     /// The resolv.conf whose nameservers the upstreams follow as it changes, when no
     /// `dns-upstream=` was given; watching it is the host side's job.
     pub upstreams_from: Option<PathBuf>,
@@ -155,6 +157,7 @@ impl Default for GatewayConfig {
             hostfwd_shows_client: true,
             dns_upstreams: Vec::new(),
             upstreams_from: None,
+            dns_records: Vec::new(),
             static_leases: Vec::new(),
             max_flows: 65536,
             guest_limits: GuestLimits::default(),
@@ -221,6 +224,11 @@ impl GatewayConfig {
             IpAddr::V4(_) => IpAddr::V4(self.host),
             IpAddr::V6(_) => IpAddr::V6(self.ipv6_host),
         }
+    }
+
+    /// The domain guests' names live under: `domainname=`, or `vnet.internal`.
+    pub fn domain(&self) -> &str {
+        self.domain.as_deref().unwrap_or(crate::names::DEFAULT_DOMAIN)
     }
 
     /// Whether a forwarded connection from host client `client` may reach guest `guest`

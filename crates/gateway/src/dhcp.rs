@@ -29,6 +29,7 @@ use crate::counters::GatewayDropReason;
 use crate::egress::GuestEgress;
 use crate::guest::Guest;
 use crate::inspect::Lease;
+use crate::names;
 use crate::packet::{self, BuiltFrame};
 
 /// Most addresses one pool hands out, however large the network.
@@ -43,6 +44,7 @@ pub const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 
 const OPTION_HOSTNAME: u8 = 12;
+const OPTION_CLIENT_FQDN: u8 = 81;
 const OPTION_DOMAIN_NAME: u8 = 15;
 const OPTION_INTERFACE_MTU: u8 = 26;
 const OPTION_DNS_SERVERS: u8 = 6;
@@ -82,6 +84,8 @@ pub struct Server {
     /// The address each MAC was last given, while its binding is there.
     by_mac: HashMap<MacAddress, Ipv4Addr>,
     pool: Vec<Ipv4Addr>,
+    /// The host name each guest gave (option 12 or 81), while it holds a lease.
+    names: HashMap<MacAddress, String>,
 }
 
 impl Server {
@@ -94,7 +98,7 @@ impl Server {
             .filter(|ip| !reserved.contains(ip))
             .take(MAX_POOL)
             .collect();
-        Self { bindings: HashMap::new(), by_mac: HashMap::new(), pool }
+        Self { bindings: HashMap::new(), by_mac: HashMap::new(), pool, names: HashMap::new() }
     }
 
     /// Whether `guest` may send from `ip`: an address leased (statically, or from the
@@ -179,8 +183,74 @@ impl Server {
             .then_some(config.lease_time.as_secs().min(u64::from(u32::MAX)) as u32);
         if message_type == DhcpMessageType::Ack && your_ip != Ipv4Addr::UNSPECIFIED {
             info!(client = %guest.mac, port = guest.port, ip = %your_ip, "DHCP lease");
+            if let Some(name) = client_name(&packet) {
+                self.name(guest.mac, name, config, now);
+            }
         }
         Ok(Some(reply(config, guest.mac, &request, message_type, your_ip, lease, rapid_commit)))
+    }
+
+    /// Records `name` as the name of the guest at `mac`, unless it is not a DNS label
+    /// or a guest with a lease holds it; each refusal is logged.
+    fn name(&mut self, mac: MacAddress, name: String, config: &GatewayConfig, now: Instant) {
+        if !names::is_valid_label(&name) {
+            return warn!(client = %mac, name, "DHCP host name refused: not a DNS label");
+        }
+        if self.names.get(&mac) == Some(&name) {
+            return;
+        }
+        let held = self.holder_of(&name, config, now).is_some_and(|holder| holder != mac);
+        let reserved =
+            name == names::HOST_LABEL || config.dns_records.iter().any(|(record, _)| *record == name);
+        if held || reserved {
+            return warn!(client = %mac, name, "DHCP host name refused: another guest or the host has it");
+        }
+        if self.names.len() >= self.pool.len() + config.static_leases.len() {
+            self.names.retain(|mac, _| {
+                self.by_mac.contains_key(mac) || config.static_leases.iter().any(|l| l.mac == *mac)
+            });
+        }
+        info!(client = %mac, name, "guest name");
+        self.names.insert(mac, name);
+    }
+
+    /// The guest with a lease that gave `name`, and its address.
+    fn holder_of(&self, name: &str, config: &GatewayConfig, now: Instant) -> Option<MacAddress> {
+        self.names
+            .iter()
+            .find(|(mac, held)| held.as_str() == name && self.lease_of(**mac, config, now).is_some())
+            .map(|(mac, _)| *mac)
+    }
+
+    /// The address of the guest named `name`, and its MAC, while its lease lasts.
+    pub fn address_of_name(
+        &self,
+        name: &str,
+        config: &GatewayConfig,
+        now: Instant,
+    ) -> Option<(MacAddress, Ipv4Addr)> {
+        let mac = self.holder_of(name, config, now)?;
+        Some((mac, self.lease_of(mac, config, now)?))
+    }
+
+    /// The name of the guest at `mac`, while it holds a lease.
+    pub fn name_of(&self, mac: MacAddress, config: &GatewayConfig, now: Instant) -> Option<&str> {
+        self.lease_of(mac, config, now)?;
+        self.names.get(&mac).map(String::as_str)
+    }
+
+    /// The guest leased `ip` now.
+    pub fn holder_of_address(
+        &self,
+        ip: Ipv4Addr,
+        config: &GatewayConfig,
+        now: Instant,
+    ) -> Option<MacAddress> {
+        if let Some(fixed) = config.static_leases.iter().find(|lease| lease.ip == ip) {
+            return Some(fixed.mac);
+        }
+        let binding = self.bindings.get(&ip).filter(|b| b.hold == Hold::Bound && b.is_live(now))?;
+        Some(binding.holder.mac)
     }
 
     /// The pool's live leases and the static ones, sorted by address.
@@ -297,6 +367,28 @@ impl Server {
     }
 }
 
+/// The host name a DHCP client gave, in lower case: the first label of its FQDN
+/// (option 81, in ASCII or DNS wire format), else its host name (option 12).
+fn client_name(packet: &DhcpPacket<&[u8]>) -> Option<String> {
+    let fqdn = packet.options().find(|option| option.kind == OPTION_CLIENT_FQDN);
+    let from_fqdn = fqdn.and_then(|option| {
+        let (flags, name) = (*option.data.first()?, option.data.get(3..)?);
+        let first = if flags & 0x04 != 0 {
+            let len = usize::from(*name.first()?);
+            name.get(1..1 + len)?
+        } else {
+            name.split(|b| *b == b'.').next()?
+        };
+        Some(first.to_vec())
+    });
+    let name = from_fqdn.or_else(|| {
+        let option = packet.options().find(|option| option.kind == OPTION_HOSTNAME)?;
+        option.data.split(|b| *b == b'.').next().map(<[u8]>::to_vec)
+    })?;
+    let name = String::from_utf8(name).ok()?.trim_end_matches('\0').to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Encodes a domain search list as RFC 3397 names (without compression), keeping the
 /// names that fit in one option.
 fn encode_search_list(domains: &[String]) -> Vec<u8> {
@@ -338,9 +430,7 @@ fn reply(
         if let Some(hostname) = &config.hostname {
             options.push(DhcpOption { kind: OPTION_HOSTNAME, data: hostname.as_bytes() });
         }
-        if let Some(domain) = &config.domain {
-            options.push(DhcpOption { kind: OPTION_DOMAIN_NAME, data: domain.as_bytes() });
-        }
+        options.push(DhcpOption { kind: OPTION_DOMAIN_NAME, data: config.domain().as_bytes() });
         if !search.is_empty() {
             options.push(DhcpOption { kind: OPTION_DOMAIN_SEARCH, data: &search });
         }
@@ -385,6 +475,52 @@ fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn name_from(options: &[DhcpOption<'_>]) -> Option<String> {
+        let repr = DhcpRepr {
+            message_type: DhcpMessageType::Request,
+            transaction_id: 1,
+            secs: 0,
+            client_hardware_address: MacAddress([2, 0, 0, 0, 0, 1]),
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            your_ip: Ipv4Addr::UNSPECIFIED,
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: None,
+            subnet_mask: None,
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: false,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: None,
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: None,
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: options,
+        };
+        let mut payload = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).unwrap();
+        client_name(&DhcpPacket::new_checked(&payload[..]).unwrap())
+    }
+
+    #[test]
+    fn a_client_names_itself_by_its_fqdn_or_its_host_name() {
+        assert_eq!(
+            name_from(&[DhcpOption { kind: OPTION_HOSTNAME, data: b"Alpha.lab" }]).as_deref(),
+            Some("alpha")
+        );
+        let wire = DhcpOption { kind: OPTION_CLIENT_FQDN, data: b"\x05\0\0\x04beta\x03lab\0" };
+        let ascii = DhcpOption { kind: OPTION_CLIENT_FQDN, data: b"\x01\0\0gamma.lab" };
+        assert_eq!(
+            name_from(&[wire, DhcpOption { kind: OPTION_HOSTNAME, data: b"x" }]).as_deref(),
+            Some("beta")
+        );
+        assert_eq!(name_from(&[ascii]).as_deref(), Some("gamma"));
+        assert_eq!(name_from(&[]), None);
+        assert_eq!(name_from(&[DhcpOption { kind: OPTION_CLIENT_FQDN, data: b"\x04" }]), None, "truncated");
+    }
 
     #[test]
     fn search_lists_are_encoded_as_dns_names() {

@@ -292,6 +292,10 @@ impl Gateway {
             return Err(GatewayDropReason::Broadcast);
         }
         if route::is_dns_address(&self.config, packet.dst) && dst.port() == dns::PORT {
+            if let Some(answer) = self.local_dns_answer(udp.payload(), now) {
+                self.send_udp_to_guest(dst, src, &answer);
+                return Ok(());
+            }
             if self.config.restrict {
                 return Err(GatewayDropReason::Restricted);
             }

@@ -20,6 +20,7 @@ use crate::guest::{Guest, RelayedDatagram};
 use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
+use crate::names::{self, Asked, Known};
 use crate::packet::{self, BuiltFrame};
 use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, udp};
 
@@ -84,6 +85,56 @@ impl Gateway {
     /// The gateway's settings.
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    /// The answer to a DNS query about the gateway's own names (see [`names`]), or None
+    /// if the query is for the upstreams. An address no name stands for is the
+    /// upstreams' to answer too.
+    pub(crate) fn local_dns_answer(&self, query: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let question = names::question(query)?;
+        let domain = self.config.domain();
+        let known = match names::asked(&question, domain)? {
+            Asked::Deeper => Known::NoSuchName,
+            Asked::Name(label) => self.addresses_of(label, now).map_or(Known::NoSuchName, Known::Addresses),
+            Asked::Reverse(ip) => Known::Pointer(format!("{}.{domain}", self.name_at(ip, now)?)),
+        };
+        Some(names::answer(query, &question, &known))
+    }
+
+    /// The addresses of name `label` under the domain: the host's, a static record's,
+    /// or a guest's (its lease, and its IPv6 addresses in the prefix).
+    fn addresses_of(&self, label: &str, now: Instant) -> Option<Vec<IpAddr>> {
+        if label == names::HOST_LABEL {
+            let v4 = self.config.ipv4.then_some(IpAddr::V4(self.config.host));
+            let v6 = self.config.ipv6.then_some(IpAddr::V6(self.config.ipv6_host));
+            return Some(v4.into_iter().chain(v6).collect());
+        }
+        let records: Vec<IpAddr> =
+            self.config.dns_records.iter().filter(|(name, _)| name == label).map(|(_, ip)| *ip).collect();
+        if !records.is_empty() {
+            return Some(records);
+        }
+        let (mac, ip) = self.dhcp.address_of_name(label, &self.config, now)?;
+        Some(
+            std::iter::once(IpAddr::V4(ip))
+                .chain(self.neighbors6.globals_of(mac, now).map(IpAddr::V6))
+                .collect(),
+        )
+    }
+
+    /// The name under the domain that `ip` stands for.
+    fn name_at(&self, ip: IpAddr, now: Instant) -> Option<String> {
+        if let Some((name, _)) = self.config.dns_records.iter().find(|(_, address)| *address == ip) {
+            return Some(name.clone());
+        }
+        if ip == IpAddr::V4(self.config.host) || ip == IpAddr::V6(self.config.ipv6_host) {
+            return Some(names::HOST_LABEL.to_owned());
+        }
+        let mac = match ip {
+            IpAddr::V4(v4) => self.dhcp.holder_of_address(v4, &self.config, now)?,
+            IpAddr::V6(v6) => self.neighbors6.lookup(v6)?,
+        };
+        self.dhcp.name_of(mac, &self.config, now).map(str::to_owned)
     }
 
     /// Sends DNS queries (over UDP and TCP) to `upstreams` from now on; queries in flight

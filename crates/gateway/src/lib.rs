@@ -35,6 +35,7 @@ mod host;
 mod icmp;
 mod icmpv6;
 mod inspect;
+mod names;
 mod ndp;
 mod packet;
 mod route;
@@ -55,6 +56,7 @@ pub use guest::Guest;
 pub use host::{ForwardId, HostSockets, IcmpSocketKind};
 pub use icmp::{HostIcmpError, IcmpErrorKind};
 pub use inspect::{FlowCounts, FlowProtocol, FlowSummary, Lease};
+pub use names::is_valid_label;
 pub use route::NORMAL_TTL;
 
 #[cfg(test)]

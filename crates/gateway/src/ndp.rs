@@ -119,6 +119,18 @@ impl Neighbors {
             .map(|(ip, _)| *ip)
     }
 
+    /// The addresses in the prefix that the guest at `mac` uses now.
+    pub fn globals_of(&self, mac: MacAddress, now: Instant) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.by_ip
+            .iter()
+            .filter(move |(ip, held)| {
+                held.guest.mac == mac
+                    && !is_link_local(**ip)
+                    && now.saturating_duration_since(held.seen) < REACHABLE_FOR
+            })
+            .map(|(ip, _)| *ip)
+    }
+
     /// The MAC address `ip` was last seen at.
     pub fn lookup(&self, ip: Ipv6Addr) -> Option<MacAddress> {
         self.by_ip.get(&ip).map(|held| held.guest.mac)
