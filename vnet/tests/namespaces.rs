@@ -605,7 +605,14 @@ fn guests_find_each_other_by_the_names_they_gave_in_dhcp() {
         std::fs::write(etc.join("resolv.conf"), "nameserver 10.0.2.3\nsearch vnet.internal\n").unwrap();
         cleanup.push(RemoveOnDrop(etc));
     }
-    let mut args = vec!["run".to_owned(), "--user".to_owned(), "dns-record=files=10.0.2.2".to_owned()];
+    let name = format!("t{}-names", std::process::id());
+    let mut args = vec![
+        "run".to_owned(),
+        "--name".to_owned(),
+        name.clone(),
+        "--user".to_owned(),
+        "dns-record=files=10.0.2.2".to_owned(),
+    ];
     for guest in &guests {
         args.extend(["--attach".to_owned(), format!("netns:{}", guest.path())]);
     }

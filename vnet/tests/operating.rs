@@ -9,7 +9,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -19,14 +19,6 @@ use support::*;
 /// A network name unique to this test process and `what`.
 fn unique_name(what: &str) -> String {
     format!("t{}-{what}", std::process::id())
-}
-
-fn runtime_dir(name: &str) -> PathBuf {
-    PathBuf::from("/run/vnet").join(name)
-}
-
-fn api_socket(name: &str) -> PathBuf {
-    runtime_dir(name).join("api.sock")
 }
 
 /// Runs `vnet ARGS...` to completion.
@@ -51,19 +43,6 @@ fn vnet_json(args: &[&str]) -> Value {
 /// A request with `body` and its Content-Length.
 fn with_body(method: &str, path: &str, body: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
-}
-
-/// Sends raw bytes to the API and returns the status code and the body.
-fn raw_request(name: &str, request: &[u8]) -> (u16, String) {
-    let mut stream = UnixStream::connect(api_socket(name)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(request).unwrap();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn get(name: &str, path: &str) -> (u16, String) {

@@ -180,6 +180,9 @@ fn route(api: &Api, request: &Request) -> Outcome {
         ("GET", "/v1/forwards") => snapshot(api, |network, _| json!(views::forwards(network))),
         ("POST", "/v1/forwards") => add_forward(api, request),
         ("DELETE", "/v1/forwards") => remove_forward(api, request),
+        ("GET", "/v1/dns") => snapshot(api, |network, _| json!(views::dns_records(network))),
+        ("POST", "/v1/dns") => add_dns_record(api, request),
+        ("DELETE", "/v1/dns") => remove_dns_record(api, request),
         ("POST", "/v1/capture") => return capture_request(request),
         ("POST", "/v1/connect") => return connect_request(request),
         ("GET", "/metrics") => metrics_response(api),
@@ -191,8 +194,9 @@ fn route(api: &Api, request: &Request) -> Outcome {
     Outcome::Respond(result.unwrap_or_else(|error| error))
 }
 
-const KNOWN_PATHS: [&str; 9] = [
+const KNOWN_PATHS: [&str; 10] = [
     "/v1/status",
+    "/v1/dns",
     "/v1/ports",
     "/v1/macs",
     "/v1/leases",
@@ -290,6 +294,63 @@ fn remove_forward(api: &Api, request: &Request) -> Handled {
     match removed {
         Some((id, rule)) => Ok(Response::json(200, &json!(views::ForwardView::new(id, &rule)))),
         None => Err(Response::error(404, format!("no hostfwd rule listens at {text}; see GET /v1/forwards"))),
+    }
+}
+
+/// A DNS record as a request gives it: `{"name": "files", "address": "10.0.2.2"}`,
+/// `?record=NAME=ADDR` or `NAME=ADDR` as the body; a removal needs the name alone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsRecordBody {
+    name: String,
+    address: Option<String>,
+}
+
+/// The `NAME[=ADDR]` text of a DNS record request.
+fn dns_record_text(request: &Request) -> Result<String, Response> {
+    if let Some(record) = request.query_param("record").or_else(|| request.query_param("name")) {
+        return Ok(record);
+    }
+    let text =
+        std::str::from_utf8(&request.body).map_err(|_| Response::error(400, "the body is not UTF-8"))?.trim();
+    if !text.starts_with('{') {
+        return Ok(text.to_owned());
+    }
+    let body: DnsRecordBody =
+        serde_json::from_str(text).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))?;
+    Ok(match body.address {
+        Some(address) => format!("{}={address}", body.name),
+        None => body.name,
+    })
+}
+
+fn add_dns_record(api: &Api, request: &Request) -> Handled {
+    let text = dns_record_text(request)?;
+    let (name, address) = crate::user_options::dns_record(&text).map_err(|problem| {
+        Response::error(400, format!("'{text}' is not a DNS record NAME=ADDR: {problem}"))
+    })?;
+    let record = name.clone();
+    let added =
+        api.remote.run(move |network| network.add_dns_record(&record, address)).map_err(|_| stopped())?;
+    match added {
+        Ok(()) => {
+            Ok(Response::json(201, &json!(views::DnsRecordView { name, address: address.to_string() })))
+        }
+        Err(GatewayHostError::NoGateway) => {
+            Err(Response::error(409, "the network has no gateway (--no-user)"))
+        }
+        Err(e) => Err(Response::error(409, e.to_string())),
+    }
+}
+
+fn remove_dns_record(api: &Api, request: &Request) -> Handled {
+    let name = dns_record_text(request)?;
+    let label = name.split('.').next().unwrap_or_default().to_owned();
+    let removed = api.remote.run(move |network| network.remove_dns_record(&label)).map_err(|_| stopped())?;
+    match removed {
+        Ok(0) => Err(Response::error(404, format!("no DNS record named {name}; see GET /v1/dns"))),
+        Ok(count) => Ok(Response::json(200, &json!({ "removed": count }))),
+        Err(_) => Err(Response::error(409, "the network has no gateway (--no-user)")),
     }
 }
 

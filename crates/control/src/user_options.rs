@@ -254,7 +254,7 @@ fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
 
 /// `NAME=ADDR`: a static DNS record, NAME one label under the domain (a name given
 /// with the domain loses it).
-fn dns_record(value: &str) -> Result<(String, IpAddr), &'static str> {
+pub fn dns_record(value: &str) -> Result<(String, IpAddr), &'static str> {
     let (name, address) = value.split_once('=').ok_or("dns-record takes NAME=ADDR")?;
     let name = name.to_ascii_lowercase();
     let label = name.split('.').next().unwrap_or_default().to_owned();

@@ -349,6 +349,24 @@ pub fn forwards(network: &Network) -> Vec<ForwardView> {
     network.forwards().iter().map(|(id, rule)| ForwardView::new(*id, rule)).collect()
 }
 
+/// A static DNS record of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRecordView {
+    /// The name, a label under the domain.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+}
+
+/// The gateway's static DNS records; empty without a gateway.
+pub fn dns_records(network: &Network) -> Vec<DnsRecordView> {
+    let Some(gateway) = network.gateway() else {
+        return Vec::new();
+    };
+    let records = &gateway.config().dns_records;
+    records.iter().map(|(name, ip)| DnsRecordView { name: name.clone(), address: ip.to_string() }).collect()
+}
+
 /// The network at a glance.
 pub fn status(network: &Network, info: &NetworkInfo) -> StatusView {
     let gateway = network.gateway().map(|gateway| {

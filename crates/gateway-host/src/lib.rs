@@ -20,7 +20,7 @@ pub mod resolv_conf;
 mod sockets;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
@@ -43,6 +43,9 @@ pub enum GatewayHostError {
     /// The loop could not take the gateway.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A DNS record was refused; the message says why.
+    #[error("{0}")]
+    DnsRecord(String),
     /// The connection to a guest could not be set up.
     #[error("cannot connect to the guest: {0}")]
     Connect(io::Error),
@@ -67,6 +70,10 @@ pub trait GatewayNetwork {
     ) -> Option<(ForwardId, HostForward)>;
     /// Connects `stream` to TCP port `guest` through the gateway (`vnet connect`).
     fn connect_to_guest(&mut self, guest: SocketAddr, stream: UnixStream) -> Result<(), GatewayHostError>;
+    /// Adds a static DNS record to the running gateway; see [`Gateway::add_dns_record`].
+    fn add_dns_record(&mut self, name: &str, address: IpAddr) -> Result<(), GatewayHostError>;
+    /// Removes the static DNS records of `name`; how many there were.
+    fn remove_dns_record(&mut self, name: &str) -> Result<usize, GatewayHostError>;
 }
 
 impl GatewayNetwork for Network {
@@ -101,5 +108,18 @@ impl GatewayNetwork for Network {
         self.with_endpoint(|gateway: &mut GatewayPort, cx| gateway.connect_to_guest(guest, stream, cx))
             .ok_or(GatewayHostError::NoGateway)?
             .map_err(GatewayHostError::Connect)
+    }
+
+    fn add_dns_record(&mut self, name: &str, address: IpAddr) -> Result<(), GatewayHostError> {
+        self.with_endpoint(|gateway: &mut GatewayPort, cx| {
+            gateway.gateway_mut().add_dns_record(name, address, cx.now)
+        })
+        .ok_or(GatewayHostError::NoGateway)?
+        .map_err(GatewayHostError::DnsRecord)
+    }
+
+    fn remove_dns_record(&mut self, name: &str) -> Result<usize, GatewayHostError> {
+        self.with_endpoint(|gateway: &mut GatewayPort, _| gateway.gateway_mut().remove_dns_record(name))
+            .ok_or(GatewayHostError::NoGateway)
     }
 }

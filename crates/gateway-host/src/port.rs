@@ -211,6 +211,11 @@ impl GatewayPort {
         &self.gateway
     }
 
+    /// The gateway, to change its settings between events (its DNS records).
+    pub fn gateway_mut(&mut self) -> &mut Gateway {
+        &mut self.gateway
+    }
+
     /// The hostfwd rules in force, with their ids.
     pub fn forwards(&self) -> impl Iterator<Item = (ForwardId, HostForward)> + '_ {
         self.sockets.forwards.iter().map(|(id, forward)| (id, forward.rule))

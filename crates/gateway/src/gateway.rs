@@ -101,6 +101,31 @@ impl Gateway {
         Some(names::answer(query, &question, &known))
     }
 
+    /// Adds the static DNS record `name` (a label under the domain) → `address`; refused
+    /// when `name` is no DNS label, or is `host` or a guest's with a lease, which it
+    /// would shadow.
+    pub fn add_dns_record(&mut self, name: &str, address: IpAddr, now: Instant) -> Result<(), String> {
+        let name = name.to_ascii_lowercase();
+        if !names::is_valid_label(&name) {
+            return Err(format!("'{name}' is not a DNS label: letters, digits and hyphens"));
+        }
+        if name == names::HOST_LABEL || self.dhcp.address_of_name(&name, &self.config, now).is_some() {
+            return Err(format!("'{name}' is held by the host or a guest"));
+        }
+        if !self.config.dns_records.contains(&(name.clone(), address)) {
+            self.config.dns_records.push((name, address));
+        }
+        Ok(())
+    }
+
+    /// Removes every static DNS record of `name`; returns how many there were.
+    pub fn remove_dns_record(&mut self, name: &str) -> usize {
+        let name = name.to_ascii_lowercase();
+        let before = self.config.dns_records.len();
+        self.config.dns_records.retain(|(held, _)| *held != name);
+        before - self.config.dns_records.len()
+    }
+
     /// The addresses of name `label` under the domain: the host's, a static record's,
     /// or a guest's (its lease, and its IPv6 addresses in the prefix).
     fn addresses_of(&self, label: &str, now: Instant) -> Option<Vec<IpAddr>> {

@@ -321,6 +321,30 @@ impl Drop for NamedNamespace {
     }
 }
 
+/// The runtime directory of the network named `name` (vnet runs as root in the tests).
+pub fn runtime_dir(name: &str) -> PathBuf {
+    PathBuf::from("/run/vnet").join(name)
+}
+
+/// The API socket of the network named `name`.
+pub fn api_socket(name: &str) -> PathBuf {
+    runtime_dir(name).join("api.sock")
+}
+
+/// Sends raw bytes to the API of network `name` and returns the status code and the
+/// body.
+pub fn raw_request(name: &str, request: &[u8]) -> (u16, String) {
+    let mut stream = UnixStream::connect(api_socket(name)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(request).unwrap();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
 /// A helper process (a server the test started) killed when the test ends, pass or
 /// fail.
 pub struct KillOnDrop(pub Child);
