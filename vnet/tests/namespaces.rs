@@ -659,3 +659,56 @@ fn guests_find_each_other_by_the_names_they_gave_in_dhcp() {
             || !lookup("nobody.vnet.internal").contains("Address")
     );
 }
+
+/// The gateway's TFTP server (`tftp=`, with `bootfile=` in DHCP): busybox tftp fetches
+/// a file whole at the default and a large block size, and a path climbing out, a
+/// symlink leading out, a missing file and a write each get their TFTP error.
+#[test]
+fn busybox_tftp_fetches_from_the_gateway_and_escapes_missing_files_and_writes_are_refused() {
+    use support::transfer::{sha256_hex, test_bytes};
+    let world = NamedNamespace::create();
+    let guest = NamedNamespace::create();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tftp");
+    std::fs::create_dir_all(root.join("ipxe")).unwrap();
+    let image = test_bytes(300_000);
+    std::fs::write(root.join("ipxe/boot.bin"), &image).unwrap();
+    let outside = dir.path().join("secret");
+    std::fs::write(&outside, "not for guests\n").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let dhcp_script = write_dhcp_script(dir.path());
+    let user = format!("tftp={},bootfile=ipxe/boot.bin", root.display());
+    let attach = format!("netns:{}", guest.path());
+    let vnet = Vnet::spawn_in(Some(&world), &["run", "--user", &user, "--attach", &attach]);
+    vnet.wait_for_log("gateway up");
+    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
+    let (ok, output) = guest.shell(&format!(
+        "ip link set eth0 up && busybox udhcpc -i eth0 -n -q -t 10 -T 2 -s {}",
+        dhcp_script.display()
+    ));
+    assert!(ok && output.contains("BOOT 10.0.2.2 ipxe/boot.bin"), "{output}");
+
+    for block_size in ["512", "1400"] {
+        let local = dir.path().join(format!("fetched-{block_size}"));
+        let (ok, output) = guest.shell(&format!(
+            "busybox tftp -g -b {block_size} -r ipxe/boot.bin -l {} 10.0.2.2",
+            local.display()
+        ));
+        assert!(ok, "{output}\n{}", vnet.log());
+        assert_eq!(sha256_hex(&std::fs::read(&local).unwrap()), sha256_hex(&image), "blocks of {block_size}");
+    }
+    let refused = |command: &str| {
+        let (ok, output) = guest.shell(command);
+        assert!(!ok, "{command} succeeded: {output}");
+        output
+    };
+    let scratch = dir.path().join("scratch");
+    let get = |remote: &str| format!("busybox tftp -g -r {remote} -l {} 10.0.2.2", scratch.display());
+    assert!(refused(&get("../secret")).contains("outside"), "a path climbing out");
+    assert!(refused(&get("escape")).contains("outside"), "a symlink leading out");
+    assert!(refused(&get("missing")).contains("not found"));
+    std::fs::write(&scratch, "upload").unwrap();
+    let put = format!("busybox tftp -p -l {} -r up 10.0.2.2", scratch.display());
+    assert!(refused(&put).contains("read-only"));
+    assert!(!root.join("up").exists());
+}

@@ -420,11 +420,12 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
         None => None,
     };
     let run_as = settings.run_as.as_deref().map(user_to_become).transpose()?;
-    let resolv_conf_dirs = gateway
+    let mut readable_dirs = gateway
         .as_ref()
         .and_then(|config| config.upstreams_from.as_deref())
         .map(resolv_conf::watched_dirs)
         .unwrap_or_default();
+    readable_dirs.extend(gateway.as_ref().and_then(|config| config.tftp_root.clone()));
     let mut network =
         build_network(&settings, &listen, vxlan, gateway.map(|config| (config, gateway_policy)))?;
     let _pid_file = settings.pidfile.as_deref().map(lifecycle::PidFile::create).transpose()?;
@@ -445,7 +446,7 @@ fn run_network(args: NetworkArgs, namespace: Option<NamespaceCommand>) -> anyhow
     drop(resolv_conf);
     let sandbox = Sandbox {
         writable_dirs: sandbox_dirs(&listen, &settings, runtime_dir.as_deref()),
-        readable_dirs: resolv_conf_dirs,
+        readable_dirs,
         run_as,
         keep: capabilities_to_keep(&listen),
     };

@@ -73,6 +73,9 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "port-max-leases" => config.port_max_leases = count(value).map_err(bad)?,
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
             "dns-record" => config.dns_records.push(dns_record(value).map_err(bad)?),
+            "tftp" => config.tftp_root = Some(tftp_root(value).map_err(bad)?),
+            "bootfile" => config.bootfile = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "tftp-server-name" => config.tftp_server_name = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "dhcp-host" => config.static_leases.push(static_lease(value).map_err(bad)?),
             "hostfwd" => config.host_forwards.push(parse_host_forward(value).map_err(bad)?),
             "guestfwd" => config.guest_forwards.push(guest_forward(value).map_err(bad)?),
@@ -250,6 +253,15 @@ fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
     let target = target.strip_prefix("tcp:").unwrap_or(target);
     let target: SocketAddr = target.parse().map_err(|_| "the target must be IP:PORT")?;
     Ok(GuestForward { virtual_addr, target })
+}
+
+/// The TFTP root: an existing directory, made absolute.
+fn tftp_root(value: &str) -> Result<std::path::PathBuf, &'static str> {
+    let path = std::path::Path::new(value);
+    if !path.is_dir() {
+        return Err("tftp= must name an existing directory");
+    }
+    path.canonicalize().map_err(|_| "tftp= must name an existing directory")
 }
 
 /// `NAME=ADDR`: a static DNS record, NAME one label under the domain (a name given

@@ -69,6 +69,11 @@ impl GatewayPort {
             let rule = config.resolve_forward(rule);
             sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);
         }
+        if let Some(root) = &config.tftp_root {
+            let opened = std::fs::File::open(root)
+                .map_err(|e| TransportError::io(format!("cannot open tftp={}", root.display()), e))?;
+            sockets.tftp_root = Some(opened);
+        }
         let resolv_conf = match config.upstreams_from.clone() {
             Some(path) => {
                 let watch =

@@ -154,6 +154,8 @@ pub(crate) struct Sockets {
     pub unix_discard: Vec<u8>,
     /// The gateway's own switch port, once started.
     pub port: Option<PortId>,
+    /// The directory the TFTP server serves, opened before the sandbox.
+    pub tftp_root: Option<std::fs::File>,
 }
 
 impl HostStream {
@@ -176,6 +178,20 @@ impl Sockets {
 pub(crate) struct Host<'s, 'c, 'cx> {
     pub sockets: &'s mut Sockets,
     pub cx: &'c mut Context<'cx>,
+}
+
+impl Host<'_, '_, '_> {
+    /// Opens `path` only beneath the TFTP root; a path that leads out (a symlink, say)
+    /// is `PermissionDenied`, and so is a missing root `NotFound`.
+    fn open_tftp_file(&self, path: &str) -> io::Result<std::fs::File> {
+        let root = self.sockets.tftp_root.as_ref().ok_or(io::ErrorKind::NotFound)?;
+        vnet_runtime::sys::open_beneath(root.as_fd(), path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EXDEV | libc::ELOOP | libc::EACCES | libc::EPERM) => {
+                io::ErrorKind::PermissionDenied.into()
+            }
+            _ => e,
+        })
+    }
 }
 
 impl HostSockets for Host<'_, '_, '_> {
@@ -330,6 +346,18 @@ impl HostSockets for Host<'_, '_, '_> {
         if let Ok(host_stream) = self.sockets.stream(flow) {
             let _ = SockRef::from(&host_stream.stream).shutdown(Shutdown::Write);
         }
+    }
+
+    fn tftp_file_size(&mut self, path: &str) -> io::Result<u64> {
+        let metadata = self.open_tftp_file(path)?.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::ErrorKind::PermissionDenied.into());
+        }
+        Ok(metadata.len())
+    }
+
+    fn tftp_read(&mut self, path: &str, offset: u64, buffer: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.open_tftp_file(path)?, buffer, offset)
     }
 
     fn udp_forward_reply(

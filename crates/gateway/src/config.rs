@@ -112,6 +112,12 @@ pub struct GatewayConfig {
     pub hostfwd_shows_client: bool,
     /// Where DNS queries go (`dns-upstream=`), in order of preference.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// The directory the TFTP server serves (`tftp=`); no TFTP server without it.
+    pub tftp_root: Option<PathBuf>,
+    /// The boot file DHCP names (`bootfile=`).
+    pub bootfile: Option<String>,
+    /// The TFTP server DHCP names with it (`tftp-server-name=`, option 66).
+    pub tftp_server_name: Option<String>,
     /// Static DNS records (`dns-record=NAME=ADDR`), each name a label under the domain.
     pub dns_records: Vec<(String, IpAddr)>,
     /// The resolv.conf whose nameservers the upstreams follow as it changes, when no
@@ -158,6 +164,9 @@ impl Default for GatewayConfig {
             dns_upstreams: Vec::new(),
             upstreams_from: None,
             dns_records: Vec::new(),
+            tftp_root: None,
+            bootfile: None,
+            tftp_server_name: None,
             static_leases: Vec::new(),
             max_flows: 65536,
             guest_limits: GuestLimits::default(),

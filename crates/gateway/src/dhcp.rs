@@ -50,6 +50,12 @@ const OPTION_INTERFACE_MTU: u8 = 26;
 const OPTION_DNS_SERVERS: u8 = 6;
 const OPTION_RAPID_COMMIT: u8 = 80;
 const OPTION_DOMAIN_SEARCH: u8 = 119;
+const OPTION_VENDOR_CLASS: u8 = 60;
+const OPTION_TFTP_SERVER_NAME: u8 = 66;
+const OPTION_BOOTFILE_NAME: u8 = 67;
+/// Where the BOOTP "file" field (the boot file name) starts in a DHCP message, and its
+/// length.
+const FILE_FIELD: std::ops::Range<usize> = 108..236;
 
 /// What holds a pool address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +193,8 @@ impl Server {
                 self.name(guest.mac, name, config, now);
             }
         }
-        Ok(Some(reply(config, guest.mac, &request, message_type, your_ip, lease, rapid_commit)))
+        let boot = asks_for_boot_options(&packet, &request);
+        Ok(Some(reply(config, guest.mac, &request, message_type, your_ip, lease, rapid_commit, boot)))
     }
 
     /// Records `name` as the name of the guest at `mac`, unless it is not a DNS label
@@ -363,7 +370,7 @@ impl Server {
 
     fn refuse(&self, guest: Guest, request: &DhcpRepr<'_>, config: &GatewayConfig) -> BuiltFrame {
         info!(client = %guest.mac, requested = ?request.requested_ip, "DHCP: no address for this client; sending NAK");
-        reply(config, guest.mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false)
+        reply(config, guest.mac, request, DhcpMessageType::Nak, Ipv4Addr::UNSPECIFIED, None, false, false)
     }
 }
 
@@ -408,6 +415,22 @@ fn encode_search_list(domains: &[String]) -> Vec<u8> {
     out
 }
 
+/// Whether a client asks for the boot options 66 and 67: in its parameter list, or as a
+/// PXE client by its vendor class.
+fn asks_for_boot_options(packet: &DhcpPacket<&[u8]>, request: &DhcpRepr<'_>) -> bool {
+    let listed = request
+        .parameter_request_list
+        .is_some_and(|list| list.contains(&OPTION_TFTP_SERVER_NAME) || list.contains(&OPTION_BOOTFILE_NAME));
+    let pxe = packet
+        .options()
+        .any(|option| option.kind == OPTION_VENDOR_CLASS && option.data.starts_with(b"PXEClient"));
+    listed || pxe
+}
+
+/// The reply to `request`. With `boot` (the client asked for them), options 66 and 67
+/// name the TFTP server and boot file; the boot file is in the BOOTP file field and
+/// the gateway is the next server (siaddr) whenever `bootfile=` is set.
+#[allow(clippy::too_many_arguments)]
 fn reply(
     config: &GatewayConfig,
     mac: MacAddress,
@@ -416,6 +439,7 @@ fn reply(
     your_ip: Ipv4Addr,
     lease_duration: Option<u32>,
     rapid_commit: bool,
+    boot: bool,
 ) -> BuiltFrame {
     let full = message_type != DhcpMessageType::Nak;
     let mtu = config.mtu.to_be_bytes();
@@ -437,7 +461,16 @@ fn reply(
         if rapid_commit && message_type == DhcpMessageType::Ack {
             options.push(DhcpOption { kind: OPTION_RAPID_COMMIT, data: &[] });
         }
+        if boot {
+            if let Some(server) = &config.tftp_server_name {
+                options.push(DhcpOption { kind: OPTION_TFTP_SERVER_NAME, data: server.as_bytes() });
+            }
+            if let Some(bootfile) = &config.bootfile {
+                options.push(DhcpOption { kind: OPTION_BOOTFILE_NAME, data: bootfile.as_bytes() });
+            }
+        }
     }
+    let bootfile = config.bootfile.as_deref().filter(|_| full);
     let repr = DhcpRepr {
         message_type,
         transaction_id: request.transaction_id,
@@ -449,7 +482,7 @@ fn reply(
             Ipv4Addr::UNSPECIFIED
         },
         your_ip,
-        server_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: if bootfile.is_some() { config.host } else { Ipv4Addr::UNSPECIFIED },
         router: (full && !config.restrict).then_some(config.host),
         subnet_mask: full.then(|| config.netmask()),
         relay_agent_ip: Ipv4Addr::UNSPECIFIED,
@@ -467,6 +500,11 @@ fn reply(
     };
     let mut payload = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).expect("buffer sized by buffer_len");
+    if let Some(name) = bootfile {
+        let field = &mut payload[FILE_FIELD];
+        let len = name.len().min(field.len() - 1);
+        field[..len].copy_from_slice(&name.as_bytes()[..len]);
+    }
     let from = SocketAddr::from((config.host, SERVER_PORT));
     let to = SocketAddr::from((Ipv4Addr::BROADCAST, CLIENT_PORT));
     packet::udp(config.mac(), mac, from, to, &payload)

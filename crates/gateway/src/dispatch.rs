@@ -18,7 +18,7 @@ use crate::egress::{GatewayIo, GuestEgress};
 use crate::extension_headers;
 use crate::gateway::Gateway;
 use crate::guest::{EchoRequest, Guest, GuestPacket};
-use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, udp};
+use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, tftp, udp};
 
 impl Gateway {
     pub(crate) fn dispatch(
@@ -273,6 +273,17 @@ impl Gateway {
             }
             if dst_ip.is_broadcast() || dst_ip == self.config.broadcast() {
                 return Err(GatewayDropReason::Broadcast);
+            }
+            let for_tftp = dst.port() == tftp::PORT || self.tftp.owns(dst.port());
+            if dst_ip == self.config.host && self.config.tftp_root.is_some() && for_tftp {
+                let replies = if dst.port() == tftp::PORT {
+                    let max_block = usize::from(self.config.mtu).saturating_sub(20 + 8 + 4);
+                    self.tftp.request(src, udp.payload(), max_block, now, host)
+                } else {
+                    self.tftp.packet(src, dst.port(), udp.payload(), now, host)
+                };
+                self.send_tftp(replies);
+                return Ok(());
             }
         }
         if let IpAddr::V6(dst_ip) = packet.dst {

@@ -22,7 +22,7 @@ use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::names::{self, Asked, Known};
 use crate::packet::{self, BuiltFrame};
-use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, udp};
+use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, tftp, udp};
 
 /// The gateway of one network.
 pub struct Gateway {
@@ -37,6 +37,7 @@ pub struct Gateway {
     pub(crate) dns: dns::Forwarder,
     pub(crate) udp: udp::Nat,
     pub(crate) udp_inbound: udp::Inbound,
+    pub(crate) tftp: tftp::Server,
     pub(crate) echo: icmp::EchoFlows,
     pub(crate) tcp: tcp::Nat,
     pub(crate) counters: GatewayCounters,
@@ -67,6 +68,7 @@ impl Gateway {
             dns: dns::Forwarder::new(config.dns_upstreams.clone()),
             udp: udp::Nat::new(),
             udp_inbound: udp::Inbound::default(),
+            tftp: tftp::Server::default(),
             echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
@@ -457,6 +459,7 @@ impl Gateway {
             self.udp.next_deadline(),
             self.echo.next_deadline(),
             self.tcp.next_deadline(),
+            self.tftp.next_deadline(),
             self.port_check_at,
             self.advertise_at,
         ]
@@ -487,6 +490,8 @@ impl Gateway {
         self.udp_inbound.expire(now);
         self.echo.expire(now, host, &mut self.flow_ids);
         self.tcp_sends(now, host, |tcp, cx| tcp.expire(cx));
+        let resent = self.tftp.expire(now, host);
+        self.send_tftp(resent);
         if self.port_check_at.is_some_and(|at| at <= now) {
             self.close_flows_of_gone_ports(now, host);
         }
@@ -539,6 +544,14 @@ impl Gateway {
     /// UDP, ICMP and TCP flows together, which `max-flows` bounds.
     pub(crate) fn flow_count(&self) -> usize {
         self.udp.len() + self.echo.len() + self.tcp.len()
+    }
+
+    /// Sends what the TFTP server answered, from the gateway's host address.
+    pub(crate) fn send_tftp(&mut self, datagrams: Vec<tftp::Outgoing>) {
+        for datagram in datagrams {
+            let from = SocketAddr::new(self.config.host_address_for(datagram.to.ip()), datagram.from_port);
+            self.send_udp_to_guest(from, datagram.to, &datagram.payload);
+        }
     }
 
     pub(crate) fn send_udp_to_guest(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) {

@@ -67,6 +67,18 @@ pub trait HostSockets {
     fn tcp_shutdown_write(&mut self, flow: FlowId);
     /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
     fn tcp_close(&mut self, flow: FlowId, reset: bool);
+    /// The size of file `path` (relative, checked by the gateway) under the TFTP root;
+    /// an error of kind `PermissionDenied` if it leads out of the root or is no
+    /// regular file, `NotFound` if it is not there or there is no root.
+    fn tftp_file_size(&mut self, path: &str) -> io::Result<u64> {
+        let _ = path;
+        Err(io::ErrorKind::NotFound.into())
+    }
+    /// Reads file `path` under the TFTP root from `offset` into `buffer`.
+    fn tftp_read(&mut self, path: &str, offset: u64, buffer: &mut [u8]) -> io::Result<usize> {
+        let _ = (path, offset, buffer);
+        Err(io::ErrorKind::NotFound.into())
+    }
     /// Sends a guest's reply to `client` from the socket of UDP hostfwd `forward`.
     fn udp_forward_reply(&mut self, forward: ForwardId, client: SocketAddr, payload: &[u8])
         -> io::Result<()>;

@@ -40,6 +40,7 @@ mod ndp;
 mod packet;
 mod route;
 mod tcp;
+mod tftp;
 mod timers;
 mod udp;
 

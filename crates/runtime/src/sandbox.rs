@@ -29,7 +29,7 @@ pub struct Sandbox {
     /// directory, with their parents where vnet removes them.
     pub writable_dirs: Vec<PathBuf>,
     /// Directories whose files vnet still reads: those of the resolv.conf the gateway's
-    /// DNS upstreams follow.
+    /// DNS upstreams follow, and the TFTP root.
     pub readable_dirs: Vec<PathBuf>,
     /// The user and group to become first (`--run-as`).
     pub run_as: Option<(Uid, Gid)>,
@@ -164,7 +164,7 @@ fn install_seccomp_filter() -> Result<(), SandboxError> {
 /// writes, timers), the gateway's host sockets (TCP, UDP, ping, error queues), new
 /// connections and ports (accept, bind, socket files in allowed directories, VDE's
 /// O_PATH opens), the resolv.conf the DNS upstreams follow (read again, and watched again
-/// when replaced), its threads (the API and capture), memory, signals, a supervised
+/// when replaced), files the TFTP server reads, its threads (the API and capture), memory, signals, a supervised
 /// namespace's child, and exit.
 const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_accept4,
@@ -220,11 +220,13 @@ const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_nanosleep,
     libc::SYS_newfstatat,
     libc::SYS_openat,
+    libc::SYS_openat2,
     libc::SYS_pipe2,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_prctl,
     libc::SYS_read,
+    libc::SYS_pread64,
     libc::SYS_readv,
     libc::SYS_recvfrom,
     libc::SYS_recvmmsg,

@@ -239,6 +239,34 @@ impl std::os::fd::AsRawFd for FileWatch {
     }
 }
 
+/// Opens `path`, relative to directory `dir`, for reading, only if it resolves beneath
+/// `dir`: `..`, absolute paths and symlinks that lead out fail (openat2 with
+/// RESOLVE_BENEATH and RESOLVE_NO_MAGICLINKS), so a file server cannot be walked out
+/// of its root, even by a symlink made inside it.
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &str) -> io::Result<std::fs::File> {
+    let path = CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is plain old data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads `path` (NUL-terminated) and `how` (of the size given), both
+    // alive for the call, and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call returned a fresh descriptor owned by nobody else.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+}
+
 /// The longest interface name Linux accepts, without its NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 

@@ -299,7 +299,8 @@ impl NamedNamespace {
 }
 
 /// Writes a busybox udhcpc script into `dir` that sets the leased address (/24) and,
-/// when the server gave one, the MTU, and prints `LEASE ADDRESS` and `MTU N`.
+/// when the server gave one, the MTU, and prints `LEASE ADDRESS`, `MTU N` and
+/// `BOOT NEXT-SERVER FILE`.
 pub fn write_dhcp_script(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let script = dir.join("udhcpc.sh");
@@ -308,6 +309,7 @@ pub fn write_dhcp_script(dir: &Path) -> PathBuf {
         "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; \
          ip addr add \"$ip/24\" dev \"$interface\"; \
          [ -n \"$mtu\" ] && ip link set \"$interface\" mtu \"$mtu\" && echo \"MTU $mtu\"; \
+         [ -n \"$boot_file\" ] && echo \"BOOT $siaddr $boot_file\"; \
          echo \"LEASE $ip\";; esac\n",
     )
     .unwrap();
