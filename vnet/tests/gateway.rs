@@ -29,6 +29,35 @@ fn network_in(netns: &NamedNamespace) -> (tempfile::TempDir, std::path::PathBuf,
     (dir, sock, vnet)
 }
 
+/// PXE: a guest with no kernel of its own boots over the network. The iPXE ROM QEMU
+/// gives its NIC takes DHCP from vnet (boot file `boot.ipxe`, next server the gateway),
+/// fetches that script, the kernel and the initramfs over TFTP, and the booted guest
+/// pings the gateway.
+#[test]
+fn a_guest_boots_over_the_network_from_the_gateways_tftp_server() {
+    let _lock = GuestLock::acquire();
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    let sock = dir.path().join("vnet.sock");
+    let user = format!("tftp={},bootfile=boot.ipxe", tftp.display());
+    let vnet = Vnet::listening_on(
+        &sock,
+        &["run", "--user", &user, "--listen", &format!("stream:unix:{}", sock.display())],
+    );
+    let script = format!("{DHCP} && ping -c 3 -W 5 10.0.2.2; report");
+    let guest = GuestSpec::new("pxe", Nic::VirtioNet, &stream_netdev(&sock), &script).pxe(&tftp).boot();
+    let result = guest.wait_result();
+    assert_pinged(&result, 3);
+    let log = vnet.log();
+    for file in ["boot.ipxe", "vmlinuz", "initrd"] {
+        assert!(
+            log.contains(&format!("file=\"{file}\"")) || log.contains(&format!("file={file}")),
+            "{file} over TFTP:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn dhcp_configures_two_guests_and_the_gateway_answers_ping() {
     let _lock = GuestLock::acquire();

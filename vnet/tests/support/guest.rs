@@ -156,6 +156,8 @@ pub struct GuestSpec {
     netns: Option<String>,
     /// The vhost-user socket the NIC is served at, if any.
     vhost_user: Option<PathBuf>,
+    /// The TFTP root the guest boots from over the network, if it does.
+    pxe: Option<PathBuf>,
     reboot: bool,
 }
 
@@ -172,8 +174,17 @@ impl GuestSpec {
             accel: None,
             netns: None,
             vhost_user: None,
+            pxe: None,
             reboot: false,
         }
+    }
+
+    /// Boots the guest over the network instead of from QEMU's `-kernel`: the NIC's iPXE
+    /// ROM (QEMU's default) takes DHCP and fetches `boot.ipxe`, which this writes into
+    /// the TFTP root `tftp` with the kernel and the initramfs it loads.
+    pub fn pxe(mut self, tftp: &Path) -> Self {
+        self.pxe = Some(tftp.to_owned());
+        self
     }
 
     /// A guest called `name` whose virtio-net NIC vnet serves over vhost-user at `sock`,
@@ -255,23 +266,36 @@ impl GuestSpec {
             }
             None => Command::new("qemu-system-x86_64"),
         };
+        let append = format!("console=ttyS0 quiet panic=-1 loglevel=3 vnet.hostname={}", self.name);
         command
             .args(["-accel", accel, "-m", "256", "-smp", "1", "-nodefaults"])
             .args(if self.reboot { &[][..] } else { &["-no-reboot"][..] })
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args([
-                "-append",
-                &format!("console=ttyS0 quiet panic=-1 loglevel=3 vnet.hostname={}", self.name),
-            ])
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
+        let rom = match &self.pxe {
+            Some(tftp) => {
+                std::fs::copy(&image.kernel, tftp.join("vmlinuz")).unwrap();
+                std::fs::copy(&initrd, tftp.join("initrd")).unwrap();
+                let script = format!("#!ipxe\nkernel vmlinuz {append}\ninitrd initrd\nboot\n");
+                std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
+                command.args(["-boot", "n"]);
+                ""
+            }
+            None => {
+                command
+                    .arg("-kernel")
+                    .arg(&image.kernel)
+                    .arg("-initrd")
+                    .arg(&initrd)
+                    .args(["-append", &append]);
+                ",romfile="
+            }
+        };
+        command
             .args(self.vhost_user_args())
             .args(["-netdev", &self.netdev])
             .args([
                 "-device",
-                &format!("{},netdev=n0,mac={},romfile={}", self.nic.device(), self.mac, self.nic_options()),
+                &format!("{},netdev=n0,mac={}{rom}{}", self.nic.device(), self.mac, self.nic_options()),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
