@@ -32,6 +32,31 @@ fn dhcp_hands_out_addresses_from_dhcpstart_with_every_option() {
 }
 
 #[test]
+fn pxe_clients_get_the_boot_file_and_tftp_server_and_others_the_boot_file_field_only() {
+    let config = GatewayConfig {
+        tftp_root: Some("/srv/tftp".into()),
+        bootfile: Some("boot.ipxe".into()),
+        tftp_server_name: Some("10.0.2.2".into()),
+        ..GatewayConfig::default()
+    };
+    let pxe = [DhcpOption { kind: 60, data: b"PXEClient:Arch:00000:UNDI:002001" }];
+    for (options, boot_options) in [(&pxe[..], true), (&[][..], false)] {
+        let (mut gateway, mut host, now) = gateway_with(config.clone());
+        let discover =
+            dhcp_message_with_options(DhcpMessageType::Discover, GUEST_MAC, None, Ipv4Addr::UNSPECIFIED, options);
+        gateway.receive(&from_guest(&discover), now, &mut host);
+        let frame = gateway.pop_frame().expect("an offer");
+        let (_, _, payload) = udp_of(&frame);
+        assert_eq!(&payload[108..118], b"boot.ipxe\0", "the BOOTP file field");
+        let packet = DhcpPacket::new_checked(&payload[..]).unwrap();
+        assert_eq!(DhcpRepr::parse(&packet).unwrap().server_ip, Ipv4Addr::new(10, 0, 2, 2), "next server");
+        let option = |kind: u8| packet.options().find(|o| o.kind == kind).map(|o| o.data.to_vec());
+        assert_eq!(option(67).is_some(), boot_options);
+        assert_eq!(option(66), boot_options.then(|| b"10.0.2.2".to_vec()));
+    }
+}
+
+#[test]
 fn ten_guests_get_ten_addresses_and_keep_them() {
     let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
     let macs: Vec<MacAddress> = (0..10).map(|i| MacAddress([0x52, 0x54, 0, 0, 1, i])).collect();

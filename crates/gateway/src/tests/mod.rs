@@ -197,6 +197,18 @@ fn dhcp_message_with_ciaddr(
     client_ip: Ipv4Addr,
 ) -> Vec<u8> {
     let rapid_option = [DhcpOption { kind: 80, data: &[] }];
+    let options: &[DhcpOption<'_>] = if rapid { &rapid_option } else { &[] };
+    dhcp_message_with_options(message_type, mac, requested, client_ip, options)
+}
+
+/// A DHCP message carrying `options` besides the usual fields.
+fn dhcp_message_with_options(
+    message_type: DhcpMessageType,
+    mac: MacAddress,
+    requested: Option<Ipv4Addr>,
+    client_ip: Ipv4Addr,
+    options: &[DhcpOption<'_>],
+) -> Vec<u8> {
     let repr = DhcpRepr {
         message_type,
         transaction_id: 0x1234,
@@ -218,7 +230,7 @@ fn dhcp_message_with_ciaddr(
         lease_duration: None,
         renew_duration: None,
         rebind_duration: None,
-        additional_options: if rapid { &rapid_option } else { &[] },
+        additional_options: options,
     };
     let mut payload = vec![0u8; repr.buffer_len()];
     repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).unwrap();
