@@ -42,8 +42,13 @@ fn pxe_clients_get_the_boot_file_and_tftp_server_and_others_the_boot_file_field_
     let pxe = [DhcpOption { kind: 60, data: b"PXEClient:Arch:00000:UNDI:002001" }];
     for (options, boot_options) in [(&pxe[..], true), (&[][..], false)] {
         let (mut gateway, mut host, now) = gateway_with(config.clone());
-        let discover =
-            dhcp_message_with_options(DhcpMessageType::Discover, GUEST_MAC, None, Ipv4Addr::UNSPECIFIED, options);
+        let discover = dhcp_message_with_options(
+            DhcpMessageType::Discover,
+            GUEST_MAC,
+            None,
+            Ipv4Addr::UNSPECIFIED,
+            options,
+        );
         gateway.receive(&from_guest(&discover), now, &mut host);
         let frame = gateway.pop_frame().expect("an offer");
         let (_, _, payload) = udp_of(&frame);
