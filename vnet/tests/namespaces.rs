@@ -712,3 +712,76 @@ fn busybox_tftp_fetches_from_the_gateway_and_escapes_missing_files_and_writes_ar
     assert!(refused(&put).contains("read-only"));
     assert!(!root.join("up").exists());
 }
+
+/// Egress policy with real namespaces: one guest may reach one host port and nothing
+/// else (TCP elsewhere is reset, UDP and ping are answered "administratively
+/// prohibited"), another is unrestricted, `vnet policy list` counts the denials, and a
+/// rule added at runtime lets the first guest's next connection through.
+#[test]
+fn an_egress_policy_limits_one_guest_to_one_port_and_changes_at_runtime() {
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    let world = NamedNamespace::create();
+    let (limited, free) = (NamedNamespace::create(), NamedNamespace::create());
+    let listeners = world.run_inside(|| {
+        [TcpListener::bind("127.0.0.1:7001").unwrap(), TcpListener::bind("127.0.0.1:7002").unwrap()]
+    });
+    let echo = world.run_inside(|| UdpSocket::bind("127.0.0.1:7003").unwrap());
+    let name = format!("t{}-policy", std::process::id());
+    let vnet = Vnet::spawn_in(
+        Some(&world),
+        &[
+            "run",
+            "--name",
+            &name,
+            "--user",
+            "allow=from:10.0.2.15+proto:tcp+to:10.0.2.2+port:7001,deny=from:10.0.2.15",
+            "--attach",
+            &format!("netns:{}", limited.path()),
+            "--attach",
+            &format!("netns:{}", free.path()),
+        ],
+    );
+    vnet.wait_for_log("gateway up");
+    for (guest, address) in [(&limited, "10.0.2.15"), (&free, "10.0.2.16")] {
+        wait_until("the guest's tap", DEADLINE, || {
+            guest.exec(&["ip", "link", "show", "eth0"]).status.success()
+        });
+        let (ok, output) = guest.shell(&format!(
+            "ip addr add {address}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2"
+        ));
+        assert!(ok, "{output}");
+    }
+    let connects = |guest: &NamedNamespace, port: u16| {
+        let target = std::net::SocketAddr::from(([10, 0, 2, 2], port));
+        guest.run_inside(|| TcpStream::connect_timeout(&target, DEADLINE)).map(drop).map_err(|e| e.kind())
+    };
+    assert_eq!(connects(&limited, 7001), Ok(()), "the one port it may reach");
+    assert_eq!(connects(&limited, 7002), Err(std::io::ErrorKind::ConnectionRefused), "reset at once");
+    assert_eq!(connects(&free, 7002), Ok(()), "the other guest is unrestricted");
+    let udp = limited.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    udp.connect("10.0.2.2:7003").unwrap();
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    udp.send(b"x").unwrap();
+    let mut buffer = [0u8; 8];
+    let refused = udp.recv(&mut buffer).expect_err("no answer to a denied datagram");
+    assert_ne!(refused.kind(), std::io::ErrorKind::WouldBlock, "an ICMP error, not silence: {refused}");
+    echo.set_nonblocking(true).unwrap();
+    assert!(echo.recv_from(&mut buffer).is_err(), "the datagram never reached the host");
+    // Beyond the gateway (the world namespace has no route there: nothing could leave).
+    let (_, output) = limited.shell("ping -c 1 -W 2 192.0.2.1");
+    assert!(output.contains("filtered") || output.contains("Prohibited"), "{output}");
+
+    let policy = vnet_command().args(["policy", "list", &name, "--json"]).output().unwrap();
+    let rules: serde_json::Value = serde_json::from_slice(&policy.stdout).unwrap();
+    assert!(rules[1]["denied"].as_u64().unwrap() >= 3, "{rules}");
+    let added = vnet_command()
+        .args(["policy", "add", &name, "allow=from:10.0.2.15+proto:tcp+port:7002", "--position", "0"])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert_eq!(connects(&limited, 7002), Ok(()), "a new connection meets the new rule");
+    let removed = vnet_command().args(["policy", "rm", &name, "0"]).output().unwrap();
+    assert!(removed.status.success());
+    assert_eq!(connects(&limited, 7002), Err(std::io::ErrorKind::ConnectionRefused));
+    drop(listeners);
+}

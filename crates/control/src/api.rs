@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
+use vnet_gateway::policy::PolicyRule;
 use vnet_gateway::{ForwardProtocol, HostForward};
 use vnet_gateway_host::{GatewayHostError, GatewayNetwork};
 use vnet_runtime::{Network, Remote};
@@ -180,6 +181,9 @@ fn route(api: &Api, request: &Request) -> Outcome {
         ("GET", "/v1/forwards") => snapshot(api, |network, _| json!(views::forwards(network))),
         ("POST", "/v1/forwards") => add_forward(api, request),
         ("DELETE", "/v1/forwards") => remove_forward(api, request),
+        ("GET", "/v1/policy") => snapshot(api, |network, _| json!(views::policy(network))),
+        ("POST", "/v1/policy") => add_policy_rule(api, request),
+        ("DELETE", "/v1/policy") => remove_policy_rule(api, request),
         ("GET", "/v1/dns") => snapshot(api, |network, _| json!(views::dns_records(network))),
         ("POST", "/v1/dns") => add_dns_record(api, request),
         ("DELETE", "/v1/dns") => remove_dns_record(api, request),
@@ -194,8 +198,9 @@ fn route(api: &Api, request: &Request) -> Outcome {
     Outcome::Respond(result.unwrap_or_else(|error| error))
 }
 
-const KNOWN_PATHS: [&str; 10] = [
+const KNOWN_PATHS: [&str; 11] = [
     "/v1/status",
+    "/v1/policy",
     "/v1/dns",
     "/v1/ports",
     "/v1/macs",
@@ -294,6 +299,50 @@ fn remove_forward(api: &Api, request: &Request) -> Handled {
     match removed {
         Some((id, rule)) => Ok(Response::json(200, &json!(views::ForwardView::new(id, &rule)))),
         None => Err(Response::error(404, format!("no hostfwd rule listens at {text}; see GET /v1/forwards"))),
+    }
+}
+
+/// An egress rule as a request gives it: `{"rule": "deny=proto:tcp+port:25"}` with an
+/// optional `"position"` (from 0; the end without it), or the rule as the body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    rule: String,
+    position: Option<usize>,
+}
+
+fn add_policy_rule(api: &Api, request: &Request) -> Handled {
+    let text =
+        std::str::from_utf8(&request.body).map_err(|_| Response::error(400, "the body is not UTF-8"))?.trim();
+    let (text, position) = if text.starts_with('{') {
+        let body: PolicyBody =
+            serde_json::from_str(text).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))?;
+        (body.rule, body.position)
+    } else {
+        (text.to_owned(), None)
+    };
+    let rule: PolicyRule = text
+        .parse()
+        .map_err(|problem| Response::error(400, format!("'{text}' is not a policy rule: {problem}")))?;
+    let position = position.unwrap_or(usize::MAX);
+    let added =
+        api.remote.run(move |network| network.add_policy_rule(position, rule)).map_err(|_| stopped())?;
+    match added {
+        Ok(()) => Ok(Response::json(201, &json!({ "rule": rule.to_string() }))),
+        Err(_) => Err(Response::error(409, "the network has no gateway (--no-user)")),
+    }
+}
+
+fn remove_policy_rule(api: &Api, request: &Request) -> Handled {
+    let index = request
+        .query_param("index")
+        .and_then(|index| index.parse::<usize>().ok())
+        .ok_or_else(|| Response::error(400, "give the rule's number as ?index=N; see GET /v1/policy"))?;
+    let removed = api.remote.run(move |network| network.remove_policy_rule(index)).map_err(|_| stopped())?;
+    match removed {
+        Ok(Some(rule)) => Ok(Response::json(200, &json!({ "rule": rule.to_string() }))),
+        Ok(None) => Err(Response::error(404, format!("no rule {index}; see GET /v1/policy"))),
+        Err(_) => Err(Response::error(409, "the network has no gateway (--no-user)")),
     }
 }
 

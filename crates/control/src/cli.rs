@@ -92,6 +92,12 @@ enum Command {
         #[command(subcommand)]
         action: FwdAction,
     },
+    /// Add, remove or list the egress rules of a running network's gateway, without a
+    /// restart; new flows meet a change at once.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Relay standard input and output to a TCP connection the gateway opens to a guest,
     /// for example as ssh's ProxyCommand.
     Connect {
@@ -160,6 +166,30 @@ enum FwdAction {
         rule: String,
     },
     /// List the forwards in force.
+    List(InspectArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Add a rule: allow= or deny= with +-joined fields proto:tcp|udp|icmp,
+    /// from:MAC|ADDRESS, to:ADDRESS[/PREFIX] and port:N[-M], such as deny=proto:tcp+port:25.
+    Add {
+        /// The network's name.
+        name: String,
+        /// The rule.
+        rule: String,
+        /// Where it goes (from 0; the first that matches decides); the end without it.
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Remove rule number INDEX (as `vnet policy list` numbers them).
+    Rm {
+        /// The network's name.
+        name: String,
+        /// The rule's number.
+        index: usize,
+    },
+    /// List the rules, with how much each denied.
     List(InspectArgs),
 }
 
@@ -293,6 +323,13 @@ fn execute(command: Command) -> anyhow::Result<i32> {
         }
         Command::Fwd { action: FwdAction::Rm { name, rule } } => {
             client::change_forward(&name, &rule, false).map(|()| 0)
+        }
+        Command::Policy { action: PolicyAction::List(args) } => inspect(args, Inspect::Policy),
+        Command::Policy { action: PolicyAction::Add { name, rule, position } } => {
+            client::add_policy_rule(&name, &rule, position).map(|()| 0)
+        }
+        Command::Policy { action: PolicyAction::Rm { name, index } } => {
+            client::remove_policy_rule(&name, index).map(|()| 0)
         }
         Command::Connect { name, guest } => client::connect(&name, &guest).map(|()| 0),
         Command::Capture { name, port, write, count } => {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::http::{self, ResponseHead};
 use crate::runtime_dir;
 use crate::tables;
-use crate::views::{FlowView, ForwardView, LeaseView, PortView, StationView, StatusView};
+use crate::views::{FlowView, ForwardView, LeaseView, PolicyRuleView, PortView, StationView, StatusView};
 
 /// A connection to one network's API.
 pub struct Client {
@@ -94,6 +94,8 @@ pub enum Inspect {
     Flows,
     /// `vnet fwd list`.
     Forwards,
+    /// `vnet policy list`.
+    Policy,
 }
 
 /// Prints what `what` shows of network `name`, as a table or as JSON.
@@ -112,6 +114,9 @@ pub fn inspect(name: Option<&str>, what: Inspect, as_json: bool) -> anyhow::Resu
         Inspect::Forwards => {
             client.get::<Vec<ForwardView>>("/v1/forwards").map(|(v, t)| (v, tables::forwards(&t)))?
         }
+        Inspect::Policy => {
+            client.get::<Vec<PolicyRuleView>>("/v1/policy").map(|(v, t)| (v, tables::policy(&t)))?
+        }
     };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -129,6 +134,23 @@ pub fn change_forward(name: &str, rule: &str, add: bool) -> anyhow::Result<()> {
         serde_json::from_value(client.request(method, "/v1/forwards", Some(&json!({ "rule": rule })))?)?;
     let verb = if add { "added" } else { "removed" };
     println!("{verb} {} {} -> {}", answer.protocol, answer.host, answer.guest);
+    Ok(())
+}
+
+/// `vnet policy add NAME RULE [--position N]`.
+pub fn add_policy_rule(name: &str, rule: &str, position: Option<usize>) -> anyhow::Result<()> {
+    let client = Client::new(Some(name))?;
+    let answer =
+        client.request("POST", "/v1/policy", Some(&json!({ "rule": rule, "position": position })))?;
+    println!("added {}", answer["rule"].as_str().unwrap_or(rule));
+    Ok(())
+}
+
+/// `vnet policy rm NAME INDEX`.
+pub fn remove_policy_rule(name: &str, index: usize) -> anyhow::Result<()> {
+    let client = Client::new(Some(name))?;
+    let answer = client.request("DELETE", &format!("/v1/policy?index={index}"), None)?;
+    println!("removed {}", answer["rule"].as_str().unwrap_or_default());
     Ok(())
 }
 

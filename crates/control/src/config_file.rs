@@ -13,6 +13,13 @@
 //! dgram-peer-timeout = 60
 //! pcap = "/tmp/lab.pcap"
 //! pidfile = "/tmp/lab.pid"
+//!
+//! [[policy]]                          # egress rules, in order, added to `user`
+//! action = "allow"
+//! proto = "tcp"
+//! from = "52:54:00:12:34:56"
+//! to = "192.0.2.0/24"
+//! port = "443"
 //! ```
 //!
 //! Every value is checked here, and a bad one is refused with its line and the reason.
@@ -67,6 +74,37 @@ struct RawConfig {
     dgram_peer_timeout: Option<Spanned<u64>>,
     pcap: Option<PathBuf>,
     pidfile: Option<PathBuf>,
+    #[serde(default)]
+    policy: Vec<Spanned<PolicyTable>>,
+}
+
+/// One `[[policy]]` table: an egress rule, field by field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    action: String,
+    proto: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    port: Option<toml::Value>,
+}
+
+impl PolicyTable {
+    /// The rule as `--user` spells it.
+    fn rule_text(&self) -> String {
+        let port = self.port.as_ref().map(|port| match port {
+            toml::Value::String(text) => text.clone(),
+            toml::Value::Integer(number) => number.to_string(),
+            _ => "(not a port)".to_owned(),
+        });
+        let fields: Vec<String> =
+            [("proto", &self.proto), ("from", &self.from), ("to", &self.to), ("port", &port)]
+                .into_iter()
+                .filter_map(|(name, value)| value.as_ref().map(|value| format!("{name}:{value}")))
+                .collect();
+        let fields = if fields.is_empty() { "any".to_owned() } else { fields.join("+") };
+        format!("{}={fields}", self.action)
+    }
 }
 
 /// Reads and checks a config file.
@@ -114,6 +152,12 @@ pub fn parse(text: &str) -> Result<ConfigFile, String> {
             at(rule.span(), format!("'{}' is not a hostfwd rule: {problem}", rule.get_ref()))
         })?;
         user.push(format!("hostfwd={}", rule.get_ref()));
+    }
+    for table in raw.policy {
+        let text = table.get_ref().rule_text();
+        text.parse::<vnet_gateway::policy::PolicyRule>()
+            .map_err(|problem| at(table.span(), format!("'{text}' is not a policy rule: {problem}")))?;
+        user.push(text);
     }
     config.user = (!user.is_empty()).then(|| user.join(","));
     for (key, value, target) in [
@@ -164,6 +208,15 @@ pidfile = "/tmp/x.pid"
         assert_eq!(config.pcap, Some(PathBuf::from("/tmp/x.pcap")));
         assert_eq!(config.pidfile, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(parse("").unwrap(), ConfigFile::default());
+    }
+
+    #[test]
+    fn policy_tables_become_rules_in_order() {
+        let text = "[[policy]]\naction = \"allow\"\nproto = \"tcp\"\nto = \"10.0.2.2\"\nport = 8080\n\n[[policy]]\naction = \"deny\"\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.user.as_deref(), Some("allow=proto:tcp+to:10.0.2.2+port:8080,deny=any"));
+        let bad = parse("[[policy]]\naction = \"deny\"\nport = \"99-1\"\n").unwrap_err();
+        assert!(bad.starts_with("1: ") && bad.contains("N or N-M"), "{bad}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! one line per item, aligned columns, no decoration. The input is the API's snapshots;
 //! nothing here talks to a network.
 
-use crate::views::{FlowView, ForwardView, LeaseView, PortView, StationView, StatusView};
+use crate::views::{FlowView, ForwardView, LeaseView, PolicyRuleView, PortView, StationView, StatusView};
 
 /// Aligns `rows` under `header`, each column as wide as its widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -182,6 +182,15 @@ pub fn forwards(forwards: &[ForwardView]) -> String {
         })
         .collect();
     table(&["ID", "PROTO", "HOST", "GUEST"], &rows)
+}
+
+/// `vnet policy list`.
+pub fn policy(rules: &[PolicyRuleView]) -> String {
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|rule| vec![rule.index.to_string(), rule.rule.clone(), rule.denied.to_string()])
+        .collect();
+    table(&["#", "RULE", "DENIED"], &rows)
 }
 
 #[cfg(test)]

@@ -73,6 +73,9 @@ pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig
             "port-max-leases" => config.port_max_leases = count(value).map_err(bad)?,
             "dns-upstream" => config.dns_upstreams.push(upstream(value).map_err(bad)?),
             "dns-record" => config.dns_records.push(dns_record(value).map_err(bad)?),
+            "allow" | "deny" => {
+                config.policy.push(format!("{key}={value}").parse().map_err(|e: String| bad(&e))?)
+            }
             "tftp" => config.tftp_root = Some(tftp_root(value).map_err(bad)?),
             "bootfile" => config.bootfile = Some(value.to_owned()).filter(|v| !v.is_empty()),
             "tftp-server-name" => config.tftp_server_name = Some(value.to_owned()).filter(|v| !v.is_empty()),

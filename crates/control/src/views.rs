@@ -349,6 +349,29 @@ pub fn forwards(network: &Network) -> Vec<ForwardView> {
     network.forwards().iter().map(|(id, rule)| ForwardView::new(*id, rule)).collect()
 }
 
+/// One egress rule of the gateway, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRuleView {
+    /// Its place (from 0): the first rule that matches decides.
+    pub index: usize,
+    /// The rule as `--user` spells it.
+    pub rule: String,
+    /// Connections, datagrams and echo requests it denied.
+    pub denied: u64,
+}
+
+/// The gateway's egress rules; empty without a gateway.
+pub fn policy(network: &Network) -> Vec<PolicyRuleView> {
+    let Some(gateway) = network.gateway() else {
+        return Vec::new();
+    };
+    gateway
+        .policy_rules()
+        .enumerate()
+        .map(|(index, (rule, denied))| PolicyRuleView { index, rule: rule.to_string(), denied })
+        .collect()
+}
+
 /// A static DNS record of the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsRecordView {

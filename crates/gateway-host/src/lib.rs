@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 
 use thiserror::Error;
+use vnet_gateway::policy::PolicyRule;
 use vnet_gateway::{ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
 use vnet_runtime::{Network, RuntimeError};
 use vnet_switch::PortPolicy;
@@ -74,6 +75,10 @@ pub trait GatewayNetwork {
     fn add_dns_record(&mut self, name: &str, address: IpAddr) -> Result<(), GatewayHostError>;
     /// Removes the static DNS records of `name`; how many there were.
     fn remove_dns_record(&mut self, name: &str) -> Result<usize, GatewayHostError>;
+    /// Puts an egress rule at `position` of the running gateway's policy.
+    fn add_policy_rule(&mut self, position: usize, rule: PolicyRule) -> Result<(), GatewayHostError>;
+    /// Removes egress rule `index`; None if there is no such rule.
+    fn remove_policy_rule(&mut self, index: usize) -> Result<Option<PolicyRule>, GatewayHostError>;
 }
 
 impl GatewayNetwork for Network {
@@ -120,6 +125,18 @@ impl GatewayNetwork for Network {
 
     fn remove_dns_record(&mut self, name: &str) -> Result<usize, GatewayHostError> {
         self.with_endpoint(|gateway: &mut GatewayPort, _| gateway.gateway_mut().remove_dns_record(name))
+            .ok_or(GatewayHostError::NoGateway)
+    }
+
+    fn add_policy_rule(&mut self, position: usize, rule: PolicyRule) -> Result<(), GatewayHostError> {
+        self.with_endpoint(|gateway: &mut GatewayPort, _| {
+            gateway.gateway_mut().add_policy_rule(position, rule)
+        })
+        .ok_or(GatewayHostError::NoGateway)
+    }
+
+    fn remove_policy_rule(&mut self, index: usize) -> Result<Option<PolicyRule>, GatewayHostError> {
+        self.with_endpoint(|gateway: &mut GatewayPort, _| gateway.gateway_mut().remove_policy_rule(index))
             .ok_or(GatewayHostError::NoGateway)
     }
 }

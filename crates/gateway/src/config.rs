@@ -112,6 +112,8 @@ pub struct GatewayConfig {
     pub hostfwd_shows_client: bool,
     /// Where DNS queries go (`dns-upstream=`), in order of preference.
     pub dns_upstreams: Vec<SocketAddr>,
+    /// Egress rules (`allow=`, `deny=`), in order; the first that matches decides.
+    pub policy: Vec<crate::policy::PolicyRule>,
     /// The directory the TFTP server serves (`tftp=`); no TFTP server without it.
     pub tftp_root: Option<PathBuf>,
     /// The boot file DHCP names (`bootfile=`).
@@ -164,6 +166,7 @@ impl Default for GatewayConfig {
             dns_upstreams: Vec::new(),
             upstreams_from: None,
             dns_records: Vec::new(),
+            policy: Vec::new(),
             tftp_root: None,
             bootfile: None,
             tftp_server_name: None,

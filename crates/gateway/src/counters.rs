@@ -23,6 +23,9 @@ pub enum GatewayDropReason {
     Broadcast,
     /// Refused by `restrict=on` or `host-loopback=off`.
     Restricted,
+    /// Refused by an egress policy rule (`deny=`); TCP got RST, UDP and ICMP
+    /// "administratively prohibited".
+    PolicyDenied,
     /// The flow table is full (`max-flows`).
     FlowLimit,
     /// The guest, or its port, holds as many flows of the kind as its budget allows
@@ -63,7 +66,7 @@ pub enum GatewayDropReason {
 
 impl GatewayDropReason {
     /// Every reason, in counter order.
-    pub const ALL: [GatewayDropReason; 20] = [
+    pub const ALL: [GatewayDropReason; 21] = [
         GatewayDropReason::Malformed,
         GatewayDropReason::BadChecksum,
         GatewayDropReason::NotForGateway,
@@ -71,6 +74,7 @@ impl GatewayDropReason {
         GatewayDropReason::Unsupported,
         GatewayDropReason::Broadcast,
         GatewayDropReason::Restricted,
+        GatewayDropReason::PolicyDenied,
         GatewayDropReason::FlowLimit,
         GatewayDropReason::GuestBudget,
         GatewayDropReason::HostSocket,
@@ -96,6 +100,7 @@ impl GatewayDropReason {
             GatewayDropReason::Unsupported => "unsupported",
             GatewayDropReason::Broadcast => "broadcast",
             GatewayDropReason::Restricted => "restricted",
+            GatewayDropReason::PolicyDenied => "policy_denied",
             GatewayDropReason::FlowLimit => "flow_limit",
             GatewayDropReason::GuestBudget => "guest_budget",
             GatewayDropReason::HostSocket => "host_socket",

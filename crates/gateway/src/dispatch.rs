@@ -18,6 +18,7 @@ use crate::egress::{GatewayIo, GuestEgress};
 use crate::extension_headers;
 use crate::gateway::Gateway;
 use crate::guest::{EchoRequest, Guest, GuestPacket};
+use crate::policy::{Egress, Protocol, Refusal};
 use crate::{arp, dhcp, dhcpv6, dns, icmp, icmpv6, ndp, route, tftp, udp};
 
 impl Gateway {
@@ -338,6 +339,7 @@ impl Gateway {
                     .map_err(|_| GatewayDropReason::HostSocket);
             }
         }
+        self.admit(packet, Protocol::Udp, Some(dst.port()), IpProtocol::Udp, bytes, now)?;
         let remote = SocketAddr::new(route::host_side_address(&self.config, packet.dst)?, dst.port());
         let room = self.flow_count() < self.config.max_flows;
         let route = udp::Route { sender: packet.guest(), guest: src, dst, remote };
@@ -380,6 +382,8 @@ impl Gateway {
         now: Instant,
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
+        let protocol = if packet.dst.is_ipv4() { IpProtocol::Icmp } else { IpProtocol::Icmpv6 };
+        self.admit(packet, Protocol::Icmp, None, protocol, bytes, now)?;
         let remote = route::host_side_address(&self.config, packet.dst)?;
         let room = self.flow_count() < self.config.max_flows;
         let sent = self.echo.send(packet, remote, echo, bytes, room, now, host, &mut self.flow_ids);
@@ -390,8 +394,50 @@ impl Gateway {
         sent
     }
 
+    /// Whether `dst` is one of the gateway's own services a guest reaches whatever the
+    /// egress policy: its DNS address on port 53, and guestfwd addresses.
+    fn is_gateway_service(&self, dst: SocketAddr) -> bool {
+        (route::is_dns_address(&self.config, dst.ip()) && dst.port() == dns::PORT)
+            || self.config.guest_forwards.iter().any(|forward| forward.virtual_addr == dst)
+    }
+
+    /// The egress policy's decision on what `packet` starts, counted as a drop reason:
+    /// a rule's denial is `PolicyDenied`, `restrict=on`'s default `Restricted`.
+    fn decide(
+        &mut self,
+        packet: GuestPacket,
+        protocol: Protocol,
+        port: Option<u16>,
+        now: Instant,
+    ) -> Result<(), GatewayDropReason> {
+        let egress = Egress { mac: packet.mac, source: packet.src, protocol, destination: packet.dst, port };
+        self.policy.decide(&egress, self.config.restrict, now).map_err(|refusal| match refusal {
+            Refusal::Rule(_) => GatewayDropReason::PolicyDenied,
+            Refusal::Restricted => GatewayDropReason::Restricted,
+        })
+    }
+
+    /// Applies the egress policy to a UDP datagram or echo request (`transport`, of IP
+    /// protocol `ip_protocol`): one a rule denies is answered "administratively
+    /// prohibited".
+    fn admit(
+        &mut self,
+        packet: GuestPacket,
+        protocol: Protocol,
+        port: Option<u16>,
+        ip_protocol: IpProtocol,
+        transport: &[u8],
+        now: Instant,
+    ) -> Result<(), GatewayDropReason> {
+        let decided = self.decide(packet, protocol, port, now);
+        if decided == Err(GatewayDropReason::PolicyDenied) {
+            self.send_prohibited(packet, ip_protocol, transport);
+        }
+        decided
+    }
+
     /// Tells the guest that sent `packet` (carrying `transport`, of `protocol`) that the
-    /// gateway refused it: its budget has no room for another flow.
+    /// gateway refused it: its budget has no room for another flow, or a policy rule.
     fn send_prohibited(&mut self, packet: GuestPacket, protocol: IpProtocol, transport: &[u8]) {
         match (packet.src, packet.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -416,9 +462,18 @@ impl Gateway {
         let ports = bytes.get(..4).ok_or(GatewayDropReason::Malformed)?;
         let dst = SocketAddr::new(packet.dst, u16::from_be_bytes([ports[2], ports[3]]));
         let full = self.flow_count() >= self.config.max_flows;
+        // A connection attempt (SYN without ACK) meets the egress policy; a refused one
+        // gets RST from the connection's setup.
+        let flags = bytes.get(13).copied().unwrap_or(0);
+        let admitted = if flags & 0x12 == 0x02 && !self.is_gateway_service(dst) {
+            self.decide(packet, Protocol::Tcp, Some(dst.port()), now)
+        } else {
+            Ok(())
+        };
         self.tcp_sends(now, host, |tcp, cx| {
             let config = cx.config;
             let target = || {
+                admitted?;
                 if full {
                     Err(GatewayDropReason::FlowLimit)
                 } else {

@@ -22,6 +22,7 @@ use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::names::{self, Asked, Known};
 use crate::packet::{self, BuiltFrame};
+use crate::policy::{Policy, PolicyRule};
 use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, tftp, udp};
 
 /// The gateway of one network.
@@ -38,6 +39,7 @@ pub struct Gateway {
     pub(crate) udp: udp::Nat,
     pub(crate) udp_inbound: udp::Inbound,
     pub(crate) tftp: tftp::Server,
+    pub(crate) policy: Policy,
     pub(crate) echo: icmp::EchoFlows,
     pub(crate) tcp: tcp::Nat,
     pub(crate) counters: GatewayCounters,
@@ -69,6 +71,7 @@ impl Gateway {
             udp: udp::Nat::new(),
             udp_inbound: udp::Inbound::default(),
             tftp: tftp::Server::default(),
+            policy: Policy::new(config.policy.clone()),
             echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
@@ -101,6 +104,22 @@ impl Gateway {
             Asked::Reverse(ip) => Known::Pointer(format!("{}.{domain}", self.name_at(ip, now)?)),
         };
         Some(names::answer(query, &question, &known))
+    }
+
+    /// The egress rules in order, each with how many packets or connections it denied.
+    pub fn policy_rules(&self) -> impl Iterator<Item = (&PolicyRule, u64)> {
+        self.policy.rules()
+    }
+
+    /// Puts egress rule `rule` at `position` (from 0; the end if past it). New flows
+    /// meet it from now on.
+    pub fn add_policy_rule(&mut self, position: usize, rule: PolicyRule) {
+        self.policy.insert(position, rule);
+    }
+
+    /// Removes egress rule `index` (from 0), if there is one.
+    pub fn remove_policy_rule(&mut self, index: usize) -> Option<PolicyRule> {
+        self.policy.remove(index)
     }
 
     /// Adds the static DNS record `name` (a label under the domain) → `address`; refused

@@ -38,6 +38,7 @@ mod inspect;
 mod names;
 mod ndp;
 mod packet;
+pub mod policy;
 mod route;
 mod tcp;
 mod tftp;

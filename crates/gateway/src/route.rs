@@ -34,7 +34,10 @@ pub fn tcp_target(
     if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
         return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
     }
-    if is_dns_address(config, dst.ip()) && dst.port() == dns::PORT && !config.restrict {
+    if is_dns_address(config, dst.ip()) && dst.port() == dns::PORT {
+        if config.restrict {
+            return Err(GatewayDropReason::Restricted);
+        }
         if config.dns_upstreams.is_empty() {
             return Err(GatewayDropReason::HostSocket);
         }
@@ -57,11 +60,9 @@ pub fn host_side_address(config: &GatewayConfig, dst: IpAddr) -> Result<IpAddr, 
     }
 }
 
-/// Where a guest's IPv4 packet to `dst` goes on the host, if it may go anywhere.
+/// Where a guest's IPv4 packet to `dst` goes on the host, if it may go anywhere. The
+/// egress policy (and `restrict=on`, its default) is the caller's to apply first.
 pub fn host_side_ipv4(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr, GatewayDropReason> {
-    if config.restrict {
-        return Err(GatewayDropReason::Restricted);
-    }
     if dst == config.host {
         return if config.host_loopback {
             Ok(Ipv4Addr::LOCALHOST)
@@ -90,9 +91,6 @@ pub fn host_side_ipv4(config: &GatewayConfig, dst: Ipv4Addr) -> Result<Ipv4Addr,
 /// multicast and IPv4-mapped addresses (which would reach the host's IPv4 loopback)
 /// never leave.
 fn host_side_ipv6(config: &GatewayConfig, dst: Ipv6Addr) -> Result<Ipv6Addr, GatewayDropReason> {
-    if config.restrict {
-        return Err(GatewayDropReason::Restricted);
-    }
     if dst == config.ipv6_host {
         return if config.host_loopback {
             Ok(Ipv6Addr::LOCALHOST)

@@ -515,3 +515,28 @@ fn on_a_connection_that_goes_back_and_forth_the_answer_carries_the_ack_of_the_re
     request(&mut gateway, &mut host, due, our_seq);
     assert_eq!(tcp_of(&gateway.pop_frame().expect("an ACK at once")).2, Some(105));
 }
+
+#[test]
+fn a_denied_connection_is_reset_and_counted_and_restrict_yields_to_an_allow_rule() {
+    use smoltcp::wire::TcpControl;
+    let rules = ["allow=proto:tcp+to:10.0.2.2+port:8080", "deny=proto:tcp+port:22"];
+    let config = GatewayConfig {
+        restrict: true,
+        policy: rules.iter().map(|rule| rule.parse().unwrap()).collect(),
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    host.tcp_accept = 1000;
+    let allowed = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    gateway.receive(&from_guest(&guest_tcp(allowed, TcpControl::Syn, 100, None, &[])), now, &mut host);
+    assert_eq!(host.open.len(), 1, "the allow rule opens a way out under restrict=on");
+    for (port, reason) in [(22, GatewayDropReason::PolicyDenied), (23, GatewayDropReason::Restricted)] {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        gateway.receive(&from_guest(&guest_tcp(dst, TcpControl::Syn, 100, None, &[])), now, &mut host);
+        let (control, _, _, _, _) = tcp_of(&gateway.pop_frame().expect("a reset"));
+        assert_eq!(control, TcpControl::Rst, "port {port}");
+        assert_eq!(gateway.counters().drops(reason), 1, "port {port}");
+    }
+    assert_eq!(host.open.len(), 1);
+    assert_eq!(gateway.policy_rules().map(|(_, denied)| denied).collect::<Vec<_>>(), [0, 1]);
+}
