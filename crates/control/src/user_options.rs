@@ -28,17 +28,31 @@ fn refuse(text: &str, problem: impl Into<String>) -> UserOptionError {
     UserOptionError { text: text.to_owned(), problem: problem.into() }
 }
 
+/// `text` without what a string copied from QEMU starts with: `-netdev `, then the
+/// backend type `user` (the id is an option, ignored).
+fn without_netdev_prefix(text: &str) -> &str {
+    let text = text.trim_start();
+    let text = text.strip_prefix("-netdev").map_or(text, str::trim_start);
+    text.strip_prefix("user,").or_else(|| (text == "user").then_some("")).unwrap_or(text)
+}
+
 /// Parses a `--user` string. `resolv_conf` is the text of /etc/resolv.conf, used when no
 /// `dns-upstream=` is given.
 pub fn parse_user_options(text: &str, resolv_conf: &str) -> Result<GatewayConfig, UserOptionError> {
     let mut config = GatewayConfig::default();
     let (mut host, mut dns, mut dhcp_start) = (None, None, None);
     let (mut ipv6_host, mut ipv6_dns) = (None, None);
-    for option in text.split(',').filter(|option| !option.trim().is_empty()) {
+    for option in without_netdev_prefix(text).split(',').filter(|option| !option.trim().is_empty()) {
         let (key, value) = option.split_once('=').ok_or_else(|| refuse(option, "expected KEY=VALUE"))?;
         let bad = |problem: &str| refuse(option, problem);
         match key {
             "id" => {}
+            "smb" | "smbserver" => {
+                return Err(bad(
+                    "vnet has no SMB server, and serving one properly needs smbd; share files with a \
+                     hostfwd to the host's own Samba, or with virtiofs or 9p",
+                ))
+            }
             "ipv4" => config.ipv4 = switch(value).map_err(bad)?,
             "ipv6" => config.ipv6 = switch(value).map_err(bad)?,
             "ipv6-net" => (config.ipv6_prefix, config.ipv6_prefix_len) = ipv6_network(value).map_err(bad)?,
@@ -300,6 +314,18 @@ mod tests {
         for bad in ["dns-record=files", "dns-record=-x=10.0.2.2", "dns-record=files=nowhere"] {
             assert!(parse_user_options(bad, "").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_string_copied_from_qemu_is_taken_and_smb_is_refused_with_a_way_out() {
+        for copied in ["user,id=n0,net=10.0.3.0/24", "-netdev user,id=n0,net=10.0.3.0/24", "net=10.0.3.0/24"]
+        {
+            let config = parse_user_options(copied, "").unwrap();
+            assert_eq!(config.network, Ipv4Addr::new(10, 0, 3, 0), "{copied}");
+        }
+        assert!(parse_user_options("user", "").is_ok());
+        let error = parse_user_options("user,id=n0,smb=/srv/share", "").unwrap_err().to_string();
+        assert!(error.contains("smb=/srv/share") && error.contains("no SMB server"), "{error}");
     }
 
     #[test]
