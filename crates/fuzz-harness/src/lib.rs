@@ -7,7 +7,7 @@
 //! and interesting inputs fixed. Nothing here does I/O beyond reading that corpus.
 
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::wire::{Icmpv6Packet, IpProtocol, TcpPacket, UdpPacket};
@@ -264,6 +264,18 @@ impl HostSockets for AcceptingHost {
     }
     fn tcp_shutdown_write(&mut self, _: FlowId) {}
     fn tcp_close(&mut self, _: FlowId, _: bool) {}
+    fn tftp_file_size(&mut self, path: &str) -> io::Result<u64> {
+        match path {
+            "boot" => Ok(3000),
+            "escape" => Err(io::ErrorKind::PermissionDenied.into()),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+    fn tftp_read(&mut self, _: &str, offset: u64, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = 3000u64.saturating_sub(offset).min(buffer.len() as u64) as usize;
+        buffer[..left].fill(0x42);
+        Ok(left)
+    }
     fn udp_forward_reply(&mut self, _: vnet_gateway::ForwardId, _: SocketAddr, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
@@ -285,7 +297,7 @@ impl vnet_gateway::GuestEgress for AcceptingHost {
 /// letting timers run. Nothing may panic, and every frame the gateway emits must be a
 /// well-formed Ethernet frame no larger than vnet carries.
 pub fn gateway_frames(data: &[u8]) {
-    drive_gateway(data, <[u8]>::to_vec);
+    drive_gateway(data, GatewayConfig::default(), <[u8]>::to_vec);
 }
 
 /// Like [`gateway_frames`], but each record is an IPv6 packet from a guest: a byte that
@@ -295,16 +307,120 @@ pub fn gateway_frames(data: &[u8]) {
 /// after the fixed header, the right checksum, so that the fuzzer spends its time on
 /// extension headers, neighbour discovery, DHCPv6 and the rest behind them.
 pub fn ipv6_packets(data: &[u8]) {
-    drive_gateway(data, ipv6_frame);
+    drive_gateway(data, GatewayConfig::default(), ipv6_frame);
+}
+
+/// Like [`gateway_frames`], for the TFTP server (`tftp=`): each record is a UDP payload
+/// from a guest, its first byte picking the gateway's port 69 or one of the first
+/// transfer ids, so requests, option negotiation, ACKs and errors from any guest port
+/// reach it. The host's TFTP root holds a 3000-byte `boot` and an `escape` that leads
+/// out.
+pub fn tftp_requests(data: &[u8]) {
+    let config = GatewayConfig { tftp_root: Some("/tftp".into()), ..GatewayConfig::default() };
+    drive_gateway(data, config, |record| {
+        let [pick, payload @ ..] = record else {
+            return Vec::new();
+        };
+        let port = if pick & 1 == 0 { 69 } else { 40000 + u16::from(pick >> 1) % 8 };
+        udp_frame_to_gateway(Ipv4Addr::new(10, 0, 2, 2), 2000 + u16::from(pick >> 4), port, payload)
+    });
+}
+
+/// Like [`gateway_frames`], for guests' names: a record starting with 0 is a DHCP
+/// DISCOVER whose host name options (12 and 81) are the rest, any other a DNS query to
+/// the gateway's DNS address, so names given and names asked for meet.
+pub fn guest_names(data: &[u8]) {
+    let config = GatewayConfig {
+        dns_records: vec![("files".into(), "10.0.2.2".parse().expect("literal"))],
+        ..GatewayConfig::default()
+    };
+    drive_gateway(data, config, |record| match record {
+        [0, name @ ..] => dhcp_discover_naming(name),
+        [_, query @ ..] => udp_frame_to_gateway(Ipv4Addr::new(10, 0, 2, 3), 5353, 53, query),
+        [] => Vec::new(),
+    });
+}
+
+/// Reads `data` as an egress policy rule (`allow=...` or `deny=...`); one that parses
+/// must write itself back as text that parses to the same rule.
+pub fn policy_rules(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(rule) = text.parse::<vnet_gateway::policy::PolicyRule>() {
+        let written = rule.to_string();
+        assert_eq!(written.parse::<vnet_gateway::policy::PolicyRule>(), Ok(rule), "{text} wrote {written}");
+    }
+}
+
+/// A UDP datagram from the guest 10.0.2.15 (port `source`) to the gateway's `address`
+/// and `port`, in a frame to the gateway's MAC; no UDP checksum, as IPv4 allows.
+fn udp_frame_to_gateway(address: Ipv4Addr, source: u16, port: u16, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(1400)];
+    let mut frame = vec![0x52, 0x55, 10, 0, 2, 2, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x00];
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 2, 15]);
+    ip[16..20].copy_from_slice(&address.octets());
+    smoltcp::wire::Ipv4Packet::new_unchecked(&mut ip[..]).fill_checksum();
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&source.to_be_bytes());
+    frame.extend_from_slice(&port.to_be_bytes());
+    frame.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A broadcast DHCP DISCOVER from the guest whose host name (option 12) and FQDN
+/// (option 81) are `name`.
+fn dhcp_discover_naming(name: &[u8]) -> Vec<u8> {
+    use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
+    let name = &name[..name.len().min(255)];
+    let options = [DhcpOption { kind: 12, data: name }, DhcpOption { kind: 81, data: name }];
+    let repr = DhcpRepr {
+        message_type: DhcpMessageType::Discover,
+        transaction_id: 7,
+        secs: 0,
+        client_hardware_address: vnet_wire::MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        your_ip: Ipv4Addr::UNSPECIFIED,
+        server_ip: Ipv4Addr::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &options,
+    };
+    let mut payload = vec![0u8; repr.buffer_len()];
+    if repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).is_err() {
+        return Vec::new();
+    }
+    let mut frame = udp_frame_to_gateway(Ipv4Addr::BROADCAST, 68, 67, &payload);
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame
 }
 
 /// Feeds the records of `data` (a two-byte length before each), each made a frame by
 /// `frame_of`, to a gateway as [`gateway_frames`] describes.
-fn drive_gateway(data: &[u8], frame_of: fn(&[u8]) -> Vec<u8>) {
+fn drive_gateway(data: &[u8], config: GatewayConfig, frame_of: fn(&[u8]) -> Vec<u8>) {
     let config = GatewayConfig {
         dns_upstreams: vec!["127.0.0.1:53".parse().expect("literal")],
         max_flows: 64,
-        ..GatewayConfig::default()
+        ..config
     };
     let mut gateway = Gateway::new(config);
     let mut host = AcceptingHost;
@@ -576,6 +692,21 @@ mod tests {
     #[test]
     fn vxlan_datagrams_regressions_pass() {
         replay("vxlan_datagrams", super::vxlan_datagrams);
+    }
+
+    #[test]
+    fn tftp_requests_regressions_pass() {
+        replay("tftp_requests", super::tftp_requests);
+    }
+
+    #[test]
+    fn guest_names_regressions_pass() {
+        replay("guest_names", super::guest_names);
+    }
+
+    #[test]
+    fn policy_rules_regressions_pass() {
+        replay("policy_rules", super::policy_rules);
     }
 
     #[test]
