@@ -785,3 +785,48 @@ fn an_egress_policy_limits_one_guest_to_one_port_and_changes_at_runtime() {
     assert_eq!(connects(&limited, 7002), Err(std::io::ErrorKind::ConnectionRefused));
     drop(listeners);
 }
+
+/// A name rule (`to:host:NAME`) lets a guest reach the addresses the gateway's DNS
+/// handed it for that name, and nothing before it asked: the connection is reset until
+/// the guest resolves the name, and goes through after.
+#[test]
+fn a_name_rule_opens_what_the_dns_told_the_guest() {
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    let world = NamedNamespace::create();
+    let guest = NamedNamespace::create();
+    // The address the test's DNS upstream answers with lives on the world's loopback.
+    let (ok, output) = world.shell("ip addr add 192.0.2.7/32 dev lo");
+    assert!(ok, "{output}");
+    let _listener = world.run_inside(|| TcpListener::bind("0.0.0.0:7001").unwrap());
+    let dns = world.run_inside(|| support::services::udp_service("127.0.0.1:53"));
+    let mut services = support::services::ServiceThreads::default();
+    services.serve(move || support::services::answer_dns(&dns));
+    let vnet = Vnet::spawn_in(
+        Some(&world),
+        &[
+            "run",
+            "--user",
+            "dns-upstream=127.0.0.1:53,allow=proto:tcp+to:host:files.example+port:7001,deny=proto:tcp+to:192.0.2.0/24",
+            "--attach",
+            &format!("netns:{}", guest.path()),
+        ],
+    );
+    vnet.wait_for_log("gateway up");
+    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
+    let (ok, output) = guest.shell(
+        "ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2",
+    );
+    assert!(ok, "{output}");
+    let target = std::net::SocketAddr::from(([192, 0, 2, 7], 7001));
+    let connects =
+        || guest.run_inside(|| TcpStream::connect_timeout(&target, DEADLINE)).map(drop).map_err(|e| e.kind());
+    assert_eq!(connects(), Err(std::io::ErrorKind::ConnectionRefused), "not before the guest asked");
+    let resolver = guest.run_inside(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    resolver.set_read_timeout(Some(DEADLINE)).unwrap();
+    let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05files\x07example\x00\x00\x01\x00\x01";
+    resolver.send_to(query, "10.0.2.3:53").unwrap();
+    let mut reply = [0u8; 512];
+    let (len, _) = resolver.recv_from(&mut reply).expect("the DNS answer");
+    assert!(reply[..len].ends_with(&[192, 0, 2, 7]));
+    assert_eq!(connects(), Ok(()), "what the DNS told it for files.example:\n{}", vnet.log());
+}

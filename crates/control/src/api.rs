@@ -325,10 +325,11 @@ fn add_policy_rule(api: &Api, request: &Request) -> Handled {
         .parse()
         .map_err(|problem| Response::error(400, format!("'{text}' is not a policy rule: {problem}")))?;
     let position = position.unwrap_or(usize::MAX);
+    let written = rule.to_string();
     let added =
         api.remote.run(move |network| network.add_policy_rule(position, rule)).map_err(|_| stopped())?;
     match added {
-        Ok(()) => Ok(Response::json(201, &json!({ "rule": rule.to_string() }))),
+        Ok(()) => Ok(Response::json(201, &json!({ "rule": written }))),
         Err(_) => Err(Response::error(409, "the network has no gateway (--no-user)")),
     }
 }

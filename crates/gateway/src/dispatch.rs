@@ -411,7 +411,9 @@ impl Gateway {
         now: Instant,
     ) -> Result<(), GatewayDropReason> {
         let egress = Egress { mac: packet.mac, source: packet.src, protocol, destination: packet.dst, port };
-        self.policy.decide(&egress, self.config.restrict, now).map_err(|refusal| match refusal {
+        let resolved = &self.resolved;
+        let told = |name: &str, address: IpAddr| resolved.was_told(packet.src, name, address, now);
+        self.policy.decide(&egress, self.config.restrict, now, &told).map_err(|refusal| match refusal {
             Refusal::Rule(_) => GatewayDropReason::PolicyDenied,
             Refusal::Restricted => GatewayDropReason::Restricted,
         })

@@ -23,6 +23,7 @@ use crate::inspect::{FlowCounts, FlowSummary, Lease};
 use crate::names::{self, Asked, Known};
 use crate::packet::{self, BuiltFrame};
 use crate::policy::{Policy, PolicyRule};
+use crate::resolved::Resolved;
 use crate::{arp, dhcp, dhcpv6, dns, ndp, tcp, tftp, udp};
 
 /// The gateway of one network.
@@ -40,6 +41,8 @@ pub struct Gateway {
     pub(crate) udp_inbound: udp::Inbound,
     pub(crate) tftp: tftp::Server,
     pub(crate) policy: Policy,
+    /// What the DNS told guests, kept while a rule names a destination by name.
+    pub(crate) resolved: Resolved,
     pub(crate) echo: icmp::EchoFlows,
     pub(crate) tcp: tcp::Nat,
     pub(crate) counters: GatewayCounters,
@@ -72,6 +75,7 @@ impl Gateway {
             udp_inbound: udp::Inbound::default(),
             tftp: tftp::Server::default(),
             policy: Policy::new(config.policy.clone()),
+            resolved: Resolved::default(),
             echo: icmp::EchoFlows::default(),
             tcp: tcp::Nat::new(),
             neighbors: arp::Neighbors::default(),
@@ -256,6 +260,9 @@ impl Gateway {
             Some(answer) => {
                 host.datagram_close(flow);
                 self.flow_ids.release(flow);
+                if self.policy.has_name_rules() {
+                    self.resolved.record(answer.to.ip(), payload.data(), now);
+                }
                 Some(answer)
             }
             None => self.udp.on_host_datagram(flow, now),

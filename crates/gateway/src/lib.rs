@@ -39,6 +39,7 @@ mod names;
 mod ndp;
 mod packet;
 pub mod policy;
+mod resolved;
 mod route;
 mod tcp;
 mod tftp;

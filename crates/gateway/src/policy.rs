@@ -6,9 +6,10 @@
 //! a second per rule.
 //!
 //! A rule is written `allow=` or `deny=` followed by `+`-joined fields, each optional:
-//! `proto:tcp|udp|icmp`, `from:MAC|ADDRESS`, `to:ADDRESS[/PREFIX]`, `port:N[-M]`; for
-//! example `deny=proto:tcp+to:0.0.0.0/0+port:25`. This file knows flows' addresses, not
-//! packets or sockets.
+//! `proto:tcp|udp|icmp`, `from:MAC|ADDRESS`, `to:ADDRESS[/PREFIX]` or `to:host:NAME`,
+//! `port:N[-M]`; for example `deny=proto:tcp+to:0.0.0.0/0+port:25`. A name matches the
+//! addresses the gateway's DNS handed that guest for the name or a name under it (see
+//! `resolved.rs`). This file knows flows' addresses, not packets or sockets.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -52,8 +53,17 @@ pub enum GuestMatch {
     Address(IpAddr),
 }
 
+/// Where a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A network: address and prefix length.
+    Network(IpAddr, u8),
+    /// What the gateway's DNS told the guest this name (or a name under it) is.
+    Name(String),
+}
+
 /// One rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRule {
     /// What it does.
     pub action: Action,
@@ -61,8 +71,8 @@ pub struct PolicyRule {
     pub guest: GuestMatch,
     /// The protocol, or any.
     pub protocol: Option<Protocol>,
-    /// The destination network (address and prefix length), or any.
-    pub destination: Option<(IpAddr, u8)>,
+    /// The destination, or any.
+    pub destination: Option<Destination>,
     /// The destination ports (for TCP and UDP), or any.
     pub ports: Option<(u16, u16)>,
 }
@@ -83,16 +93,20 @@ pub struct Egress {
 }
 
 impl PolicyRule {
-    /// Whether the rule is about `egress`.
-    pub fn matches(&self, egress: &Egress) -> bool {
+    /// Whether the rule is about `egress`; `told(name, address)` says whether the guest
+    /// was told that `name` stands for `address`.
+    pub fn matches(&self, egress: &Egress, told: &dyn Fn(&str, IpAddr) -> bool) -> bool {
         let guest = match self.guest {
             GuestMatch::Any => true,
             GuestMatch::Mac(mac) => mac == egress.mac,
             GuestMatch::Address(ip) => ip == egress.source,
         };
         let protocol = self.protocol.is_none_or(|protocol| protocol == egress.protocol);
-        let destination =
-            self.destination.is_none_or(|(network, len)| in_network(egress.destination, network, len));
+        let destination = match &self.destination {
+            None => true,
+            Some(Destination::Network(network, len)) => in_network(egress.destination, *network, *len),
+            Some(Destination::Name(name)) => told(name, egress.destination),
+        };
         let port =
             self.ports.is_none_or(|(low, high)| egress.port.is_some_and(|port| (low..=high).contains(&port)));
         guest && protocol && destination && port
@@ -138,9 +152,20 @@ impl Policy {
         Self { rules, denied: vec![0; count], logged_at: vec![None; count] }
     }
 
+    /// Whether any rule names a destination by name, so that DNS answers must be kept.
+    pub fn has_name_rules(&self) -> bool {
+        self.rules.iter().any(|rule| matches!(rule.destination, Some(Destination::Name(_))))
+    }
+
     /// Whether `egress` may go: by the first rule that matches, else by `restrict`.
-    pub fn decide(&mut self, egress: &Egress, restrict: bool, now: Instant) -> Result<(), Refusal> {
-        let Some(index) = self.rules.iter().position(|rule| rule.matches(egress)) else {
+    pub fn decide(
+        &mut self,
+        egress: &Egress,
+        restrict: bool,
+        now: Instant,
+        told: &dyn Fn(&str, IpAddr) -> bool,
+    ) -> Result<(), Refusal> {
+        let Some(index) = self.rules.iter().position(|rule| rule.matches(egress, told)) else {
             return if restrict { Err(Refusal::Restricted) } else { Ok(()) };
         };
         if self.rules[index].action == Action::Allow {
@@ -205,8 +230,10 @@ impl fmt::Display for PolicyRule {
             }
             GuestMatch::Address(ip) => fields.push(format!("from:{ip}")),
         }
-        if let Some((network, len)) = self.destination {
-            fields.push(format!("to:{network}/{len}"));
+        match &self.destination {
+            Some(Destination::Network(network, len)) => fields.push(format!("to:{network}/{len}")),
+            Some(Destination::Name(name)) => fields.push(format!("to:host:{name}")),
+            None => {}
         }
         match self.ports {
             Some((low, high)) if low == high => fields.push(format!("port:{low}")),
@@ -250,7 +277,7 @@ impl FromStr for PolicyRule {
                     })
                 }
                 "from" => rule.guest = guest_match(value)?,
-                "to" => rule.destination = Some(network(value)?),
+                "to" => rule.destination = Some(destination(value)?),
                 "port" => rule.ports = Some(port_range(value)?),
                 _ => return Err(format!("unknown field '{name}'; the fields are proto, from, to and port")),
             }
@@ -274,6 +301,18 @@ fn guest_match(value: &str) -> Result<GuestMatch, String> {
     let octets: [u8; 6] =
         octets.try_into().map_err(|_| format!("from:{value} is not a MAC address or an IP address"))?;
     Ok(GuestMatch::Mac(MacAddress(octets)))
+}
+
+fn destination(value: &str) -> Result<Destination, String> {
+    let Some(name) = value.strip_prefix("host:") else {
+        return network(value).map(|(address, len)| Destination::Network(address, len));
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty() && name.len() <= 253 && name.split('.').all(crate::names::is_valid_label);
+    if !valid {
+        return Err(format!("to:host:{name} is not a DNS name"));
+    }
+    Ok(Destination::Name(name))
 }
 
 fn network(value: &str) -> Result<(IpAddr, u8), String> {
@@ -323,6 +362,7 @@ mod tests {
             "deny=proto:tcp+to:0.0.0.0/0+port:25",
             "allow=proto:udp+from:52:54:00:12:34:56+to:10.0.2.2/32+port:5000-5010",
             "allow=from:10.0.2.15+to:fd00::/8",
+            "allow=proto:tcp+to:host:example.org+port:443",
             "deny=any",
         ] {
             assert_eq!(text.parse::<PolicyRule>().unwrap().to_string(), text);
@@ -335,6 +375,7 @@ mod tests {
             ("deny=from:52:54", "MAC address"),
             ("deny=proto:icmp+port:1", "no ports"),
             ("deny=host:example.org", "unknown field"),
+            ("allow=to:host:bad_name.org", "not a DNS name"),
         ] {
             let error = text.parse::<PolicyRule>().unwrap_err();
             assert!(error.contains(problem), "{text}: {error}");
@@ -350,27 +391,40 @@ mod tests {
             "deny=from:52:54:00:12:34:56+proto:udp",
         ];
         let mut policy = Policy::new(rules.iter().map(|rule| rule.parse().unwrap()).collect());
-        assert_eq!(policy.decide(&egress(Protocol::Tcp, "10.0.2.2", Some(8080)), false, now), Ok(()));
-        assert_eq!(
-            policy.decide(&egress(Protocol::Tcp, "10.0.2.2", Some(22)), false, now),
-            Err(Refusal::Rule(1))
-        );
-        assert_eq!(
-            policy.decide(&egress(Protocol::Udp, "192.0.2.1", Some(53)), false, now),
-            Err(Refusal::Rule(2))
-        );
-        assert_eq!(policy.decide(&egress(Protocol::Icmp, "192.0.2.1", None), false, now), Ok(()));
-        assert_eq!(
-            policy.decide(&egress(Protocol::Icmp, "192.0.2.1", None), true, now),
-            Err(Refusal::Restricted)
-        );
+        let never = |_: &str, _: IpAddr| false;
+        let cases = [
+            (egress(Protocol::Tcp, "10.0.2.2", Some(8080)), false, Ok(())),
+            (egress(Protocol::Tcp, "10.0.2.2", Some(22)), false, Err(Refusal::Rule(1))),
+            (egress(Protocol::Udp, "192.0.2.1", Some(53)), false, Err(Refusal::Rule(2))),
+            (egress(Protocol::Icmp, "192.0.2.1", None), false, Ok(())),
+            (egress(Protocol::Icmp, "192.0.2.1", None), true, Err(Refusal::Restricted)),
+        ];
+        for (flow, restrict, expected) in cases {
+            assert_eq!(policy.decide(&flow, restrict, now, &never), expected, "{flow:?}");
+        }
         let denied: Vec<u64> = policy.rules().map(|(_, denied)| denied).collect();
         assert_eq!(denied, [0, 1, 1]);
 
         policy.insert(0, "allow=proto:tcp+port:22".parse().unwrap());
-        assert_eq!(policy.decide(&egress(Protocol::Tcp, "10.0.2.2", Some(22)), false, now), Ok(()));
+        assert_eq!(policy.decide(&egress(Protocol::Tcp, "10.0.2.2", Some(22)), false, now, &never), Ok(()));
         assert_eq!(policy.remove(0).map(|rule| rule.to_string()).as_deref(), Some("allow=proto:tcp+port:22"));
         assert_eq!(policy.remove(9), None);
+    }
+
+    #[test]
+    fn a_name_rule_matches_what_the_guest_was_told() {
+        let rule: PolicyRule = "allow=to:host:example.org".parse().unwrap();
+        let told = |name: &str, address: IpAddr| {
+            name == "example.org" && address == "192.0.2.7".parse::<IpAddr>().unwrap()
+        };
+        assert!(rule.matches(&egress(Protocol::Tcp, "192.0.2.7", Some(443)), &told));
+        assert!(!rule.matches(&egress(Protocol::Tcp, "192.0.2.8", Some(443)), &told));
+        let mut policy = Policy::new(vec![rule]);
+        assert!(policy.has_name_rules());
+        assert_eq!(
+            policy.decide(&egress(Protocol::Udp, "192.0.2.8", Some(53)), true, Instant::now(), &told),
+            Err(Refusal::Restricted)
+        );
     }
 
     #[test]
