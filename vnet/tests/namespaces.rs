@@ -469,12 +469,6 @@ fn without_dns_upstream_the_gateway_follows_changes_to_resolv_conf() {
     let guest = NamedNamespace::create();
     let etc = std::path::PathBuf::from(format!("/etc/netns/{}", world.name));
     std::fs::create_dir_all(&etc).unwrap();
-    struct RemoveOnDrop(std::path::PathBuf);
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _etc = RemoveOnDrop(etc.clone());
     let resolv_conf = etc.join("resolv.conf");
     std::fs::write(&resolv_conf, "nameserver 127.0.0.1\n").unwrap();
@@ -543,11 +537,7 @@ fn a_forwarded_client_is_seen_by_the_guest_at_its_own_address() {
         ],
     );
     vnet.wait_for_log("gateway up");
-    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
-    let (ok, output) = guest.shell(
-        "ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2",
-    );
-    assert!(ok, "{output}");
+    guest.configure_eth0("10.0.2.15");
     let (server, datagrams) = guest
         .run_inside(|| (TcpListener::bind("0.0.0.0:22").unwrap(), UdpSocket::bind("0.0.0.0:5353").unwrap()));
     let seen_by_guest = |client: &NamedNamespace, target: &str| {
@@ -588,12 +578,6 @@ fn a_forwarded_client_is_seen_by_the_guest_at_its_own_address() {
 /// that asks for a name already held is refused and shadows nobody.
 #[test]
 fn guests_find_each_other_by_the_names_they_gave_in_dhcp() {
-    struct RemoveOnDrop(std::path::PathBuf);
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let world = NamedNamespace::create();
     let guests = [NamedNamespace::create(), NamedNamespace::create(), NamedNamespace::create()];
     let dir = tempfile::tempdir().unwrap();
@@ -743,13 +727,7 @@ fn an_egress_policy_limits_one_guest_to_one_port_and_changes_at_runtime() {
     );
     vnet.wait_for_log("gateway up");
     for (guest, address) in [(&limited, "10.0.2.15"), (&free, "10.0.2.16")] {
-        wait_until("the guest's tap", DEADLINE, || {
-            guest.exec(&["ip", "link", "show", "eth0"]).status.success()
-        });
-        let (ok, output) = guest.shell(&format!(
-            "ip addr add {address}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2"
-        ));
-        assert!(ok, "{output}");
+        guest.configure_eth0(address);
     }
     let connects = |guest: &NamedNamespace, port: u16| {
         let target = std::net::SocketAddr::from(([10, 0, 2, 2], port));
@@ -812,11 +790,7 @@ fn a_name_rule_opens_what_the_dns_told_the_guest() {
         ],
     );
     vnet.wait_for_log("gateway up");
-    wait_until("the guest's tap", DEADLINE, || guest.exec(&["ip", "link", "show", "eth0"]).status.success());
-    let (ok, output) = guest.shell(
-        "ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2",
-    );
-    assert!(ok, "{output}");
+    guest.configure_eth0("10.0.2.15");
     let target = std::net::SocketAddr::from(([192, 0, 2, 7], 7001));
     let connects =
         || guest.run_inside(|| TcpStream::connect_timeout(&target, DEADLINE)).map(drop).map_err(|e| e.kind());
@@ -829,4 +803,42 @@ fn a_name_rule_opens_what_the_dns_told_the_guest() {
     let (len, _) = resolver.recv_from(&mut reply).expect("the DNS answer");
     assert!(reply[..len].ends_with(&[192, 0, 2, 7]));
     assert_eq!(connects(), Ok(()), "what the DNS told it for files.example:\n{}", vnet.log());
+}
+
+/// `guestfwd=...-cmd:COMMAND`: each connection to the virtual address runs the command,
+/// with the connection as its standard input and output, from vnet's helper outside the
+/// sandbox.
+#[test]
+fn a_guestfwd_command_runs_for_each_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    let world = NamedNamespace::create();
+    let guest = NamedNamespace::create();
+    let vnet = Vnet::spawn_in(
+        Some(&world),
+        &[
+            "run",
+            "--user",
+            "guestfwd=tcp:10.0.2.100:80-cmd:echo hello-$$; cat",
+            "--attach",
+            &format!("netns:{}", guest.path()),
+        ],
+    );
+    vnet.wait_for_log("gateway up");
+    guest.configure_eth0("10.0.2.15");
+    let talk = || {
+        let target = std::net::SocketAddr::from(([10, 0, 2, 100], 80));
+        let stream = guest
+            .run_inside(|| TcpStream::connect_timeout(&target, DEADLINE))
+            .expect("the guestfwd connects");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
+        let greeting = lines.next().expect("a greeting").unwrap();
+        (&stream).write_all(b"ping\n").unwrap();
+        assert_eq!(lines.next().expect("the echo").unwrap(), "ping", "cat echoes what the guest sends");
+        greeting
+    };
+    let (first, second) = (talk(), talk());
+    assert!(first.starts_with("hello-") && second.starts_with("hello-"), "{first} {second}");
+    assert_ne!(first, second, "each connection runs its own command:\n{}", vnet.log());
 }

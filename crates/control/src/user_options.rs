@@ -11,7 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 use vnet_gateway::{
-    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, HostForward, StaticLease,
+    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, GuestForwardTarget, HostForward,
+    StaticLease,
 };
 use vnet_switch::PortVlans;
 use vnet_wire::MacAddress;
@@ -260,16 +261,22 @@ fn forward_port(text: &str) -> Result<u16, &'static str> {
     text.parse::<u16>().map_err(|_| "ports must be numbers from 0 to 65535")
 }
 
-/// `[tcp]:server:port-[tcp:]hostaddr:hostport`.
+/// `[tcp]:server:port-[tcp:]hostaddr:hostport`, or `[tcp]:server:port-cmd:COMMAND`.
 fn guest_forward(value: &str) -> Result<GuestForward, &'static str> {
     let value = value.strip_prefix("tcp:").unwrap_or(value);
     let (virtual_side, target) =
-        value.split_once('-').ok_or("expected [tcp]:server:port-hostaddr:hostport")?;
+        value.split_once('-').ok_or("expected [tcp]:server:port-hostaddr:hostport or -cmd:COMMAND")?;
     let virtual_addr: SocketAddr =
         virtual_side.parse().map_err(|_| "the virtual side must be IPv4:PORT or [IPv6]:PORT")?;
+    if let Some(command) = target.strip_prefix("cmd:") {
+        if command.trim().is_empty() {
+            return Err("cmd: needs a command");
+        }
+        return Ok(GuestForward { virtual_addr, target: GuestForwardTarget::Command(command.to_owned()) });
+    }
     let target = target.strip_prefix("tcp:").unwrap_or(target);
     let target: SocketAddr = target.parse().map_err(|_| "the target must be IP:PORT")?;
-    Ok(GuestForward { virtual_addr, target })
+    Ok(GuestForward { virtual_addr, target: GuestForwardTarget::Connect(target) })
 }
 
 /// The TFTP root: an existing directory, made absolute.
@@ -373,9 +380,12 @@ mod tests {
             config.guest_forwards,
             vec![GuestForward {
                 virtual_addr: "10.0.2.100:80".parse().unwrap(),
-                target: "127.0.0.1:8080".parse().unwrap()
+                target: GuestForwardTarget::Connect("127.0.0.1:8080".parse().unwrap())
             }]
         );
+        let config = parse_user_options("guestfwd=tcp:10.0.2.100:80-cmd:nc 127.0.0.1 8080", "").unwrap();
+        assert_eq!(config.guest_forwards[0].target, GuestForwardTarget::Command("nc 127.0.0.1 8080".into()));
+        assert!(parse_user_options("guestfwd=tcp:10.0.2.100:80-cmd:", "").is_err());
     }
 
     #[test]
@@ -407,7 +417,10 @@ mod tests {
         assert_eq!(config.host_forwards[0].guest, "[fec0::15]:22".parse::<SocketAddr>().unwrap());
         let config = parse_user_options("guestfwd=tcp:[fec0::100]:80-[::1]:8080", "").unwrap();
         assert_eq!(config.guest_forwards[0].virtual_addr, "[fec0::100]:80".parse::<SocketAddr>().unwrap());
-        assert_eq!(config.guest_forwards[0].target, "[::1]:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            config.guest_forwards[0].target,
+            GuestForwardTarget::Connect("[::1]:8080".parse::<SocketAddr>().unwrap())
+        );
         let error = parse_user_options("hostfwd=tcp:::1:2222-:22", "").unwrap_err().to_string();
         assert!(error.contains("in brackets"), "{error}");
     }

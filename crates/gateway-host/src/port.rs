@@ -12,7 +12,10 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use socket2::SockRef;
 use tracing::{debug, info};
-use vnet_gateway::{FlowId, ForwardId, ForwardProtocol, Gateway, GatewayConfig, HostForward};
+use vnet_gateway::{
+    FlowId, ForwardId, ForwardProtocol, Gateway, GatewayConfig, GuestForwardTarget, HostForward,
+};
+use vnet_runtime::commands::CommandRunner;
 use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
@@ -68,6 +71,19 @@ impl GatewayPort {
         for rule in std::mem::take(&mut config.host_forwards) {
             let rule = config.resolve_forward(rule);
             sockets.forwards.insert(rule, ForwardSocket::bind(&rule)?);
+        }
+        let commands: Vec<String> = config
+            .guest_forwards
+            .iter()
+            .filter_map(|forward| match &forward.target {
+                GuestForwardTarget::Command(command) => Some(command.clone()),
+                GuestForwardTarget::Connect(_) => None,
+            })
+            .collect();
+        if !commands.is_empty() {
+            let runner = CommandRunner::start(commands)
+                .map_err(|e| TransportError::io("cannot start the helper for guestfwd commands", e))?;
+            sockets.commands = Some(runner);
         }
         if let Some(root) = &config.tftp_root {
             let opened = std::fs::File::open(root)

@@ -156,6 +156,8 @@ pub(crate) struct Sockets {
     pub port: Option<PortId>,
     /// The directory the TFTP server serves, opened before the sandbox.
     pub tftp_root: Option<std::fs::File>,
+    /// The helper that runs guestfwd commands, forked before the sandbox.
+    pub commands: Option<vnet_runtime::commands::CommandRunner>,
 }
 
 impl HostStream {
@@ -346,6 +348,23 @@ impl HostSockets for Host<'_, '_, '_> {
         if let Ok(host_stream) = self.sockets.stream(flow) {
             let _ = SockRef::from(&host_stream.stream).shutdown(Shutdown::Write);
         }
+    }
+
+    fn tcp_run_command(&mut self, flow: FlowId, command: &str) -> io::Result<()> {
+        let runner = self.sockets.commands.as_ref().ok_or(io::ErrorKind::Unsupported)?;
+        let mut stream = mio::net::UnixStream::from_std(runner.run(command)?);
+        let token = self.cx.register_source(&mut stream, Interest::READABLE | Interest::WRITABLE)?;
+        self.sockets.sources.insert(token, Source::Flow(flow));
+        let running = HostStream {
+            stream: StreamSocket::Unix(stream),
+            token,
+            connecting: true,
+            icmp_errors: false,
+            peek_offset: None,
+            send_space: SendSpace::default(),
+        };
+        self.sockets.streams.insert(flow, running);
+        Ok(())
     }
 
     fn tftp_file_size(&mut self, path: &str) -> io::Result<u64> {

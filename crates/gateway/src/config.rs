@@ -41,13 +41,23 @@ pub struct HostForward {
 }
 
 /// `guestfwd=`: a virtual address:port in the network (IPv4 or IPv6) whose TCP
-/// connections go to a host address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// connections go to a host address, or to a command run for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestForward {
     /// The address and port guests connect to.
     pub virtual_addr: SocketAddr,
     /// Where the connection really goes on the host.
-    pub target: SocketAddr,
+    pub target: GuestForwardTarget,
+}
+
+/// Where a guestfwd connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestForwardTarget {
+    /// A host address, connected to.
+    Connect(SocketAddr),
+    /// A command (`cmd:COMMAND`), run by `/bin/sh -c` for each connection with the
+    /// connection as its standard input and output.
+    Command(String),
 }
 
 /// Per-guest limits the user set (`guest-max-tcp=` and the like); each one left unset

@@ -515,31 +515,15 @@ mod tests {
     use super::*;
 
     fn name_from(options: &[DhcpOption<'_>]) -> Option<String> {
-        let repr = DhcpRepr {
-            message_type: DhcpMessageType::Request,
-            transaction_id: 1,
-            secs: 0,
-            client_hardware_address: MacAddress([2, 0, 0, 0, 0, 1]),
-            client_ip: Ipv4Addr::UNSPECIFIED,
-            your_ip: Ipv4Addr::UNSPECIFIED,
-            server_ip: Ipv4Addr::UNSPECIFIED,
-            router: None,
-            subnet_mask: None,
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-            broadcast: false,
-            requested_ip: None,
-            client_identifier: None,
-            server_identifier: None,
-            parameter_request_list: None,
-            dns_servers: None,
-            max_size: None,
-            lease_duration: None,
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: options,
-        };
-        let mut payload = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut DhcpPacket::new_unchecked(&mut payload)).unwrap();
+        let mac = MacAddress([2, 0, 0, 0, 0, 1]);
+        let frame = crate::tests::dhcp_message_with_options(
+            DhcpMessageType::Request,
+            mac,
+            None,
+            Ipv4Addr::UNSPECIFIED,
+            options,
+        );
+        let (_, _, payload) = crate::tests::udp_of(&frame);
         client_name(&DhcpPacket::new_checked(&payload[..]).unwrap())
     }
 

@@ -67,6 +67,12 @@ pub trait HostSockets {
     fn tcp_shutdown_write(&mut self, flow: FlowId);
     /// Closes the socket; `reset` closes it abortively (RST) instead of with FIN.
     fn tcp_close(&mut self, flow: FlowId, reset: bool);
+    /// Runs guestfwd command `command` for `flow`: its standard input and output become
+    /// the flow's stream, which then completes like a connect.
+    fn tcp_run_command(&mut self, flow: FlowId, command: &str) -> io::Result<()> {
+        let _ = (flow, command);
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// The size of file `path` (relative, checked by the gateway) under the TFTP root;
     /// an error of kind `PermissionDenied` if it leads out of the root or is no
     /// regular file, `NotFound` if it is not there or there is no root.

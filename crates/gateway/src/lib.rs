@@ -48,8 +48,8 @@ mod udp;
 
 pub use budget::{Budgets, FlowKind, GuestUsage};
 pub use config::{
-    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, GuestLimits, HostForward,
-    StaticLease,
+    resolv_conf_nameservers, ForwardProtocol, GatewayConfig, GuestForward, GuestForwardTarget, GuestLimits,
+    HostForward, StaticLease,
 };
 pub use counters::{GatewayCounters, GatewayDropReason};
 pub use egress::{EgressRoom, GatewayIo, GuestEgress};

@@ -44,27 +44,32 @@ pub fn question(query: &[u8]) -> Option<Question> {
     if !is_standard_query || u16::from_be_bytes([header[4], header[5]]) != 1 {
         return None;
     }
-    let mut labels = Vec::new();
-    let mut at = HEADER_LEN;
-    loop {
-        let len = usize::from(*query.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        labels.push(std::str::from_utf8(query.get(at..at + len)?).ok()?.to_ascii_lowercase());
-        at += len;
-    }
+    let (name, at) = read_name(query, HEADER_LEN)?;
     let fields = query.get(at..at + 4)?;
     Some(Question {
-        name: labels.join("."),
+        name,
         kind: u16::from_be_bytes([fields[0], fields[1]]),
         class: u16::from_be_bytes([fields[2], fields[3]]),
         end: at + 4,
     })
+}
+
+/// Reads the uncompressed name at `at` of a DNS message: in lower case, without the
+/// final dot, and where it ends.
+pub(crate) fn read_name(message: &[u8], mut at: usize) -> Option<(String, usize)> {
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*message.get(at)?);
+        at += 1;
+        if len == 0 {
+            return Some((labels.join("."), at));
+        }
+        if len > 63 {
+            return None;
+        }
+        labels.push(std::str::from_utf8(message.get(at..at + len)?).ok()?.to_ascii_lowercase());
+        at += len;
+    }
 }
 
 /// What the gateway knows of a name.

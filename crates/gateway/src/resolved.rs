@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::names::read_name;
+
 /// An answer is kept at least this long, so a connection made right after a short TTL
 /// ran out still matches.
 const MIN_LIFE: Duration = Duration::from_secs(60);
@@ -89,20 +91,7 @@ fn read_reply(reply: &[u8]) -> Option<(String, Vec<(IpAddr, u32)>)> {
     if !is_response || questions != 1 || header[3] & 0x0f != 0 {
         return None;
     }
-    let mut labels = Vec::new();
-    let mut at = HEADER_LEN;
-    loop {
-        let len = usize::from(*reply.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        labels.push(std::str::from_utf8(reply.get(at..at + len)?).ok()?.to_ascii_lowercase());
-        at += len;
-    }
+    let (name, mut at) = read_name(reply, HEADER_LEN)?;
     at += 4;
     let mut found = Vec::new();
     for _ in 0..answers.min(64) {
@@ -119,7 +108,7 @@ fn read_reply(reply: &[u8]) -> Option<(String, Vec<(IpAddr, u32)>)> {
         }
         at += 10 + len;
     }
-    Some((labels.join("."), found))
+    Some((name, found))
 }
 
 /// Where the (possibly compressed) name at `at` ends.

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, GuestForwardTarget};
 use crate::counters::GatewayDropReason;
 use crate::dns;
 use crate::tcp::ConnectTarget;
@@ -32,7 +32,14 @@ pub fn tcp_target(
 ) -> Result<ConnectTarget, GatewayDropReason> {
     let ttl = host_ttl(guest_ttl);
     if let Some(forward) = config.guest_forwards.iter().find(|f| f.virtual_addr == dst) {
-        return Ok(ConnectTarget { remotes: vec![forward.target], ttl });
+        return Ok(match &forward.target {
+            GuestForwardTarget::Connect(target) => {
+                ConnectTarget { remotes: vec![*target], ttl, command: None }
+            }
+            GuestForwardTarget::Command(command) => {
+                ConnectTarget { remotes: Vec::new(), ttl, command: Some(command.clone()) }
+            }
+        });
     }
     if is_dns_address(config, dst.ip()) && dst.port() == dns::PORT {
         if config.restrict {
@@ -41,10 +48,10 @@ pub fn tcp_target(
         if config.dns_upstreams.is_empty() {
             return Err(GatewayDropReason::HostSocket);
         }
-        return Ok(ConnectTarget { remotes: config.dns_upstreams.clone(), ttl });
+        return Ok(ConnectTarget { remotes: config.dns_upstreams.clone(), ttl, command: None });
     }
     let ip = host_side_address(config, dst.ip())?;
-    Ok(ConnectTarget { remotes: vec![SocketAddr::new(ip, dst.port())], ttl })
+    Ok(ConnectTarget { remotes: vec![SocketAddr::new(ip, dst.port())], ttl, command: None })
 }
 
 /// Whether `ip` is the gateway's DNS address in its family.

@@ -164,7 +164,7 @@ fn install_seccomp_filter() -> Result<(), SandboxError> {
 /// writes, timers), the gateway's host sockets (TCP, UDP, ping, error queues), new
 /// connections and ports (accept, bind, socket files in allowed directories, VDE's
 /// O_PATH opens), the resolv.conf the DNS upstreams follow (read again, and watched again
-/// when replaced), files the TFTP server reads, its threads (the API and capture), memory, signals, a supervised
+/// when replaced), files the TFTP server reads, socketpairs for guestfwd commands, its threads (the API and capture), memory, signals, a supervised
 /// namespace's child, and exit.
 const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_accept4,
@@ -241,6 +241,7 @@ const ALLOWED_CALLS: &[i64] = &[
     libc::SYS_sched_yield,
     libc::SYS_sendmmsg,
     libc::SYS_sendmsg,
+    libc::SYS_socketpair,
     libc::SYS_sendto,
     libc::SYS_set_robust_list,
     libc::SYS_setsockopt,

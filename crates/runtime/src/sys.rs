@@ -267,6 +267,22 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &str) -> io::Result<std::fs::File
     Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
 }
 
+/// Closes every descriptor of this process above standard error but `keep`
+/// (close_range), for a process forked to do one job that must hold nothing else.
+pub fn close_descriptors_except(keep: std::os::fd::RawFd) -> io::Result<()> {
+    let keep = libc::c_uint::try_from(keep).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let ranges = [(3, keep.checked_sub(1)), (keep.saturating_add(1), Some(libc::c_uint::MAX))];
+    for (first, last) in ranges {
+        let Some(last) = last.filter(|last| *last >= first) else {
+            continue;
+        };
+        // SAFETY: close_range closes descriptors in the range and touches no memory;
+        // nothing in this process uses them after (the caller is a fresh child).
+        check(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } as libc::c_int)?;
+    }
+    Ok(())
+}
+
 /// The longest interface name Linux accepts, without its NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 

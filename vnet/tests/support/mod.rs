@@ -279,6 +279,18 @@ impl NamedNamespace {
         (output.status.success(), text)
     }
 
+    /// Waits for vnet to make `eth0` here (`--attach netns:`), then gives it `address`
+    /// in 10.0.2.0/24 and a default route through the gateway.
+    pub fn configure_eth0(&self, address: &str) {
+        wait_until("the namespace's tap", DEADLINE, || {
+            self.exec(&["ip", "link", "show", "eth0"]).status.success()
+        });
+        let (ok, output) = self.shell(&format!(
+            "ip addr add {address}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2"
+        ));
+        assert!(ok, "{output}");
+    }
+
     /// Runs `make` on a thread inside the namespace, so that the sockets it creates live
     /// there.
     pub fn run_inside<T: Send>(&self, make: impl FnOnce() -> T + Send) -> T {
@@ -345,6 +357,16 @@ pub fn raw_request(name: &str, request: &[u8]) -> (u16, String) {
     let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// A directory the test made outside its temporary ones (such as /etc/netns/NAME),
+/// removed when the test ends, pass or fail.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A helper process (a server the test started) killed when the test ends, pass or

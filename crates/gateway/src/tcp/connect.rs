@@ -38,10 +38,12 @@ const DEFAULT_MSS: u16 = 536;
 /// Where the host side of a new guest connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectTarget {
-    /// The candidates, tried in order until one connects; never empty.
+    /// The candidates, tried in order until one connects; empty for a command.
     pub remotes: Vec<SocketAddr>,
     /// The TTL the host's SYN carries; None for the host's default.
     pub ttl: Option<u8>,
+    /// A guestfwd command run for the connection instead of a connect.
+    pub command: Option<String>,
 }
 
 /// Who a guest's first segment on a new connection is from and to.
@@ -87,7 +89,11 @@ impl NewConnection {
             }
         };
         let mut candidates = target.remotes.into_iter();
-        let Some(host_remote) = connect_first(cx.host, flow, &mut candidates, target.ttl) else {
+        let host_remote = match &target.command {
+            Some(command) => cx.host.tcp_run_command(flow, command).ok().map(|()| self.dst),
+            None => connect_first(cx.host, flow, &mut candidates, target.ttl),
+        };
+        let Some(host_remote) = host_remote else {
             cx.flows.release(flow);
             cx.out.extend(self.reset(cx.config, repr));
             return Err(GatewayDropReason::HostSocket);

@@ -211,7 +211,7 @@ fn a_guestfwd_on_an_ipv6_virtual_address_is_answered_by_ndp_and_connects_to_its_
     let virtual_addr: SocketAddr = "[fec0::100]:80".parse().unwrap();
     let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let config = GatewayConfig {
-        guest_forwards: vec![GuestForward { virtual_addr, target }],
+        guest_forwards: vec![GuestForward { virtual_addr, target: GuestForwardTarget::Connect(target) }],
         ..GatewayConfig::default()
     };
     let (mut gateway, mut host, now) = gateway_with(config);

@@ -202,7 +202,7 @@ fn dhcp_message_with_ciaddr(
 }
 
 /// A DHCP message carrying `options` besides the usual fields.
-fn dhcp_message_with_options(
+pub(crate) fn dhcp_message_with_options(
     message_type: DhcpMessageType,
     mac: MacAddress,
     requested: Option<Ipv4Addr>,
@@ -246,7 +246,7 @@ fn dhcp_message_with_options(
 }
 
 /// The UDP payload of a frame the gateway sent, and its addresses.
-fn udp_of(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
+pub(crate) fn udp_of(frame: &[u8]) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
     let ethernet = EthernetFrame::new_checked(frame).unwrap();
     let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
     assert!(ip.verify_checksum());

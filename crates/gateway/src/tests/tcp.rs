@@ -94,7 +94,7 @@ fn guestfwd_and_dns_over_tcp_pick_their_host_targets() {
         dns_upstreams: vec!["127.0.0.1:5353".parse().unwrap()],
         guest_forwards: vec![GuestForward {
             virtual_addr: virtual_addr.into(),
-            target: "127.0.0.1:8080".parse().unwrap(),
+            target: GuestForwardTarget::Connect("127.0.0.1:8080".parse().unwrap()),
         }],
         ..GatewayConfig::default()
     };
