@@ -44,6 +44,8 @@ const STATUS_CODE: u16 = 13;
 const RAPID_COMMIT: u16 = 14;
 const DNS_SERVERS: u16 = 23;
 const DOMAIN_LIST: u16 = 24;
+/// The boot file as a URL (RFC 5970), for PXE over IPv6.
+const BOOTFILE_URL: u16 = 59;
 
 /// Status code: no address is left for the client.
 const NO_ADDRESSES_AVAILABLE: u16 = 2;
@@ -131,6 +133,10 @@ impl Server {
         let domains = crate::dns::search_list_wire(config.domain.iter().chain(&config.dns_search));
         if !domains.is_empty() {
             put_option(&mut reply, DOMAIN_LIST, &domains);
+        }
+        if let Some(bootfile) = config.bootfile.as_deref().filter(|_| config.tftp_root.is_some()) {
+            let url = format!("tftp://[{}]/{bootfile}", config.ipv6_host);
+            put_option(&mut reply, BOOTFILE_URL, url.as_bytes());
         }
         Ok(Some(reply))
     }

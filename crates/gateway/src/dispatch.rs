@@ -275,17 +275,6 @@ impl Gateway {
             if dst_ip.is_broadcast() || dst_ip == self.config.broadcast() {
                 return Err(GatewayDropReason::Broadcast);
             }
-            let for_tftp = dst.port() == tftp::PORT || self.tftp.owns(dst.port());
-            if dst_ip == self.config.host && self.config.tftp_root.is_some() && for_tftp {
-                let replies = if dst.port() == tftp::PORT {
-                    let max_block = usize::from(self.config.mtu).saturating_sub(20 + 8 + 4);
-                    self.tftp.request(src, udp.payload(), max_block, now, host)
-                } else {
-                    self.tftp.packet(src, dst.port(), udp.payload(), now, host)
-                };
-                self.send_tftp(replies);
-                return Ok(());
-            }
         }
         if let IpAddr::V6(dst_ip) = packet.dst {
             let to_server = dst_ip == dhcpv6::ALL_SERVERS || self.config.is_own_ipv6(dst_ip);
@@ -302,6 +291,22 @@ impl Gateway {
         }
         if packet.dst.is_multicast() {
             return Err(GatewayDropReason::Broadcast);
+        }
+        let to_host =
+            packet.dst == IpAddr::V4(self.config.host) || packet.dst == IpAddr::V6(self.config.ipv6_host);
+        if to_host
+            && self.config.tftp_root.is_some()
+            && (dst.port() == tftp::PORT || self.tftp.owns(dst.port()))
+        {
+            let replies = if dst.port() == tftp::PORT {
+                let headers = if packet.dst.is_ipv4() { 20 + 8 + 4 } else { 40 + 8 + 4 };
+                let max_block = usize::from(self.config.mtu).saturating_sub(headers);
+                self.tftp.request(src, udp.payload(), max_block, now, host)
+            } else {
+                self.tftp.packet(src, dst.port(), udp.payload(), now, host)
+            };
+            self.send_tftp(replies);
+            return Ok(());
         }
         if route::is_dns_address(&self.config, packet.dst) && dst.port() == dns::PORT {
             if let Some(answer) = self.local_dns_answer(udp.payload(), now) {

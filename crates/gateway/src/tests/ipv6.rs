@@ -396,3 +396,18 @@ fn extension_headers_are_looked_through_and_chains_the_gateway_will_not_act_on_a
     assert_eq!(host.sent.len(), sent + 1, "none of them reached the host");
     assert!(gateway.pop_frame().is_none(), "nor got an answer");
 }
+
+#[test]
+fn tftp_answers_on_the_gateways_ipv6_address() {
+    let config = GatewayConfig {
+        tftp_root: Some("/srv/tftp".into()),
+        bootfile: Some("boot.ipxe".into()),
+        ..GatewayConfig::default()
+    };
+    let (mut gateway, mut host, now) = gateway_with(config);
+    let server = SocketAddrV6::new(Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2), 69, 0, 0);
+    gateway.receive(&from_guest(&guest_udp6(server, b"\0\x01missing\0octet\0")), now, &mut host);
+    let (from, _, payload) = udp6_of(&gateway.pop_frame().expect("a TFTP answer"));
+    assert_eq!(*from.ip(), *server.ip());
+    assert_eq!(&payload[..4], &[0, 5, 0, 1], "error 1: file not found, from the IPv6 address");
+}
