@@ -75,12 +75,20 @@ impl Victim {
         self.netns.shell(script)
     }
 
-    /// Takes a DHCP lease and configures it; returns the address.
+    /// Takes a DHCP lease and configures it; returns the address. udhcpc gives up after
+    /// three unanswered requests; on a machine busy with another test's flood that can
+    /// be a few seconds, so it gets three tries.
     fn dhcp(&self) -> String {
-        let (ok, output) = self.exec(&format!(
-            "ip link set eth0 up && busybox udhcpc -i eth0 -n -q -t 10 -T 2 -s {}",
+        let command = format!(
+            "ip link set eth0 up && busybox udhcpc -i eth0 -n -q -t 10 -T 3 -s {}",
             self.dhcp_script.display()
-        ));
+        );
+        let mut tries = Vec::new();
+        let (ok, output) = (0..3)
+            .map(|_| self.exec(&command))
+            .inspect(|(_, output)| tries.push(output.clone()))
+            .find(|(ok, _)| *ok)
+            .unwrap_or_else(|| (false, tries.join("\n")));
         assert!(ok, "the victim got no DHCP lease:\n{output}");
         output
             .lines()

@@ -411,3 +411,55 @@ fn tftp_answers_on_the_gateways_ipv6_address() {
     assert_eq!(*from.ip(), *server.ip());
     assert_eq!(&payload[..4], &[0, 5, 0, 1], "error 1: file not found, from the IPv6 address");
 }
+
+#[test]
+fn a_named_guest_is_answered_with_its_ipv6_address_too_and_its_reverse_name() {
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let name = [DhcpOption { kind: 12, data: b"alpha" }];
+    gateway.receive(
+        &from_guest(&dhcp_message_with_options(
+            DhcpMessageType::Discover,
+            GUEST_MAC,
+            None,
+            Ipv4Addr::UNSPECIFIED,
+            &name,
+        )),
+        now,
+        &mut host,
+    );
+    let (_, offered, _, _) = dhcp_reply(&mut gateway);
+    let request = dhcp_message_with_options(
+        DhcpMessageType::Request,
+        GUEST_MAC,
+        Some(offered),
+        Ipv4Addr::UNSPECIFIED,
+        &name,
+    );
+    gateway.receive(&from_guest(&request), now, &mut host);
+    dhcp_reply(&mut gateway);
+    // The guest speaks from its SLAAC address, so the gateway learns it.
+    gateway.receive(&from_guest(&guest_udp6(SocketAddrV6::new(GATEWAY_IP6, 9, 0, 0), b"hi")), now, &mut host);
+    while gateway.pop_frame().is_some() {}
+
+    let ask = |gateway: &mut Gateway, host: &mut FakeHost, name: &[u8], kind: u16| {
+        let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(name);
+        query.extend_from_slice(&kind.to_be_bytes());
+        query.extend_from_slice(&[0, 1]);
+        let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
+        gateway.receive(&from_guest(&guest_udp(dns, &query)), now, host);
+        udp_of(&gateway.pop_frame().expect("a local answer")).2
+    };
+    let aaaa = ask(&mut gateway, &mut host, b"\x05alpha\x04vnet\x08internal\x00", 28);
+    assert!(aaaa.ends_with(&GUEST_IP6.octets()), "{aaaa:?}");
+    let reverse: Vec<u8> = GUEST_IP6
+        .octets()
+        .iter()
+        .rev()
+        .flat_map(|byte| [byte & 0x0f, byte >> 4])
+        .flat_map(|nibble| [1, format!("{nibble:x}").as_bytes()[0]])
+        .chain(*b"\x03ip6\x04arpa\x00")
+        .collect();
+    let ptr = ask(&mut gateway, &mut host, &reverse, 12);
+    assert!(ptr.ends_with(b"\x05alpha\x04vnet\x08internal\x00"), "{ptr:?}");
+}
