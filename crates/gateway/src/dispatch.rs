@@ -301,7 +301,7 @@ impl Gateway {
             let replies = if dst.port() == tftp::PORT {
                 let headers = if packet.dst.is_ipv4() { 20 + 8 + 4 } else { 40 + 8 + 4 };
                 let max_block = usize::from(self.config.mtu).saturating_sub(headers);
-                self.tftp.request(src, udp.payload(), max_block, now, host)
+                self.tftp.request(src, packet.port, udp.payload(), max_block, now, host)
             } else {
                 self.tftp.packet(src, dst.port(), udp.payload(), now, host)
             };

@@ -18,9 +18,9 @@ use crate::names::read_name;
 const MIN_LIFE: Duration = Duration::from_secs(60);
 /// And at most this long.
 const MAX_LIFE: Duration = Duration::from_secs(3600);
-/// Most addresses kept per guest, and guests kept.
+/// Most addresses kept per guest, and in all (each with a name of up to 253 bytes).
 const MAX_PER_GUEST: usize = 256;
-const MAX_GUESTS: usize = 4096;
+const MAX_ANSWERS: usize = 16384;
 const HEADER_LEN: usize = 12;
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
@@ -37,6 +37,8 @@ struct Answer {
 #[derive(Debug, Default)]
 pub struct Resolved {
     by_guest: HashMap<IpAddr, Vec<Answer>>,
+    /// Answers kept in all guests' lists.
+    kept: usize,
 }
 
 impl Resolved {
@@ -48,23 +50,36 @@ impl Resolved {
         if answers.is_empty() {
             return;
         }
-        if !self.by_guest.contains_key(&guest) && self.by_guest.len() >= MAX_GUESTS {
-            self.by_guest.retain(|_, kept| kept.iter().any(|answer| answer.until > now));
-            if self.by_guest.len() >= MAX_GUESTS {
-                return;
-            }
+        if self.kept + answers.len() > MAX_ANSWERS {
+            self.forget_expired(now);
         }
         let kept = self.by_guest.entry(guest).or_default();
+        let before = kept.len();
         kept.retain(|answer| {
             answer.until > now && !(answer.name == name && answers.iter().any(|(a, _)| *a == answer.address))
         });
         for (address, ttl) in answers {
             if kept.len() >= MAX_PER_GUEST {
                 kept.remove(0);
+            } else if self.kept + kept.len() - before >= MAX_ANSWERS {
+                break;
             }
             let life = Duration::from_secs(u64::from(ttl)).clamp(MIN_LIFE, MAX_LIFE);
             kept.push(Answer { name: name.clone(), address, until: now + life });
         }
+        self.kept = self.kept + kept.len() - before;
+        if kept.is_empty() {
+            self.by_guest.remove(&guest);
+        }
+    }
+
+    /// Drops the answers that have run out, and the guests left with none.
+    fn forget_expired(&mut self, now: Instant) {
+        self.by_guest.retain(|_, kept| {
+            kept.retain(|answer| answer.until > now);
+            !kept.is_empty()
+        });
+        self.kept = self.by_guest.values().map(Vec::len).sum();
     }
 
     /// Whether `guest` was told, and may still believe, that `name` (or a name under it)
@@ -172,6 +187,21 @@ mod tests {
         ));
         assert!(told("www.example.org", "192.0.2.7", now + Duration::from_secs(59)), "a minute at least");
         assert!(!told("www.example.org", "192.0.2.7", now + MIN_LIFE), "then it is gone");
+    }
+
+    #[test]
+    fn answers_kept_in_all_are_bounded_whatever_addresses_guests_send_from() {
+        let now = Instant::now();
+        let mut resolved = Resolved::default();
+        for guest in 0..u32::try_from(MAX_ANSWERS / 4 + 100).unwrap() {
+            let addresses: Vec<[u8; 4]> = (0..8).map(|n| [192, 0, 2, n]).collect();
+            resolved.record(IpAddr::from(guest.to_be_bytes()), &reply("example.org", &addresses, 300), now);
+        }
+        assert_eq!(resolved.kept, MAX_ANSWERS);
+        assert_eq!(resolved.by_guest.values().map(Vec::len).sum::<usize>(), MAX_ANSWERS);
+        let later = now + MAX_LIFE;
+        resolved.record("10.0.2.15".parse().unwrap(), &reply("example.org", &[[192, 0, 2, 1]], 300), later);
+        assert_eq!(resolved.kept, 1, "the expired ones made room");
     }
 
     #[test]

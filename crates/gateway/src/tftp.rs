@@ -22,9 +22,10 @@ use crate::host::HostSockets;
 
 /// The TFTP port.
 pub const PORT: u16 = 69;
-/// Most transfers at once, and per guest address.
+/// Most transfers at once, and per switch port: a port, unlike a source address, is
+/// not a guest's to make up, so one guest cannot take every transfer.
 const MAX_TRANSFERS: usize = 64;
-const MAX_TRANSFERS_PER_GUEST: usize = 4;
+const MAX_TRANSFERS_PER_PORT: usize = 4;
 /// A whole transfer may take this long.
 const TRANSFER_DEADLINE: Duration = Duration::from_secs(600);
 /// How often a window is sent again without an answer before the transfer is dropped.
@@ -66,6 +67,8 @@ pub struct Outgoing {
 /// One transfer.
 struct Transfer {
     guest: SocketAddr,
+    /// The switch port the request came in on.
+    port: u32,
     path: String,
     size: u64,
     block_size: usize,
@@ -97,12 +100,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Handles a packet from `guest` to port 69: a read request starts a transfer, and
-    /// anything else gets an error. `max_block` is the largest block the guest's MTU
-    /// carries.
+    /// Handles a packet from `guest`, on switch port `switch_port`, to port 69: a read request
+    /// starts a transfer, and anything else gets an error. `max_block` is the largest
+    /// block the guest's MTU carries.
     pub fn request(
         &mut self,
         guest: SocketAddr,
+        switch_port: u32,
         payload: &[u8],
         max_block: usize,
         now: Instant,
@@ -124,8 +128,7 @@ impl Server {
             return refuse(TftpError::AccessViolation, "path outside the TFTP root");
         }
         let busy = self.transfers.len() >= MAX_TRANSFERS
-            || self.transfers.values().filter(|t| t.guest.ip() == guest.ip()).count()
-                >= MAX_TRANSFERS_PER_GUEST;
+            || self.transfers.values().filter(|t| t.port == switch_port).count() >= MAX_TRANSFERS_PER_PORT;
         if busy {
             return refuse(TftpError::AccessViolation, "too many transfers");
         }
@@ -143,6 +146,7 @@ impl Server {
         info!(%guest, file = request.filename, size, block_size, window, "TFTP transfer");
         let mut transfer = Transfer {
             guest,
+            port: switch_port,
             path: request.filename.to_owned(),
             size,
             block_size,
@@ -481,7 +485,7 @@ mod tests {
         let data: Vec<u8> = (0..1100u32).map(|i| i as u8).collect();
         let (mut server, mut host, now) = (Server::default(), OneFile(data.clone()), Instant::now());
         let guest: SocketAddr = GUEST.parse().unwrap();
-        let mut out = server.request(guest, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
+        let mut out = server.request(guest, 1, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
         let mut received = Vec::new();
         for block in 1..=3u16 {
             assert_eq!(out.len(), 1);
@@ -502,7 +506,7 @@ mod tests {
         let guest: SocketAddr = GUEST.parse().unwrap();
         let options =
             [("blksize", "4096"), ("tsize", "0"), ("windowsize", "4"), ("timeout", "3"), ("x", "1")];
-        let out = server.request(guest, &rrq("boot.ipxe", &options), 1468, now, &mut host);
+        let out = server.request(guest, 1, &rrq("boot.ipxe", &options), 1468, now, &mut host);
         assert_eq!(opcode(&out[0].payload), Some(OACK));
         assert_eq!(
             &out[0].payload[2..],
@@ -521,7 +525,8 @@ mod tests {
     fn escapes_writes_missing_files_and_strangers_get_the_right_errors() {
         let (mut server, mut host, now) = (Server::default(), OneFile(vec![1; 10]), Instant::now());
         let guest: SocketAddr = GUEST.parse().unwrap();
-        let mut ask = |request: Vec<u8>| error_code(&server.request(guest, &request, 1468, now, &mut host));
+        let mut ask =
+            |request: Vec<u8>| error_code(&server.request(guest, 1, &request, 1468, now, &mut host));
         for path in ["../etc/passwd", "/etc/passwd", "a/../../b", "a\\b", "escape"] {
             assert_eq!(ask(rrq(path, &[])), Some(TftpError::AccessViolation as u16), "{path}");
         }
@@ -538,7 +543,7 @@ mod tests {
     fn an_unanswered_window_is_sent_again_then_given_up_and_guests_are_bounded() {
         let (mut server, mut host, now) = (Server::default(), OneFile(vec![1; 600]), Instant::now());
         let guest: SocketAddr = GUEST.parse().unwrap();
-        server.request(guest, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
+        server.request(guest, 1, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
         let mut at = now;
         for _ in 0..MAX_RETRIES {
             at += DEFAULT_TIMEOUT;
@@ -546,10 +551,17 @@ mod tests {
         }
         at += DEFAULT_TIMEOUT;
         assert!(server.expire(at, &mut host).is_empty() && server.transfers.is_empty());
-        for _ in 0..MAX_TRANSFERS_PER_GUEST {
-            server.request(guest, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
+        for _ in 0..MAX_TRANSFERS_PER_PORT {
+            server.request(guest, 1, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
         }
-        let refused = server.request(guest, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
-        assert_eq!(error_code(&refused), Some(TftpError::AccessViolation as u16));
+        let spoofed: SocketAddr = "10.0.2.99:2000".parse().unwrap();
+        let refused = server.request(spoofed, 1, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
+        assert_eq!(
+            error_code(&refused),
+            Some(TftpError::AccessViolation as u16),
+            "a made-up address shares its port's"
+        );
+        let other_port = server.request(spoofed, 2, &rrq("boot.ipxe", &[]), 1468, now, &mut host);
+        assert_eq!(error_code(&other_port), None, "another port's guest is served");
     }
 }
