@@ -126,6 +126,12 @@ wget -q -O /dev/null http://10.0.2.2:{go_port}/ || exit 1
 
     let port = vhost_user_port(&name);
     assert!(port["rx_bytes"].as_u64().unwrap() >= TRANSFER_BYTES as u64, "{port}");
+    // The upload's segments went to the host socket from the guest's own buffers.
+    let status = json(&["status"], &name);
+    let lent = status["events"]["vhost_user_lent"].as_u64().unwrap_or(0);
+    let copied = status["events"]["vhost_user_lent_copied"].as_u64().unwrap_or(0);
+    assert!(lent * 8000 > TRANSFER_BYTES as u64, "too few frames were lent: {status}");
+    assert!(copied * 100 < lent, "lent frames were copied after all: {status}");
     assert_eq!(
         port["drops"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum::<u64>(),
         0,

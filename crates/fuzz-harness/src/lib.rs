@@ -17,7 +17,7 @@ use vnet_switch::{ForwardingMode, PortPolicy, PortSecurity, PortVlans, QueueLimi
 use vnet_wire::framing::{StreamDecoder, LENGTH_PREFIX_LEN};
 use vnet_wire::vde;
 use vnet_wire::vlan::VlanId;
-use vnet_wire::{Frame, Offload, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
+use vnet_wire::{Frame, FrameBuffer, Offload, ETHERNET_HEADER_LEN, MAX_FRAME_LEN};
 
 /// Feeds `data` to the stream decoder in chunks whose sizes come from the first byte,
 /// and checks that the frames (or the error) are exactly those of decoding it whole.
@@ -182,6 +182,8 @@ pub fn descriptor_chains(data: &[u8]) {
     let size = 1u16 << (size_shift % 9);
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEMORY)]).expect("memory maps");
     memory.write_slice(&image[..image.len().min(GUEST_MEMORY)], GuestAddress(0)).expect("image fits");
+    let memory = std::sync::Arc::new(memory);
+    let mut lending = vnet_vhost_user::lending::Lending::default();
     let mut queue = Queue::new(size).expect("a power of two up to 256");
     queue.set_size(size);
     queue.set_desc_table_address(Some(RING_DESCRIPTORS as u32), Some(0));
@@ -192,13 +194,15 @@ pub fn descriptor_chains(data: &[u8]) {
     let mut header = [0u8; NET_HEADER_LEN];
     let mut frame = vec![0u8; MAX_FRAME_LEN];
     let mut taken = 0;
-    while rings::check_ring_index(&queue, &memory).is_ok() {
-        let Some(chain) = queue.pop_descriptor_chain(&memory) else { break };
+    while rings::check_ring_index(&queue, &*memory).is_ok() {
+        let Some(chain) = queue.pop_descriptor_chain(&*memory) else { break };
         let head = chain.head_index();
-        if let Ok(len) = rings::read_transmitted(chain, &memory, &mut header, &mut frame) {
+        let copied = rings::read_transmitted(chain.clone(), &*memory, &mut header, &mut frame);
+        if let Ok(len) = copied {
             assert!(len <= MAX_FRAME_LEN);
         }
-        if queue.add_used(&memory, head, 0).is_err() {
+        lent_agrees_with_copied(chain, &memory, &mut lending, copied.map(|len| &frame[..len]));
+        if queue.add_used(&*memory, head, 0).is_err() {
             // A head past the descriptor table: the transport disconnects such a driver.
             assert!(head >= size, "a valid head was refused");
             return;
@@ -211,13 +215,42 @@ pub fn descriptor_chains(data: &[u8]) {
     let outgoing = vec![0x5a; outgoing_len];
     let mergeable = mode & 1 == 1;
     let before = queue.next_avail();
-    match rings::deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &outgoing, mergeable) {
+    match rings::deliver(&mut queue, &*memory, [0; NET_HEADER_LEN], &outgoing, mergeable) {
         Ok(Delivery::NoRoom) => assert_eq!(queue.next_avail(), before, "a frame with no room takes nothing"),
         Ok(Delivery::Delivered) => {
             let taken = queue.next_avail().wrapping_sub(before);
             assert!(taken >= 1 && usize::from(taken) <= rings::MAX_RECEIVE_BUFFERS);
         }
         Err(_) => {}
+    }
+}
+
+/// Takes `chain` as the transport does when it lends a frame's payload, and checks that
+/// the frame reads as `copied` (the same chain copied), or that both refused it.
+fn lent_agrees_with_copied(
+    chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    memory: &std::sync::Arc<vm_memory::GuestMemoryMmap>,
+    lending: &mut vnet_vhost_user::lending::Lending,
+    copied: Result<&[u8], vnet_vhost_user::rings::ChainFault>,
+) {
+    use vnet_vhost_user::rings::{self, ChainFault, NET_HEADER_LEN};
+    let mut header = [0u8; NET_HEADER_LEN];
+    let mut head = FrameBuffer::small();
+    let mut tail = lending.tail_in(memory);
+    let lent_tail = std::rc::Rc::get_mut(&mut tail).expect("a fresh tail has one holder");
+    match (rings::lend_transmitted(chain, &**memory, &mut header, &mut head, lent_tail), copied) {
+        (Ok(len), Ok(copied)) => {
+            assert_eq!(len, copied.len(), "lent and copied lengths differ");
+            if len > head.len() {
+                if let Ok(frame) = Frame::with_lent_tail(head, tail, Offload::NONE) {
+                    assert_eq!(frame.as_bytes(), copied, "a lent frame reads other bytes than its copy");
+                }
+            } else {
+                assert_eq!(head.data(), copied);
+            }
+        }
+        (Err(ChainFault::NotLendable), Ok(_)) | (Err(_), Err(_)) => {}
+        (lent, copied) => panic!("lending says {lent:?} where copying says {:?}", copied.map(<[u8]>::len)),
     }
 }
 

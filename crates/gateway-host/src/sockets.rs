@@ -5,6 +5,7 @@
 
 use std::io::{self, IoSliceMut, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use vnet_gateway::{
 use vnet_runtime::{sys, Context};
 use vnet_switch::PortId;
 use vnet_transport::stream::StreamSocket;
-use vnet_wire::MacAddress;
+use vnet_wire::frame::FramePart;
+use vnet_wire::{Frame, MacAddress};
 
 use crate::error_queue::{connect_with_ttl, set_hop_limit, set_receive_errors, take_icmp_error};
 use crate::forwards::{ForwardSocket, Forwards};
@@ -194,6 +196,28 @@ impl Host<'_, '_, '_> {
             _ => e,
         })
     }
+
+    /// Writes `len` bytes to `flow`'s host socket with `send`, as much as it takes now,
+    /// and keeps count of the room left in its send buffer.
+    fn tcp_write(
+        &mut self,
+        flow: FlowId,
+        len: usize,
+        send: impl FnOnce(&StreamSocket) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
+        let written = match send(&host_stream.stream) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < len {
+            host_stream.send_space.forget();
+        } else {
+            host_stream.send_space.wrote(written);
+        }
+        Ok(written)
+    }
 }
 
 impl HostSockets for Host<'_, '_, '_> {
@@ -275,18 +299,21 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize> {
-        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
-        let written = match SockRef::from(&host_stream.stream).send(data) {
-            Ok(written) => written,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        if written < data.len() {
-            host_stream.send_space.forget();
-        } else {
-            host_stream.send_space.wrote(written);
+        self.tcp_write(flow, data.len(), |stream| SockRef::from(stream).send(data))
+    }
+
+    fn tcp_send_frame(&mut self, flow: FlowId, frame: &Frame, range: Range<usize>) -> io::Result<usize> {
+        let len = range.len();
+        let mut pieces = [(std::ptr::null(), 0); sys::MAX_GATHERED];
+        let mut count = 0;
+        for (piece, part) in pieces.iter_mut().zip(frame.parts(range)) {
+            *piece = match part {
+                FramePart::Bytes(bytes) => (bytes.as_ptr(), bytes.len()),
+                FramePart::Lent(segment) => (segment.host, segment.len),
+            };
+            count += 1;
         }
-        Ok(written)
+        self.tcp_write(flow, len, |stream| sys::send_gathered(stream.as_fd(), &pieces[..count]))
     }
 
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {

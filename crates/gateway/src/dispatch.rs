@@ -25,11 +25,11 @@ impl Gateway {
     pub(crate) fn dispatch(
         &mut self,
         frame: &Frame,
+        bytes: &[u8],
         now: Instant,
         host: &mut dyn GatewayIo,
     ) -> Result<(), GatewayDropReason> {
-        let ethernet =
-            EthernetFrame::new_checked(frame.as_bytes()).map_err(|_| GatewayDropReason::Malformed)?;
+        let ethernet = EthernetFrame::new_checked(bytes).map_err(|_| GatewayDropReason::Malformed)?;
         let dst = ethernet.dst_addr();
         let ipv6_multicast = dst.as_bytes()[..2] == [0x33, 0x33];
         if dst != self.config.mac() && !dst.is_broadcast() && !ipv6_multicast {

@@ -20,6 +20,7 @@ use crate::guest::{Guest, RelayedDatagram};
 use crate::host::ForwardId;
 use crate::icmp::{self, HostIcmpError};
 use crate::inspect::{FlowCounts, FlowSummary, Lease};
+use crate::lent::{LentPayload, ParseView};
 use crate::names::{self, Asked, Known};
 use crate::packet::{self, BuiltFrame};
 use crate::policy::{Policy, PolicyRule};
@@ -49,6 +50,10 @@ pub struct Gateway {
     pub(crate) outbox: VecDeque<Frame>,
     /// Where TCP puts the frames of one guest segment, kept so that its room is reused.
     pub(crate) tcp_out: Vec<Frame>,
+    /// Where heads of lent frames are parsed.
+    pub(crate) parse_view: ParseView,
+    /// The lent frame being handled, if the one being handled is.
+    pub(crate) lent: Option<LentPayload>,
     pub(crate) flow_ids: FlowIds,
     /// Connections to guests waiting for the guest to answer ARP (or a neighbour
     /// solicitation): where to, the host side's flow, since when.
@@ -84,6 +89,8 @@ impl Gateway {
             counters: GatewayCounters::default(),
             outbox: VecDeque::new(),
             tcp_out: Vec::new(),
+            parse_view: ParseView::default(),
+            lent: None,
             flow_ids: FlowIds::new(config.budgets()),
             inbound_awaiting_arp: Vec::new(),
             port_check_at: None,
@@ -217,7 +224,8 @@ impl Gateway {
         let mut out = std::mem::take(&mut self.tcp_out);
         let flows = &mut self.flow_ids;
         let counters = &mut self.counters;
-        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out, flows, counters };
+        let lent = self.lent.as_ref();
+        let mut cx = tcp::Context { config: &self.config, host, now, out: &mut out, flows, counters, lent };
         let result = f(&mut self.tcp, &mut cx);
         self.outbox.extend(out.drain(..));
         self.tcp_out = out;
@@ -239,7 +247,14 @@ impl Gateway {
     /// partial checksum, a TCP segment larger than the MTU), which the gateway takes as
     /// they are. The frame's ingress port and source MAC say which guest sent it.
     pub fn receive(&mut self, frame: &Frame, now: Instant, host: &mut dyn GatewayIo) {
-        if let Err(reason) = self.dispatch(frame, now, host) {
+        let mut view = std::mem::take(&mut self.parse_view);
+        let (bytes, lent) = view.of(frame, usize::from(self.config.mtu));
+        self.lent = lent;
+        let dispatched = self.dispatch(frame, bytes, now, host);
+        self.lent = None;
+        view.clear();
+        self.parse_view = view;
+        if let Err(reason) = dispatched {
             self.counters.record(reason);
         }
         if self.port_check_at.is_none() && self.flow_ids.ledger().holds_any() {

@@ -4,6 +4,9 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+
+use vnet_wire::Frame;
 
 use crate::flows::FlowId;
 
@@ -54,6 +57,12 @@ pub trait HostSockets {
     fn tcp_connect(&mut self, flow: FlowId, remote: SocketAddr, ttl: Option<u8>) -> io::Result<()>;
     /// Writes as much of `data` as the socket takes now and returns how much that was.
     fn tcp_send(&mut self, flow: FlowId, data: &[u8]) -> io::Result<usize>;
+    /// Writes as much of `range` of `frame` as the socket takes now and returns how
+    /// much that was. A host side that can send the frame's parts as they lie (its tail
+    /// may be in a guest's memory) does so; this one reads the frame whole.
+    fn tcp_send_frame(&mut self, flow: FlowId, frame: &Frame, range: Range<usize>) -> io::Result<usize> {
+        self.tcp_send(flow, &frame.as_bytes()[range])
+    }
     /// Copies received bytes starting `offset` bytes into the receive queue into
     /// `buffers`, in order, without consuming them, and returns how many. 0 means the
     /// peer closed and nothing lies beyond `offset`; `WouldBlock` means nothing more has

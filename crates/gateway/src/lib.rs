@@ -35,6 +35,7 @@ mod host;
 mod icmp;
 mod icmpv6;
 mod inspect;
+mod lent;
 mod names;
 mod ndp;
 mod packet;

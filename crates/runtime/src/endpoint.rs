@@ -104,6 +104,13 @@ impl Context<'_> {
         self.events.add(name);
     }
 
+    /// Counts `n` happenings of the event `name` on the network.
+    pub fn count_many(&mut self, name: &'static str, n: u64) {
+        if n > 0 {
+            self.events.add_many(name, n);
+        }
+    }
+
     /// Adds a port owned by the running endpoint, whose peer gets frames ready for the
     /// wire.
     pub fn add_port(&mut self, name: String) -> PortId {

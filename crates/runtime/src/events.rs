@@ -11,9 +11,14 @@ pub struct EventCounters {
 impl EventCounters {
     /// Adds one to the event `name`.
     pub fn add(&mut self, name: &'static str) {
+        self.add_many(name, 1);
+    }
+
+    /// Adds `n` to the event `name`.
+    pub fn add_many(&mut self, name: &'static str, n: u64) {
         match self.counts.iter_mut().find(|(known, _)| *known == name) {
-            Some((_, count)) => *count += 1,
-            None => self.counts.push((name, 1)),
+            Some((_, count)) => *count += n,
+            None => self.counts.push((name, n)),
         }
     }
 
@@ -38,6 +43,7 @@ mod tests {
         events.add("accepted");
         events.add("bad_frame_length");
         events.add("accepted");
+        events.add_many("bad_frame_length", 0);
         assert_eq!(events.get("accepted"), 2);
         assert_eq!(events.get("bad_frame_length"), 1);
         assert_eq!(events.get("never"), 0);

@@ -142,6 +142,32 @@ pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) ->
     Ok(check(sent)? as usize)
 }
 
+/// The most pieces [`send_gathered`] sends with one call.
+pub const MAX_GATHERED: usize = 32;
+
+/// Sends the bytes at `pieces` (address and length, in order; at most [`MAX_GATHERED`])
+/// on the connected stream socket `fd` with one `sendmsg`, without blocking. The pieces
+/// may lie outside vnet's own buffers, such as in guest memory a VM shares: only the
+/// kernel reads them. Returns the bytes sent.
+pub fn send_gathered(fd: BorrowedFd<'_>, pieces: &[(*const u8, usize)]) -> io::Result<usize> {
+    let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GATHERED];
+    for (iovec, &(address, len)) in iovecs.iter_mut().zip(pieces) {
+        *iovec = libc::iovec { iov_base: address as *mut libc::c_void, iov_len: len };
+    }
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut message: libc::msghdr = unsafe { zeroed() };
+    message.msg_iov = iovecs.as_mut_ptr();
+    message.msg_iovlen = pieces.len().min(MAX_GATHERED);
+    // SAFETY: the message points at `iovecs`, alive for the call. The kernel only reads
+    // through the iovecs, and an address it cannot read fails the call with EFAULT, so
+    // no memory Rust relies on changes whatever the pieces say.
+    let sent = unsafe { libc::sendmsg(fd.as_raw_fd(), &message, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
 /// Sends the bytes of `parts`, gathered, to `to` as UDP datagrams of `segment` bytes each
 /// (the last may be shorter) with one `sendmsg`, the kernel cutting them (UDP generic
 /// segmentation offload, UDP_SEGMENT). The whole must fit one datagram's 64 KiB and at

@@ -4,11 +4,13 @@
 //!
 //! [`device`] answers the vhost-user requests with rust-vmm's `vhost` crate, [`rings`]
 //! moves frames between the rings and vnet's buffers with `virtio-queue` and
-//! `vm-memory`, and [`socket`] is the endpoint that ties a socket, a VM and a switch
+//! `vm-memory`, [`lending`] leaves transmitted payloads in guest memory while vnet
+//! handles them, and [`socket`] is the endpoint that ties a socket, a VM and a switch
 //! port together. Like every transport, it only moves frames between a ring and a port:
 //! it does not look inside them.
 
 pub mod device;
+pub mod lending;
 pub mod rings;
 pub mod socket;
 
@@ -16,5 +18,7 @@ pub use socket::{directory_socket_name, VhostUserSocket};
 
 /// The events this transport counts on the network, besides the stream listeners'
 /// `accepted`: `vhost_user_busy`, frontends turned away from a socket that already
-/// serves a VM.
-pub const EVENTS: [&str; 1] = ["vhost_user_busy"];
+/// serves a VM; `vhost_user_lent`, transmitted frames whose payload crossed vnet in the
+/// guest's memory; and `vhost_user_lent_copied`, those of them copied after all, as a
+/// port still held them when their loop turn ended.
+pub const EVENTS: [&str; 3] = ["vhost_user_busy", "vhost_user_lent", "vhost_user_lent_copied"];

@@ -16,7 +16,9 @@ use std::sync::atomic::{fence, Ordering};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemory};
+use vm_memory::{Address, Bytes, GuestMemory, Permissions};
+use vnet_wire::frame::{LentSegment, LentTail};
+use vnet_wire::{FrameBuffer, MAX_FRAME_LEN};
 
 /// Length of the header before each frame: `virtio_net_hdr` with `num_buffers`, as
 /// virtio 1.0 always has it.
@@ -49,6 +51,8 @@ pub enum ChainFault {
     TooManyBuffers,
     /// The ring's available index runs more than a ring ahead of the device.
     RingIndex,
+    /// A sound transmit chain whose frame cannot be lent as it lies; it is copied.
+    NotLendable,
 }
 
 /// Copies the header and frame of one transmit chain into `header` and `frame`,
@@ -83,6 +87,73 @@ pub fn read_transmitted<M: GuestMemory>(
         let into = frame.get_mut(frame_len..end).ok_or(ChainFault::TooLong)?;
         memory.read_slice(into, address).map_err(|_| ChainFault::OutsideMemory)?;
         frame_len = end;
+    }
+    if header_len < NET_HEADER_LEN {
+        return Err(ChainFault::NoHeader);
+    }
+    Ok(frame_len)
+}
+
+/// Bytes of a transmitted frame copied into vnet's buffer before the rest is lent: room
+/// for every header a reader looks at (Ethernet, a VLAN tag, IPv6 and the longest TCP
+/// header take 138).
+pub const LENT_HEAD_LEN: usize = 192;
+
+/// Takes one transmit chain without copying its payload: the header into `header`, the
+/// frame's first [`LENT_HEAD_LEN`] bytes (fewer if it is shorter) into `head`, and the
+/// rest, where it lies in guest memory, into `tail`. Returns the frame's length.
+/// [`ChainFault::NotLendable`] means the chain is sound so far but the rest spans more
+/// pieces than a tail holds: copy it instead.
+pub fn lend_transmitted<M: GuestMemory>(
+    chain: impl Iterator<Item = Descriptor>,
+    memory: &M,
+    header: &mut [u8; NET_HEADER_LEN],
+    head: &mut FrameBuffer,
+    tail: &mut LentTail,
+) -> Result<usize, ChainFault> {
+    let mut header_len = 0;
+    let mut frame_len = 0usize;
+    for descriptor in chain {
+        if descriptor.is_write_only() {
+            return Err(ChainFault::WrongDirection);
+        }
+        let mut address = descriptor.addr();
+        let mut left = descriptor.len() as usize;
+        if header_len < NET_HEADER_LEN {
+            let n = left.min(NET_HEADER_LEN - header_len);
+            memory
+                .read_slice(&mut header[header_len..header_len + n], address)
+                .map_err(|_| ChainFault::OutsideMemory)?;
+            header_len += n;
+            left -= n;
+            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
+        frame_len =
+            frame_len.checked_add(left).filter(|&len| len <= MAX_FRAME_LEN).ok_or(ChainFault::TooLong)?;
+        if head.len() < LENT_HEAD_LEN {
+            let n = left.min(LENT_HEAD_LEN - head.len());
+            memory.read_slice(&mut head.spare_mut()[..n], address).map_err(|_| ChainFault::OutsideMemory)?;
+            head.commit(n);
+            left -= n;
+            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
+        if left == 0 {
+            continue;
+        }
+        let slices =
+            memory.get_slices(address, left, Permissions::Read).map_err(|_| ChainFault::OutsideMemory)?;
+        for slice in slices {
+            let slice = slice.map_err(|_| ChainFault::OutsideMemory)?;
+            let segment = LentSegment {
+                address: address.raw_value(),
+                host: slice.ptr_guard().as_ptr(),
+                len: slice.len(),
+            };
+            if !tail.push(segment) {
+                return Err(ChainFault::NotLendable);
+            }
+            address = address.checked_add(slice.len() as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
     }
     if header_len < NET_HEADER_LEN {
         return Err(ChainFault::NoHeader);
@@ -305,7 +376,7 @@ mod tests {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     use super::*;
 
@@ -343,6 +414,68 @@ mod tests {
         assert_eq!(read_transmitted(chain.into_iter(), &memory, &mut header, &mut out), Ok(100));
         assert_eq!(header, [0xAA; NET_HEADER_LEN]);
         assert_eq!(&out[..100], &frame[..]);
+    }
+
+    /// Lends `chain` from `memory`, returning the result, the head and the tail.
+    fn lend(
+        chain: &[Descriptor],
+        memory: &GuestMemoryMmap,
+    ) -> (Result<usize, ChainFault>, FrameBuffer, LentTail) {
+        struct Unread;
+        impl vnet_wire::frame::LentMemory for Unread {
+            fn read(&self, _: u64, _: &mut [u8]) -> bool {
+                false
+            }
+        }
+        let (mut header, mut head) = ([0; NET_HEADER_LEN], FrameBuffer::small());
+        let mut tail = LentTail::new(std::rc::Rc::new(Unread));
+        let result = lend_transmitted(chain.iter().copied(), memory, &mut header, &mut head, &mut tail);
+        (result, head, tail)
+    }
+
+    #[test]
+    fn a_lent_chain_copies_its_head_and_leaves_the_rest_where_it_lies() {
+        let memory = memory();
+        let frame: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        memory.write_slice(&header_and(&frame), GuestAddress(BUFFERS)).unwrap();
+        let chain = [descriptor(BUFFERS, 100, 0), descriptor(BUFFERS + 100, 912, 0)];
+        let (result, head, tail) = lend(&chain, &memory);
+        assert_eq!(result, Ok(1000));
+        assert_eq!(head.data(), &frame[..LENT_HEAD_LEN]);
+        assert_eq!(tail.len(), 1000 - LENT_HEAD_LEN);
+        let frame =
+            vnet_wire::Frame::with_lent_tail(head, std::rc::Rc::new(tail), vnet_wire::Offload::NONE).unwrap();
+        let lent: Vec<(u64, usize)> = frame
+            .parts(0..1000)
+            .filter_map(|part| match part {
+                vnet_wire::frame::FramePart::Lent(segment) => Some((segment.address, segment.len)),
+                vnet_wire::frame::FramePart::Bytes(_) => None,
+            })
+            .collect();
+        let start = BUFFERS + (NET_HEADER_LEN + LENT_HEAD_LEN) as u64;
+        assert_eq!(lent, [(start, 100 + 912 - NET_HEADER_LEN - LENT_HEAD_LEN)]);
+        let host = memory.get_host_address(GuestAddress(start)).unwrap();
+        assert!(
+            matches!(frame.parts(500..501).next(), Some(vnet_wire::frame::FramePart::Lent(s)) if s.host == host.wrapping_add(500 - LENT_HEAD_LEN).cast_const())
+        );
+    }
+
+    #[test]
+    fn a_chain_in_more_pieces_than_a_tail_holds_is_copied_and_a_bad_one_refused() {
+        let memory = memory();
+        let mut chain = vec![descriptor(BUFFERS, (NET_HEADER_LEN + LENT_HEAD_LEN) as u32, 0)];
+        chain.extend(
+            (0..=vnet_wire::frame::MAX_LENT_SEGMENTS as u64).map(|i| descriptor(BUFFERS + i * 64, 64, 0)),
+        );
+        assert_eq!(lend(&chain, &memory).0, Err(ChainFault::NotLendable));
+        let outside = [descriptor(BUFFERS, 300, 0), descriptor(0x3ff00, 0x200, 0)];
+        assert_eq!(lend(&outside, &memory).0, Err(ChainFault::OutsideMemory));
+        let writable = [descriptor(BUFFERS, 300, WRITE)];
+        assert_eq!(lend(&writable, &memory).0, Err(ChainFault::WrongDirection));
+        let too_long =
+            [descriptor(BUFFERS, 300, 0), descriptor(BUFFERS, 0x10000, 0), descriptor(BUFFERS, 0x10000, 0)];
+        assert_eq!(lend(&too_long, &memory).0, Err(ChainFault::TooLong));
+        assert_eq!(lend(&[descriptor(BUFFERS, 5, 0)], &memory).0, Err(ChainFault::NoHeader));
     }
 
     #[test]

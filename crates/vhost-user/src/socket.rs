@@ -20,8 +20,10 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use mio::net::UnixListener;
 use mio::unix::SourceFd;
@@ -37,17 +39,15 @@ use vnet_runtime::{sys, Context, Endpoint, Liveness, ReadOutcome};
 use vnet_switch::{PortDropReason, PortId};
 use vnet_transport::unix_path::{bind_error, BoundPath, SocketKind};
 use vnet_transport::TransportError;
-use vnet_wire::frame::{HEADROOM, SMALL_BUFFER};
 use vnet_wire::offload::{resolve, SegmentKind, VIRTIO_NET_HDR_LEN};
 use vnet_wire::{Frame, FrameBuffer, Offload};
 
 use crate::device::{Negotiated, NetDevice, RX_RING, TX_RING};
+use crate::lending::Lending;
 use crate::rings::{self, check_ring_index, ChainFault, Delivery, NET_HEADER_LEN};
 
 /// Frames taken off the transmit ring per batch.
 const FRAMES_PER_BATCH: usize = 64;
-/// Frames up to this long are copied into a small buffer.
-const SMALL_FRAME: usize = SMALL_BUFFER - HEADROOM;
 /// A vhost-user message header: request, flags, body size, each a u32.
 const MESSAGE_HEADER_LEN: usize = 12;
 /// The code of VHOST_USER_SET_VRING_ENABLE.
@@ -179,6 +179,16 @@ impl Endpoint for VhostUserSocket {
         Liveness::Open
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.vm.as_ref().and_then(|vm| vm.lending.due())
+    }
+
+    fn on_deadline(&mut self, cx: &mut Context<'_>) {
+        if let Some(vm) = self.vm.as_mut() {
+            vm.settle_lent(cx);
+        }
+    }
+
     fn close(&mut self, cx: &mut Context<'_>) {
         self.disconnect(cx);
     }
@@ -217,8 +227,10 @@ struct Vm {
     message: Box<[u8]>,
     /// The virtio-net header of the frame being taken off the transmit ring.
     header: [u8; NET_HEADER_LEN],
-    /// The pooled buffer the next transmitted frame is copied into.
+    /// The pooled buffer the next transmitted frame that cannot be lent is copied into.
     buffer: FrameBuffer,
+    /// The transmit chains lent to frames.
+    lending: Lending,
 }
 
 impl Vm {
@@ -241,10 +253,12 @@ impl Vm {
             message: vec![0; MESSAGE_HEADER_LEN + MAX_MSG_SIZE].into_boxed_slice(),
             header: [0; NET_HEADER_LEN],
             buffer: FrameBuffer::large(),
+            lending: Lending::default(),
         })
     }
 
-    fn close(self, cx: &mut Context<'_>) {
+    fn close(mut self, cx: &mut Context<'_>) {
+        self.settle_lent(cx);
         cx.forget_source(self.socket_token);
         for kick in self.kicks.into_iter().flatten() {
             cx.forget_source(kick.token);
@@ -278,6 +292,8 @@ impl Vm {
 
     /// Handles every complete request waiting on the socket.
     fn handle_requests(&mut self, cx: &mut Context<'_>) -> Result<(), Disconnect> {
+        // A request may reset or move the rings: chains lent from them go back first.
+        self.settle_lent(cx);
         while self.request_waiting()? {
             let negotiated = self.device().negotiated();
             match self.session.handle_request() {
@@ -365,17 +381,20 @@ impl Vm {
     }
 
     /// Takes up to a batch of frames off the transmit ring and hands them to the switch.
+    /// A frame longer than its head leaves its payload lent in the guest's buffers; its
+    /// chain is given back when the loop's turn settles ([`Vm::settle_lent`]).
     fn take_transmitted(&mut self, cx: &mut Context<'_>) -> Result<ReadOutcome, Disconnect> {
         let device = self.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !device.ring_usable(TX_RING) {
             return Ok(ReadOutcome::Drained);
         }
-        let memory = device.memory().memory();
+        let memory = device.memory().memory().into_inner();
         let mut ring = device.ring(TX_RING).get_mut();
         let mut outcome = ReadOutcome::More;
         let queue = ring.get_queue_mut();
         let _ = queue.disable_notification(&*memory);
         let mut taken = 0;
+        let mut given_back = false;
         while taken < FRAMES_PER_BATCH {
             check_ring_index(queue, &*memory).map_err(Disconnect::Ring)?;
             let Some(chain) = queue.pop_descriptor_chain(&*memory) else {
@@ -388,18 +407,73 @@ impl Vm {
                 }
             };
             taken += 1;
-            let head = chain.head_index();
-            let read = rings::read_transmitted(chain, &*memory, &mut self.header, self.buffer.spare_mut());
-            queue.add_used(&*memory, head, 0).map_err(|_| Disconnect::Ring(ChainFault::RingIndex))?;
-            match read {
-                Ok(len) => receive(&self.header, &mut self.buffer, len, self.port, cx),
-                Err(_) => cx.switch.record_drop(self.port, PortDropReason::BadDescriptor),
+            let index = chain.head_index();
+            let mut tail = self.lending.tail_in(&memory);
+            let mut head = FrameBuffer::small();
+            let lent_tail = Rc::get_mut(&mut tail).expect("a fresh tail has one holder");
+            let taken_frame = match rings::lend_transmitted(
+                chain.clone(),
+                &*memory,
+                &mut self.header,
+                &mut head,
+                lent_tail,
+            ) {
+                Ok(len) if len > head.len() => offload_of(&self.header).and_then(|offload| {
+                    let frame = Frame::with_lent_tail(head, tail, offload)
+                        .map_err(|_| PortDropReason::BadDescriptor)?;
+                    self.lending.lent(frame.clone(), index, cx.now);
+                    Ok(frame)
+                }),
+                Ok(_) => {
+                    self.lending.keep(tail);
+                    offload_of(&self.header)
+                        .and_then(|offload| head.freeze(offload).map_err(|_| PortDropReason::BadDescriptor))
+                }
+                Err(ChainFault::NotLendable) => {
+                    self.lending.keep(tail);
+                    copy_transmitted(chain, &*memory, &mut self.header, &mut self.buffer)
+                }
+                Err(_) => {
+                    self.lending.keep(tail);
+                    Err(PortDropReason::BadDescriptor)
+                }
+            };
+            let lent = taken_frame.as_ref().is_ok_and(|frame| frame.len() > frame.head().len());
+            if !lent {
+                queue.add_used(&*memory, index, 0).map_err(|_| Disconnect::Ring(ChainFault::RingIndex))?;
+                given_back = true;
+            }
+            match taken_frame {
+                Ok(frame) => cx.switch.receive(self.port, Ok(frame), cx.now),
+                Err(reason) => cx.switch.record_drop(self.port, reason),
             }
         }
-        if taken > 0 && ring.needs_notification().unwrap_or(true) {
+        if given_back && ring.needs_notification().unwrap_or(true) {
             let _ = ring.signal_used_queue();
         }
         Ok(outcome)
+    }
+
+    /// Gives the guest back every transmit chain lent to a frame, once the switch and the
+    /// gateway have had the frames; a frame still queued somewhere is copied first.
+    fn settle_lent(&mut self, cx: &mut Context<'_>) {
+        if self.lending.due().is_none() {
+            return;
+        }
+        let device = self.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let memory = device.memory().memory();
+        let usable = device.ring_usable(TX_RING);
+        let mut ring = device.ring(TX_RING).get_mut();
+        let queue = ring.get_queue_mut();
+        let mut corrupt = false;
+        let (settled, copied) = self.lending.settle(|index| {
+            corrupt |= usable && queue.add_used(&*memory, index, 0).is_err();
+        });
+        cx.count_many("vhost_user_lent", settled);
+        cx.count_many("vhost_user_lent_copied", copied);
+        if usable && !corrupt && ring.needs_notification().unwrap_or(true) {
+            let _ = ring.signal_used_queue();
+        }
     }
 
     /// Puts the frames queued on the port into the receive ring while it has room.
@@ -464,27 +538,27 @@ fn ask_for_buffers_beyond_posted<M: vm_memory::GuestMemory>(
     queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire).is_ok_and(|now| now != available)
 }
 
-/// Hands the frame of `len` bytes just copied into `buffer` to the switch.
-fn receive(
-    header: &[u8; NET_HEADER_LEN],
+/// Copies a transmitted frame whose payload cannot be lent as it lies into `buffer`,
+/// and its virtio-net header into `header`.
+fn copy_transmitted<M: vm_memory::GuestMemory>(
+    chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    memory: &M,
+    header: &mut [u8; NET_HEADER_LEN],
     buffer: &mut FrameBuffer,
-    len: usize,
-    port: PortId,
-    cx: &mut Context<'_>,
-) {
+) -> Result<Frame, PortDropReason> {
+    let len = rings::read_transmitted(chain, memory, header, buffer.spare_mut())
+        .map_err(|_| PortDropReason::BadDescriptor)?;
+    let offload = offload_of(header)?;
+    let mut full = std::mem::replace(buffer, FrameBuffer::large());
+    full.commit(len);
+    full.freeze(offload).map_err(|_| PortDropReason::BadDescriptor)
+}
+
+/// The offloads a transmitted frame's virtio-net header asks for.
+fn offload_of(header: &[u8; NET_HEADER_LEN]) -> Result<Offload, PortDropReason> {
     let mut virtio_header = [0; VIRTIO_NET_HDR_LEN];
     virtio_header.copy_from_slice(&header[..VIRTIO_NET_HDR_LEN]);
-    let Ok(offload) = Offload::from_virtio_header(&virtio_header) else {
-        return cx.switch.record_drop(port, PortDropReason::BadOffload);
-    };
-    let frame = if len <= SMALL_FRAME {
-        Frame::copy_from_slice(&buffer.spare_mut()[..len], offload)
-    } else {
-        let mut full = std::mem::replace(buffer, FrameBuffer::large());
-        full.commit(len);
-        full.freeze(offload)
-    };
-    cx.switch.receive(port, frame, cx.now);
+    Offload::from_virtio_header(&virtio_header).map_err(|_| PortDropReason::BadOffload)
 }
 
 /// Whether the guest's driver agreed to take a frame with `offload` as it is.

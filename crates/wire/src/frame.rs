@@ -9,8 +9,16 @@
 //! in two sizes: small ones for frames up to a standard MTU, large ones for 64 KiB
 //! segments and stream reads. This file knows lengths and Ethernet addresses, nothing
 //! about ports or sockets.
+//!
+//! A frame may also leave its tail where its sender put it ([`LentTail`]): a guest's
+//! transmit buffers, lent by the transport that took the frame off the guest's ring. Its
+//! head (every header) is in a pooled buffer; the rest is reached through the
+//! [`LentMemory`] it lives in. A reader that can take the frame in pieces ([`Frame::parts`],
+//! an iovec for the kernel) copies nothing; one that asks for contiguous bytes
+//! ([`Frame::as_bytes`]) gets the frame copied whole once, and every clone of it shares
+//! that copy.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::fmt;
 use std::ops::Range;
 use std::rc::Rc;
@@ -29,6 +37,10 @@ pub const LARGE_BUFFER: usize = HEADROOM + MAX_FRAME_LEN;
 /// Free buffers each pool keeps for reuse; beyond these, returned buffers are freed.
 const POOLED_SMALL: usize = 4096;
 const POOLED_LARGE: usize = 256;
+
+/// The most pieces of guest memory one lent tail may span: a 64 KiB segment in pages, and
+/// the linear part before them.
+pub const MAX_LENT_SEGMENTS: usize = 24;
 
 /// Why bytes are not a frame vnet will switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +139,110 @@ impl Drop for Storage {
                 free.push(buffer);
             }
         });
+    }
+}
+
+/// Memory outside vnet's buffers that frames' tails are lent from, such as the guest
+/// memory a VM shares with its vhost-user backend. Its owner keeps it mapped while a
+/// [`LentTail`] holds it.
+pub trait LentMemory {
+    /// Copies the bytes at guest address `address` into `into`; false if some of them
+    /// cannot be read.
+    fn read(&self, address: u64, into: &mut [u8]) -> bool;
+}
+
+/// One piece of a lent tail: where it is for its owner (`address`) and in this process
+/// (`host`, for the kernel to read through an iovec; vnet's code never reads it there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LentSegment {
+    /// The address in the lender's memory, for [`LentMemory::read`].
+    pub address: u64,
+    /// The address in this process.
+    pub host: *const u8,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// A part of a frame, in order, as [`Frame::parts`] gives them.
+#[derive(Debug, Clone, Copy)]
+pub enum FramePart<'a> {
+    /// Bytes in one of vnet's buffers.
+    Bytes(&'a [u8]),
+    /// Bytes still in lent memory.
+    Lent(LentSegment),
+}
+
+/// The tail of a frame that stays in [`LentMemory`] while the frame crosses vnet. Its
+/// lender keeps the memory readable until it has seen the last frame holding the tail
+/// dropped, or has had the frame copied whole with [`Frame::detach`].
+pub struct LentTail {
+    memory: Rc<dyn LentMemory>,
+    segments: [LentSegment; MAX_LENT_SEGMENTS],
+    count: usize,
+    len: usize,
+    /// The whole frame, once a reader needed it contiguous or the lender took its
+    /// memory back.
+    whole: OnceCell<(Storage, usize)>,
+}
+
+impl LentTail {
+    /// An empty tail in `memory`.
+    pub fn new(memory: Rc<dyn LentMemory>) -> Self {
+        let none = LentSegment { address: 0, host: std::ptr::null(), len: 0 };
+        Self { memory, segments: [none; MAX_LENT_SEGMENTS], count: 0, len: 0, whole: OnceCell::new() }
+    }
+
+    /// Empties the tail for reuse, in `memory`.
+    pub fn reset(&mut self, memory: Rc<dyn LentMemory>) {
+        self.memory = memory;
+        self.count = 0;
+        self.len = 0;
+        self.whole = OnceCell::new();
+    }
+
+    /// Appends a piece; false (and nothing appended) if the tail has
+    /// [`MAX_LENT_SEGMENTS`] already.
+    pub fn push(&mut self, segment: LentSegment) -> bool {
+        let Some(slot) = self.segments.get_mut(self.count) else {
+            return false;
+        };
+        *slot = segment;
+        self.count += 1;
+        self.len += segment.len;
+        true
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn segments(&self) -> &[LentSegment] {
+        &self.segments[..self.count]
+    }
+
+    /// `head` followed by the tail, copied into one buffer the first time it is asked
+    /// for. Bytes that cannot be read any more come out as zeros.
+    fn whole(&self, head: &[u8]) -> &[u8] {
+        let (storage, start) = self.whole.get_or_init(|| {
+            let mut buffer = FrameBuffer::for_len(head.len() + self.len);
+            buffer.extend_from_slice(head);
+            for segment in self.segments() {
+                let into = &mut buffer.spare_mut()[..segment.len];
+                if !self.memory.read(segment.address, into) {
+                    into.fill(0);
+                }
+                buffer.commit(segment.len);
+            }
+            (buffer.storage.clone(), buffer.start)
+        });
+        let start = *start;
+        &storage.0[start..start + head.len() + self.len]
     }
 }
 
@@ -292,6 +408,7 @@ impl FrameBuffer {
             len: self.len() as u32,
             offload,
             ingress_port: 0,
+            tail: None,
         })
     }
 
@@ -308,6 +425,7 @@ impl FrameBuffer {
             len: len as u32,
             offload,
             ingress_port: 0,
+            tail: None,
         })
     }
 }
@@ -333,9 +451,83 @@ pub struct Frame {
     len: u32,
     offload: Offload,
     ingress_port: u32,
+    /// The rest of the frame, after the bytes in `storage`, where it was lent from.
+    tail: Option<Rc<LentTail>>,
 }
 
 impl Frame {
+    /// A frame of `head`'s data followed by `tail`, that still needs `offload` done.
+    /// `head` should hold every header a reader of the frame looks at.
+    pub fn with_lent_tail(
+        head: FrameBuffer,
+        tail: Rc<LentTail>,
+        offload: Offload,
+    ) -> Result<Self, FrameError> {
+        check_len(head.len() + tail.len())?;
+        if head.len() < ETHERNET_HEADER_LEN {
+            return Err(FrameError::Runt(head.len()));
+        }
+        Ok(Frame {
+            storage: head.storage.clone(),
+            start: head.start as u32,
+            len: head.len() as u32,
+            offload,
+            ingress_port: 0,
+            tail: Some(tail),
+        })
+    }
+
+    /// The lent tail, for its lender to take back once this is the last frame holding
+    /// it.
+    pub fn into_lent_tail(mut self) -> Option<Rc<LentTail>> {
+        self.tail.take()
+    }
+
+    /// Whether the frame's tail is still in lent memory, and frames other than this one
+    /// hold it.
+    pub fn lent_elsewhere(&self) -> bool {
+        self.tail.as_ref().is_some_and(|tail| tail.whole.get().is_none() && Rc::strong_count(tail) > 1)
+    }
+
+    /// Copies the frame whole out of lent memory, for every frame sharing its tail, so
+    /// that the lender may take the memory back.
+    pub fn detach(&self) {
+        if let Some(tail) = &self.tail {
+            tail.whole(self.head());
+        }
+    }
+
+    /// The frame's first bytes, in one of vnet's buffers: the whole frame, unless its
+    /// tail is lent; then the bytes before the tail, which hold its headers.
+    pub fn head(&self) -> &[u8] {
+        let start = self.start as usize;
+        &self.storage.0[start..start + self.len as usize]
+    }
+
+    /// The bytes of `range` of the frame, as pieces in order, without copying any:
+    /// slices of vnet's buffers, and segments of lent memory for a system call to read.
+    pub fn parts(&self, range: Range<usize>) -> impl Iterator<Item = FramePart<'_>> {
+        let lent = self.tail.as_deref().filter(|tail| tail.whole.get().is_none());
+        let bytes = if lent.is_some() { self.head() } else { self.as_bytes() };
+        let in_bytes = range.start.min(bytes.len())..range.end.min(bytes.len());
+        let first = (!in_bytes.is_empty()).then(|| FramePart::Bytes(&bytes[in_bytes]));
+        let mut offset = bytes.len();
+        let segments = lent.map(LentTail::segments).unwrap_or(&[]).iter().filter_map(move |segment| {
+            let (start, end) = (offset, offset + segment.len);
+            offset = end;
+            let (from, to) = (range.start.max(start), range.end.min(end));
+            (from < to).then(|| {
+                let skip = from - start;
+                FramePart::Lent(LentSegment {
+                    address: segment.address + skip as u64,
+                    host: segment.host.wrapping_add(skip),
+                    len: to - from,
+                })
+            })
+        });
+        first.into_iter().chain(segments)
+    }
+
     /// A frame holding a copy of `bytes`, in a pooled buffer, that still needs
     /// `offload` done.
     pub fn copy_from_slice(bytes: &[u8], offload: Offload) -> Result<Self, FrameError> {
@@ -376,15 +568,18 @@ impl Frame {
         self.header().src_addr()
     }
 
-    /// The whole frame, header included.
+    /// The whole frame, header included. A frame with a lent tail is copied whole the
+    /// first time; [`Frame::parts`] reads it without a copy.
     pub fn as_bytes(&self) -> &[u8] {
-        let start = self.start as usize;
-        &self.storage.0[start..start + self.len as usize]
+        match &self.tail {
+            None => self.head(),
+            Some(tail) => tail.whole(self.head()),
+        }
     }
 
     /// The frame's length in bytes, header included.
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.len as usize + self.tail.as_ref().map_or(0, |tail| tail.len())
     }
 
     /// Always false: a [`Frame`] holds at least an Ethernet header.
@@ -393,7 +588,7 @@ impl Frame {
     }
 
     fn header(&self) -> EthernetFrame<&[u8]> {
-        EthernetFrame::new_unchecked(self.as_bytes())
+        EthernetFrame::new_unchecked(self.head())
     }
 }
 
@@ -494,6 +689,101 @@ mod tests {
         assert_eq!(first.destination(), MacAddress([1; 6]));
         assert_eq!(second.source(), MacAddress([4; 6]));
         assert_eq!(buffer.data(), &[0xee; 30][..]);
+    }
+
+    /// Lent memory over a vector: guest address N is byte N.
+    struct VecMemory(Vec<u8>);
+
+    impl LentMemory for VecMemory {
+        fn read(&self, address: u64, into: &mut [u8]) -> bool {
+            let start = address as usize;
+            match self.0.get(start..start + into.len()) {
+                Some(bytes) => {
+                    into.copy_from_slice(bytes);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// A frame whose first 20 bytes are in a buffer and whose next 30 and 50 bytes are
+    /// lent from two places of `memory`, and those 100 bytes as they should read.
+    fn lent_frame(memory: &Rc<VecMemory>) -> (Frame, Vec<u8>) {
+        let head = frame_bytes([1; 6], [2; 6], 6);
+        let mut tail = LentTail::new(memory.clone());
+        for (address, len) in [(100u64, 30usize), (40, 50)] {
+            let host = memory.0.as_ptr().wrapping_add(address as usize);
+            assert!(tail.push(LentSegment { address, host, len }));
+        }
+        let mut expected = head.clone();
+        expected.extend_from_slice(&memory.0[100..130]);
+        expected.extend_from_slice(&memory.0[40..90]);
+        let frame = Frame::with_lent_tail(FrameBuffer::copy_of(&head), Rc::new(tail), Offload::NONE).unwrap();
+        (frame, expected)
+    }
+
+    fn memory() -> Rc<VecMemory> {
+        Rc::new(VecMemory((0..=255).collect()))
+    }
+
+    #[test]
+    fn a_lent_tail_is_read_in_parts_without_a_copy() {
+        let memory = memory();
+        let (frame, expected) = lent_frame(&memory);
+        assert_eq!(frame.len(), 100);
+        assert_eq!(frame.head(), &expected[..20]);
+        assert_eq!(frame.destination(), MacAddress([1; 6]));
+        let parts: Vec<FramePart<'_>> = frame.parts(15..60).collect();
+        assert_eq!(parts.len(), 3);
+        assert!(matches!(parts[0], FramePart::Bytes(bytes) if bytes == &expected[15..20]));
+        assert!(matches!(parts[1], FramePart::Lent(LentSegment { address: 100, len: 30, .. })));
+        let FramePart::Lent(last) = parts[2] else { panic!("a lent segment") };
+        assert_eq!((last.address, last.len), (40, 10));
+        assert_eq!(last.host, memory.0.as_ptr().wrapping_add(40));
+        let skipping_head: Vec<FramePart<'_>> = frame.parts(55..100).collect();
+        assert!(matches!(skipping_head[..], [FramePart::Lent(LentSegment { address: 45, len: 45, .. })]));
+    }
+
+    #[test]
+    fn a_lent_frame_read_whole_is_copied_once_for_all_its_clones() {
+        let memory = memory();
+        let (frame, expected) = lent_frame(&memory);
+        let flooded = frame.clone();
+        assert!(frame.lent_elsewhere());
+        assert_eq!(frame.as_bytes(), &expected[..]);
+        assert!(!flooded.lent_elsewhere(), "the clone reads the copy now");
+        assert!(
+            matches!(flooded.parts(0..100).collect::<Vec<_>>()[..], [FramePart::Bytes(b)] if b == &expected[..])
+        );
+        assert_eq!(frame, flooded);
+    }
+
+    #[test]
+    fn a_detached_frame_no_longer_needs_its_lender() {
+        let memory = memory();
+        let (frame, expected) = lent_frame(&memory);
+        let queued = frame.clone();
+        frame.detach();
+        let tail = frame.into_lent_tail().expect("it had a tail");
+        assert_eq!(Rc::strong_count(&tail), 2, "the queued frame holds it too");
+        assert_eq!(queued.as_bytes(), &expected[..]);
+        drop(queued);
+        assert_eq!(Rc::strong_count(&tail), 1, "the lender has it back");
+    }
+
+    #[test]
+    fn a_lent_tail_holds_at_most_its_segments_and_a_frame_at_most_the_largest() {
+        let memory = memory();
+        let mut tail = LentTail::new(memory.clone());
+        let segment = LentSegment { address: 0, host: memory.0.as_ptr(), len: 4096 };
+        let pushed = (0..MAX_LENT_SEGMENTS + 1).filter(|_| tail.push(segment)).count();
+        assert_eq!(pushed, MAX_LENT_SEGMENTS);
+        let head = FrameBuffer::copy_of(&frame_bytes([1; 6], [2; 6], 0));
+        assert_eq!(
+            Frame::with_lent_tail(head, Rc::new(tail), Offload::NONE).err(),
+            Some(FrameError::Oversize(ETHERNET_HEADER_LEN + MAX_LENT_SEGMENTS * 4096))
+        );
     }
 
     #[test]

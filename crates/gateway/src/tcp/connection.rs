@@ -381,7 +381,7 @@ impl Connection {
         let taken = if payload.is_empty() {
             0
         } else {
-            match cx.host.tcp_send(self.flow, payload) {
+            match cx.send_guest_data(self.flow, payload) {
                 Ok(taken) => taken,
                 Err(e) => return self.abort_on_host_error(cx, &e, "host write failed"),
             }
