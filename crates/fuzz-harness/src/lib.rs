@@ -215,7 +215,13 @@ pub fn descriptor_chains(data: &[u8]) {
     let outgoing = vec![0x5a; outgoing_len];
     let mergeable = mode & 1 == 1;
     let before = queue.next_avail();
-    match rings::deliver(&mut queue, &*memory, [0; NET_HEADER_LEN], &outgoing, mergeable) {
+    match rings::deliver(
+        &mut queue,
+        &*memory,
+        [0; NET_HEADER_LEN],
+        rings::Outbound::bytes(&outgoing),
+        mergeable,
+    ) {
         Ok(Delivery::NoRoom) => assert_eq!(queue.next_avail(), before, "a frame with no room takes nothing"),
         Ok(Delivery::Delivered) => {
             let taken = queue.next_avail().wrapping_sub(before);

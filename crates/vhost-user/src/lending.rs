@@ -26,9 +26,20 @@ const SPARE_TAILS: usize = 1024;
 /// after QEMU has sent a new memory table.
 pub struct GuestLentMemory(Arc<GuestMemoryMmap>);
 
+impl GuestLentMemory {
+    /// The guest memory a frame's tail is lent from, if a vhost-user guest lent it.
+    pub fn of(memory: &dyn LentMemory) -> Option<&GuestMemoryMmap> {
+        memory.as_any().downcast_ref::<GuestLentMemory>().map(|lent| &*lent.0)
+    }
+}
+
 impl LentMemory for GuestLentMemory {
     fn read(&self, address: u64, into: &mut [u8]) -> bool {
         self.0.read_slice(into, GuestAddress(address)).is_ok()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

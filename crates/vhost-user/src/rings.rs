@@ -16,7 +16,7 @@ use std::sync::atomic::{fence, Ordering};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemory, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vnet_wire::frame::{LentSegment, LentTail};
 use vnet_wire::{FrameBuffer, MAX_FRAME_LEN};
 
@@ -173,14 +173,39 @@ pub fn receive_capacity(chain: impl Iterator<Item = Descriptor>) -> Result<usize
     Ok(capacity)
 }
 
-/// Bytes still to be written into receive buffers: the header, then the frame.
+/// A frame to put into a receive ring: its bytes in vnet's buffers, then, if it was
+/// lent by another guest, the pieces of that guest's memory that hold the rest.
+#[derive(Clone, Copy)]
+pub struct Outbound<'a> {
+    /// The frame, or its head if it is lent.
+    pub bytes: &'a [u8],
+    /// The rest, in the other guest's memory.
+    pub lent: Option<(&'a [LentSegment], &'a GuestMemoryMmap)>,
+}
+
+impl<'a> Outbound<'a> {
+    /// A frame wholly in vnet's buffers.
+    pub fn bytes(bytes: &'a [u8]) -> Self {
+        Self { bytes, lent: None }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() + self.lent.map_or(0, |(segments, _)| segments.iter().map(|s| s.len).sum())
+    }
+}
+
+/// Bytes still to be written into receive buffers: the header, then the frame's bytes,
+/// then what is left of its lent pieces (the first one `lent_done` bytes in).
 struct Outgoing<'a> {
     parts: [&'a [u8]; 2],
+    lent: &'a [LentSegment],
+    lent_done: usize,
+    source: Option<&'a GuestMemoryMmap>,
 }
 
 impl Outgoing<'_> {
     fn is_empty(&self) -> bool {
-        self.parts.iter().all(|part| part.is_empty())
+        self.parts.iter().all(|part| part.is_empty()) && self.lent.is_empty()
     }
 
     /// Writes up to `len` bytes at `address`, returning how many were written.
@@ -205,8 +230,49 @@ impl Outgoing<'_> {
             len -= n;
             address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
         }
+        while len > 0 {
+            let (Some(segment), Some(source)) = (self.lent.first(), self.source) else {
+                break;
+            };
+            let n = (segment.len - self.lent_done).min(len);
+            let from = GuestAddress(segment.address + self.lent_done as u64);
+            copy_between_guests(source, from, memory, address, n)?;
+            self.lent_done += n;
+            if self.lent_done == segment.len {
+                self.lent = &self.lent[1..];
+                self.lent_done = 0;
+            }
+            written += n;
+            len -= n;
+            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
         Ok(written)
     }
+}
+
+/// Copies `len` bytes at `from` in one guest's memory to `to` in another's, with no
+/// buffer of vnet's between.
+fn copy_between_guests<M: GuestMemory>(
+    source: &GuestMemoryMmap,
+    mut from: GuestAddress,
+    memory: &M,
+    to: GuestAddress,
+    len: usize,
+) -> Result<(), ChainFault> {
+    fn outside<E>(_: E) -> ChainFault {
+        ChainFault::OutsideMemory
+    }
+    for target in memory.get_slices(to, len, Permissions::Write).map_err(outside)? {
+        let target = target.map_err(outside)?;
+        let mut done = 0;
+        for piece in source.get_slices(from, target.len(), Permissions::Read).map_err(outside)? {
+            let piece = piece.map_err(outside)?;
+            piece.copy_to_volatile_slice(target.subslice(done, piece.len()).map_err(outside)?);
+            done += piece.len();
+        }
+        from = from.checked_add(target.len() as u64).ok_or(ChainFault::OutsideMemory)?;
+    }
+    Ok(())
 }
 
 /// Writes what is left of `outgoing` into one receive chain, returning the bytes it took.
@@ -242,7 +308,7 @@ pub fn deliver<M: GuestMemory>(
     queue: &mut Queue,
     memory: &M,
     mut header: [u8; NET_HEADER_LEN],
-    frame: &[u8],
+    frame: Outbound<'_>,
     mergeable: bool,
 ) -> Result<Delivery, ChainFault> {
     check_ring_index(queue, memory)?;
@@ -273,7 +339,8 @@ pub fn deliver<M: GuestMemory>(
         }
     }
     header[10..12].copy_from_slice(&(count as u16).to_le_bytes());
-    let mut outgoing = Outgoing { parts: [&header, frame] };
+    let (lent, source) = frame.lent.map_or((&[][..], None), |(segments, source)| (segments, Some(source)));
+    let mut outgoing = Outgoing { parts: [&header, frame.bytes], lent, lent_done: 0, source };
     let mut fault = None;
     let mut used = [(0u16, 0u32); MAX_RECEIVE_BUFFERS];
     for (chain, entry) in chains[..count].iter().flatten().zip(&mut used) {
@@ -426,6 +493,10 @@ mod tests {
             fn read(&self, _: u64, _: &mut [u8]) -> bool {
                 false
             }
+
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
         }
         let (mut header, mut head) = ([0; NET_HEADER_LEN], FrameBuffer::small());
         let mut tail = LentTail::new(std::rc::Rc::new(Unread));
@@ -536,7 +607,10 @@ mod tests {
         let mock = receive_ring(&memory, 16, &[40, 40, 40, 40]);
         let mut queue: Queue = mock.create_queue().unwrap();
         let frame: Vec<u8> = (0..90).collect();
-        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &frame, true), Ok(Delivery::Delivered));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&frame), true),
+            Ok(Delivery::Delivered)
+        );
         assert_eq!(queue.next_avail(), 3);
         assert_eq!(queue.next_used(), 3);
         let mut written = vec![0; NET_HEADER_LEN + 90];
@@ -553,6 +627,28 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_lent_by_another_guest_goes_from_its_memory_straight_into_the_buffers() {
+        let (memory, sender) = (memory(), self::tests::memory());
+        let lent: Vec<u8> = (0..150u32).map(|i| (i * 7) as u8).collect();
+        sender.write_slice(&lent[..100], GuestAddress(0x20000)).unwrap();
+        sender.write_slice(&lent[100..], GuestAddress(0x30000)).unwrap();
+        let segments = [
+            LentSegment { address: 0x20000, host: std::ptr::null(), len: 100 },
+            LentSegment { address: 0x30000, host: std::ptr::null(), len: 50 },
+        ];
+        let head = [0xEE; 30];
+        let mock = receive_ring(&memory, 16, &[64, 64, 64, 64]);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let frame = Outbound { bytes: &head, lent: Some((&segments, &sender)) };
+        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], frame, true), Ok(Delivery::Delivered));
+        assert_eq!(queue.next_used(), 3, "12 + 30 + 150 bytes fill three 64-byte buffers");
+        let mut written = vec![0; NET_HEADER_LEN + 180];
+        memory.read_slice(&mut written, GuestAddress(BUFFERS)).unwrap();
+        assert_eq!(&written[NET_HEADER_LEN..NET_HEADER_LEN + 30], &head[..]);
+        assert_eq!(&written[NET_HEADER_LEN + 30..], &lent[..]);
+    }
+
+    #[test]
     fn a_frame_in_many_buffers_interrupts_once_as_the_driver_asked() {
         let memory = memory();
         let mock = receive_ring(&memory, 16, &[40; 8]);
@@ -563,14 +659,14 @@ mod tests {
         queue.set_event_idx(true);
         memory.write_obj(1u16, used_event).unwrap();
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Ok(Delivery::Delivered)
         );
         assert!(needs_interrupt(&queue, &memory, 0), "used_event 1 lies inside the frame's entries 0..3");
         memory.write_obj(5u16, used_event).unwrap();
         assert!(!needs_interrupt(&queue, &memory, 0), "the driver asked for a call past entry 5");
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Ok(Delivery::Delivered)
         );
         assert!(needs_interrupt(&queue, &memory, 3), "entries 3..6 pass used_event 5");
@@ -588,7 +684,7 @@ mod tests {
         let mut queue: Queue = mock.create_queue().unwrap();
         queue.set_next_used(u16::MAX - 1);
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Ok(Delivery::Delivered)
         );
         assert_eq!(queue.next_used(), 1);
@@ -602,29 +698,35 @@ mod tests {
     fn without_room_nothing_is_taken_and_the_frame_waits() {
         let memory = memory();
         let mut queue: Queue = receive_ring(&memory, 16, &[40, 40]).create_queue().unwrap();
-        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 100], true), Ok(Delivery::NoRoom));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 100]), true),
+            Ok(Delivery::NoRoom)
+        );
         assert_eq!((queue.next_avail(), queue.next_used()), (0, 0));
         let mut queue: Queue = MockSplitQueue::new(&memory, 16).create_queue().unwrap();
-        assert_eq!(deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 10], true), Ok(Delivery::NoRoom));
+        assert_eq!(
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 10]), true),
+            Ok(Delivery::NoRoom)
+        );
     }
 
     #[test]
     fn bad_receive_buffers_cost_the_frame_and_are_given_back_empty() {
         let memory = memory();
         let mut queue: Queue = receive_ring(&memory, 128, &[1; 100]).create_queue().unwrap();
-        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true);
+        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true);
         assert_eq!(fault, Err(ChainFault::TooManyBuffers));
         assert_eq!(queue.next_used() as usize, MAX_RECEIVE_BUFFERS);
 
         let mut queue: Queue = receive_ring(&memory, 16, &[40]).create_queue().unwrap();
-        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], false);
+        let fault = deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), false);
         assert_eq!((fault, queue.next_used()), (Err(ChainFault::BufferTooSmall), 1));
 
         let mock = MockSplitQueue::new(&memory, 16);
         mock.add_desc_chains(&[RawDescriptor::from(Descriptor::new(BUFFERS, 200, 0, 0))], 0).unwrap();
         let mut queue: Queue = mock.create_queue().unwrap();
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Err(ChainFault::WrongDirection)
         );
 
@@ -632,7 +734,7 @@ mod tests {
         mock.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x3_ffc0, 200, WRITE, 0))], 0).unwrap();
         let mut queue: Queue = mock.create_queue().unwrap();
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Err(ChainFault::OutsideMemory)
         );
         assert_eq!(queue.next_used(), 1);
@@ -646,7 +748,7 @@ mod tests {
         let mut queue: Queue = mock.create_queue().unwrap();
         assert_eq!(check_ring_index(&queue, &memory), Err(ChainFault::RingIndex));
         assert_eq!(
-            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], &[0; 90], true),
+            deliver(&mut queue, &memory, [0; NET_HEADER_LEN], Outbound::bytes(&[0; 90]), true),
             Err(ChainFault::RingIndex)
         );
     }

@@ -43,8 +43,8 @@ use vnet_wire::offload::{resolve, SegmentKind, VIRTIO_NET_HDR_LEN};
 use vnet_wire::{Frame, FrameBuffer, Offload};
 
 use crate::device::{Negotiated, NetDevice, RX_RING, TX_RING};
-use crate::lending::Lending;
-use crate::rings::{self, check_ring_index, ChainFault, Delivery, NET_HEADER_LEN};
+use crate::lending::{GuestLentMemory, Lending};
+use crate::rings::{self, check_ring_index, ChainFault, Delivery, Outbound, NET_HEADER_LEN};
 
 /// Frames taken off the transmit ring per batch.
 const FRAMES_PER_BATCH: usize = 64;
@@ -581,8 +581,17 @@ fn deliver_one<M: vm_memory::GuestMemory>(
 ) -> Result<Delivery, PortDropReason> {
     let mut header = [0; NET_HEADER_LEN];
     header[..VIRTIO_NET_HDR_LEN].copy_from_slice(&frame.offload().to_virtio_header(frame.as_bytes()));
-    rings::deliver(queue, memory, header, frame.as_bytes(), negotiated.mergeable_buffers)
+    rings::deliver(queue, memory, header, outbound(frame), negotiated.mergeable_buffers)
         .map_err(|_| PortDropReason::BadDescriptor)
+}
+
+/// `frame` as a receive ring takes it: a frame another guest lent is copied from that
+/// guest's memory straight into this one's.
+fn outbound(frame: &Frame) -> Outbound<'_> {
+    let lent = frame.lent_parts().and_then(|(head, segments, memory)| {
+        GuestLentMemory::of(memory).map(|source| Outbound { bytes: head, lent: Some((segments, source)) })
+    });
+    lent.unwrap_or_else(|| Outbound::bytes(frame.as_bytes()))
 }
 
 /// Delivers a frame whose offloads the guest did not agree to, cut and checksummed in

@@ -149,6 +149,9 @@ pub trait LentMemory {
     /// Copies the bytes at guest address `address` into `into`; false if some of them
     /// cannot be read.
     fn read(&self, address: u64, into: &mut [u8]) -> bool;
+    /// The memory as its lender's own type, for a lender that copies between memories
+    /// of its kind directly (one guest's buffers into another's).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// One piece of a lent tail: where it is for its owner (`address`) and in this process
@@ -504,6 +507,13 @@ impl Frame {
         &self.storage.0[start..start + self.len as usize]
     }
 
+    /// For a frame whose tail is still lent: its head, the pieces of its tail in order,
+    /// and the memory they are in.
+    pub fn lent_parts(&self) -> Option<(&[u8], &[LentSegment], &dyn LentMemory)> {
+        let tail = self.tail.as_deref().filter(|tail| tail.whole.get().is_none())?;
+        Some((self.head(), tail.segments(), &*tail.memory))
+    }
+
     /// The bytes of `range` of the frame, as pieces in order, without copying any:
     /// slices of vnet's buffers, and segments of lent memory for a system call to read.
     pub fn parts(&self, range: Range<usize>) -> impl Iterator<Item = FramePart<'_>> {
@@ -704,6 +714,10 @@ mod tests {
                 }
                 None => false,
             }
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
         }
     }
 
