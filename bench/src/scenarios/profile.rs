@@ -7,7 +7,9 @@
 //!
 //! Workloads (one namespace behind vnet's gateway, MTU 65520 and 1500):
 //! - bulk TCP from the namespace to the host's loopback and back: a fixed number of bytes
-//!   with iperf3 (`-n`), reported as instructions per byte;
+//!   with iperf3 (`-n`), reported as instructions per byte and as the share of them in
+//!   memcpy (the payload vnet copies), once through a tap and once through the bench's
+//!   vhost-user frontend;
 //! - 1-byte round trips over one TCP connection: a fixed count, reported as instructions
 //!   per round trip, once as they are and once while vnet holds 10,000 idle connections
 //!   (what a wake-up costs must not grow with the flows that sleep).
@@ -50,26 +52,44 @@ const PER_ROUND_TRIP_IDLE_FLOWS: Metric = Metric {
     better: Better::Lower,
 };
 
+/// Each workload's backend and MTU, and the names of its two directions.
+const BULK_WORKLOADS: [(Backend, u16, &str, &str); 4] = [
+    (Backend::Vnet, 65520, "ns → host, MTU 65520", "host → ns, MTU 65520"),
+    (Backend::Vnet, 1500, "ns → host, MTU 1500", "host → ns, MTU 1500"),
+    (Backend::VnetVhostUser, 65520, "vhost-user ns → host, MTU 65520", "vhost-user host → ns, MTU 65520"),
+    (Backend::VnetVhostUser, 1500, "vhost-user ns → host, MTU 1500", "vhost-user host → ns, MTU 1500"),
+];
+
+/// What share of a bulk workload's instructions are in memcpy: payload copied by vnet.
+fn memcpy_share(name: &'static str) -> Metric<'static> {
+    Metric { scenario: MEMCPY_SCENARIO, name, unit: "% of instructions", better: Better::Lower }
+}
+
+const MEMCPY_SCENARIO: &str = "Profile: instructions in memcpy (payload vnet copies)";
+
 pub fn run(bench: &mut Bench) -> Result<()> {
     let dir = ScratchDir::create()?;
     let profiled =
         Programs { vnet: callgrind_wrapper(dir.path(), &bench.programs.vnet)?, ..bench.programs.clone() };
     let server = Iperf3Server::start(IpVersion::V4)?;
-    for (mtu, upload, download) in [
-        (65520, per_byte("ns → host, MTU 65520"), per_byte("host → ns, MTU 65520")),
-        (1500, per_byte("ns → host, MTU 1500"), per_byte("host → ns, MTU 1500")),
-    ] {
+    for (backend, mtu, upload, download) in BULK_WORKLOADS {
         let guest =
-            Guest::start(Backend::Vnet, GuestSetup { mtu, tcp_forward: None, ip: IpVersion::V4 }, &profiled)?;
+            Guest::start(backend, GuestSetup { mtu, tcp_forward: None, ip: IpVersion::V4 }, &profiled)?;
         let pid = guest.backend_pid().context("vnet's process")?;
-        for (metric, reverse) in [(upload, false), (download, true)] {
+        for (name, reverse) in [(upload, false), (download, true)] {
             server.transfer(&guest, "16M", reverse)?;
             zero(pid)?;
             let bytes = server.transfer(&guest, BULK_BYTES, reverse)?;
-            let instructions = dump(pid, dir.path(), &dump_name(metric.name))?;
-            bench.record(metric, "vnet", Ok(instructions as f64 / bytes as f64));
+            let instructions = dump(pid, dir.path(), &dump_name(name))?;
+            bench.record(per_byte(name), "vnet", Ok(instructions as f64 / bytes as f64));
+            let in_memcpy = memcpy_instructions(&dump_name(name));
+            bench.record(
+                memcpy_share(name),
+                "vnet",
+                in_memcpy.map(|n| 100.0 * n as f64 / instructions as f64),
+            );
         }
-        if mtu == 65520 {
+        if backend == Backend::Vnet && mtu == 65520 {
             let plain = round_trip_instructions(bench, &guest, pid, dir.path(), "round-trip");
             bench.record(PER_ROUND_TRIP, "vnet", plain);
             let with_idle_flows = IdleConnections::hold(bench, &guest, IDLE_CONNECTIONS).and_then(|_held| {
@@ -79,6 +99,18 @@ pub fn run(bench: &mut Bench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The instructions the kept dump `NAME.out` counts in memcpy and memmove, as
+/// `callgrind_annotate` lists them by function.
+fn memcpy_instructions(name: &str) -> Result<u64> {
+    let dump = Path::new(KEPT_DUMPS).join(format!("{name}.out"));
+    let output = process::run(Command::new("callgrind_annotate").arg("--threshold=100").arg(&dump))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("memcpy") || line.contains("memmove"))
+        .filter_map(|line| line.split_whitespace().next()?.replace(',', "").parse::<u64>().ok())
+        .sum())
 }
 
 /// A file name for a metric's dump: "ns → host, MTU 1500" is ns-to-host-mtu-1500.
@@ -92,14 +124,16 @@ fn dump_name(metric: &str) -> String {
     words.join("-")
 }
 
-/// A script that runs `vnet` under callgrind, writing its counts into `dir`.
+/// A script that runs `vnet` under callgrind, writing its counts into `dir`. valgrind
+/// cannot run seccomp or Landlock, so vnet runs there without its sandbox (every
+/// profiled command is a `vnet run`).
 fn callgrind_wrapper(dir: &Path, vnet: &Path) -> Result<PathBuf> {
     let wrapper = dir.join("vnet-under-callgrind");
     let out = dir.join("callgrind.out.%p");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --callgrind-out-file={} {} \"$@\"\n",
+            "#!/bin/sh\nexec valgrind --tool=callgrind --compress-strings=no --callgrind-out-file={} {} \"$@\" --sandbox off\n",
             out.display(),
             vnet.display()
         ),

@@ -12,13 +12,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use smoltcp::wire::{ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv6Packet};
 use vnet_gateway::extension_headers::{split_header, MAX_EXTENSION_HEADERS};
 use vnet_switch::IngressGuard;
-use vnet_wire::Frame;
+use vnet_wire::{Frame, ETHERNET_HEADER_LEN};
 
 /// ICMPv6 types that only the router may send: router advertisement and redirect.
 const ROUTER_ONLY: [u8; 2] = [134, 137];
 /// ICMPv6 neighbour solicitation and advertisement.
 const NEIGHBOR_SOLICITATION: u8 = 135;
 const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+/// Where an IPv6 header names the header after it.
+const IPV6_NEXT_HEADER_AT: usize = 6;
 
 /// Refuses ARP and neighbour discovery that claim one of the gateway's addresses, and
 /// router-only ICMPv6.
@@ -97,8 +99,24 @@ fn upper_layer(mut protocol: IpProtocol, mut bytes: &[u8]) -> Upper<'_> {
     Upper::Hidden
 }
 
+/// Whether the frame that starts with `head` (its Ethernet header at least) is neither
+/// ARP nor IPv6 that could hold an ICMPv6 message, by its headers alone: such a frame
+/// claims no address, and its payload is not read (it may still be in a guest's memory).
+fn carries_no_message(head: &[u8]) -> bool {
+    match EthernetProtocol::from(u16::from_be_bytes([head[12], head[13]])) {
+        EthernetProtocol::Arp => false,
+        EthernetProtocol::Ipv6 => head
+            .get(ETHERNET_HEADER_LEN + IPV6_NEXT_HEADER_AT)
+            .is_some_and(|&next| matches!(upper_layer(IpProtocol::from(next), &[]), Upper::Other)),
+        _ => true,
+    }
+}
+
 impl IngressGuard for GatewayAddressGuard {
     fn admits(&self, frame: &Frame) -> bool {
+        if carries_no_message(frame.head()) {
+            return true;
+        }
         let Ok(ethernet) = EthernetFrame::new_checked(frame.as_bytes()) else {
             return true;
         };

@@ -55,16 +55,16 @@ pub enum ChainFault {
     NotLendable,
 }
 
-/// Copies the header and frame of one transmit chain into `header` and `frame`,
-/// returning the frame's length.
-pub fn read_transmitted<M: GuestMemory>(
+/// Walks one transmit chain: copies its first [`NET_HEADER_LEN`] bytes into `header`
+/// and hands each following piece of the frame (guest address, length; never empty) to
+/// `frame_piece`, in order.
+fn walk_transmitted<M: GuestMemory>(
     chain: impl Iterator<Item = Descriptor>,
     memory: &M,
     header: &mut [u8; NET_HEADER_LEN],
-    frame: &mut [u8],
-) -> Result<usize, ChainFault> {
+    mut frame_piece: impl FnMut(GuestAddress, usize) -> Result<(), ChainFault>,
+) -> Result<(), ChainFault> {
     let mut header_len = 0;
-    let mut frame_len = 0;
     for descriptor in chain {
         if descriptor.is_write_only() {
             return Err(ChainFault::WrongDirection);
@@ -80,17 +80,32 @@ pub fn read_transmitted<M: GuestMemory>(
             left -= n;
             address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
         }
-        if left == 0 {
-            continue;
+        if left > 0 {
+            frame_piece(address, left)?;
         }
-        let end = frame_len + left;
-        let into = frame.get_mut(frame_len..end).ok_or(ChainFault::TooLong)?;
-        memory.read_slice(into, address).map_err(|_| ChainFault::OutsideMemory)?;
-        frame_len = end;
     }
     if header_len < NET_HEADER_LEN {
         return Err(ChainFault::NoHeader);
     }
+    Ok(())
+}
+
+/// Copies the header and frame of one transmit chain into `header` and `frame`,
+/// returning the frame's length.
+pub fn read_transmitted<M: GuestMemory>(
+    chain: impl Iterator<Item = Descriptor>,
+    memory: &M,
+    header: &mut [u8; NET_HEADER_LEN],
+    frame: &mut [u8],
+) -> Result<usize, ChainFault> {
+    let mut frame_len = 0;
+    walk_transmitted(chain, memory, header, |address, len| {
+        let end = frame_len + len;
+        let into = frame.get_mut(frame_len..end).ok_or(ChainFault::TooLong)?;
+        memory.read_slice(into, address).map_err(|_| ChainFault::OutsideMemory)?;
+        frame_len = end;
+        Ok(())
+    })?;
     Ok(frame_len)
 }
 
@@ -111,23 +126,8 @@ pub fn lend_transmitted<M: GuestMemory>(
     head: &mut FrameBuffer,
     tail: &mut LentTail,
 ) -> Result<usize, ChainFault> {
-    let mut header_len = 0;
     let mut frame_len = 0usize;
-    for descriptor in chain {
-        if descriptor.is_write_only() {
-            return Err(ChainFault::WrongDirection);
-        }
-        let mut address = descriptor.addr();
-        let mut left = descriptor.len() as usize;
-        if header_len < NET_HEADER_LEN {
-            let n = left.min(NET_HEADER_LEN - header_len);
-            memory
-                .read_slice(&mut header[header_len..header_len + n], address)
-                .map_err(|_| ChainFault::OutsideMemory)?;
-            header_len += n;
-            left -= n;
-            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
-        }
+    walk_transmitted(chain, memory, header, |mut address, mut left| {
         frame_len =
             frame_len.checked_add(left).filter(|&len| len <= MAX_FRAME_LEN).ok_or(ChainFault::TooLong)?;
         if head.len() < LENT_HEAD_LEN {
@@ -138,7 +138,7 @@ pub fn lend_transmitted<M: GuestMemory>(
             address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
         }
         if left == 0 {
-            continue;
+            return Ok(());
         }
         let slices =
             memory.get_slices(address, left, Permissions::Read).map_err(|_| ChainFault::OutsideMemory)?;
@@ -154,10 +154,8 @@ pub fn lend_transmitted<M: GuestMemory>(
             }
             address = address.checked_add(slice.len() as u64).ok_or(ChainFault::OutsideMemory)?;
         }
-    }
-    if header_len < NET_HEADER_LEN {
-        return Err(ChainFault::NoHeader);
-    }
+        Ok(())
+    })?;
     Ok(frame_len)
 }
 

@@ -404,15 +404,7 @@ impl FrameBuffer {
 
     /// The data as a frame that still needs `offload` done.
     pub fn freeze(self, offload: Offload) -> Result<Frame, FrameError> {
-        check_len(self.len())?;
-        Ok(Frame {
-            storage: self.storage.clone(),
-            start: self.start as u32,
-            len: self.len() as u32,
-            offload,
-            ingress_port: 0,
-            tail: None,
-        })
+        self.share(0..self.len(), offload)
     }
 
     /// `range` of the data as a frame sharing this buffer. Writing into the buffer
@@ -467,17 +459,10 @@ impl Frame {
         offload: Offload,
     ) -> Result<Self, FrameError> {
         check_len(head.len() + tail.len())?;
-        if head.len() < ETHERNET_HEADER_LEN {
+        if head.len() < ETHERNET_HEADER_LEN + 4 {
             return Err(FrameError::Runt(head.len()));
         }
-        Ok(Frame {
-            storage: head.storage.clone(),
-            start: head.start as u32,
-            len: head.len() as u32,
-            offload,
-            ingress_port: 0,
-            tail: Some(tail),
-        })
+        Ok(Frame { tail: Some(tail), ..head.freeze(offload)? })
     }
 
     /// The lent tail, for its lender to take back once this is the last frame holding
@@ -501,7 +486,8 @@ impl Frame {
     }
 
     /// The frame's first bytes, in one of vnet's buffers: the whole frame, unless its
-    /// tail is lent; then the bytes before the tail, which hold its headers.
+    /// tail is lent; then the bytes before the tail, which hold its headers (at least
+    /// an Ethernet header and a VLAN tag's length).
     pub fn head(&self) -> &[u8] {
         let start = self.start as usize;
         &self.storage.0[start..start + self.len as usize]
@@ -784,6 +770,16 @@ mod tests {
         assert_eq!(queued.as_bytes(), &expected[..]);
         drop(queued);
         assert_eq!(Rc::strong_count(&tail), 1, "the lender has it back");
+    }
+
+    #[test]
+    fn the_switch_reads_a_lent_frame_s_addresses_and_tag_without_copying_it() {
+        let memory = memory();
+        let (frame, _) = lent_frame(&memory);
+        assert_eq!(frame.source(), MacAddress([2; 6]));
+        assert_eq!(crate::vlan::tag_of(&frame), crate::vlan::Tag::Untagged);
+        assert!(!crate::vlan::is_tagged(&frame));
+        assert!(frame.lent_parts().is_some(), "nothing was copied");
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub enum Tag {
 /// too short to hold a whole header after its tag is [`Tag::Invalid`], so untagging
 /// never makes a runt.
 pub fn tag_of(frame: &Frame) -> Tag {
-    let bytes = frame.as_bytes();
+    // A frame's head holds at least its first 18 bytes, or all of it.
+    let bytes = frame.head();
     if u16::from_be_bytes([bytes[12], bytes[13]]) != TPID {
         return Tag::Untagged;
     }
@@ -70,7 +71,7 @@ pub fn tag_of(frame: &Frame) -> Tag {
 /// Whether `frame` (at least an Ethernet header long) carries a VLAN tag of any kind
 /// next: 802.1Q, 802.1ad or the pre-standard stacked tag.
 pub fn is_tagged(frame: &Frame) -> bool {
-    let bytes = frame.as_bytes();
+    let bytes = frame.head();
     let ethertype = u16::from_be_bytes([bytes[12], bytes[13]]);
     ethertype == TPID || STACKED_TPIDS.contains(&ethertype)
 }
