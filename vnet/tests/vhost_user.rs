@@ -132,6 +132,9 @@ wget -q -O /dev/null http://10.0.2.2:{go_port}/ || exit 1
     let copied = status["events"]["vhost_user_lent_copied"].as_u64().unwrap_or(0);
     assert!(lent * 8000 > TRANSFER_BYTES as u64, "too few frames were lent: {status}");
     assert!(copied * 100 < lent, "lent frames were copied after all: {status}");
+    // The download's segments were peeked from the host socket into the guest's buffers.
+    let in_place = status["events"]["vhost_user_received_in_place"].as_u64().unwrap_or(0);
+    assert!(in_place * 65536 > TRANSFER_BYTES as u64, "too few frames were received in place: {status}");
     assert_eq!(
         port["drops"].as_object().unwrap().values().filter_map(|v| v.as_u64()).sum::<u64>(),
         0,

@@ -7,6 +7,7 @@ use std::io::{self, IoSliceMut, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use mio::net::{TcpStream, UdpSocket};
@@ -16,9 +17,9 @@ use vnet_gateway::{
     EgressRoom, FlowId, FlowMap, ForwardId, GuestEgress, HostIcmpError, HostSockets, IcmpSocketKind,
 };
 use vnet_runtime::{sys, Context};
-use vnet_switch::PortId;
+use vnet_switch::{PortId, ReceiveLender};
 use vnet_transport::stream::StreamSocket;
-use vnet_wire::frame::FramePart;
+use vnet_wire::frame::{FramePart, LentTail};
 use vnet_wire::{Frame, MacAddress};
 
 use crate::error_queue::{connect_with_ttl, set_hop_limit, set_receive_errors, take_icmp_error};
@@ -160,6 +161,8 @@ pub(crate) struct Sockets {
     pub tftp_root: Option<std::fs::File>,
     /// The helper that runs guestfwd commands, forked before the sandbox.
     pub commands: Option<vnet_runtime::commands::CommandRunner>,
+    /// The port that lent the last receive buffers, to fill them.
+    pub lender: Option<Rc<dyn ReceiveLender>>,
 }
 
 impl HostStream {
@@ -329,6 +332,25 @@ impl HostSockets for Host<'_, '_, '_> {
         Ok(peeked)
     }
 
+    fn tcp_peek_lent(&mut self, flow: FlowId, offset: usize, tail: &LentTail) -> io::Result<usize> {
+        let lender = self.sockets.lender.clone().ok_or(io::ErrorKind::InvalidInput)?;
+        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
+        if host_stream.peek_offset != Some(offset) {
+            host_stream.peek_offset = None;
+            sys::set_peek_offset(fd, offset)?;
+            host_stream.peek_offset = Some(offset);
+        }
+        let peeked = lender.peek_into(tail, fd)?;
+        host_stream.peek_offset = Some(offset + peeked);
+        Ok(peeked)
+    }
+
+    fn tcp_unread(&mut self, flow: FlowId) -> Option<usize> {
+        let host_stream = self.sockets.streams.get(flow)?;
+        sys::unread_bytes(host_stream.stream.as_fd()).ok()
+    }
+
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()> {
         let Sockets { streams, unix_discard, .. } = &mut *self.sockets;
         let host_stream = streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
@@ -453,6 +475,18 @@ impl GuestEgress for Host<'_, '_, '_> {
 
     fn port_exists(&self, port: u32) -> bool {
         self.cx.switch.port(PortId(port)).is_some()
+    }
+
+    fn lend_receive(
+        &mut self,
+        guest: MacAddress,
+        headers_len: usize,
+        payload_len: usize,
+    ) -> Option<Rc<LentTail>> {
+        let lender = self.cx.switch.lender_toward(self.sockets.port?, guest, self.cx.now)?;
+        let tail = lender.lend(headers_len, payload_len)?;
+        self.sockets.lender = Some(lender);
+        Some(tail)
     }
 }
 

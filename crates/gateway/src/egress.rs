@@ -3,6 +3,9 @@
 //! sockets are [`crate::HostSockets`]' business; [`GatewayIo`] is both together, as the
 //! gateway core's calls take them.
 
+use std::rc::Rc;
+
+use vnet_wire::frame::LentTail;
 use vnet_wire::MacAddress;
 
 use crate::host::HostSockets;
@@ -36,6 +39,20 @@ pub trait GuestEgress {
     /// Whether the switch port numbered `port` is still there. Port numbers are never
     /// reused, so a lease of a gone port may pass to its guest on a new one.
     fn port_exists(&self, port: u32) -> bool;
+
+    /// Room in the receive buffers of the guest at `guest` itself, if its port lends
+    /// them: a tail of `payload_len` bytes behind `headers_len` bytes of headers, for
+    /// TCP to peek a host socket into ([`crate::HostSockets::tcp_peek_lent`]) and send as
+    /// a frame's tail. None where the guest's port does not lend (this default).
+    fn lend_receive(
+        &mut self,
+        guest: MacAddress,
+        headers_len: usize,
+        payload_len: usize,
+    ) -> Option<Rc<LentTail>> {
+        let _ = (guest, headers_len, payload_len);
+        None
+    }
 }
 
 /// Everything the gateway core calls out to: host sockets and room on the segment.

@@ -6,6 +6,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
+use vnet_wire::frame::LentTail;
 use vnet_wire::Frame;
 
 use crate::flows::FlowId;
@@ -68,6 +69,18 @@ pub trait HostSockets {
     /// peer closed and nothing lies beyond `offset`; `WouldBlock` means nothing more has
     /// arrived yet.
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
+    /// Like [`HostSockets::tcp_peek`], into `tail`, lent by the guest's port
+    /// ([`crate::GuestEgress::lend_receive`]). A host side that cannot fill lent tails
+    /// (this default) refuses.
+    fn tcp_peek_lent(&mut self, flow: FlowId, offset: usize, tail: &LentTail) -> io::Result<usize> {
+        let _ = (flow, offset, tail);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// How many received bytes wait in `flow`'s socket, peeked or not; None if unknown.
+    fn tcp_unread(&mut self, flow: FlowId) -> Option<usize> {
+        let _ = flow;
+        None
+    }
     /// Discards the first `len` received bytes, which the guest has acknowledged.
     fn tcp_consume(&mut self, flow: FlowId, len: usize) -> io::Result<()>;
     /// How many more bytes the socket's send buffer takes now.

@@ -149,6 +149,12 @@ struct IpAddressing {
 /// and data) is everything after them.
 fn ip_headers(frame: &mut [u8], to: IpAddressing) {
     let payload_len = frame.len() - ETHERNET_HEADER_LEN - to.ips.header_len();
+    ip_headers_before(frame, payload_len, to);
+}
+
+/// Writes the Ethernet and IP headers at the start of `frame`, for an IP payload of
+/// `payload_len` bytes however much of it `frame` holds.
+fn ip_headers_before(frame: &mut [u8], payload_len: usize, to: IpAddressing) {
     let packet = &mut frame[ETHERNET_HEADER_LEN..];
     let ethertype = match to.ips {
         IpPair::V4 { src, dst } => {
@@ -274,20 +280,51 @@ pub fn tcp_around(
         return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + ip_header_len + segment_len));
     }
     payload.prepend(headers_len).fill(0);
-    let frame = payload.data_mut();
-    ip_headers(
-        frame,
-        IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp, hop_limit: HOP_LIMIT },
-    );
-    let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ip_header_len..]);
+    let to = IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp, hop_limit: HOP_LIMIT };
+    tcp_headers(payload.data_mut(), segment_len, to, &header, partial);
+    payload.freeze(Offload::NONE)
+}
+
+/// Writes the Ethernet, IP and TCP headers of a segment of `segment_len` bytes (TCP
+/// header and payload) at the start of `frame`. The checksum is left as the
+/// pseudo-header sum with `partial`; else it is computed over the payload, which must
+/// then follow in `frame`.
+fn tcp_headers(frame: &mut [u8], segment_len: usize, to: IpAddressing, header: &TcpRepr<'_>, partial: bool) {
+    ip_headers_before(frame, segment_len, to);
+    let ips = to.ips;
+    let packet = &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + ips.header_len()..]);
     let checksums = if partial { ChecksumCapabilities::ignored() } else { ChecksumCapabilities::default() };
-    // The payload is in place already: emit only the header (and, unless partial, the
-    // checksum over all of it).
     header.emit(packet, &ips.src(), &ips.dst(), &checksums);
     if partial {
         packet.set_checksum(ips.pseudo_header_sum(IpProtocol::Tcp, segment_len));
     }
-    payload.freeze(Offload::NONE)
+}
+
+/// The Ethernet, IP and TCP headers of a segment whose `payload_len` bytes of payload
+/// lie elsewhere (in a guest's receive buffers), in a pooled buffer; the checksum is
+/// left partial, as [`tcp_around`] leaves it.
+pub fn tcp_headers_before(
+    payload_len: usize,
+    src_mac: MacAddress,
+    dst_mac: MacAddress,
+    src: SocketAddr,
+    dst: SocketAddr,
+    header: &TcpRepr<'_>,
+) -> Result<FrameBuffer, FrameError> {
+    let ips = IpPair::new(src.ip(), dst.ip());
+    let header = TcpRepr { payload: &[], ..*header };
+    let segment_len = header.header_len() + payload_len;
+    let ip_header_len = ips.header_len();
+    let headers_len = ETHERNET_HEADER_LEN + ip_header_len + header.header_len();
+    if segment_len > ips.max_payload() {
+        return Err(FrameError::Oversize(ETHERNET_HEADER_LEN + ip_header_len + segment_len));
+    }
+    let mut buffer = FrameBuffer::small();
+    buffer.spare_mut()[..headers_len].fill(0);
+    buffer.commit(headers_len);
+    let to = IpAddressing { src_mac, dst_mac, ips, protocol: IpProtocol::Tcp, hop_limit: HOP_LIMIT };
+    tcp_headers(buffer.data_mut(), segment_len, to, &header, true);
+    Ok(buffer)
 }
 
 /// Where a TCP checksum left partial by [`tcp_around`] starts and lies, in a segment to

@@ -142,8 +142,9 @@ pub fn send_datagrams(fd: BorrowedFd<'_>, to: &SockAddr, datagrams: &[&[u8]]) ->
     Ok(check(sent)? as usize)
 }
 
-/// The most pieces [`send_gathered`] sends with one call.
-pub const MAX_GATHERED: usize = 32;
+/// The most pieces [`send_gathered`] sends, and [`peek_into_foreign`] fills, with one
+/// call.
+pub const MAX_GATHERED: usize = 64;
 
 /// Sends the bytes at `pieces` (address and length, in order; at most [`MAX_GATHERED`])
 /// on the connected stream socket `fd` with one `sendmsg`, without blocking. The pieces
@@ -166,6 +167,60 @@ pub fn send_gathered(fd: BorrowedFd<'_>, pieces: &[(*const u8, usize)]) -> io::R
         return Err(io::Error::last_os_error());
     }
     Ok(sent as usize)
+}
+
+/// Memory outside what Rust code owns that the kernel may write into: receive buffers in
+/// the memory a VM shares with vnet.
+#[derive(Debug, Clone, Copy)]
+pub struct ForeignWritable {
+    address: *mut u8,
+    len: usize,
+}
+
+impl ForeignWritable {
+    /// `len` bytes at `address`.
+    ///
+    /// # Safety
+    /// They must be mapped writable for as long as the value is used, and no Rust
+    /// reference may cover them meanwhile (memory a guest shares, not vnet's own).
+    pub unsafe fn new(address: *mut u8, len: usize) -> Self {
+        Self { address, len }
+    }
+}
+
+/// Copies the bytes of the stream socket `fd` from its peek offset on into `regions`, in
+/// order (at most [`MAX_GATHERED`] of them), without consuming them or blocking, and
+/// returns how many.
+pub fn peek_into_foreign(
+    fd: BorrowedFd<'_>,
+    regions: impl IntoIterator<Item = ForeignWritable>,
+) -> io::Result<usize> {
+    let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GATHERED];
+    let mut count = 0;
+    for (iovec, region) in iovecs.iter_mut().zip(regions) {
+        *iovec = libc::iovec { iov_base: region.address.cast(), iov_len: region.len };
+        count += 1;
+    }
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut message: libc::msghdr = unsafe { zeroed() };
+    message.msg_iov = iovecs.as_mut_ptr();
+    message.msg_iovlen = count;
+    // SAFETY: every iovec describes memory a ForeignWritable vouches for: mapped
+    // writable and covered by no Rust reference, so the kernel's writes break nothing
+    // Rust relies on.
+    let peeked = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut message, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if peeked < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(peeked as usize)
+}
+
+/// How many received bytes wait in the stream socket `fd`'s queue (SIOCINQ).
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCINQ writes one int into `queued`, which outlives the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut queued) })?;
+    Ok(queued.max(0) as usize)
 }
 
 /// Sends the bytes of `parts`, gathered, to `to` as UDP datagrams of `segment` bytes each

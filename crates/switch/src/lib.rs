@@ -16,6 +16,7 @@ mod security;
 mod vlan;
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -25,8 +26,8 @@ use vnet_wire::{offload, Frame, FrameError, MacAddress};
 pub use mac_table::{Learned, MacTable, Station, DEFAULT_AGING, DEFAULT_CAPACITY};
 pub use mirror::MirrorSink;
 pub use port::{
-    MemoryBudget, Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom, Remote,
-    RemoteCounters, RemoteId,
+    MemoryBudget, Port, PortCounters, PortDropReason, PortId, PortPolicy, QueueLimits, QueueRoom,
+    ReceiveLender, Remote, RemoteCounters, RemoteId,
 };
 pub use security::{IngressGuard, PortSecurity, DEFAULT_PORT_STATIONS, DEFAULT_STORM_PPS};
 pub use vlan::{PortVlans, Vlan};
@@ -294,6 +295,19 @@ impl Switch {
         let vlan = self.ports.get(&from)?.vlans().untagged;
         let port = self.unicast_destination(vlan, destination, now)?;
         self.ports.get(&port).map(|port| (port.room(), port.takes_offloads()))
+    }
+
+    /// The receive buffers of the peer a frame from port `from` to `destination` goes
+    /// to, if that peer lends them and gets the frame as it is (untagged).
+    pub fn lender_toward(
+        &self,
+        from: PortId,
+        destination: MacAddress,
+        now: Instant,
+    ) -> Option<Rc<dyn ReceiveLender>> {
+        let vlan = self.ports.get(&from)?.vlans().untagged;
+        let port = self.ports.get(&self.unicast_destination(vlan, destination, now)?)?;
+        (port.vlans().egress_tag(vlan).is_none()).then(|| port.lender().cloned()).flatten()
     }
 
     /// The remote peer behind port `port` that `frame`'s destination was learned behind

@@ -10,8 +10,11 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 
+use vnet_wire::frame::LentTail;
 use vnet_wire::Frame;
 
 use crate::security::{PortGuard, PortSecurity};
@@ -305,6 +308,21 @@ pub struct Port {
     /// The peers behind the port, for a transport that reaches several through it.
     remotes: Vec<Remote>,
     pub(crate) pending: bool,
+    /// The peer's own receive buffers, if it lends them.
+    lender: Option<Rc<dyn ReceiveLender>>,
+}
+
+/// A port's peer that lends its own receive buffers for frames toward it, so that a
+/// sender puts a frame's payload straight where the peer reads it (a vhost-user guest's
+/// receive ring): a frame whose lent tail came from here is handed over without a copy.
+pub trait ReceiveLender: fmt::Debug {
+    /// A tail of `payload_len` bytes in the peer's receive buffers, behind room for
+    /// `headers_len` bytes of headers; None if the peer has not posted enough buffers,
+    /// or cannot take such a frame as it is.
+    fn lend(&self, headers_len: usize, payload_len: usize) -> Option<Rc<LentTail>>;
+    /// Copies the stream socket `source`'s bytes from its peek offset on into `tail`
+    /// (one this lender lent) without consuming them, and returns how many.
+    fn peek_into(&self, tail: &LentTail, source: BorrowedFd<'_>) -> io::Result<usize>;
 }
 
 impl Port {
@@ -328,6 +346,7 @@ impl Port {
             owner: 0,
             remotes: Vec::new(),
             pending: false,
+            lender: None,
         }
     }
 
@@ -373,6 +392,16 @@ impl Port {
     /// Whether the peer takes frames with offloads left to do.
     pub fn takes_offloads(&self) -> bool {
         self.takes_offloads
+    }
+
+    /// Lets senders put frames' payloads into the peer's own receive buffers.
+    pub fn set_lender(&mut self, lender: Rc<dyn ReceiveLender>) {
+        self.lender = Some(lender);
+    }
+
+    /// The peer's receive buffers, if it lends them.
+    pub fn lender(&self) -> Option<&Rc<dyn ReceiveLender>> {
+        self.lender.as_ref()
     }
 
     /// The VLANs the port carries.

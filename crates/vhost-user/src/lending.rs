@@ -27,6 +27,16 @@ const SPARE_TAILS: usize = 1024;
 pub struct GuestLentMemory(Arc<GuestMemoryMmap>);
 
 impl GuestLentMemory {
+    /// Guest memory as mapped now.
+    pub fn new(memory: Arc<GuestMemoryMmap>) -> Self {
+        Self(memory)
+    }
+
+    /// Whether this is `memory`, the same mapping.
+    pub fn is(&self, memory: &Arc<GuestMemoryMmap>) -> bool {
+        Arc::ptr_eq(&self.0, memory)
+    }
+
     /// The guest memory a frame's tail is lent from, if a vhost-user guest lent it.
     pub fn of(memory: &dyn LentMemory) -> Option<&GuestMemoryMmap> {
         memory.as_any().downcast_ref::<GuestLentMemory>().map(|lent| &*lent.0)
@@ -58,7 +68,7 @@ impl Lending {
     /// An empty tail in `memory`, which must be what the guest's memory is now.
     pub fn tail_in(&mut self, memory: &Arc<GuestMemoryMmap>) -> Rc<LentTail> {
         let memory = match &self.memory {
-            Some(lent) if Arc::ptr_eq(&lent.0, memory) => Rc::clone(lent),
+            Some(lent) if lent.is(memory) => Rc::clone(lent),
             _ => {
                 let lent = Rc::new(GuestLentMemory(Arc::clone(memory)));
                 self.memory = Some(Rc::clone(&lent));

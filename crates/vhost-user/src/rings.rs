@@ -355,6 +355,158 @@ pub fn deliver<M: GuestMemory>(
     fault.map_or(Ok(Delivery::Delivered), Err)
 }
 
+/// Receive chains taken off the ring for one frame before it is built: where the
+/// header and the frame's head go (the chains' first bytes, in at most
+/// [`HEAD_PIECES`] pieces), and each chain's head index and capacity.
+#[derive(Debug, Clone)]
+pub struct ReservedChains {
+    head_pieces: [(GuestAddress, usize); HEAD_PIECES],
+    head_piece_count: usize,
+    chains: [(u16, u32); MAX_RECEIVE_BUFFERS],
+    count: usize,
+}
+
+/// The most pieces the header and head of a frame in reserved chains may span.
+pub const HEAD_PIECES: usize = 4;
+
+/// Takes receive chains off the ring for a frame of `head_len` bytes (the virtio-net
+/// header and the frame's headers) and `payload_len` more, and puts where the payload
+/// goes into `tail`. None, with nothing taken, if the guest has not posted enough
+/// buffers or they are in more pieces than a tail or the head may span; a bad chain is
+/// given back empty and reported.
+pub fn reserve<M: GuestMemory>(
+    queue: &mut Queue,
+    memory: &M,
+    head_len: usize,
+    payload_len: usize,
+    tail: &mut LentTail,
+) -> Result<Option<ReservedChains>, ChainFault> {
+    check_ring_index(queue, memory)?;
+    let needed = head_len + payload_len;
+    let mut chains: [Option<DescriptorChain<&M>>; MAX_RECEIVE_BUFFERS] =
+        [const { None }; MAX_RECEIVE_BUFFERS];
+    let mut reserved = ReservedChains {
+        head_pieces: [(GuestAddress(0), 0); HEAD_PIECES],
+        head_piece_count: 0,
+        chains: [(0, 0); MAX_RECEIVE_BUFFERS],
+        count: 0,
+    };
+    let mut capacity = 0usize;
+    let give_up = |queue: &mut Queue, count: usize| {
+        for _ in 0..count {
+            queue.go_to_previous_position();
+        }
+        Ok(None)
+    };
+    while capacity < needed {
+        let count = reserved.count;
+        if count == MAX_RECEIVE_BUFFERS {
+            return give_up(queue, count);
+        }
+        let Some(chain) = queue.pop_descriptor_chain(memory) else {
+            return give_up(queue, count);
+        };
+        match receive_capacity(chain.clone()) {
+            Ok(n) => {
+                reserved.chains[count] = (chain.head_index(), n.min(u32::MAX as usize) as u32);
+                capacity += n;
+            }
+            Err(fault) => {
+                chains[count] = Some(chain);
+                give_back_empty(queue, memory, &chains[..=count], fault)?;
+                return Err(fault);
+            }
+        }
+        chains[count] = Some(chain);
+        reserved.count += 1;
+    }
+    let mut skip = head_len;
+    let mut left = payload_len;
+    for descriptor in chains[..reserved.count].iter().flatten().flat_map(|chain| chain.clone()) {
+        let mut address = descriptor.addr();
+        let mut len = descriptor.len() as usize;
+        if skip > 0 {
+            let n = skip.min(len);
+            if n > 0 {
+                let Some(piece) = reserved.head_pieces.get_mut(reserved.head_piece_count) else {
+                    return give_up(queue, reserved.count);
+                };
+                *piece = (address, n);
+                reserved.head_piece_count += 1;
+            }
+            skip -= n;
+            len -= n;
+            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
+        let n = left.min(len);
+        if n == 0 {
+            continue;
+        }
+        let Ok(slices) = memory.get_slices(address, n, Permissions::Write) else {
+            return give_up(queue, reserved.count);
+        };
+        for slice in slices {
+            let Ok(slice) = slice else {
+                return give_up(queue, reserved.count);
+            };
+            let segment = LentSegment {
+                address: address.raw_value(),
+                host: slice.ptr_guard_mut().as_ptr(),
+                len: slice.len(),
+            };
+            if !tail.push(segment) {
+                return give_up(queue, reserved.count);
+            }
+            address = address.checked_add(slice.len() as u64).ok_or(ChainFault::OutsideMemory)?;
+        }
+        left -= n;
+    }
+    Ok(Some(reserved))
+}
+
+/// Completes a frame whose payload was put into `reserved` chains: writes `header` (its
+/// buffer count filled in) and the frame's `head` in front of the payload, and gives the
+/// chains back used, `payload_len` bytes of payload behind them.
+pub fn deliver_reserved<M: GuestMemory>(
+    queue: &mut Queue,
+    memory: &M,
+    mut header: [u8; NET_HEADER_LEN],
+    head: &[u8],
+    payload_len: usize,
+    reserved: &ReservedChains,
+) -> Result<(), ChainFault> {
+    header[10..12].copy_from_slice(&(reserved.count as u16).to_le_bytes());
+    let mut outgoing = Outgoing { parts: [&header, head], lent: &[], lent_done: 0, source: None };
+    for &(address, len) in &reserved.head_pieces[..reserved.head_piece_count] {
+        outgoing.write_to(memory, address, len)?;
+    }
+    if !outgoing.is_empty() {
+        return Err(ChainFault::BufferTooSmall);
+    }
+    let mut left = NET_HEADER_LEN + head.len() + payload_len;
+    let mut used = [(0u16, 0u32); MAX_RECEIVE_BUFFERS];
+    for (entry, &(index, capacity)) in used.iter_mut().zip(&reserved.chains[..reserved.count]) {
+        let written = left.min(capacity as usize);
+        *entry = (index, written as u32);
+        left -= written;
+    }
+    publish_used(queue, memory, &used[..reserved.count])
+}
+
+/// Gives `reserved` chains back to the guest used and empty: for a frame that never
+/// came.
+pub fn give_back_reserved<M: GuestMemory>(
+    queue: &mut Queue,
+    memory: &M,
+    reserved: &ReservedChains,
+) -> Result<(), ChainFault> {
+    let mut used = [(0u16, 0u32); MAX_RECEIVE_BUFFERS];
+    for (entry, &(index, _)) in used.iter_mut().zip(&reserved.chains[..reserved.count]) {
+        *entry = (index, 0);
+    }
+    publish_used(queue, memory, &used[..reserved.count])
+}
+
 /// Returns every chain in `chains` used with nothing written, and reports `fault`.
 fn give_back_empty<M: GuestMemory>(
     queue: &mut Queue,

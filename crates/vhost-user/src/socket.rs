@@ -44,6 +44,7 @@ use vnet_wire::{Frame, FrameBuffer, Offload};
 
 use crate::device::{Negotiated, NetDevice, RX_RING, TX_RING};
 use crate::lending::{GuestLentMemory, Lending};
+use crate::receiving::ReceiveLending;
 use crate::rings::{self, check_ring_index, ChainFault, Delivery, Outbound, NET_HEADER_LEN};
 
 /// Frames taken off the transmit ring per batch.
@@ -231,6 +232,8 @@ struct Vm {
     buffer: FrameBuffer,
     /// The transmit chains lent to frames.
     lending: Lending,
+    /// The receive chains lent to frames on their way here.
+    receiving: Rc<ReceiveLending>,
 }
 
 impl Vm {
@@ -242,6 +245,10 @@ impl Vm {
         let session = BackendReqHandler::from_stream(stream, device.clone());
         let socket_token = cx.register_source(&mut SourceFd(&socket.as_raw_fd()), Interest::READABLE)?;
         let port = cx.add_port_taking_offloads(listen.clone(), true);
+        let receiving = Rc::new(ReceiveLending::new(device.clone()));
+        if let Some(switch_port) = cx.switch.port_mut(port) {
+            switch_port.set_lender(receiving.clone());
+        }
         Ok(Self {
             name: listen,
             session,
@@ -254,6 +261,7 @@ impl Vm {
             header: [0; NET_HEADER_LEN],
             buffer: FrameBuffer::large(),
             lending: Lending::default(),
+            receiving,
         })
     }
 
@@ -308,6 +316,9 @@ impl Vm {
                 info!(port = %self.name, features = ?now_negotiated, "guest driver agreed to features");
             }
             if self.device().take_kicks_changed() {
+                // The rings stopped, started or were reset: chains lent from them are
+                // no longer the guest's to give back.
+                self.receiving.forget();
                 self.register_kicks(cx).map_err(Disconnect::Socket)?;
                 self.deliver_queued(cx);
             }
@@ -491,10 +502,29 @@ impl Vm {
         let queue = ring.get_queue_mut();
         let used_before = queue.next_used();
         let mut retried = false;
+        let mut in_place = 0;
         loop {
             let Some(frame) = port.queued().next() else {
                 break;
             };
+            if let Some(tail) = frame.tail().filter(|tail| tail.ticket() != 0) {
+                // A frame whose payload was peeked into receive buffers: this guest's,
+                // or, if it came here after all, another's, which it must not read.
+                let delivered = self.receiving.take(tail).map(|chains| {
+                    let mut header = [0; NET_HEADER_LEN];
+                    header[..VIRTIO_NET_HDR_LEN]
+                        .copy_from_slice(&frame.offload().to_virtio_header(frame.head()));
+                    rings::deliver_reserved(queue, &*memory, header, frame.head(), tail.len(), &chains)
+                });
+                match delivered {
+                    Some(Ok(())) => {
+                        in_place += 1;
+                        port.pop_sent()
+                    }
+                    Some(Err(_)) | None => port.pop_dropped(PortDropReason::BadDescriptor),
+                };
+                continue;
+            }
             let result = if guest_takes(negotiated, frame.offload()) {
                 deliver_one(queue, &*memory, frame, negotiated)
             } else {
@@ -515,6 +545,13 @@ impl Vm {
                 }
             }
         }
+        let mut unclaimed = 0;
+        self.receiving.unclaimed(|chains| {
+            unclaimed += 1;
+            let _ = rings::give_back_reserved(queue, &*memory, chains);
+        });
+        cx.count_many("vhost_user_received_in_place", in_place);
+        cx.count_many("vhost_user_receive_unclaimed", unclaimed);
         if queue.next_used() != used_before && rings::needs_interrupt(queue, &*memory, used_before) {
             let _ = ring.signal_used_queue();
         }

@@ -38,9 +38,9 @@ pub const LARGE_BUFFER: usize = HEADROOM + MAX_FRAME_LEN;
 const POOLED_SMALL: usize = 4096;
 const POOLED_LARGE: usize = 256;
 
-/// The most pieces of guest memory one lent tail may span: a 64 KiB segment in pages, and
-/// the linear part before them.
-pub const MAX_LENT_SEGMENTS: usize = 24;
+/// The most pieces of guest memory one lent tail may span: a 64 KiB segment in a guest's
+/// receive buffers of 1 KiB or more, or in pages and the linear part before them.
+pub const MAX_LENT_SEGMENTS: usize = 64;
 
 /// Why bytes are not a frame vnet will switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +183,8 @@ pub struct LentTail {
     segments: [LentSegment; MAX_LENT_SEGMENTS],
     count: usize,
     len: usize,
+    /// A number the lender gave the tail, to know it again.
+    ticket: u64,
     /// The whole frame, once a reader needed it contiguous or the lender took its
     /// memory back.
     whole: OnceCell<(Storage, usize)>,
@@ -192,7 +194,14 @@ impl LentTail {
     /// An empty tail in `memory`.
     pub fn new(memory: Rc<dyn LentMemory>) -> Self {
         let none = LentSegment { address: 0, host: std::ptr::null(), len: 0 };
-        Self { memory, segments: [none; MAX_LENT_SEGMENTS], count: 0, len: 0, whole: OnceCell::new() }
+        Self {
+            memory,
+            segments: [none; MAX_LENT_SEGMENTS],
+            count: 0,
+            len: 0,
+            ticket: 0,
+            whole: OnceCell::new(),
+        }
     }
 
     /// Empties the tail for reuse, in `memory`.
@@ -200,7 +209,23 @@ impl LentTail {
         self.memory = memory;
         self.count = 0;
         self.len = 0;
+        self.ticket = 0;
         self.whole = OnceCell::new();
+    }
+
+    /// Gives the tail the number `ticket`, for its lender to know it by.
+    pub fn set_ticket(&mut self, ticket: u64) {
+        self.ticket = ticket;
+    }
+
+    /// The number its lender gave it (0 if none).
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// Its pieces, in order.
+    pub fn segments(&self) -> &[LentSegment] {
+        &self.segments[..self.count]
     }
 
     /// Appends a piece; false (and nothing appended) if the tail has
@@ -223,10 +248,6 @@ impl LentTail {
     /// Whether it holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    fn segments(&self) -> &[LentSegment] {
-        &self.segments[..self.count]
     }
 
     /// `head` followed by the tail, copied into one buffer the first time it is asked
@@ -496,14 +517,24 @@ impl Frame {
     /// For a frame whose tail is still lent: its head, the pieces of its tail in order,
     /// and the memory they are in.
     pub fn lent_parts(&self) -> Option<(&[u8], &[LentSegment], &dyn LentMemory)> {
-        let tail = self.tail.as_deref().filter(|tail| tail.whole.get().is_none())?;
+        let tail = self.lent_tail()?;
         Some((self.head(), tail.segments(), &*tail.memory))
+    }
+
+    /// The frame's lent tail, whether or not it has been copied whole since.
+    pub fn tail(&self) -> Option<&LentTail> {
+        self.tail.as_deref()
+    }
+
+    /// The frame's tail, while it is still lent.
+    pub fn lent_tail(&self) -> Option<&LentTail> {
+        self.tail.as_deref().filter(|tail| tail.whole.get().is_none())
     }
 
     /// The bytes of `range` of the frame, as pieces in order, without copying any:
     /// slices of vnet's buffers, and segments of lent memory for a system call to read.
     pub fn parts(&self, range: Range<usize>) -> impl Iterator<Item = FramePart<'_>> {
-        let lent = self.tail.as_deref().filter(|tail| tail.whole.get().is_none());
+        let lent = self.lent_tail();
         let bytes = if lent.is_some() { self.head() } else { self.as_bytes() };
         let in_bytes = range.start.min(bytes.len())..range.end.min(bytes.len());
         let first = (!in_bytes.is_empty()).then(|| FramePart::Bytes(&bytes[in_bytes]));

@@ -3,10 +3,12 @@
 //! data). What to send and when is decided elsewhere; this file only builds.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
+use vnet_wire::frame::LentTail;
 use vnet_wire::offload::{SegmentKind, Segmentation};
-use vnet_wire::{FrameBuffer, MacAddress, Offload};
+use vnet_wire::{Frame, FrameBuffer, FrameError, MacAddress, Offload};
 
 use super::connection::{Connection, State, OUR_WINDOW_SCALE};
 use crate::config::GatewayConfig;
@@ -109,10 +111,36 @@ impl Connection {
         if !offloaded {
             return Ok(frame);
         }
+        Ok(frame.with_offload(self.offload_for(payload_len)))
+    }
+
+    /// The headers of a data segment with `header`'s fields and `payload_len` bytes of
+    /// payload that will lie elsewhere (in the guest's receive buffers), to go in front
+    /// of them with [`Connection::lent_data_segment`].
+    pub fn headers_for_lent(
+        &self,
+        config: &GatewayConfig,
+        header: &Outgoing<'_>,
+        payload_len: usize,
+    ) -> Result<FrameBuffer, FrameError> {
+        let repr = self.repr(config, header);
+        packet::tcp_headers_before(payload_len, config.mac(), self.guest_mac, self.remote, self.guest, &repr)
+    }
+
+    /// A data segment of `headers` and the payload peeked into `tail`, which the guest's
+    /// port lent: offloaded as toward any port that offloads.
+    pub fn lent_data_segment(&self, headers: FrameBuffer, tail: Rc<LentTail>) -> BuiltFrame {
+        let offload = self.offload_for(tail.len());
+        Frame::with_lent_tail(headers, tail, offload)
+    }
+
+    /// What a port that offloads does to a data segment of `payload_len` bytes: completes
+    /// its partial checksum, and cuts it at the guest's MSS if it is longer.
+    fn offload_for(&self, payload_len: usize) -> Offload {
         let kind = if self.guest.is_ipv4() { SegmentKind::TcpV4 } else { SegmentKind::TcpV6 };
         let segmentation = (payload_len > self.mss).then_some(Segmentation { kind, size: self.mss as u16 });
         let checksum = Some(packet::tcp_partial_checksum(self.guest.ip()));
-        Ok(frame.with_offload(Offload { checksum, segmentation }))
+        Offload { checksum, segmentation }
     }
 
     /// The header fields (and payload) of `outgoing` on this connection.

@@ -92,6 +92,15 @@ impl Connection {
                 break;
             }
             let want = room.min(affordable).min(frame_payload * self.peek_batch);
+            if egress.takes_offloads {
+                let sent = self.send_lent(cx, want, frame_payload, &mut egress);
+                if sent == want {
+                    continue;
+                }
+                if sent > 0 {
+                    break;
+                }
+            }
             let Peeked::Data(got) = self.peek(cx, sender, want, frame_payload) else {
                 break;
             };
@@ -147,6 +156,62 @@ impl Connection {
                 Peeked::Stop
             }
         }
+    }
+
+    /// Sends up to `want` bytes of what waits in the host socket in frames of up to
+    /// `frame_payload` bytes whose payload is peeked straight into the guest's own
+    /// receive buffers, where its port lends them; counts them against `egress`. Returns
+    /// the bytes sent: 0 where the port does not lend or the socket's queue is not
+    /// known, and the caller peeks into vnet's buffers instead.
+    fn send_lent(
+        &mut self,
+        cx: &mut Context<'_>,
+        want: usize,
+        frame_payload: usize,
+        egress: &mut EgressRoom,
+    ) -> usize {
+        let Some(unread) = cx.host.tcp_unread(self.flow) else {
+            return 0;
+        };
+        let window = self.window_for_guest(cx.host);
+        let mut left = unread.saturating_sub(self.snd_nxt.wrapping_sub(self.snd_una) as usize).min(want);
+        let mut sent = 0;
+        while left > 0 {
+            let len = left.min(frame_payload);
+            let header = Outgoing {
+                control: TcpControl::Psh,
+                seq: self.snd_nxt,
+                ack: Some(self.rcv_nxt),
+                window,
+                syn_options: false,
+                payload: &[],
+            };
+            let Ok(headers) = self.headers_for_lent(cx.config, &header, len) else {
+                break;
+            };
+            let Some(tail) = cx.host.lend_receive(self.guest_mac, headers.len(), len) else {
+                break;
+            };
+            let offset = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+            // A tail not filled whole goes back to the guest unused.
+            if !matches!(cx.host.tcp_peek_lent(self.flow, offset, &tail), Ok(got) if got == len) {
+                break;
+            }
+            let Ok(segment) = self.lent_data_segment(headers, tail) else {
+                break;
+            };
+            egress.frames = egress.frames.saturating_sub(1);
+            egress.bytes = egress.bytes.saturating_sub(segment.len());
+            cx.out.push(segment);
+            self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
+            self.sent_data(cx.now);
+            sent += len;
+            left -= len;
+        }
+        if sent > 0 {
+            self.retransmit_at.get_or_insert(cx.now + self.rto);
+        }
+        sent
     }
 
     /// Sends the `got` bytes the last peek put into the sender's buffers, a segment per
