@@ -212,6 +212,9 @@ pub fn descriptor_chains(data: &[u8]) {
     }
 
     let outgoing_len = usize::from(u16::from_le_bytes([len_low, len_high])) % MAX_FRAME_LEN;
+    if mode & 2 == 2 {
+        return receive_in_place(&mut queue, &memory, &mut lending, outgoing_len);
+    }
     let outgoing = vec![0x5a; outgoing_len];
     let mergeable = mode & 1 == 1;
     let before = queue.next_avail();
@@ -229,6 +232,49 @@ pub fn descriptor_chains(data: &[u8]) {
         }
         Err(_) => {}
     }
+}
+
+/// Takes receive chains for a frame of `len` bytes (54 of them headers) as the transport
+/// does when it lends them, fills them where the tail says, and completes the frame:
+/// the tail must lie in guest memory and hold exactly the payload, and a refusal must
+/// take nothing.
+fn receive_in_place(
+    queue: &mut virtio_queue::Queue,
+    memory: &std::sync::Arc<vm_memory::GuestMemoryMmap>,
+    lending: &mut vnet_vhost_user::lending::Lending,
+    len: usize,
+) {
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+    use vnet_vhost_user::rings::{self, NET_HEADER_LEN};
+    const HEADERS: usize = 54;
+    let payload_len = len.saturating_sub(HEADERS);
+    let mut tail = lending.tail_in(memory);
+    let lent_tail = std::rc::Rc::get_mut(&mut tail).expect("a fresh tail has one holder");
+    let before = queue.next_avail();
+    let Ok(reserved) = rings::reserve(queue, &**memory, NET_HEADER_LEN + HEADERS, payload_len, lent_tail)
+    else {
+        return;
+    };
+    let Some(reserved) = reserved else {
+        assert_eq!(queue.next_avail(), before, "a refused reservation takes nothing");
+        return;
+    };
+    assert_eq!(tail.len(), payload_len, "the tail holds the payload exactly");
+    for segment in tail.segments() {
+        let fill = vec![0x5a; segment.len];
+        memory
+            .write_slice(&fill, GuestAddress(segment.address))
+            .expect("a lent segment lies in guest memory");
+    }
+    let _ = rings::deliver_reserved(
+        queue,
+        &**memory,
+        [0; NET_HEADER_LEN],
+        &[0xee; HEADERS],
+        payload_len,
+        &reserved,
+    );
 }
 
 /// Takes `chain` as the transport does when it lends a frame's payload, and checks that
@@ -322,7 +368,7 @@ impl HostSockets for AcceptingHost {
 
 impl vnet_gateway::GuestEgress for AcceptingHost {
     fn guest_room(&mut self, _: vnet_wire::MacAddress) -> vnet_gateway::EgressRoom {
-        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true }
+        vnet_gateway::EgressRoom { frames: 64, bytes: 1 << 20, takes_offloads: true, lends_receive: false }
     }
 
     /// Port 1 is gone, so leases also move between ports.

@@ -403,8 +403,10 @@ impl Endpoint for GatewayPort {
         while let Some(frame) = cx.switch.port_mut(port).and_then(|p| p.pop_sent()) {
             let mut host = Host { sockets: &mut self.sockets, cx };
             self.gateway.receive(&frame, now, &mut host);
+            // Each answer goes to the switch before the next frame is handled: the room
+            // the gateway sees toward a guest must count what it has sent it already.
+            self.emit(cx);
         }
-        self.emit(cx);
         Liveness::Open
     }
 

@@ -466,9 +466,12 @@ impl GuestEgress for Host<'_, '_, '_> {
             return EgressRoom::UNLIMITED;
         };
         match self.cx.switch.room_toward(port, guest, self.cx.now) {
-            Some((room, takes_offloads)) => {
-                EgressRoom { frames: room.frames, bytes: room.bytes, takes_offloads }
-            }
+            Some(egress) => EgressRoom {
+                frames: egress.room.frames,
+                bytes: egress.room.bytes,
+                takes_offloads: egress.takes_offloads,
+                lends_receive: egress.lends_receive,
+            },
             None => EgressRoom::UNLIMITED,
         }
     }

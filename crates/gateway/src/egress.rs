@@ -20,13 +20,16 @@ pub struct EgressRoom {
     /// Whether the guest's port takes frames with offloads left to do, so TCP can send it
     /// 64 KiB segments with partial checksums.
     pub takes_offloads: bool,
+    /// Whether the guest's port lends its receive buffers
+    /// ([`GuestEgress::lend_receive`]).
+    pub lends_receive: bool,
 }
 
 impl EgressRoom {
     /// No limit known (the guest's port is not known, so its frames are flooded), and
     /// frames ready for any wire.
     pub const UNLIMITED: EgressRoom =
-        EgressRoom { frames: usize::MAX, bytes: usize::MAX, takes_offloads: false };
+        EgressRoom { frames: usize::MAX, bytes: usize::MAX, takes_offloads: false, lends_receive: false };
 }
 
 /// Room toward guests on the segment.

@@ -45,6 +45,18 @@ pub enum ForwardingMode {
     Hub,
 }
 
+/// What the port a unicast frame goes to takes now ([`Switch::room_toward`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressPort {
+    /// How much more its queue takes.
+    pub room: QueueRoom,
+    /// Whether its peer takes frames with offloads left to do.
+    pub takes_offloads: bool,
+    /// Whether its peer lends its receive buffers for such frames, untagged, and
+    /// nothing waits in its queue to go before them.
+    pub lends_receive: bool,
+}
+
 /// Settings of one switch.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchConfig {
@@ -284,17 +296,19 @@ impl Switch {
     }
 
     /// How much more the queue of the port that `destination` was learned on (in the
-    /// VLAN of `from`'s untagged frames) takes now, and whether that port's peer takes
-    /// offloads; None if frames to it would be flooded.
-    pub fn room_toward(
-        &self,
-        from: PortId,
-        destination: MacAddress,
-        now: Instant,
-    ) -> Option<(QueueRoom, bool)> {
+    /// VLAN of `from`'s untagged frames) takes now, and what its peer takes; None if
+    /// frames to it would be flooded.
+    pub fn room_toward(&self, from: PortId, destination: MacAddress, now: Instant) -> Option<EgressPort> {
         let vlan = self.ports.get(&from)?.vlans().untagged;
-        let port = self.unicast_destination(vlan, destination, now)?;
-        self.ports.get(&port).map(|port| (port.room(), port.takes_offloads()))
+        let port = self.ports.get(&self.unicast_destination(vlan, destination, now)?)?;
+        Some(EgressPort {
+            room: port.room(),
+            takes_offloads: port.takes_offloads(),
+            // A frame in lent buffers may not queue behind one that waits for buffers.
+            lends_receive: port.lender().is_some()
+                && port.vlans().egress_tag(vlan).is_none()
+                && port.is_idle(),
+        })
     }
 
     /// The receive buffers of the peer a frame from port `from` to `destination` goes

@@ -136,12 +136,12 @@ mod tests {
         Arc::new(memory)
     }
 
-    /// A frame of a 14-byte head and 1000 bytes lent from `memory` at 0x1000.
+    /// A frame of an 18-byte head and 1000 bytes lent from `memory` at 0x1000.
     fn lend_frame(lending: &mut Lending, memory: &Arc<GuestMemoryMmap>) -> Frame {
         let mut tail = lending.tail_in(memory);
         let host = memory.get_host_address(GuestAddress(0x1000)).unwrap().cast_const();
         assert!(Rc::get_mut(&mut tail).unwrap().push(LentSegment { address: 0x1000, host, len: 1000 }));
-        Frame::with_lent_tail(FrameBuffer::copy_of(&[0x11; 14]), tail, Offload::NONE).unwrap()
+        Frame::with_lent_tail(FrameBuffer::copy_of(&[0x11; 18]), tail, Offload::NONE).unwrap()
     }
 
     #[test]
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(lending.due(), None);
         assert!(!queued.lent_elsewhere(), "the queued frame was copied");
         memory.write_slice(&[0; 1000], GuestAddress(0x1000)).unwrap();
-        assert_eq!(&queued.as_bytes()[14..], &[0x77; 1000][..], "it reads the copy, not the guest's buffer");
+        assert_eq!(&queued.as_bytes()[18..], &[0x77; 1000][..], "it reads the copy, not the guest's buffer");
         assert_eq!(lending.spare.len(), 1, "the handled frame's tail is kept; the queued one's is not free");
     }
 

@@ -633,11 +633,8 @@ mod tests {
         assert_eq!(&out[..100], &frame[..]);
     }
 
-    /// Lends `chain` from `memory`, returning the result, the head and the tail.
-    fn lend(
-        chain: &[Descriptor],
-        memory: &GuestMemoryMmap,
-    ) -> (Result<usize, ChainFault>, FrameBuffer, LentTail) {
+    /// An empty tail in memory that tests never read through it.
+    fn lent_tail() -> LentTail {
         struct Unread;
         impl vnet_wire::frame::LentMemory for Unread {
             fn read(&self, _: u64, _: &mut [u8]) -> bool {
@@ -648,8 +645,16 @@ mod tests {
                 self
             }
         }
+        LentTail::new(std::rc::Rc::new(Unread))
+    }
+
+    /// Lends `chain` from `memory`, returning the result, the head and the tail.
+    fn lend(
+        chain: &[Descriptor],
+        memory: &GuestMemoryMmap,
+    ) -> (Result<usize, ChainFault>, FrameBuffer, LentTail) {
         let (mut header, mut head) = ([0; NET_HEADER_LEN], FrameBuffer::small());
-        let mut tail = LentTail::new(std::rc::Rc::new(Unread));
+        let mut tail = lent_tail();
         let result = lend_transmitted(chain.iter().copied(), memory, &mut header, &mut head, &mut tail);
         (result, head, tail)
     }
@@ -796,6 +801,62 @@ mod tests {
         memory.read_slice(&mut written, GuestAddress(BUFFERS)).unwrap();
         assert_eq!(&written[NET_HEADER_LEN..NET_HEADER_LEN + 30], &head[..]);
         assert_eq!(&written[NET_HEADER_LEN + 30..], &lent[..]);
+    }
+
+    #[test]
+    fn reserved_buffers_take_the_payload_first_and_the_headers_after() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[40, 40, 40, 40]);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let mut tail = lent_tail();
+        let reserved = reserve(&mut queue, &memory, NET_HEADER_LEN + 30, 60, &mut tail).unwrap().unwrap();
+        assert_eq!(queue.next_avail(), 3, "102 bytes take three 40-byte buffers");
+        let payload: Vec<u8> = (100..160).collect();
+        let mut filled = 0;
+        for segment in tail.segments() {
+            memory
+                .write_slice(&payload[filled..filled + segment.len], GuestAddress(segment.address))
+                .unwrap();
+            filled += segment.len;
+        }
+        assert_eq!(filled, 60);
+        let head = [0xEE; 30];
+        deliver_reserved(&mut queue, &memory, [0; NET_HEADER_LEN], &head, 60, &reserved).unwrap();
+        let mut written = vec![0; NET_HEADER_LEN + 90];
+        memory.read_slice(&mut written, GuestAddress(BUFFERS)).unwrap();
+        assert_eq!(u16::from_le_bytes([written[10], written[11]]), 3);
+        assert_eq!(&written[NET_HEADER_LEN..NET_HEADER_LEN + 30], &head[..]);
+        assert_eq!(&written[NET_HEADER_LEN + 30..], &payload[..]);
+        let used_len =
+            |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry + 4)).unwrap();
+        assert_eq!([used_len(0), used_len(1), used_len(2)], [40, 40, 22]);
+        assert_eq!(queue.next_used(), 3);
+    }
+
+    #[test]
+    fn without_enough_buffers_nothing_is_reserved_and_unused_ones_go_back_empty() {
+        let memory = memory();
+        let mock = receive_ring(&memory, 16, &[40, 40]);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        assert!(reserve(&mut queue, &memory, 50, 60, &mut lent_tail()).unwrap().is_none());
+        assert_eq!(queue.next_avail(), 0, "what was taken went back to the ring");
+        let reserved = reserve(&mut queue, &memory, 50, 20, &mut lent_tail()).unwrap().unwrap();
+        give_back_reserved(&mut queue, &memory, &reserved).unwrap();
+        let used_len =
+            |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry + 4)).unwrap();
+        assert_eq!([used_len(0), used_len(1)], [0, 0]);
+        assert_eq!(queue.next_used(), 2);
+    }
+
+    #[test]
+    fn a_payload_in_more_pieces_than_a_tail_holds_is_not_reserved() {
+        let memory = memory();
+        let buffers = [64u32; 2 * vnet_wire::frame::MAX_LENT_SEGMENTS];
+        let mock = receive_ring(&memory, 256, &buffers);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let payload = 64 * (vnet_wire::frame::MAX_LENT_SEGMENTS + 1);
+        assert!(reserve(&mut queue, &memory, NET_HEADER_LEN, payload, &mut lent_tail()).unwrap().is_none());
+        assert_eq!(queue.next_avail(), 0);
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Connection {
                 break;
             }
             let want = room.min(affordable).min(frame_payload * self.peek_batch);
-            if egress.takes_offloads {
+            if egress.takes_offloads && egress.lends_receive {
                 let sent = self.send_lent(cx, want, frame_payload, &mut egress);
                 if sent == want {
                     continue;
@@ -105,6 +105,8 @@ impl Connection {
                 break;
             };
             let all_sent = self.send_peeked(cx, sender, got, frame_payload, &mut egress);
+            // Frames in vnet's buffers now go ahead of any that lent buffers would carry.
+            egress.lends_receive = false;
             if !all_sent || got < want {
                 break;
             }
@@ -173,11 +175,12 @@ impl Connection {
         let Some(unread) = cx.host.tcp_unread(self.flow) else {
             return 0;
         };
-        let window = self.window_for_guest(cx.host);
         let mut left = unread.saturating_sub(self.snd_nxt.wrapping_sub(self.snd_una) as usize).min(want);
+        let mut window = None;
         let mut sent = 0;
         while left > 0 {
             let len = left.min(frame_payload);
+            let window = *window.get_or_insert_with(|| self.window_for_guest(cx.host));
             let header = Outgoing {
                 control: TcpControl::Psh,
                 seq: self.snd_nxt,
@@ -334,11 +337,14 @@ fn peek_into<const N: usize>(
 }
 
 /// What is left of `room` toward `guest` once the frames for it already in `out` are
-/// counted.
+/// counted. Lent receive buffers are asked for only ahead of every other frame toward
+/// the guest: a frame waiting for buffers in front of frames that hold some could wait
+/// for ever.
 fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Frame]) -> EgressRoom {
     out.iter().filter(|frame| frame.destination() == guest).fold(room, |left, frame| EgressRoom {
         frames: left.frames.saturating_sub(1),
         bytes: left.bytes.saturating_sub(frame.len()),
+        lends_receive: false,
         ..left
     })
 }

@@ -339,7 +339,8 @@ fn host_data_waits_in_the_socket_while_the_guests_port_is_full() {
     let (flow, _) = established(&mut gateway, &mut host, now, dst);
     host.tcp_incoming.insert(flow, vec![3u8; 10_000]);
     // Room for two full segments (MSS 1460) and no more.
-    host.guest_room = Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54), takes_offloads: false });
+    host.guest_room =
+        Some(EgressRoom { frames: 2, bytes: 2 * (1460 + 54), takes_offloads: false, lends_receive: false });
     gateway.on_tcp_readable(flow, now, &mut host);
     let mut sent = 0;
     while let Some(frame) = gateway.pop_frame() {
