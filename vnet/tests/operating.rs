@@ -311,6 +311,16 @@ fn a_config_file_sets_the_network_flags_override_it_and_a_bad_one_names_its_line
     assert!(UnixStream::connect(runtime_dir(&flag_name).join("stream.sock")).is_ok());
     let qemu = vnet_ok(&["qemu-args", &flag_name, "--model", "e1000"]);
     assert!(qemu.starts_with(&format!("-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/vnet/{flag_name}/stream.sock -device e1000,netdev=net0,mac=52:54:00:")), "{qemu}");
+    // A reader that goes away (`vnet ports NAME | head -0`) ends the output quietly.
+    let mut ports = support::vnet_with(&["ports", &flag_name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(ports.stdout.take());
+    let ports = ports.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ports.stderr);
+    assert!(ports.status.success() && !stderr.contains("panicked"), "{:?} {stderr}", ports.status);
     vnet.stop();
 
     std::fs::write(&config, "name = \"lab\"\n\nlisten = [\"stream:tcp:nowhere\"]\n").unwrap();

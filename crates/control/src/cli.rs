@@ -338,7 +338,7 @@ fn execute(command: Command) -> anyhow::Result<i32> {
         Command::QemuArgs { name, model, transport } => {
             let status = client::Client::new(name.as_deref())?.request("GET", "/v1/status", None)?;
             let listen: Vec<String> = serde_json::from_value(status["listen"].clone())?;
-            println!("{}", qemu_args(&listen, model, transport)?);
+            client::print_out(&format!("{}\n", qemu_args(&listen, model, transport)?))?;
             Ok(0)
         }
         Command::Completions { shell } => {

@@ -119,11 +119,20 @@ pub fn inspect(name: Option<&str>, what: Inspect, as_json: bool) -> anyhow::Resu
         }
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&value)?))
     } else {
-        print!("{text}");
+        print_out(&text)
     }
-    Ok(())
+}
+
+/// Writes `text` to standard output. A reader that went away (`vnet ports | head`) ends
+/// the output quietly: what it did not read it did not want.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// `vnet fwd add|rm NAME RULE`.
@@ -133,7 +142,7 @@ pub fn change_forward(name: &str, rule: &str, add: bool) -> anyhow::Result<()> {
     let answer: ForwardView =
         serde_json::from_value(client.request(method, "/v1/forwards", Some(&json!({ "rule": rule })))?)?;
     let verb = if add { "added" } else { "removed" };
-    println!("{verb} {} {} -> {}", answer.protocol, answer.host, answer.guest);
+    print_out(&format!("{verb} {} {} -> {}\n", answer.protocol, answer.host, answer.guest))?;
     Ok(())
 }
 
@@ -142,7 +151,7 @@ pub fn add_policy_rule(name: &str, rule: &str, position: Option<usize>) -> anyho
     let client = Client::new(Some(name))?;
     let answer =
         client.request("POST", "/v1/policy", Some(&json!({ "rule": rule, "position": position })))?;
-    println!("added {}", answer["rule"].as_str().unwrap_or(rule));
+    print_out(&format!("added {}\n", answer["rule"].as_str().unwrap_or(rule)))?;
     Ok(())
 }
 
@@ -150,7 +159,7 @@ pub fn add_policy_rule(name: &str, rule: &str, position: Option<usize>) -> anyho
 pub fn remove_policy_rule(name: &str, index: usize) -> anyhow::Result<()> {
     let client = Client::new(Some(name))?;
     let answer = client.request("DELETE", &format!("/v1/policy?index={index}"), None)?;
-    println!("removed {}", answer["rule"].as_str().unwrap_or_default());
+    print_out(&format!("removed {}\n", answer["rule"].as_str().unwrap_or_default()))?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use vnet_gateway::{
 use vnet_runtime::{sys, Context};
 use vnet_switch::{PortId, ReceiveLender};
 use vnet_transport::stream::StreamSocket;
-use vnet_wire::frame::{FramePart, LentTail};
+use vnet_wire::frame::{FramePart, LendRefusal, LentTail};
 use vnet_wire::{Frame, MacAddress};
 
 use crate::error_queue::{connect_with_ttl, set_hop_limit, set_receive_errors, take_icmp_error};
@@ -485,11 +485,12 @@ impl GuestEgress for Host<'_, '_, '_> {
         guest: MacAddress,
         headers_len: usize,
         payload_len: usize,
-    ) -> Option<Rc<LentTail>> {
-        let lender = self.cx.switch.lender_toward(self.sockets.port?, guest, self.cx.now)?;
+    ) -> Result<Rc<LentTail>, LendRefusal> {
+        let port = self.sockets.port.ok_or(LendRefusal::Unable)?;
+        let lender = self.cx.switch.lender_toward(port, guest, self.cx.now).ok_or(LendRefusal::Unable)?;
         let tail = lender.lend(headers_len, payload_len)?;
         self.sockets.lender = Some(lender);
-        Some(tail)
+        Ok(tail)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use vnet_wire::frame::LentTail;
+use vnet_wire::frame::{LendRefusal, LentTail};
 use vnet_wire::MacAddress;
 
 use crate::host::HostSockets;
@@ -46,15 +46,16 @@ pub trait GuestEgress {
     /// Room in the receive buffers of the guest at `guest` itself, if its port lends
     /// them: a tail of `payload_len` bytes behind `headers_len` bytes of headers, for
     /// TCP to peek a host socket into ([`crate::HostSockets::tcp_peek_lent`]) and send as
-    /// a frame's tail. None where the guest's port does not lend (this default).
+    /// a frame's tail; or why there is none. A port that does not lend (this default)
+    /// is [`LendRefusal::Unable`].
     fn lend_receive(
         &mut self,
         guest: MacAddress,
         headers_len: usize,
         payload_len: usize,
-    ) -> Option<Rc<LentTail>> {
+    ) -> Result<Rc<LentTail>, LendRefusal> {
         let _ = (guest, headers_len, payload_len);
-        None
+        Err(LendRefusal::Unable)
     }
 }
 

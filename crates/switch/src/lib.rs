@@ -307,7 +307,7 @@ impl Switch {
             // A frame in lent buffers may not queue behind one that waits for buffers.
             lends_receive: port.lender().is_some()
                 && port.vlans().egress_tag(vlan).is_none()
-                && port.is_idle(),
+                && port.queues_only_lent_frames(),
         })
     }
 

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 
-use vnet_wire::frame::LentTail;
+use vnet_wire::frame::{LendRefusal, LentTail};
 use vnet_wire::Frame;
 
 use crate::security::{PortGuard, PortSecurity};
@@ -310,6 +310,8 @@ pub struct Port {
     pub(crate) pending: bool,
     /// The peer's own receive buffers, if it lends them.
     lender: Option<Rc<dyn ReceiveLender>>,
+    /// Queued frames that do not bring receive buffers of their own (a lent tail).
+    queued_without_buffers: usize,
 }
 
 /// A port's peer that lends its own receive buffers for frames toward it, so that a
@@ -317,9 +319,8 @@ pub struct Port {
 /// receive ring): a frame whose lent tail came from here is handed over without a copy.
 pub trait ReceiveLender: fmt::Debug {
     /// A tail of `payload_len` bytes in the peer's receive buffers, behind room for
-    /// `headers_len` bytes of headers; None if the peer has not posted enough buffers,
-    /// or cannot take such a frame as it is.
-    fn lend(&self, headers_len: usize, payload_len: usize) -> Option<Rc<LentTail>>;
+    /// `headers_len` bytes of headers, or why there is none.
+    fn lend(&self, headers_len: usize, payload_len: usize) -> Result<Rc<LentTail>, LendRefusal>;
     /// Copies the stream socket `source`'s bytes from its peek offset on into `tail`
     /// (one this lender lent) without consuming them, and returns how many.
     fn peek_into(&self, tail: &LentTail, source: BorrowedFd<'_>) -> io::Result<usize>;
@@ -347,6 +348,7 @@ impl Port {
             remotes: Vec::new(),
             pending: false,
             lender: None,
+            queued_without_buffers: 0,
         }
     }
 
@@ -442,6 +444,12 @@ impl Port {
         self.queue.is_empty()
     }
 
+    /// Whether every queued frame brings its own receive buffers (a tail lent by a
+    /// [`ReceiveLender`]), so none of them waits for the peer to post more.
+    pub fn queues_only_lent_frames(&self) -> bool {
+        self.queued_without_buffers == 0
+    }
+
     /// Removes the oldest queued frame after the transport delivered it.
     pub fn pop_sent(&mut self) -> Option<Frame> {
         let frame = self.pop()?;
@@ -482,6 +490,7 @@ impl Port {
         }
         self.queued_bytes += frame.len();
         self.memory.add(frame.len());
+        self.queued_without_buffers += usize::from(!brings_buffers(&frame));
         self.queue.push_back(frame);
         true
     }
@@ -490,8 +499,14 @@ impl Port {
         let frame = self.queue.pop_front()?;
         self.queued_bytes -= frame.len();
         self.memory.remove(frame.len());
+        self.queued_without_buffers -= usize::from(!brings_buffers(&frame));
         Some(frame)
     }
+}
+
+/// Whether `frame`'s tail lies in receive buffers a [`ReceiveLender`] lent for it.
+fn brings_buffers(frame: &Frame) -> bool {
+    frame.tail().is_some_and(|tail| tail.ticket() != 0)
 }
 
 impl Drop for Port {

@@ -597,3 +597,69 @@ fn a_station_behind_a_remote_of_a_port_is_sent_to_that_remote_only() {
     assert_eq!((remotes[0].counters.rx_bytes, remotes[1].counters.tx_bytes), (60, 70));
     assert_eq!(remotes[1].name, "192.0.2.2");
 }
+
+/// A peer that lends receive buffers it does not have: enough to mark its port.
+#[derive(Debug)]
+struct LendingPeer;
+
+impl ReceiveLender for LendingPeer {
+    fn lend(
+        &self,
+        _: usize,
+        _: usize,
+    ) -> Result<std::rc::Rc<vnet_wire::frame::LentTail>, vnet_wire::frame::LendRefusal> {
+        Err(vnet_wire::frame::LendRefusal::NoBuffers)
+    }
+
+    fn peek_into(
+        &self,
+        _: &vnet_wire::frame::LentTail,
+        _: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<usize> {
+        Ok(0)
+    }
+}
+
+/// Memory a test's lent tails claim to be in; never read.
+struct NoMemory;
+
+impl vnet_wire::frame::LentMemory for NoMemory {
+    fn read(&self, _: u64, _: &mut [u8]) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A frame from `src` to `dst` whose tail a lender lent as receive buffers (ticket 1).
+fn lent_frame(dst: [u8; 6], src: [u8; 6]) -> Result<Frame, FrameError> {
+    let mut tail = vnet_wire::frame::LentTail::new(std::rc::Rc::new(NoMemory));
+    tail.set_ticket(1);
+    let segment = vnet_wire::frame::LentSegment { address: 0, host: std::ptr::null(), len: 100 };
+    assert!(tail.push(segment));
+    let head = vnet_wire::FrameBuffer::copy_of(&frame_bytes(dst, src));
+    Frame::with_lent_tail(head, std::rc::Rc::new(tail), Offload::NONE)
+}
+
+#[test]
+fn a_port_lends_receive_buffers_only_while_no_queued_frame_waits_for_some() {
+    let now = Instant::now();
+    let mut switch = Switch::new(SwitchConfig::default());
+    let (gateway, guest) = (switch.add_port("gateway"), switch.add_port("guest"));
+    switch.port_mut(guest).unwrap().set_lender(std::rc::Rc::new(LendingPeer));
+    switch.receive(guest, frame(BROADCAST, B), now);
+    pending(&mut switch);
+    switch.port_mut(gateway).unwrap().pop_sent();
+    let lends = |switch: &Switch| switch.room_toward(gateway, MacAddress(B), now).unwrap().lends_receive;
+    assert!(lends(&switch));
+    switch.receive(gateway, lent_frame(B, A), now);
+    assert!(lends(&switch), "a frame that brings its own buffers waits for none");
+    switch.receive(gateway, frame(B, A), now);
+    assert!(!lends(&switch), "a frame waiting for buffers is queued");
+    switch.port_mut(guest).unwrap().pop_sent();
+    switch.port_mut(guest).unwrap().pop_sent();
+    assert!(lends(&switch));
+    assert!(!switch.room_toward(guest, MacAddress(A), now).is_some_and(|egress| egress.lends_receive));
+}

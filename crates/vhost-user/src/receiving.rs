@@ -23,11 +23,11 @@ use vhost_user_backend::VringT;
 use vm_memory::GuestAddressSpace;
 use vnet_runtime::sys::{self, ForeignWritable};
 use vnet_switch::ReceiveLender;
-use vnet_wire::frame::LentTail;
+use vnet_wire::frame::{LendRefusal, LentTail};
 
 use crate::device::{NetDevice, RX_RING};
 use crate::lending::GuestLentMemory;
-use crate::rings::{self, ReservedChains, NET_HEADER_LEN};
+use crate::rings::{self, ReservedChains, Unreserved, NET_HEADER_LEN};
 
 /// Frames whose chains may be out at once; more are not lent.
 const MAX_RESERVED: usize = 64;
@@ -124,7 +124,7 @@ impl ReceiveLending {
 }
 
 impl ReceiveLender for ReceiveLending {
-    fn lend(&self, headers_len: usize, payload_len: usize) -> Option<Rc<LentTail>> {
+    fn lend(&self, headers_len: usize, payload_len: usize) -> Result<Rc<LentTail>, LendRefusal> {
         let device = self.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let negotiated = device.negotiated();
         let takes_as_is = negotiated.mergeable_buffers
@@ -133,7 +133,7 @@ impl ReceiveLender for ReceiveLending {
             && negotiated.guest_tso6;
         let mut state = self.state.borrow_mut();
         if !takes_as_is || state.reserved.len() >= MAX_RESERVED || !device.ring_usable(RX_RING) {
-            return None;
+            return Err(LendRefusal::Unable);
         }
         let memory = device.memory().memory().into_inner();
         let mut tail = Self::fresh_tail(&mut state, &memory);
@@ -142,15 +142,22 @@ impl ReceiveLender for ReceiveLending {
         lent_tail.set_ticket(state.next_ticket);
         let mut ring = device.ring(RX_RING).get_mut();
         let queue = ring.get_queue_mut();
-        let reserved = rings::reserve(queue, &*memory, NET_HEADER_LEN + headers_len, payload_len, lent_tail);
+        let head_len = NET_HEADER_LEN + headers_len;
+        let mut reserved = rings::reserve(queue, &*memory, head_len, payload_len, lent_tail);
+        // Too few buffers: the guest is to kick once it posts more, unless it just did.
+        if reserved.as_ref().err() == Some(&Unreserved::NoBuffers)
+            && rings::ask_for_buffers_beyond_posted(queue, &*memory)
+        {
+            reserved = rings::reserve(queue, &*memory, head_len, payload_len, lent_tail);
+        }
         match reserved {
-            Ok(Some(chains)) => {
+            Ok(chains) => {
                 state.reserved.push_back((Rc::clone(&tail), chains));
-                Some(tail)
+                Ok(tail)
             }
-            Ok(None) | Err(_) => {
+            Err(why) => {
                 state.keep(tail);
-                None
+                Err(if why == Unreserved::NoBuffers { LendRefusal::NoBuffers } else { LendRefusal::Unable })
             }
         }
     }

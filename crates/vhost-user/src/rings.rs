@@ -355,6 +355,20 @@ pub fn deliver<M: GuestMemory>(
     fault.map_or(Ok(Delivery::Delivered), Err)
 }
 
+/// Asks the guest to kick once it posts buffers beyond those it has posted already
+/// (too few for the frame waiting): the event index goes to the ring's available index,
+/// not to the first buffer vnet has not taken. True if buffers came meanwhile.
+pub fn ask_for_buffers_beyond_posted<M: GuestMemory>(queue: &mut virtio_queue::Queue, memory: &M) -> bool {
+    let Ok(available) = queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire) else {
+        return false;
+    };
+    let next = queue.next_avail();
+    queue.set_next_avail(available.0);
+    let _ = queue.enable_notification(memory);
+    queue.set_next_avail(next);
+    queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire).is_ok_and(|now| now != available)
+}
+
 /// Receive chains taken off the ring for one frame before it is built: where the
 /// header and the frame's head go (the chains' first bytes, in at most
 /// [`HEAD_PIECES`] pieces), and each chain's head index and capacity.
@@ -369,19 +383,28 @@ pub struct ReservedChains {
 /// The most pieces the header and head of a frame in reserved chains may span.
 pub const HEAD_PIECES: usize = 4;
 
+/// Why [`reserve`] took no receive chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreserved {
+    /// The guest has not posted enough buffers yet.
+    NoBuffers,
+    /// Its buffers are in more pieces than a tail or the head may span.
+    Unlendable,
+    /// A chain is bad; it was given back empty.
+    Fault(ChainFault),
+}
+
 /// Takes receive chains off the ring for a frame of `head_len` bytes (the virtio-net
 /// header and the frame's headers) and `payload_len` more, and puts where the payload
-/// goes into `tail`. None, with nothing taken, if the guest has not posted enough
-/// buffers or they are in more pieces than a tail or the head may span; a bad chain is
-/// given back empty and reported.
+/// goes into `tail`. Takes nothing if it cannot take all.
 pub fn reserve<M: GuestMemory>(
     queue: &mut Queue,
     memory: &M,
     head_len: usize,
     payload_len: usize,
     tail: &mut LentTail,
-) -> Result<Option<ReservedChains>, ChainFault> {
-    check_ring_index(queue, memory)?;
+) -> Result<ReservedChains, Unreserved> {
+    check_ring_index(queue, memory).map_err(Unreserved::Fault)?;
     let needed = head_len + payload_len;
     let mut chains: [Option<DescriptorChain<&M>>; MAX_RECEIVE_BUFFERS] =
         [const { None }; MAX_RECEIVE_BUFFERS];
@@ -392,19 +415,19 @@ pub fn reserve<M: GuestMemory>(
         count: 0,
     };
     let mut capacity = 0usize;
-    let give_up = |queue: &mut Queue, count: usize| {
+    let give_up = |queue: &mut Queue, count: usize, why: Unreserved| {
         for _ in 0..count {
             queue.go_to_previous_position();
         }
-        Ok(None)
+        Err(why)
     };
     while capacity < needed {
         let count = reserved.count;
         if count == MAX_RECEIVE_BUFFERS {
-            return give_up(queue, count);
+            return give_up(queue, count, Unreserved::Unlendable);
         }
         let Some(chain) = queue.pop_descriptor_chain(memory) else {
-            return give_up(queue, count);
+            return give_up(queue, count, Unreserved::NoBuffers);
         };
         match receive_capacity(chain.clone()) {
             Ok(n) => {
@@ -413,8 +436,8 @@ pub fn reserve<M: GuestMemory>(
             }
             Err(fault) => {
                 chains[count] = Some(chain);
-                give_back_empty(queue, memory, &chains[..=count], fault)?;
-                return Err(fault);
+                give_back_empty(queue, memory, &chains[..=count], fault).map_err(Unreserved::Fault)?;
+                return Err(Unreserved::Fault(fault));
             }
         }
         chains[count] = Some(chain);
@@ -429,25 +452,28 @@ pub fn reserve<M: GuestMemory>(
             let n = skip.min(len);
             if n > 0 {
                 let Some(piece) = reserved.head_pieces.get_mut(reserved.head_piece_count) else {
-                    return give_up(queue, reserved.count);
+                    return give_up(queue, reserved.count, Unreserved::Unlendable);
                 };
                 *piece = (address, n);
                 reserved.head_piece_count += 1;
             }
             skip -= n;
             len -= n;
-            address = address.checked_add(n as u64).ok_or(ChainFault::OutsideMemory)?;
+            let Some(after) = address.checked_add(n as u64) else {
+                return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
+            };
+            address = after;
         }
         let n = left.min(len);
         if n == 0 {
             continue;
         }
         let Ok(slices) = memory.get_slices(address, n, Permissions::Write) else {
-            return give_up(queue, reserved.count);
+            return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
         };
         for slice in slices {
             let Ok(slice) = slice else {
-                return give_up(queue, reserved.count);
+                return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
             };
             let segment = LentSegment {
                 address: address.raw_value(),
@@ -455,13 +481,13 @@ pub fn reserve<M: GuestMemory>(
                 len: slice.len(),
             };
             if !tail.push(segment) {
-                return give_up(queue, reserved.count);
+                return give_up(queue, reserved.count, Unreserved::Unlendable);
             }
-            address = address.checked_add(slice.len() as u64).ok_or(ChainFault::OutsideMemory)?;
+            address = address.unchecked_add(slice.len() as u64);
         }
         left -= n;
     }
-    Ok(Some(reserved))
+    Ok(reserved)
 }
 
 /// Completes a frame whose payload was put into `reserved` chains: writes `header` (its
@@ -809,7 +835,7 @@ mod tests {
         let mock = receive_ring(&memory, 16, &[40, 40, 40, 40]);
         let mut queue: Queue = mock.create_queue().unwrap();
         let mut tail = lent_tail();
-        let reserved = reserve(&mut queue, &memory, NET_HEADER_LEN + 30, 60, &mut tail).unwrap().unwrap();
+        let reserved = reserve(&mut queue, &memory, NET_HEADER_LEN + 30, 60, &mut tail).unwrap();
         assert_eq!(queue.next_avail(), 3, "102 bytes take three 40-byte buffers");
         let payload: Vec<u8> = (100..160).collect();
         let mut filled = 0;
@@ -838,9 +864,9 @@ mod tests {
         let memory = memory();
         let mock = receive_ring(&memory, 16, &[40, 40]);
         let mut queue: Queue = mock.create_queue().unwrap();
-        assert!(reserve(&mut queue, &memory, 50, 60, &mut lent_tail()).unwrap().is_none());
+        assert_eq!(reserve(&mut queue, &memory, 50, 60, &mut lent_tail()).err(), Some(Unreserved::NoBuffers));
         assert_eq!(queue.next_avail(), 0, "what was taken went back to the ring");
-        let reserved = reserve(&mut queue, &memory, 50, 20, &mut lent_tail()).unwrap().unwrap();
+        let reserved = reserve(&mut queue, &memory, 50, 20, &mut lent_tail()).unwrap();
         give_back_reserved(&mut queue, &memory, &reserved).unwrap();
         let used_len =
             |entry: u64| memory.read_obj::<u32>(mock.used_addr().unchecked_add(4 + 8 * entry + 4)).unwrap();
@@ -855,7 +881,10 @@ mod tests {
         let mock = receive_ring(&memory, 256, &buffers);
         let mut queue: Queue = mock.create_queue().unwrap();
         let payload = 64 * (vnet_wire::frame::MAX_LENT_SEGMENTS + 1);
-        assert!(reserve(&mut queue, &memory, NET_HEADER_LEN, payload, &mut lent_tail()).unwrap().is_none());
+        assert_eq!(
+            reserve(&mut queue, &memory, NET_HEADER_LEN, payload, &mut lent_tail()).err(),
+            Some(Unreserved::Unlendable)
+        );
         assert_eq!(queue.next_avail(), 0);
     }
 

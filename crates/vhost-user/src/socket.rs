@@ -535,7 +535,7 @@ impl Vm {
                     port.pop_sent();
                 }
                 Ok(Delivery::NoRoom) => {
-                    if retried || !ask_for_buffers_beyond_posted(queue, &*memory) {
+                    if retried || !rings::ask_for_buffers_beyond_posted(queue, &*memory) {
                         break;
                     }
                     retried = true;
@@ -556,23 +556,6 @@ impl Vm {
             let _ = ring.signal_used_queue();
         }
     }
-}
-
-/// Asks the guest to kick once it posts buffers beyond those it has posted already
-/// (too few for the frame waiting): the event index goes to the ring's available index,
-/// not to the first buffer vnet has not taken. True if buffers came meanwhile.
-fn ask_for_buffers_beyond_posted<M: vm_memory::GuestMemory>(
-    queue: &mut virtio_queue::Queue,
-    memory: &M,
-) -> bool {
-    let Ok(available) = queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire) else {
-        return false;
-    };
-    let next = queue.next_avail();
-    queue.set_next_avail(available.0);
-    let _ = queue.enable_notification(memory);
-    queue.set_next_avail(next);
-    queue.avail_idx(memory, std::sync::atomic::Ordering::Acquire).is_ok_and(|now| now != available)
 }
 
 /// Copies a transmitted frame whose payload cannot be lent as it lies into `buffer`,

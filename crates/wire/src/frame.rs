@@ -166,6 +166,15 @@ pub struct LentSegment {
     pub len: usize,
 }
 
+/// Why a peer lent no receive buffers for a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LendRefusal {
+    /// It has not posted enough yet: the frame waits, as one queued for it would.
+    NoBuffers,
+    /// It cannot take this frame in lent buffers: send it in vnet's own.
+    Unable,
+}
+
 /// A part of a frame, in order, as [`Frame::parts`] gives them.
 #[derive(Debug, Clone, Copy)]
 pub enum FramePart<'a> {

@@ -6,6 +6,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
 use smoltcp::wire::{TcpControl, ETHERNET_HEADER_LEN};
+use vnet_wire::frame::LendRefusal;
 use vnet_wire::{Frame, FrameBuffer, MacAddress, MAX_FRAME_LEN};
 
 use super::connection::{Connection, State, DUPLICATE_ACKS, FIRST_PEEK_BATCH};
@@ -53,6 +54,14 @@ impl Sender {
     }
 }
 
+/// What sending in lent receive buffers did.
+struct Lent {
+    /// Bytes sent.
+    sent: usize,
+    /// Whether it stopped because the guest has not posted enough buffers yet.
+    waits_for_buffers: bool,
+}
+
 /// What one peek of the host socket gave.
 enum Peeked {
     /// This many bytes, in the sender's buffers.
@@ -85,20 +94,21 @@ impl Connection {
             if affordable == 0 {
                 // The guest's port is full: the data stays in the host socket until the
                 // port drains.
-                if !self.waits_for_room {
-                    self.waits_for_room = true;
-                    sender.blocked.push(self.flow);
-                }
+                self.wait_for_room(sender);
                 break;
             }
             let want = room.min(affordable).min(frame_payload * self.peek_batch);
             if egress.takes_offloads && egress.lends_receive {
-                let sent = self.send_lent(cx, want, frame_payload, &mut egress);
-                if sent == want {
-                    continue;
-                }
-                if sent > 0 {
-                    break;
+                match self.send_lent(cx, want, frame_payload, &mut egress) {
+                    Lent { sent, .. } if sent == want => continue,
+                    Lent { waits_for_buffers: true, .. } => {
+                        // The guest posts receive buffers before more is sent, as it
+                        // would make room in a full queue.
+                        self.wait_for_room(sender);
+                        break;
+                    }
+                    Lent { sent, .. } if sent > 0 => break,
+                    Lent { .. } => {}
                 }
             }
             let Peeked::Data(got) = self.peek(cx, sender, want, frame_payload) else {
@@ -160,24 +170,32 @@ impl Connection {
         }
     }
 
+    /// Lists the connection among those waiting for room toward their guest.
+    fn wait_for_room(&mut self, sender: &mut Sender) {
+        if !self.waits_for_room {
+            self.waits_for_room = true;
+            sender.blocked.push(self.flow);
+        }
+    }
+
     /// Sends up to `want` bytes of what waits in the host socket in frames of up to
     /// `frame_payload` bytes whose payload is peeked straight into the guest's own
-    /// receive buffers, where its port lends them; counts them against `egress`. Returns
-    /// the bytes sent: 0 where the port does not lend or the socket's queue is not
-    /// known, and the caller peeks into vnet's buffers instead.
+    /// receive buffers, where its port lends them; counts them against `egress`. Sends
+    /// nothing where the port does not lend or the socket's queue is not known, and the
+    /// caller peeks into vnet's buffers instead.
     fn send_lent(
         &mut self,
         cx: &mut Context<'_>,
         want: usize,
         frame_payload: usize,
         egress: &mut EgressRoom,
-    ) -> usize {
+    ) -> Lent {
+        let mut lent = Lent { sent: 0, waits_for_buffers: false };
         let Some(unread) = cx.host.tcp_unread(self.flow) else {
-            return 0;
+            return lent;
         };
         let mut left = unread.saturating_sub(self.snd_nxt.wrapping_sub(self.snd_una) as usize).min(want);
         let mut window = None;
-        let mut sent = 0;
         while left > 0 {
             let len = left.min(frame_payload);
             let window = *window.get_or_insert_with(|| self.window_for_guest(cx.host));
@@ -192,8 +210,12 @@ impl Connection {
             let Ok(headers) = self.headers_for_lent(cx.config, &header, len) else {
                 break;
             };
-            let Some(tail) = cx.host.lend_receive(self.guest_mac, headers.len(), len) else {
-                break;
+            let tail = match cx.host.lend_receive(self.guest_mac, headers.len(), len) {
+                Ok(tail) => tail,
+                Err(refusal) => {
+                    lent.waits_for_buffers = refusal == LendRefusal::NoBuffers;
+                    break;
+                }
             };
             let offset = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
             // A tail not filled whole goes back to the guest unused.
@@ -208,13 +230,13 @@ impl Connection {
             cx.out.push(segment);
             self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
             self.sent_data(cx.now);
-            sent += len;
+            lent.sent += len;
             left -= len;
         }
-        if sent > 0 {
+        if lent.sent > 0 {
             self.retransmit_at.get_or_insert(cx.now + self.rto);
         }
-        sent
+        lent
     }
 
     /// Sends the `got` bytes the last peek put into the sender's buffers, a segment per
@@ -337,14 +359,14 @@ fn peek_into<const N: usize>(
 }
 
 /// What is left of `room` toward `guest` once the frames for it already in `out` are
-/// counted. Lent receive buffers are asked for only ahead of every other frame toward
-/// the guest: a frame waiting for buffers in front of frames that hold some could wait
-/// for ever.
+/// counted. Lent receive buffers are asked for only while every frame ahead toward the
+/// guest brings its own: a frame waiting for buffers in front of frames that hold some
+/// could wait for ever.
 fn egress_left(room: EgressRoom, guest: MacAddress, out: &[Frame]) -> EgressRoom {
     out.iter().filter(|frame| frame.destination() == guest).fold(room, |left, frame| EgressRoom {
         frames: left.frames.saturating_sub(1),
         bytes: left.bytes.saturating_sub(frame.len()),
-        lends_receive: false,
+        lends_receive: left.lends_receive && frame.tail().is_some_and(|tail| tail.ticket() != 0),
         ..left
     })
 }
