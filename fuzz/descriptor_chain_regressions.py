@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made regression inputs of the descriptor_chains fuzz target (see
-crates/fuzz-harness): four bytes (ring size as a power of two, mergeable flag, outgoing
-frame length) and then the guest memory image, whose descriptor table is at 0 and whose
+crates/fuzz-harness): four bytes (ring size as a power of two, mode: bit 0 mergeable
+buffers, bit 1 receive buffers lent for the frame's payload; outgoing frame length) and then the guest memory image, whose descriptor table is at 0 and whose
 available ring is at 0x1000. Each input is a way a hostile or broken virtio driver can
 describe its buffers. Usage: fuzz/descriptor_chain_regressions.py fuzz/regression/descriptor_chains"""
 import os, struct, sys
@@ -43,14 +43,20 @@ cases = {
     "largest-frame-over-many-buffers": image(
         [(0x4000 + 0x100 * i, 0x100, WRITE, 0) for i in range(64)], [], shift=6, frame_len=0xffff),
     "frame-over-the-ring-image-itself": image([(0x0, 0x2000, WRITE, 0)], [], frame_len=0x1800),
+    # Mode 3: receive buffers lent for a frame's payload (reserved, filled, completed).
+    "largest-frame-in-lent-buffers": image(
+        [(0x4000 + 0x100 * i, 0x100, WRITE, 0) for i in range(64)], [], shift=6, mergeable=3, frame_len=0xffff),
+    "lent-buffers-one-byte-each": image(
+        [(0x4000 + i, 1, WRITE, 0) for i in range(128)], [], shift=7, mergeable=3, frame_len=1000),
 }
 # The receive-side cases need their chains on the ring after the transmit pass has
 # consumed nothing: give them available entries here.
 for name in ["read-only-receive", "sixty-five-one-byte-receive-buffers",
              "receive-buffer-too-small-without-merging", "largest-frame-over-many-buffers",
-             "frame-over-the-ring-image-itself"]:
+             "frame-over-the-ring-image-itself", "largest-frame-in-lent-buffers", "lent-buffers-one-byte-each"]:
     data = bytearray(cases[name])
-    count = {"sixty-five-one-byte-receive-buffers": 100, "largest-frame-over-many-buffers": 64}.get(name, 1)
+    count = {"sixty-five-one-byte-receive-buffers": 100, "largest-frame-over-many-buffers": 64,
+             "largest-frame-in-lent-buffers": 64, "lent-buffers-one-byte-each": 100}.get(name, 1)
     base = 4 + 0x1000
     data[base + 2:base + 4] = struct.pack("<H", count)
     data.extend(b"\0" * max(0, base + 4 + 2 * count - len(data)))

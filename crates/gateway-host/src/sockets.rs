@@ -6,7 +6,7 @@
 use std::io::{self, IoSliceMut, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -200,6 +200,26 @@ impl Host<'_, '_, '_> {
         })
     }
 
+    /// Peeks `flow`'s host socket from `offset` bytes into its receive queue on with
+    /// `peek`, moving the socket's peek offset there first if it is elsewhere.
+    fn tcp_peek_with(
+        &mut self,
+        flow: FlowId,
+        offset: usize,
+        peek: impl FnOnce(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
+        let fd = host_stream.stream.as_fd();
+        if host_stream.peek_offset != Some(offset) {
+            host_stream.peek_offset = None;
+            sys::set_peek_offset(fd, offset)?;
+            host_stream.peek_offset = Some(offset);
+        }
+        let peeked = peek(fd)?;
+        host_stream.peek_offset = Some(offset + peeked);
+        Ok(peeked)
+    }
+
     /// Writes `len` bytes to `flow`'s host socket with `send`, as much as it takes now,
     /// and keeps count of the room left in its send buffer.
     fn tcp_write(
@@ -320,30 +340,12 @@ impl HostSockets for Host<'_, '_, '_> {
     }
 
     fn tcp_peek(&mut self, flow: FlowId, offset: usize, buffers: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
-        let fd = host_stream.stream.as_fd();
-        if host_stream.peek_offset != Some(offset) {
-            host_stream.peek_offset = None;
-            sys::set_peek_offset(fd, offset)?;
-            host_stream.peek_offset = Some(offset);
-        }
-        let peeked = sys::peek(fd, buffers)?;
-        host_stream.peek_offset = Some(offset + peeked);
-        Ok(peeked)
+        self.tcp_peek_with(flow, offset, |fd| sys::peek(fd, buffers))
     }
 
     fn tcp_peek_lent(&mut self, flow: FlowId, offset: usize, tail: &LentTail) -> io::Result<usize> {
         let lender = self.sockets.lender.clone().ok_or(io::ErrorKind::InvalidInput)?;
-        let host_stream = self.sockets.streams.get_mut(flow).ok_or(io::ErrorKind::NotFound)?;
-        let fd = host_stream.stream.as_fd();
-        if host_stream.peek_offset != Some(offset) {
-            host_stream.peek_offset = None;
-            sys::set_peek_offset(fd, offset)?;
-            host_stream.peek_offset = Some(offset);
-        }
-        let peeked = lender.peek_into(tail, fd)?;
-        host_stream.peek_offset = Some(offset + peeked);
-        Ok(peeked)
+        self.tcp_peek_with(flow, offset, |fd| lender.peek_into(tail, fd))
     }
 
     fn tcp_unread(&mut self, flow: FlowId) -> Option<usize> {

@@ -405,7 +405,7 @@ pub fn reserve<M: GuestMemory>(
     tail: &mut LentTail,
 ) -> Result<ReservedChains, Unreserved> {
     check_ring_index(queue, memory).map_err(Unreserved::Fault)?;
-    let needed = head_len + payload_len;
+    tail.clear();
     let mut chains: [Option<DescriptorChain<&M>>; MAX_RECEIVE_BUFFERS] =
         [const { None }; MAX_RECEIVE_BUFFERS];
     let mut reserved = ReservedChains {
@@ -414,80 +414,91 @@ pub fn reserve<M: GuestMemory>(
         chains: [(0, 0); MAX_RECEIVE_BUFFERS],
         count: 0,
     };
+    let mut placing = Placing { skip: head_len, left: payload_len };
     let mut capacity = 0usize;
-    let give_up = |queue: &mut Queue, count: usize, why: Unreserved| {
-        for _ in 0..count {
-            queue.go_to_previous_position();
-        }
-        Err(why)
-    };
-    while capacity < needed {
+    while capacity < head_len + payload_len {
         let count = reserved.count;
-        if count == MAX_RECEIVE_BUFFERS {
-            return give_up(queue, count, Unreserved::Unlendable);
-        }
-        let Some(chain) = queue.pop_descriptor_chain(memory) else {
-            return give_up(queue, count, Unreserved::NoBuffers);
+        let chain = match queue.pop_descriptor_chain(memory) {
+            Some(chain) if count < MAX_RECEIVE_BUFFERS => chain,
+            popped => {
+                let why = if popped.is_some() { Unreserved::Unlendable } else { Unreserved::NoBuffers };
+                return give_up(queue, count + usize::from(popped.is_some()), why);
+            }
         };
-        match receive_capacity(chain.clone()) {
-            Ok(n) => {
-                reserved.chains[count] = (chain.head_index(), n.min(u32::MAX as usize) as u32);
-                capacity += n;
+        let index = chain.head_index();
+        chains[count] = Some(chain.clone());
+        let mut chain_capacity = 0usize;
+        for descriptor in chain {
+            if !descriptor.is_write_only() {
+                give_back_empty(queue, memory, &chains[..=count], ChainFault::WrongDirection)
+                    .map_err(Unreserved::Fault)?;
+                return Err(Unreserved::Fault(ChainFault::WrongDirection));
             }
-            Err(fault) => {
-                chains[count] = Some(chain);
-                give_back_empty(queue, memory, &chains[..=count], fault).map_err(Unreserved::Fault)?;
-                return Err(Unreserved::Fault(fault));
+            chain_capacity = chain_capacity.saturating_add(descriptor.len() as usize);
+            if let Err(why) = placing.place(memory, descriptor, &mut reserved, tail) {
+                return give_up(queue, count + 1, why);
             }
         }
-        chains[count] = Some(chain);
+        reserved.chains[count] = (index, chain_capacity.min(u32::MAX as usize) as u32);
         reserved.count += 1;
+        capacity = capacity.saturating_add(chain_capacity);
     }
-    let mut skip = head_len;
-    let mut left = payload_len;
-    for descriptor in chains[..reserved.count].iter().flatten().flat_map(|chain| chain.clone()) {
+    Ok(reserved)
+}
+
+/// Puts `count` chains just taken back on the ring, and says why.
+fn give_up(queue: &mut Queue, count: usize, why: Unreserved) -> Result<ReservedChains, Unreserved> {
+    for _ in 0..count {
+        queue.go_to_previous_position();
+    }
+    Err(why)
+}
+
+/// Where the next receive buffer's bytes go while chains are reserved: `skip` more
+/// bytes of header and head, then `left` more of payload.
+struct Placing {
+    skip: usize,
+    left: usize,
+}
+
+impl Placing {
+    /// Notes where `descriptor`'s bytes go: header and head pieces into `reserved`,
+    /// payload pieces into `tail`.
+    fn place<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        descriptor: Descriptor,
+        reserved: &mut ReservedChains,
+        tail: &mut LentTail,
+    ) -> Result<(), Unreserved> {
+        let outside = Unreserved::Fault(ChainFault::OutsideMemory);
         let mut address = descriptor.addr();
         let mut len = descriptor.len() as usize;
-        if skip > 0 {
-            let n = skip.min(len);
-            if n > 0 {
-                let Some(piece) = reserved.head_pieces.get_mut(reserved.head_piece_count) else {
-                    return give_up(queue, reserved.count, Unreserved::Unlendable);
-                };
-                *piece = (address, n);
-                reserved.head_piece_count += 1;
-            }
-            skip -= n;
-            len -= n;
-            let Some(after) = address.checked_add(n as u64) else {
-                return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
-            };
-            address = after;
+        let head = self.skip.min(len);
+        if head > 0 {
+            let piece =
+                reserved.head_pieces.get_mut(reserved.head_piece_count).ok_or(Unreserved::Unlendable)?;
+            *piece = (address, head);
+            reserved.head_piece_count += 1;
+            self.skip -= head;
+            len -= head;
+            address = address.checked_add(head as u64).ok_or(outside)?;
         }
-        let n = left.min(len);
-        if n == 0 {
-            continue;
+        let payload = self.left.min(len);
+        if payload == 0 {
+            return Ok(());
         }
-        let Ok(slices) = memory.get_slices(address, n, Permissions::Write) else {
-            return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
-        };
-        for slice in slices {
-            let Ok(slice) = slice else {
-                return give_up(queue, reserved.count, Unreserved::Fault(ChainFault::OutsideMemory));
-            };
-            let segment = LentSegment {
-                address: address.raw_value(),
-                host: slice.ptr_guard_mut().as_ptr(),
-                len: slice.len(),
-            };
-            if !tail.push(segment) {
-                return give_up(queue, reserved.count, Unreserved::Unlendable);
+        for slice in memory.get_slices(address, payload, Permissions::Write).map_err(|_| outside)? {
+            let slice = slice.map_err(|_| outside)?;
+            let host = slice.ptr_guard_mut().as_ptr();
+            if !tail.push(LentSegment { address: address.raw_value(), host, len: slice.len() }) {
+                return Err(Unreserved::Unlendable);
             }
             address = address.unchecked_add(slice.len() as u64);
         }
-        left -= n;
+        self.left -= payload;
+        Ok(())
     }
-    Ok(reserved)
 }
 
 /// Completes a frame whose payload was put into `reserved` chains: writes `header` (its

@@ -216,9 +216,14 @@ impl LentTail {
     /// Empties the tail for reuse, in `memory`.
     pub fn reset(&mut self, memory: Rc<dyn LentMemory>) {
         self.memory = memory;
+        self.ticket = 0;
+        self.clear();
+    }
+
+    /// Drops its pieces, keeping its memory and number.
+    pub fn clear(&mut self) {
         self.count = 0;
         self.len = 0;
-        self.ticket = 0;
         self.whole = OnceCell::new();
     }
 

@@ -170,6 +170,34 @@ impl Connection {
         }
     }
 
+    /// The header fields of the next data segment toward the guest, advertising
+    /// `window`.
+    fn next_data(&self, window: usize) -> Outgoing<'static> {
+        Outgoing {
+            control: TcpControl::Psh,
+            seq: self.snd_nxt,
+            ack: Some(self.rcv_nxt),
+            window,
+            syn_options: false,
+            payload: &[],
+        }
+    }
+
+    /// Sends `segment`, carrying `len` bytes of data, and counts it against `egress`.
+    fn send_data_segment(
+        &mut self,
+        cx: &mut Context<'_>,
+        segment: Frame,
+        len: usize,
+        egress: &mut EgressRoom,
+    ) {
+        egress.frames = egress.frames.saturating_sub(1);
+        egress.bytes = egress.bytes.saturating_sub(segment.len());
+        cx.out.push(segment);
+        self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
+        self.sent_data(cx.now);
+    }
+
     /// Lists the connection among those waiting for room toward their guest.
     fn wait_for_room(&mut self, sender: &mut Sender) {
         if !self.waits_for_room {
@@ -199,14 +227,7 @@ impl Connection {
         while left > 0 {
             let len = left.min(frame_payload);
             let window = *window.get_or_insert_with(|| self.window_for_guest(cx.host));
-            let header = Outgoing {
-                control: TcpControl::Psh,
-                seq: self.snd_nxt,
-                ack: Some(self.rcv_nxt),
-                window,
-                syn_options: false,
-                payload: &[],
-            };
+            let header = self.next_data(window);
             let Ok(headers) = self.headers_for_lent(cx.config, &header, len) else {
                 break;
             };
@@ -225,11 +246,7 @@ impl Connection {
             let Ok(segment) = self.lent_data_segment(headers, tail) else {
                 break;
             };
-            egress.frames = egress.frames.saturating_sub(1);
-            egress.bytes = egress.bytes.saturating_sub(segment.len());
-            cx.out.push(segment);
-            self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
-            self.sent_data(cx.now);
+            self.send_data_segment(cx, segment, len, egress);
             lent.sent += len;
             left -= len;
         }
@@ -259,23 +276,12 @@ impl Connection {
                 break;
             }
             payload.commit(len);
-            let header = Outgoing {
-                control: TcpControl::Psh,
-                seq: self.snd_nxt,
-                ack: Some(self.rcv_nxt),
-                window,
-                syn_options: false,
-                payload: &[],
-            };
+            let header = self.next_data(window);
             let Ok(segment) = self.data_segment(cx.config, &header, payload, egress.takes_offloads) else {
                 all_sent = false;
                 break;
             };
-            egress.frames = egress.frames.saturating_sub(1);
-            egress.bytes = egress.bytes.saturating_sub(segment.len());
-            cx.out.push(segment);
-            self.snd_nxt = self.snd_nxt.wrapping_add(len as u32);
-            self.sent_data(cx.now);
+            self.send_data_segment(cx, segment, len, egress);
         }
         self.retransmit_at.get_or_insert(cx.now + self.rto);
         all_sent
