@@ -201,18 +201,10 @@ pub fn peek_into_foreign(
         *iovec = libc::iovec { iov_base: region.address.cast(), iov_len: region.len };
         count += 1;
     }
-    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-    let mut message: libc::msghdr = unsafe { zeroed() };
-    message.msg_iov = iovecs.as_mut_ptr();
-    message.msg_iovlen = count;
     // SAFETY: every iovec describes memory a ForeignWritable vouches for: mapped
     // writable and covered by no Rust reference, so the kernel's writes break nothing
     // Rust relies on.
-    let peeked = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut message, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    if peeked < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(peeked as usize)
+    unsafe { receive_into_iovecs(fd, &mut iovecs[..count], libc::MSG_PEEK) }
 }
 
 /// How many received bytes wait in the stream socket `fd`'s queue (SIOCINQ).
@@ -546,13 +538,28 @@ fn receive_into(
     buffers: &mut [std::io::IoSliceMut<'_>],
     flags: libc::c_int,
 ) -> io::Result<usize> {
+    // IoSliceMut is ABI-compatible with struct iovec on Unix.
+    let iovecs = buffers.as_mut_ptr().cast::<libc::iovec>();
+    // SAFETY: the iovecs are `buffers`, each describing writable memory of its stated
+    // length that nothing else touches while they are borrowed here.
+    unsafe { receive_into_iovecs(fd, std::slice::from_raw_parts_mut(iovecs, buffers.len()), flags) }
+}
+
+/// One non-blocking `recvmsg` into `iovecs` with `flags`.
+///
+/// # Safety
+/// Each iovec must describe memory the kernel may write, of its stated length, that
+/// nothing else reads or writes during the call.
+unsafe fn receive_into_iovecs(
+    fd: BorrowedFd<'_>,
+    iovecs: &mut [libc::iovec],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
     let mut header: libc::msghdr = unsafe { zeroed() };
-    // IoSliceMut is ABI-compatible with struct iovec on Unix.
-    header.msg_iov = buffers.as_mut_ptr().cast();
-    header.msg_iovlen = buffers.len();
-    // SAFETY: the header points at `buffers.len()` live iovecs, each describing writable
-    // memory of its stated length that nothing else touches meanwhile; the kernel writes
+    header.msg_iov = iovecs.as_mut_ptr();
+    header.msg_iovlen = iovecs.len();
+    // SAFETY: the header points at live iovecs the caller vouches for; the kernel writes
     // within them and into nothing else (no name, no control buffer).
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, flags | libc::MSG_DONTWAIT) };
     if n < 0 {

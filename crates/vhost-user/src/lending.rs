@@ -53,39 +53,72 @@ impl LentMemory for GuestLentMemory {
     }
 }
 
-/// The transmit chains out with frames, and the tails to lend next.
-#[derive(Default)]
-pub struct Lending {
+/// Tails to lend, kept for reuse, and the guest memory they are lent from.
+pub struct TailPool {
     memory: Option<Rc<GuestLentMemory>>,
+    spare: Vec<Rc<LentTail>>,
+    limit: usize,
+}
+
+impl TailPool {
+    /// A pool that keeps up to `limit` tails.
+    pub fn new(limit: usize) -> Self {
+        Self { memory: None, spare: Vec::new(), limit }
+    }
+
+    /// An empty tail in `memory`, which must be what the guest's memory is now: a kept
+    /// one that no frame holds any more, or a new one.
+    pub fn take(&mut self, memory: &Arc<GuestMemoryMmap>) -> Rc<LentTail> {
+        let memory = match &self.memory {
+            Some(lent) if lent.is(memory) => Rc::clone(lent),
+            _ => {
+                let lent = Rc::new(GuestLentMemory::new(Arc::clone(memory)));
+                self.memory = Some(Rc::clone(&lent));
+                lent
+            }
+        };
+        let free = self.spare.iter().rposition(|tail| Rc::strong_count(tail) == 1);
+        let Some(mut tail) = free.map(|position| self.spare.swap_remove(position)) else {
+            return Rc::new(LentTail::new(memory));
+        };
+        Rc::get_mut(&mut tail).expect("a free tail has no other holder").reset(memory);
+        tail
+    }
+
+    /// Keeps `tail` for reuse while there is room; a frame may hold it still, and it is
+    /// reused once none does.
+    pub fn keep(&mut self, tail: Rc<LentTail>) {
+        if self.spare.len() < self.limit {
+            self.spare.push(tail);
+        }
+    }
+}
+
+/// The transmit chains out with frames, and the tails to lend next.
+pub struct Lending {
+    tails: TailPool,
     /// Each frame lent from the guest's buffers, and the index of its chain.
     out: Vec<(Frame, u16)>,
-    spare: Vec<Rc<LentTail>>,
     /// When the first chain still out was lent.
     since: Option<Instant>,
+}
+
+impl Default for Lending {
+    fn default() -> Self {
+        Self { tails: TailPool::new(SPARE_TAILS), out: Vec::new(), since: None }
+    }
 }
 
 impl Lending {
     /// An empty tail in `memory`, which must be what the guest's memory is now.
     pub fn tail_in(&mut self, memory: &Arc<GuestMemoryMmap>) -> Rc<LentTail> {
-        let memory = match &self.memory {
-            Some(lent) if lent.is(memory) => Rc::clone(lent),
-            _ => {
-                let lent = Rc::new(GuestLentMemory(Arc::clone(memory)));
-                self.memory = Some(Rc::clone(&lent));
-                lent
-            }
-        };
-        let Some(mut tail) = self.spare.pop() else {
-            return Rc::new(LentTail::new(memory));
-        };
-        Rc::get_mut(&mut tail).expect("a spare tail has no other holder").reset(memory);
-        tail
+        self.tails.take(memory)
     }
 
     /// Keeps `tail`, unused, for the next frame.
     pub fn keep(&mut self, tail: Rc<LentTail>) {
-        if self.spare.len() < SPARE_TAILS && Rc::strong_count(&tail) == 1 {
-            self.spare.push(tail);
+        if Rc::strong_count(&tail) == 1 {
+            self.tails.keep(tail);
         }
     }
 
@@ -162,7 +195,11 @@ mod tests {
         assert!(!queued.lent_elsewhere(), "the queued frame was copied");
         memory.write_slice(&[0; 1000], GuestAddress(0x1000)).unwrap();
         assert_eq!(&queued.as_bytes()[18..], &[0x77; 1000][..], "it reads the copy, not the guest's buffer");
-        assert_eq!(lending.spare.len(), 1, "the handled frame's tail is kept; the queued one's is not free");
+        assert_eq!(
+            lending.tails.spare.len(),
+            1,
+            "the handled frame's tail is kept; the queued one's is not free"
+        );
     }
 
     #[test]
@@ -172,6 +209,6 @@ mod tests {
         let tail = lending.tail_in(&first);
         lending.keep(tail);
         let _tail = lending.tail_in(&second);
-        assert!(Arc::ptr_eq(&lending.memory.as_ref().unwrap().0, &second));
+        assert!(Arc::ptr_eq(&lending.tails.memory.as_ref().unwrap().0, &second));
     }
 }

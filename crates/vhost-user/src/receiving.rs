@@ -26,7 +26,7 @@ use vnet_switch::ReceiveLender;
 use vnet_wire::frame::{LendRefusal, LentTail};
 
 use crate::device::{NetDevice, RX_RING};
-use crate::lending::GuestLentMemory;
+use crate::lending::TailPool;
 use crate::rings::{self, ReservedChains, Unreserved, NET_HEADER_LEN};
 
 /// Frames whose chains may be out at once; more are not lent.
@@ -40,23 +40,11 @@ pub struct ReceiveLending {
     state: RefCell<State>,
 }
 
-#[derive(Default)]
 struct State {
-    memory: Option<Rc<GuestLentMemory>>,
     next_ticket: u64,
     /// Each lent tail (a frame holds it too while on its way) and its chains.
     reserved: VecDeque<(Rc<LentTail>, ReservedChains)>,
-    /// Tails no frame holds any more, for reuse.
-    spare: Vec<Rc<LentTail>>,
-}
-
-impl State {
-    /// Keeps `tail` for reuse, while there is room.
-    fn keep(&mut self, tail: Rc<LentTail>) {
-        if self.spare.len() < SPARE_TAILS {
-            self.spare.push(tail);
-        }
-    }
+    tails: TailPool,
 }
 
 impl fmt::Debug for ReceiveLending {
@@ -68,7 +56,8 @@ impl fmt::Debug for ReceiveLending {
 impl ReceiveLending {
     /// Lending from the receive ring of `device`.
     pub fn new(device: Arc<Mutex<NetDevice>>) -> Self {
-        Self { device, state: RefCell::new(State::default()) }
+        let state = State { next_ticket: 0, reserved: VecDeque::new(), tails: TailPool::new(SPARE_TAILS) };
+        Self { device, state: RefCell::new(state) }
     }
 
     /// The chains lent for `tail`, taken back from the lent ones: the frame it belongs to
@@ -77,7 +66,7 @@ impl ReceiveLending {
         let mut state = self.state.borrow_mut();
         let position = state.reserved.iter().position(|(lent, _)| std::ptr::eq(&**lent, tail))?;
         let (lent, chains) = state.reserved.remove(position)?;
-        state.keep(lent);
+        state.tails.keep(lent);
         Some(chains)
     }
 
@@ -91,7 +80,7 @@ impl ReceiveLending {
                 return true;
             }
             give_back(chains);
-            state.keep(Rc::clone(tail));
+            state.tails.keep(Rc::clone(tail));
             false
         });
         state.reserved = reserved;
@@ -100,26 +89,6 @@ impl ReceiveLending {
     /// Forgets every lent chain without giving it back: the ring was reset or is gone.
     pub fn forget(&self) {
         self.state.borrow_mut().reserved.clear();
-    }
-
-    /// A fresh tail in the guest's memory as it is now.
-    fn fresh_tail(state: &mut State, memory: &Arc<vm_memory::GuestMemoryMmap>) -> Rc<LentTail> {
-        let lent = match &state.memory {
-            Some(lent) if lent.is(memory) => Rc::clone(lent),
-            _ => {
-                let lent = Rc::new(GuestLentMemory::new(Arc::clone(memory)));
-                state.memory = Some(Rc::clone(&lent));
-                lent
-            }
-        };
-        let reusable = state.spare.iter().position(|tail| Rc::strong_count(tail) == 1);
-        match reusable.map(|position| state.spare.swap_remove(position)) {
-            Some(mut tail) => {
-                Rc::get_mut(&mut tail).expect("a spare tail has no other holder").reset(lent);
-                tail
-            }
-            None => Rc::new(LentTail::new(lent)),
-        }
     }
 }
 
@@ -136,7 +105,7 @@ impl ReceiveLender for ReceiveLending {
             return Err(LendRefusal::Unable);
         }
         let memory = device.memory().memory().into_inner();
-        let mut tail = Self::fresh_tail(&mut state, &memory);
+        let mut tail = state.tails.take(&memory);
         let lent_tail = Rc::get_mut(&mut tail).expect("a fresh tail has one holder");
         state.next_ticket += 1;
         lent_tail.set_ticket(state.next_ticket);
@@ -156,7 +125,7 @@ impl ReceiveLender for ReceiveLending {
                 Ok(tail)
             }
             Err(why) => {
-                state.keep(tail);
+                state.tails.keep(tail);
                 Err(if why == Unreserved::NoBuffers { LendRefusal::NoBuffers } else { LendRefusal::Unable })
             }
         }
