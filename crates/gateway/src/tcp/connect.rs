@@ -13,6 +13,7 @@ use smoltcp::wire::{IpProtocol, TcpControl, TcpRepr};
 use tracing::{debug, info};
 use vnet_wire::MacAddress;
 
+use super::congestion::CongestionWindow;
 use super::connection::{Connection, HostConnect, State, INITIAL_RTO, MIN_MSS, OUR_WINDOW_SCALE};
 use super::context::Context;
 use super::segment::{mss_for_mtu, reset_for};
@@ -219,6 +220,7 @@ impl Connection {
         }
         self.guest_window = usize::from(repr.window_len);
         self.mss = self.mss.min(usize::from(repr.max_seg_size.unwrap_or(DEFAULT_MSS))).max(MIN_MSS);
+        self.congestion = CongestionWindow::new(self.mss);
         self.retransmit_at = None;
         self.rto = INITIAL_RTO;
         self.send_ack(cx);

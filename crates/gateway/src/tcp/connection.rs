@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use smoltcp::wire::{TcpControl, TcpRepr};
 use vnet_wire::MacAddress;
 
+use super::congestion::CongestionWindow;
 use super::context::Context;
 use crate::counters::GatewayDropReason;
 use crate::egress::GatewayIo;
@@ -100,6 +101,11 @@ pub(super) struct Connection {
     /// more, true again when the host says it is readable.
     pub host_unpeeked: bool,
     pub fin_sent: bool,
+    /// The FIN's sequence number, once it was sent (a rewind sends it again there).
+    pub fin_seq: Option<u32>,
+    /// One past the last sequence number ever sent: after a rewind, the guest may still
+    /// acknowledge what it got before, up to here.
+    pub snd_max: u32,
     pub guest_fin: bool,
     /// The window last advertised to the guest was too small for a segment (zero, or
     /// less than one MSS): a Linux sender then sends nothing until its persist timer
@@ -129,6 +135,12 @@ pub(super) struct Connection {
     /// guest is asked to send the rest at once (duplicate ACKs) instead of after its
     /// retransmission timeout.
     pub guest_data_refused: bool,
+    /// How much may be unacknowledged toward the guest, as losses past the gateway allow.
+    pub congestion: CongestionWindow,
+    /// When to probe a window the guest closed while the host has data for it, and how
+    /// many probes in a row went unanswered by an open window.
+    pub probe_at: Option<Instant>,
+    pub probes: u32,
     pub rto: Duration,
     pub retransmit_at: Option<Instant>,
     pub closing_since: Option<Instant>,
@@ -146,6 +158,11 @@ pub(super) struct Connection {
     /// The host socket failed or the connection was given up: the flow must go, its host
     /// socket closed abortively.
     pub failed: bool,
+}
+
+/// How long to wait before a window probe after `probes` unanswered ones.
+fn probe_interval(probes: u32) -> Duration {
+    INITIAL_RTO.saturating_mul(1 << probes.min(6)).min(MAX_RTO)
 }
 
 /// Whether `a` is before `b` in sequence space.
@@ -183,6 +200,8 @@ impl Connection {
             host_eof: false,
             host_unpeeked: true,
             fin_sent: false,
+            fin_seq: None,
+            snd_max: isn,
             guest_fin: false,
             window_unusable: false,
             max_window: 0,
@@ -193,6 +212,9 @@ impl Connection {
             waits_for_room: false,
             guest_data_refused: false,
             duplicate_acks: 0,
+            congestion: CongestionWindow::new(mss),
+            probe_at: None,
+            probes: 0,
             rto: INITIAL_RTO,
             retransmit_at: None,
             closing_since: None,
@@ -282,8 +304,39 @@ impl Connection {
         }
     }
 
+    /// One past the last sequence number sent, before a rewind or since.
+    fn highest_sent(&self) -> u32 {
+        if seq_lt(self.snd_max, self.snd_nxt) {
+            self.snd_nxt
+        } else {
+            self.snd_max
+        }
+    }
+
+    /// Bytes sent to the guest and not acknowledged yet.
+    pub fn in_flight(&self) -> usize {
+        self.snd_nxt.wrapping_sub(self.snd_una) as usize
+    }
+
+    /// Notes whether the guest's window, shut with nothing in flight, keeps data the host
+    /// has from going: then a probe asks for the window after a timeout (doubled for
+    /// each unanswered probe), since the guest's update may have been lost on the way.
+    pub fn watch_shut_window(&mut self, now: Instant) {
+        let shut = self.guest_window == 0 && self.in_flight() == 0 && self.host_unpeeked && !self.fin_sent;
+        self.probe_at = shut.then(|| self.probe_at.unwrap_or(now + probe_interval(self.probes)));
+    }
+
+    /// The probe timer went off: probe the window and wait longer for the next one.
+    pub fn probe_window(&mut self, cx: &mut Context<'_>) {
+        let window = self.window_for_guest(cx.host);
+        cx.out.extend(self.window_probe(cx.config, window));
+        self.probes = self.probes.saturating_add(1);
+        self.probe_at = Some(cx.now + probe_interval(self.probes));
+    }
+
     /// Sends again from the first byte the guest has not acknowledged.
     pub fn rewind(&mut self) {
+        self.snd_max = self.highest_sent();
         self.snd_nxt = self.snd_una;
         self.fin_sent = false;
         self.host_unpeeked = true;
@@ -292,7 +345,10 @@ impl Connection {
     /// When the connection wants its timer next.
     fn deadline(&self) -> Option<Instant> {
         let closing_timeout = self.closing_since.map(|since| since + CLOSING_TIMEOUT);
-        [self.retransmit_at, closing_timeout, self.window_check_at, self.ack_due].into_iter().flatten().min()
+        [self.retransmit_at, closing_timeout, self.window_check_at, self.ack_due, self.probe_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Notes when a window told closed is to be looked at again, and returns the time the
@@ -332,24 +388,35 @@ impl Connection {
             && repr.payload.is_empty()
             && window == self.guest_window;
         self.guest_window = window;
+        if window > 0 {
+            self.probes = 0;
+        }
         if duplicate {
             self.duplicate_acks += 1;
             if self.duplicate_acks == DUPLICATE_ACKS as u32 {
                 // The guest lost a segment (a full tap queue, say): send again from the
-                // first byte it lacks now rather than after the retransmission timeout.
+                // first byte it lacks now rather than after the retransmission timeout,
+                // and less at a time.
+                self.congestion.on_loss(self.in_flight());
                 self.rewind();
             }
         }
-        if seq_lt(self.snd_una, ack) && !seq_lt(self.snd_nxt, ack) {
+        if seq_lt(self.snd_una, ack) && !seq_lt(self.highest_sent(), ack) {
             self.duplicate_acks = 0;
             let mut acked = ack.wrapping_sub(self.snd_una) as usize;
-            if self.fin_sent && ack == self.snd_nxt {
+            if self.fin_seq.is_some_and(|fin| seq_lt(fin, ack)) {
                 acked -= 1; // the FIN takes a sequence number but no byte
+                self.fin_sent = true;
+            }
+            if seq_lt(self.snd_nxt, ack) {
+                // What went before a rewind arrived after all: go on from there.
+                self.snd_nxt = ack;
             }
             if acked > 0 && cx.host.tcp_consume(self.flow, acked).is_err() {
                 return Err(GatewayDropReason::HostSocket);
             }
             self.snd_una = ack;
+            self.congestion.on_acked(acked);
             self.rto = INITIAL_RTO;
             self.retransmits = 0;
             self.retransmit_at = (self.snd_una != self.snd_nxt).then(|| cx.now + self.rto);

@@ -20,12 +20,14 @@
 //!
 //! This file holds the table of connections, its timers and the calls the gateway makes;
 //! one connection's state and what the guest's segments do to it are in `connection.rs`,
-//! sending toward the guest in `send.rs`, building segments in `segment.rs`, and opening
+//! sending toward the guest in `send.rs` within the congestion window of `congestion.rs`,
+//! building segments in `segment.rs`, and opening
 //! connections both ways in `connect.rs`. Every handler works with one [`Context`]
 //! (`context.rs`). The files below this one import only files below them, never this
 //! one. The module knows TCP and the [`crate::HostSockets`] calls, nothing of epoll or
 //! the switch; addresses are of either IP family.
 
+mod congestion;
 mod connect;
 mod connection;
 mod context;
@@ -311,7 +313,8 @@ impl Nat {
     }
 
     /// `connection`'s timer went off: give it up if it is stuck closing or silent, look
-    /// again at a window told closed, fail a slow connect over, or retransmit.
+    /// again at a window told closed, probe the guest's shut window, fail a slow connect
+    /// over, or retransmit.
     fn on_timer(connection: &mut Connection, cx: &mut Context<'_>, sender: &mut Sender) {
         let now = cx.now;
         if connection.closing_since.is_some_and(|since| now >= since + CLOSING_TIMEOUT) {
@@ -323,6 +326,9 @@ impl Nat {
             connection.window_check_at = None;
             connection.reopen_window(cx);
             connection.back_off_window_recheck();
+        }
+        if connection.probe_at.is_some_and(|at| at <= now) {
+            connection.probe_window(cx);
         }
         if connection.retransmit_at.is_none_or(|at| at > now) {
             return;
@@ -350,6 +356,7 @@ impl Nat {
             State::SynSent => cx.out.extend(connection.syn(cx.config, cx.host)),
             State::SynAckSent => cx.out.extend(connection.syn_ack(cx.config, cx.host)),
             State::Established => {
+                connection.congestion.on_timeout(connection.in_flight());
                 connection.rewind();
                 connection.send_pending(cx, sender);
             }

@@ -66,6 +66,21 @@ impl Connection {
         self.segment(config, &ack)
     }
 
+    /// A window probe: an ACK with a sequence number the guest has already taken, which
+    /// it answers with an ACK that tells its window (RFC 9293, 3.8.6.1), so a lost
+    /// window update cannot stall the connection.
+    pub fn window_probe(&self, config: &GatewayConfig, window: usize) -> BuiltFrame {
+        let probe = Outgoing {
+            control: TcpControl::None,
+            seq: self.snd_una.wrapping_sub(1),
+            ack: Some(self.rcv_nxt),
+            window,
+            syn_options: false,
+            payload: &[],
+        };
+        self.segment(config, &probe)
+    }
+
     /// A RST for the guest's side of the connection.
     pub fn reset(&self, config: &GatewayConfig) -> BuiltFrame {
         let seq = if self.state == State::Connecting { 0 } else { self.snd_nxt };

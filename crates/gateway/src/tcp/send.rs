@@ -15,10 +15,6 @@ use super::segment::{ip_tcp_headers_len, Outgoing};
 use crate::egress::{EgressRoom, GatewayIo};
 use crate::flows::FlowId;
 
-/// The largest amount sent to the guest in one go before waiting for ACKs.
-const MAX_IN_FLIGHT: usize = 4 << 20;
-/// Most segments in flight towards a guest, whatever its MSS.
-const MAX_SEGMENTS_IN_FLIGHT: usize = 1024;
 /// Most frames filled by one peek of a host socket.
 const MAX_FRAMES_PER_PEEK: usize = 64;
 /// Peeks of up to this many frames use a short list of slices.
@@ -79,10 +75,10 @@ impl Connection {
         }
         let mut egress = egress_left(cx.host.guest_room(self.guest_mac), self.guest_mac, cx.out);
         loop {
-            let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
-            let limit = MAX_IN_FLIGHT.min(self.mss * MAX_SEGMENTS_IN_FLIGHT);
-            let room = self.guest_window.min(limit).saturating_sub(in_flight);
+            let in_flight = self.in_flight();
+            let room = self.guest_window.min(self.congestion.allowed()).saturating_sub(in_flight);
             if room == 0 || self.fin_sent || !self.host_unpeeked {
+                self.watch_shut_window(cx.now);
                 break;
             }
             // Toward a port that offloads, one frame carries as much as the largest frame
@@ -138,7 +134,7 @@ impl Connection {
         let frames = want.div_ceil(frame_payload);
         sender.buffers.clear();
         sender.buffers.extend((0..frames).map(|_| FrameBuffer::for_len(frame_payload)));
-        let in_flight = self.snd_nxt.wrapping_sub(self.snd_una) as usize;
+        let in_flight = self.in_flight();
         let buffers = &mut sender.buffers[..];
         // Most peeks of a trickle fill a frame or two: their list of slices is short.
         let peeked = if frames <= FEW_FRAMES {
@@ -302,6 +298,7 @@ impl Connection {
             payload: &[],
         };
         cx.out.extend(self.segment(cx.config, &fin));
+        self.fin_seq = Some(self.snd_nxt);
         self.ack_due = None;
         self.snd_nxt = self.snd_nxt.wrapping_add(1);
         self.fin_sent = true;

@@ -299,10 +299,16 @@ fn host_data_reaches_an_ipv6_guest_in_the_largest_frames_an_offloading_port_take
     gateway.on_tcp_readable(flow, now, &mut host);
     let mut received = 0;
     let mut largest = 0;
-    while let Some(frame) = gateway.pop_frame() {
-        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
-        largest = largest.max(frame.len());
-        received += TcpPacket::new_checked(ip.payload()).unwrap().payload().len();
+    // The guest acknowledges each flight, and the congestion window grows with it.
+    for _ in 0..10 {
+        while let Some(frame) = gateway.pop_frame() {
+            let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+            largest = largest.max(frame.len());
+            received += TcpPacket::new_checked(ip.payload()).unwrap().payload().len();
+        }
+        let ack_all = TcpRepr { ack_number: Some(isn + 1 + received), ..ack };
+        let frame = packet::tcp(GUEST_MAC, gateway.config().mac(), src, dst, &ack_all).unwrap();
+        gateway.receive(&from_guest(&frame), now, &mut host);
     }
     assert_eq!(received, 200_000, "all of it, though one frame of IPv4's size does not fit");
     assert_eq!(largest, vnet_wire::MAX_FRAME_LEN, "frames as large as a port takes");

@@ -67,6 +67,8 @@ struct FakeHost {
     send_error: Option<i32>,
     tcp_accept: usize,
     tcp_incoming: HashMap<FlowId, Vec<u8>>,
+    /// Flows whose peer closed: a peek past their data finds the end.
+    tcp_eof: std::collections::HashSet<FlowId>,
     tcp_consumed: HashMap<FlowId, usize>,
     closed: Vec<(FlowId, bool)>,
     replies: Vec<(SocketAddr, Vec<u8>)>,
@@ -128,6 +130,9 @@ impl HostSockets for FakeHost {
         }
         let incoming = self.tcp_incoming.get(&flow).map_or(&[][..], Vec::as_slice);
         let mut available = incoming.get(offset..).unwrap_or(&[]);
+        if available.is_empty() && self.tcp_eof.contains(&flow) {
+            return Ok(0);
+        }
         if available.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -329,6 +334,19 @@ fn guest_tcp_from(
     ack: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
+    guest_segment(src_port, dst, control, seq, ack, 1000, payload)
+}
+
+/// A segment from the guest's port `src_port` to `dst` that advertises `window`.
+fn guest_segment(
+    src_port: u16,
+    dst: SocketAddrV4,
+    control: smoltcp::wire::TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    window: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     use smoltcp::wire::{TcpRepr, TcpSeqNumber};
     let repr = TcpRepr {
         src_port,
@@ -336,7 +354,7 @@ fn guest_tcp_from(
         control,
         seq_number: TcpSeqNumber(seq as i32),
         ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 1000,
+        window_len: window,
         window_scale: (control == smoltcp::wire::TcpControl::Syn).then_some(7),
         max_seg_size: (control == smoltcp::wire::TcpControl::Syn).then_some(1460),
         sack_permitted: false,

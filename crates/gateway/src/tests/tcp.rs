@@ -387,6 +387,94 @@ fn three_duplicate_acks_send_the_missing_data_again_at_once() {
 }
 
 #[test]
+fn the_first_flight_is_ten_segments_and_a_loss_halves_what_is_sent_again() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_incoming.insert(flow, vec![5u8; 60 * 1460]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    let segments_sent = |gateway: &mut Gateway| {
+        std::iter::from_fn(|| gateway.pop_frame()).filter(|frame| !tcp_of(frame).4.is_empty()).count()
+    };
+    assert_eq!(segments_sent(&mut gateway), 10, "RFC 6928's initial window, though the guest's is larger");
+    let ack_ten = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1 + 10 * 1460), &[]);
+    gateway.receive(&from_guest(&ack_ten), now, &mut host);
+    assert_eq!(segments_sent(&mut gateway), 20, "slow start doubles the window");
+    // The next segment was lost on the way (a full datagram socket, say).
+    for _ in 0..3 {
+        gateway.receive(&from_guest(&ack_ten), now, &mut host);
+    }
+    assert_eq!(segments_sent(&mut gateway), 10, "half of the 20 that were out go again");
+}
+
+#[test]
+fn an_ack_of_what_was_sent_before_a_timeout_is_taken_and_sending_goes_on_from_it() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_incoming.insert(flow, vec![6u8; 20 * 1460]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    assert_eq!(std::iter::from_fn(|| gateway.pop_frame()).count(), 10);
+    // A slow guest's ACK comes after the timeout: the gateway went back to the start.
+    gateway.on_deadline(now + Duration::from_secs(2), &mut host);
+    let (_, seq, _, _, _) = tcp_of(&gateway.pop_frame().expect("a retransmission"));
+    assert_eq!(seq, isn + 1);
+    while gateway.pop_frame().is_some() {}
+    let ack_all_ten = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1 + 10 * 1460), &[]);
+    gateway.receive(&from_guest(&ack_all_ten), now + Duration::from_secs(2), &mut host);
+    let next: Vec<u32> = std::iter::from_fn(|| gateway.pop_frame()).map(|frame| tcp_of(&frame).1).collect();
+    assert_eq!(next.first(), Some(&(isn + 1 + 10 * 1460)), "new data follows what the guest has: {next:?}");
+}
+
+#[test]
+fn a_fin_acknowledged_after_a_timeout_ends_the_sending_side() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    host.tcp_incoming.insert(flow, vec![6u8; 1000]);
+    host.tcp_eof.insert(flow);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    gateway.on_tcp_readable(flow, now, &mut host); // the next peek finds the end
+    let controls: Vec<TcpControl> =
+        std::iter::from_fn(|| gateway.pop_frame()).map(|frame| tcp_of(&frame).0).collect();
+    assert_eq!(controls.last(), Some(&TcpControl::Fin), "{controls:?}");
+    gateway.on_deadline(now + Duration::from_secs(2), &mut host);
+    while gateway.pop_frame().is_some() {}
+    let ack_fin = guest_tcp(dst, TcpControl::None, 101, Some(isn + 1 + 1000 + 1), &[]);
+    gateway.receive(&from_guest(&ack_fin), now + Duration::from_secs(2), &mut host);
+    assert!(gateway.pop_frame().is_none(), "nothing is left to send");
+    assert!(host.tcp_incoming.get(&flow).is_none_or(Vec::is_empty), "the 1000 bytes were consumed, no more");
+}
+
+#[test]
+fn a_shut_window_is_probed_until_the_guest_tells_it_open_and_then_data_flows() {
+    use smoltcp::wire::TcpControl;
+    let (mut gateway, mut host, now) = gateway_with(GatewayConfig::default());
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+    let (flow, isn) = established(&mut gateway, &mut host, now, dst);
+    let with_window =
+        |window: u16| guest_segment(40000, dst, TcpControl::None, 101, Some(isn + 1), window, &[]);
+    gateway.receive(&from_guest(&with_window(0)), now, &mut host);
+    host.tcp_incoming.insert(flow, vec![1u8; 3000]);
+    gateway.on_tcp_readable(flow, now, &mut host);
+    assert!(gateway.pop_frame().is_none(), "nothing goes into a shut window");
+    // The guest's update opening the window is lost; the gateway asks.
+    gateway.on_deadline(now + Duration::from_secs(2), &mut host);
+    let (control, seq, ack, _, payload) = tcp_of(&gateway.pop_frame().expect("a window probe"));
+    assert_eq!(
+        (control, seq, ack, payload.len()),
+        (TcpControl::None, isn, Some(101), 0),
+        "a byte already taken"
+    );
+    gateway.receive(&from_guest(&with_window(1000)), now + Duration::from_secs(2), &mut host);
+    let sent: usize = std::iter::from_fn(|| gateway.pop_frame()).map(|frame| tcp_of(&frame).4.len()).sum();
+    assert_eq!(sent, 3000, "the answer opened the window");
+}
+
+#[test]
 fn segments_for_an_ipv6_guest_carry_an_ipv6_header_and_a_checksum_over_its_pseudo_header() {
     use smoltcp::wire::{IpAddress, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
     let guest: SocketAddr = "[fd00::15]:40000".parse().unwrap();
