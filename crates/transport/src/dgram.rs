@@ -6,16 +6,20 @@
 //! that takes the place of the one heard from least recently, so made-up senders cannot
 //! shut a new guest out.
 //!
-//! The socket is read with `recvmmsg` and written with `sendmmsg`. Datagrams are never
-//! queued across writes: a peer that cannot take a frame right now loses it, counted on
-//! its port, as a real Ethernet link would. This module does not look inside frames.
+//! The socket is read with `recvmmsg` and written with `sendmmsg`. This module does not
+//! look inside frames.
 //!
 //! A unix datagram stays charged to the socket that sent it until its receiver reads
 //! it, so a few peers that never read would fill the send buffer of a shared socket and
 //! cut every other peer off. Each unix peer is therefore sent to from an unbound socket
-//! of its own, which only that peer can fill (QEMU takes datagrams from any sender). A
-//! peer that connected its socket to vnet's, and so takes datagrams only from that
-//! address, is sent to from the shared socket instead.
+//! of its own, connected to the peer, which only that peer can fill (QEMU takes
+//! datagrams from any sender). The kernel takes at most `net.unix.max_dgram_qlen` (10)
+//! unread datagrams per receiver; beyond that, frames for the peer wait in its port's
+//! queue until the peer reads and the connected socket turns writable, as QEMU's own
+//! datagram backend waits, so a guest busy sending does not lose the ACKs coming back.
+//! A peer that connected its socket to vnet's, and so takes datagrams only from that
+//! address, is sent to from the shared socket instead. A frame the shared socket or a
+//! UDP peer cannot take right now is lost, counted on its port, as on a real link.
 
 use foldhash::HashMap;
 use std::io;
@@ -25,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::Interest;
+use mio::{Interest, Token};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::{debug, info};
 use vnet_switch::{PortDropReason, PortId};
@@ -74,9 +78,11 @@ impl PeerAddr {
 struct Peer {
     port: PortId,
     sockaddr: SockAddr,
-    /// The socket that sends to a unix peer, whose datagrams it alone holds until the
-    /// peer reads them; None to send from the listener's socket.
+    /// The socket that sends to a unix peer, connected to it, whose datagrams it alone
+    /// holds until the peer reads them; None to send from the listener's socket.
     sender: Option<Socket>,
+    /// The sender's registration for writability, once registered.
+    token: Option<Token>,
     last_heard: Instant,
 }
 
@@ -95,17 +101,36 @@ impl PeerTable {
         Some(peer.port)
     }
 
-    /// Records a new peer and its port; a unix peer gets a socket of its own to be sent
-    /// from.
+    /// Records a new peer and its port; a unix peer gets a socket of its own, connected
+    /// to it, to be sent from, unless the peer takes datagrams only from vnet's socket.
     pub fn insert(&mut self, addr: PeerAddr, port: PortId, now: Instant) -> io::Result<()> {
         let sockaddr = addr.to_sockaddr()?;
         let sender = match addr {
-            PeerAddr::Unix(_) => Some(Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?),
+            PeerAddr::Unix(_) => own_sender(&sockaddr)?,
             PeerAddr::Inet(_) => None,
         };
         self.by_port.insert(port, addr.clone());
-        self.by_addr.insert(addr, Peer { port, sockaddr, sender, last_heard: now });
+        self.by_addr.insert(addr, Peer { port, sockaddr, sender, token: None, last_heard: now });
         Ok(())
+    }
+
+    /// The socket of its own that `port`'s peer is sent from, if it has one and it is not
+    /// registered yet.
+    fn unregistered_sender(&self, port: PortId) -> Option<&Socket> {
+        let peer = self.by_port.get(&port).and_then(|addr| self.by_addr.get(addr))?;
+        peer.sender.as_ref().filter(|_| peer.token.is_none())
+    }
+
+    /// Notes the registration of `port`'s own socket.
+    fn set_token(&mut self, port: PortId, token: Token) {
+        if let Some(peer) = self.by_port.get(&port).and_then(|addr| self.by_addr.get_mut(addr)) {
+            peer.token = Some(token);
+        }
+    }
+
+    /// The port whose own socket is registered as `token`.
+    fn port_with_token(&self, token: Token) -> Option<PortId> {
+        self.by_addr.values().find(|peer| peer.token == Some(token)).map(|peer| peer.port)
     }
 
     /// The address to send `port`'s frames to, and the peer's own socket to send them
@@ -115,18 +140,18 @@ impl PeerTable {
         Some((&peer.sockaddr, peer.sender.as_ref()))
     }
 
-    /// Sends to `port`'s peer from the shared socket from now on.
-    fn share_socket(&mut self, port: PortId) {
-        if let Some(peer) = self.by_port.get(&port).and_then(|addr| self.by_addr.get_mut(addr)) {
-            peer.sender = None;
-        }
+    /// Sends to `port`'s peer from the shared socket from now on; returns the
+    /// registration of the socket it had, to forget.
+    fn share_socket(&mut self, port: PortId) -> Option<Token> {
+        let peer = self.by_port.get(&port).and_then(|addr| self.by_addr.get_mut(addr))?;
+        peer.sender = None;
+        peer.token.take()
     }
 
-    /// Forgets the peer of `port`.
-    pub fn remove(&mut self, port: PortId) {
-        if let Some(addr) = self.by_port.remove(&port) {
-            self.by_addr.remove(&addr);
-        }
+    /// Forgets the peer of `port`; returns the registration of its own socket, to forget.
+    pub fn remove(&mut self, port: PortId) -> Option<Token> {
+        let addr = self.by_port.remove(&port)?;
+        self.by_addr.remove(&addr).and_then(|peer| peer.token)
     }
 
     /// Removes peers silent for `idle` or longer and returns their ports.
@@ -238,8 +263,7 @@ impl DgramListener {
             if let Some(quietest) = self.peers.least_recently_heard() {
                 cx.count("dgram_peer_evicted");
                 debug!(listen = %self.description, "{MAX_PEERS} datagram peers: the one heard from least recently makes room");
-                self.peers.remove(quietest);
-                cx.remove_port(quietest);
+                self.remove_peer(quietest, cx);
             }
         }
         let name = match &addr {
@@ -252,7 +276,37 @@ impl DgramListener {
             cx.remove_port(port);
             return None;
         }
+        if let Some(sender) = self.peers.unregistered_sender(port) {
+            match cx.register_source(&mut SourceFd(&sender.as_raw_fd()), Interest::WRITABLE) {
+                Ok(token) => self.peers.set_token(port, token),
+                Err(e) => {
+                    info!(error = %e, "cannot watch a datagram peer's socket");
+                    self.remove_peer(port, cx);
+                    return None;
+                }
+            }
+        }
         Some(port)
+    }
+
+    /// Forgets `port`'s peer, the registration of its socket, and the port.
+    fn remove_peer(&mut self, port: PortId, cx: &mut Context<'_>) {
+        if let Some(token) = self.peers.remove(port) {
+            cx.forget_source(token);
+        }
+        cx.remove_port(port);
+    }
+}
+
+/// A socket of its own to send to the unix peer at `peer`, connected to it so that its
+/// writability tells when the peer has read; None if the peer takes datagrams only from
+/// the socket it is connected to.
+fn own_sender(peer: &SockAddr) -> io::Result<Option<Socket>> {
+    let socket = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking().cloexec(), None)?;
+    match socket.connect(peer) {
+        Ok(()) => Ok(Some(socket)),
+        Err(e) if peer_takes_only_its_own(&e) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -267,20 +321,39 @@ fn peer_takes_only_its_own(error: &io::Error) -> bool {
     error.raw_os_error() == Some(libc::EPERM)
 }
 
-/// Sends every frame queued on `port` to `to`. A batch the kernel does not take whole is
-/// dropped from the first refused frame on. Returns an error only when the peer is gone
-/// or does not take datagrams from `socket`.
-pub(crate) fn send_queued(socket: &Socket, to: &SockAddr, port: &mut vnet_switch::Port) -> io::Result<()> {
+/// What a datagram socket does with frames the kernel does not take now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Leave them queued: the socket is connected to the one peer and turns writable
+    /// once the peer reads.
+    Wait,
+    /// Drop them, counted, as a link would.
+    Drop,
+}
+
+/// Sends every frame queued on `port` to `to`. What the kernel does not take now waits
+/// or is dropped, as `when_full` says. Returns an error only when the peer is gone or
+/// does not take datagrams from `socket`.
+pub(crate) fn send_queued(
+    socket: &Socket,
+    to: &SockAddr,
+    port: &mut vnet_switch::Port,
+    when_full: WhenFull,
+) -> io::Result<()> {
     while !port.is_idle() {
         let datagrams: Vec<&[u8]> = port.queued().take(BATCH).map(|f| f.as_bytes()).collect();
         let count = datagrams.len();
         let sent = match sys::send_datagrams(socket.as_fd(), to, &datagrams) {
             Ok(sent) => sent,
             Err(e) if peer_is_gone(&e) || peer_takes_only_its_own(&e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && when_full == WhenFull::Wait => return Ok(()),
             Err(_) => 0,
         };
         for _ in 0..sent {
             port.pop_sent();
+        }
+        if sent > 0 && when_full == WhenFull::Wait {
+            continue;
         }
         for _ in sent..count {
             port.pop_dropped(PortDropReason::SendFailed);
@@ -332,8 +405,12 @@ impl Endpoint for DgramListener {
         outcome
     }
 
-    fn on_writable(&mut self, _cx: &mut Context<'_>) -> Liveness {
-        Liveness::Open
+    /// A peer's own socket turned writable: its peer read, so what waits for it goes.
+    fn on_writable(&mut self, cx: &mut Context<'_>) -> Liveness {
+        match self.peers.port_with_token(cx.ready) {
+            Some(port) => self.flush(port, cx),
+            None => Liveness::Open,
+        }
     }
 
     fn flush(&mut self, port: PortId, cx: &mut Context<'_>) -> Liveness {
@@ -342,18 +419,20 @@ impl Endpoint for DgramListener {
             return Liveness::Open;
         };
         let own_socket = sender.is_some();
-        let mut sent = send_queued(sender.unwrap_or(&self.socket), to, switch_port);
+        let when_full = if own_socket { WhenFull::Wait } else { WhenFull::Drop };
+        let mut sent = send_queued(sender.unwrap_or(&self.socket), to, switch_port, when_full);
         if own_socket && sent.as_ref().is_err_and(peer_takes_only_its_own) {
             debug!(listen = %self.description, %port, "datagram peer is connected to vnet's socket; sending from it");
-            self.peers.share_socket(port);
+            if let Some(token) = self.peers.share_socket(port) {
+                cx.forget_source(token);
+            }
             if let (Some((to, _)), Some(switch_port)) = (self.peers.route(port), cx.switch.port_mut(port)) {
-                sent = send_queued(&self.socket, to, switch_port);
+                sent = send_queued(&self.socket, to, switch_port, WhenFull::Drop);
             }
         }
         if let Err(e) = sent {
             info!(listen = %self.description, error = %e, "datagram peer is gone");
-            self.peers.remove(port);
-            cx.remove_port(port);
+            self.remove_peer(port, cx);
         }
         Liveness::Open
     }
@@ -374,7 +453,7 @@ impl Endpoint for DgramListener {
 
     fn close(&mut self, cx: &mut Context<'_>) {
         for port in self.peers.ports() {
-            cx.remove_port(port);
+            self.remove_peer(port, cx);
         }
     }
 }
@@ -401,11 +480,63 @@ mod tests {
 
     #[test]
     fn a_unix_peer_has_a_socket_of_its_own_until_it_takes_only_the_shared_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let _peer = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let mut table = PeerTable::default();
-        table.insert(PeerAddr::Unix("/run/peer.sock".into()), PortId(3), Instant::now()).unwrap();
+        table.insert(PeerAddr::Unix(path), PortId(3), Instant::now()).unwrap();
         assert!(table.route(PortId(3)).unwrap().1.is_some());
-        table.share_socket(PortId(3));
+        table.set_token(PortId(3), Token(9));
+        assert_eq!(table.port_with_token(Token(9)), Some(PortId(3)));
+        assert_eq!(table.share_socket(PortId(3)), Some(Token(9)), "its registration is to be forgotten");
         assert!(table.route(PortId(3)).unwrap().1.is_none());
+        assert_eq!(table.port_with_token(Token(9)), None);
+    }
+
+    #[test]
+    fn a_peer_connected_elsewhere_is_sent_to_from_the_shared_socket_and_a_vanished_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.sock");
+        let _other = std::os::unix::net::UnixDatagram::bind(&elsewhere).unwrap();
+        let path = dir.path().join("peer.sock");
+        let peer = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        peer.connect(&elsewhere).unwrap();
+        let mut table = PeerTable::default();
+        table.insert(PeerAddr::Unix(path), PortId(4), Instant::now()).unwrap();
+        assert!(table.route(PortId(4)).unwrap().1.is_none());
+        let gone = PeerAddr::Unix(dir.path().join("gone.sock"));
+        assert!(table.insert(gone, PortId(5), Instant::now()).is_err());
+    }
+
+    #[test]
+    fn frames_a_full_peer_cannot_take_wait_on_a_connected_socket_and_are_dropped_on_a_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let peer = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let to = SockAddr::unix(&path).unwrap();
+        let connected = own_sender(&to).unwrap().expect("a socket of its own");
+        let mut broadcast = [0u8; 60];
+        broadcast[..6].fill(0xff);
+        broadcast[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        let queued_after_sending = |socket: &Socket, when_full: WhenFull| {
+            let mut switch = vnet_switch::Switch::new(vnet_switch::SwitchConfig::default());
+            let from = switch.add_port("sender");
+            let toward = switch.add_port("peer");
+            for _ in 0..100 {
+                switch.receive(from, Frame::copy_from_slice(&broadcast, Offload::NONE), Instant::now());
+            }
+            let port = switch.port_mut(toward).unwrap();
+            assert_eq!(port.queued().count(), 100);
+            send_queued(socket, &to, port, when_full).unwrap();
+            port.queued().count()
+        };
+        let waiting = queued_after_sending(&connected, WhenFull::Wait);
+        assert!(waiting > 0 && waiting < 100, "the kernel took some, the rest waits: {waiting}");
+        peer.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 100];
+        while peer.recv(&mut buffer).is_ok() {}
+        let shared = Socket::new(Domain::UNIX, Type::DGRAM.nonblocking(), None).unwrap();
+        assert_eq!(queued_after_sending(&shared, WhenFull::Drop), 0, "what the kernel refused was dropped");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::info;
 use vnet_switch::{PortDropReason, PortId};
 use vnet_wire::MAX_FRAME_LEN;
 
-use crate::dgram::{receive_batch, send_queued, BATCH};
+use crate::dgram::{receive_batch, send_queued, WhenFull, BATCH};
 use crate::{McastSpec, TransportError};
 use vnet_runtime::sys::DatagramBatch;
 use vnet_runtime::{Context, Endpoint, Liveness, ReadOutcome};
@@ -118,7 +118,7 @@ impl Endpoint for McastSegment {
         let Some(switch_port) = cx.switch.port_mut(port) else {
             return Liveness::Open;
         };
-        if let Err(e) = send_queued(&self.sender, &self.group, switch_port) {
+        if let Err(e) = send_queued(&self.sender, &self.group, switch_port, WhenFull::Drop) {
             info!(attach = %self.description, error = %e, "sending to the group failed");
             while switch_port.pop_dropped(PortDropReason::SendFailed).is_some() {}
         }

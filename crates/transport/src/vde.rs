@@ -79,8 +79,10 @@ impl DataPath {
         ReadOutcome::More
     }
 
-    /// Sends what waits on `port`. A frame the peer cannot take now is dropped and
-    /// counted, as on a real link.
+    /// Sends what waits on `port`. While the peer's socket holds as many unread
+    /// datagrams as the kernel allows, the rest waits in the port's queue until the
+    /// socket turns writable, as vde_switch queues them; a frame refused otherwise is
+    /// dropped and counted, as on a real link.
     fn flush(&mut self, port: PortId, cx: &mut Context<'_>) {
         let Some(port) = cx.switch.port_mut(port) else {
             return;
@@ -93,6 +95,7 @@ impl DataPath {
                 Ok(_) => {
                     port.pop_sent();
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     port.pop_dropped(PortDropReason::SendFailed);
