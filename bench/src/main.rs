@@ -11,17 +11,18 @@
 
 mod backend;
 mod load;
+mod matrix;
 mod netns;
 mod plug;
 mod process;
 mod report;
 mod scenarios;
+mod test_guest;
 mod vde;
 mod vhost_plug;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -56,11 +57,29 @@ struct Cli {
     #[arg(long)]
     vnet: Option<PathBuf>,
     #[command(subcommand)]
-    tool: Option<ToolCommand>,
+    command: Option<BenchCommand>,
 }
 
 #[derive(Subcommand)]
-enum ToolCommand {
+enum BenchCommand {
+    /// QEMU's networking table, measured: two guests per backend mode (QEMU's user and
+    /// socket, vnet over stream, dgram, mcast, VDE, vhost-user and a host tap) try
+    /// VM→Host, Host→VM, VM1↔VM2, VM→Net and Net→VM. `scripts/demo` runs it.
+    Matrix {
+        /// Fewer pings and smaller transfers: under 90 seconds.
+        #[arg(long)]
+        quick: bool,
+        /// Only these rows (comma-separated): user, socket, stream, dgram, mcast, vde,
+        /// vhost-user, tap.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Where to write the markdown table (it is printed too).
+        #[arg(long, default_value = "target/demo/matrix.md")]
+        markdown: PathBuf,
+        /// Where to write the JSON.
+        #[arg(long, default_value = "target/demo/matrix.json")]
+        json: PathBuf,
+    },
     /// Load generators the bench runs inside namespaces.
     #[command(hide = true)]
     Tool {
@@ -69,7 +88,7 @@ enum ToolCommand {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Tool {
     /// 1-byte ping-pong for SECONDS; prints latency percentiles.
     Rr { server: SocketAddr, seconds: u64 },
@@ -104,8 +123,11 @@ enum Tool {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.tool {
-        Some(ToolCommand::Tool { tool }) => run_tool(tool),
+    let result = match &cli.command {
+        Some(BenchCommand::Tool { tool }) => run_tool(tool.clone()),
+        Some(BenchCommand::Matrix { quick, only, markdown, json }) => {
+            run_matrix(&cli, *quick, only, markdown, json)
+        }
         None => run_bench(&cli),
     };
     if let Err(error) = result {
@@ -172,7 +194,17 @@ fn run_bench(cli: &Cli) -> Result<()> {
     }
     load::raise_file_limit();
     let programs = programs(cli)?;
-    let info = run_info(cli.quick, &programs);
+    let vnet = programs.vnet.to_string_lossy().into_owned();
+    let info = RunInfo::collect(
+        cli.quick,
+        &[
+            ("vnet", &vnet),
+            ("slirp4netns", "slirp4netns"),
+            ("passt/pasta", "passt"),
+            ("vde_switch", "vde_switch"),
+            ("iperf3", "iperf3"),
+        ],
+    );
     let _host = netns::BenchHost::create_and_enter()?;
     let settings = if cli.quick { Settings::QUICK } else { Settings::FULL };
     let mut bench = Bench { programs, settings, report: Report::new(info) };
@@ -186,6 +218,27 @@ fn run_bench(cli: &Cli) -> Result<()> {
     println!("{markdown}");
     write_file(&cli.markdown, &markdown)?;
     write_file(&cli.json, &bench.report.to_json())
+}
+
+/// Runs the connectivity matrix.
+fn run_matrix(cli: &Cli, quick: bool, only: &[String], markdown: &Path, json: &Path) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the matrix makes network namespaces and a tap: run it as root (scripts/demo does); its backends and guests then run as nobody");
+    }
+    let vnet = programs(cli)?.vnet;
+    let vnet_name = vnet.to_string_lossy().into_owned();
+    let info = RunInfo::collect(
+        quick,
+        &[("vnet", &vnet_name), ("QEMU", "qemu-system-x86_64"), ("iperf3", "iperf3")],
+    );
+    let options = matrix::Options {
+        quick,
+        only: only.to_vec(),
+        markdown: markdown.to_owned(),
+        json: json.to_owned(),
+        vnet,
+    };
+    matrix::run_matrix(&options, info)
 }
 
 fn write_file(path: &std::path::Path, contents: &str) -> Result<()> {
@@ -208,46 +261,4 @@ fn programs(cli: &Cli) -> Result<Programs> {
         );
     }
     Ok(Programs { vnet, bench })
-}
-
-/// The date, the machine and the versions of everything measured.
-fn run_info(quick: bool, programs: &Programs) -> RunInfo {
-    let first_line = |program: &str, args: &[&str]| -> String {
-        Command::new(program)
-            .args(args)
-            .output()
-            .ok()
-            .map(|output| {
-                let text = if output.stdout.is_empty() { output.stderr } else { output.stdout };
-                String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
-            })
-            .unwrap_or_else(|| "not installed".to_owned())
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = first_line("uname", &["-r"]);
-    let mut versions = std::collections::BTreeMap::new();
-    let vnet = programs.vnet.to_string_lossy().into_owned();
-    for (name, program, args) in [
-        ("vnet", vnet.as_str(), &["--version"][..]),
-        ("slirp4netns", "slirp4netns", &["--version"][..]),
-        ("passt/pasta", "passt", &["--version"][..]),
-        ("vde_switch", "vde_switch", &["--version"][..]),
-        ("iperf3", "iperf3", &["--version"][..]),
-    ] {
-        versions.insert(name.to_owned(), first_line(program, args));
-    }
-    RunInfo {
-        date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        machine: format!("{cpu}, {cores} cores, Linux {kernel}"),
-        versions,
-        quick,
-    }
 }

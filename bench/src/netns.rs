@@ -2,7 +2,8 @@
 //!
 //! The bench never runs in the machine's real network namespace. It makes a host
 //! namespace (192.0.2.1 and 2001:db8::1) whose default routes go to a far namespace
-//! (192.0.2.2 and 2001:db8::2) that answers nothing, and moves itself into the host
+//! (192.0.2.2 and 2001:db8::2) that answers nothing but the servers a run starts in it (the
+//! connectivity matrix's "Net"), and moves itself into the host
 //! namespace before it starts anything.
 //! Every backend, server and guest it starts is then inside namespaces it made, so no
 //! traffic can leave the machine, whatever a backend does with it.
@@ -76,11 +77,29 @@ impl Netns {
         Ok(())
     }
 
+    /// Runs `work` on a thread of its own inside the namespace and returns its result.
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = self.path();
+        let thread = std::thread::spawn(move || {
+            enter_namespace_file(&path)?;
+            work()
+        });
+        thread.join().map_err(|_| anyhow::anyhow!("a thread inside {} panicked", self.name))?
+    }
+
     /// Moves the calling thread (and what it later spawns) into this namespace.
     fn enter(&self) -> Result<()> {
-        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
-        nix::sched::setns(file, CloneFlags::CLONE_NEWNET).context("setns into the bench's host namespace")
+        enter_namespace_file(&self.path())
     }
+}
+
+/// Moves the calling thread into the network namespace of the file `path`.
+fn enter_namespace_file(path: &str) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    nix::sched::setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into {path}"))
 }
 
 impl Drop for Netns {
@@ -92,7 +111,7 @@ impl Drop for Netns {
 /// The bench's host and far namespaces.
 pub struct BenchHost {
     _host: Netns,
-    _far: Netns,
+    far: Netns,
 }
 
 impl BenchHost {
@@ -110,7 +129,12 @@ impl BenchHost {
              ip link set f0 up"
         ))?;
         host.enter()?;
-        Ok(Self { _host: host, _far: far })
+        Ok(Self { _host: host, far })
+    }
+
+    /// The far namespace, which the connectivity matrix runs its "Net" servers in.
+    pub fn far(&self) -> &Netns {
+        &self.far
     }
 }
 

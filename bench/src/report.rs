@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::process::Command;
 
 use serde::Serialize;
 
@@ -70,6 +71,44 @@ pub struct Report {
 
 /// The backend the ratios divide by: the kernel's own path.
 const LIMIT: &str = "veth";
+
+impl RunInfo {
+    /// The date, the machine and the first line `PROGRAM --version` prints for each
+    /// `(name, PROGRAM)` of `programs`.
+    pub fn collect(quick: bool, programs: &[(&str, &str)]) -> Self {
+        let first_line = |program: &str, args: &[&str]| -> String {
+            Command::new(program)
+                .args(args)
+                .output()
+                .ok()
+                .map(|output| {
+                    let text = if output.stdout.is_empty() { output.stderr } else { output.stdout };
+                    String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
+                })
+                .unwrap_or_else(|| "not installed".to_owned())
+        };
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = first_line("uname", &["-r"]);
+        let versions = programs
+            .iter()
+            .map(|(name, program)| ((*name).to_owned(), first_line(program, &["--version"])))
+            .collect();
+        RunInfo {
+            date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            machine: format!("{cpu}, {cores} cores, Linux {kernel}"),
+            versions,
+            quick,
+        }
+    }
+}
 
 impl Report {
     /// An empty report of the run `info` describes.

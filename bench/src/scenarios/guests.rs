@@ -4,16 +4,17 @@
 //! gives the guest its MTU by DHCP: passt 65520 by default, vnet 65520 when asked
 //! (`mtu=65520`, as here), QEMU's user networking 1500 always.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::{Bench, Iperf3Server};
 use crate::backend::IpVersion;
 use crate::process::{wait_until, ScratchDir, Spawned, READY_DEADLINE};
 use crate::report::{Better, Metric};
+use crate::test_guest;
 
 const SCENARIO: &str = "Real guests (QEMU TCG, virtio-net, iperf3)";
 const UPLOAD: Metric =
@@ -46,10 +47,7 @@ pub fn run(bench: &mut Bench) -> Result<()> {
         eprintln!("   skipped (--quick)");
         return Ok(());
     }
-    let image = PathBuf::from("target/test-guest");
-    if !image.join("vmlinuz").exists() {
-        bail!("no test guest in target/test-guest; scripts/bench builds it (tests/guest/build-guest.sh)");
-    }
+    let image = test_guest::image()?;
     let server = Iperf3Server::start(IpVersion::V4)?;
     for _ in 0..bench.settings.rounds {
         for backend in [GuestBackend::Vnet, GuestBackend::QemuUser, GuestBackend::Passt] {
@@ -78,13 +76,13 @@ fn guest_iperf3(bench: &Bench, image: &Path, backend: GuestBackend, port: u16) -
             let listen = format!("stream:unix:{}", socket.display());
             let mut command = Command::new(&bench.programs.vnet);
             command.args(["--log-level", "warn", "run", "--user", "mtu=65520", "--listen", &listen]);
-            (Some(Spawned::start("vnet", &mut command)?), stream_netdev(&socket))
+            (Some(Spawned::start("vnet", &mut command)?), test_guest::stream_netdev(&socket))
         }
         GuestBackend::Passt => {
             let mut command = Command::new("passt");
             command.args(["-f", "-q", "-4", "-t", "none", "-u", "none", "-s"]).arg(&socket);
             command.stdout(Stdio::null()).stderr(Stdio::null());
-            (Some(Spawned::start("passt", &mut command)?), stream_netdev(&socket))
+            (Some(Spawned::start("passt", &mut command)?), test_guest::stream_netdev(&socket))
         }
         GuestBackend::QemuUser => (None, "user,id=n0".to_owned()),
     };
@@ -102,14 +100,10 @@ for direction in up down; do
   echo \"BENCH-$direction $(grep receiver /tmp/iperf3.out)\"
 done"
     );
-    let initrd = initrd_with_script(image, dir.path(), &script)?;
+    let initrd = test_guest::initrd_with_script(image, dir.path(), &script)?;
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg", "-m", "256", "-smp", "1", "-no-reboot", "-nodefaults"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-kernel"])
-        .arg(image.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 loglevel=3", "-netdev", &netdev])
+    qemu.args(test_guest::boot_args(&image.join("vmlinuz"), &initrd, "bench"))
+        .args(["-netdev", &netdev])
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -120,50 +114,7 @@ done"
             .lines()
             .find(|line| line.starts_with(&format!("BENCH-{direction} ")))
             .with_context(|| format!("the guest printed no {direction} result:\n{console}"))?;
-        mbits_per_second(line).with_context(|| format!("no rate in {line:?}"))
+        test_guest::mbits_per_second(line).with_context(|| format!("no rate in {line:?}"))
     };
     Ok((rate("up")?, rate("down")?))
-}
-
-fn stream_netdev(socket: &Path) -> String {
-    format!("stream,id=n0,server=off,addr.type=unix,addr.path={}", socket.display())
-}
-
-/// The number before "Mbits/sec" in an iperf3 summary line.
-fn mbits_per_second(line: &str) -> Option<f64> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let unit = words.iter().position(|word| *word == "Mbits/sec")?;
-    words.get(unit.checked_sub(1)?)?.parse().ok()
-}
-
-/// The test guest's initramfs with `/test.sh` (which its /init runs) appended as a
-/// second archive, made by cpio.
-fn initrd_with_script(image: &Path, dir: &Path, script: &str) -> Result<PathBuf> {
-    let staging = dir.join("staging");
-    std::fs::create_dir_all(&staging)?;
-    std::fs::write(staging.join("test.sh"), script)?;
-    let mut cpio = Command::new("cpio");
-    cpio.args(["-o", "-H", "newc", "--quiet"]).current_dir(&staging);
-    let mut cpio = cpio.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("running cpio")?;
-    use std::io::Write;
-    cpio.stdin.take().context("cpio's stdin")?.write_all(b"test.sh\n")?;
-    let archive = cpio.wait_with_output()?;
-    if !archive.status.success() {
-        bail!("cpio failed");
-    }
-    let mut initrd = std::fs::read(image.join("initramfs.cpio.gz"))?;
-    initrd.extend_from_slice(&archive.stdout);
-    let path = dir.join("initrd");
-    std::fs::write(&path, initrd)?;
-    Ok(path)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_receiver_rate_is_read_from_iperf3s_summary() {
-        let line = "BENCH-up [  5]   0.00-4.00   sec  23.1 MBytes  48.4 Mbits/sec                  receiver";
-        assert_eq!(super::mbits_per_second(line), Some(48.4));
-        assert_eq!(super::mbits_per_second("BENCH-up nothing"), None);
-    }
 }
