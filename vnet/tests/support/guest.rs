@@ -70,6 +70,12 @@ fn image() -> &'static Image {
     })
 }
 
+/// The directory of the test guest's kernel and initramfs, built (or found in the cache)
+/// first, for tests that boot it through something else than [`GuestSpec`].
+pub fn image_dir() -> PathBuf {
+    image().kernel.parent().expect("the kernel is in a directory").to_path_buf()
+}
+
 /// Serialises guest-booting tests across threads and processes (flock on a file).
 pub struct GuestLock {
     _file: File,
