@@ -61,23 +61,32 @@ pub fn run_matrix(options: &Options, info: RunInfo) -> Result<()> {
     let files = guest_files(&image, dir.path())?;
     let vnet = dir.path().join("vnet");
     std::fs::copy(&options.vnet, &vnet).with_context(|| format!("copying {}", options.vnet.display()))?;
-    let setup = Setup { dir: dir.path(), vnet: &vnet };
-    let amounts = if options.quick { Amounts::QUICK } else { Amounts::FULL };
+    let run = RowRun {
+        setup: Setup { dir: dir.path(), vnet: &vnet },
+        files,
+        amounts: if options.quick { Amounts::QUICK } else { Amounts::FULL },
+        net: host.far(),
+        progress,
+    };
     let mut rows = Vec::new();
     for (n, mode) in modes.iter().enumerate() {
-        progress.say(&format!("{}/{} {}", n + 1, modes.len(), mode.label()));
-        let row = measure_row(*mode, &setup, &files, amounts, host.far(), &progress);
+        run.progress.say(&format!("{}/{} {}", n + 1, modes.len(), mode.label()));
+        let row = measure_row(*mode, &run);
         if let Some(error) = &row.error {
-            progress.say(&format!("   failed: {error}"));
+            run.progress.say(&format!("   failed: {error}"));
         }
         rows.push(row);
     }
-    let matrix = Matrix { info, rows, seconds: progress.start.elapsed().as_secs_f64() };
+    let matrix = Matrix { info, rows, seconds: run.progress.start.elapsed().as_secs_f64() };
     let markdown = matrix.to_markdown();
     println!("\n{markdown}");
     crate::write_file(&options.markdown, &markdown)?;
     crate::write_file(&options.json, &matrix.to_json())?;
     eprintln!("written to {} and {}", options.markdown.display(), options.json.display());
+    let gaps = matrix.vnet_gaps();
+    if !gaps.is_empty() {
+        bail!("vnet left cells of its rows empty:\n  {}", gaps.join("\n  "));
+    }
     Ok(())
 }
 
@@ -146,18 +155,22 @@ fn guest_files(image: &Path, dir: &Path) -> Result<GuestFiles> {
     Ok(GuestFiles { kernel, initrd })
 }
 
-/// One row, with why it failed if it did.
-fn measure_row(
-    mode: Mode,
-    setup: &Setup<'_>,
-    files: &GuestFiles,
+/// What every row is measured with.
+struct RowRun<'a> {
+    setup: Setup<'a>,
+    files: GuestFiles,
     amounts: Amounts,
-    net: &Netns,
-    progress: &Progress,
-) -> Row {
+    /// The namespace that stands for the LAN.
+    net: &'a Netns,
+    progress: Progress,
+}
+
+/// One row, with why it failed if it did.
+fn measure_row(mode: Mode, run: &RowRun<'_>) -> Row {
     let start = Instant::now();
     let mut row = Row {
         mode: mode.label(),
+        vnet: mode.by_vnet(),
         attachment: mode.attachment(),
         privilege: mode.privilege(),
         nics: mode.nics(),
@@ -166,7 +179,7 @@ fn measure_row(
         error: None,
         seconds: 0.0,
     };
-    if let Err(error) = fill_row(&mut row, mode, setup, files, amounts, net, progress) {
+    if let Err(error) = fill_row(&mut row, mode, run) {
         row.error = Some(format!("{error:#}"));
     }
     row.seconds = start.elapsed().as_secs_f64();
@@ -174,15 +187,8 @@ fn measure_row(
 }
 
 /// Starts the row's backend, boots its guests, configures them and measures each direction.
-fn fill_row(
-    row: &mut Row,
-    mode: Mode,
-    setup: &Setup<'_>,
-    files: &GuestFiles,
-    amounts: Amounts,
-    net: &Netns,
-    progress: &Progress,
-) -> Result<()> {
+fn fill_row(row: &mut Row, mode: Mode, run: &RowRun<'_>) -> Result<()> {
+    let (setup, files, progress) = (&run.setup, &run.files, &run.progress);
     let backend = Backend::start(mode, setup)?;
     progress.say("   booting vm1 and vm2");
     let mut first = boot(mode, &backend, 0, files, setup.dir)?;
@@ -198,7 +204,7 @@ fn fill_row(
     ));
     row.leases = configure_both([&mut first, &mut second], mode)?;
     serve(&mut second)?;
-    let mut probe = Probe { mode, first: &mut first, amounts, net };
+    let mut probe = Probe { mode, first: &mut first, amounts: run.amounts, net: run.net };
     for direction in Direction::ALL {
         let cell = probe.measure(direction);
         progress.say(&format!("   {:<8} {}", direction.heading(), summary(&cell)));

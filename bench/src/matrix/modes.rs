@@ -111,6 +111,11 @@ impl Mode {
         }
     }
 
+    /// Whether vnet carries the row.
+    pub fn by_vnet(self) -> bool {
+        !matches!(self, Mode::QemuUser | Mode::QemuSocket)
+    }
+
     /// The short name `--only` takes.
     pub fn key(self) -> &'static str {
         match self {

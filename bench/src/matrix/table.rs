@@ -102,6 +102,8 @@ impl Cell {
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub mode: &'static str,
+    /// Whether vnet carries this row (else it is QEMU's own backend, the reference).
+    pub vnet: bool,
     pub attachment: &'static str,
     pub privilege: &'static str,
     pub nics: [&'static str; 2],
@@ -189,6 +191,22 @@ impl Matrix {
         out
     }
 
+    /// What vnet's rows did not reach, or why they could not be measured: vnet claims
+    /// every cell.
+    pub fn vnet_gaps(&self) -> Vec<String> {
+        let mut gaps = Vec::new();
+        for row in self.rows.iter().filter(|row| row.vnet) {
+            if let Some(error) = &row.error {
+                gaps.push(format!("{}: {error}", row.mode));
+            }
+            for cell in row.cells.iter().filter(|cell| cell.reach == Reach::None) {
+                let why = cell.note.as_deref().unwrap_or("not reached");
+                gaps.push(format!("{} {}: {why}", row.mode, cell.direction.heading()));
+            }
+        }
+        gaps
+    }
+
     /// The same as JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"))
@@ -204,24 +222,31 @@ mod tests {
         Cell { direction, reach, rtt_ms, rtt_by: "ping", mbit_per_s: mbit, note }
     }
 
+    fn row(mode: &'static str, leases: [Option<String>; 2], cells: Vec<Cell>, error: Option<String>) -> Row {
+        let nics = ["virtio-net-pci", "rtl8139"];
+        Row {
+            mode,
+            vnet: true,
+            attachment: "-netdev",
+            privilege: "none",
+            nics,
+            leases,
+            cells,
+            error,
+            seconds: 1.0,
+        }
+    }
+
     #[test]
     fn a_row_shows_marks_round_trips_rates_and_why_a_direction_failed() {
-        let row = Row {
-            mode: "QEMU socket",
-            attachment: "-netdev socket",
-            privilege: "none",
-            nics: ["virtio-net-pci", "e1000"],
-            leases: [None, None],
-            cells: vec![
-                cell(Direction::VmToHost, Reach::None, None, None),
-                cell(Direction::HostToVm, Reach::Forwarded, Some(1.234), Some(456.7)),
-                cell(Direction::VmToVm, Reach::Direct, Some(0.5), Some(800.2)),
-                cell(Direction::VmToNet, Reach::None, None, None),
-                cell(Direction::NetToVm, Reach::None, None, None),
-            ],
-            error: None,
-            seconds: 10.0,
-        };
+        let cells = vec![
+            cell(Direction::VmToHost, Reach::None, None, None),
+            cell(Direction::HostToVm, Reach::Forwarded, Some(1.234), Some(456.7)),
+            cell(Direction::VmToVm, Reach::Direct, Some(0.5), Some(800.2)),
+            cell(Direction::VmToNet, Reach::None, None, None),
+            cell(Direction::NetToVm, Reach::None, None, None),
+        ];
+        let row = row("QEMU socket", [None, None], cells, None);
         let matrix = Matrix { info: RunInfo::default(), rows: vec![row], seconds: 10.0 };
         let markdown = matrix.to_markdown();
         let line = markdown.lines().find(|line| line.starts_with("| **QEMU socket**")).unwrap();
@@ -232,25 +257,22 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&matrix.to_json()).unwrap();
         assert_eq!(json["rows"][0]["cells"][2]["direction"], "VM1↔VM2");
         assert_eq!(json["rows"][0]["cells"][1]["reach"], "forwarded");
+        assert_eq!(matrix.vnet_gaps().len(), 3, "three directions not reached");
+        let reference =
+            Matrix { rows: vec![Row { vnet: false, ..matrix.rows.into_iter().next().unwrap() }], ..matrix };
+        assert!(reference.vnet_gaps().is_empty(), "QEMU's own rows are shown as they are");
     }
 
     #[test]
     fn a_failed_row_says_why_in_one_cell() {
-        let row = Row {
-            mode: "vnet VDE",
-            attachment: "-netdev vde",
-            privilege: "none",
-            nics: ["virtio-net-pci", "e1000"],
-            leases: [Some("10.0.2.15".into()), None],
-            cells: Vec::new(),
-            error: Some("booting vm2: QEMU exited\nmore".into()),
-            seconds: 3.0,
-        };
+        let error = Some("booting vm2: QEMU exited\nmore".to_owned());
+        let row = row("vnet VDE", [Some("10.0.2.15".into()), None], Vec::new(), error);
         let matrix = Matrix { info: RunInfo::default(), rows: vec![row], seconds: 3.0 };
         let markdown = matrix.to_markdown();
         assert!(
             markdown.contains("| ✓ 10.0.2.15 · none | failed: booting vm2: QEMU exited more |"),
             "{markdown}"
         );
+        assert_eq!(matrix.vnet_gaps(), vec!["vnet VDE: booting vm2: QEMU exited\nmore".to_owned()]);
     }
 }
