@@ -331,7 +331,8 @@ impl Connection {
         let window = self.window_for_guest(cx.host);
         cx.out.extend(self.window_probe(cx.config, window));
         self.probes = self.probes.saturating_add(1);
-        self.probe_at = Some(cx.now + probe_interval(self.probes));
+        self.probe_at = None;
+        self.watch_shut_window(cx.now);
     }
 
     /// Sends again from the first byte the guest has not acknowledged.

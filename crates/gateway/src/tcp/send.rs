@@ -73,6 +73,9 @@ impl Connection {
         if self.state != State::Established {
             return;
         }
+        if self.guest_window > 0 {
+            self.probe_at = None;
+        }
         let mut egress = egress_left(cx.host.guest_room(self.guest_mac), self.guest_mac, cx.out);
         loop {
             let in_flight = self.in_flight();

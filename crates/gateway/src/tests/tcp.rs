@@ -472,6 +472,10 @@ fn a_shut_window_is_probed_until_the_guest_tells_it_open_and_then_data_flows() {
     gateway.receive(&from_guest(&with_window(1000)), now + Duration::from_secs(2), &mut host);
     let sent: usize = std::iter::from_fn(|| gateway.pop_frame()).map(|frame| tcp_of(&frame).4.len()).sum();
     assert_eq!(sent, 3000, "the answer opened the window");
+    let ack_all = guest_segment(40000, dst, TcpControl::None, 101, Some(isn + 1 + 3000), 1000, &[]);
+    gateway.receive(&from_guest(&ack_all), now + Duration::from_secs(2), &mut host);
+    gateway.on_deadline(now + Duration::from_secs(600), &mut host);
+    assert!(gateway.pop_frame().is_none(), "no probe once the window is open");
 }
 
 #[test]
