@@ -73,15 +73,11 @@ impl Connection {
         if self.state != State::Established {
             return;
         }
-        if self.guest_window > 0 {
-            self.probe_at = None;
-        }
         let mut egress = egress_left(cx.host.guest_room(self.guest_mac), self.guest_mac, cx.out);
         loop {
             let in_flight = self.in_flight();
             let room = self.guest_window.min(self.congestion.allowed()).saturating_sub(in_flight);
             if room == 0 || self.fin_sent || !self.host_unpeeked {
-                self.watch_shut_window(cx.now);
                 break;
             }
             // Toward a port that offloads, one frame carries as much as the largest frame
@@ -120,6 +116,7 @@ impl Connection {
                 break;
             }
         }
+        self.watch_shut_window(cx.now);
         self.send_fin(cx);
     }
 
