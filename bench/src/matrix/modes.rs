@@ -6,7 +6,7 @@
 //! needed; only the tap row has root make the tap first. Nothing here measures anything.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -192,9 +192,9 @@ pub struct Setup<'a> {
     pub vnet: &'a Path,
 }
 
-/// A row's backend, running; stopped on drop.
+/// A row's backend, running; stopped on drop (vnet before its tap).
 pub struct Backend {
-    _processes: Vec<Spawned>,
+    _vnet: Option<Spawned>,
     _tap: Option<TapDevice>,
     /// The QEMU arguments that attach each guest.
     netdevs: [Vec<String>; 2],
@@ -202,102 +202,31 @@ pub struct Backend {
     pub second_waits_for_port: Option<u16>,
 }
 
+/// The names, in the run's directory, of the sockets vnet's rows listen on.
+const STREAM_SOCKET: &str = "stream.sock";
+const DGRAM_SOCKET: &str = "dgram.sock";
+const VDE_DIR: &str = "vde";
+
+/// The vhost-user socket vnet serves `guest`'s NIC at.
+fn vhost_user_socket(dir: &Path, guest: GuestPlan) -> PathBuf {
+    dir.join(format!("{}.vhost.sock", guest.name))
+}
+
 impl Backend {
-    /// Starts `mode`'s backend (nothing for QEMU's own).
+    /// Starts `mode`'s backend: vnet (with the host's tap first, in the tap row), or
+    /// nothing for QEMU's own.
     pub fn start(mode: Mode, setup: &Setup<'_>) -> Result<Self> {
-        let dir = setup.dir;
-        let mut backend = Backend {
-            _processes: Vec::new(),
-            _tap: None,
-            netdevs: [Vec::new(), Vec::new()],
-            second_waits_for_port: None,
+        let tap = if mode == Mode::Tap { Some(TapDevice::create()?) } else { None };
+        let vnet = match vnet_transports(mode, setup.dir) {
+            Some(args) => Some(start_vnet(setup, mode, &args)?),
+            None => None,
         };
-        let netdev = |value: String| vec!["-netdev".to_owned(), value];
-        let stream = dir.join("stream.sock");
-        match mode {
-            Mode::QemuUser => {
-                backend.netdevs = [
-                    netdev("user,id=n0".to_owned()),
-                    netdev(format!(
-                        "user,id=n0,hostfwd=tcp::{FORWARDED_ECHO_PORT}-{second}:{ECHO_PORT},\
-                         hostfwd=tcp::{FORWARDED_SINK_PORT}-{second}:{SINK_PORT}",
-                        second = SECOND.address
-                    )),
-                ];
-            }
-            Mode::QemuSocket => {
-                backend.netdevs = [
-                    netdev(format!("socket,id=n0,listen=127.0.0.1:{SOCKET_PORT}")),
-                    netdev(format!("socket,id=n0,connect=127.0.0.1:{SOCKET_PORT}")),
-                ];
-                backend.second_waits_for_port = Some(SOCKET_PORT);
-            }
-            Mode::Stream | Mode::Tap => {
-                let tap = if mode == Mode::Tap { Some(TapDevice::create()?) } else { None };
-                let mut args = vec!["--listen".to_owned(), format!("stream:unix:{}", stream.display())];
-                if tap.is_some() {
-                    args.extend(["--attach".to_owned(), format!("tap:{TAP_NAME}")]);
-                }
-                backend._processes.push(start_vnet(setup, mode, &args)?);
-                backend._tap = tap;
-                let both = netdev(test_guest::stream_netdev(&stream));
-                backend.netdevs = [both.clone(), both];
-            }
-            Mode::Dgram => {
-                let sock = dir.join("dgram.sock");
-                backend._processes.push(start_vnet(
-                    setup,
-                    mode,
-                    &["--listen".into(), format!("dgram:unix:{}", sock.display())],
-                )?);
-                backend.netdevs = [FIRST, SECOND].map(|guest| {
-                    netdev(format!(
-                        "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                        dir.join(format!("{}.dgram", guest.name)).display(),
-                        sock.display()
-                    ))
-                });
-            }
-            Mode::Mcast => {
-                let attach = format!("mcast:{MCAST_GROUP},localaddr=127.0.0.1");
-                backend._processes.push(start_vnet(setup, mode, &["--attach".into(), attach])?);
-                let both = netdev(format!("socket,id=n0,mcast={MCAST_GROUP},localaddr=127.0.0.1"));
-                backend.netdevs = [both.clone(), both];
-            }
-            Mode::Vde => {
-                let vde = dir.join("vde");
-                backend._processes.push(start_vnet(
-                    setup,
-                    mode,
-                    &["--listen".into(), format!("vde:{}", vde.display())],
-                )?);
-                let both = netdev(format!("vde,id=n0,sock={}", vde.display()));
-                backend.netdevs = [both.clone(), both];
-            }
-            Mode::VhostUser => {
-                let sockets = [FIRST, SECOND].map(|guest| dir.join(format!("{}.vhost.sock", guest.name)));
-                let args: Vec<String> = sockets
-                    .iter()
-                    .flat_map(|sock| ["--listen".to_owned(), format!("vhost-user:{}", sock.display())])
-                    .collect();
-                backend._processes.push(start_vnet(setup, mode, &args)?);
-                backend.netdevs = sockets.map(|sock| {
-                    [
-                        "-object",
-                        "memory-backend-memfd,id=mem,size=256M,share=on",
-                        "-numa",
-                        "node,memdev=mem",
-                        "-chardev",
-                        &format!("socket,id=c0,path={},reconnect=1", sock.display()),
-                        "-netdev",
-                        "vhost-user,id=n0,chardev=c0",
-                    ]
-                    .map(str::to_owned)
-                    .to_vec()
-                });
-            }
-        }
-        Ok(backend)
+        Ok(Backend {
+            _vnet: vnet,
+            _tap: tap,
+            netdevs: guest_netdevs(mode, setup.dir),
+            second_waits_for_port: (mode == Mode::QemuSocket).then_some(SOCKET_PORT),
+        })
     }
 
     /// QEMU's arguments that give guest `index` (0 for VM1) its NIC on this backend.
@@ -309,6 +238,70 @@ impl Backend {
         args.push("-device".to_owned());
         args.push(format!("{},netdev=n0,mac={},romfile={vectors}", mode.nics()[index], guest.mac));
         args
+    }
+}
+
+/// vnet's `--listen` and `--attach` options for `mode`; None for QEMU's own rows.
+fn vnet_transports(mode: Mode, dir: &Path) -> Option<Vec<String>> {
+    let option = |flag: &str, spec: String| [flag.to_owned(), spec];
+    let stream = option("--listen", format!("stream:unix:{}", dir.join(STREAM_SOCKET).display()));
+    let args: Vec<[String; 2]> = match mode {
+        Mode::QemuUser | Mode::QemuSocket => return None,
+        Mode::Stream => vec![stream],
+        Mode::Tap => vec![stream, option("--attach", format!("tap:{TAP_NAME}"))],
+        Mode::Dgram => vec![option("--listen", format!("dgram:unix:{}", dir.join(DGRAM_SOCKET).display()))],
+        Mode::Mcast => vec![option("--attach", format!("mcast:{MCAST_GROUP},localaddr=127.0.0.1"))],
+        Mode::Vde => vec![option("--listen", format!("vde:{}", dir.join(VDE_DIR).display()))],
+        Mode::VhostUser => [FIRST, SECOND]
+            .map(|guest| {
+                option("--listen", format!("vhost-user:{}", vhost_user_socket(dir, guest).display()))
+            })
+            .to_vec(),
+    };
+    Some(args.concat())
+}
+
+/// The QEMU arguments up to the NIC that attach VM1 and VM2 to `mode`'s backend.
+fn guest_netdevs(mode: Mode, dir: &Path) -> [Vec<String>; 2] {
+    let netdev = |value: String| vec!["-netdev".to_owned(), value];
+    let both = |value: String| [netdev(value.clone()), netdev(value)];
+    match mode {
+        Mode::QemuUser => [
+            netdev("user,id=n0".to_owned()),
+            netdev(format!(
+                "user,id=n0,hostfwd=tcp::{FORWARDED_ECHO_PORT}-{second}:{ECHO_PORT},\
+                 hostfwd=tcp::{FORWARDED_SINK_PORT}-{second}:{SINK_PORT}",
+                second = SECOND.address
+            )),
+        ],
+        Mode::QemuSocket => [
+            netdev(format!("socket,id=n0,listen=127.0.0.1:{SOCKET_PORT}")),
+            netdev(format!("socket,id=n0,connect=127.0.0.1:{SOCKET_PORT}")),
+        ],
+        Mode::Stream | Mode::Tap => both(test_guest::stream_netdev(&dir.join(STREAM_SOCKET))),
+        Mode::Dgram => [FIRST, SECOND].map(|guest| {
+            netdev(format!(
+                "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                dir.join(format!("{}.dgram", guest.name)).display(),
+                dir.join(DGRAM_SOCKET).display()
+            ))
+        }),
+        Mode::Mcast => both(format!("socket,id=n0,mcast={MCAST_GROUP},localaddr=127.0.0.1")),
+        Mode::Vde => both(format!("vde,id=n0,sock={}", dir.join(VDE_DIR).display())),
+        Mode::VhostUser => [FIRST, SECOND].map(|guest| {
+            [
+                "-object",
+                "memory-backend-memfd,id=mem,size=256M,share=on",
+                "-numa",
+                "node,memdev=mem",
+                "-chardev",
+                &format!("socket,id=c0,path={},reconnect=1", vhost_user_socket(dir, guest).display()),
+                "-netdev",
+                "vhost-user,id=n0,chardev=c0",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        }),
     }
 }
 
